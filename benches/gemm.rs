@@ -1,0 +1,53 @@
+//! Which matrix-multiply core the CPU backend uses, decided by measurement at the ensemble's
+//! shapes (rows × 200 · 200 × 200, single thread, as each task runs it): a hand-written
+//! register-tiled loop, `matrixmultiply`, and `gemm`.
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use mbrl_gpu::backend::cpu::gemm::{matmul, View};
+
+/// Hand-written i-k-j loop over 4-row blocks: the compiler vectorises the j loop.
+fn tiled(c: &mut [f32], a: &[f32], b: &[f32], m: usize, k: usize, n: usize) {
+    c[..m * n].fill(0.0);
+    for i0 in (0..m).step_by(4) {
+        let i1 = (i0 + 4).min(m);
+        for p in 0..k {
+            let brow = &b[p * n..(p + 1) * n];
+            for i in i0..i1 {
+                let aip = a[i * k + p];
+                let crow = &mut c[i * n..(i + 1) * n];
+                for (cv, bv) in crow.iter_mut().zip(brow) {
+                    *cv += aip * bv;
+                }
+            }
+        }
+    }
+}
+
+fn bench(cr: &mut Criterion) {
+    let mut g = cr.benchmark_group("gemm_core");
+    g.sample_size(30);
+    for &(m, k, n) in &[(500usize, 200usize, 200usize), (128, 200, 200), (500, 24, 200)] {
+        let a: Vec<f32> = (0..m * k).map(|i| ((i * 7) % 13) as f32 * 0.1).collect();
+        let b: Vec<f32> = (0..k * n).map(|i| ((i * 5) % 11) as f32 * 0.1).collect();
+        let mut c = vec![0.0f32; m * n];
+        g.throughput(Throughput::Elements((2 * m * k * n) as u64));
+        let id = format!("{m}x{k}x{n}");
+        g.bench_with_input(BenchmarkId::new("hand_tiled", &id), &(), |bch, _| {
+            bch.iter(|| tiled(&mut c, &a, &b, m, k, n))
+        });
+        g.bench_with_input(BenchmarkId::new("matrixmultiply", &id), &(), |bch, _| {
+            bch.iter(|| unsafe {
+                matrixmultiply::sgemm(
+                    m, k, n, 1.0, a.as_ptr(), k as isize, 1, b.as_ptr(), n as isize, 1, 0.0,
+                    c.as_mut_ptr(), n as isize, 1,
+                )
+            })
+        });
+        g.bench_with_input(BenchmarkId::new("gemm_crate", &id), &(), |bch, _| {
+            bch.iter(|| matmul(&mut c, View::rm(&a, m, k), View::rm(&b, k, n), false))
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

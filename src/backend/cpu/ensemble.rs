@@ -1,0 +1,706 @@
+//! Ensemble MLP forward and hand-written backward — the specification of `ensemble.cu` and
+//! `ensemble.wgsl`.
+//!
+//! Shapes (E members, B rows, D = out_dim, H = hidden):
+//! - inputs `x` [E, B, in], raw; normalised here: `xn = (x − μ_in) / σ_in`;
+//! - layer l: `z_l = a_{l−1} · W_l + b_l`, hidden `a_l = act(z_l)`, head `raw = z_L` [E, B, 2D];
+//! - mean = raw[.., :D]; log-variance soft-bounded (PETS appendix A.1, mbrl-lib GaussianMLP):
+//!   `lv₁ = max − softplus(max − raw[.., D:])`, `lv = min + softplus(lv₁ − min)`.
+//!
+//! Work is split into tasks of (member, row chunk); every task runs the whole network on its
+//! rows with single-threaded GEMMs, so there is no synchronisation between layers. Task output
+//! regions tile each `[E, B, ·]` buffer in order, which lets us hand each task a disjoint
+//! `&mut` slice without unsafe code.
+use super::gemm::{matmul, View};
+use super::{sigmoid, softplus, Real};
+use crate::backend::{Activation, EnsembleShape, LossConfig, ParamLayout};
+use rayon::prelude::*;
+
+/// Rows per task at most: keeps a task's activations (2 × rows × H floats) inside L2.
+const MAX_CHUNK_ROWS: usize = 512;
+
+#[derive(Clone, Copy, Debug)]
+struct Task {
+    e: usize,
+    r0: usize,
+    nr: usize,
+}
+
+/// Split E members × `rows` rows into tasks. Chunks per member are chosen so the task count is
+/// a multiple of the thread count (E = 7 on 2 threads gives 14 tasks, not 7 unbalanced ones).
+fn tasks(e: usize, rows: usize) -> Vec<Task> {
+    let t = rayon::current_num_threads().max(1);
+    let base = t / gcd(e, t);
+    let mut chunks = base * rows.div_ceil(base * MAX_CHUNK_ROWS).max(1);
+    chunks = chunks.clamp(1, rows.max(1));
+    let per = rows.div_ceil(chunks).max(1);
+    let mut out = Vec::with_capacity(e * chunks);
+    for m in 0..e {
+        let mut r0 = 0;
+        while r0 < rows {
+            let nr = per.min(rows - r0);
+            out.push(Task { e: m, r0, nr });
+            r0 += nr;
+        }
+    }
+    out
+}
+
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
+/// Split `buf` ([E, rows, width]) into one disjoint slice per task, in task order.
+fn split<'a, T>(mut buf: &'a mut [T], ts: &[Task], rows: usize, width: usize) -> Vec<&'a mut [T]> {
+    let mut out = Vec::with_capacity(ts.len());
+    let mut pos = 0;
+    for t in ts {
+        let start = (t.e * rows + t.r0) * width;
+        let (_, rest) = std::mem::take(&mut buf).split_at_mut(start - pos);
+        let (mine, rest) = rest.split_at_mut(t.nr * width);
+        out.push(mine);
+        buf = rest;
+        pos = start + t.nr * width;
+    }
+    out
+}
+
+fn rows_of<'a, T>(buf: &'a [T], t: &Task, rows: usize, width: usize) -> &'a [T] {
+    let start = (t.e * rows + t.r0) * width;
+    &buf[start..start + t.nr * width]
+}
+
+/// Scratch memory reused across calls. `Default` is empty; buffers grow on first use.
+#[derive(Default)]
+pub struct Workspace<T> {
+    /// Per task: two ping-pong activation buffers for inference.
+    scratch: Vec<[Vec<T>; 2]>,
+    /// Training cache: `inputs[l]` is layer l's input [E, B, fan_in]; `pre[l]` hidden
+    /// pre-activations [E, B, H]; `head` the raw head output [E, B, head_dim].
+    inputs: Vec<Vec<T>>,
+    pre: Vec<Vec<T>>,
+    head: Vec<T>,
+    d_head: Vec<T>,
+    /// Per task: the member-local gradient (layers in order, W then b), reduced afterwards.
+    partial: Vec<Vec<T>>,
+}
+
+fn grow<T: Real>(v: &mut Vec<T>, n: usize) {
+    if v.len() < n {
+        v.resize(n, T::zero());
+    }
+}
+
+#[inline(always)]
+fn act<T: Real>(a: Activation, z: T) -> T {
+    match a {
+        Activation::Silu => z * sigmoid(z),
+        Activation::Relu => z.max(T::zero()),
+        Activation::Tanh => z.tanh(),
+    }
+}
+
+/// d act / dz at z.
+#[inline(always)]
+fn act_grad<T: Real>(a: Activation, z: T) -> T {
+    match a {
+        // d/dz z·σ(z) = σ(z)·(1 + z·(1 − σ(z)))
+        Activation::Silu => {
+            let s = sigmoid(z);
+            s * (T::one() + z * (T::one() - s))
+        }
+        Activation::Relu => {
+            if z > T::zero() {
+                T::one()
+            } else {
+                T::zero()
+            }
+        }
+        Activation::Tanh => {
+            let t = z.tanh();
+            T::one() - t * t
+        }
+    }
+}
+
+/// `dst[nr × fan_out] = src[nr × fan_in] · W + b`.
+fn linear<T: Real>(
+    dst: &mut [T],
+    src: &[T],
+    params: &[T],
+    lay: &ParamLayout,
+    l: usize,
+    e: usize,
+    nr: usize,
+) {
+    let lo = lay.layers[l];
+    let (fi, fo) = (lo.fan_in, lo.fan_out);
+    let w = &params[lo.weight + e * fi * fo..lo.weight + (e + 1) * fi * fo];
+    let b = &params[lo.bias + e * fo..lo.bias + (e + 1) * fo];
+    let dst = &mut dst[..nr * fo];
+    for row in dst.chunks_exact_mut(fo) {
+        row.copy_from_slice(b);
+    }
+    matmul(dst, View::rm(&src[..nr * fi], nr, fi), View::rm(w, fi, fo), true);
+}
+
+fn normalise<T: Real>(dst: &mut [T], x: &[T], mean: &[T], std: &[T], nr: usize) {
+    let d = mean.len();
+    for (o, i) in dst[..nr * d].chunks_exact_mut(d).zip(x.chunks_exact(d)) {
+        for j in 0..d {
+            o[j] = (i[j] - mean[j]) / std[j];
+        }
+    }
+}
+
+/// Split the head output into mean and bounded log-variance.
+fn head_out<T: Real>(
+    shape: &EnsembleShape,
+    params: &[T],
+    lay: &ParamLayout,
+    raw: &[T],
+    nr: usize,
+    mean: &mut [T],
+    logvar: &mut [T],
+) {
+    let (d, hd) = (shape.out_dim, shape.head_dim());
+    for r in 0..nr {
+        let src = &raw[r * hd..(r + 1) * hd];
+        mean[r * d..(r + 1) * d].copy_from_slice(&src[..d]);
+        if shape.probabilistic {
+            let mx = &params[lay.max_logvar..lay.max_logvar + d];
+            let mn = &params[lay.min_logvar..lay.min_logvar + d];
+            for j in 0..d {
+                let lv1 = mx[j] - softplus(mx[j] - src[d + j]);
+                logvar[r * d + j] = mn[j] + softplus(lv1 - mn[j]);
+            }
+        }
+    }
+}
+
+/// Inference forward pass: `x` [E, rows, in] → `mean`, `logvar` [E, rows, out].
+#[allow(clippy::too_many_arguments)]
+pub fn forward<T: Real>(
+    shape: &EnsembleShape,
+    params: &[T],
+    in_mean: &[T],
+    in_std: &[T],
+    x: &[T],
+    rows: usize,
+    mean: &mut [T],
+    logvar: &mut [T],
+    ws: &mut Workspace<T>,
+) {
+    let lay = shape.layout();
+    let ts = tasks(shape.ensemble, rows);
+    let width = shape.hidden.max(shape.head_dim()).max(shape.in_dim);
+    if ws.scratch.len() < ts.len() {
+        ws.scratch.resize_with(ts.len(), Default::default);
+    }
+    let d = shape.out_dim;
+    let means = split(mean, &ts, rows, d);
+    let lv_width = if shape.probabilistic { d } else { 0 };
+    let lvs = split(logvar, &ts, rows, lv_width);
+    ts.par_iter()
+        .zip(ws.scratch.par_iter_mut())
+        .zip(means.into_par_iter().zip(lvs.into_par_iter()))
+        .for_each(|((t, scr), (m_out, lv_out))| {
+            let [a, b] = scr;
+            grow(a, t.nr * width);
+            grow(b, t.nr * width);
+            normalise(a, rows_of(x, t, rows, shape.in_dim), in_mean, in_std, t.nr);
+            for l in 0..lay.layers.len() {
+                linear(b, a, params, &lay, l, t.e, t.nr);
+                if l < shape.num_layers {
+                    for z in &mut b[..t.nr * shape.hidden] {
+                        *z = act(shape.activation, *z);
+                    }
+                }
+                std::mem::swap(a, b);
+            }
+            head_out(shape, params, &lay, a, t.nr, m_out, lv_out);
+        });
+}
+
+/// Forward pass that keeps every layer's input and pre-activation for the backward pass.
+#[allow(clippy::too_many_arguments)]
+pub fn forward_cached<T: Real>(
+    shape: &EnsembleShape,
+    params: &[T],
+    in_mean: &[T],
+    in_std: &[T],
+    x: &[T],
+    rows: usize,
+    mean: &mut [T],
+    logvar: &mut [T],
+    ws: &mut Workspace<T>,
+) {
+    let lay = shape.layout();
+    let ts = tasks(shape.ensemble, rows);
+    let e = shape.ensemble;
+    let nl = lay.layers.len();
+    ws.inputs.resize_with(nl, Vec::new);
+    ws.pre.resize_with(shape.num_layers, Vec::new);
+    for (l, lo) in lay.layers.iter().enumerate() {
+        grow(&mut ws.inputs[l], e * rows * lo.fan_in);
+        if l < shape.num_layers {
+            grow(&mut ws.pre[l], e * rows * lo.fan_out);
+        }
+    }
+    grow(&mut ws.head, e * rows * shape.head_dim());
+    // Per-task slices of every cached buffer.
+    let mut ins: Vec<Vec<&mut [T]>> = ws
+        .inputs
+        .iter_mut()
+        .zip(&lay.layers)
+        .map(|(b, lo)| split(b, &ts, rows, lo.fan_in))
+        .collect();
+    let mut pres: Vec<Vec<&mut [T]>> = ws
+        .pre
+        .iter_mut()
+        .map(|b| split(b, &ts, rows, shape.hidden))
+        .collect();
+    let heads = split(&mut ws.head, &ts, rows, shape.head_dim());
+    let d = shape.out_dim;
+    let means = split(mean, &ts, rows, d);
+    let lvs = split(logvar, &ts, rows, if shape.probabilistic { d } else { 0 });
+    // Regroup per task.
+    let mut per_task: Vec<(Vec<&mut [T]>, Vec<&mut [T]>)> = (0..ts.len())
+        .map(|_| (Vec::with_capacity(nl), Vec::with_capacity(nl)))
+        .collect();
+    for layer in ins.iter_mut() {
+        for (i, s) in layer.drain(..).enumerate() {
+            per_task[i].0.push(s);
+        }
+    }
+    for layer in pres.iter_mut() {
+        for (i, s) in layer.drain(..).enumerate() {
+            per_task[i].1.push(s);
+        }
+    }
+    ts.par_iter()
+        .zip(per_task.into_par_iter())
+        .zip(heads.into_par_iter())
+        .zip(means.into_par_iter().zip(lvs.into_par_iter()))
+        .for_each(|(((t, (mut inp, mut pre)), head), (m_out, lv_out))| {
+            normalise(
+                inp[0],
+                rows_of(x, t, rows, shape.in_dim),
+                in_mean,
+                in_std,
+                t.nr,
+            );
+            for l in 0..shape.num_layers {
+                let (lo, hi) = inp.split_at_mut(l + 1);
+                linear(pre[l], lo[l], params, &lay, l, t.e, t.nr);
+                for (a, z) in hi[0].iter_mut().zip(pre[l].iter()) {
+                    *a = act(shape.activation, *z);
+                }
+            }
+            linear(head, inp[nl - 1], params, &lay, nl - 1, t.e, t.nr);
+            head_out(shape, params, &lay, head, t.nr, m_out, lv_out);
+        });
+}
+
+/// Size of one member's gradient in member-local layout (each layer's W then b).
+fn member_grad_len(lay: &ParamLayout) -> usize {
+    lay.layers.iter().map(|l| l.fan_in * l.fan_out + l.fan_out).sum()
+}
+
+/// Backward pass from `d_head` (gradient w.r.t. the raw head output, already in the workspace)
+/// through the cached activations. Writes the parameter gradient (overwriting `grad`, flat
+/// layout) and, if given, the gradient w.r.t. the raw inputs `dx` [E, rows, in].
+/// `bounds_grad` is added to the max/min log-variance gradient.
+fn backward_from_head<T: Real>(
+    shape: &EnsembleShape,
+    params: &[T],
+    in_std: &[T],
+    rows: usize,
+    grad: &mut [T],
+    dx: Option<&mut [T]>,
+    ws: &mut Workspace<T>,
+) {
+    let lay = shape.layout();
+    let ts = tasks(shape.ensemble, rows);
+    let nl = lay.layers.len();
+    let glen = member_grad_len(&lay);
+    let width = shape.hidden.max(shape.head_dim()).max(shape.in_dim);
+    if ws.scratch.len() < ts.len() {
+        ws.scratch.resize_with(ts.len(), Default::default);
+    }
+    ws.partial.resize_with(ts.len(), Vec::new);
+    let want_dx = dx.is_some();
+    let mut dx_store: Vec<T> = Vec::new();
+    let dx_buf: &mut [T] = match dx {
+        Some(d) => d,
+        None => &mut dx_store,
+    };
+    let dxs = split(
+        dx_buf,
+        &ts,
+        rows,
+        if want_dx { shape.in_dim } else { 0 },
+    );
+    let inputs = &ws.inputs;
+    let pre = &ws.pre;
+    let d_head = &ws.d_head;
+    ts.par_iter()
+        .zip(ws.scratch.par_iter_mut())
+        .zip(ws.partial.par_iter_mut())
+        .zip(dxs.into_par_iter())
+        .for_each(|(((t, scr), part), dx_out)| {
+            grow(part, glen);
+            let [da, dz] = scr;
+            grow(da, t.nr * width);
+            grow(dz, t.nr * width);
+            let hd = shape.head_dim();
+            dz[..t.nr * hd].copy_from_slice(rows_of(d_head, t, rows, hd));
+            let mut off = glen;
+            for l in (0..nl).rev() {
+                let lo = lay.layers[l];
+                let (fi, fo) = (lo.fan_in, lo.fan_out);
+                off -= fi * fo + fo;
+                let a_in = rows_of(&inputs[l], t, rows, fi);
+                let (gw, gb) = part[off..off + fi * fo + fo].split_at_mut(fi * fo);
+                // dW = a_inᵀ · dz, db = Σ_rows dz
+                matmul(
+                    gw,
+                    View::rm_t(a_in, t.nr, fi),
+                    View::rm(&dz[..t.nr * fo], t.nr, fo),
+                    false,
+                );
+                gb.iter_mut().for_each(|g| *g = T::zero());
+                for row in dz[..t.nr * fo].chunks_exact(fo) {
+                    for (g, v) in gb.iter_mut().zip(row) {
+                        *g += *v;
+                    }
+                }
+                if l == 0 && !want_dx {
+                    break;
+                }
+                // da = dz · Wᵀ
+                let w = &params[lo.weight + t.e * fi * fo..lo.weight + (t.e + 1) * fi * fo];
+                matmul(
+                    &mut da[..t.nr * fi],
+                    View::rm(&dz[..t.nr * fo], t.nr, fo),
+                    View::rm_t(w, fi, fo),
+                    false,
+                );
+                if l > 0 {
+                    let z = rows_of(&pre[l - 1], t, rows, fi);
+                    for ((g, a), zz) in dz[..t.nr * fi].iter_mut().zip(da.iter()).zip(z) {
+                        *g = *a * act_grad(shape.activation, *zz);
+                    }
+                } else {
+                    // xn = (x − μ)/σ  ⇒  dx = dxn / σ
+                    let d = shape.in_dim;
+                    for (o, i) in dx_out.chunks_exact_mut(d).zip(da.chunks_exact(d)) {
+                        for j in 0..d {
+                            o[j] = i[j] / in_std[j];
+                        }
+                    }
+                }
+            }
+        });
+    // Reduce the per-task partials into the flat layout.
+    grad[..lay.total].iter_mut().for_each(|g| *g = T::zero());
+    for (t, part) in ts.iter().zip(&ws.partial) {
+        let mut off = 0;
+        for lo in &lay.layers {
+            let (fi, fo) = (lo.fan_in, lo.fan_out);
+            let gw = &mut grad[lo.weight + t.e * fi * fo..lo.weight + (t.e + 1) * fi * fo];
+            for (g, p) in gw.iter_mut().zip(&part[off..off + fi * fo]) {
+                *g += *p;
+            }
+            off += fi * fo;
+            let gb = &mut grad[lo.bias + t.e * fo..lo.bias + (t.e + 1) * fo];
+            for (g, p) in gb.iter_mut().zip(&part[off..off + fo]) {
+                *g += *p;
+            }
+            off += fo;
+        }
+    }
+}
+
+/// Chain rule through the soft log-variance bounds for one row: from d mean / d lv to
+/// d raw, accumulating d max_logvar / d min_logvar into `db` = [d max (D), d min (D)].
+#[inline]
+fn head_backward_row<T: Real>(
+    d: usize,
+    raw: &[T],
+    mx: &[T],
+    mn: &[T],
+    dmean: impl Fn(usize) -> T,
+    dlv: impl Fn(usize) -> T,
+    draw: &mut [T],
+    db: &mut [T],
+) {
+    for j in 0..d {
+        draw[j] = dmean(j);
+    }
+    if mx.is_empty() {
+        return;
+    }
+    for j in 0..d {
+        let r = raw[d + j];
+        let u = mx[j] - r; // lv₁ = max − softplus(u)
+        let lv1 = mx[j] - softplus(u);
+        let w = lv1 - mn[j]; // lv = min + softplus(w)
+        let g = dlv(j);
+        let sw = sigmoid(w);
+        let dlv1 = g * sw;
+        db[d + j] += g * (T::one() - sw);
+        let su = sigmoid(u);
+        draw[d + j] = dlv1 * su;
+        db[j] += dlv1 * (T::one() - su);
+    }
+}
+
+/// Forward, Gaussian NLL (or MSE) loss and backward: `grad` ← ∂L/∂params (see
+/// [`LossConfig`]); `losses[e]` ← member e's data term.
+#[allow(clippy::too_many_arguments)]
+pub fn nll_backward<T: Real>(
+    shape: &EnsembleShape,
+    loss: &LossConfig,
+    params: &[T],
+    in_mean: &[T],
+    in_std: &[T],
+    x: &[T],
+    target: &[T],
+    rows: usize,
+    grad: &mut [T],
+    losses: &mut [T],
+    ws: &mut Workspace<T>,
+) {
+    let e = shape.ensemble;
+    let d = shape.out_dim;
+    let mut mean = vec![T::zero(); e * rows * d];
+    let mut lv = vec![T::zero(); if shape.probabilistic { e * rows * d } else { 0 }];
+    forward_cached(
+        shape, params, in_mean, in_std, x, rows, &mut mean, &mut lv, ws,
+    );
+    let lay = shape.layout();
+    let hd = shape.head_dim();
+    grow(&mut ws.d_head, e * rows * hd);
+    let scale = T::one() / T::c((rows * d) as f64);
+    let (mx, mn) = if shape.probabilistic {
+        (
+            &params[lay.max_logvar..lay.max_logvar + d],
+            &params[lay.min_logvar..lay.min_logvar + d],
+        )
+    } else {
+        (&params[0..0], &params[0..0])
+    };
+    // Loss and d head, member by member (elementwise, cheap next to the GEMMs).
+    let mut db = vec![T::zero(); 2 * d];
+    let head = &ws.head;
+    let per_member: Vec<(T, Vec<T>)> = ws.d_head[..e * rows * hd]
+        .par_chunks_mut(rows * hd)
+        .enumerate()
+        .map(|(m, dh)| {
+            let mut sum = T::zero();
+            let mut dbm = vec![T::zero(); 2 * d];
+            for r in 0..rows {
+                let i = (m * rows + r) * d;
+                let mu = &mean[i..i + d];
+                let y = &target[i..i + d];
+                let raw = &head[(m * rows + r) * hd..(m * rows + r + 1) * hd];
+                if shape.probabilistic {
+                    let lvr = &lv[i..i + d];
+                    for j in 0..d {
+                        let diff = mu[j] - y[j];
+                        sum += diff * diff * (-lvr[j]).exp() + lvr[j];
+                    }
+                    head_backward_row(
+                        d,
+                        raw,
+                        mx,
+                        mn,
+                        |j| T::c(2.0) * (mu[j] - y[j]) * (-lvr[j]).exp() * scale,
+                        |j| {
+                            let diff = mu[j] - y[j];
+                            (T::one() - diff * diff * (-lvr[j]).exp()) * scale
+                        },
+                        &mut dh[r * hd..(r + 1) * hd],
+                        &mut dbm,
+                    );
+                } else {
+                    for j in 0..d {
+                        let diff = mu[j] - y[j];
+                        sum += diff * diff;
+                        dh[r * hd + j] = T::c(2.0) * diff * scale;
+                    }
+                }
+            }
+            (sum * scale, dbm)
+        })
+        .collect();
+    for (m, (l, dbm)) in per_member.into_iter().enumerate() {
+        losses[m] = l;
+        for (a, b) in db.iter_mut().zip(dbm) {
+            *a += b;
+        }
+    }
+    backward_from_head(shape, params, in_std, rows, grad, None, ws);
+    add_regularisers(shape, loss, params, grad, &db);
+}
+
+/// Regularisers: L2 weight decay ½·wd_l·‖W_l‖² and the 0.01·(Σmax − Σmin) bound penalty.
+fn add_regularisers<T: Real>(
+    shape: &EnsembleShape,
+    loss: &LossConfig,
+    params: &[T],
+    grad: &mut [T],
+    db: &[T],
+) {
+    let lay = shape.layout();
+    let e = shape.ensemble;
+    for (l, lo) in lay.layers.iter().enumerate() {
+        let wd = T::c(loss.weight_decay[l] as f64);
+        if wd == T::zero() {
+            continue;
+        }
+        let n = e * lo.fan_in * lo.fan_out;
+        for (g, w) in grad[lo.weight..lo.weight + n]
+            .iter_mut()
+            .zip(&params[lo.weight..lo.weight + n])
+        {
+            *g += wd * *w;
+        }
+    }
+    if shape.probabilistic {
+        let d = shape.out_dim;
+        let pen = T::c(loss.logvar_penalty as f64);
+        for j in 0..d {
+            grad[lay.max_logvar + j] = db[j] + pen;
+            grad[lay.min_logvar + j] = db[d + j] - pen;
+        }
+    }
+}
+
+/// The full loss of [`LossConfig`] (data terms summed over members plus regularisers), for
+/// reporting and for gradient checks.
+pub fn total_loss<T: Real>(
+    shape: &EnsembleShape,
+    loss: &LossConfig,
+    params: &[T],
+    losses: &[T],
+) -> T {
+    let lay = shape.layout();
+    let mut l: T = losses.iter().copied().sum();
+    for (i, lo) in lay.layers.iter().enumerate() {
+        let n = shape.ensemble * lo.fan_in * lo.fan_out;
+        let sq: T = params[lo.weight..lo.weight + n].iter().map(|w| *w * *w).sum();
+        l += T::c(0.5 * loss.weight_decay[i] as f64) * sq;
+    }
+    if shape.probabilistic {
+        let d = shape.out_dim;
+        let smax: T = params[lay.max_logvar..lay.max_logvar + d].iter().copied().sum();
+        let smin: T = params[lay.min_logvar..lay.min_logvar + d].iter().copied().sum();
+        l += T::c(loss.logvar_penalty as f64) * (smax - smin);
+    }
+    l
+}
+
+/// Vector–Jacobian product of the forward pass: given upstream gradients on the predicted
+/// mean and log-variance [E, rows, out], the gradient w.r.t. the parameters (flat layout) and
+/// w.r.t. the raw inputs `x` [E, rows, in] (what path-gradient methods backpropagate through).
+#[allow(clippy::too_many_arguments)]
+pub fn vjp<T: Real>(
+    shape: &EnsembleShape,
+    params: &[T],
+    in_mean: &[T],
+    in_std: &[T],
+    x: &[T],
+    rows: usize,
+    d_mean: &[T],
+    d_logvar: &[T],
+    grad: &mut [T],
+    dx: &mut [T],
+    ws: &mut Workspace<T>,
+) {
+    let e = shape.ensemble;
+    let d = shape.out_dim;
+    let hd = shape.head_dim();
+    let mut mean = vec![T::zero(); e * rows * d];
+    let mut lv = vec![T::zero(); if shape.probabilistic { e * rows * d } else { 0 }];
+    forward_cached(
+        shape, params, in_mean, in_std, x, rows, &mut mean, &mut lv, ws,
+    );
+    let lay = shape.layout();
+    grow(&mut ws.d_head, e * rows * hd);
+    let (mx, mn) = if shape.probabilistic {
+        (
+            &params[lay.max_logvar..lay.max_logvar + d],
+            &params[lay.min_logvar..lay.min_logvar + d],
+        )
+    } else {
+        (&params[0..0], &params[0..0])
+    };
+    let mut db = vec![T::zero(); 2 * d];
+    for i in 0..e * rows {
+        let raw = &ws.head[i * hd..(i + 1) * hd];
+        head_backward_row(
+            d,
+            raw,
+            mx,
+            mn,
+            |j| d_mean[i * d + j],
+            |j| d_logvar[i * d + j],
+            &mut ws.d_head[i * hd..(i + 1) * hd],
+            &mut db,
+        );
+    }
+    backward_from_head(shape, params, in_std, rows, grad, Some(dx), ws);
+    if shape.probabilistic {
+        for j in 0..d {
+            grad[lay.max_logvar + j] = db[j];
+            grad[lay.min_logvar + j] = db[d + j];
+        }
+    }
+}
+
+/// Initial parameters as mbrl-lib's `truncated_normal_init`: weights from a normal with
+/// std 1/(2·√fan_in) truncated at ±2 std, biases 0, max_logvar 0.5, min_logvar −10
+/// (PETS appendix A.1). Drawn from Philox stream INIT_WEIGHTS.
+pub fn init_params(shape: &EnsembleShape, seed: u64) -> Vec<f32> {
+    let lay = shape.layout();
+    let mut p = vec![0.0f32; lay.total];
+    let mut g = crate::rng::Philox::new(seed, crate::rng::stream::INIT_WEIGHTS, 0);
+    for lo in &lay.layers {
+        let std = 1.0 / (2.0 * (lo.fan_in as f32).sqrt());
+        let n = shape.ensemble * lo.fan_in * lo.fan_out;
+        for w in &mut p[lo.weight..lo.weight + n] {
+            *w = g.truncated_normal() * std;
+        }
+    }
+    if shape.probabilistic {
+        let d = shape.out_dim;
+        p[lay.max_logvar..lay.max_logvar + d].fill(0.5);
+        p[lay.min_logvar..lay.min_logvar + d].fill(-10.0);
+    }
+    p
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tasks_should_tile_every_row_of_every_member_once() {
+        for (e, rows) in [(7, 1000), (3, 7), (1, 1), (5, 2049), (7, 0)] {
+            let ts = tasks(e, rows);
+            let mut seen = vec![0u8; e * rows];
+            for t in &ts {
+                for r in t.r0..t.r0 + t.nr {
+                    seen[t.e * rows + r] += 1;
+                }
+            }
+            assert!(seen.iter().all(|&s| s == 1), "e={e} rows={rows}");
+        }
+    }
+}

@@ -1,0 +1,305 @@
+//! The `Backend` trait: a handful of coarse fused operations, each a whole step of an
+//! algorithm, with buffers that stay on the device between them.
+//!
+//! `cpu` is the specification. Device backends (`wgpu`, `cuda`) implement the same trait and
+//! are checked against it; [`Availability`] explains, for `mbrl-gpu devices`, why one is absent.
+pub mod cpu;
+
+use crate::Result;
+use serde::{Deserialize, Serialize};
+
+/// Hidden-layer activation of the ensemble MLP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Activation {
+    /// x·σ(x), the PETS/mbrl-lib default.
+    Silu,
+    Relu,
+    Tanh,
+}
+
+impl Activation {
+    pub fn code(self) -> u32 {
+        match self {
+            Activation::Silu => 0,
+            Activation::Relu => 1,
+            Activation::Tanh => 2,
+        }
+    }
+}
+
+/// What a kernel needs to know about an ensemble MLP: E members, `num_layers` hidden layers
+/// of width `hidden`, and a head predicting `out_dim` means (plus `out_dim` log-variances when
+/// `probabilistic`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnsembleShape {
+    pub ensemble: usize,
+    pub in_dim: usize,
+    pub out_dim: usize,
+    pub hidden: usize,
+    pub num_layers: usize,
+    pub activation: Activation,
+    pub probabilistic: bool,
+}
+
+/// Offsets of every tensor in the flat parameter vector. Layout (one contiguous f32 buffer, so
+/// Adam is one elementwise pass and a device holds one allocation):
+///
+/// ```text
+/// for l in 0..=num_layers:  W_l [E, in_l, out_l] row-major, then b_l [E, out_l]
+/// then (probabilistic only): max_logvar [out_dim], min_logvar [out_dim]
+/// ```
+///
+/// Layer 0 maps `in_dim → hidden`, layers 1..num_layers map `hidden → hidden`, and the head
+/// (layer `num_layers`) maps `hidden → head_dim` (= 2·out_dim if probabilistic: mean then
+/// raw log-variance).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParamLayout {
+    pub layers: Vec<LayerOffsets>,
+    pub max_logvar: usize,
+    pub min_logvar: usize,
+    pub total: usize,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LayerOffsets {
+    pub fan_in: usize,
+    pub fan_out: usize,
+    pub weight: usize,
+    pub bias: usize,
+}
+
+impl EnsembleShape {
+    pub fn head_dim(&self) -> usize {
+        if self.probabilistic {
+            2 * self.out_dim
+        } else {
+            self.out_dim
+        }
+    }
+
+    /// (fan_in, fan_out) of each linear layer, head last.
+    pub fn layer_dims(&self) -> Vec<(usize, usize)> {
+        let mut dims = Vec::with_capacity(self.num_layers + 1);
+        let mut fan_in = self.in_dim;
+        for _ in 0..self.num_layers {
+            dims.push((fan_in, self.hidden));
+            fan_in = self.hidden;
+        }
+        dims.push((fan_in, self.head_dim()));
+        dims
+    }
+
+    pub fn layout(&self) -> ParamLayout {
+        let e = self.ensemble;
+        let mut off = 0;
+        let mut layers = Vec::new();
+        for (fan_in, fan_out) in self.layer_dims() {
+            let weight = off;
+            off += e * fan_in * fan_out;
+            let bias = off;
+            off += e * fan_out;
+            layers.push(LayerOffsets {
+                fan_in,
+                fan_out,
+                weight,
+                bias,
+            });
+        }
+        let (max_logvar, min_logvar) = if self.probabilistic {
+            let mx = off;
+            off += self.out_dim;
+            let mn = off;
+            off += self.out_dim;
+            (mx, mn)
+        } else {
+            (off, off)
+        };
+        ParamLayout {
+            layers,
+            max_logvar,
+            min_logvar,
+            total: off,
+        }
+    }
+
+    /// Multiply-adds per row through one member (forward pass).
+    pub fn macs_per_row(&self) -> usize {
+        self.layer_dims().iter().map(|(i, o)| i * o).sum()
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if self.ensemble == 0 || self.in_dim == 0 || self.out_dim == 0 || self.hidden == 0 {
+            return Err(crate::invalid!(
+                "ensemble size, input, output and hidden widths must all be at least 1 (got {self:?})"
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Loss settings of `ensemble_nll_backward`. The loss is (mbrl-lib `GaussianMLP._nll_loss`,
+/// PETS eq. for the probabilistic ensemble):
+///
+/// ```text
+/// L = Σ_e (1/(B·D)) Σ_{b,d} [ (μ−y)²·exp(−lv) + lv ]          (probabilistic)
+///   | Σ_e (1/(B·D)) Σ_{b,d} (μ−y)²                              (deterministic, MSE)
+///   + logvar_penalty · (Σ max_logvar − Σ min_logvar)
+///   + Σ_l ½·weight_decay[l]·‖W_l‖²
+/// ```
+#[derive(Clone, Debug, PartialEq)]
+pub struct LossConfig {
+    /// Coefficient of the log-variance bound penalty (0.01 in PETS and mbrl-lib).
+    pub logvar_penalty: f32,
+    /// One L2 coefficient per linear layer (head last); PETS uses growing values
+    /// (2.5e-5, 5e-5, 7.5e-5, 7.5e-5, 1e-4), mbrl-lib one value for all.
+    pub weight_decay: Vec<f32>,
+}
+
+/// Adam hyper-parameters for one step, laid out as a kernel's uniform block.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct AdamParams {
+    pub lr: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    /// 1-based step count, for the bias corrections 1 − βᵗ.
+    pub step: u32,
+    pub len: u32,
+    pub _pad: [u32; 2],
+}
+
+/// The operations every backend provides. Buffers are the backend's own (`Vec<f32>` on the
+/// CPU, device allocations elsewhere); only `upload`/`download` cross to the host.
+pub trait Backend: Send + Sync {
+    type Buf: Send + Sync;
+
+    fn name(&self) -> &'static str;
+    fn upload(&self, host: &[f32]) -> Result<Self::Buf>;
+    fn download(&self, buf: &Self::Buf) -> Result<Vec<f32>>;
+    fn zeros(&self, len: usize) -> Result<Self::Buf>;
+    /// Overwrite a buffer from the host (same length).
+    fn write(&self, buf: &mut Self::Buf, host: &[f32]) -> Result<()>;
+
+    /// Ensemble forward: `x` [E, rows, in] (raw inputs; normalised inside with
+    /// `norm` = [mean (in), std (in)]) → `mean`, `logvar` [E, rows, out]. For deterministic
+    /// ensembles `logvar` is left untouched.
+    #[allow(clippy::too_many_arguments)]
+    fn ensemble_forward(
+        &self,
+        shape: &EnsembleShape,
+        params: &Self::Buf,
+        norm: &Self::Buf,
+        x: &Self::Buf,
+        rows: usize,
+        mean: &mut Self::Buf,
+        logvar: &mut Self::Buf,
+    ) -> Result<()>;
+
+    /// Forward, loss and backward in one call: gradient of [`LossConfig`]'s loss with respect to
+    /// the flat parameters into `grad`, and each member's data term into `losses` [E].
+    #[allow(clippy::too_many_arguments)]
+    fn ensemble_nll_backward(
+        &self,
+        shape: &EnsembleShape,
+        loss: &LossConfig,
+        params: &Self::Buf,
+        norm: &Self::Buf,
+        x: &Self::Buf,
+        target: &Self::Buf,
+        rows: usize,
+        grad: &mut Self::Buf,
+        losses: &mut Self::Buf,
+    ) -> Result<()>;
+
+    /// One Adam step over the flat parameters (coupled L2 lives in the loss).
+    fn adam_step(
+        &self,
+        p: &AdamParams,
+        params: &mut Self::Buf,
+        grad: &Self::Buf,
+        m: &mut Self::Buf,
+        v: &mut Self::Buf,
+    ) -> Result<()>;
+}
+
+/// Whether a backend can run here, and if not, why — one sentence for `mbrl-gpu devices`.
+#[derive(Clone, Debug)]
+pub struct Availability {
+    pub backend: &'static str,
+    pub available: bool,
+    pub detail: String,
+}
+
+/// What this build and machine offer. Device backends land in later work; until then they
+/// report that they are not compiled in, the way candle reports a missing feature.
+pub fn probe_all() -> Vec<Availability> {
+    let threads = rayon::current_num_threads();
+    vec![
+        Availability {
+            backend: "cuda",
+            available: false,
+            detail: "not compiled into this build: the CUDA backend (kernels/, cudarc) is not \
+                     implemented yet"
+                .into(),
+        },
+        Availability {
+            backend: "wgpu",
+            available: false,
+            detail: "not compiled into this build: the wgpu backend (shaders/) is not \
+                     implemented yet"
+                .into(),
+        },
+        Availability {
+            backend: "cpu",
+            available: true,
+            detail: format!(
+                "rayon on {threads} thread(s); GEMM by the `gemm` crate ({})",
+                cpu::gemm::simd_level()
+            ),
+        },
+    ]
+}
+
+/// Names accepted by `--backend`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum BackendChoice {
+    /// cuda, then a hardware wgpu adapter, then cpu.
+    Auto,
+    Cpu,
+    Wgpu,
+    Cuda,
+}
+
+/// Resolve `--backend` to the CPU backend today, explaining why the others were passed over.
+/// Returns the chosen name and one line per backend that was skipped.
+pub fn resolve(choice: BackendChoice) -> Result<(&'static str, Vec<String>)> {
+    let all = probe_all();
+    let want = match choice {
+        BackendChoice::Auto => None,
+        BackendChoice::Cpu => Some("cpu"),
+        BackendChoice::Wgpu => Some("wgpu"),
+        BackendChoice::Cuda => Some("cuda"),
+    };
+    match want {
+        Some(name) => {
+            let a = all.iter().find(|a| a.backend == name).expect("known backend");
+            if a.available {
+                Ok((a.backend, vec![]))
+            } else {
+                Err(crate::Error::Unavailable(format!("{name}: {}", a.detail)))
+            }
+        }
+        None => {
+            let mut skipped = vec![];
+            for a in &all {
+                if a.available {
+                    return Ok((a.backend, skipped));
+                }
+                skipped.push(format!("{}: {}", a.backend, a.detail));
+            }
+            Err(crate::Error::Unavailable("no backend available".into()))
+        }
+    }
+}

@@ -1,0 +1,18 @@
+//! mbrl-gpu: model-based reinforcement learning whose inner loops run as fused kernels.
+//!
+//! Module map (see `DESIGN.md` in the shared folder for the architecture):
+//! - [`rng`]: Philox4x32-10, the counter-based generator every backend reproduces bit for bit;
+//! - [`backend`]: the `Backend` trait of coarse fused operations and its implementations
+//!   (`cpu` is the specification);
+//! - [`model`]: the probabilistic ensemble (parameters, normaliser, training, elites);
+//! - [`env`]: batched environments and their reward/termination functions;
+//! - [`io`]: safetensors checkpoints, transition CSVs, metrics.
+pub mod backend;
+pub mod bench;
+pub mod env;
+pub mod error;
+pub mod io;
+pub mod model;
+pub mod rng;
+
+pub use error::{Error, Result};

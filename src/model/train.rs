@@ -1,0 +1,374 @@
+//! Ensemble training as in PETS / mbrl-lib's `ModelTrainer`: per-member bootstrap
+//! resampling, an optional holdout split, minibatch Adam on the Gaussian NLL, early stopping on
+//! the holdout MSE with the best weights of each member kept, and elite selection.
+use super::{Ensemble, Transitions};
+use crate::backend::{AdamParams, Backend, LossConfig};
+use crate::rng::{stream, Philox};
+use crate::{invalid, Error, Result};
+use serde::{Deserialize, Serialize};
+use std::time::Instant;
+
+/// Training hyper-parameters (defaults: mbrl-lib 0.2.0 `pets_cartpole`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    /// Maximum passes over the training set.
+    pub epochs: usize,
+    /// Rows per member per minibatch.
+    pub batch_size: usize,
+    /// Adam learning rate.
+    pub lr: f32,
+    /// L2 coefficient per linear layer (one value is used for every layer).
+    pub weight_decay: Vec<f32>,
+    /// Coefficient of the 0.01·(Σmax_logvar − Σmin_logvar) penalty.
+    pub logvar_penalty: f32,
+    /// Fraction of transitions held out for early stopping and elite selection (0 = none:
+    /// elites are then ranked on the training data).
+    pub holdout_ratio: f32,
+    /// Stop after this many epochs without a member improving its holdout MSE by more than
+    /// `improvement_threshold` (relative); `None` runs all epochs.
+    pub patience: Option<usize>,
+    /// Relative improvement that counts (mbrl-lib: 0.01).
+    pub improvement_threshold: f32,
+    /// Resample each member's training set with replacement (bootstrap).
+    pub bootstrap: bool,
+    pub seed: u64,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            epochs: 50,
+            batch_size: 256,
+            lr: 7.5e-4,
+            weight_decay: vec![3e-5],
+            logvar_penalty: 0.01,
+            holdout_ratio: 0.0,
+            patience: None,
+            improvement_threshold: 0.01,
+            bootstrap: true,
+            seed: 0,
+        }
+    }
+}
+
+impl TrainConfig {
+    pub fn validate(&self) -> Result<()> {
+        if self.batch_size == 0 {
+            return Err(invalid!("batch size must be at least 1"));
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return Err(invalid!("learning rate must be a positive number, got {}", self.lr));
+        }
+        if !(0.0..1.0).contains(&self.holdout_ratio) {
+            return Err(invalid!(
+                "holdout ratio must be in [0, 1), got {}",
+                self.holdout_ratio
+            ));
+        }
+        if self.weight_decay.iter().any(|w| !w.is_finite() || *w < 0.0) {
+            return Err(invalid!("weight decay must be finite and non-negative"));
+        }
+        Ok(())
+    }
+
+    fn loss_config(&self, layers: usize) -> Result<LossConfig> {
+        let weight_decay = match self.weight_decay.len() {
+            0 => vec![0.0; layers],
+            1 => vec![self.weight_decay[0]; layers],
+            n if n == layers => self.weight_decay.clone(),
+            n => {
+                return Err(invalid!(
+                    "{n} weight-decay values for {layers} linear layers (give 1 or {layers})"
+                ))
+            }
+        };
+        Ok(LossConfig {
+            logvar_penalty: self.logvar_penalty,
+            weight_decay,
+        })
+    }
+}
+
+/// What one epoch did.
+#[derive(Clone, Debug, Serialize)]
+pub struct EpochReport {
+    pub epoch: usize,
+    /// Mean over minibatches of the mean over members of the data loss (NLL or MSE).
+    pub train_loss: f64,
+    /// Per-member MSE of the predicted mean on the holdout set (training set if none).
+    pub eval_mse: Vec<f64>,
+    pub seconds: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct TrainReport {
+    pub epochs_run: usize,
+    pub best_eval_mse: Vec<f64>,
+    pub elites: Vec<usize>,
+    pub history: Vec<EpochReport>,
+}
+
+/// Indices of rows [train, holdout] after a seeded shuffle.
+fn split_holdout(n: usize, ratio: f32, seed: u64) -> (Vec<usize>, Vec<usize>) {
+    let mut idx: Vec<usize> = (0..n).collect();
+    let n_hold = ((n as f64) * ratio as f64).floor() as usize;
+    if n_hold == 0 {
+        return (idx, vec![]);
+    }
+    Philox::new(seed, stream::HOLDOUT, 0).shuffle(&mut idx);
+    let hold = idx.split_off(n - n_hold);
+    (idx, hold)
+}
+
+/// Train `model` on `data`. Calls `on_epoch` after every epoch. On a non-finite loss the
+/// parameters are restored to the last finite ones and `Error::Diverged` is returned.
+pub fn train<B: Backend>(
+    backend: &B,
+    model: &mut Ensemble,
+    data: &Transitions,
+    cfg: &TrainConfig,
+    mut on_epoch: impl FnMut(&EpochReport),
+) -> Result<TrainReport> {
+    cfg.validate()?;
+    model.config.validate()?;
+    data.validate()?;
+    let mc = model.config.clone();
+    if data.obs_dim != mc.obs_dim || data.act_dim != mc.act_dim {
+        return Err(Error::Shape(format!(
+            "data has obs_dim {} and act_dim {}, the model expects {} and {}",
+            data.obs_dim, data.act_dim, mc.obs_dim, mc.act_dim
+        )));
+    }
+    if mc.learn_reward && !data.has_reward() {
+        return Err(invalid!(
+            "the model learns rewards but the data has no reward column"
+        ));
+    }
+    let n = data.len();
+    if n == 0 {
+        return Err(invalid!("no transitions to train on"));
+    }
+    let shape = mc.shape();
+    let loss_cfg = cfg.loss_config(shape.num_layers + 1)?;
+    let (e, di, dout) = (shape.ensemble, shape.in_dim, shape.out_dim);
+
+    // Inputs and targets of every transition.
+    let mut xs = vec![0.0f32; n * di];
+    let mut ys = vec![0.0f32; n * dout];
+    for r in 0..n {
+        data.input_row(r, &mut xs[r * di..(r + 1) * di]);
+        data.target_row(r, mc.learn_reward, &mut ys[r * dout..(r + 1) * dout]);
+    }
+    let (train_idx, hold_idx) = split_holdout(n, cfg.holdout_ratio, cfg.seed);
+    let hold_idx_empty = hold_idx.is_empty();
+    let nt = train_idx.len();
+    let train_x: Vec<f32> = train_idx
+        .iter()
+        .flat_map(|&r| xs[r * di..(r + 1) * di].iter().copied())
+        .collect();
+    model.fit_normaliser(&train_x);
+
+    // Per-member training sets: bootstrap samples (with replacement) of the training split.
+    let member_sets: Vec<Vec<usize>> = (0..e)
+        .map(|m| {
+            if cfg.bootstrap {
+                let mut g = Philox::new(cfg.seed, stream::BOOTSTRAP, m as u32);
+                (0..nt).map(|_| train_idx[g.below(nt)]).collect()
+            } else {
+                train_idx.clone()
+            }
+        })
+        .collect();
+    // Evaluation rows: the holdout, or (without one) up to 5000 training rows.
+    let eval_idx: Vec<usize> = if hold_idx.is_empty() {
+        train_idx.iter().copied().take(5000).collect()
+    } else {
+        hold_idx
+    };
+    let ne = eval_idx.len();
+    let mut eval_x = vec![0.0f32; e * ne * di];
+    for m in 0..e {
+        for (k, &r) in eval_idx.iter().enumerate() {
+            eval_x[(m * ne + k) * di..(m * ne + k + 1) * di]
+                .copy_from_slice(&xs[r * di..(r + 1) * di]);
+        }
+    }
+    let eval_x = backend.upload(&eval_x)?;
+    let mut eval_mean = backend.zeros(e * ne * dout)?;
+    let mut eval_lv = backend.zeros(e * ne * dout)?;
+
+    let total = shape.layout().total;
+    let mut params = backend.upload(&model.params)?;
+    let norm = backend.upload(&model.norm())?;
+    let mut grad = backend.zeros(total)?;
+    let mut adam_m = backend.zeros(total)?;
+    let mut adam_v = backend.zeros(total)?;
+    let mut losses = backend.zeros(e)?;
+    let bs = cfg.batch_size.min(nt);
+    let mut bx_host = vec![0.0f32; e * bs * di];
+    let mut by_host = vec![0.0f32; e * bs * dout];
+    let mut bx = backend.zeros(e * bs * di)?;
+    let mut by = backend.zeros(e * bs * dout)?;
+
+    let evaluate = |params: &B::Buf, mean: &mut B::Buf, lv: &mut B::Buf| -> Result<Vec<f64>> {
+        backend.ensemble_forward(&shape, params, &norm, &eval_x, ne, mean, lv)?;
+        let mean = backend.download(mean)?;
+        Ok((0..e)
+            .map(|m| {
+                let mut s = 0.0f64;
+                for (k, &r) in eval_idx.iter().enumerate() {
+                    for j in 0..dout {
+                        let d = mean[(m * ne + k) * dout + j] as f64 - ys[r * dout + j] as f64;
+                        s += d * d;
+                    }
+                }
+                s / (ne * dout).max(1) as f64
+            })
+            .collect())
+    };
+
+    // With neither a holdout nor early stopping there is nothing to decide per epoch: the
+    // final weights are kept and evaluated once (for elite ranking) at the end.
+    let track = !hold_idx_empty || cfg.patience.is_some();
+    let mut best = if track {
+        evaluate(&params, &mut eval_mean, &mut eval_lv)?
+    } else {
+        vec![f64::INFINITY; e]
+    };
+    let mut best_params = model.params.clone();
+    let mut last_good = model.params.clone();
+    let mut since_improved = 0usize;
+    let mut history = Vec::new();
+    let mut step = 0u32;
+    let mut order: Vec<Vec<usize>> = member_sets.clone();
+    let lay = shape.layout();
+
+    for epoch in 0..cfg.epochs {
+        let t0 = Instant::now();
+        for (m, o) in order.iter_mut().enumerate() {
+            o.copy_from_slice(&member_sets[m]);
+            Philox::new(cfg.seed, stream::SHUFFLE, (epoch * e + m) as u32).shuffle(o);
+        }
+        let mut loss_sum = 0.0f64;
+        let mut batches = 0usize;
+        let mut start = 0;
+        while start < nt {
+            let rows = bs.min(nt - start);
+            for m in 0..e {
+                for k in 0..rows {
+                    let r = order[m][start + k];
+                    bx_host[(m * rows + k) * di..(m * rows + k + 1) * di]
+                        .copy_from_slice(&xs[r * di..(r + 1) * di]);
+                    by_host[(m * rows + k) * dout..(m * rows + k + 1) * dout]
+                        .copy_from_slice(&ys[r * dout..(r + 1) * dout]);
+                }
+            }
+            if rows == bs {
+                backend.write(&mut bx, &bx_host)?;
+                backend.write(&mut by, &by_host)?;
+            } else {
+                bx = backend.upload(&bx_host[..e * rows * di])?;
+                by = backend.upload(&by_host[..e * rows * dout])?;
+            }
+            backend.ensemble_nll_backward(
+                &shape, &loss_cfg, &params, &norm, &bx, &by, rows, &mut grad, &mut losses,
+            )?;
+            let l = backend.download(&losses)?;
+            if l.iter().any(|v| !v.is_finite()) {
+                model.params.copy_from_slice(&last_good);
+                return Err(Error::Diverged(format!(
+                    "non-finite loss {l:?} at epoch {epoch}; parameters restored to the end of \
+                     epoch {}",
+                    epoch as i64 - 1
+                )));
+            }
+            loss_sum += l.iter().map(|v| *v as f64).sum::<f64>() / e as f64;
+            batches += 1;
+            step += 1;
+            let ap = AdamParams {
+                lr: cfg.lr,
+                beta1: 0.9,
+                beta2: 0.999,
+                eps: 1e-8,
+                step,
+                len: total as u32,
+                _pad: [0; 2],
+            };
+            backend.adam_step(&ap, &mut params, &grad, &mut adam_m, &mut adam_v)?;
+            start += rows;
+        }
+        // Restore full-size batch buffers after a short last batch.
+        if nt % bs != 0 {
+            bx = backend.zeros(e * bs * di)?;
+            by = backend.zeros(e * bs * dout)?;
+        }
+        let current = backend.download(&params)?;
+        if current.iter().any(|v| !v.is_finite()) {
+            model.params.copy_from_slice(&last_good);
+            return Err(Error::Diverged(format!(
+                "non-finite parameters after epoch {epoch}; restored the previous epoch's"
+            )));
+        }
+        last_good.copy_from_slice(&current);
+        let last_epoch = epoch + 1 == cfg.epochs;
+        let mse = if track || last_epoch {
+            evaluate(&params, &mut eval_mean, &mut eval_lv)?
+        } else {
+            vec![]
+        };
+        let mut improved = false;
+        if track {
+            for m in 0..e {
+                let gain = (best[m] - mse[m]) / best[m].abs().max(1e-12);
+                if gain > cfg.improvement_threshold as f64 {
+                    best[m] = mse[m];
+                    copy_member(&lay, m, &current, &mut best_params);
+                    improved = true;
+                }
+            }
+        } else if last_epoch {
+            best.clone_from(&mse);
+            best_params.copy_from_slice(&current);
+        }
+        since_improved = if improved { 0 } else { since_improved + 1 };
+        let rep = EpochReport {
+            epoch,
+            train_loss: loss_sum / batches.max(1) as f64,
+            eval_mse: mse,
+            seconds: t0.elapsed().as_secs_f64(),
+        };
+        on_epoch(&rep);
+        history.push(rep);
+        if cfg.patience.is_some_and(|p| since_improved >= p) {
+            break;
+        }
+    }
+    // best_params holds each member's best epoch (its initial weights if training never
+    // improved it on the holdout).
+    if cfg.epochs == 0 {
+        best = evaluate(&params, &mut eval_mean, &mut eval_lv)?;
+    }
+    model.params = best_params;
+    let mut ranked: Vec<usize> = (0..e).collect();
+    ranked.sort_by(|&a, &b| best[a].total_cmp(&best[b]));
+    model.elites = ranked[..mc.num_elites].to_vec();
+    Ok(TrainReport {
+        epochs_run: history.len(),
+        best_eval_mse: best,
+        elites: model.elites.clone(),
+        history,
+    })
+}
+
+/// Copy member m's tensors (every layer's W and b) from `src` to `dst`; the shared
+/// max/min log-variance travel with every improvement.
+fn copy_member(lay: &crate::backend::ParamLayout, m: usize, src: &[f32], dst: &mut [f32]) {
+    for lo in &lay.layers {
+        let w = lo.fan_in * lo.fan_out;
+        let a = lo.weight + m * w;
+        dst[a..a + w].copy_from_slice(&src[a..a + w]);
+        let b = lo.bias + m * lo.fan_out;
+        dst[b..b + lo.fan_out].copy_from_slice(&src[b..b + lo.fan_out]);
+    }
+    dst[lay.max_logvar..lay.total].copy_from_slice(&src[lay.max_logvar..lay.total]);
+}
