@@ -24,7 +24,8 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    // ENV-VARIANT
+    #[error(transparent)]
+    Env(#[from] crate::env::EnvError),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
