@@ -25,7 +25,11 @@ fn tiled(c: &mut [f32], a: &[f32], b: &[f32], m: usize, k: usize, n: usize) {
 fn bench(cr: &mut Criterion) {
     let mut g = cr.benchmark_group("gemm_core");
     g.sample_size(30);
-    for &(m, k, n) in &[(500usize, 200usize, 200usize), (128, 200, 200), (500, 24, 200)] {
+    for &(m, k, n) in &[
+        (500usize, 200usize, 200usize),
+        (128, 200, 200),
+        (500, 24, 200),
+    ] {
         let a: Vec<f32> = (0..m * k).map(|i| ((i * 7) % 13) as f32 * 0.1).collect();
         let b: Vec<f32> = (0..k * n).map(|i| ((i * 5) % 11) as f32 * 0.1).collect();
         let mut c = vec![0.0f32; m * n];
@@ -37,14 +41,57 @@ fn bench(cr: &mut Criterion) {
         g.bench_with_input(BenchmarkId::new("matrixmultiply", &id), &(), |bch, _| {
             bch.iter(|| unsafe {
                 matrixmultiply::sgemm(
-                    m, k, n, 1.0, a.as_ptr(), k as isize, 1, b.as_ptr(), n as isize, 1, 0.0,
-                    c.as_mut_ptr(), n as isize, 1,
+                    m,
+                    k,
+                    n,
+                    1.0,
+                    a.as_ptr(),
+                    k as isize,
+                    1,
+                    b.as_ptr(),
+                    n as isize,
+                    1,
+                    0.0,
+                    c.as_mut_ptr(),
+                    n as isize,
+                    1,
                 )
             })
         });
         g.bench_with_input(BenchmarkId::new("gemm_crate", &id), &(), |bch, _| {
             bch.iter(|| matmul(&mut c, View::rm(&a, m, k), View::rm(&b, k, n), false))
         });
+        // Same product with activations stored feature-major (dst and lhs column-major), so
+        // the micro-kernel's long dimension runs over rows instead of the 200 features.
+        g.bench_with_input(
+            BenchmarkId::new("gemm_crate_feature_major", &id),
+            &(),
+            |bch, _| {
+                bch.iter(|| unsafe {
+                    gemm::gemm(
+                        m,
+                        n,
+                        k,
+                        c.as_mut_ptr(),
+                        m as isize,
+                        1,
+                        false,
+                        a.as_ptr(),
+                        m as isize,
+                        1,
+                        b.as_ptr(),
+                        1,
+                        n as isize,
+                        0.0f32,
+                        1.0f32,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    )
+                })
+            },
+        );
     }
     g.finish();
 }

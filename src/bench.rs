@@ -51,7 +51,15 @@ pub fn gemm_peak(reps: usize) -> f64 {
     best
 }
 
-fn result(name: &str, med: f64, min: f64, reps: usize, flop: f64, peak: f64, note: String) -> BenchResult {
+fn result(
+    name: &str,
+    med: f64,
+    min: f64,
+    reps: usize,
+    flop: f64,
+    peak: f64,
+    note: String,
+) -> BenchResult {
     let gflops = flop / (med * 1e-3) / 1e9;
     BenchResult {
         name: name.into(),
@@ -107,7 +115,9 @@ pub fn model_benches(reps: usize) -> Result<Vec<BenchResult>> {
     let rows = 1000;
     let params = crate::backend::cpu::ensemble::init_params(&shape, 0);
     let norm: Vec<f32> = [vec![0.0; 24], vec![1.0; 24]].concat();
-    let x: Vec<f32> = (0..7 * rows * 24).map(|i| normal(3, 1, i as u32, 0)).collect();
+    let x: Vec<f32> = (0..7 * rows * 24)
+        .map(|i| normal(3, 1, i as u32, 0))
+        .collect();
     let mut mean = vec![0.0f32; 7 * rows * 18];
     let mut lv = mean.clone();
     let (med, min) = time_ms(reps * 4, || {

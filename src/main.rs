@@ -138,7 +138,11 @@ fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
         Cmd::Devices => {
             for a in backend::probe_all() {
-                let mark = if a.available { "available" } else { "unavailable" };
+                let mark = if a.available {
+                    "available"
+                } else {
+                    "unavailable"
+                };
                 println!("{:<5} {:<11} {}", a.backend, mark, a.detail);
             }
             let (chosen, _) = backend::resolve(BackendChoice::Auto)?;
@@ -224,7 +228,11 @@ fn fit(a: FitArgs) -> Result<()> {
     let report = train::train(&be, &mut model, &data, &tc, |r| {
         let mean_mse = r.eval_mse.iter().sum::<f64>() / r.eval_mse.len().max(1) as f64;
         if r.eval_mse.is_empty() {
-            pb.println(format!("epoch {:>4}  train loss {:>10.5}", r.epoch + 1, r.train_loss));
+            pb.println(format!(
+                "epoch {:>4}  train loss {:>10.5}",
+                r.epoch + 1,
+                r.train_loss
+            ));
         } else {
             pb.println(format!(
                 "epoch {:>4}  train loss {:>10.5}  {which} mse {:>10.6}",

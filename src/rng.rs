@@ -239,7 +239,11 @@ mod tests {
         assert!((s2 / nf - 1.0).abs() < 0.016, "normal var {}", s2 / nf);
         assert!((t / nf).abs() < 0.012);
         // Variance of N(0,1) truncated to ±2: 1 − 2·2·φ(2)/(Φ(2)−Φ(−2)) = 0.7737.
-        assert!((t2 / nf - 0.7737).abs() < 0.012, "truncated var {}", t2 / nf);
+        assert!(
+            (t2 / nf - 0.7737).abs() < 0.012,
+            "truncated var {}",
+            t2 / nf
+        );
         assert!((u / nf - 0.5).abs() < 0.004);
     }
 

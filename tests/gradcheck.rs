@@ -26,6 +26,7 @@ struct Case {
     loss: LossConfig,
 }
 
+#[allow(clippy::too_many_arguments)]
 fn case(
     e: usize,
     rows: usize,
@@ -86,7 +87,17 @@ fn loss_at(c: &Case, params: &[f64], ws: &mut Workspace<f64>) -> f64 {
     let mut g = vec![0.0; params.len()];
     let mut losses = vec![0.0; e];
     nll_backward(
-        &c.shape, &c.loss, params, &c.mean, &c.std, &c.x, &c.y, c.rows, &mut g, &mut losses, ws,
+        &c.shape,
+        &c.loss,
+        params,
+        &c.mean,
+        &c.std,
+        &c.x,
+        &c.y,
+        c.rows,
+        &mut g,
+        &mut losses,
+        ws,
     );
     total_loss(&c.shape, &c.loss, params, &losses)
 }
@@ -97,8 +108,17 @@ fn check_nll(c: &Case) {
     let mut grad = vec![0.0; c.params.len()];
     let mut losses = vec![0.0; e];
     nll_backward(
-        &c.shape, &c.loss, &c.params, &c.mean, &c.std, &c.x, &c.y, c.rows, &mut grad,
-        &mut losses, &mut ws,
+        &c.shape,
+        &c.loss,
+        &c.params,
+        &c.mean,
+        &c.std,
+        &c.x,
+        &c.y,
+        c.rows,
+        &mut grad,
+        &mut losses,
+        &mut ws,
     );
     let mut p = c.params.clone();
     let mut worst = 0.0f64;
@@ -215,8 +235,7 @@ fn large_batches_split_into_tasks_should_give_the_same_gradient() {
     let mut g = vec![0.0; c.params.len()];
     let mut l = vec![0.0; 2];
     nll_backward(
-        &c.shape, &c.loss, &c.params, &c.mean, &c.std, &c.x, &c.y, c.rows, &mut g, &mut l,
-        &mut ws,
+        &c.shape, &c.loss, &c.params, &c.mean, &c.std, &c.x, &c.y, c.rows, &mut g, &mut l, &mut ws,
     );
     // Spot-check 40 parameters by finite differences (the full sweep is covered above).
     let mut p = c.params.clone();

@@ -284,7 +284,10 @@ pub fn resolve(choice: BackendChoice) -> Result<(&'static str, Vec<String>)> {
     };
     match want {
         Some(name) => {
-            let a = all.iter().find(|a| a.backend == name).expect("known backend");
+            let a = all
+                .iter()
+                .find(|a| a.backend == name)
+                .expect("known backend");
             if a.available {
                 Ok((a.backend, vec![]))
             } else {

@@ -38,10 +38,22 @@ fn tensor_plan(cfg: &ModelConfig) -> Vec<(String, Vec<usize>, Source)> {
         ));
     }
     if shape.probabilistic {
-        v.push(("max_logvar".into(), vec![1, shape.out_dim], Source::Param(lay.max_logvar)));
-        v.push(("min_logvar".into(), vec![1, shape.out_dim], Source::Param(lay.min_logvar)));
+        v.push((
+            "max_logvar".into(),
+            vec![1, shape.out_dim],
+            Source::Param(lay.max_logvar),
+        ));
+        v.push((
+            "min_logvar".into(),
+            vec![1, shape.out_dim],
+            Source::Param(lay.min_logvar),
+        ));
     }
-    v.push(("input_mean".into(), vec![1, shape.in_dim], Source::InputMean));
+    v.push((
+        "input_mean".into(),
+        vec![1, shape.in_dim],
+        Source::InputMean,
+    ));
     v.push(("input_std".into(), vec![1, shape.in_dim], Source::InputStd));
     v
 }
@@ -53,7 +65,7 @@ enum Source {
     InputStd,
 }
 
-fn slice<'a>(m: &'a Ensemble, src: Source, len: usize) -> &'a [f32] {
+fn slice(m: &Ensemble, src: Source, len: usize) -> &[f32] {
     match src {
         Source::Param(off) => &m.params[off..off + len],
         Source::InputMean => &m.input_mean,
@@ -129,13 +141,13 @@ pub fn from_bytes(bytes: &[u8]) -> std::result::Result<Ensemble, String> {
         Some(f) => return Err(format!("format is {f:?}, expected {FORMAT:?}")),
         None => return Err("no `format` metadata: not an mbrl-gpu ensemble checkpoint".into()),
     }
-    let cfg: ModelConfig = serde_json::from_str(
-        meta.get("config").ok_or("no `config` metadata")?,
-    )
-    .map_err(|e| format!("config metadata is not a valid model config: {e}"))?;
-    cfg.validate().map_err(|e| format!("config metadata: {e}"))?;
-    let elites: Vec<usize> = serde_json::from_str(meta.get("elites").ok_or("no `elites` metadata")?)
-        .map_err(|e| format!("elites metadata: {e}"))?;
+    let cfg: ModelConfig = serde_json::from_str(meta.get("config").ok_or("no `config` metadata")?)
+        .map_err(|e| format!("config metadata is not a valid model config: {e}"))?;
+    cfg.validate()
+        .map_err(|e| format!("config metadata: {e}"))?;
+    let elites: Vec<usize> =
+        serde_json::from_str(meta.get("elites").ok_or("no `elites` metadata")?)
+            .map_err(|e| format!("elites metadata: {e}"))?;
     if elites.is_empty() || elites.iter().any(|&m| m >= cfg.ensemble_size) {
         return Err(format!(
             "elites {elites:?} are not member indices of a {}-member ensemble",
@@ -156,7 +168,10 @@ pub fn from_bytes(bytes: &[u8]) -> std::result::Result<Ensemble, String> {
             .tensor(&name)
             .map_err(|_| format!("missing tensor {name:?}"))?;
         if t.dtype() != Dtype::F32 {
-            return Err(format!("tensor {name:?} has dtype {:?}, expected F32", t.dtype()));
+            return Err(format!(
+                "tensor {name:?} has dtype {:?}, expected F32",
+                t.dtype()
+            ));
         }
         if t.shape() != shape.as_slice() {
             return Err(format!(
@@ -170,7 +185,10 @@ pub fn from_bytes(bytes: &[u8]) -> std::result::Result<Ensemble, String> {
             .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
             .collect();
         if let Some(i) = vals.iter().position(|v| !v.is_finite()) {
-            return Err(format!("tensor {name:?} holds {} at flat index {i}", vals[i]));
+            return Err(format!(
+                "tensor {name:?} holds {} at flat index {i}",
+                vals[i]
+            ));
         }
         let dst: &mut [f32] = match src {
             Source::Param(off) => &mut model.params[off..off + vals.len()],

@@ -7,7 +7,10 @@ use std::path::Path;
 
 /// Parse CSV text. Errors name the line (1-based, header = line 1) and the column.
 pub fn parse(text: &str) -> Result<Transitions> {
-    let mut lines = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty());
+    let mut lines = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty());
     let (_, header) = lines.next().ok_or_else(|| invalid!("the CSV is empty"))?;
     let cols: Vec<&str> = header.split(',').map(|c| c.trim()).collect();
     let find = |prefix: &str| -> Vec<(usize, usize)> {
@@ -79,7 +82,12 @@ pub fn parse(text: &str) -> Result<Transitions> {
         }
         for (ci, f) in fields.iter().enumerate() {
             let v: f32 = f.trim().parse().map_err(|_| {
-                invalid!("CSV line {}: column {} is {:?}, not a number", li + 1, cols[ci], f.trim())
+                invalid!(
+                    "CSV line {}: column {} is {:?}, not a number",
+                    li + 1,
+                    cols[ci],
+                    f.trim()
+                )
             })?;
             if !v.is_finite() {
                 return Err(invalid!(
@@ -121,7 +129,10 @@ pub fn render(t: &Transitions) -> String {
     s.push_str(&head.join(","));
     s.push('\n');
     for r in 0..t.len() {
-        let mut row: Vec<String> = t.obs[r * o..(r + 1) * o].iter().map(|v| v.to_string()).collect();
+        let mut row: Vec<String> = t.obs[r * o..(r + 1) * o]
+            .iter()
+            .map(|v| v.to_string())
+            .collect();
         row.extend(t.act[r * a..(r + 1) * a].iter().map(|v| v.to_string()));
         row.extend(t.next_obs[r * o..(r + 1) * o].iter().map(|v| v.to_string()));
         if t.has_reward() {
@@ -150,13 +161,24 @@ mod tests {
 
     #[test]
     fn csv_errors_should_name_line_and_column() {
-        let e = parse("obs_0,act_0,next_obs_0\n1,2,3\n1,nan,3\n").unwrap_err().to_string();
-        assert!(e.contains("line 3") && e.contains("act_0") && e.contains("transition 1"), "{e}");
-        let e = parse("obs_0,act_0,next_obs_0\n1,2\n").unwrap_err().to_string();
+        let e = parse("obs_0,act_0,next_obs_0\n1,2,3\n1,nan,3\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("line 3") && e.contains("act_0") && e.contains("transition 1"),
+            "{e}"
+        );
+        let e = parse("obs_0,act_0,next_obs_0\n1,2\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("line 2"), "{e}");
-        let e = parse("obs_0,obs_2,act_0,next_obs_0,next_obs_1\n").unwrap_err().to_string();
+        let e = parse("obs_0,obs_2,act_0,next_obs_0,next_obs_1\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("obs_2"), "{e}");
-        let e = parse("obs_0,act_0,next_obs_0,speed\n1,2,3,4\n").unwrap_err().to_string();
+        let e = parse("obs_0,act_0,next_obs_0,speed\n1,2,3,4\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("speed"), "{e}");
     }
 }

@@ -107,8 +107,12 @@ impl Transitions {
     /// Model target of transition i: [next_obs − obs, (reward)].
     pub fn target_row(&self, i: usize, learn_reward: bool, out: &mut [f32]) {
         let o = self.obs_dim;
-        for j in 0..o {
-            out[j] = self.next_obs[i * o + j] - self.obs[i * o + j];
+        let (next, obs) = (
+            &self.next_obs[i * o..(i + 1) * o],
+            &self.obs[i * o..(i + 1) * o],
+        );
+        for ((t, n), s) in out[..o].iter_mut().zip(next).zip(obs) {
+            *t = n - s;
         }
         if learn_reward {
             out[o] = self.reward[i];
@@ -134,7 +138,10 @@ mod tests {
         t.push(&[0.0, 1.0], &[f32::NAN], &[0.1, 1.1], None);
         t.push(&[f32::INFINITY, 1.0], &[0.5], &[0.1, 1.1], None);
         let msg = t.validate().unwrap_err().to_string();
-        assert!(msg.contains("transition 1") && msg.contains("act_0"), "{msg}");
+        assert!(
+            msg.contains("transition 1") && msg.contains("act_0"),
+            "{msg}"
+        );
     }
 
     #[test]

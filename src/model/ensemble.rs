@@ -65,7 +65,9 @@ impl ModelConfig {
 
     pub fn validate(&self) -> Result<()> {
         if self.obs_dim == 0 || self.act_dim == 0 {
-            return Err(invalid!("observation and action dimensions must be at least 1"));
+            return Err(invalid!(
+                "observation and action dimensions must be at least 1"
+            ));
         }
         if self.ensemble_size == 0 {
             return Err(invalid!("the ensemble needs at least one member"));

@@ -57,7 +57,10 @@ impl TrainConfig {
             return Err(invalid!("batch size must be at least 1"));
         }
         if !(self.lr.is_finite() && self.lr > 0.0) {
-            return Err(invalid!("learning rate must be a positive number, got {}", self.lr));
+            return Err(invalid!(
+                "learning rate must be a positive number, got {}",
+                self.lr
+            ));
         }
         if !(0.0..1.0).contains(&self.holdout_ratio) {
             return Err(invalid!(
@@ -271,7 +274,15 @@ pub fn train<B: Backend>(
                 by = backend.upload(&by_host[..e * rows * dout])?;
             }
             backend.ensemble_nll_backward(
-                &shape, &loss_cfg, &params, &norm, &bx, &by, rows, &mut grad, &mut losses,
+                &shape,
+                &loss_cfg,
+                &params,
+                &norm,
+                &bx,
+                &by,
+                rows,
+                &mut grad,
+                &mut losses,
             )?;
             let l = backend.download(&losses)?;
             if l.iter().any(|v| !v.is_finite()) {

@@ -47,10 +47,16 @@ mod tests {
         };
         adam(&p, &mut w, &g, &mut m, &mut v);
         // Step 1: m̂ = g, v̂ = g², update = lr·sign(g) (up to eps).
-        assert!((w[0] - 0.9).abs() < 1e-6 && (w[1] + 1.9).abs() < 1e-6, "{w:?}");
+        assert!(
+            (w[0] - 0.9).abs() < 1e-6 && (w[1] + 1.9).abs() < 1e-6,
+            "{w:?}"
+        );
         p.step = 2;
         adam(&p, &mut w, &g, &mut m, &mut v);
         // Constant gradient: m̂ = g, v̂ = g² again, so another lr·sign(g).
-        assert!((w[0] - 0.8).abs() < 1e-5 && (w[1] + 1.8).abs() < 1e-5, "{w:?}");
+        assert!(
+            (w[0] - 0.8).abs() < 1e-5 && (w[1] + 1.8).abs() < 1e-5,
+            "{w:?}"
+        );
     }
 }
