@@ -2,7 +2,7 @@
 //! shapes (rows × 200 · 200 × 200, single thread, as each task runs it): a hand-written
 //! register-tiled loop, `matrixmultiply`, and `gemm`.
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use mbrl_gpu::backend::cpu::gemm::{matmul, View};
+use mbrl_gpu::linalg::{matmul, View};
 
 /// Hand-written i-k-j loop over 4-row blocks: the compiler vectorises the j loop.
 fn tiled(c: &mut [f32], a: &[f32], b: &[f32], m: usize, k: usize, n: usize) {

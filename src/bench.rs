@@ -1,6 +1,7 @@
 //! `mbrl-gpu bench`: throughput figures with the machine's GEMM peak measured in the same run.
 //! Timings here are reports, never assertions.
-use crate::backend::cpu::{gemm, CpuBackend};
+use crate::backend::cpu::CpuBackend;
+use crate::linalg as gemm;
 use crate::backend::{Backend, EnsembleShape};
 use crate::model::{Ensemble, ModelConfig, TrainConfig, Transitions};
 use crate::rng::{normal, stream};

@@ -170,6 +170,82 @@ pub struct AdamParams {
     pub _pad: [u32; 2],
 }
 
+/// How particles are propagated through the ensemble (PETS §4.2, trajectory sampling).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Propagation {
+    /// TS1: every particle re-draws its bootstrap (elite member) at every step.
+    Ts1 = 0,
+    /// TS∞: every particle keeps one bootstrap for the whole horizon.
+    TsInf = 1,
+    /// Expectation: no sampling; the next state is the mean over elites of the mean
+    /// predictions (particles are then identical).
+    Expectation = 2,
+}
+
+/// Most elite members a rollout can name (the list travels inside the parameter block).
+pub const MAX_ELITES: usize = 16;
+
+/// Parameters of `cem_sample`. Candidate c, element j (= t·act_dim + a) is Philox element
+/// `c·len + j` of stream CEM_SAMPLE at step `step`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct SampleParams {
+    pub seed_lo: u32,
+    pub seed_hi: u32,
+    /// Philox step: distinct for every (control step, CEM iteration).
+    pub step: u32,
+    pub population: u32,
+    /// Elements per candidate: horizon · act_dim.
+    pub len: u32,
+    pub act_dim: u32,
+    /// 0: truncated normal around (mean, var) as CEM samples; 1: uniform in the bounds
+    /// (random shooting; mean and var are ignored).
+    pub dist: u32,
+    pub _pad: u32,
+}
+
+/// Parameters of `cem_update`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct UpdateParams {
+    pub population: u32,
+    pub len: u32,
+    pub num_elites: u32,
+    pub _pad: u32,
+    /// Smoothing: mean ← α·mean + (1−α)·elite mean (same for the variance).
+    pub alpha: f32,
+    /// Variances are clamped below by this, so the search never collapses to a point.
+    pub min_var: f32,
+    pub _pad2: [u32; 2],
+}
+
+/// Parameters of `rollout` / `rollout_true`. Row r = c·particles + k (candidate c, particle k).
+/// Randomness: the member of row r at horizon step t is Philox `below` of stream TS_MEMBER at
+/// (element r, step `step·horizon + t`) for TS1, and at (r, `step·horizon`) for TS∞; the
+/// noise of output j is `normal` of stream TS_NOISE at (element r·out_dim + j, step
+/// `step·horizon + t`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct RolloutParams {
+    pub seed_lo: u32,
+    pub seed_hi: u32,
+    pub step: u32,
+    pub population: u32,
+    pub particles: u32,
+    pub horizon: u32,
+    pub obs_dim: u32,
+    pub act_dim: u32,
+    /// `Propagation as u32`.
+    pub propagation: u32,
+    /// `EnvId::code()`: whose reward and termination (and, for `rollout_true`, dynamics).
+    pub env: u32,
+    /// 1 when the model's last output is the reward (then the env's reward is not used).
+    pub learn_reward: u32,
+    pub num_elites: u32,
+    pub elites: [u32; MAX_ELITES],
+}
+
 /// The operations every backend provides. Buffers are the backend's own (`Vec<f32>` on the
 /// CPU, device allocations elsewhere); only `upload`/`download` cross to the host.
 pub trait Backend: Send + Sync {
@@ -211,6 +287,56 @@ pub trait Backend: Send + Sync {
         rows: usize,
         grad: &mut Self::Buf,
         losses: &mut Self::Buf,
+    ) -> Result<()>;
+
+    /// Sample a population [P, H·A] for CEM (truncated normal, see [`SampleParams`]) or
+    /// random shooting (uniform). `lower`/`upper` are the action bounds [act_dim].
+    fn cem_sample(
+        &self,
+        p: &SampleParams,
+        mean: &Self::Buf,
+        var: &Self::Buf,
+        lower: &Self::Buf,
+        upper: &Self::Buf,
+        out: &mut Self::Buf,
+    ) -> Result<()>;
+
+    /// CEM update: the `num_elites` candidates of highest return (ties to the lower index,
+    /// NaN ranked as −∞) give the new mean and (biased) variance, smoothed by α and clamped
+    /// below by `min_var`.
+    fn cem_update(
+        &self,
+        p: &UpdateParams,
+        population: &Self::Buf,
+        returns: &Self::Buf,
+        mean: &mut Self::Buf,
+        var: &mut Self::Buf,
+    ) -> Result<()>;
+
+    /// Trajectory sampling through the learned ensemble: every candidate's action sequence
+    /// [P, H, A] from the start observation `start` [obs_dim] with `particles` particles;
+    /// `returns` [P] ← mean over particles of the summed rewards (none after a particle
+    /// terminates), −∞ for a candidate any of whose particles left the finite numbers.
+    #[allow(clippy::too_many_arguments)]
+    fn rollout(
+        &self,
+        p: &RolloutParams,
+        shape: &EnsembleShape,
+        params: &Self::Buf,
+        norm: &Self::Buf,
+        start: &Self::Buf,
+        actions: &Self::Buf,
+        returns: &mut Self::Buf,
+    ) -> Result<()>;
+
+    /// The same with the environment's true dynamics from its internal state `start`
+    /// [state_dim]; deterministic, so one particle per candidate.
+    fn rollout_true(
+        &self,
+        p: &RolloutParams,
+        start: &Self::Buf,
+        actions: &Self::Buf,
+        returns: &mut Self::Buf,
     ) -> Result<()>;
 
     /// One Adam step over the flat parameters (coupled L2 lives in the loss).
@@ -256,7 +382,7 @@ pub fn probe_all() -> Vec<Availability> {
             available: true,
             detail: format!(
                 "rayon on {threads} thread(s); GEMM by the `gemm` crate ({})",
-                cpu::gemm::simd_level()
+                crate::linalg::simd_level()
             ),
         },
     ]

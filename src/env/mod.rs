@@ -126,6 +126,19 @@ pub enum EnvError {
 }
 
 impl EnvId {
+    /// The number device kernels use for this environment (`RolloutParams::env`).
+    pub const fn code(self) -> u32 {
+        match self {
+            EnvId::CartPole => 0,
+            EnvId::Pendulum => 1,
+            EnvId::MountainCar => 2,
+        }
+    }
+
+    pub fn from_code(code: u32) -> Option<EnvId> {
+        EnvId::ALL.into_iter().find(|e| e.code() == code)
+    }
+
     /// Every native environment.
     pub const ALL: [EnvId; 3] = [EnvId::CartPole, EnvId::Pendulum, EnvId::MountainCar];
 

@@ -11,7 +11,7 @@
 //! rows with single-threaded GEMMs, so there is no synchronisation between layers. Task output
 //! regions tile each `[E, B, ·]` buffer in order, which lets us hand each task a disjoint
 //! `&mut` slice without unsafe code.
-use super::gemm::{matmul, View};
+use crate::linalg::{matmul, View};
 use super::{sigmoid, softplus, Real};
 use crate::backend::{Activation, EnsembleShape, LossConfig, ParamLayout};
 use rayon::prelude::*;
@@ -231,7 +231,7 @@ fn normalise<T: Real>(dst: &mut [T], x: &[T], mean: &[T], std: &[T], nr: usize) 
 }
 
 /// Split the head output into mean and bounded log-variance.
-fn head_out<T: Real>(
+pub(crate) fn head_out<T: Real>(
     shape: &EnsembleShape,
     params: &[T],
     lay: &ParamLayout,
@@ -290,14 +290,40 @@ pub fn forward<T: Real>(
             let [a, b] = scr;
             grow(a, t.nr * width);
             grow(b, t.nr * width);
-            normalise(a, rows_of(x, t, rows, shape.in_dim), in_mean, in_std, t.nr);
-            for l in 0..lay.layers.len() {
-                let activation = (l < shape.num_layers).then_some(shape.activation);
-                linear(b, None, a, params, &lay, l, t.e, t.nr, activation);
-                std::mem::swap(a, b);
-            }
-            head_out(shape, params, &lay, a, t.nr, m_out, lv_out);
+            let x = rows_of(x, t, rows, shape.in_dim);
+            let raw = member_forward(shape, &lay, params, in_mean, in_std, t.e, x, t.nr, a, b);
+            head_out(shape, params, &lay, raw, t.nr, m_out, lv_out);
         });
+}
+
+/// Member `e`'s network on `nr` raw input rows `x` [nr, in], single-threaded, using the two
+/// scratch buffers (each ≥ nr × max width). Returns the raw head output [nr, head_dim],
+/// which lives in one of the scratch buffers.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn member_forward<'s, T: Real>(
+    shape: &EnsembleShape,
+    lay: &ParamLayout,
+    params: &[T],
+    in_mean: &[T],
+    in_std: &[T],
+    e: usize,
+    x: &[T],
+    nr: usize,
+    mut a: &'s mut [T],
+    mut b: &'s mut [T],
+) -> &'s [T] {
+    normalise(a, x, in_mean, in_std, nr);
+    for l in 0..lay.layers.len() {
+        let activation = (l < shape.num_layers).then_some(shape.activation);
+        linear(b, None, a, params, lay, l, e, nr, activation);
+        std::mem::swap(&mut a, &mut b);
+    }
+    &a[..nr * shape.head_dim()]
+}
+
+/// Widest activation any layer of `shape` produces or consumes.
+pub(crate) fn max_width(shape: &EnsembleShape) -> usize {
+    shape.hidden.max(shape.head_dim()).max(shape.in_dim)
 }
 
 /// Forward pass that keeps every layer's input and pre-activation for the backward pass.

@@ -1,11 +1,14 @@
 //! The CPU backend: plain Rust + rayon. It is the specification every device backend is
 //! checked against. Its numerics are generic over [`Real`] so that gradient checks run the
 //! very same code in f64.
+pub mod cem;
 pub mod ensemble;
-pub mod gemm;
 pub mod optim;
+pub mod rollout;
 
-use super::{AdamParams, Backend, EnsembleShape, LossConfig};
+use super::{
+    AdamParams, Backend, EnsembleShape, LossConfig, RolloutParams, SampleParams, UpdateParams,
+};
 use crate::Result;
 use std::sync::Mutex;
 
@@ -141,6 +144,7 @@ pub fn softplus<T: Real>(x: T) -> T {
 #[derive(Default)]
 pub struct CpuBackend {
     ws: Mutex<ensemble::Workspace<f32>>,
+    rollout_ws: Mutex<rollout::RolloutWorkspace>,
 }
 
 impl CpuBackend {
@@ -262,6 +266,132 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
+    fn cem_sample(
+        &self,
+        p: &SampleParams,
+        mean: &Vec<f32>,
+        var: &Vec<f32>,
+        lower: &Vec<f32>,
+        upper: &Vec<f32>,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        let len = p.len as usize;
+        if p.act_dim == 0 || len % p.act_dim as usize != 0 {
+            return Err(crate::Error::Shape(format!(
+                "sample length {len} is not a whole number of actions of dimension {}",
+                p.act_dim
+            )));
+        }
+        need("mean", mean.len(), len)?;
+        need("var", var.len(), len)?;
+        need("lower bounds", lower.len(), p.act_dim as usize)?;
+        need("upper bounds", upper.len(), p.act_dim as usize)?;
+        need("population", out.len(), p.population as usize * len)?;
+        cem::sample(p, mean, var, lower, upper, out);
+        Ok(())
+    }
+
+    fn cem_update(
+        &self,
+        p: &UpdateParams,
+        population: &Vec<f32>,
+        returns: &Vec<f32>,
+        mean: &mut Vec<f32>,
+        var: &mut Vec<f32>,
+    ) -> Result<()> {
+        let len = p.len as usize;
+        if p.num_elites == 0 || p.num_elites > p.population {
+            return Err(crate::invalid!(
+                "elite count {} must be in 1..={} (the population)",
+                p.num_elites,
+                p.population
+            ));
+        }
+        need("population", population.len(), p.population as usize * len)?;
+        need("returns", returns.len(), p.population as usize)?;
+        need("mean", mean.len(), len)?;
+        need("var", var.len(), len)?;
+        cem::update(p, population, returns, mean, var);
+        Ok(())
+    }
+
+    fn rollout(
+        &self,
+        p: &RolloutParams,
+        shape: &EnsembleShape,
+        params: &Vec<f32>,
+        norm: &Vec<f32>,
+        start: &Vec<f32>,
+        actions: &Vec<f32>,
+        returns: &mut Vec<f32>,
+    ) -> Result<()> {
+        check_rollout(p)?;
+        let (od, ad) = (p.obs_dim as usize, p.act_dim as usize);
+        let want_out = od + p.learn_reward as usize;
+        if shape.in_dim != od + ad || shape.out_dim != want_out {
+            return Err(crate::Error::Shape(format!(
+                "model maps {} inputs to {} outputs; the rollout needs obs {od} + act {ad}                  inputs and {want_out} outputs",
+                shape.in_dim, shape.out_dim
+            )));
+        }
+        if p.num_elites == 0 || p.elites[..p.num_elites as usize]
+            .iter()
+            .any(|&m| m as usize >= shape.ensemble)
+        {
+            return Err(crate::invalid!(
+                "elites {:?} are not members of a {}-member ensemble",
+                &p.elites[..p.num_elites as usize],
+                shape.ensemble
+            ));
+        }
+        if p.particles == 0 {
+            return Err(crate::invalid!("particles must be at least 1"));
+        }
+        need("params", params.len(), shape.layout().total)?;
+        need("norm", norm.len(), 2 * shape.in_dim)?;
+        need("start", start.len(), od)?;
+        let (np, h) = (p.population as usize, p.horizon as usize);
+        need("actions", actions.len(), np * h * ad)?;
+        need("returns", returns.len(), np)?;
+        let i = shape.in_dim;
+        let mut ws = self.rollout_ws.lock().unwrap_or_else(|p| p.into_inner());
+        rollout::rollout(
+            p,
+            shape,
+            params,
+            &norm[..i],
+            &norm[i..2 * i],
+            start,
+            actions,
+            returns,
+            &mut ws,
+        );
+        Ok(())
+    }
+
+    fn rollout_true(
+        &self,
+        p: &RolloutParams,
+        start: &Vec<f32>,
+        actions: &Vec<f32>,
+        returns: &mut Vec<f32>,
+    ) -> Result<()> {
+        let env = check_rollout(p)?;
+        let spec = env.spec();
+        if p.obs_dim as usize != spec.obs_dim || p.act_dim as usize != spec.act_dim {
+            return Err(crate::Error::Shape(format!(
+                "{} has obs {} and act {}, the rollout was given {} and {}",
+                spec.name, spec.obs_dim, spec.act_dim, p.obs_dim, p.act_dim
+            )));
+        }
+        let (np, h) = (p.population as usize, p.horizon as usize);
+        need("start state", start.len(), spec.state_dim)?;
+        need("actions", actions.len(), np * h * spec.act_dim)?;
+        need("returns", returns.len(), np)?;
+        rollout::rollout_true(p, start, actions, returns);
+        Ok(())
+    }
+
     fn adam_step(
         &self,
         p: &AdamParams,
@@ -278,6 +408,26 @@ impl Backend for CpuBackend {
         optim::adam(p, &mut params[..n], &grad[..n], &mut m[..n], &mut v[..n]);
         Ok(())
     }
+}
+
+/// Checks shared by both rollouts; returns the environment.
+fn check_rollout(p: &RolloutParams) -> Result<crate::env::EnvId> {
+    let env = crate::env::EnvId::from_code(p.env)
+        .ok_or_else(|| crate::invalid!("unknown environment code {}", p.env))?;
+    if p.horizon == 0 {
+        return Err(crate::invalid!("horizon must be at least 1"));
+    }
+    if p.propagation > 2 {
+        return Err(crate::invalid!("unknown propagation code {}", p.propagation));
+    }
+    if p.num_elites as usize > super::MAX_ELITES {
+        return Err(crate::invalid!(
+            "at most {} elites fit a rollout, got {}",
+            super::MAX_ELITES,
+            p.num_elites
+        ));
+    }
+    Ok(env)
 }
 
 #[cfg(test)]

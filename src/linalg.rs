@@ -1,9 +1,10 @@
-//! The matrix-multiply core of the CPU backend: a thin safe wrapper over the `gemm` crate.
+//! The matrix-multiply core of the CPU backend (not an op family of its own, so it lives
+//! outside `backend/cpu/`, whose files mirror `kernels/` and `shaders/` stem for stem): a thin safe wrapper over the `gemm` crate.
 //!
 //! Chosen by measurement against a hand-written register-tiled loop and `matrixmultiply`
 //! (`cargo bench --bench gemm`; figures in the README): `gemm` ships AVX-512 micro-kernels
 //! selected at run time, which the others lack.
-use super::Real;
+use crate::backend::cpu::Real;
 
 /// A strided read-only matrix view: element (i, j) is `data[i·rs + j·cs]`.
 #[derive(Clone, Copy)]

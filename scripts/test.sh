@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The whole test suite, with everything it needs installed first:
+#   - Mesa's lavapipe (Vulkan on the CPU) for the wgpu parity tests;
+#   - PoCL (OpenCL on the CPU) to execute the CUDA kernels as OpenCL C;
+#   - NVRTC and ptxas from the PyPI wheels, into .tools/cuda, to compile every kernel.
+# Idempotent: installs only what is missing. Needs root (or sudo) for apt-get.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+
+pkgs=(mesa-vulkan-drivers libvulkan1 pocl-opencl-icd ocl-icd-libopencl1)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  sudo=""
+  [ "$(id -u)" = 0 ] || sudo="sudo"
+  echo "installing ${missing[*]}"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+tools=$root/.tools/cuda
+cu=$tools/nvidia/cu13
+if [ ! -x "$cu/bin/ptxas" ] || ! ls "$cu"/lib/libnvrtc.so* >/dev/null 2>&1; then
+  echo "installing NVRTC and ptxas wheels into $tools"
+  python3 -m pip install --quiet --disable-pip-version-check --no-deps --target "$tools" \
+    nvidia-cuda-nvrtc==13.5.37 nvidia-cuda-nvcc==13.5.37
+fi
+export MBRL_CUDA_TOOLS=$cu
+export LD_LIBRARY_PATH=$cu/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+
+cargo test --all-targets "$@"

@@ -1,0 +1,324 @@
+//! Fused trajectory sampling (PETS §4.2, "TS1" / "TS∞") — the specification of `rollout.cu`
+//! and `rollout.wgsl`.
+//!
+//! Rows r = c·K + k (candidate c, particle k) all start at the same observation. The horizon
+//! loop runs inside one call: rows are cut into tiles, one rayon task per tile, and each tile
+//! runs every step of the horizon on its rows with scratch memory reused across calls (no
+//! allocation per step). Within a tile and step, rows are grouped by the elite member that
+//! propagates them, so each member runs one GEMM-shaped batch.
+use super::ensemble::{head_out, max_width, member_forward};
+use super::Real;
+use crate::backend::{EnsembleShape, Propagation, RolloutParams};
+use crate::env::EnvId;
+use crate::rng::{below, normal, stream};
+use rayon::prelude::*;
+
+/// Rows per tile at most (~100 rows per member and step with 5 elites).
+const TILE_ROWS: usize = 512;
+
+/// Per-tile scratch, kept between calls.
+#[derive(Default)]
+pub struct Tile {
+    state: Vec<f32>,
+    next: Vec<f32>,
+    reward: Vec<f32>,
+    alive: Vec<bool>,
+    bad: Vec<bool>,
+    member: Vec<u32>,
+    order: Vec<u32>,
+    x: Vec<f32>,
+    xg: Vec<f32>,
+    a: Vec<f32>,
+    b: Vec<f32>,
+    mean: Vec<f32>,
+    logvar: Vec<f32>,
+    acc: Vec<f32>,
+}
+
+#[derive(Default)]
+pub struct RolloutWorkspace {
+    tiles: Vec<Tile>,
+    row_returns: Vec<f32>,
+}
+
+fn grow<T: Real>(v: &mut Vec<T>, n: usize) {
+    if v.len() < n {
+        v.resize(n, T::zero());
+    }
+}
+
+fn tile_ranges(rows: usize) -> Vec<(usize, usize)> {
+    let t = rayon::current_num_threads().max(1);
+    let tiles = (t * rows.div_ceil(t * TILE_ROWS)).clamp(1, rows.max(1));
+    let per = rows.div_ceil(tiles).max(1);
+    (0..rows)
+        .step_by(per)
+        .map(|r0| (r0, per.min(rows - r0)))
+        .collect()
+}
+
+/// Seed from the two halves in the parameter block.
+fn seed(p: &RolloutParams) -> u64 {
+    p.seed_lo as u64 | (p.seed_hi as u64) << 32
+}
+
+/// Mean return per candidate; see `Backend::rollout`.
+#[allow(clippy::too_many_arguments)]
+pub fn rollout(
+    p: &RolloutParams,
+    shape: &EnsembleShape,
+    params: &[f32],
+    in_mean: &[f32],
+    in_std: &[f32],
+    start: &[f32],
+    actions: &[f32],
+    returns: &mut [f32],
+    ws: &mut RolloutWorkspace,
+) {
+    let (np, k) = (p.population as usize, p.particles as usize);
+    let rows = np * k;
+    let ranges = tile_ranges(rows);
+    if ws.tiles.len() < ranges.len() {
+        ws.tiles.resize_with(ranges.len(), Default::default);
+    }
+    grow(&mut ws.row_returns, rows);
+    // Disjoint per-tile slices of the per-row returns.
+    let mut rest = &mut ws.row_returns[..rows];
+    let mut outs = Vec::with_capacity(ranges.len());
+    for &(_, n) in &ranges {
+        let (mine, tail) = std::mem::take(&mut rest).split_at_mut(n);
+        outs.push(mine);
+        rest = tail;
+    }
+    ranges
+        .par_iter()
+        .zip(ws.tiles.par_iter_mut())
+        .zip(outs.into_par_iter())
+        .for_each(|((&(r0, n), tile), out)| {
+            run_tile(p, shape, params, in_mean, in_std, start, actions, r0, n, tile, out)
+        });
+    reduce_particles(&ws.row_returns[..rows], k, &mut returns[..np]);
+}
+
+/// Mean over each candidate's K particles; −∞ if any is −∞ (left the finite numbers).
+fn reduce_particles(row_returns: &[f32], k: usize, returns: &mut [f32]) {
+    for (c, out) in returns.iter_mut().enumerate() {
+        let rs = &row_returns[c * k..(c + 1) * k];
+        *out = if rs.iter().any(|r| *r == f32::NEG_INFINITY) {
+            f32::NEG_INFINITY
+        } else {
+            rs.iter().sum::<f32>() / k as f32
+        };
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_tile(
+    p: &RolloutParams,
+    shape: &EnsembleShape,
+    params: &[f32],
+    in_mean: &[f32],
+    in_std: &[f32],
+    start: &[f32],
+    actions: &[f32],
+    r0: usize,
+    n: usize,
+    t: &mut Tile,
+    out: &mut [f32],
+) {
+    let seed = seed(p);
+    let lay = shape.layout();
+    let (od, ad) = (p.obs_dim as usize, p.act_dim as usize);
+    let (di, dout) = (shape.in_dim, shape.out_dim);
+    let (h, k) = (p.horizon as usize, p.particles as usize);
+    let elites = &p.elites[..p.num_elites as usize];
+    let env = EnvId::from_code(p.env).expect("env code validated by the caller");
+    let prop = match p.propagation {
+        0 => Propagation::Ts1,
+        1 => Propagation::TsInf,
+        _ => Propagation::Expectation,
+    };
+    let w = max_width(shape);
+    grow(&mut t.state, n * od);
+    grow(&mut t.next, n * od);
+    grow(&mut t.reward, n);
+    t.alive.resize(n, true);
+    t.bad.resize(n, false);
+    t.member.resize(n, 0);
+    t.order.resize(n, 0);
+    grow(&mut t.x, n * di);
+    grow(&mut t.xg, n * di);
+    grow(&mut t.a, n * w);
+    grow(&mut t.b, n * w);
+    grow(&mut t.mean, n * dout);
+    grow(&mut t.logvar, n * dout);
+    grow(&mut t.acc, n * dout);
+    for i in 0..n {
+        t.state[i * od..(i + 1) * od].copy_from_slice(&start[..od]);
+    }
+    t.alive[..n].fill(true);
+    t.bad[..n].fill(false);
+    out.fill(0.0);
+    let action = |row: usize, step: usize| {
+        let c = row / k;
+        &actions[(c * h + step) * ad..(c * h + step + 1) * ad]
+    };
+    let pick = |row: usize, coord: u32| elites[below(seed, stream::TS_MEMBER, row as u32, coord, elites.len() as u32) as usize];
+    // Distinct elite members in ascending order: the grouping order of the batches.
+    let mut members: Vec<u32> = elites.to_vec();
+    members.sort_unstable();
+    members.dedup();
+    if prop == Propagation::TsInf {
+        for i in 0..n {
+            t.member[i] = pick(r0 + i, p.step.wrapping_mul(p.horizon));
+        }
+    }
+    for step in 0..h {
+        let coord = p.step.wrapping_mul(p.horizon).wrapping_add(step as u32);
+        // Model inputs: [state, action] per row.
+        for i in 0..n {
+            let x = &mut t.x[i * di..(i + 1) * di];
+            x[..od].copy_from_slice(&t.state[i * od..(i + 1) * od]);
+            x[od..].copy_from_slice(action(r0 + i, step));
+        }
+        if prop == Propagation::Expectation {
+            // Mean over elites of each member's mean prediction; no sampling.
+            t.acc[..n * dout].fill(0.0);
+            for &m in elites {
+                let raw = member_forward(
+                    shape, &lay, params, in_mean, in_std, m as usize, &t.x[..n * di], n,
+                    &mut t.a, &mut t.b,
+                );
+                head_out(shape, params, &lay, raw, n, &mut t.mean, &mut t.logvar);
+                for (a, v) in t.acc[..n * dout].iter_mut().zip(&t.mean[..n * dout]) {
+                    *a += *v;
+                }
+            }
+            let inv = 1.0 / elites.len() as f32;
+            for i in 0..n {
+                for j in 0..od {
+                    t.next[i * od + j] = t.state[i * od + j] + t.acc[i * dout + j] * inv;
+                }
+                if p.learn_reward == 1 {
+                    t.reward[i] = t.acc[i * dout + od] * inv;
+                }
+            }
+        } else {
+            if prop == Propagation::Ts1 {
+                for i in 0..n {
+                    t.member[i] = pick(r0 + i, coord);
+                }
+            }
+            // Counting sort of the tile's rows by member, then one batch per member.
+            let mut begin = 0;
+            for &m in &members {
+                let mut cnt = 0;
+                for i in 0..n {
+                    if t.member[i] == m {
+                        t.order[begin + cnt] = i as u32;
+                        cnt += 1;
+                    }
+                }
+                if cnt == 0 {
+                    continue;
+                }
+                let group = &t.order[begin..begin + cnt];
+                for (q, &i) in group.iter().enumerate() {
+                    let i = i as usize;
+                    t.xg[q * di..(q + 1) * di].copy_from_slice(&t.x[i * di..(i + 1) * di]);
+                }
+                let raw = member_forward(
+                    shape,
+                    &lay,
+                    params,
+                    in_mean,
+                    in_std,
+                    m as usize,
+                    &t.xg[..cnt * di],
+                    cnt,
+                    &mut t.a,
+                    &mut t.b,
+                );
+                head_out(shape, params, &lay, raw, cnt, &mut t.mean, &mut t.logvar);
+                // next = state + μ + σ·ε (PETS eq. 2: sample from the predicted Gaussian).
+                for (q, &i) in group.iter().enumerate() {
+                    let i = i as usize;
+                    let row = (r0 + i) as u32;
+                    for j in 0..dout {
+                        let mu = t.mean[q * dout + j];
+                        let eps = if shape.probabilistic {
+                            let z = normal(seed, stream::TS_NOISE, row * dout as u32 + j as u32, coord);
+                            (0.5 * t.logvar[q * dout + j]).exp() * z
+                        } else {
+                            0.0
+                        };
+                        if j < od {
+                            t.next[i * od + j] = t.state[i * od + j] + mu + eps;
+                        } else {
+                            t.reward[i] = mu + eps;
+                        }
+                    }
+                }
+                begin += cnt;
+            }
+        }
+        // Rewards, termination masks, finiteness.
+        for i in 0..n {
+            let s = &t.state[i * od..(i + 1) * od];
+            let nx = &t.next[i * od..(i + 1) * od];
+            let a = action(r0 + i, step);
+            let r = if p.learn_reward == 1 {
+                t.reward[i]
+            } else {
+                env.reward(s, a, nx)
+            };
+            if !r.is_finite() || nx.iter().any(|v| !v.is_finite()) {
+                t.bad[i] = true;
+            }
+            if t.alive[i] {
+                out[i] += r;
+                t.alive[i] = !env.terminated(nx);
+            }
+        }
+        std::mem::swap(&mut t.state, &mut t.next);
+    }
+    for i in 0..n {
+        if t.bad[i] {
+            out[i] = f32::NEG_INFINITY;
+        }
+    }
+}
+
+/// Planning with the true simulator: one deterministic rollout per candidate from the
+/// environment's internal state.
+pub fn rollout_true(p: &RolloutParams, start: &[f32], actions: &[f32], returns: &mut [f32]) {
+    let env = EnvId::from_code(p.env).expect("env code validated by the caller");
+    let spec = env.spec();
+    let (sd, od, ad, h) = (spec.state_dim, spec.obs_dim, spec.act_dim, p.horizon as usize);
+    returns[..p.population as usize]
+        .par_iter_mut()
+        .enumerate()
+        .for_each(|(c, ret)| {
+            let mut s = start[..sd].to_vec();
+            let mut ns = vec![0.0f32; sd];
+            let mut o = vec![0.0f32; od];
+            let mut no = vec![0.0f32; od];
+            env.observe(&s, &mut o);
+            let mut total = 0.0f32;
+            let mut bad = false;
+            for step in 0..h {
+                let a = &actions[(c * h + step) * ad..(c * h + step + 1) * ad];
+                env.step_state(&s, a, &mut ns);
+                env.observe(&ns, &mut no);
+                let r = env.reward(&o, a, &no);
+                bad |= !r.is_finite() || no.iter().any(|v| !v.is_finite());
+                total += r;
+                if env.terminated(&no) {
+                    break;
+                }
+                std::mem::swap(&mut s, &mut ns);
+                std::mem::swap(&mut o, &mut no);
+            }
+            *ret = if bad { f32::NEG_INFINITY } else { total };
+        });
+}
