@@ -1,8 +1,8 @@
 //! `mbrl-gpu bench`: throughput figures with the machine's GEMM peak measured in the same run.
 //! Timings here are reports, never assertions.
 use crate::backend::cpu::CpuBackend;
-use crate::linalg as gemm;
 use crate::backend::{Backend, EnsembleShape};
+use crate::linalg as gemm;
 use crate::model::{Ensemble, ModelConfig, TrainConfig, Transitions};
 use crate::rng::{normal, stream};
 use crate::Result;
@@ -188,5 +188,80 @@ pub fn model_benches(reps: usize) -> Result<Vec<BenchResult>> {
         p.gflops = peak;
         p.fraction_of_peak = 1.0;
     }
+    Ok(out)
+}
+
+/// `bench plan`: one MPC planning step (CEM × trajectory sampling through an untrained
+/// ensemble) at mbrl-lib's cart-pole configuration and at half-cheetah sizes.
+pub fn plan_benches(reps: usize) -> Result<Vec<BenchResult>> {
+    use crate::backend::Propagation;
+    use crate::env::{task, EnvId};
+    use crate::plan::{Mpc, PlannerConfig, TsConfig};
+    let peak = gemm_peak(reps);
+    let be = CpuBackend::new();
+    let ts = TsConfig {
+        particles: 20,
+        propagation: Propagation::Ts1,
+    };
+    let mut out = vec![];
+    let mut one = |name: &str,
+                   model: Ensemble,
+                   task: u32,
+                   lower: Vec<f32>,
+                   upper: Vec<f32>,
+                   cfg: PlannerConfig,
+                   obs: Vec<f32>|
+     -> Result<()> {
+        let mut mpc = Mpc::with_model_task(&be, &model, task, &lower, &upper, cfg, ts, 0)?;
+        let (med, min) = time_ms(reps, || {
+            mpc.act(&be, &obs, &[]).expect("plan");
+        });
+        let flop = 2.0 * mpc.rows_per_action() as f64 * model.shape().macs_per_row() as f64;
+        let rows_per_s = mpc.rows_per_action() as f64 / (med * 1e-3);
+        out.push(result(
+            name,
+            med,
+            min,
+            reps,
+            flop,
+            peak,
+            format!(
+                "ms per action; {:.3e} model rows/s; {:.1} GFLOP per action",
+                rows_per_s,
+                flop / 1e9
+            ),
+        ));
+        Ok(())
+    };
+    let cp = EnvId::CartPole.spec();
+    one(
+        "plan_step_cartpole_mbrl_lib",
+        Ensemble::new(ModelConfig::pets(4, 1), 0)?,
+        EnvId::CartPole.code(),
+        cp.act_low.clone(),
+        cp.act_high.clone(),
+        PlannerConfig::pets_cartpole(),
+        vec![0.01, -0.02, 0.03, 0.0],
+    )?;
+    let mut hc = ModelConfig::pets(task::HALF_CHEETAH_OBS, task::HALF_CHEETAH_ACT);
+    hc.num_elites = 5;
+    let cfg = PlannerConfig {
+        horizon: 30,
+        population: 400,
+        num_elites: 64,
+        ..PlannerConfig::pets_cartpole()
+    };
+    let obs: Vec<f32> = (0..task::HALF_CHEETAH_OBS as u32)
+        .map(|i| 0.1 * normal(5, 1, i, 0))
+        .collect();
+    one(
+        "plan_step_half_cheetah_sizes",
+        Ensemble::new(hc, 0)?,
+        task::HALF_CHEETAH,
+        vec![-1.0; task::HALF_CHEETAH_ACT],
+        vec![1.0; task::HALF_CHEETAH_ACT],
+        cfg,
+        obs,
+    )?;
     Ok(out)
 }

@@ -7,6 +7,7 @@
 //! - [`model`]: the probabilistic ensemble (parameters, normaliser, training, elites);
 //! - [`env`]: batched environments and their reward/termination functions;
 //! - [`io`]: safetensors checkpoints, transition CSVs, metrics.
+pub mod algo;
 pub mod backend;
 pub mod bench;
 pub mod env;
@@ -14,6 +15,7 @@ pub mod error;
 pub mod io;
 pub mod linalg;
 pub mod model;
+pub mod plan;
 pub mod rng;
 
 pub use error::{Error, Result};

@@ -1,9 +1,13 @@
 //! `mbrl-gpu`: a thin command line over the library. Parse, pick a backend, call the library.
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
+use mbrl_gpu::algo::pets::{self, PetsConfig};
 use mbrl_gpu::backend::cpu::CpuBackend;
-use mbrl_gpu::backend::{self, Activation, BackendChoice};
+use mbrl_gpu::backend::{self, Activation, Backend, BackendChoice, Propagation};
+use mbrl_gpu::bench::BenchResult;
+use mbrl_gpu::env::{Env, EnvId, NativeEnv};
 use mbrl_gpu::model::{train, Ensemble, ModelConfig, TrainConfig};
+use mbrl_gpu::plan::{mpc::latency_stats, Mpc, Optimizer, PlannerConfig, TsConfig};
 use mbrl_gpu::{invalid, io, Result};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -31,6 +35,94 @@ enum Cmd {
     /// Throughput benchmarks, with the machine's GEMM peak measured in the same run.
     #[command(subcommand)]
     Bench(BenchCmd),
+    /// PETS: probabilistic ensemble + trajectory sampling + CEM/MPC, trial after trial.
+    Pets(PetsArgs),
+    /// MPC episodes with a trained model or the true dynamics; returns and latency.
+    Plan(PlanArgs),
+    /// The native environments and their spaces.
+    Envs,
+    /// Environment tools.
+    #[command(subcommand)]
+    Env(EnvCmd),
+}
+
+#[derive(Subcommand)]
+enum EnvCmd {
+    /// Replay actions from a state: prints one JSON object per step (obs, reward,
+    /// terminated), stopping at the first termination.
+    Replay(ReplayArgs),
+}
+
+#[derive(Args)]
+struct ReplayArgs {
+    /// Environment name (see `mbrl-gpu envs`).
+    #[arg(long)]
+    env: String,
+    /// JSON {"state": [...], "actions": [[...], ...]}; the state is Gymnasium's
+    /// `env.unwrapped.state`.
+    #[arg(long)]
+    input: PathBuf,
+}
+
+#[derive(Args)]
+struct PetsArgs {
+    /// Environment name (see `mbrl-gpu envs`).
+    #[arg(long, default_value = "cartpole")]
+    env: String,
+    /// quick (minutes on a laptop CPU), cartpole (mbrl-lib pets_cartpole), pendulum.
+    #[arg(long, default_value = "quick")]
+    preset: String,
+    /// Trials after the random one (default: the preset's).
+    #[arg(long)]
+    trials: Option<usize>,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
+    backend: BackendChoice,
+    /// Run directory (config.toml, metrics.csv, model.safetensors, learning_curve.svg).
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct PlanArgs {
+    /// Environment name (see `mbrl-gpu envs`).
+    #[arg(long)]
+    env: String,
+    /// Planning horizon.
+    #[arg(long, default_value_t = 30)]
+    horizon: usize,
+    /// Trained ensemble (from `pets --out` or `model fit`).
+    #[arg(long, conflicts_with = "true_dynamics")]
+    model: Option<PathBuf>,
+    /// Plan with the environment's own dynamics instead of a model.
+    #[arg(long)]
+    true_dynamics: bool,
+    #[arg(long, default_value_t = 1)]
+    episodes: usize,
+    /// Steps per episode at most (default: the environment's episode length).
+    #[arg(long)]
+    steps: Option<usize>,
+    #[arg(long, default_value_t = 350)]
+    population: usize,
+    /// Elites per CEM iteration (default: 10 % of the population).
+    #[arg(long)]
+    elites: Option<usize>,
+    #[arg(long, default_value_t = 20)]
+    particles: usize,
+    #[arg(long, default_value_t = 5)]
+    iterations: usize,
+    #[arg(long, value_enum, default_value_t = Propagation::Ts1)]
+    propagation: Propagation,
+    #[arg(long, value_enum, default_value_t = Optimizer::Cem)]
+    optimizer: Optimizer,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
+    backend: BackendChoice,
+    /// One JSON object with returns, median_ms, p99_ms.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Subcommand)]
@@ -111,6 +203,8 @@ struct PredictArgs {
 enum BenchCmd {
     /// Ensemble forward (half-cheetah sizes) and one training epoch (cart-pole sizes).
     Model(BenchArgs),
+    /// One planning step at mbrl-lib's cart-pole configuration and at half-cheetah sizes.
+    Plan(BenchArgs),
 }
 
 #[derive(Args)]
@@ -155,24 +249,221 @@ fn run(cli: Cli) -> Result<()> {
             if !a.json {
                 eprintln!("measuring (GEMM peak, ensemble forward, training epoch)...");
             }
-            let rs = mbrl_gpu::bench::model_benches(a.reps)?;
-            for r in rs {
-                if a.json {
-                    println!("{}", serde_json::to_string(&r).expect("json"));
-                } else {
-                    println!(
-                        "{:<40} median {:>9.3} ms  {:>7.1} GFLOP/s  peak {:>7.1}  ({:>5.1} %)",
-                        r.name,
-                        r.median_ms,
-                        r.gflops,
-                        r.peak_gflops,
-                        100.0 * r.fraction_of_peak
-                    );
-                }
+            print_bench(&mbrl_gpu::bench::model_benches(a.reps)?, a.json);
+            Ok(())
+        }
+        Cmd::Bench(BenchCmd::Plan(a)) => {
+            if !a.json {
+                eprintln!("measuring (GEMM peak, cart-pole and half-cheetah planning steps)...");
+            }
+            print_bench(&mbrl_gpu::bench::plan_benches(a.reps)?, a.json);
+            Ok(())
+        }
+        Cmd::Pets(a) => {
+            let be = pick_backend(a.backend)?;
+            run_pets(&be, a)
+        }
+        Cmd::Plan(a) => {
+            let be = pick_backend(a.backend)?;
+            run_plan(&be, a)
+        }
+        Cmd::Envs => {
+            for id in EnvId::ALL {
+                let s = id.spec();
+                println!(
+                    "{:<13} obs {}  act {} in [{}, {}]  state {}  {} steps  {}",
+                    s.name,
+                    s.obs_dim,
+                    s.act_dim,
+                    fmt_vec(&s.act_low),
+                    fmt_vec(&s.act_high),
+                    s.state_dim,
+                    s.max_episode_steps,
+                    s.description
+                );
             }
             Ok(())
         }
+        Cmd::Env(EnvCmd::Replay(a)) => replay(a),
     }
+}
+
+fn fmt_vec(v: &[f32]) -> String {
+    let parts: Vec<String> = v.iter().map(|x| format!("{x}")).collect();
+    parts.join(",")
+}
+
+fn print_bench(rs: &[BenchResult], json: bool) {
+    for r in rs {
+        if json {
+            println!("{}", serde_json::to_string(r).expect("json"));
+        } else {
+            println!(
+                "{:<38} median {:>9.3} ms  {:>7.1} GFLOP/s  peak {:>7.1}  ({:>5.1} %)  {}",
+                r.name,
+                r.median_ms,
+                r.gflops,
+                r.peak_gflops,
+                100.0 * r.fraction_of_peak,
+                r.note
+            );
+        }
+    }
+}
+
+fn run_pets<B: Backend>(be: &B, a: PetsArgs) -> Result<()> {
+    let env = EnvId::parse(&a.env)?;
+    let mut cfg = PetsConfig::preset(env, &a.preset)?;
+    cfg.seed = a.seed;
+    if let Some(t) = a.trials {
+        cfg.trials = t;
+    }
+    let out = a.out.unwrap_or_else(|| {
+        PathBuf::from(format!("runs/pets-{}-{}-s{}", env.name(), a.preset, a.seed))
+    });
+    eprintln!(
+        "PETS on {} (preset {}): {} trials of {} steps, {} members {}x{}, CEM {}x{} over {} steps, {} particles {:?}; writing {}",
+        env.name(),
+        a.preset,
+        cfg.trials,
+        cfg.trial_length,
+        cfg.model.ensemble_size,
+        cfg.model.num_layers,
+        cfg.model.hidden,
+        cfg.planner.population,
+        cfg.planner.iterations,
+        cfg.planner.horizon,
+        cfg.particles,
+        cfg.propagation,
+        out.display()
+    );
+    let pb = ProgressBar::new(cfg.trial_length as u64);
+    pb.set_style(
+        ProgressStyle::with_template("trial {msg} {bar:30} {pos}/{len} steps [{elapsed}]")
+            .expect("template"),
+    );
+    let (_, reports) = pets::run(be, &cfg, Some(&out), |ev| match ev {
+        pets::Event::TrialStart { trial, steps } => {
+            pb.reset();
+            pb.set_length(steps as u64);
+            pb.set_message(if trial == 0 {
+                "0 (random)".to_string()
+            } else {
+                trial.to_string()
+            });
+        }
+        pets::Event::Step { .. } => pb.inc(1),
+        pets::Event::TrialEnd(r) => {
+            pb.println(format!(
+                "trial {:>2}  return {:>8.2}  steps {:>4}  env steps {:>5}  train {:>6.2} s  plan {:>7.1} ms/action (p99 {:.1})  {:>6.1} s",
+                r.trial, r.ret, r.steps, r.env_steps, r.train_seconds, r.plan_ms_median, r.plan_ms_p99, r.seconds
+            ));
+        }
+    })?;
+    pb.finish_and_clear();
+    let last = reports.last().map_or(f64::NAN, |r| r.ret);
+    let best = reports
+        .iter()
+        .skip(1)
+        .map(|r| r.ret)
+        .fold(f64::NEG_INFINITY, f64::max);
+    println!(
+        "final return {last:.2} (best MPC trial {best:.2}); run directory {}",
+        out.display()
+    );
+    Ok(())
+}
+
+fn run_plan<B: Backend>(be: &B, a: PlanArgs) -> Result<()> {
+    let env = EnvId::parse(&a.env)?;
+    let spec = env.spec();
+    let cfg = PlannerConfig {
+        optimizer: a.optimizer,
+        horizon: a.horizon,
+        population: a.population,
+        num_elites: a.elites.unwrap_or((a.population / 10).max(1)),
+        iterations: a.iterations,
+        ..PlannerConfig::pets_cartpole()
+    };
+    let ts = TsConfig {
+        particles: a.particles,
+        propagation: a.propagation,
+    };
+    let mut mpc = match (&a.model, a.true_dynamics) {
+        (Some(path), false) => {
+            let model = io::checkpoint::load(path)?;
+            Mpc::with_model(be, &model, env, cfg, ts, a.seed)?
+        }
+        (None, true) => Mpc::with_true_dynamics(be, env, cfg, a.seed)?,
+        _ => return Err(invalid!("give either --model PATH or --true-dynamics")),
+    };
+    let steps = a.steps.unwrap_or(spec.max_episode_steps);
+    let mut envs = NativeEnv::new(env, 1);
+    let mut returns = vec![];
+    let t0 = std::time::Instant::now();
+    for ep in 0..a.episodes {
+        let mut obs = envs.reset(&[a.seed.wrapping_add(ep as u64)])?;
+        mpc.reset(be)?;
+        let mut ret = 0.0f64;
+        for _ in 0..steps {
+            let act = mpc.act(be, &obs, envs.state())?;
+            let tr = envs.step(&act)?.remove(0);
+            ret += tr.reward as f64;
+            obs = tr.obs;
+            if tr.terminated || tr.truncated {
+                break;
+            }
+        }
+        if !a.json {
+            eprintln!("episode {ep}: return {ret:.2}");
+        }
+        returns.push(ret);
+    }
+    let lat = mpc.take_latencies();
+    let (med, p99) = latency_stats(&lat);
+    let evals =
+        mpc.rows_per_action() as f64 * lat.len() as f64 / lat.iter().sum::<f64>().max(1e-12);
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "env": env.name(),
+                "returns": returns,
+                "median_ms": med,
+                "p99_ms": p99,
+                "actions": lat.len(),
+                "model_evals_per_s": evals,
+                "seconds": t0.elapsed().as_secs_f64(),
+            })
+        );
+    } else {
+        println!(
+            "returns {:?}; per action median {med:.2} ms, p99 {p99:.2} ms; {evals:.3e} model evaluations/s",
+            returns.iter().map(|r| (r * 100.0).round() / 100.0).collect::<Vec<_>>()
+        );
+    }
+    Ok(())
+}
+
+#[derive(serde::Deserialize)]
+struct ReplayInput {
+    state: Vec<f64>,
+    actions: Vec<Vec<f32>>,
+}
+
+fn replay(a: ReplayArgs) -> Result<()> {
+    let env = EnvId::parse(&a.env)?;
+    let text = std::fs::read_to_string(&a.input).map_err(|e| mbrl_gpu::Error::io(&a.input, e))?;
+    let inp: ReplayInput = serde_json::from_str(&text).map_err(|e| {
+        invalid!(
+            "{}: expected {{\"state\": [...], \"actions\": [[...], ...]}}: {e}",
+            a.input.display()
+        )
+    })?;
+    for step in mbrl_gpu::env::replay_f64(env, &inp.state, &inp.actions)? {
+        println!("{}", serde_json::to_string(&step).expect("json"));
+    }
+    Ok(())
 }
 
 fn pick_backend(choice: BackendChoice) -> Result<CpuBackend> {

@@ -32,6 +32,7 @@
 pub mod cartpole;
 pub mod mountain_car;
 pub mod pendulum;
+pub mod task;
 
 pub use mountain_car::StateWidth;
 

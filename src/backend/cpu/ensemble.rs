@@ -11,9 +11,9 @@
 //! rows with single-threaded GEMMs, so there is no synchronisation between layers. Task output
 //! regions tile each `[E, B, ·]` buffer in order, which lets us hand each task a disjoint
 //! `&mut` slice without unsafe code.
-use crate::linalg::{matmul, View};
 use super::{sigmoid, softplus, Real};
 use crate::backend::{Activation, EnsembleShape, LossConfig, ParamLayout};
+use crate::linalg::{matmul, View};
 use rayon::prelude::*;
 
 /// Rows per task at most: keeps a task's activations (2 × rows × H floats) inside L2.

@@ -334,9 +334,10 @@ impl Backend for CpuBackend {
                 shape.in_dim, shape.out_dim
             )));
         }
-        if p.num_elites == 0 || p.elites[..p.num_elites as usize]
-            .iter()
-            .any(|&m| m as usize >= shape.ensemble)
+        if p.num_elites == 0
+            || p.elites[..p.num_elites as usize]
+                .iter()
+                .any(|&m| m as usize >= shape.ensemble)
         {
             return Err(crate::invalid!(
                 "elites {:?} are not members of a {}-member ensemble",
@@ -376,7 +377,13 @@ impl Backend for CpuBackend {
         actions: &Vec<f32>,
         returns: &mut Vec<f32>,
     ) -> Result<()> {
-        let env = check_rollout(p)?;
+        check_rollout(p)?;
+        let env = crate::env::EnvId::from_code(p.env).ok_or_else(|| {
+            crate::invalid!(
+                "task code {} has no native dynamics to plan with; use a learned model",
+                p.env
+            )
+        })?;
         let spec = env.spec();
         if p.obs_dim as usize != spec.obs_dim || p.act_dim as usize != spec.act_dim {
             return Err(crate::Error::Shape(format!(
@@ -410,15 +417,19 @@ impl Backend for CpuBackend {
     }
 }
 
-/// Checks shared by both rollouts; returns the environment.
-fn check_rollout(p: &RolloutParams) -> Result<crate::env::EnvId> {
-    let env = crate::env::EnvId::from_code(p.env)
-        .ok_or_else(|| crate::invalid!("unknown environment code {}", p.env))?;
+/// Checks shared by both rollouts.
+fn check_rollout(p: &RolloutParams) -> Result<()> {
+    if !crate::env::task::known(p.env) {
+        return Err(crate::invalid!("unknown task code {}", p.env));
+    }
     if p.horizon == 0 {
         return Err(crate::invalid!("horizon must be at least 1"));
     }
     if p.propagation > 2 {
-        return Err(crate::invalid!("unknown propagation code {}", p.propagation));
+        return Err(crate::invalid!(
+            "unknown propagation code {}",
+            p.propagation
+        ));
     }
     if p.num_elites as usize > super::MAX_ELITES {
         return Err(crate::invalid!(
@@ -427,7 +438,7 @@ fn check_rollout(p: &RolloutParams) -> Result<crate::env::EnvId> {
             p.num_elites
         ));
     }
-    Ok(env)
+    Ok(())
 }
 
 #[cfg(test)]

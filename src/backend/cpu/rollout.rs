@@ -9,7 +9,7 @@
 use super::ensemble::{head_out, max_width, member_forward};
 use super::Real;
 use crate::backend::{EnsembleShape, Propagation, RolloutParams};
-use crate::env::EnvId;
+use crate::env::{task, EnvId};
 use crate::rng::{below, normal, stream};
 use rayon::prelude::*;
 
@@ -95,7 +95,9 @@ pub fn rollout(
         .zip(ws.tiles.par_iter_mut())
         .zip(outs.into_par_iter())
         .for_each(|((&(r0, n), tile), out)| {
-            run_tile(p, shape, params, in_mean, in_std, start, actions, r0, n, tile, out)
+            run_tile(
+                p, shape, params, in_mean, in_std, start, actions, r0, n, tile, out,
+            )
         });
     reduce_particles(&ws.row_returns[..rows], k, &mut returns[..np]);
 }
@@ -132,7 +134,6 @@ fn run_tile(
     let (di, dout) = (shape.in_dim, shape.out_dim);
     let (h, k) = (p.horizon as usize, p.particles as usize);
     let elites = &p.elites[..p.num_elites as usize];
-    let env = EnvId::from_code(p.env).expect("env code validated by the caller");
     let prop = match p.propagation {
         0 => Propagation::Ts1,
         1 => Propagation::TsInf,
@@ -163,7 +164,15 @@ fn run_tile(
         let c = row / k;
         &actions[(c * h + step) * ad..(c * h + step + 1) * ad]
     };
-    let pick = |row: usize, coord: u32| elites[below(seed, stream::TS_MEMBER, row as u32, coord, elites.len() as u32) as usize];
+    let pick = |row: usize, coord: u32| {
+        elites[below(
+            seed,
+            stream::TS_MEMBER,
+            row as u32,
+            coord,
+            elites.len() as u32,
+        ) as usize]
+    };
     // Distinct elite members in ascending order: the grouping order of the batches.
     let mut members: Vec<u32> = elites.to_vec();
     members.sort_unstable();
@@ -186,8 +195,16 @@ fn run_tile(
             t.acc[..n * dout].fill(0.0);
             for &m in elites {
                 let raw = member_forward(
-                    shape, &lay, params, in_mean, in_std, m as usize, &t.x[..n * di], n,
-                    &mut t.a, &mut t.b,
+                    shape,
+                    &lay,
+                    params,
+                    in_mean,
+                    in_std,
+                    m as usize,
+                    &t.x[..n * di],
+                    n,
+                    &mut t.a,
+                    &mut t.b,
                 );
                 head_out(shape, params, &lay, raw, n, &mut t.mean, &mut t.logvar);
                 for (a, v) in t.acc[..n * dout].iter_mut().zip(&t.mean[..n * dout]) {
@@ -247,7 +264,8 @@ fn run_tile(
                     for j in 0..dout {
                         let mu = t.mean[q * dout + j];
                         let eps = if shape.probabilistic {
-                            let z = normal(seed, stream::TS_NOISE, row * dout as u32 + j as u32, coord);
+                            let z =
+                                normal(seed, stream::TS_NOISE, row * dout as u32 + j as u32, coord);
                             (0.5 * t.logvar[q * dout + j]).exp() * z
                         } else {
                             0.0
@@ -270,14 +288,14 @@ fn run_tile(
             let r = if p.learn_reward == 1 {
                 t.reward[i]
             } else {
-                env.reward(s, a, nx)
+                task::reward(p.env, s, a, nx)
             };
             if !r.is_finite() || nx.iter().any(|v| !v.is_finite()) {
                 t.bad[i] = true;
             }
             if t.alive[i] {
                 out[i] += r;
-                t.alive[i] = !env.terminated(nx);
+                t.alive[i] = !task::terminated(p.env, nx);
             }
         }
         std::mem::swap(&mut t.state, &mut t.next);
@@ -294,7 +312,12 @@ fn run_tile(
 pub fn rollout_true(p: &RolloutParams, start: &[f32], actions: &[f32], returns: &mut [f32]) {
     let env = EnvId::from_code(p.env).expect("env code validated by the caller");
     let spec = env.spec();
-    let (sd, od, ad, h) = (spec.state_dim, spec.obs_dim, spec.act_dim, p.horizon as usize);
+    let (sd, od, ad, h) = (
+        spec.state_dim,
+        spec.obs_dim,
+        spec.act_dim,
+        p.horizon as usize,
+    );
     returns[..p.population as usize]
         .par_iter_mut()
         .enumerate()

@@ -1,0 +1,2 @@
+//! Thin algorithm loops that read as the papers' pseudo-code.
+pub mod pets;

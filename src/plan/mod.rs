@@ -1,0 +1,444 @@
+//! Shooting planners (random shooting, CEM) over action sequences, the trajectory-sampling
+//! objectives they optimise, and model-predictive control.
+//!
+//! A planner knows nothing of models (as in mbrl-lib): it optimises an [`Objective`] that
+//! scores a population of action sequences [P, H, A] held in device buffers. The objectives
+//! wire a learned ensemble ([`ModelObjective`]) or the environment's true dynamics
+//! ([`TrueObjective`]) into the backend's fused rollout.
+pub mod mpc;
+
+pub use mpc::Mpc;
+
+use crate::backend::{Backend, Propagation, RolloutParams, SampleParams, UpdateParams};
+use crate::backend::{EnsembleShape, MAX_ELITES};
+use crate::model::Ensemble;
+use crate::{invalid, Result};
+use serde::{Deserialize, Serialize};
+
+/// Which shooting method.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Optimizer {
+    /// Cross-entropy method: iterate sample → score → refit to the elites.
+    Cem,
+    /// Random shooting: one round of uniform samples, keep the best.
+    RandomShooting,
+}
+
+/// Planner settings (defaults: mbrl-lib 0.2.0 `pets_cartpole`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PlannerConfig {
+    pub optimizer: Optimizer,
+    /// Planning horizon H (steps).
+    pub horizon: usize,
+    /// Candidates per iteration P.
+    pub population: usize,
+    /// Elites per iteration (CEM).
+    pub num_elites: usize,
+    /// CEM iterations per action.
+    pub iterations: usize,
+    /// Smoothing α: mean ← α·mean + (1−α)·elite mean.
+    pub alpha: f32,
+    /// Lower bound on the sampling variance.
+    pub min_var: f32,
+    /// Shift the previous solution by one step to start the next (warm start).
+    pub warm_start: bool,
+}
+
+impl PlannerConfig {
+    pub fn pets_cartpole() -> Self {
+        Self {
+            optimizer: Optimizer::Cem,
+            horizon: 15,
+            population: 350,
+            num_elites: 35,
+            iterations: 5,
+            alpha: 0.1,
+            min_var: 1e-6,
+            warm_start: true,
+        }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if self.horizon == 0 {
+            return Err(invalid!("planning horizon must be at least 1"));
+        }
+        if self.population == 0 {
+            return Err(invalid!("population must be at least 1"));
+        }
+        if self.optimizer == Optimizer::Cem {
+            if self.num_elites == 0 || self.num_elites > self.population {
+                return Err(invalid!(
+                    "elite count {} must be between 1 and the population {}",
+                    self.num_elites,
+                    self.population
+                ));
+            }
+            if self.iterations == 0 {
+                return Err(invalid!("CEM needs at least one iteration"));
+            }
+        }
+        if !(0.0..=1.0).contains(&self.alpha) {
+            return Err(invalid!("alpha must be in [0, 1], got {}", self.alpha));
+        }
+        if !(self.min_var.is_finite() && self.min_var >= 0.0) {
+            return Err(invalid!("minimum variance must be finite and ≥ 0"));
+        }
+        Ok(())
+    }
+}
+
+/// Scores a population of action sequences. `step` is a counter distinct for every call
+/// within a run, which the objective uses as its Philox step.
+pub trait Objective<B: Backend> {
+    fn evaluate(
+        &mut self,
+        backend: &B,
+        population: &B::Buf,
+        population_size: usize,
+        step: u32,
+        returns: &mut B::Buf,
+    ) -> Result<()>;
+}
+
+/// CEM / random shooting with its buffers on the device.
+pub struct Planner<B: Backend> {
+    pub cfg: PlannerConfig,
+    act_dim: usize,
+    lower: Vec<f32>,
+    upper: Vec<f32>,
+    lower_buf: B::Buf,
+    upper_buf: B::Buf,
+    mean: B::Buf,
+    var: B::Buf,
+    population: B::Buf,
+    returns: B::Buf,
+    /// Host copy of the last solution, for the warm-start shift.
+    solution: Vec<f32>,
+    seed: u64,
+    counter: u32,
+}
+
+impl<B: Backend> Planner<B> {
+    pub fn new(
+        backend: &B,
+        cfg: PlannerConfig,
+        lower: &[f32],
+        upper: &[f32],
+        seed: u64,
+    ) -> Result<Self> {
+        cfg.validate()?;
+        if lower.len() != upper.len() || lower.is_empty() {
+            return Err(invalid!(
+                "action bounds must have one lower and one upper value per dimension"
+            ));
+        }
+        for (l, u) in lower.iter().zip(upper) {
+            if !(l.is_finite() && u.is_finite()) || l > u {
+                return Err(invalid!(
+                    "action bounds must be finite with lower ≤ upper, got [{l}, {u}]"
+                ));
+            }
+        }
+        let a = lower.len();
+        let len = cfg.horizon * a;
+        let mut p = Self {
+            act_dim: a,
+            lower_buf: backend.upload(lower)?,
+            upper_buf: backend.upload(upper)?,
+            mean: backend.zeros(len)?,
+            var: backend.zeros(len)?,
+            population: backend.zeros(cfg.population * len)?,
+            returns: backend.zeros(cfg.population)?,
+            lower: lower.to_vec(),
+            upper: upper.to_vec(),
+            solution: vec![0.0; len],
+            seed,
+            counter: 0,
+            cfg,
+        };
+        p.reset(backend)?;
+        Ok(p)
+    }
+
+    pub fn act_dim(&self) -> usize {
+        self.act_dim
+    }
+
+    pub fn horizon(&self) -> usize {
+        self.cfg.horizon
+    }
+
+    /// Forget the previous solution (start of an episode): mean at the middle of the bounds.
+    pub fn reset(&mut self, backend: &B) -> Result<()> {
+        let a = self.act_dim;
+        for t in 0..self.cfg.horizon {
+            for j in 0..a {
+                self.solution[t * a + j] = 0.5 * (self.lower[j] + self.upper[j]);
+            }
+        }
+        backend.write(&mut self.mean, &self.solution)?;
+        Ok(())
+    }
+
+    /// Initial variance (ub − lb)²/16 (mbrl-lib / PETS), i.e. σ = (ub − lb)/4.
+    fn init_var(&self) -> Vec<f32> {
+        let a = self.act_dim;
+        (0..self.cfg.horizon * a)
+            .map(|i| (self.upper[i % a] - self.lower[i % a]).powi(2) / 16.0)
+            .collect()
+    }
+
+    /// Optimise the objective; returns the whole planned sequence [H·A].
+    pub fn plan(&mut self, backend: &B, objective: &mut impl Objective<B>) -> Result<Vec<f32>> {
+        let len = (self.cfg.horizon * self.act_dim) as u32;
+        let pop = self.cfg.population as u32;
+        let iv = self.init_var();
+        backend.write(&mut self.var, &iv)?;
+        let (dist, iterations, elites, alpha) = match self.cfg.optimizer {
+            Optimizer::Cem => (0, self.cfg.iterations, self.cfg.num_elites, self.cfg.alpha),
+            // One uniform round; the update with one elite and α = 0 copies the best
+            // candidate into the mean.
+            Optimizer::RandomShooting => (1, 1, 1, 0.0),
+        };
+        for _ in 0..iterations {
+            self.counter = self.counter.wrapping_add(1);
+            let sp = SampleParams {
+                seed_lo: self.seed as u32,
+                seed_hi: (self.seed >> 32) as u32,
+                step: self.counter,
+                population: pop,
+                len,
+                act_dim: self.act_dim as u32,
+                dist,
+                _pad: 0,
+            };
+            backend.cem_sample(
+                &sp,
+                &self.mean,
+                &self.var,
+                &self.lower_buf,
+                &self.upper_buf,
+                &mut self.population,
+            )?;
+            objective.evaluate(
+                backend,
+                &self.population,
+                self.cfg.population,
+                self.counter,
+                &mut self.returns,
+            )?;
+            let up = UpdateParams {
+                population: pop,
+                len,
+                num_elites: elites as u32,
+                _pad: 0,
+                alpha,
+                min_var: self.cfg.min_var,
+                _pad2: [0; 2],
+            };
+            backend.cem_update(
+                &up,
+                &self.population,
+                &self.returns,
+                &mut self.mean,
+                &mut self.var,
+            )?;
+        }
+        self.solution = backend.download(&self.mean)?;
+        Ok(self.solution.clone())
+    }
+
+    /// Plan, return the first action (finite and inside the bounds whatever the objective
+    /// did), and shift the solution one step for the next call.
+    pub fn act(&mut self, backend: &B, objective: &mut impl Objective<B>) -> Result<Vec<f32>> {
+        let seq = self.plan(backend, objective)?;
+        let a = self.act_dim;
+        let action = safe_action(&seq[..a], &self.lower, &self.upper);
+        if self.cfg.warm_start {
+            let mut shifted = seq[a..].to_vec();
+            shifted.extend((0..a).map(|j| 0.5 * (self.lower[j] + self.upper[j])));
+            for v in shifted.iter_mut() {
+                if !v.is_finite() {
+                    *v = 0.0;
+                }
+            }
+            self.solution.copy_from_slice(&shifted);
+            backend.write(&mut self.mean, &self.solution)?;
+        } else {
+            self.reset(backend)?;
+        }
+        Ok(action)
+    }
+}
+
+/// Clamp to the bounds; a non-finite component becomes the middle of its bounds.
+pub fn safe_action(a: &[f32], lower: &[f32], upper: &[f32]) -> Vec<f32> {
+    a.iter()
+        .zip(lower.iter().zip(upper))
+        .map(|(v, (l, u))| {
+            if v.is_finite() {
+                v.clamp(*l, *u)
+            } else {
+                0.5 * (l + u)
+            }
+        })
+        .collect()
+}
+
+/// Trajectory-sampling settings.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TsConfig {
+    pub particles: usize,
+    pub propagation: Propagation,
+}
+
+/// Scores action sequences by trajectory sampling through a learned ensemble.
+pub struct ModelObjective<B: Backend> {
+    shape: EnsembleShape,
+    params: B::Buf,
+    norm: B::Buf,
+    start: B::Buf,
+    template: RolloutParams,
+}
+
+impl<B: Backend> ModelObjective<B> {
+    /// `task` is the reward/termination code (`EnvId::code()` or a code of `env::task`).
+    pub fn new(
+        backend: &B,
+        model: &Ensemble,
+        task: u32,
+        ts: TsConfig,
+        horizon: usize,
+        seed: u64,
+    ) -> Result<Self> {
+        if ts.particles == 0 {
+            return Err(invalid!("particles must be at least 1"));
+        }
+        if model.elites.is_empty() || model.elites.len() > MAX_ELITES {
+            return Err(invalid!(
+                "the model needs between 1 and {MAX_ELITES} elites, it has {}",
+                model.elites.len()
+            ));
+        }
+        let mut elites = [0u32; MAX_ELITES];
+        for (d, s) in elites.iter_mut().zip(&model.elites) {
+            *d = *s as u32;
+        }
+        let cfg = &model.config;
+        Ok(Self {
+            shape: model.shape(),
+            params: backend.upload(&model.params)?,
+            norm: backend.upload(&model.norm())?,
+            start: backend.zeros(cfg.obs_dim)?,
+            template: RolloutParams {
+                seed_lo: seed as u32,
+                seed_hi: (seed >> 32) as u32,
+                step: 0,
+                population: 0,
+                particles: ts.particles as u32,
+                horizon: horizon as u32,
+                obs_dim: cfg.obs_dim as u32,
+                act_dim: cfg.act_dim as u32,
+                propagation: ts.propagation as u32,
+                env: task,
+                learn_reward: cfg.learn_reward as u32,
+                num_elites: model.elites.len() as u32,
+                elites,
+            },
+        })
+    }
+
+    /// The observation to plan from (the one upload of a planning step).
+    pub fn set_start(&mut self, backend: &B, obs: &[f32]) -> Result<()> {
+        backend.write(&mut self.start, obs)
+    }
+
+    /// Rows pushed through one member per call to `evaluate` (for throughput reports).
+    pub fn rows_per_eval(&self, population: usize) -> usize {
+        population * self.template.particles as usize * self.template.horizon as usize
+    }
+
+    pub fn shape(&self) -> &EnsembleShape {
+        &self.shape
+    }
+}
+
+impl<B: Backend> Objective<B> for ModelObjective<B> {
+    fn evaluate(
+        &mut self,
+        backend: &B,
+        population: &B::Buf,
+        population_size: usize,
+        step: u32,
+        returns: &mut B::Buf,
+    ) -> Result<()> {
+        let p = RolloutParams {
+            step,
+            population: population_size as u32,
+            ..self.template
+        };
+        backend.rollout(
+            &p,
+            &self.shape,
+            &self.params,
+            &self.norm,
+            &self.start,
+            population,
+            returns,
+        )
+    }
+}
+
+/// Scores action sequences with the environment's true dynamics.
+pub struct TrueObjective<B: Backend> {
+    start: B::Buf,
+    template: RolloutParams,
+}
+
+impl<B: Backend> TrueObjective<B> {
+    pub fn new(backend: &B, env: crate::env::EnvId, horizon: usize) -> Result<Self> {
+        let spec = env.spec();
+        Ok(Self {
+            start: backend.zeros(spec.state_dim)?,
+            template: RolloutParams {
+                seed_lo: 0,
+                seed_hi: 0,
+                step: 0,
+                population: 0,
+                particles: 1,
+                horizon: horizon as u32,
+                obs_dim: spec.obs_dim as u32,
+                act_dim: spec.act_dim as u32,
+                propagation: Propagation::Expectation as u32,
+                env: env.code(),
+                learn_reward: 0,
+                num_elites: 0,
+                elites: [0; MAX_ELITES],
+            },
+        })
+    }
+
+    /// The environment's internal state to plan from.
+    pub fn set_start(&mut self, backend: &B, state: &[f32]) -> Result<()> {
+        backend.write(&mut self.start, state)
+    }
+}
+
+impl<B: Backend> Objective<B> for TrueObjective<B> {
+    fn evaluate(
+        &mut self,
+        backend: &B,
+        population: &B::Buf,
+        population_size: usize,
+        step: u32,
+        returns: &mut B::Buf,
+    ) -> Result<()> {
+        let p = RolloutParams {
+            step,
+            population: population_size as u32,
+            ..self.template
+        };
+        backend.rollout_true(&p, &self.start, population, returns)
+    }
+}
