@@ -12,6 +12,7 @@ pub mod backend;
 pub mod bench;
 pub mod env;
 pub mod error;
+pub mod fastmath;
 pub mod io;
 pub mod linalg;
 pub mod model;

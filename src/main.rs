@@ -376,6 +376,9 @@ fn run_pets<B: Backend>(be: &B, a: PetsArgs) -> Result<()> {
 
 fn run_plan<B: Backend>(be: &B, a: PlanArgs) -> Result<()> {
     let env = EnvId::parse(&a.env)?;
+    if a.particles == 0 {
+        return Err(invalid!("--particles must be at least 1"));
+    }
     let spec = env.spec();
     let cfg = PlannerConfig {
         optimizer: a.optimizer,

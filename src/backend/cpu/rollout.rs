@@ -10,7 +10,7 @@ use super::ensemble::{head_out, max_width, member_forward};
 use super::Real;
 use crate::backend::{EnsembleShape, Propagation, RolloutParams};
 use crate::env::{task, EnvId};
-use crate::rng::{below, normal, stream};
+use crate::rng::{below, normals, stream};
 use rayon::prelude::*;
 
 /// Rows per tile at most (~100 rows per member and step with 5 elites).
@@ -33,6 +33,7 @@ pub struct Tile {
     mean: Vec<f32>,
     logvar: Vec<f32>,
     acc: Vec<f32>,
+    noise: Vec<f32>,
 }
 
 #[derive(Default)]
@@ -154,6 +155,7 @@ fn run_tile(
     grow(&mut t.mean, n * dout);
     grow(&mut t.logvar, n * dout);
     grow(&mut t.acc, n * dout);
+    grow(&mut t.noise, dout);
     for i in 0..n {
         t.state[i * od..(i + 1) * od].copy_from_slice(&start[..od]);
     }
@@ -258,23 +260,29 @@ fn run_tile(
                 );
                 head_out(shape, params, &lay, raw, cnt, &mut t.mean, &mut t.logvar);
                 // next = state + μ + σ·ε (PETS eq. 2: sample from the predicted Gaussian).
+                let z = &mut t.noise[..dout];
                 for (q, &i) in group.iter().enumerate() {
                     let i = i as usize;
                     let row = (r0 + i) as u32;
-                    for j in 0..dout {
-                        let mu = t.mean[q * dout + j];
-                        let eps = if shape.probabilistic {
-                            let z =
-                                normal(seed, stream::TS_NOISE, row * dout as u32 + j as u32, coord);
-                            (0.5 * t.logvar[q * dout + j]).exp() * z
-                        } else {
-                            0.0
-                        };
-                        if j < od {
-                            t.next[i * od + j] = t.state[i * od + j] + mu + eps;
-                        } else {
-                            t.reward[i] = mu + eps;
+                    let mu = &t.mean[q * dout..(q + 1) * dout];
+                    let lv = &t.logvar[q * dout..(q + 1) * dout];
+                    if shape.probabilistic {
+                        normals(seed, stream::TS_NOISE, row * dout as u32, coord, z);
+                        for ((zz, m), l) in z.iter_mut().zip(mu).zip(lv) {
+                            *zz = m + (0.5 * l).exp_fast() * *zz;
                         }
+                    } else {
+                        z.copy_from_slice(mu);
+                    }
+                    for ((nx, s), d) in t.next[i * od..(i + 1) * od]
+                        .iter_mut()
+                        .zip(&t.state[i * od..(i + 1) * od])
+                        .zip(z.iter())
+                    {
+                        *nx = s + d;
+                    }
+                    if dout > od {
+                        t.reward[i] = z[od];
                     }
                 }
                 begin += cnt;
