@@ -28,6 +28,8 @@ if [ ! -x "$cu/bin/ptxas" ] || ! ls "$cu"/lib/libnvrtc.so* >/dev/null 2>&1; then
   python3 -m pip install --quiet --disable-pip-version-check --no-deps --target "$tools" \
     nvidia-cuda-nvrtc==13.5.37 nvidia-cuda-nvcc==13.5.37
 fi
+# Mesa's implicit device-select layer prints XDG_RUNTIME_DIR errors on headless machines.
+export NODEVICE_SELECT=1
 export MBRL_CUDA_TOOLS=$cu
 export LD_LIBRARY_PATH=$cu/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 

@@ -3,7 +3,10 @@
 //!
 //! `cpu` is the specification. Device backends (`wgpu`, `cuda`) implement the same trait and
 //! are checked against it; [`Availability`] explains, for `mbrl-gpu devices`, why one is absent.
+pub mod check;
 pub mod cpu;
+pub mod cuda;
+pub mod wgpu;
 
 use crate::Result;
 use serde::{Deserialize, Serialize};
@@ -358,25 +361,12 @@ pub struct Availability {
     pub detail: String,
 }
 
-/// What this build and machine offer. Device backends land in later work; until then they
-/// report that they are not compiled in, the way candle reports a missing feature.
+/// What this machine offers, in the order `--backend auto` considers them.
 pub fn probe_all() -> Vec<Availability> {
     let threads = rayon::current_num_threads();
     vec![
-        Availability {
-            backend: "cuda",
-            available: false,
-            detail: "not compiled into this build: the CUDA backend (kernels/, cudarc) is not \
-                     implemented yet"
-                .into(),
-        },
-        Availability {
-            backend: "wgpu",
-            available: false,
-            detail: "not compiled into this build: the wgpu backend (shaders/) is not \
-                     implemented yet"
-                .into(),
-        },
+        cuda::availability(),
+        wgpu::availability(),
         Availability {
             backend: "cpu",
             available: true,
@@ -398,37 +388,91 @@ pub enum BackendChoice {
     Cuda,
 }
 
-/// Resolve `--backend` to the CPU backend today, explaining why the others were passed over.
-/// Returns the chosen name and one line per backend that was skipped.
+/// Resolve `--backend`: the chosen name and one line per backend passed over, with why.
+/// `auto` takes cuda when a device exists, then wgpu only on a hardware adapter (a software
+/// rasteriser such as lavapipe is slower than the CPU backend), then cpu.
 pub fn resolve(choice: BackendChoice) -> Result<(&'static str, Vec<String>)> {
-    let all = probe_all();
     let want = match choice {
+        BackendChoice::Cpu => return Ok(("cpu", vec![])),
+        BackendChoice::Wgpu => Some(wgpu::availability()),
+        BackendChoice::Cuda => Some(cuda::availability()),
         BackendChoice::Auto => None,
-        BackendChoice::Cpu => Some("cpu"),
-        BackendChoice::Wgpu => Some("wgpu"),
-        BackendChoice::Cuda => Some("cuda"),
     };
-    match want {
-        Some(name) => {
-            let a = all
-                .iter()
-                .find(|a| a.backend == name)
-                .expect("known backend");
-            if a.available {
-                Ok((a.backend, vec![]))
-            } else {
-                Err(crate::Error::Unavailable(format!("{name}: {}", a.detail)))
-            }
+    if let Some(a) = want {
+        return if a.available {
+            Ok((a.backend, vec![]))
+        } else {
+            Err(crate::Error::Unavailable(format!(
+                "{}: {}",
+                a.backend, a.detail
+            )))
+        };
+    }
+    let mut skipped = vec![];
+    let c = cuda::availability();
+    if c.available {
+        return Ok(("cuda", skipped));
+    }
+    skipped.push(format!("cuda: {}", c.detail));
+    let w = wgpu::availability();
+    if w.available && wgpu::is_hardware() {
+        return Ok(("wgpu", skipped));
+    }
+    skipped.push(format!(
+        "wgpu: {}",
+        if w.available {
+            format!("{} (no hardware adapter)", w.detail)
+        } else {
+            w.detail
         }
-        None => {
-            let mut skipped = vec![];
-            for a in &all {
-                if a.available {
-                    return Ok((a.backend, skipped));
-                }
-                skipped.push(format!("{}: {}", a.backend, a.detail));
-            }
-            Err(crate::Error::Unavailable("no backend available".into()))
+    ));
+    Ok(("cpu", skipped))
+}
+
+/// One of the three backends, chosen at run time.
+pub enum AnyBackend {
+    Cpu(cpu::CpuBackend),
+    Wgpu(Box<wgpu::WgpuBackend>),
+    Cuda(Box<cuda::CudaBackend>),
+}
+
+impl AnyBackend {
+    /// Resolve `choice` and construct the backend; returns it with the lines explaining
+    /// which backends were passed over and why.
+    pub fn new(choice: BackendChoice) -> Result<(Self, Vec<String>)> {
+        let (name, skipped) = resolve(choice)?;
+        let b = match name {
+            "cuda" => AnyBackend::Cuda(Box::new(cuda::CudaBackend::new()?)),
+            "wgpu" => AnyBackend::Wgpu(Box::new(wgpu::WgpuBackend::new()?)),
+            _ => AnyBackend::Cpu(cpu::CpuBackend::new()),
+        };
+        Ok((b, skipped))
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            AnyBackend::Cpu(b) => b.name(),
+            AnyBackend::Wgpu(b) => b.name(),
+            AnyBackend::Cuda(b) => b.name(),
         }
     }
+}
+
+/// Run `$body` with `$b` bound to the concrete backend inside an [`AnyBackend`], so generic
+/// code is monomorphised once per backend.
+#[macro_export]
+macro_rules! with_backend {
+    ($any:expr, |$b:ident| $body:expr) => {
+        match $any {
+            $crate::backend::AnyBackend::Cpu($b) => $body,
+            $crate::backend::AnyBackend::Wgpu($b) => {
+                let $b = &**$b;
+                $body
+            }
+            $crate::backend::AnyBackend::Cuda($b) => {
+                let $b = &**$b;
+                $body
+            }
+        }
+    };
 }

@@ -275,7 +275,7 @@ pub fn forward<T: Real>(
 ) {
     let lay = shape.layout();
     let ts = tasks(shape.ensemble, rows);
-    let width = shape.hidden.max(shape.head_dim()).max(shape.in_dim);
+    let width = max_width(shape);
     if ws.scratch.len() < ts.len() {
         ws.scratch.resize_with(ts.len(), Default::default);
     }
@@ -319,6 +319,22 @@ pub(crate) fn member_forward<'s, T: Real>(
         std::mem::swap(&mut a, &mut b);
     }
     &a[..nr * shape.head_dim()]
+}
+
+/// (max_logvar, min_logvar) of a probabilistic ensemble; empty slices otherwise.
+fn logvar_bounds<'p, T>(
+    shape: &EnsembleShape,
+    lay: &ParamLayout,
+    params: &'p [T],
+) -> (&'p [T], &'p [T]) {
+    if !shape.probabilistic {
+        return (&params[0..0], &params[0..0]);
+    }
+    let d = shape.out_dim;
+    (
+        &params[lay.max_logvar..lay.max_logvar + d],
+        &params[lay.min_logvar..lay.min_logvar + d],
+    )
 }
 
 /// Widest activation any layer of `shape` produces or consumes.
@@ -449,7 +465,7 @@ fn backward_from_head<T: Real>(
     let ts = tasks(shape.ensemble, rows);
     let nl = lay.layers.len();
     let glen = member_grad_len(&lay);
-    let width = shape.hidden.max(shape.head_dim()).max(shape.in_dim);
+    let width = max_width(shape);
     if ws.scratch.len() < ts.len() {
         ws.scratch.resize_with(ts.len(), Default::default);
     }
@@ -602,14 +618,7 @@ pub fn nll_backward<T: Real>(
     let hd = shape.head_dim();
     grow(&mut ws.d_head, e * rows * hd);
     let scale = T::one() / T::c((rows * d) as f64);
-    let (mx, mn) = if shape.probabilistic {
-        (
-            &params[lay.max_logvar..lay.max_logvar + d],
-            &params[lay.min_logvar..lay.min_logvar + d],
-        )
-    } else {
-        (&params[0..0], &params[0..0])
-    };
+    let (mx, mn) = logvar_bounds(shape, &lay, params);
     // Loss and d head, member by member (elementwise, cheap next to the GEMMs).
     let mut db = vec![T::zero(); 2 * d];
     let head = &ws.head;
@@ -757,14 +766,7 @@ pub fn vjp<T: Real>(
     );
     let lay = shape.layout();
     grow(&mut ws.d_head, e * rows * hd);
-    let (mx, mn) = if shape.probabilistic {
-        (
-            &params[lay.max_logvar..lay.max_logvar + d],
-            &params[lay.min_logvar..lay.min_logvar + d],
-        )
-    } else {
-        (&params[0..0], &params[0..0])
-    };
+    let (mx, mn) = logvar_bounds(shape, &lay, params);
     let mut db = vec![T::zero(); 2 * d];
     for i in 0..e * rows {
         let raw = &ws.head[i * hd..(i + 1) * hd];

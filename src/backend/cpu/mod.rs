@@ -7,7 +7,8 @@ pub mod optim;
 pub mod rollout;
 
 use super::{
-    AdamParams, Backend, EnsembleShape, LossConfig, RolloutParams, SampleParams, UpdateParams,
+    check, AdamParams, Backend, EnsembleShape, LossConfig, RolloutParams, SampleParams,
+    UpdateParams,
 };
 use crate::Result;
 use std::sync::Mutex;
@@ -99,15 +100,6 @@ impl CpuBackend {
     }
 }
 
-fn need(what: &str, got: usize, want: usize) -> Result<()> {
-    if got < want {
-        return Err(crate::Error::Shape(format!(
-            "{what} holds {got} values, the operation needs {want}"
-        )));
-    }
-    Ok(())
-}
-
 impl Backend for CpuBackend {
     type Buf = Vec<f32>;
 
@@ -124,13 +116,7 @@ impl Backend for CpuBackend {
         Ok(vec![0.0; len])
     }
     fn write(&self, buf: &mut Vec<f32>, host: &[f32]) -> Result<()> {
-        if buf.len() != host.len() {
-            return Err(crate::Error::Shape(format!(
-                "buffer of {} values written with {}",
-                buf.len(),
-                host.len()
-            )));
-        }
+        check::write(buf.len(), host.len())?;
         buf.copy_from_slice(host);
         Ok(())
     }
@@ -145,26 +131,12 @@ impl Backend for CpuBackend {
         mean: &mut Vec<f32>,
         logvar: &mut Vec<f32>,
     ) -> Result<()> {
-        let (e, i, o) = (shape.ensemble, shape.in_dim, shape.out_dim);
-        need("params", params.len(), shape.layout().total)?;
-        need("norm", norm.len(), 2 * i)?;
-        need("x", x.len(), e * rows * i)?;
-        need("mean", mean.len(), e * rows * o)?;
-        if shape.probabilistic {
-            need("logvar", logvar.len(), e * rows * o)?;
-        }
+        let lens = [params.len(), norm.len(), x.len(), mean.len(), logvar.len()];
+        check::forward(shape, rows, lens)?;
+        let i = shape.in_dim;
         let mut ws = self.ws.lock().unwrap_or_else(|p| p.into_inner());
-        ensemble::forward(
-            shape,
-            params,
-            &norm[..i],
-            &norm[i..2 * i],
-            x,
-            rows,
-            mean,
-            logvar,
-            &mut ws,
-        );
+        let (m, s) = (&norm[..i], &norm[i..2 * i]);
+        ensemble::forward(shape, params, m, s, x, rows, mean, logvar, &mut ws);
         Ok(())
     }
 
@@ -180,34 +152,20 @@ impl Backend for CpuBackend {
         grad: &mut Vec<f32>,
         losses: &mut Vec<f32>,
     ) -> Result<()> {
-        let (e, i, o) = (shape.ensemble, shape.in_dim, shape.out_dim);
-        let total = shape.layout().total;
-        need("params", params.len(), total)?;
-        need("grad", grad.len(), total)?;
-        need("norm", norm.len(), 2 * i)?;
-        need("x", x.len(), e * rows * i)?;
-        need("target", target.len(), e * rows * o)?;
-        need("losses", losses.len(), e)?;
-        if loss.weight_decay.len() != shape.num_layers + 1 {
-            return Err(crate::Error::Shape(format!(
-                "{} weight-decay coefficients for {} linear layers",
-                loss.weight_decay.len(),
-                shape.num_layers + 1
-            )));
-        }
+        let lens = [
+            params.len(),
+            norm.len(),
+            x.len(),
+            target.len(),
+            grad.len(),
+            losses.len(),
+        ];
+        check::nll_backward(shape, loss, rows, lens)?;
+        let i = shape.in_dim;
         let mut ws = self.ws.lock().unwrap_or_else(|p| p.into_inner());
+        let (m, s) = (&norm[..i], &norm[i..2 * i]);
         ensemble::nll_backward(
-            shape,
-            loss,
-            params,
-            &norm[..i],
-            &norm[i..2 * i],
-            x,
-            target,
-            rows,
-            grad,
-            losses,
-            &mut ws,
+            shape, loss, params, m, s, x, target, rows, grad, losses, &mut ws,
         );
         Ok(())
     }
@@ -221,18 +179,10 @@ impl Backend for CpuBackend {
         upper: &Vec<f32>,
         out: &mut Vec<f32>,
     ) -> Result<()> {
-        let len = p.len as usize;
-        if p.act_dim == 0 || len % p.act_dim as usize != 0 {
-            return Err(crate::Error::Shape(format!(
-                "sample length {len} is not a whole number of actions of dimension {}",
-                p.act_dim
-            )));
-        }
-        need("mean", mean.len(), len)?;
-        need("var", var.len(), len)?;
-        need("lower bounds", lower.len(), p.act_dim as usize)?;
-        need("upper bounds", upper.len(), p.act_dim as usize)?;
-        need("population", out.len(), p.population as usize * len)?;
+        check::sample(
+            p,
+            [mean.len(), var.len(), lower.len(), upper.len(), out.len()],
+        )?;
         cem::sample(p, mean, var, lower, upper, out);
         Ok(())
     }
@@ -245,18 +195,7 @@ impl Backend for CpuBackend {
         mean: &mut Vec<f32>,
         var: &mut Vec<f32>,
     ) -> Result<()> {
-        let len = p.len as usize;
-        if p.num_elites == 0 || p.num_elites > p.population {
-            return Err(crate::invalid!(
-                "elite count {} must be in 1..={} (the population)",
-                p.num_elites,
-                p.population
-            ));
-        }
-        need("population", population.len(), p.population as usize * len)?;
-        need("returns", returns.len(), p.population as usize)?;
-        need("mean", mean.len(), len)?;
-        need("var", var.len(), len)?;
+        check::update(p, [population.len(), returns.len(), mean.len(), var.len()])?;
         cem::update(p, population, returns, mean, var);
         Ok(())
     }
@@ -271,48 +210,18 @@ impl Backend for CpuBackend {
         actions: &Vec<f32>,
         returns: &mut Vec<f32>,
     ) -> Result<()> {
-        check_rollout(p)?;
-        let (od, ad) = (p.obs_dim as usize, p.act_dim as usize);
-        let want_out = od + p.learn_reward as usize;
-        if shape.in_dim != od + ad || shape.out_dim != want_out {
-            return Err(crate::Error::Shape(format!(
-                "model maps {} inputs to {} outputs; the rollout needs obs {od} + act {ad}                  inputs and {want_out} outputs",
-                shape.in_dim, shape.out_dim
-            )));
-        }
-        if p.num_elites == 0
-            || p.elites[..p.num_elites as usize]
-                .iter()
-                .any(|&m| m as usize >= shape.ensemble)
-        {
-            return Err(crate::invalid!(
-                "elites {:?} are not members of a {}-member ensemble",
-                &p.elites[..p.num_elites as usize],
-                shape.ensemble
-            ));
-        }
-        if p.particles == 0 {
-            return Err(crate::invalid!("particles must be at least 1"));
-        }
-        need("params", params.len(), shape.layout().total)?;
-        need("norm", norm.len(), 2 * shape.in_dim)?;
-        need("start", start.len(), od)?;
-        let (np, h) = (p.population as usize, p.horizon as usize);
-        need("actions", actions.len(), np * h * ad)?;
-        need("returns", returns.len(), np)?;
+        let lens = [
+            params.len(),
+            norm.len(),
+            start.len(),
+            actions.len(),
+            returns.len(),
+        ];
+        check::rollout(p, shape, lens)?;
         let i = shape.in_dim;
         let mut ws = self.rollout_ws.lock().unwrap_or_else(|p| p.into_inner());
-        rollout::rollout(
-            p,
-            shape,
-            params,
-            &norm[..i],
-            &norm[i..2 * i],
-            start,
-            actions,
-            returns,
-            &mut ws,
-        );
+        let (m, s) = (&norm[..i], &norm[i..2 * i]);
+        rollout::rollout(p, shape, params, m, s, start, actions, returns, &mut ws);
         Ok(())
     }
 
@@ -323,24 +232,7 @@ impl Backend for CpuBackend {
         actions: &Vec<f32>,
         returns: &mut Vec<f32>,
     ) -> Result<()> {
-        check_rollout(p)?;
-        let env = crate::env::EnvId::from_code(p.env).ok_or_else(|| {
-            crate::invalid!(
-                "task code {} has no native dynamics to plan with; use a learned model",
-                p.env
-            )
-        })?;
-        let spec = env.spec();
-        if p.obs_dim as usize != spec.obs_dim || p.act_dim as usize != spec.act_dim {
-            return Err(crate::Error::Shape(format!(
-                "{} has obs {} and act {}, the rollout was given {} and {}",
-                spec.name, spec.obs_dim, spec.act_dim, p.obs_dim, p.act_dim
-            )));
-        }
-        let (np, h) = (p.population as usize, p.horizon as usize);
-        need("start state", start.len(), spec.state_dim)?;
-        need("actions", actions.len(), np * h * spec.act_dim)?;
-        need("returns", returns.len(), np)?;
+        check::rollout_true(p, [start.len(), actions.len(), returns.len()])?;
         rollout::rollout_true(p, start, actions, returns);
         Ok(())
     }
@@ -353,38 +245,11 @@ impl Backend for CpuBackend {
         m: &mut Vec<f32>,
         v: &mut Vec<f32>,
     ) -> Result<()> {
+        check::adam(p, [params.len(), grad.len(), m.len(), v.len()])?;
         let n = p.len as usize;
-        need("params", params.len(), n)?;
-        need("grad", grad.len(), n)?;
-        need("adam m", m.len(), n)?;
-        need("adam v", v.len(), n)?;
         optim::adam(p, &mut params[..n], &grad[..n], &mut m[..n], &mut v[..n]);
         Ok(())
     }
-}
-
-/// Checks shared by both rollouts.
-fn check_rollout(p: &RolloutParams) -> Result<()> {
-    if !crate::env::task::known(p.env) {
-        return Err(crate::invalid!("unknown task code {}", p.env));
-    }
-    if p.horizon == 0 {
-        return Err(crate::invalid!("horizon must be at least 1"));
-    }
-    if p.propagation > 2 {
-        return Err(crate::invalid!(
-            "unknown propagation code {}",
-            p.propagation
-        ));
-    }
-    if p.num_elites as usize > super::MAX_ELITES {
-        return Err(crate::invalid!(
-            "at most {} elites fit a rollout, got {}",
-            super::MAX_ELITES,
-            p.num_elites
-        ));
-    }
-    Ok(())
 }
 
 #[cfg(test)]

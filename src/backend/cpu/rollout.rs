@@ -107,7 +107,7 @@ pub fn rollout(
 fn reduce_particles(row_returns: &[f32], k: usize, returns: &mut [f32]) {
     for (c, out) in returns.iter_mut().enumerate() {
         let rs = &row_returns[c * k..(c + 1) * k];
-        *out = if rs.iter().any(|r| *r == f32::NEG_INFINITY) {
+        *out = if rs.contains(&f32::NEG_INFINITY) {
             f32::NEG_INFINITY
         } else {
             rs.iter().sum::<f32>() / k as f32
@@ -289,7 +289,7 @@ fn run_tile(
             }
         }
         // Rewards, termination masks, finiteness.
-        for i in 0..n {
+        for (i, ret) in out.iter_mut().enumerate().take(n) {
             let s = &t.state[i * od..(i + 1) * od];
             let nx = &t.next[i * od..(i + 1) * od];
             let a = action(r0 + i, step);
@@ -302,15 +302,15 @@ fn run_tile(
                 t.bad[i] = true;
             }
             if t.alive[i] {
-                out[i] += r;
+                *ret += r;
                 t.alive[i] = !task::terminated(p.env, nx);
             }
         }
         std::mem::swap(&mut t.state, &mut t.next);
     }
-    for i in 0..n {
-        if t.bad[i] {
-            out[i] = f32::NEG_INFINITY;
+    for (ret, bad) in out.iter_mut().zip(&t.bad[..n]) {
+        if *bad {
+            *ret = f32::NEG_INFINITY;
         }
     }
 }

@@ -1,0 +1,495 @@
+// rollout.wgsl — fused trajectory sampling (PETS §4.2: TS1, TS∞, expectation) and planning
+// with the native environments' true dynamics. Twin of src/backend/cpu/rollout.rs; the
+// reward, termination and dynamics below mirror src/env/{cartpole,pendulum,mountain_car}.rs.
+//
+// Rows r = c·particles + k. One rollout is recorded by src/backend/wgpu/rollout.rs as a single
+// compute pass, with no host round-trip: rollout_init, then per horizon step t
+//     rollout_group   (TS1 every step; TS∞ and expectation once)   rows → member-sorted slots
+//     rollout_gather  model inputs [state, action_t], normalised, in slot order
+//     gemm × (layers + 1)   ensemble.wgsl's GEMM in grouped mode: one member per 64-row tile
+//     rollout_step    next state = state + μ + σ·ε, reward, termination, return
+// and rollout_reduce (mean over particles). Per-step parameters come from a table of uniform
+// blocks selected by dynamic offset, so nothing is written between the dispatches.
+//
+// Why sort rows by member: a tile of the GEMM then reads one member's weights, which it
+// stages in workgroup memory once for 64 rows — the same reuse a dense GEMM gets. Without
+// it every row would fetch its own member's weights (hidden² loads per row and layer).
+// Slots are padded to 64 rows, so there are at most ⌈rows/64⌉ + elites tiles.
+//
+// rollout_group runs as one 256-thread workgroup: it histograms the members with workgroup
+// atomics and scatters rows; its cost is 2·⌈rows/256⌉ Philox draws per thread (80 for 10⁴
+// rows), small next to the GEMMs. The other kernels are one thread per row / position, 256-thread workgroups.
+//
+// Rewards and terminations are those of src/env/task.rs by task code: the native
+// environments (0–2) and half-cheetah's planning reward (3). The environments' dynamics run
+// in f32 here, where the CPU widens to f64 and rounds once per step: the results differ by a
+// few ULPs per step (see the tolerances in tests/wgpu_parity.rs). Every native environment
+// has one action dimension; their reward and dynamics read action component 0.
+
+struct RolloutParams {
+    seed_lo: u32,
+    seed_hi: u32,
+    step: u32,
+    population: u32,
+    particles: u32,
+    horizon: u32,
+    obs_dim: u32,
+    act_dim: u32,
+    propagation: u32,
+    env: u32,
+    learn_reward: u32,
+    num_elites: u32,
+    // [MAX_ELITES] u32, as vec4s: uniform arrays need a 16-byte stride.
+    elites: array<vec4<u32>, 4>,
+}
+
+struct RolloutStep {
+    p: RolloutParams,
+    // Horizon step of this dispatch.
+    t: u32,
+    // population · particles.
+    rows: u32,
+    // Slot-ordered positions (a multiple of 64) and their 64-row tiles.
+    positions: u32,
+    tiles: u32,
+    // Expectation: positions of elite slot s start at s · slot_stride.
+    slot_stride: u32,
+    in_dim: u32,
+    out_dim: u32,
+    head_dim: u32,
+    probabilistic: u32,
+    max_off: u32,
+    min_off: u32,
+    state_dim: u32,
+}
+
+@group(0) @binding(0) var<uniform> rs: RolloutStep;
+
+@group(1) @binding(0) var<storage, read> ro_start: array<f32>;
+@group(1) @binding(1) var<storage, read_write> ro_state: array<f32>;
+@group(1) @binding(2) var<storage, read_write> ro_ret: array<f32>;
+@group(1) @binding(3) var<storage, read_write> ro_flags: array<u32>;
+@group(1) @binding(4) var<storage, read_write> grp_perm: array<u32>;
+@group(1) @binding(5) var<storage, read_write> grp_inv: array<u32>;
+@group(1) @binding(6) var<storage, read_write> grp_tiles: array<u32>;
+@group(1) @binding(7) var<storage, read> gat_perm: array<u32>;
+@group(1) @binding(8) var<storage, read> stp_inv: array<u32>;
+@group(1) @binding(9) var<storage, read> ro_actions: array<f32>;
+@group(1) @binding(10) var<storage, read> ro_norm: array<f32>;
+@group(1) @binding(11) var<storage, read_write> gat_xn: array<f32>;
+@group(1) @binding(12) var<storage, read> stp_head: array<f32>;
+@group(1) @binding(13) var<storage, read> stp_params: array<f32>;
+@group(1) @binding(14) var<storage, read_write> ro_returns: array<f32>;
+
+const TILE_ROWS: u32 = 64u;
+const FLAG_ALIVE: u32 = 1u;
+const FLAG_BAD: u32 = 2u;
+
+const ENV_CARTPOLE: u32 = 0u;
+const ENV_PENDULUM: u32 = 1u;
+
+// ---------------------------------------------------------------------------------------
+// Native environments in f32 (src/env/*.rs).
+// ---------------------------------------------------------------------------------------
+
+// Cart-pole terminates when |x| > 2.4 or |θ| > 12° in f64. Both thresholds round *up* to
+// f32 (2.4000001, 0.20943952), so for an f32 value, x ≤ 2.4 (f64) ⇔ x < f32(2.4).
+const CP_X_LIMIT: f32 = 2.4;
+const CP_THETA_LIMIT: f32 = 0.2094395160675049;
+
+fn mc_terminated(nx: vec4<f32>) -> bool {
+    // np.float32 >= 0.45 compares in float32 (NEP 50).
+    return !is_nan_f(nx.x) && !is_nan_f(nx.y) && nx.x >= 0.45 && nx.y >= 0.0;
+}
+
+fn env_terminated(env: u32, nx: vec4<f32>) -> bool {
+    switch env {
+        case 0u: {
+            if (!is_finite_f(nx.x) || !is_finite_f(nx.z)) {
+                return true;
+            }
+            let alive = nx.x > -CP_X_LIMIT && nx.x < CP_X_LIMIT && nx.z > -CP_THETA_LIMIT
+                && nx.z < CP_THETA_LIMIT;
+            return !alive;
+        }
+        case 1u: {
+            return false;
+        }
+        default: {
+            return mc_terminated(nx);
+        }
+    }
+}
+
+// Planning reward of (obs, action a, next_obs).
+fn env_reward(env: u32, obs: vec4<f32>, a: f32, nx: vec4<f32>) -> f32 {
+    switch env {
+        case 0u: {
+            return 1.0;
+        }
+        case 1u: {
+            // angle_normalize(atan2(sin, cos))² = atan2(sin, cos)² on [-π, π].
+            let th = atan2_f(obs.y, obs.x);
+            let u = clamp(a, -2.0, 2.0);
+            return -(th * th + 0.1 * (obs.z * obs.z) + 0.001 * (u * u));
+        }
+        default: {
+            let base = select(0.0, 100.0, mc_terminated(nx));
+            return base - a * a * 0.1;
+        }
+    }
+}
+
+fn env_observe(env: u32, s: vec4<f32>) -> vec4<f32> {
+    if (env == ENV_PENDULUM) {
+        return vec4<f32>(cos_f(s.x), sin_f(s.x), s.y, 0.0);
+    }
+    return s;
+}
+
+// One step of the true dynamics on the internal state.
+fn env_step(env: u32, s: vec4<f32>, a: f32) -> vec4<f32> {
+    switch env {
+        case 0u: {
+            // CartPole-v1's explicit Euler step, force = 10 N · a (unclipped).
+            let force = a * 10.0;
+            let ct = cos_f(s.z);
+            let st = sin_f(s.z);
+            let temp = (force + 0.05 * (s.w * s.w) * st) / 1.1;
+            let thacc = (9.8 * st - ct * temp) / (0.5 * (4.0 / 3.0 - 0.1 * (ct * ct) / 1.1));
+            let xacc = temp - 0.05 * thacc * ct / 1.1;
+            return vec4<f32>(s.x + 0.02 * s.y, s.y + 0.02 * xacc, s.z + 0.02 * s.w,
+                             s.w + 0.02 * thacc);
+        }
+        case 1u: {
+            // Pendulum-v1: torque clipped to ±2, speed to ±8, dt = 0.05.
+            let u = clamp(a, -2.0, 2.0);
+            let accel = 15.0 * sin_f(s.x) + 3.0 * u;
+            let thdot = clamp(s.y + accel * 0.05, -8.0, 8.0);
+            return vec4<f32>(s.x + thdot * 0.05, thdot, 0.0, 0.0);
+        }
+        default: {
+            // MountainCarContinuous-v0 on a float32 state: force clipped to ±1; an
+            // in-range force keeps float32 (a · 0.0015f), a clipped one is a Python float.
+            let gravity = 0.0025 * cos_f(3.0 * s.x);
+            var dv = a * 0.0015 - gravity;
+            if (a < -1.0) {
+                dv = -0.0015 - gravity;
+            } else if (a > 1.0) {
+                dv = 0.0015 - gravity;
+            }
+            var vel = s.y + dv;
+            if (vel > 0.07) {
+                vel = 0.07;
+            }
+            if (vel < -0.07) {
+                vel = -0.07;
+            }
+            var pos = s.x + vel;
+            if (pos > 0.6) {
+                pos = 0.6;
+            }
+            if (pos < -1.2) {
+                pos = -1.2;
+            }
+            if (pos == -1.2 && vel < 0.0) {
+                vel = 0.0;
+            }
+            return vec4<f32>(pos, vel, 0.0, 0.0);
+        }
+    }
+}
+
+// Task codes beyond the native environments (src/env/task.rs).
+const TASK_HALF_CHEETAH: u32 = 3u;
+
+// Planning reward of a transition under task `code`: the native environment's, or
+// mbrl-lib's half-cheetah reward next_obs[0] − 0.1·‖a‖². `s` and `nx` hold the first four
+// observation components, the action is read from ro_actions at `abase`.
+fn task_reward(code: u32, s: vec4<f32>, abase: u32, nx: vec4<f32>) -> f32 {
+    if (code == TASK_HALF_CHEETAH) {
+        var sq = 0.0;
+        for (var i = 0u; i < rs.p.act_dim; i++) {
+            let a = ro_actions[abase + i];
+            sq = sq + a * a;
+        }
+        return nx.x - 0.1 * sq;
+    }
+    return env_reward(code, s, ro_actions[abase], nx);
+}
+
+fn task_terminated(code: u32, nx: vec4<f32>) -> bool {
+    if (code == TASK_HALF_CHEETAH) {
+        return false;
+    }
+    return env_terminated(code, nx);
+}
+
+// ---------------------------------------------------------------------------------------
+// Trajectory sampling through the learned ensemble.
+// ---------------------------------------------------------------------------------------
+
+fn ro_seed() -> vec2<u32> {
+    return vec2<u32>(rs.p.seed_lo, rs.p.seed_hi);
+}
+
+fn elite(s: u32) -> u32 {
+    return rs.p.elites[s / 4u][s % 4u];
+}
+
+// Elite slot of a row: Philox `below` of stream TS_MEMBER at (row, step·horizon + t) for
+// TS1, at (row, step·horizon) for TS∞.
+fn member_slot(row: u32) -> u32 {
+    var coord = rs.p.step * rs.p.horizon;
+    if (rs.p.propagation == 0u) {
+        coord = coord + rs.t;
+    }
+    return rng_below(ro_seed(), STREAM_TS_MEMBER, row, coord, rs.p.num_elites);
+}
+
+@compute @workgroup_size(256)
+fn rollout_init(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                @builtin(local_invocation_index) li: u32) {
+    let r = flat_index(wg, nwg, li);
+    if (r >= rs.rows) {
+        return;
+    }
+    let od = rs.p.obs_dim;
+    for (var j = 0u; j < od; j++) {
+        ro_state[r * od + j] = ro_start[j];
+    }
+    ro_ret[r] = 0.0;
+    ro_flags[r] = FLAG_ALIVE;
+}
+
+var<workgroup> grp_count: array<atomic<u32>, 16>;
+var<workgroup> grp_base: array<u32, 17>;
+
+// Rows → positions grouped by elite slot, each slot padded to a whole 64-row tile:
+// grp_perm[position] = row (NONE for padding), grp_inv[row] = position, and
+// grp_tiles[tile] = the member whose weights the tile uses (NONE past the last tile).
+@compute @workgroup_size(256)
+fn rollout_group(@builtin(local_invocation_index) li: u32) {
+    let n = rs.rows;
+    let slots = rs.p.num_elites;
+    if (rs.p.propagation == 2u) {
+        // Expectation: every row under every elite, slot s at [s·stride, s·stride + n).
+        for (var p = li; p < rs.positions; p += 256u) {
+            let s = p / rs.slot_stride;
+            let r = p % rs.slot_stride;
+            grp_perm[p] = select(NONE, r, s < slots && r < n);
+        }
+        for (var t = li; t < rs.tiles; t += 256u) {
+            let s = t * TILE_ROWS / rs.slot_stride;
+            grp_tiles[t] = select(NONE, elite(min(s, 15u)), s < slots);
+        }
+        return;
+    }
+    if (li < 16u) {
+        atomicStore(&grp_count[li], 0u);
+    }
+    for (var p = li; p < rs.positions; p += 256u) {
+        grp_perm[p] = NONE;
+    }
+    workgroupBarrier();
+    for (var r = li; r < n; r += 256u) {
+        atomicAdd(&grp_count[member_slot(r)], 1u);
+    }
+    workgroupBarrier();
+    if (li == 0u) {
+        var acc = 0u;
+        for (var s = 0u; s < slots; s++) {
+            grp_base[s] = acc;
+            acc += (atomicLoad(&grp_count[s]) + TILE_ROWS - 1u) / TILE_ROWS * TILE_ROWS;
+        }
+        grp_base[slots] = acc;
+    }
+    workgroupBarrier();
+    for (var t = li; t < rs.tiles; t += 256u) {
+        let p0 = t * TILE_ROWS;
+        var m = NONE;
+        for (var s = 0u; s < slots; s++) {
+            if (p0 >= grp_base[s] && p0 < grp_base[s + 1u]) {
+                m = elite(s);
+            }
+        }
+        grp_tiles[t] = m;
+    }
+    if (li < 16u) {
+        atomicStore(&grp_count[li], 0u);
+    }
+    // The NONE fill above must land before the scatter overwrites it.
+    storageBarrier();
+    workgroupBarrier();
+    for (var r = li; r < n; r += 256u) {
+        let s = member_slot(r);
+        let p = grp_base[s] + atomicAdd(&grp_count[s], 1u);
+        grp_perm[p] = r;
+        grp_inv[r] = p;
+    }
+}
+
+// Model input of each position: ([state, action_t] − μ_in) / σ_in (zeros for padding).
+@compute @workgroup_size(256)
+fn rollout_gather(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                  @builtin(local_invocation_index) li: u32) {
+    let p = flat_index(wg, nwg, li);
+    if (p >= rs.positions) {
+        return;
+    }
+    let di = rs.in_dim;
+    let od = rs.p.obs_dim;
+    let ad = rs.p.act_dim;
+    let row = gat_perm[p];
+    if (row == NONE) {
+        for (var j = 0u; j < di; j++) {
+            gat_xn[p * di + j] = 0.0;
+        }
+        return;
+    }
+    let c = row / rs.p.particles;
+    let abase = (c * rs.p.horizon + rs.t) * ad;
+    for (var j = 0u; j < od; j++) {
+        gat_xn[p * di + j] = (ro_state[row * od + j] - ro_norm[j]) / ro_norm[di + j];
+    }
+    for (var j = 0u; j < ad; j++) {
+        gat_xn[p * di + od + j] = (ro_actions[abase + j] - ro_norm[od + j]) / ro_norm[di + od + j];
+    }
+}
+
+// Next state, reward, termination and the running return of each row, from the head the
+// GEMMs left in stp_head [positions, head_dim]. The state is updated in place; the first
+// four components before and after are kept for the reward and termination functions.
+@compute @workgroup_size(256)
+fn rollout_step(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                @builtin(local_invocation_index) li: u32) {
+    let r = flat_index(wg, nwg, li);
+    if (r >= rs.rows) {
+        return;
+    }
+    let od = rs.p.obs_dim;
+    let dout = rs.out_dim;
+    let h = rs.head_dim;
+    let expectation = rs.p.propagation == 2u;
+    let inv_elites = 1.0 / f32(rs.p.num_elites);
+    var p = 0u;
+    if (!expectation) {
+        p = stp_inv[r];
+    }
+    let coord = rs.p.step * rs.p.horizon + rs.t;
+    var s4 = vec4<f32>(0.0);
+    var n4 = vec4<f32>(0.0);
+    var rew = 0.0;
+    var bad = false;
+    for (var j = 0u; j < dout; j++) {
+        var d: f32;
+        if (expectation) {
+            // Mean over elites of each member's mean prediction, summed in elite order.
+            var acc = 0.0;
+            for (var e = 0u; e < rs.p.num_elites; e++) {
+                acc = acc + stp_head[(e * rs.slot_stride + r) * h + j];
+            }
+            d = acc * inv_elites;
+        } else {
+            // PETS eq. 2: a sample of the predicted Gaussian over the state change.
+            d = stp_head[p * h + j];
+            if (rs.probabilistic != 0u) {
+                let lv = soft_logvar(stp_head[p * h + dout + j], stp_params[rs.max_off + j],
+                                     stp_params[rs.min_off + j]);
+                let z = rng_normal(ro_seed(), STREAM_TS_NOISE, r * dout + j, coord);
+                d = d + exp_f(0.5 * lv) * z;
+            }
+        }
+        if (j < od) {
+            let sj = ro_state[r * od + j];
+            let nj = sj + d;
+            if (j < 4u) {
+                s4[j] = sj;
+                n4[j] = nj;
+            }
+            bad = bad || !is_finite_f(nj);
+            ro_state[r * od + j] = nj;
+        } else {
+            rew = d;
+        }
+    }
+    let c = r / rs.p.particles;
+    if (rs.p.learn_reward == 0u) {
+        rew = task_reward(rs.p.env, s4, (c * rs.p.horizon + rs.t) * rs.p.act_dim, n4);
+    }
+    bad = bad || !is_finite_f(rew);
+    var flags = ro_flags[r];
+    if (bad) {
+        flags = flags | FLAG_BAD;
+    }
+    if ((flags & FLAG_ALIVE) != 0u) {
+        ro_ret[r] = ro_ret[r] + rew;
+        if (task_terminated(rs.p.env, n4)) {
+            flags = flags & ~FLAG_ALIVE;
+        }
+    }
+    ro_flags[r] = flags;
+}
+
+// Mean over each candidate's particles; −∞ if any particle left the finite numbers.
+@compute @workgroup_size(256)
+fn rollout_reduce(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                  @builtin(local_invocation_index) li: u32) {
+    let c = flat_index(wg, nwg, li);
+    if (c >= rs.p.population) {
+        return;
+    }
+    let k = rs.p.particles;
+    var sum = 0.0;
+    var dead = false;
+    for (var q = 0u; q < k; q++) {
+        let r = c * k + q;
+        var v = ro_ret[r];
+        if ((ro_flags[r] & FLAG_BAD) != 0u) {
+            v = neg_inf();
+        }
+        dead = dead || is_neg_inf(v);
+        sum = sum + v;
+    }
+    ro_returns[c] = select(sum / f32(k), neg_inf(), dead);
+}
+
+// ---------------------------------------------------------------------------------------
+// Planning with the true simulator: one thread per candidate runs the whole horizon.
+// ---------------------------------------------------------------------------------------
+
+@compute @workgroup_size(256)
+fn rollout_true(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                @builtin(local_invocation_index) li: u32) {
+    let c = flat_index(wg, nwg, li);
+    if (c >= rs.p.population) {
+        return;
+    }
+    let env = rs.p.env;
+    let h = rs.p.horizon;
+    let od = rs.p.obs_dim;
+    var s = vec4<f32>(0.0);
+    for (var j = 0u; j < rs.state_dim; j++) {
+        s[j] = ro_start[j];
+    }
+    var o = env_observe(env, s);
+    var total = 0.0;
+    var bad = false;
+    for (var t = 0u; t < h; t++) {
+        let a = ro_actions[(c * h + t) * rs.p.act_dim];
+        let ns = env_step(env, s, a);
+        let no = env_observe(env, ns);
+        let r = env_reward(env, o, a, no);
+        bad = bad || !is_finite_f(r);
+        for (var j = 0u; j < od; j++) {
+            bad = bad || !is_finite_f(no[j]);
+        }
+        total = total + r;
+        if (env_terminated(env, no)) {
+            break;
+        }
+        s = ns;
+        o = no;
+    }
+    ro_returns[c] = select(total, neg_inf(), bad);
+}

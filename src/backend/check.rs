@@ -1,0 +1,202 @@
+//! Argument checks shared by every backend, so that each op rejects the same bad input with
+//! the same sentence whatever device it would have run on. Each takes buffer lengths.
+use super::{
+    AdamParams, EnsembleShape, LossConfig, RolloutParams, SampleParams, UpdateParams, MAX_ELITES,
+};
+use crate::env::{task, EnvId, EnvSpec};
+use crate::{invalid, Error, Result};
+
+/// `what` holds at least `want` values.
+pub fn need(what: &str, got: usize, want: usize) -> Result<()> {
+    if got < want {
+        return Err(Error::Shape(format!(
+            "{what} holds {got} values, the operation needs {want}"
+        )));
+    }
+    Ok(())
+}
+
+/// Lengths of `ensemble_forward`'s buffers: params, norm, x, mean, logvar.
+pub fn forward(shape: &EnsembleShape, rows: usize, lens: [usize; 5]) -> Result<()> {
+    let (e, i, o) = (shape.ensemble, shape.in_dim, shape.out_dim);
+    need("params", lens[0], shape.layout().total)?;
+    need("norm", lens[1], 2 * i)?;
+    need("x", lens[2], e * rows * i)?;
+    need("mean", lens[3], e * rows * o)?;
+    if shape.probabilistic {
+        need("logvar", lens[4], e * rows * o)?;
+    }
+    Ok(())
+}
+
+/// Lengths of `ensemble_nll_backward`'s buffers: params, norm, x, target, grad, losses.
+pub fn nll_backward(
+    shape: &EnsembleShape,
+    loss: &LossConfig,
+    rows: usize,
+    lens: [usize; 6],
+) -> Result<()> {
+    let (e, i, o) = (shape.ensemble, shape.in_dim, shape.out_dim);
+    let total = shape.layout().total;
+    need("params", lens[0], total)?;
+    need("norm", lens[1], 2 * i)?;
+    need("x", lens[2], e * rows * i)?;
+    need("target", lens[3], e * rows * o)?;
+    need("grad", lens[4], total)?;
+    need("losses", lens[5], e)?;
+    if rows == 0 {
+        return Err(invalid!(
+            "the NLL of zero rows is undefined (it is normalised by rows × outputs)"
+        ));
+    }
+    if loss.weight_decay.len() != shape.num_layers + 1 {
+        return Err(Error::Shape(format!(
+            "{} weight-decay coefficients for {} linear layers",
+            loss.weight_decay.len(),
+            shape.num_layers + 1
+        )));
+    }
+    Ok(())
+}
+
+/// Lengths of `cem_sample`'s buffers: mean, var, lower, upper, out.
+pub fn sample(p: &SampleParams, lens: [usize; 5]) -> Result<()> {
+    let len = p.len as usize;
+    if p.act_dim == 0 || len % p.act_dim as usize != 0 {
+        return Err(Error::Shape(format!(
+            "sample length {len} is not a whole number of actions of dimension {}",
+            p.act_dim
+        )));
+    }
+    need("mean", lens[0], len)?;
+    need("var", lens[1], len)?;
+    need("lower bounds", lens[2], p.act_dim as usize)?;
+    need("upper bounds", lens[3], p.act_dim as usize)?;
+    need("population", lens[4], p.population as usize * len)
+}
+
+/// Lengths of `cem_update`'s buffers: population, returns, mean, var.
+pub fn update(p: &UpdateParams, lens: [usize; 4]) -> Result<()> {
+    let len = p.len as usize;
+    if p.num_elites == 0 || p.num_elites > p.population {
+        return Err(invalid!(
+            "elite count {} must be in 1..={} (the population)",
+            p.num_elites,
+            p.population
+        ));
+    }
+    need("population", lens[0], p.population as usize * len)?;
+    need("returns", lens[1], p.population as usize)?;
+    need("mean", lens[2], len)?;
+    need("var", lens[3], len)
+}
+
+/// Checks shared by both rollouts.
+fn rollout_common(p: &RolloutParams) -> Result<()> {
+    if !task::known(p.env) {
+        return Err(invalid!("unknown task code {}", p.env));
+    }
+    if p.horizon == 0 {
+        return Err(invalid!("horizon must be at least 1"));
+    }
+    if p.propagation > 2 {
+        return Err(invalid!("unknown propagation code {}", p.propagation));
+    }
+    if p.num_elites as usize > MAX_ELITES {
+        return Err(invalid!(
+            "at most {MAX_ELITES} elites fit a rollout, got {}",
+            p.num_elites
+        ));
+    }
+    Ok(())
+}
+
+/// `rollout` through a model; lengths of params, norm, start, actions, returns.
+pub fn rollout(p: &RolloutParams, shape: &EnsembleShape, lens: [usize; 5]) -> Result<()> {
+    rollout_common(p)?;
+    let (od, ad) = (p.obs_dim as usize, p.act_dim as usize);
+    let want_out = od + p.learn_reward as usize;
+    if shape.in_dim != od + ad || shape.out_dim != want_out {
+        return Err(Error::Shape(format!(
+            "model maps {} inputs to {} outputs; the rollout needs obs {od} + act {ad} inputs \
+             and {want_out} outputs",
+            shape.in_dim, shape.out_dim
+        )));
+    }
+    let elites = &p.elites[..p.num_elites as usize];
+    if elites.is_empty() || elites.iter().any(|&m| m as usize >= shape.ensemble) {
+        return Err(invalid!(
+            "elites {elites:?} are not members of a {}-member ensemble",
+            shape.ensemble
+        ));
+    }
+    if p.particles == 0 {
+        return Err(invalid!("particles must be at least 1"));
+    }
+    // The task's reward and termination read the first components of the observation (all
+    // of a native environment's) and of the action.
+    let needed = EnvId::from_code(p.env).map_or(1, |e| e.obs_dim());
+    if od < needed || ad == 0 {
+        return Err(Error::Shape(format!(
+            "task {} reads {needed} observation components and an action; the rollout was \
+             given obs {od} and act {ad}",
+            p.env
+        )));
+    }
+    let (np, h) = (p.population as usize, p.horizon as usize);
+    // Philox element indices of the noise are u32: row · out_dim + j must fit.
+    let rows = np * p.particles as usize;
+    if rows.saturating_mul(shape.out_dim) > u32::MAX as usize {
+        return Err(invalid!(
+            "{rows} rows × {} outputs exceed the 2³² noise elements a rollout can index",
+            shape.out_dim
+        ));
+    }
+    need("params", lens[0], shape.layout().total)?;
+    need("norm", lens[1], 2 * shape.in_dim)?;
+    need("start", lens[2], od)?;
+    need("actions", lens[3], np * h * ad)?;
+    need("returns", lens[4], np)
+}
+
+/// `rollout_true`; lengths of start, actions, returns. Returns the environment's spec.
+pub fn rollout_true(p: &RolloutParams, lens: [usize; 3]) -> Result<EnvSpec> {
+    rollout_common(p)?;
+    let env = EnvId::from_code(p.env).ok_or_else(|| {
+        invalid!(
+            "task code {} has no native dynamics to plan with; use a learned model",
+            p.env
+        )
+    })?;
+    let spec = env.spec();
+    if p.obs_dim as usize != spec.obs_dim || p.act_dim as usize != spec.act_dim {
+        return Err(Error::Shape(format!(
+            "{} has obs {} and act {}, the rollout was given {} and {}",
+            spec.name, spec.obs_dim, spec.act_dim, p.obs_dim, p.act_dim
+        )));
+    }
+    let (np, h) = (p.population as usize, p.horizon as usize);
+    need("start state", lens[0], spec.state_dim)?;
+    need("actions", lens[1], np * h * spec.act_dim)?;
+    need("returns", lens[2], np)?;
+    Ok(spec)
+}
+
+/// Lengths of `adam_step`'s buffers: params, grad, m, v.
+pub fn adam(p: &AdamParams, lens: [usize; 4]) -> Result<()> {
+    let n = p.len as usize;
+    need("params", lens[0], n)?;
+    need("grad", lens[1], n)?;
+    need("adam m", lens[2], n)?;
+    need("adam v", lens[3], n)
+}
+
+/// `write` replaces a whole buffer.
+pub fn write(buf_len: usize, host_len: usize) -> Result<()> {
+    if buf_len != host_len {
+        return Err(Error::Shape(format!(
+            "buffer of {buf_len} values written with {host_len}"
+        )));
+    }
+    Ok(())
+}

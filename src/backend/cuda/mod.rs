@@ -1,0 +1,366 @@
+//! The CUDA backend: `kernels/*.cu` compiled at run time by NVRTC and launched through the
+//! driver API (cudarc, libraries opened at run time: the build needs no CUDA toolkit).
+//!
+//! - [`availability`] says in one sentence why CUDA cannot be used here, or which device is
+//!   there; [`CudaBackend::new`] never panics (a missing driver, device or NVRTC is an error).
+//! - Buffers live on the device ([`DeviceBuf`]); scratch memory (training caches, per-row
+//!   returns, elite indices, bf16 weights) is allocated once and grown, never per call. A
+//!   planning step uploads one observation and downloads the result; the horizon loop runs
+//!   inside the rollout kernel, so a CEM iteration is five launches (sample, rollout, particle
+//!   reduction, rank, update) on one stream.
+//! - The host code is generic over [`KernelHost`]: [`CudaDriver`] on a GPU, and in the parity
+//!   tests an OpenCL queue on PoCL, which builds the same kernel text as OpenCL C and runs it
+//!   on the CPU. Everything above the launch (checks, scratch layout, launch geometry, launch
+//!   order) is therefore exercised in CI even though CI has no GPU.
+//! - Optional: weights stored in bf16 with f32 accumulation ([`CudaOptions::bf16_weights`]),
+//!   and TF32 tensor-core tile products ([`CudaOptions::tensor_cores`], sm_80+).
+mod cem;
+mod driver;
+mod ensemble;
+pub mod host;
+mod optim;
+pub mod params;
+mod rollout;
+pub mod source;
+
+pub use driver::CudaDriver;
+pub use host::{Arg, DeviceBuf, KernelHost, Launch};
+
+use super::{
+    AdamParams, Availability, Backend, EnsembleShape, LossConfig, RolloutParams, SampleParams,
+    UpdateParams,
+};
+use crate::{Error, Result};
+use std::sync::Mutex;
+
+/// Compile-time variants of the kernels the backend uses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CudaOptions {
+    /// Store a bf16 copy of the weights (rounded to nearest even once per call) and read the
+    /// MLP weights from it; biases, bounds and all accumulation stay f32. Halves the weight
+    /// traffic; tests/cuda_pocl.rs states the resulting tolerance.
+    pub bf16_weights: bool,
+    /// TF32 `mma.sync` tensor-core tile products (CUDA, compute capability ≥ 8.0). TF32 keeps
+    /// 10 mantissa bits, so results differ from the f32 specification at the 1e-3 level.
+    pub tensor_cores: bool,
+}
+
+/// Scratch allocations, grown on demand and kept between calls.
+struct Scratch<M> {
+    nll: Option<(M, usize)>,
+    row_returns: Option<(M, usize)>,
+    elite_idx: Option<(M, usize)>,
+    bf16: Option<(M, usize)>,
+}
+
+impl<M> Default for Scratch<M> {
+    fn default() -> Self {
+        Scratch {
+            nll: None,
+            row_returns: None,
+            elite_idx: None,
+            bf16: None,
+        }
+    }
+}
+
+/// The CUDA backend, generic over the runtime that executes its kernels (the CUDA driver by
+/// default; the parity tests plug in OpenCL).
+pub struct CudaBackend<H: KernelHost = CudaDriver> {
+    host: H,
+    options: CudaOptions,
+    scratch: Mutex<Scratch<H::Mem>>,
+}
+
+/// One sentence: why CUDA is unavailable here, or which device will be used.
+pub fn availability() -> Availability {
+    let (available, detail) = match probe() {
+        Ok(d) => (true, d),
+        Err(why) => (false, why),
+    };
+    Availability {
+        backend: "cuda",
+        available,
+        detail,
+    }
+}
+
+/// Oldest compute capability NVRTC 13 compiles for.
+const MIN_CC: (i32, i32) = (7, 5);
+
+fn probe() -> std::result::Result<String, String> {
+    // SAFETY: only tries to dlopen libcuda by its known names.
+    if !unsafe { cudarc::driver::sys::is_culib_present() } {
+        return Err(
+            "no NVIDIA driver library (libcuda.so) could be loaded, so there is no CUDA device"
+                .into(),
+        );
+    }
+    let found = std::panic::catch_unwind(|| -> std::result::Result<_, String> {
+        use cudarc::driver::result;
+        use cudarc::driver::sys::CUdevice_attribute as A;
+        result::init().map_err(|e| format!("the CUDA driver failed to initialise ({e:?})"))?;
+        let n = result::device::get_count()
+            .map_err(|e| format!("the CUDA driver could not count devices ({e:?})"))?;
+        if n == 0 {
+            return Err("the NVIDIA driver is installed but reports no CUDA device".into());
+        }
+        let dev = result::device::get(0).map_err(|e| format!("device 0 is unusable ({e:?})"))?;
+        let name = result::device::get_name(dev).unwrap_or_else(|_| "CUDA device 0".into());
+        // SAFETY: `dev` is a valid device handle from the driver.
+        let cc = unsafe {
+            (
+                result::device::get_attribute(dev, A::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)
+                    .unwrap_or(0),
+                result::device::get_attribute(dev, A::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)
+                    .unwrap_or(0),
+            )
+        };
+        Ok((n, name, cc))
+    })
+    .map_err(|_| {
+        "the NVIDIA driver library lacks functions this build needs (it is probably older than \
+         CUDA 13)"
+            .to_string()
+    })??;
+    let (n, name, cc) = found;
+    if cc < MIN_CC {
+        return Err(format!(
+            "{name} has compute capability {}.{}, older than the {}.{} NVRTC 13 compiles for",
+            cc.0, cc.1, MIN_CC.0, MIN_CC.1
+        ));
+    }
+    if !source::nvrtc_present() {
+        return Err(format!(
+            "{name} is present but NVRTC (libnvrtc.so.13) could not be loaded to compile the \
+             kernels: install the nvidia-cuda-nvrtc wheel or a CUDA 13 toolkit and put its lib \
+             folder on LD_LIBRARY_PATH"
+        ));
+    }
+    Ok(format!(
+        "{name} (compute capability {}.{}{}), kernels compiled by NVRTC on first use",
+        cc.0,
+        cc.1,
+        if n > 1 {
+            format!(", device 0 of {n}")
+        } else {
+            String::new()
+        }
+    ))
+}
+
+impl CudaBackend<CudaDriver> {
+    /// The CUDA backend on device 0 with default options (f32 weights, no tensor cores).
+    pub fn new() -> Result<Self> {
+        Self::with_options(CudaOptions::default())
+    }
+
+    /// The CUDA backend on device 0 with the given kernel variants.
+    pub fn with_options(options: CudaOptions) -> Result<Self> {
+        probe().map_err(Error::Unavailable)?;
+        let driver = std::panic::catch_unwind(|| CudaDriver::new(0)).map_err(|_| {
+            Error::Unavailable("the CUDA driver panicked while creating a context".into())
+        })??;
+        if options.tensor_cores && driver.compute_capability() < (8, 0) {
+            return Err(Error::Unavailable(format!(
+                "tensor-core kernels need compute capability 8.0, {} has {}.{}",
+                driver.device_name(),
+                driver.compute_capability().0,
+                driver.compute_capability().1
+            )));
+        }
+        Ok(Self::with_host(driver, options))
+    }
+}
+
+impl<H: KernelHost> CudaBackend<H> {
+    /// The backend on any [`KernelHost`] (the parity tests pass an OpenCL queue).
+    pub fn with_host(host: H, options: CudaOptions) -> Self {
+        CudaBackend {
+            host,
+            options,
+            scratch: Mutex::new(Scratch::default()),
+        }
+    }
+
+    pub fn host(&self) -> &H {
+        &self.host
+    }
+
+    pub fn options(&self) -> CudaOptions {
+        self.options
+    }
+
+    /// The device, in words.
+    pub fn device_name(&self) -> String {
+        self.host.device_name()
+    }
+
+    fn scratch(&self) -> std::sync::MutexGuard<'_, Scratch<H::Mem>> {
+        self.scratch.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Make `slot` hold at least `words` words (contents are not preserved).
+    fn ensure(&self, slot: &mut Option<(H::Mem, usize)>, words: usize) -> Result<()> {
+        if slot.as_ref().is_none_or(|(_, cap)| *cap < words) {
+            let cap = words.max(1).next_power_of_two();
+            *slot = Some((self.host.alloc_zeroed(cap)?, cap));
+        }
+        Ok(())
+    }
+
+    fn check_shared(&self, what: &str, bytes: usize) -> Result<u32> {
+        let max = self.host.max_dynamic_shared();
+        if bytes > max {
+            return Err(Error::Invalid(format!(
+                "{what} needs {bytes} bytes of shared memory per block, {} allows {max}: the \
+                 network is too wide for the fused kernels",
+                self.host.device_name()
+            )));
+        }
+        Ok(bytes as u32)
+    }
+}
+
+/// Blocks for a grid-stride loop over `n` elements with 256-thread blocks.
+pub(crate) fn stride_blocks(n: usize) -> u32 {
+    n.div_ceil(256).clamp(1, 65_535) as u32
+}
+
+impl<H: KernelHost> Backend for CudaBackend<H> {
+    type Buf = DeviceBuf<H::Mem>;
+
+    fn name(&self) -> &'static str {
+        "cuda"
+    }
+
+    fn upload(&self, host: &[f32]) -> Result<Self::Buf> {
+        let mut mem = self.host.alloc_zeroed(host.len())?;
+        self.host.upload(&mut mem, bytemuck::cast_slice(host))?;
+        Ok(DeviceBuf::new(mem, host.len()))
+    }
+
+    fn download(&self, buf: &Self::Buf) -> Result<Vec<f32>> {
+        let mut out = vec![0u32; buf.len()];
+        self.host.download(&buf.mem, &mut out)?;
+        Ok(out.into_iter().map(f32::from_bits).collect())
+    }
+
+    fn zeros(&self, len: usize) -> Result<Self::Buf> {
+        Ok(DeviceBuf::new(self.host.alloc_zeroed(len)?, len))
+    }
+
+    fn write(&self, buf: &mut Self::Buf, host: &[f32]) -> Result<()> {
+        super::check::write(buf.len(), host.len())?;
+        self.host.upload(&mut buf.mem, bytemuck::cast_slice(host))
+    }
+
+    fn ensemble_forward(
+        &self,
+        shape: &EnsembleShape,
+        params: &Self::Buf,
+        norm: &Self::Buf,
+        x: &Self::Buf,
+        rows: usize,
+        mean: &mut Self::Buf,
+        logvar: &mut Self::Buf,
+    ) -> Result<()> {
+        self.forward(shape, params, norm, x, rows, mean, logvar)
+    }
+
+    fn ensemble_nll_backward(
+        &self,
+        shape: &EnsembleShape,
+        loss: &LossConfig,
+        params: &Self::Buf,
+        norm: &Self::Buf,
+        x: &Self::Buf,
+        target: &Self::Buf,
+        rows: usize,
+        grad: &mut Self::Buf,
+        losses: &mut Self::Buf,
+    ) -> Result<()> {
+        self.nll_backward(shape, loss, params, norm, x, target, rows, grad, losses)
+    }
+
+    fn cem_sample(
+        &self,
+        p: &SampleParams,
+        mean: &Self::Buf,
+        var: &Self::Buf,
+        lower: &Self::Buf,
+        upper: &Self::Buf,
+        out: &mut Self::Buf,
+    ) -> Result<()> {
+        self.sample(p, mean, var, lower, upper, out)
+    }
+
+    fn cem_update(
+        &self,
+        p: &UpdateParams,
+        population: &Self::Buf,
+        returns: &Self::Buf,
+        mean: &mut Self::Buf,
+        var: &mut Self::Buf,
+    ) -> Result<()> {
+        self.update(p, population, returns, mean, var)
+    }
+
+    fn rollout(
+        &self,
+        p: &RolloutParams,
+        shape: &EnsembleShape,
+        params: &Self::Buf,
+        norm: &Self::Buf,
+        start: &Self::Buf,
+        actions: &Self::Buf,
+        returns: &mut Self::Buf,
+    ) -> Result<()> {
+        self.model_rollout(p, shape, params, norm, start, actions, returns)
+    }
+
+    fn rollout_true(
+        &self,
+        p: &RolloutParams,
+        start: &Self::Buf,
+        actions: &Self::Buf,
+        returns: &mut Self::Buf,
+    ) -> Result<()> {
+        self.true_rollout(p, start, actions, returns)
+    }
+
+    fn adam_step(
+        &self,
+        p: &AdamParams,
+        params: &mut Self::Buf,
+        grad: &Self::Buf,
+        m: &mut Self::Buf,
+        v: &mut Self::Buf,
+    ) -> Result<()> {
+        self.adam(p, params, grad, m, v)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn availability_should_explain_itself_in_one_sentence_without_panicking() {
+        let a = availability();
+        assert_eq!(a.backend, "cuda");
+        assert!(
+            !a.detail.is_empty() && !a.detail.contains('\n'),
+            "{}",
+            a.detail
+        );
+        match CudaBackend::new() {
+            Ok(b) => assert!(
+                a.available,
+                "{} works but was reported absent",
+                b.device_name()
+            ),
+            Err(e) => assert!(!a.available || matches!(e, Error::Unavailable(_)), "{e}"),
+        }
+    }
+}

@@ -1,0 +1,158 @@
+//! Parameter blocks passed by value to the kernels, declared identically in `kernels/*.cu`,
+//! and the launch geometry the kernels are written for.
+use crate::backend::EnsembleShape;
+
+/// Threads per block of every MLP tile kernel (`TILE_THREADS` in mlp.cuh).
+pub const TILE_THREADS: u32 = 256;
+/// Rows of one member per tile (`TILE_ROWS`).
+pub const TILE_ROWS: usize = 32;
+/// Weight stage: input rows × output columns (`TILE_KC`, `TILE_NT`).
+pub const TILE_KC: usize = 16;
+pub const TILE_NT: usize = 128;
+/// Integer words at the end of the rollout's shared memory (`ROLL_INTS` in rollout.cu).
+pub const ROLL_INTS: usize = 192;
+/// Shared floats of the NLL tile's block reduction (`BLOCK_REDUCE_THREADS`).
+pub const REDUCE_FLOATS: usize = 256;
+
+/// `MlpShape` of mlp.cuh.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct MlpShape {
+    pub ensemble: u32,
+    pub in_dim: u32,
+    pub out_dim: u32,
+    pub hidden: u32,
+    pub num_layers: u32,
+    pub activation: u32,
+    pub probabilistic: u32,
+    pub rows: u32,
+    /// Row stride of the shared activation tiles: ≥ every layer's width, ≡ 4 (mod 32) so
+    /// that the tensor-core fragment loads are free of bank conflicts.
+    pub ld: u32,
+    pub _pad: [u32; 3],
+}
+
+/// Smallest stride ≥ `width` that is ≡ 4 (mod 32).
+pub fn tile_ld(width: usize) -> usize {
+    if width <= 4 {
+        4
+    } else {
+        4 + 32 * (width - 4).div_ceil(32)
+    }
+}
+
+impl MlpShape {
+    pub fn new(s: &EnsembleShape, rows: usize) -> Self {
+        let width = s.in_dim.max(s.hidden).max(s.head_dim());
+        MlpShape {
+            ensemble: s.ensemble as u32,
+            in_dim: s.in_dim as u32,
+            out_dim: s.out_dim as u32,
+            hidden: s.hidden as u32,
+            num_layers: s.num_layers as u32,
+            activation: s.activation.code(),
+            probabilistic: s.probabilistic as u32,
+            rows: rows as u32,
+            ld: tile_ld(width) as u32,
+            _pad: [0; 3],
+        }
+    }
+
+    /// Dynamic shared floats of the forward tile (`mlp_tile_floats`).
+    pub fn tile_floats(&self) -> usize {
+        2 * TILE_ROWS * self.ld as usize + TILE_KC * TILE_NT
+    }
+}
+
+/// `NllParams` of ensemble.cu; offsets in floats into the scratch buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct NllParams {
+    pub ntiles: u32,
+    pub xn_off: u32,
+    pub z_off: u32,
+    pub dz_off: u32,
+    pub loss_off: u32,
+    pub db_off: u32,
+    pub scale: f32,
+    pub logvar_penalty: f32,
+}
+
+impl NllParams {
+    /// Scratch layout for `rows` rows per member; returns the block and the floats needed.
+    pub fn layout(s: &EnsembleShape, rows: usize, logvar_penalty: f32) -> (Self, usize) {
+        let e = s.ensemble;
+        let ntiles = rows.div_ceil(TILE_ROWS);
+        let xn = e * rows * s.in_dim;
+        let z = s.num_layers * e * rows * s.hidden;
+        let dz: usize = s.layer_dims().iter().map(|(_, fo)| e * rows * fo).sum();
+        let loss = e * ntiles;
+        let db = e * ntiles * 2 * s.out_dim;
+        let p = NllParams {
+            ntiles: ntiles as u32,
+            xn_off: 0,
+            z_off: xn as u32,
+            dz_off: (xn + z) as u32,
+            loss_off: (xn + z + dz) as u32,
+            db_off: (xn + z + dz + loss) as u32,
+            scale: 1.0 / (rows * s.out_dim) as f32,
+            logvar_penalty,
+        };
+        (p, xn + z + dz + loss + db)
+    }
+}
+
+/// Dynamic shared words of `rollout` (`rollout_words` in rollout.cu).
+pub fn rollout_words(shape: &MlpShape, obs_dim: usize) -> usize {
+    shape.tile_floats()
+        + 2 * TILE_ROWS * obs_dim
+        + TILE_ROWS * shape.out_dim as usize
+        + 2 * TILE_ROWS
+        + ROLL_INTS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::Activation;
+
+    #[test]
+    fn tile_stride_should_cover_the_width_and_be_4_mod_32() {
+        for w in 1..600 {
+            let ld = tile_ld(w);
+            assert!(ld >= w && ld % 32 == 4 && ld < w + 36, "{w} -> {ld}");
+        }
+    }
+
+    #[test]
+    fn nll_scratch_regions_should_be_disjoint_and_in_order() {
+        let s = EnsembleShape {
+            ensemble: 3,
+            in_dim: 5,
+            out_dim: 4,
+            hidden: 13,
+            num_layers: 2,
+            activation: Activation::Silu,
+            probabilistic: true,
+        };
+        let (q, total) = NllParams::layout(&s, 37, 0.01);
+        assert_eq!(q.ntiles, 2);
+        assert_eq!(q.z_off, 3 * 37 * 5);
+        assert_eq!(q.dz_off - q.z_off, 2 * 3 * 37 * 13);
+        assert_eq!(q.loss_off - q.dz_off, 3 * 37 * (13 + 13 + 8));
+        assert_eq!(q.db_off - q.loss_off, 3 * 2);
+        assert_eq!(total as u32 - q.db_off, 3 * 2 * 8);
+        assert_eq!(q.scale, 1.0 / 148.0);
+    }
+
+    #[test]
+    fn parameter_blocks_should_have_the_kernels_sizes() {
+        assert_eq!(std::mem::size_of::<MlpShape>(), 48);
+        assert_eq!(std::mem::size_of::<NllParams>(), 32);
+        assert_eq!(std::mem::size_of::<crate::backend::RolloutParams>(), 112);
+        assert!(
+            std::mem::size_of::<crate::backend::RolloutParams>()
+                <= super::super::host::MAX_POD_BYTES
+        );
+    }
+}

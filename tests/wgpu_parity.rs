@@ -1,0 +1,1055 @@
+//! Every wgpu operation against the CPU specification, through the same `Backend` trait, on
+//! random inputs (from `mbrl_gpu::rng`) with sizes that are multiples of no workgroup or tile
+//! (E = 3, rows 37, hidden 13 and 200, population 37, horizon 7, 1001 parameters), outputs
+//! poisoned with NaN before each run so that an element a kernel forgets shows up.
+//!
+//! Without an adapter the tests print that they skipped and why; under `CI=true` that is a
+//! failure (CI installs Mesa's lavapipe). Each tolerance says where it comes from. Common
+//! ground: both sides compute in f32; the device's exp, ln, sin, cos and atan2 are the
+//! polynomials of shaders/common.wgsl (relative error ≤ 3e-7, the CPU's own exp/ln are the
+//! same polynomials); what differs is the order of summation (tiled GEMMs and tree
+//! reductions against the `gemm` crate and sequential loops), fused multiply-adds, and the
+//! device's sqrt and division (WGSL allows 2.5 ULP where the CPU rounds correctly).
+use mbrl_gpu::backend::cpu::{cem::top_k, ensemble::init_params, CpuBackend};
+use mbrl_gpu::backend::wgpu::{self as wgpu_backend, WgpuBackend};
+use mbrl_gpu::backend::{
+    Activation, AdamParams, Backend, EnsembleShape, LossConfig, Propagation, RolloutParams,
+    SampleParams, UpdateParams, MAX_ELITES,
+};
+use mbrl_gpu::env::{task, EnvId};
+use mbrl_gpu::rng::{self, stream};
+use std::sync::OnceLock;
+
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// One device for the whole file (pipelines compile once); `Err` says why there is none.
+fn shared() -> &'static Result<WgpuBackend, String> {
+    static GPU: OnceLock<Result<WgpuBackend, String>> = OnceLock::new();
+    GPU.get_or_init(|| {
+        let b = WgpuBackend::new().map_err(|e| e.to_string());
+        if let Ok(b) = &b {
+            eprintln!(
+                "wgpu parity tests on {} (SHADER_F16: {})",
+                b.adapter().describe(),
+                b.supports_f16()
+            );
+        }
+        b
+    })
+}
+
+/// The shared backend, or `None` after printing why the test is skipped (a panic in CI).
+fn gpu(test: &str) -> Option<&'static WgpuBackend> {
+    match shared() {
+        Ok(b) => Some(b),
+        Err(e) if in_ci() => panic!("{test}: CI=true requires a wgpu adapter, and: {e}"),
+        Err(e) => {
+            eprintln!("{test}: skipped — no wgpu adapter: {e}");
+            None
+        }
+    }
+}
+
+/// Standard normals, element i of `step` on the DATA stream.
+fn randn(seed: u64, step: u32, n: usize, scale: f32) -> Vec<f32> {
+    (0..n as u32)
+        .map(|i| rng::normal(seed, stream::DATA, i, step) * scale)
+        .collect()
+}
+
+fn rand_uniform(seed: u64, step: u32, n: usize, lo: f32, hi: f32) -> Vec<f32> {
+    (0..n as u32)
+        .map(|i| lo + rng::uniform(seed, stream::DATA, i, step) * (hi - lo))
+        .collect()
+}
+
+fn poison<B: Backend>(b: &B, n: usize) -> B::Buf {
+    b.upload(&vec![f32::NAN; n]).unwrap()
+}
+
+/// |got − want| ≤ atol + rtol·|want| everywhere (equal infinities agree); reports the worst.
+#[track_caller]
+fn assert_close(what: &str, got: &[f32], want: &[f32], atol: f32, rtol: f32) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths differ");
+    let mut worst = (0.0f32, 0usize);
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        if g == w {
+            continue;
+        }
+        let err = (g - w).abs();
+        assert!(
+            err <= atol + rtol * w.abs(),
+            "{what}[{i}]: wgpu {g} vs cpu {w} (|Δ| = {err:e}, allowed {:e})",
+            atol + rtol * w.abs()
+        );
+        if err > worst.0 {
+            worst = (err, i);
+        }
+    }
+    eprintln!("{what}: worst |Δ| = {:e} at {}", worst.0, worst.1);
+}
+
+fn shape(
+    hidden: usize,
+    layers: usize,
+    activation: Activation,
+    probabilistic: bool,
+) -> EnsembleShape {
+    EnsembleShape {
+        ensemble: 3,
+        in_dim: 5,
+        out_dim: 4,
+        hidden,
+        num_layers: layers,
+        activation,
+        probabilistic,
+    }
+}
+
+/// PETS initial weights plus noise on everything (so biases and bounds are not trivial).
+fn params_for(shape: &EnsembleShape, seed: u64) -> Vec<f32> {
+    let lay = shape.layout();
+    let mut p = init_params(shape, seed);
+    let noise = randn(seed, 99, lay.total, 0.05);
+    for (v, n) in p.iter_mut().zip(noise) {
+        *v += n;
+    }
+    if shape.probabilistic {
+        // Bounds near the raw log-variances, so that both softplus branches bend.
+        for j in 0..shape.out_dim {
+            p[lay.max_logvar + j] = 0.5 + 0.1 * j as f32;
+            p[lay.min_logvar + j] = -1.0 - 0.2 * j as f32;
+        }
+    }
+    p
+}
+
+/// Normaliser [mean (in), std (in)].
+fn norm_for(in_dim: usize, seed: u64) -> Vec<f32> {
+    let mut v = randn(seed, 7, in_dim, 0.3);
+    v.extend(rand_uniform(seed, 8, in_dim, 0.5, 2.0));
+    v
+}
+
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn availability_should_list_adapters_with_their_type() {
+    let a = wgpu_backend::availability();
+    eprintln!("wgpu availability: {} — {}", a.available, a.detail);
+    assert_eq!(a.backend, "wgpu");
+    match shared() {
+        Ok(b) => {
+            assert!(
+                a.available,
+                "an adapter was opened but availability says none"
+            );
+            assert!(a.detail.contains(&b.adapter().name), "{}", a.detail);
+            let kind = format!("{:?}", b.adapter().device_type);
+            assert!(a.detail.contains(&kind), "{}", a.detail);
+            let hw = b.adapter().is_hardware();
+            assert!(a.detail.contains(if hw { "hardware" } else { "software" }));
+            assert_eq!(wgpu_backend::is_hardware(), hw);
+        }
+        Err(_) => {
+            assert!(!a.available);
+            assert!(!wgpu_backend::is_hardware());
+        }
+    }
+}
+
+#[test]
+fn philox_should_produce_the_bits_of_rng_rs() {
+    let Some(g) = gpu("philox_should_produce_the_bits_of_rng_rs") else {
+        return;
+    };
+    // Seeds with both halves set; a count that is no multiple of the 256-wide workgroups.
+    for (seed, strm, step, word3) in [
+        (0u64, 0u32, 0u32, 0u32),
+        (0xDEAD_BEEF_0123_4567, stream::CEM_SAMPLE, 3, 0),
+        (u64::MAX, u32::MAX, u32::MAX, 5),
+        (42, stream::TS_NOISE, 1 << 20, 15),
+    ] {
+        let got = g.philox_blocks(seed, strm, step, word3, 1001).unwrap();
+        let key = [seed as u32, (seed >> 32) as u32];
+        for (i, w) in got.iter().enumerate() {
+            let want = rng::philox4x32_10([i as u32, step, strm, word3], key);
+            assert_eq!(
+                *w, want,
+                "block {i} of seed {seed:#x} stream {strm} step {step}"
+            );
+        }
+    }
+    // Random123's known answer, through the same kernel (counter 0 of key 0).
+    let kat = g.philox_blocks(0, 0, 0, 0, 1).unwrap();
+    assert_eq!(kat[0], [0x6627_e8d5, 0xe169_c58d, 0xbc57_ac4c, 0x9b00_dbd8]);
+}
+
+#[test]
+fn rng_mappings_should_match_rng_rs() {
+    let Some(g) = gpu("rng_mappings_should_match_rng_rs") else {
+        return;
+    };
+    let n = 3001u32;
+    for (seed, strm, step, below_n) in [
+        (7u64, stream::CEM_SAMPLE, 2u32, 5u32),
+        (0x1234_5678_9ABC_DEF0, stream::TS_MEMBER, 11, 7),
+        (3, stream::TS_NOISE, 0, u32::MAX),
+    ] {
+        let s = g.rng_samples(seed, strm, step, n, below_n).unwrap();
+        let uni: Vec<f32> = (0..n).map(|i| rng::uniform(seed, strm, i, step)).collect();
+        let bel: Vec<u32> = (0..n)
+            .map(|i| rng::below(seed, strm, i, step, below_n))
+            .collect();
+        let nor: Vec<f32> = (0..n).map(|i| rng::normal(seed, strm, i, step)).collect();
+        let tru: Vec<f32> = (0..n)
+            .map(|i| rng::truncated_normal(seed, strm, i, step))
+            .collect();
+        // Exact: the unit map is exact f32 arithmetic and `below` is integer arithmetic.
+        assert_eq!(s.uniform, uni, "uniform");
+        assert_eq!(s.below, bel, "below");
+        // Box–Muller runs the same ln and cos(2π·) polynomials on both sides (src/fastmath.rs
+        // and common.wgsl), so without fused multiply-adds the results are identical (they
+        // are on lavapipe); a GPU may fuse the Horner steps (≤ 1 ULP each) and round sqrt to
+        // 2.5 ULP: |Δz| ≲ 1e-6 for |z| ≤ 5. A truncated sample could only differ wholesale if
+        // |z| landed within ~1e-6 of ±2 on one side (probability ~1e-7 per sample).
+        assert_close("normal", &s.normal, &nor, 2e-6, 1e-6);
+        assert_close("truncated normal", &s.truncated_normal, &tru, 2e-6, 1e-6);
+    }
+}
+
+fn forward_case(g: &WgpuBackend, shape: EnsembleShape, rows: usize, seed: u64, atol: f32) {
+    let cpu = CpuBackend::new();
+    let (e, i, o) = (shape.ensemble, shape.in_dim, shape.out_dim);
+    let params = params_for(&shape, seed);
+    let norm = norm_for(i, seed);
+    let x = randn(seed, 1, e * rows * i, 1.0);
+    let run = |b: &dyn Fn() -> (Vec<f32>, Vec<f32>)| b();
+    let want = run(&|| {
+        let (p, n, xx) = (
+            cpu.upload(&params).unwrap(),
+            cpu.upload(&norm).unwrap(),
+            cpu.upload(&x).unwrap(),
+        );
+        let (mut m, mut lv) = (poison(&cpu, e * rows * o), poison(&cpu, e * rows * o));
+        cpu.ensemble_forward(&shape, &p, &n, &xx, rows, &mut m, &mut lv)
+            .unwrap();
+        (cpu.download(&m).unwrap(), cpu.download(&lv).unwrap())
+    });
+    let got = run(&|| {
+        let (p, n, xx) = (
+            g.upload(&params).unwrap(),
+            g.upload(&norm).unwrap(),
+            g.upload(&x).unwrap(),
+        );
+        let (mut m, mut lv) = (poison(g, e * rows * o), poison(g, e * rows * o));
+        g.ensemble_forward(&shape, &p, &n, &xx, rows, &mut m, &mut lv)
+            .unwrap();
+        (g.download(&m).unwrap(), g.download(&lv).unwrap())
+    });
+    let tag = format!("forward h{} {:?}", shape.hidden, shape.activation);
+    assert_close(&format!("{tag} mean"), &got.0, &want.0, atol, atol);
+    if shape.probabilistic {
+        assert_close(&format!("{tag} logvar"), &got.1, &want.1, atol, atol);
+    } else {
+        assert!(
+            got.1.iter().all(|v| v.is_nan()),
+            "a deterministic forward must leave logvar untouched"
+        );
+    }
+}
+
+#[test]
+fn ensemble_forward_should_match_cpu() {
+    let Some(g) = gpu("ensemble_forward_should_match_cpu") else {
+        return;
+    };
+    // Tolerance 2e-5 absolute and relative: outputs are O(1) sums of ≤ 200 products per
+    // layer; a different summation order changes each by ~√K·ε·Σ|a·w| ≈ 2e-7·√200 ≈ 3e-6
+    // after three layers, and SiLU/softplus use the same exp/ln polynomials on both sides.
+    forward_case(g, shape(13, 2, Activation::Silu, true), 37, 1, 2e-5);
+    forward_case(g, shape(200, 2, Activation::Silu, true), 37, 2, 2e-5);
+    forward_case(g, shape(13, 3, Activation::Relu, false), 37, 3, 2e-5);
+    forward_case(g, shape(13, 1, Activation::Tanh, true), 70, 4, 2e-5);
+    forward_case(g, shape(13, 0, Activation::Silu, true), 37, 5, 2e-5);
+}
+
+struct TrainData {
+    shape: EnsembleShape,
+    rows: usize,
+    params: Vec<f32>,
+    norm: Vec<f32>,
+    x: Vec<f32>,
+    y: Vec<f32>,
+    loss: LossConfig,
+}
+
+fn train_data(shape: EnsembleShape, rows: usize, seed: u64) -> TrainData {
+    let (e, i, o) = (shape.ensemble, shape.in_dim, shape.out_dim);
+    TrainData {
+        params: params_for(&shape, seed),
+        norm: norm_for(i, seed),
+        x: randn(seed, 1, e * rows * i, 1.0),
+        y: randn(seed, 2, e * rows * o, 0.5),
+        loss: LossConfig {
+            logvar_penalty: 0.01,
+            weight_decay: (0..=shape.num_layers)
+                .map(|l| if l == 1 { 0.0 } else { 2.5e-5 * (l + 1) as f32 })
+                .collect(),
+        },
+        shape,
+        rows,
+    }
+}
+
+/// (grad, losses) of one nll_backward.
+fn nll_on<B: Backend>(b: &B, d: &TrainData) -> (Vec<f32>, Vec<f32>) {
+    let total = d.shape.layout().total;
+    let (p, n, x, y) = (
+        b.upload(&d.params).unwrap(),
+        b.upload(&d.norm).unwrap(),
+        b.upload(&d.x).unwrap(),
+        b.upload(&d.y).unwrap(),
+    );
+    let (mut grad, mut losses) = (poison(b, total), poison(b, d.shape.ensemble));
+    b.ensemble_nll_backward(
+        &d.shape,
+        &d.loss,
+        &p,
+        &n,
+        &x,
+        &y,
+        d.rows,
+        &mut grad,
+        &mut losses,
+    )
+    .unwrap();
+    (b.download(&grad).unwrap(), b.download(&losses).unwrap())
+}
+
+#[test]
+fn ensemble_nll_backward_should_match_cpu() {
+    let Some(g) = gpu("ensemble_nll_backward_should_match_cpu") else {
+        return;
+    };
+    let cpu = CpuBackend::new();
+    for (sh, seed) in [
+        (shape(13, 2, Activation::Silu, true), 11),
+        (shape(200, 2, Activation::Silu, true), 12),
+        (shape(13, 2, Activation::Relu, false), 13),
+        (shape(13, 3, Activation::Tanh, true), 14),
+        (shape(13, 0, Activation::Silu, true), 15),
+    ] {
+        let d = train_data(sh, 37, seed);
+        let (gw, lw) = nll_on(&cpu, &d);
+        let (gg, lg) = nll_on(g, &d);
+        // Gradients are sums over 37 rows (and 200 hidden units) of products of O(1)
+        // factors; reordering (16-deep K slices, tree reductions) and FMA change them by
+        // ~√K·ε·Σ|terms| ≲ 1e-6. 1e-5 absolute and relative leaves a 10× margin for GPUs
+        // whose division and exp inputs round differently (lavapipe agrees to ~3e-8).
+        let tag = format!("nll h{} {:?}", sh.hidden, sh.activation);
+        assert_close(&format!("{tag} grad"), &gg, &gw, 1e-5, 1e-5);
+        // Losses: one sum of 37·4 terms ≈ O(1); the reduction order differs.
+        assert_close(&format!("{tag} losses"), &lg, &lw, 1e-6, 1e-5);
+    }
+}
+
+#[test]
+fn adam_step_should_match_cpu() {
+    let Some(g) = gpu("adam_step_should_match_cpu") else {
+        return;
+    };
+    let cpu = CpuBackend::new();
+    let n = 1001;
+    let w0 = randn(21, 0, n, 1.0);
+    let grad = randn(21, 1, n, 0.1);
+    let m0 = randn(21, 2, n, 0.01);
+    let v0: Vec<f32> = randn(21, 3, n, 0.01).iter().map(|x| x * x).collect();
+    for step in [1u32, 2, 7, 1000] {
+        let p = AdamParams {
+            lr: 1e-3,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            step,
+            len: n as u32,
+            _pad: [0; 2],
+        };
+        let run = |b: &dyn Fn() -> Vec<Vec<f32>>| b();
+        let want = run(&|| {
+            let (mut w, gg, mut m, mut v) = (
+                cpu.upload(&w0).unwrap(),
+                cpu.upload(&grad).unwrap(),
+                cpu.upload(&m0).unwrap(),
+                cpu.upload(&v0).unwrap(),
+            );
+            cpu.adam_step(&p, &mut w, &gg, &mut m, &mut v).unwrap();
+            vec![w, m, v]
+        });
+        let got = run(&|| {
+            let (mut w, gg, mut m, mut v) = (
+                g.upload(&w0).unwrap(),
+                g.upload(&grad).unwrap(),
+                g.upload(&m0).unwrap(),
+                g.upload(&v0).unwrap(),
+            );
+            g.adam_step(&p, &mut w, &gg, &mut m, &mut v).unwrap();
+            vec![
+                g.download(&w).unwrap(),
+                g.download(&m).unwrap(),
+                g.download(&v).unwrap(),
+            ]
+        });
+        // The bias corrections are bit-identical (same square-and-multiply as powi); m and v
+        // may differ by an FMA rounding (1 ULP); the step lr·m̂/(√v̂ + ε) ≤ ~3·lr carries the
+        // device's sqrt and division error (≤ 5 ULP), i.e. ≤ 3e-3·6e-7 on top of w's own
+        // ULP (≤ 5e-7 for |w| < 4).
+        assert_close(&format!("adam w (t={step})"), &got[0], &want[0], 1e-6, 2e-7);
+        assert_close(&format!("adam m (t={step})"), &got[1], &want[1], 1e-9, 2e-7);
+        assert_close(
+            &format!("adam v (t={step})"),
+            &got[2],
+            &want[2],
+            1e-12,
+            2e-7,
+        );
+    }
+}
+
+fn sample_on<B: Backend>(b: &B, p: &SampleParams, mean: &[f32], var: &[f32]) -> Vec<f32> {
+    let (lo, hi) = ([-1.0f32, -2.0], [1.0f32, 0.5]);
+    let (m, v, l, h) = (
+        b.upload(mean).unwrap(),
+        b.upload(var).unwrap(),
+        b.upload(&lo).unwrap(),
+        b.upload(&hi).unwrap(),
+    );
+    let mut out = poison(b, (p.population * p.len) as usize);
+    b.cem_sample(p, &m, &v, &l, &h, &mut out).unwrap();
+    b.download(&out).unwrap()
+}
+
+#[test]
+fn cem_sample_should_match_cpu() {
+    let Some(g) = gpu("cem_sample_should_match_cpu") else {
+        return;
+    };
+    let cpu = CpuBackend::new();
+    let (pop, h, a) = (37u32, 7u32, 2u32);
+    let len = (h * a) as usize;
+    // Means inside the bounds of their action dimension, some at a bound.
+    let mut mean = rand_uniform(31, 0, len, -0.9, 0.4);
+    mean[3] = -2.0;
+    mean[4] = 1.0;
+    let mut var = rand_uniform(31, 1, len, 0.0, 0.5);
+    var[5] = 0.0;
+    for dist in [0u32, 1] {
+        let p = SampleParams {
+            seed_lo: 0x89AB_CDEF,
+            seed_hi: 17,
+            step: 4,
+            population: pop,
+            len: len as u32,
+            act_dim: a,
+            dist,
+            _pad: 0,
+        };
+        let want = sample_on(&cpu, &p, &mean, &var);
+        let got = sample_on(g, &p, &mean, &var);
+        // Uniform: lb + u·(ub − lb) with u exact, one possible FMA rounding: 1 ULP of 2.
+        // Truncated normal: m + z·σ with |Δz| ≤ 1e-6 (see the rng test) and σ ≤ 0.71, plus
+        // the device sqrt's 2.5 ULP.
+        let tol = if dist == 1 { 3e-7 } else { 2e-6 };
+        assert_close(&format!("cem_sample dist {dist}"), &got, &want, tol, 0.0);
+    }
+}
+
+fn update_on<B: Backend>(
+    b: &B,
+    p: &UpdateParams,
+    pop: &[f32],
+    ret: &[f32],
+    mean: &[f32],
+    var: &[f32],
+) -> (Vec<f32>, Vec<f32>) {
+    let (pp, rr) = (b.upload(pop).unwrap(), b.upload(ret).unwrap());
+    let (mut m, mut v) = (b.upload(mean).unwrap(), b.upload(var).unwrap());
+    b.cem_update(p, &pp, &rr, &mut m, &mut v).unwrap();
+    (b.download(&m).unwrap(), b.download(&v).unwrap())
+}
+
+#[test]
+fn cem_update_should_pick_the_cpu_elites() {
+    let Some(g) = gpu("cem_update_should_pick_the_cpu_elites") else {
+        return;
+    };
+    let cpu = CpuBackend::new();
+    let (np, len) = (300usize, 14usize);
+    let pop = randn(41, 0, np * len, 1.0);
+    let mut ret = randn(41, 1, np, 10.0);
+    // Ties (broken by index), NaN (ranked as −∞), infinities, and signed zeros.
+    ret[5] = ret[200];
+    ret[7] = f32::NAN;
+    ret[8] = f32::NEG_INFINITY;
+    ret[9] = f32::INFINITY;
+    ret[10] = 0.0;
+    ret[11] = -0.0;
+    // A tie exactly at the boundary of the 21 elites: the lower index must win.
+    let order = top_k(&ret, np);
+    let last = order[20];
+    let rival = *order[21..].iter().find(|&&q| q > last).unwrap();
+    ret[rival] = ret[last];
+    let mean = randn(41, 2, len, 0.3);
+    let var = rand_uniform(41, 3, len, 0.1, 1.0);
+    for k in [1u32, 21, 37, 300] {
+        let p = UpdateParams {
+            population: np as u32,
+            len: len as u32,
+            num_elites: k,
+            _pad: 0,
+            alpha: 0.1,
+            min_var: 1e-3,
+            _pad2: [0; 2],
+        };
+        let want = update_on(&cpu, &p, &pop, &ret, &mean, &var);
+        let got = update_on(g, &p, &pop, &ret, &mean, &var);
+        // Same elites summed in the same (rank) order: only FMA contraction and the
+        // device's division (2.5 ULP) differ, a few ULP of O(1) values.
+        assert_close(
+            &format!("cem_update mean k={k}"),
+            &got.0,
+            &want.0,
+            1e-6,
+            1e-6,
+        );
+        assert_close(
+            &format!("cem_update var k={k}"),
+            &got.1,
+            &want.1,
+            1e-6,
+            1e-6,
+        );
+    }
+}
+
+/// A model for `env` (obs + act → obs [+ reward]).
+fn model_for(env: EnvId, hidden: usize, learn_reward: bool, prob: bool) -> EnsembleShape {
+    let (od, ad) = (env.obs_dim(), env.act_dim());
+    EnsembleShape {
+        ensemble: 3,
+        in_dim: od + ad,
+        out_dim: od + usize::from(learn_reward),
+        hidden,
+        num_layers: 2,
+        activation: Activation::Silu,
+        probabilistic: prob,
+    }
+}
+
+fn rollout_params(
+    env: EnvId,
+    prop: Propagation,
+    pop: u32,
+    particles: u32,
+    h: u32,
+) -> RolloutParams {
+    let mut elites = [0u32; MAX_ELITES];
+    elites[..3].copy_from_slice(&[2, 0, 2]);
+    RolloutParams {
+        seed_lo: 0x0BAD_F00D,
+        seed_hi: 3,
+        step: 5,
+        population: pop,
+        particles,
+        horizon: h,
+        obs_dim: env.obs_dim() as u32,
+        act_dim: env.act_dim() as u32,
+        propagation: prop as u32,
+        env: env.code(),
+        learn_reward: 0,
+        num_elites: 3,
+        elites,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn rollout_on<B: Backend>(
+    b: &B,
+    p: &RolloutParams,
+    shape: &EnsembleShape,
+    params: &[f32],
+    norm: &[f32],
+    start: &[f32],
+    actions: &[f32],
+) -> Vec<f32> {
+    let (pp, nn, ss, aa) = (
+        b.upload(params).unwrap(),
+        b.upload(norm).unwrap(),
+        b.upload(start).unwrap(),
+        b.upload(actions).unwrap(),
+    );
+    let mut ret = poison(b, p.population as usize);
+    b.rollout(p, shape, &pp, &nn, &ss, &aa, &mut ret).unwrap();
+    b.download(&ret).unwrap()
+}
+
+#[test]
+fn rollout_should_match_cpu() {
+    let Some(g) = gpu("rollout_should_match_cpu") else {
+        return;
+    };
+    let cpu = CpuBackend::new();
+    let (pop, k, h) = (37u32, 3u32, 7u32);
+    // (env, propagation, hidden, learned reward, probabilistic, start observation)
+    type Case = (EnvId, Propagation, usize, bool, bool, &'static [f32]);
+    let cases: [Case; 8] = [
+        (
+            EnvId::Pendulum,
+            Propagation::Ts1,
+            13,
+            false,
+            true,
+            &[0.6, 0.8, 0.5],
+        ),
+        (
+            EnvId::Pendulum,
+            Propagation::TsInf,
+            200,
+            false,
+            true,
+            &[-1.0, 0.0, -2.0],
+        ),
+        (
+            EnvId::Pendulum,
+            Propagation::Expectation,
+            13,
+            false,
+            true,
+            &[0.0, 1.0, 0.0],
+        ),
+        (
+            EnvId::Pendulum,
+            Propagation::Ts1,
+            13,
+            true,
+            true,
+            &[0.6, -0.8, 1.0],
+        ),
+        // Near the cart-pole and mountain-car thresholds, so that particles terminate (and
+        // collect the goal reward) at different steps.
+        (
+            EnvId::CartPole,
+            Propagation::TsInf,
+            13,
+            false,
+            true,
+            &[2.2, 0.5, 0.1, 0.0],
+        ),
+        (
+            EnvId::CartPole,
+            Propagation::Ts1,
+            13,
+            false,
+            true,
+            &[-2.0, -0.5, -0.15, 0.0],
+        ),
+        (
+            EnvId::MountainCar,
+            Propagation::Ts1,
+            13,
+            false,
+            true,
+            &[0.3, 0.01],
+        ),
+        (
+            EnvId::MountainCar,
+            Propagation::Expectation,
+            13,
+            true,
+            false,
+            &[0.44, 0.02],
+        ),
+    ];
+    for (n, (env, prop, hidden, learn_reward, prob, obs)) in cases.into_iter().enumerate() {
+        let shape = model_for(env, hidden, learn_reward, prob);
+        let seed = 50 + n as u64;
+        let mut p = rollout_params(env, prop, pop, k, h);
+        p.learn_reward = u32::from(learn_reward);
+        // Small weights keep predicted trajectories near the start, so that rewards and
+        // terminations depend on the sampled noise rather than on a runaway model.
+        let mut params = params_for(&shape, seed);
+        for v in params.iter_mut().take(shape.layout().max_logvar) {
+            *v *= 0.5;
+        }
+        let norm = norm_for(shape.in_dim, seed);
+        let spec = env.spec();
+        let actions = rand_uniform(
+            seed,
+            3,
+            (pop * h) as usize,
+            spec.act_low[0],
+            spec.act_high[0],
+        );
+        let want = rollout_on(&cpu, &p, &shape, &params, &norm, obs, &actions);
+        let got = rollout_on(g, &p, &shape, &params, &norm, obs, &actions);
+        // Returns sum 7 rewards of states that passed through the model 7 times. Each step's
+        // prediction differs by the GEMM order (~1e-6 relative) and the noise by the
+        // exp/normal error (~1e-6 absolute); the small-weight model does not amplify them, so
+        // states agree to ~1e-5 and rewards (O(1..10) for pendulum) to ~1e-4 absolute.
+        // Cart-pole and mountain car pay constants, which agree unless a state lands within
+        // ~1e-5 of a threshold on one side only (none does here).
+        let tag = format!(
+            "rollout {} {prop:?} h{hidden} reward={learn_reward}",
+            env.name()
+        );
+        assert_close(&tag, &got, &want, 2e-4, 2e-5);
+        if env != EnvId::Pendulum && !learn_reward {
+            // The case must exercise termination: returns differ between candidates.
+            assert!(
+                want.iter().any(|r| *r != want[0]),
+                "{tag}: no termination exercised"
+            );
+        }
+    }
+    // Half-cheetah's planning reward (task code 3): 18 observations and 6 actions, more
+    // than the native environments' 4 and 1.
+    let (od, ad) = (task::HALF_CHEETAH_OBS, task::HALF_CHEETAH_ACT);
+    let shape = EnsembleShape {
+        ensemble: 3,
+        in_dim: od + ad,
+        out_dim: od,
+        hidden: 200,
+        num_layers: 2,
+        activation: Activation::Silu,
+        probabilistic: true,
+    };
+    let mut p = rollout_params(EnvId::Pendulum, Propagation::Ts1, pop, k, h);
+    (p.env, p.obs_dim, p.act_dim) = (task::HALF_CHEETAH, od as u32, ad as u32);
+    let params = params_for(&shape, 59);
+    let norm = norm_for(shape.in_dim, 59);
+    let obs = randn(59, 5, od, 0.5);
+    let actions = rand_uniform(59, 3, (pop * h) as usize * ad, -1.0, 1.0);
+    let want = rollout_on(&cpu, &p, &shape, &params, &norm, &obs, &actions);
+    let got = rollout_on(g, &p, &shape, &params, &norm, &obs, &actions);
+    // As above: rewards are velocities of O(1) minus 0.1·‖a‖² ≤ 0.6.
+    assert_close("rollout half-cheetah Ts1 h200", &got, &want, 2e-4, 2e-5);
+
+    // A model whose prediction runs off to infinity: every candidate is −∞ on both.
+    let env = EnvId::Pendulum;
+    let shape = model_for(env, 13, false, true);
+    let mut params = params_for(&shape, 60);
+    let head = shape.layout().layers[2];
+    for m in 0..3 {
+        params[head.bias + m * head.fan_out] = 1e38;
+    }
+    let p = rollout_params(env, Propagation::Ts1, pop, k, h);
+    let norm = norm_for(shape.in_dim, 60);
+    let actions = rand_uniform(60, 3, (pop * h) as usize, -2.0, 2.0);
+    let obs = [1.0, 0.0, 0.0];
+    let want = rollout_on(&cpu, &p, &shape, &params, &norm, &obs, &actions);
+    let got = rollout_on(g, &p, &shape, &params, &norm, &obs, &actions);
+    assert!(want.iter().all(|r| *r == f32::NEG_INFINITY), "{want:?}");
+    assert_eq!(got, want, "diverging rollouts must be −∞");
+}
+
+#[test]
+fn rollout_true_should_match_cpu() {
+    let Some(g) = gpu("rollout_true_should_match_cpu") else {
+        return;
+    };
+    let cpu = CpuBackend::new();
+    let (pop, h) = (37u32, 7u32);
+    // Reset states, then states near the thresholds (cart-pole falls, the car reaches the
+    // goal) and a pendulum several turns around at the speed limit.
+    let starts: [(EnvId, &[f32]); 6] = [
+        (EnvId::CartPole, &[]),
+        (EnvId::Pendulum, &[]),
+        (EnvId::MountainCar, &[]),
+        (EnvId::CartPole, &[2.3, 0.8, 0.15, 0.6]),
+        (EnvId::Pendulum, &[20.5, 7.9]),
+        (EnvId::MountainCar, &[0.43, 0.02]),
+    ];
+    for (n, (env, given)) in starts.into_iter().enumerate() {
+        let seed = 70 + n as u64;
+        let p = rollout_params(env, Propagation::TsInf, pop, 1, h);
+        let mut start = vec![0.0f32; env.state_dim()];
+        env.reset_state(seed, &mut start);
+        if !given.is_empty() {
+            start.copy_from_slice(given);
+        }
+        let spec = env.spec();
+        // Actions up to 1.5× the bounds, so that the environments' clipping is exercised.
+        let actions = rand_uniform(
+            seed,
+            4,
+            (pop * h) as usize,
+            1.5 * spec.act_low[0],
+            1.5 * spec.act_high[0],
+        );
+        let run = |b: &dyn Fn() -> Vec<f32>| b();
+        let want = run(&|| {
+            let (s, a) = (cpu.upload(&start).unwrap(), cpu.upload(&actions).unwrap());
+            let mut r = poison(&cpu, pop as usize);
+            cpu.rollout_true(&p, &s, &a, &mut r).unwrap();
+            cpu.download(&r).unwrap()
+        });
+        let got = run(&|| {
+            let (s, a) = (g.upload(&start).unwrap(), g.upload(&actions).unwrap());
+            let mut r = poison(g, pop as usize);
+            g.rollout_true(&p, &s, &a, &mut r).unwrap();
+            g.download(&r).unwrap()
+        });
+        // The CPU steps each state in f64 and rounds once per step; the device steps in f32
+        // (a few ULP per step, ~1e-6 relative after 7 steps). Pendulum returns are ~−10 to
+        // −70: 1e-5 relative. Cart-pole and mountain-car returns are step counts and
+        // −0.1·Σa² (exact up to rounding) unless a state is within 1e-6 of a threshold.
+        let tag = format!("rollout_true {} from {start:?}", env.name());
+        assert_close(&tag, &got, &want, 1e-5, 1e-5);
+        if !given.is_empty() && env != EnvId::Pendulum {
+            assert!(
+                want.iter().any(|r| *r != want[0]),
+                "{tag}: no termination exercised"
+            );
+        }
+    }
+}
+
+#[test]
+fn cem_planning_should_choose_the_cpu_action() {
+    let Some(_) = gpu("cem_planning_should_choose_the_cpu_action") else {
+        return;
+    };
+    let cpu = CpuBackend::new();
+    let env = EnvId::Pendulum;
+    let shape = model_for(env, 13, false, true);
+    let (pop, k, h, iters, elites) = (37u32, 3u32, 7u32, 4u32, 5u32);
+    let params = params_for(&shape, 90);
+    let norm = norm_for(shape.in_dim, 90);
+    let mut state = vec![0.0f32; 2];
+    env.reset_state(90, &mut state);
+    let mut obs = vec![0.0f32; 3];
+    env.observe(&state, &mut obs);
+    let len = h as usize * env.act_dim();
+    let plan =
+        |b: &dyn PlanBackend| b.plan(&shape, &params, &norm, &obs, pop, k, h, iters, elites, len);
+    let want = plan(&cpu);
+    // A device of its own, so that no other test's download submits its pending work.
+    let g = &WgpuBackend::new().unwrap();
+    let got = plan(g);
+    // Four iterations of sample → rollout (7 steps) → update, recorded without a host
+    // round-trip: the download of the mean is the only submission.
+    assert_eq!(g.submissions(), 1, "a planning step must be one submission");
+    // Returns agree to ~1e-5 relative (see rollout_should_match_cpu), so the elites — the 5
+    // best of 37 candidates — are the same sets unless two returns tie within that, which
+    // they do not here; the means then differ only by rounding (≲ 1e-6) compounded over 4
+    // iterations. 1e-4 on an action in [-2, 2] is therefore "the same action".
+    assert_close("planned mean (first action first)", &got, &want, 1e-4, 0.0);
+    eprintln!("first action: wgpu {} cpu {}", got[0], want[0]);
+}
+
+/// A CEM planning step run entirely through the trait: all iterations are recorded before
+/// the single download of the mean.
+trait PlanBackend {
+    #[allow(clippy::too_many_arguments)]
+    fn plan(
+        &self,
+        shape: &EnsembleShape,
+        params: &[f32],
+        norm: &[f32],
+        obs: &[f32],
+        pop: u32,
+        particles: u32,
+        h: u32,
+        iters: u32,
+        elites: u32,
+        len: usize,
+    ) -> Vec<f32>;
+}
+
+impl<B: Backend> PlanBackend for B {
+    fn plan(
+        &self,
+        shape: &EnsembleShape,
+        params: &[f32],
+        norm: &[f32],
+        obs: &[f32],
+        pop: u32,
+        particles: u32,
+        h: u32,
+        iters: u32,
+        elites: u32,
+        len: usize,
+    ) -> Vec<f32> {
+        let env = EnvId::Pendulum;
+        let spec = env.spec();
+        let p = self.upload(params).unwrap();
+        let n = self.upload(norm).unwrap();
+        let start = self.upload(obs).unwrap();
+        let lo = self.upload(&spec.act_low).unwrap();
+        let hi = self.upload(&spec.act_high).unwrap();
+        let mut mean = self.upload(&vec![0.0; len]).unwrap();
+        let mut var = self.upload(&vec![1.0; len]).unwrap();
+        let mut population = poison(self, pop as usize * len);
+        let mut returns = poison(self, pop as usize);
+        let mut rp = rollout_params(env, Propagation::TsInf, pop, particles, h);
+        rp.step = 0;
+        for it in 0..iters {
+            let sp = SampleParams {
+                seed_lo: 1234,
+                seed_hi: 0,
+                step: it,
+                population: pop,
+                len: len as u32,
+                act_dim: 1,
+                dist: 0,
+                _pad: 0,
+            };
+            self.cem_sample(&sp, &mean, &var, &lo, &hi, &mut population)
+                .unwrap();
+            self.rollout(&rp, shape, &p, &n, &start, &population, &mut returns)
+                .unwrap();
+            let up = UpdateParams {
+                population: pop,
+                len: len as u32,
+                num_elites: elites,
+                _pad: 0,
+                alpha: 0.1,
+                min_var: 1e-4,
+                _pad2: [0; 2],
+            };
+            self.cem_update(&up, &population, &returns, &mut mean, &mut var)
+                .unwrap();
+        }
+        self.download(&mean).unwrap()
+    }
+}
+
+#[test]
+fn training_steps_should_give_the_cpu_losses() {
+    let Some(g) = gpu("training_steps_should_give_the_cpu_losses") else {
+        return;
+    };
+    let cpu = CpuBackend::new();
+    let d = train_data(shape(13, 2, Activation::Silu, true), 37, 101);
+    let total = d.shape.layout().total;
+    let steps = 6;
+    let train = |b: &dyn TrainBackend| b.train(&d, total, steps);
+    let (lw, pw) = train(&cpu);
+    let (lg, pg) = train(g);
+    // Each step's losses differ by reduction order (~1e-6 relative, see the nll test); the
+    // parameters drift apart only through those gradient differences, which Adam turns into
+    // steps of lr·Δĝ/√v̂ — at most ~lr for elements whose gradient is ~0 and changes sign.
+    // After 6 steps of lr = 1e-3: losses within 1e-4 relative, parameters within 6·lr.
+    for (s, (a, b)) in lg.chunks(3).zip(lw.chunks(3)).enumerate() {
+        assert_close(&format!("losses after step {s}"), a, b, 1e-5, 1e-4);
+    }
+    assert_close("parameters after training", &pg, &pw, 6e-3, 0.0);
+}
+
+trait TrainBackend {
+    fn train(&self, d: &TrainData, total: usize, steps: u32) -> (Vec<f32>, Vec<f32>);
+}
+
+impl<B: Backend> TrainBackend for B {
+    fn train(&self, d: &TrainData, total: usize, steps: u32) -> (Vec<f32>, Vec<f32>) {
+        let mut p = self.upload(&d.params).unwrap();
+        let n = self.upload(&d.norm).unwrap();
+        let x = self.upload(&d.x).unwrap();
+        let y = self.upload(&d.y).unwrap();
+        let (mut m, mut v) = (self.zeros(total).unwrap(), self.zeros(total).unwrap());
+        let mut grad = poison(self, total);
+        let mut losses = poison(self, d.shape.ensemble);
+        let mut all = vec![];
+        for step in 1..=steps {
+            self.ensemble_nll_backward(
+                &d.shape,
+                &d.loss,
+                &p,
+                &n,
+                &x,
+                &y,
+                d.rows,
+                &mut grad,
+                &mut losses,
+            )
+            .unwrap();
+            all.extend(self.download(&losses).unwrap());
+            let ap = AdamParams {
+                lr: 1e-3,
+                beta1: 0.9,
+                beta2: 0.999,
+                eps: 1e-8,
+                step,
+                len: total as u32,
+                _pad: [0; 2],
+            };
+            self.adam_step(&ap, &mut p, &grad, &mut m, &mut v).unwrap();
+        }
+        (all, self.download(&p).unwrap())
+    }
+}
+
+#[test]
+fn f16_weights_should_stay_within_half_precision_of_cpu() {
+    let test = "f16_weights_should_stay_within_half_precision_of_cpu";
+    let Some(g) = gpu(test) else {
+        return;
+    };
+    if !g.supports_f16() {
+        // Not a failure, in CI or not: the feature is absent, so there is no f16 path to test.
+        eprintln!(
+            "{test}: {} does not offer SHADER_F16; the f16 weight path is not testable here",
+            g.adapter().describe()
+        );
+        assert!(WgpuBackend::new().unwrap().with_f16_weights(true).is_err());
+        return;
+    }
+    let h = WgpuBackend::new().unwrap().with_f16_weights(true).unwrap();
+    // Rounding a weight to f16 changes it by ≤ 2⁻¹¹ relative (RMS 2⁻¹¹/√3 ≈ 2.8e-4); a
+    // K-term dot product of such errors with random signs is off by ~2.8e-4 of its
+    // magnitude, and three layers compound to ~5e-4 of outputs that are O(1) (lavapipe:
+    // ≤ 1.1e-4). 2e-3 absolute and relative is a 4× margin, while skipping the conversion
+    // or accumulating in f16 (error ~√K·2⁻¹¹ ≈ 7e-3 per layer at K = 200) fails it.
+    forward_case(&h, shape(200, 2, Activation::Silu, true), 37, 5, 2e-3);
+    forward_case(&h, shape(13, 2, Activation::Relu, false), 37, 6, 2e-3);
+    let cpu = CpuBackend::new();
+    let env = EnvId::Pendulum;
+    let shape = model_for(env, 200, false, true);
+    let p = rollout_params(env, Propagation::Expectation, 37, 1, 7);
+    let params = params_for(&shape, 7);
+    let norm = norm_for(shape.in_dim, 7);
+    let obs = [0.6f32, 0.8, 0.1];
+    let actions = rand_uniform(7, 3, 37 * 7, -2.0, 2.0);
+    let want = rollout_on(&cpu, &p, &shape, &params, &norm, &obs, &actions);
+    let got = rollout_on(&h, &p, &shape, &params, &norm, &obs, &actions);
+    // Each step's state change (|Δs| ≲ 0.5) is off by ~5e-4 of itself, ~2.5e-4; over 7
+    // steps the state error random-walks to ~7e-4, and the pendulum cost (slope 2|θ| ≲ 6)
+    // turns that into ~4e-3 per step, ~1e-2 summed with random signs over the horizon:
+    // 1e-2 absolute plus 1e-3 relative (lavapipe: ≤ 2.2e-4).
+    assert_close("rollout with f16 weights", &got, &want, 1e-2, 1e-3);
+}
+
+#[test]
+fn misuse_should_be_an_error_not_a_panic() {
+    let Some(g) = gpu("misuse_should_be_an_error_not_a_panic") else {
+        return;
+    };
+    let sh = shape(13, 2, Activation::Silu, true);
+    let p = g.upload(&params_for(&sh, 1)).unwrap();
+    let small = g.upload(&[0.0; 3]).unwrap();
+    let (mut a, mut b) = (g.zeros(3).unwrap(), g.zeros(3).unwrap());
+    assert!(g
+        .ensemble_forward(&sh, &p, &small, &small, 10, &mut a, &mut b)
+        .is_err());
+    let mut w = g.zeros(4).unwrap();
+    assert!(g.write(&mut w, &[1.0; 5]).is_err());
+    let mut rp = rollout_params(EnvId::Pendulum, Propagation::Ts1, 4, 1, 3);
+    rp.env = 99;
+    let mut r = g.zeros(4).unwrap();
+    assert!(g.rollout_true(&rp, &small, &small, &mut r).is_err());
+    // Buffers still work afterwards.
+    g.write(&mut w, &[1.0, 2.0, 3.0, 4.0]).unwrap();
+    assert_eq!(g.download(&w).unwrap(), vec![1.0, 2.0, 3.0, 4.0]);
+}
