@@ -2,13 +2,12 @@
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use mbrl_gpu::algo::pets::{self, PetsConfig};
-use mbrl_gpu::backend::cpu::CpuBackend;
-use mbrl_gpu::backend::{self, Activation, Backend, BackendChoice, Propagation};
+use mbrl_gpu::backend::{self, Activation, AnyBackend, Backend, BackendChoice, Propagation};
 use mbrl_gpu::bench::BenchResult;
 use mbrl_gpu::env::{Env, EnvId, NativeEnv};
 use mbrl_gpu::model::{train, Ensemble, ModelConfig, TrainConfig};
 use mbrl_gpu::plan::{mpc::latency_stats, Mpc, Optimizer, PlannerConfig, TsConfig};
-use mbrl_gpu::{invalid, io, Result};
+use mbrl_gpu::{invalid, io, with_backend, Result};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -218,6 +217,13 @@ struct BenchArgs {
 }
 
 fn main() -> ExitCode {
+    // Rust ignores SIGPIPE, which turns a closed pipe (`| head`) into a panic on the next
+    // print; the default action ends the process quietly as command-line tools do.
+    #[cfg(unix)]
+    // SAFETY: called before any other thread exists; SIG_DFL is a valid disposition.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -261,11 +267,11 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Pets(a) => {
             let be = pick_backend(a.backend)?;
-            run_pets(&be, a)
+            with_backend!(&be, |b| run_pets(b, a))
         }
         Cmd::Plan(a) => {
             let be = pick_backend(a.backend)?;
-            run_plan(&be, a)
+            with_backend!(&be, |b| run_plan(b, a))
         }
         Cmd::Envs => {
             for id in EnvId::ALL {
@@ -469,17 +475,21 @@ fn replay(a: ReplayArgs) -> Result<()> {
     Ok(())
 }
 
-fn pick_backend(choice: BackendChoice) -> Result<CpuBackend> {
-    let (name, skipped) = backend::resolve(choice)?;
+fn pick_backend(choice: BackendChoice) -> Result<AnyBackend> {
+    let (b, skipped) = AnyBackend::new(choice)?;
     for s in skipped {
         eprintln!("backend: passed over {s}");
     }
-    eprintln!("backend: {name}");
-    Ok(CpuBackend::new())
+    eprintln!("backend: {}", b.name());
+    Ok(b)
 }
 
 fn fit(a: FitArgs) -> Result<()> {
     let be = pick_backend(a.backend)?;
+    with_backend!(&be, |b| fit_on(b, a))
+}
+
+fn fit_on<B: Backend>(be: &B, a: FitArgs) -> Result<()> {
     let data = io::csv::read(&a.data)?;
     let cfg = ModelConfig {
         obs_dim: data.obs_dim,
@@ -519,7 +529,7 @@ fn fit(a: FitArgs) -> Result<()> {
             .expect("template"),
     );
     let which = if a.holdout > 0.0 { "holdout" } else { "train" };
-    let report = train::train(&be, &mut model, &data, &tc, |r| {
+    let report = train::train(be, &mut model, &data, &tc, |r| {
         let mean_mse = r.eval_mse.iter().sum::<f64>() / r.eval_mse.len().max(1) as f64;
         if r.eval_mse.is_empty() {
             pb.println(format!(
