@@ -34,6 +34,9 @@ pub struct PetsConfig {
     pub planner: PlannerConfig,
     pub particles: usize,
     pub propagation: Propagation,
+    /// Retrain the model every this many environment steps within a trial as well as at its
+    /// start (mbrl-lib's `freq_train_model`); 0 trains once per trial.
+    pub train_every: usize,
 }
 
 /// Preset names accepted by `--preset`.
@@ -53,6 +56,8 @@ impl PetsConfig {
         let mut planner = PlannerConfig::pets_cartpole();
         let mut particles = 20;
         let mut trials = 10;
+        // mbrl-lib pets_cartpole: freq_train_model 50.
+        let mut train_every = 50;
         match (name, env) {
             ("cartpole", EnvId::CartPole) => {}
             ("pendulum", EnvId::Pendulum) => {
@@ -74,6 +79,7 @@ impl PetsConfig {
                 planner.iterations = 4;
                 particles = 20;
                 trials = 5;
+                train_every = 0;
                 if env == EnvId::Pendulum {
                     planner.horizon = 25;
                     planner.population = 200;
@@ -116,6 +122,7 @@ impl PetsConfig {
             planner,
             particles,
             propagation: Propagation::Ts1,
+            train_every,
         })
     }
 
@@ -203,14 +210,24 @@ pub fn run<B: Backend>(
             steps: cfg.trial_length,
         });
         let (mut train_loss, mut train_seconds) = (f64::NAN, 0.0);
-        let mut mpc = None;
-        if trial > 0 {
+        let mut trainings = 0u64;
+        let mut retrain = |model: &mut Ensemble, data: &Transitions| -> Result<()> {
             let ts0 = Instant::now();
             let mut tc = cfg.train.clone();
-            tc.seed = cfg.seed.wrapping_mul(1000).wrapping_add(trial as u64);
-            let rep = train(backend, &mut model, &data, &tc, |_| {})?;
+            tc.seed = cfg
+                .seed
+                .wrapping_mul(1000)
+                .wrapping_add((trial as u64) << 16)
+                .wrapping_add(trainings);
+            trainings += 1;
+            let rep = train(backend, model, data, &tc, |_| {})?;
             train_loss = rep.history.last().map_or(f64::NAN, |h| h.train_loss);
-            train_seconds = ts0.elapsed().as_secs_f64();
+            train_seconds += ts0.elapsed().as_secs_f64();
+            Ok(())
+        };
+        let mut mpc = None;
+        if trial > 0 {
+            retrain(&mut model, &data)?;
             let seed = cfg.seed.wrapping_mul(7919).wrapping_add(trial as u64);
             mpc = Some(Mpc::with_model(
                 backend,
@@ -233,6 +250,12 @@ pub fn run<B: Backend>(
         let mut episodes = 1;
         let mut first_return = None;
         for step in 0..cfg.trial_length {
+            if let Some(m) = mpc.as_mut() {
+                if cfg.train_every > 0 && step > 0 && step % cfg.train_every == 0 {
+                    retrain(&mut model, &data)?;
+                    m.update_model(backend, &model)?;
+                }
+            }
             let action = match mpc.as_mut() {
                 Some(m) => m.act(backend, &obs, env.state())?,
                 None => (0..spec.act_dim)

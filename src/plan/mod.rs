@@ -349,6 +349,26 @@ impl<B: Backend> ModelObjective<B> {
         })
     }
 
+    /// Replace the parameters, normaliser and elites by those of a retrained model of the
+    /// same architecture.
+    pub fn update_model(&mut self, backend: &B, model: &Ensemble) -> Result<()> {
+        if model.shape() != self.shape {
+            return Err(crate::Error::Shape(format!(
+                "the new model's shape {:?} differs from the planner's {:?}",
+                model.shape(),
+                self.shape
+            )));
+        }
+        backend.write(&mut self.params, &model.params)?;
+        backend.write(&mut self.norm, &model.norm())?;
+        let n = model.elites.len().min(MAX_ELITES);
+        for (d, s) in self.template.elites.iter_mut().zip(&model.elites[..n]) {
+            *d = *s as u32;
+        }
+        self.template.num_elites = n as u32;
+        Ok(())
+    }
+
     /// The observation to plan from (the one upload of a planning step).
     pub fn set_start(&mut self, backend: &B, obs: &[f32]) -> Result<()> {
         backend.write(&mut self.start, obs)

@@ -87,6 +87,17 @@ impl<B: Backend> Mpc<B> {
         })
     }
 
+    /// Swap in a retrained model (same architecture) without losing the planner's warm
+    /// start: uploads the new parameters, normaliser and elites.
+    pub fn update_model(&mut self, backend: &B, model: &Ensemble) -> Result<()> {
+        match &mut self.dynamics {
+            Dynamics::Model(o) => o.update_model(backend, model),
+            Dynamics::True(_) => Err(crate::invalid!(
+                "this controller plans with the true dynamics; it has no model to update"
+            )),
+        }
+    }
+
     /// Start of an episode.
     pub fn reset(&mut self, backend: &B) -> Result<()> {
         self.planner.reset(backend)
