@@ -50,16 +50,45 @@ fn fit_then_predict_should_work_on_a_logged_csv() {
     std::fs::write(&csv, mbrl_gpu::io::csv::render(&data)).unwrap();
     let model = dir.path().join("m.safetensors");
     let o = mbrl(&[
-        "model", "fit", "--data", csv.to_str().unwrap(), "--out", model.to_str().unwrap(),
-        "--ensemble", "3", "--elites", "2", "--hidden", "16", "--layers", "2", "--epochs", "3",
-        "--backend", "cpu",
+        "model",
+        "fit",
+        "--data",
+        csv.to_str().unwrap(),
+        "--out",
+        model.to_str().unwrap(),
+        "--ensemble",
+        "3",
+        "--elites",
+        "2",
+        "--hidden",
+        "16",
+        "--layers",
+        "2",
+        "--epochs",
+        "3",
+        "--backend",
+        "cpu",
     ]);
     let (_, err) = text(&o);
     assert!(o.status.success(), "{err}");
-    assert!(err.contains("holdout mse"), "per-epoch holdout loss missing:\n{err}");
+    assert!(
+        err.contains("holdout mse"),
+        "per-epoch holdout loss missing:\n{err}"
+    );
     let input = dir.path().join("in.json");
-    std::fs::write(&input, r#"{"obs": [[0.1, 0.2], [0.0, -1.0]], "act": [[0.5], [-0.5]]}"#).unwrap();
-    let o = mbrl(&["model", "predict", "--model", model.to_str().unwrap(), "--input", input.to_str().unwrap()]);
+    std::fs::write(
+        &input,
+        r#"{"obs": [[0.1, 0.2], [0.0, -1.0]], "act": [[0.5], [-0.5]]}"#,
+    )
+    .unwrap();
+    let o = mbrl(&[
+        "model",
+        "predict",
+        "--model",
+        model.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+    ]);
     let (out, err) = text(&o);
     assert!(o.status.success(), "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
@@ -76,18 +105,70 @@ fn bad_input_should_be_one_clear_line_and_a_failure() {
     let csv = dir.path().join("bad.csv");
     std::fs::write(&csv, "obs_0,act_0,next_obs_0\n1,2,3\n1,inf,3\n").unwrap();
     let out = dir.path().join("m.safetensors");
-    let o = mbrl(&["model", "fit", "--data", csv.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    let o = mbrl(&[
+        "model",
+        "fit",
+        "--data",
+        csv.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     let (_, err) = text(&o);
     assert!(!o.status.success());
     assert!(err.contains("line 3") && err.contains("act_0"), "{err}");
     assert!(!out.exists(), "a model was written from bad data");
     for (args, needle) in [
         (vec!["pets", "--env", "acrobot"], "cartpole"),
-        (vec!["pets", "--env", "cartpole", "--preset", "huge"], "quick"),
-        (vec!["plan", "--env", "cartpole", "--true-dynamics", "--horizon", "0"], "horizon"),
-        (vec!["plan", "--env", "cartpole", "--true-dynamics", "--population", "5", "--elites", "9"], "elite"),
-        (vec!["plan", "--env", "cartpole", "--true-dynamics", "--particles", "0"], "particles"),
-        (vec!["model", "predict", "--model", "/nonexistent.safetensors", "--input", "x.json"], "nonexistent"),
+        (
+            vec!["pets", "--env", "cartpole", "--preset", "huge"],
+            "quick",
+        ),
+        (
+            vec![
+                "plan",
+                "--env",
+                "cartpole",
+                "--true-dynamics",
+                "--horizon",
+                "0",
+            ],
+            "horizon",
+        ),
+        (
+            vec![
+                "plan",
+                "--env",
+                "cartpole",
+                "--true-dynamics",
+                "--population",
+                "5",
+                "--elites",
+                "9",
+            ],
+            "elite",
+        ),
+        (
+            vec![
+                "plan",
+                "--env",
+                "cartpole",
+                "--true-dynamics",
+                "--particles",
+                "0",
+            ],
+            "particles",
+        ),
+        (
+            vec![
+                "model",
+                "predict",
+                "--model",
+                "/nonexistent.safetensors",
+                "--input",
+                "x.json",
+            ],
+            "nonexistent",
+        ),
     ] {
         let o = mbrl(&args);
         let (_, err) = text(&o);
@@ -100,8 +181,21 @@ fn bad_input_should_be_one_clear_line_and_a_failure() {
 #[test]
 fn plan_with_true_dynamics_should_print_returns_and_latency_as_json() {
     let o = mbrl(&[
-        "plan", "--env", "cartpole", "--true-dynamics", "--horizon", "15", "--population", "60",
-        "--iterations", "3", "--steps", "40", "--json", "--backend", "cpu",
+        "plan",
+        "--env",
+        "cartpole",
+        "--true-dynamics",
+        "--horizon",
+        "15",
+        "--population",
+        "60",
+        "--iterations",
+        "3",
+        "--steps",
+        "40",
+        "--json",
+        "--backend",
+        "cpu",
     ]);
     let (out, err) = text(&o);
     assert!(o.status.success(), "{err}");
@@ -116,13 +210,29 @@ fn env_replay_should_print_one_object_per_step_until_termination() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("r.json");
     // Pole already leaning at 0.2 rad and falling: terminates within a few steps.
-    std::fs::write(&input, r#"{"state": [0.0, 0.0, 0.2, 1.0], "actions": [[1.0], [1.0], [1.0], [1.0], [1.0], [1.0]]}"#).unwrap();
-    let o = mbrl(&["env", "replay", "--env", "cartpole", "--input", input.to_str().unwrap()]);
+    std::fs::write(
+        &input,
+        r#"{"state": [0.0, 0.0, 0.2, 1.0], "actions": [[1.0], [1.0], [1.0], [1.0], [1.0], [1.0]]}"#,
+    )
+    .unwrap();
+    let o = mbrl(&[
+        "env",
+        "replay",
+        "--env",
+        "cartpole",
+        "--input",
+        input.to_str().unwrap(),
+    ]);
     let (out, err) = text(&o);
     assert!(o.status.success(), "{err}");
-    let steps: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let steps: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert!(steps.len() < 6, "{out}");
     assert_eq!(steps.last().unwrap()["terminated"], true);
-    assert!(steps[..steps.len() - 1].iter().all(|s| s["terminated"] == false));
+    assert!(steps[..steps.len() - 1]
+        .iter()
+        .all(|s| s["terminated"] == false));
     assert_eq!(steps[0]["obs"].as_array().unwrap().len(), 4);
 }

@@ -32,7 +32,11 @@ fn training_should_reduce_holdout_error_and_pick_elites() {
     // ensemble starts near that, a trained one well below it.
     assert!(best < 0.3 * first, "holdout mse {first} -> {best}");
     assert_eq!(rep.elites.len(), 2);
-    let worst_elite = rep.elites.iter().map(|&e| rep.best_eval_mse[e]).fold(0.0, f64::max);
+    let worst_elite = rep
+        .elites
+        .iter()
+        .map(|&e| rep.best_eval_mse[e])
+        .fold(0.0, f64::max);
     let non_elite = (0..3).find(|e| !rep.elites.contains(e)).unwrap();
     assert!(worst_elite <= rep.best_eval_mse[non_elite]);
     assert!(m.is_finite());
@@ -91,12 +95,27 @@ fn bad_training_data_should_be_rejected_with_the_row() {
     let mut data = synthetic_transitions(50, 2, 1, 5);
     data.next_obs[2 * 17 + 1] = f32::INFINITY;
     let mut m = Ensemble::new(small(2, 1), 0).unwrap();
-    let e = train(&CpuBackend::new(), &mut m, &data, &TrainConfig::default(), |_| {})
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("transition 17") && e.contains("next_obs_1"), "{e}");
+    let e = train(
+        &CpuBackend::new(),
+        &mut m,
+        &data,
+        &TrainConfig::default(),
+        |_| {},
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("transition 17") && e.contains("next_obs_1"),
+        "{e}"
+    );
     let wrong = synthetic_transitions(50, 3, 1, 5);
-    let e = train(&CpuBackend::new(), &mut m, &wrong, &TrainConfig::default(), |_| {});
+    let e = train(
+        &CpuBackend::new(),
+        &mut m,
+        &wrong,
+        &TrainConfig::default(),
+        |_| {},
+    );
     assert!(matches!(e, Err(Error::Shape(_))));
 }
 
@@ -116,7 +135,10 @@ fn checkpoint_should_round_trip_every_tensor_and_the_config() {
     assert_eq!(back.input_std, m.input_std);
     assert_eq!(back.elites, m.elites);
     // No temporary file is left beside it.
-    let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     assert_eq!(names.len(), 1, "{names:?}");
     // PyTorch-style names and shapes, readable by any safetensors reader.
     let bytes = std::fs::read(&path).unwrap();
@@ -133,7 +155,10 @@ fn damaged_checkpoints_should_be_clear_errors() {
     let good = checkpoint::to_bytes(&m).unwrap();
     // Truncated anywhere: an error, never a panic.
     for cut in [0, 4, 8, 100, good.len() / 2, good.len() - 1] {
-        assert!(checkpoint::from_bytes(&good[..cut]).is_err(), "cut at {cut}");
+        assert!(
+            checkpoint::from_bytes(&good[..cut]).is_err(),
+            "cut at {cut}"
+        );
     }
     // Flipped bytes in the header and in the data.
     let mut bad = good.clone();

@@ -47,13 +47,19 @@ fn cem(h: usize, population: usize, iterations: usize) -> PlannerConfig {
 #[test]
 fn cem_should_find_the_optimum_of_a_quadratic_objective() {
     let be = CpuBackend::new();
-    let target: Vec<f32> = (0..7 * 2).map(|i| ((i as f32) * 0.37).sin() * 0.8).collect();
+    let target: Vec<f32> = (0..7 * 2)
+        .map(|i| ((i as f32) * 0.37).sin() * 0.8)
+        .collect();
     let mut planner = Planner::new(&be, cem(7, 500, 15), &[-1.0, -1.0], &[1.0, 1.0], 3).unwrap();
     let mut obj = Quadratic {
         target: target.clone(),
     };
     let seq = planner.plan(&be, &mut obj).unwrap();
-    let err = seq.iter().zip(&target).map(|(a, t)| (a - t).abs()).fold(0.0f32, f32::max);
+    let err = seq
+        .iter()
+        .zip(&target)
+        .map(|(a, t)| (a - t).abs())
+        .fold(0.0f32, f32::max);
     eprintln!("worst coordinate error {err}");
     // Initial σ = 0.5 shrinks by refitting to the best 10 %; the mean starts 0.8 away in the
     // worst coordinate and must end within 0.05 of the optimum.
@@ -84,9 +90,18 @@ fn planner_should_reject_bad_settings() {
     let be = CpuBackend::new();
     let bounds = (&[-1.0f32][..], &[1.0f32][..]);
     let bad = [
-        PlannerConfig { horizon: 0, ..cem(5, 50, 2) },
-        PlannerConfig { num_elites: 60, ..cem(5, 50, 2) },
-        PlannerConfig { iterations: 0, ..cem(5, 50, 2) },
+        PlannerConfig {
+            horizon: 0,
+            ..cem(5, 50, 2)
+        },
+        PlannerConfig {
+            num_elites: 60,
+            ..cem(5, 50, 2)
+        },
+        PlannerConfig {
+            iterations: 0,
+            ..cem(5, 50, 2)
+        },
     ];
     for cfg in bad {
         let e = Planner::<CpuBackend>::new(&be, cfg.clone(), bounds.0, bounds.1, 0);
@@ -105,7 +120,14 @@ fn untrained(obs: usize, act: usize, probabilistic: bool) -> Ensemble {
     Ensemble::new(cfg, 1).unwrap()
 }
 
-fn params(pop: usize, k: usize, h: usize, prop: Propagation, env: EnvId, elites: &[usize]) -> RolloutParams {
+fn params(
+    pop: usize,
+    k: usize,
+    h: usize,
+    prop: Propagation,
+    env: EnvId,
+    elites: &[usize],
+) -> RolloutParams {
     let mut e = [0u32; MAX_ELITES];
     for (d, s) in e.iter_mut().zip(elites) {
         *d = *s as u32;
@@ -135,11 +157,22 @@ fn expectation_rollout_of_a_deterministic_model_should_match_a_hand_loop() {
     let env = EnvId::Pendulum;
     let m = untrained(3, 1, false);
     let (pop, h) = (5, 6);
-    let actions: Vec<f32> = (0..pop * h).map(|i| ((i as f32) * 0.7).sin() * 2.0).collect();
+    let actions: Vec<f32> = (0..pop * h)
+        .map(|i| ((i as f32) * 0.7).sin() * 2.0)
+        .collect();
     let start = vec![0.3f32, -0.8, 0.5];
     let p = params(pop, 3, h, Propagation::Expectation, env, &m.elites);
     let mut ret = vec![f32::NAN; pop];
-    be.rollout(&p, &m.shape(), &m.params, &m.norm(), &start, &actions, &mut ret).unwrap();
+    be.rollout(
+        &p,
+        &m.shape(),
+        &m.params,
+        &m.norm(),
+        &start,
+        &actions,
+        &mut ret,
+    )
+    .unwrap();
     for c in 0..pop {
         let mut s = start.clone();
         let mut total = 0.0f32;
@@ -156,7 +189,11 @@ fn expectation_rollout_of_a_deterministic_model_should_match_a_hand_loop() {
             s = next;
         }
         // Same f32 operations in a different summation order: agreement to 1e-4 relative.
-        assert!((ret[c] - total).abs() <= 1e-4 * total.abs().max(1.0), "{c}: {} vs {total}", ret[c]);
+        assert!(
+            (ret[c] - total).abs() <= 1e-4 * total.abs().max(1.0),
+            "{c}: {} vs {total}",
+            ret[c]
+        );
     }
 }
 
@@ -171,11 +208,38 @@ fn rollouts_should_be_reproducible_and_depend_on_the_seed() {
     for prop in [Propagation::Ts1, Propagation::TsInf] {
         let p = params(pop, k, h, prop, env, &m.elites);
         let (mut a, mut b, mut c) = (vec![0.0; pop], vec![0.0; pop], vec![0.0; pop]);
-        be.rollout(&p, &m.shape(), &m.params, &m.norm(), &start, &actions, &mut a).unwrap();
-        be.rollout(&p, &m.shape(), &m.params, &m.norm(), &start, &actions, &mut b).unwrap();
+        be.rollout(
+            &p,
+            &m.shape(),
+            &m.params,
+            &m.norm(),
+            &start,
+            &actions,
+            &mut a,
+        )
+        .unwrap();
+        be.rollout(
+            &p,
+            &m.shape(),
+            &m.params,
+            &m.norm(),
+            &start,
+            &actions,
+            &mut b,
+        )
+        .unwrap();
         assert_eq!(a, b, "{prop:?}: same seed, same returns");
         let q = RolloutParams { seed_lo: 12, ..p };
-        be.rollout(&q, &m.shape(), &m.params, &m.norm(), &start, &actions, &mut c).unwrap();
+        be.rollout(
+            &q,
+            &m.shape(),
+            &m.params,
+            &m.norm(),
+            &start,
+            &actions,
+            &mut c,
+        )
+        .unwrap();
         assert_ne!(a, c, "{prop:?}: another seed, other samples");
         // Cart-pole pays 1 per step while alive: returns lie in [1, h].
         assert!(a.iter().all(|r| (1.0..=h as f32).contains(r)), "{a:?}");
@@ -196,8 +260,16 @@ fn a_model_that_outputs_nan_should_give_minus_infinity_and_a_safe_action() {
     let p = params(4, 2, 3, Propagation::Ts1, EnvId::Pendulum, &m.elites);
     let mut ret = vec![0.0; 4];
     let actions = vec![0.5f32; 12];
-    be.rollout(&p, &m.shape(), &m.params, &m.norm(), &vec![1.0, 0.0, 0.0], &actions, &mut ret)
-        .unwrap();
+    be.rollout(
+        &p,
+        &m.shape(),
+        &m.params,
+        &m.norm(),
+        &vec![1.0, 0.0, 0.0],
+        &actions,
+        &mut ret,
+    )
+    .unwrap();
     assert!(ret.iter().all(|r| *r == f32::NEG_INFINITY), "{ret:?}");
     let ts = TsConfig {
         particles: 2,
@@ -216,7 +288,8 @@ fn terminated_particles_should_earn_nothing_more() {
     let mut p = params(3, 1, 10, Propagation::Expectation, EnvId::CartPole, &[]);
     p.num_elites = 0;
     let mut ret = vec![0.0; 3];
-    be.rollout_true(&p, &vec![0.0, 0.0, 0.25, 2.0], &vec![1.0; 30], &mut ret).unwrap();
+    be.rollout_true(&p, &vec![0.0, 0.0, 0.25, 2.0], &vec![1.0; 30], &mut ret)
+        .unwrap();
     assert_eq!(ret, vec![1.0; 3]);
 }
 
@@ -241,7 +314,11 @@ fn true_dynamics_rollout_should_agree_with_stepping_the_environment() {
         }
         // The environment steps in f64 and the planner's copy in f32: 1e-4 relative over
         // twelve steps of a smooth system.
-        assert!((ret[c] - total).abs() <= 1e-4 * total.abs(), "{} vs {total}", ret[c]);
+        assert!(
+            (ret[c] - total).abs() <= 1e-4 * total.abs(),
+            "{} vs {total}",
+            ret[c]
+        );
     }
 }
 
@@ -283,5 +360,7 @@ fn rollout_should_reject_bad_arguments() {
     }
     let mut bad = ok;
     bad.elites[0] = 9;
-    assert!(be.rollout(&bad, &m.shape(), &m.params, &m.norm(), &s, &acts, &mut ret).is_err());
+    assert!(be
+        .rollout(&bad, &m.shape(), &m.params, &m.norm(), &s, &acts, &mut ret)
+        .is_err());
 }

@@ -81,8 +81,9 @@ fn rows_of<'a, T>(buf: &'a [T], t: &Task, rows: usize, width: usize) -> &'a [T] 
 pub struct Workspace<T> {
     /// Per task: two ping-pong activation buffers for inference.
     scratch: Vec<[Vec<T>; 2]>,
-    /// Training cache: `inputs[l]` is layer l's input [E, B, fan_in]; `pre[l]` hidden
-    /// pre-activations [E, B, H]; `head` the raw head output [E, B, head_dim].
+    /// Training cache: `inputs[l]` is layer l's input [E, B, fan_in]; `pre[l]` the
+    /// activation's derivative at hidden layer l's pre-activation, act'(z_l) [E, B, H];
+    /// `head` the raw head output [E, B, head_dim].
     inputs: Vec<Vec<T>>,
     pre: Vec<Vec<T>>,
     head: Vec<T>,
@@ -106,34 +107,25 @@ fn act<T: Real>(a: Activation, z: T) -> T {
     }
 }
 
-/// `out = act(z)`, monomorphic per activation.
-fn activate_into<T: Real>(a: Activation, z: &[T], out: &mut [T]) {
-    macro_rules! go {
-        ($k:expr) => {
-            out.iter_mut().zip(z).for_each(|(o, v)| *o = act($k, *v))
-        };
-    }
+/// `out = act(z)` and, in place, `z ← act'(z)`: the forward keeps the derivative rather than
+/// the pre-activation, so the backward is one multiply (for SiLU both come from one σ).
+fn activate_with_grad<T: Real>(a: Activation, z: &mut [T], out: &mut [T]) {
     match a {
-        Activation::Silu => go!(Activation::Silu),
-        Activation::Relu => go!(Activation::Relu),
-        Activation::Tanh => go!(Activation::Tanh),
-    }
-}
-
-/// `dz = da ⊙ act'(z)`, monomorphic per activation.
-fn act_grad_mul<T: Real>(a: Activation, da: &[T], z: &[T], dz: &mut [T]) {
-    macro_rules! go {
-        ($k:expr) => {
-            dz.iter_mut()
-                .zip(da)
-                .zip(z)
-                .for_each(|((g, d), v)| *g = *d * act_grad($k, *v))
-        };
-    }
-    match a {
-        Activation::Silu => go!(Activation::Silu),
-        Activation::Relu => go!(Activation::Relu),
-        Activation::Tanh => go!(Activation::Tanh),
+        Activation::Silu => out.iter_mut().zip(z.iter_mut()).for_each(|(o, v)| {
+            let x = *v;
+            let s = T::one() / (T::one() + (-x).exp_fast());
+            *o = x * s;
+            *v = s * (T::one() + x * (T::one() - s));
+        }),
+        Activation::Relu => out.iter_mut().zip(z.iter_mut()).for_each(|(o, v)| {
+            *o = act(Activation::Relu, *v);
+            *v = act_grad(Activation::Relu, *v);
+        }),
+        Activation::Tanh => out.iter_mut().zip(z.iter_mut()).for_each(|(o, v)| {
+            let t = v.tanh();
+            *o = t;
+            *v = T::one() - t * t;
+        }),
     }
 }
 
@@ -214,7 +206,7 @@ fn linear<T: Real>(
                 row.iter_mut().zip(b).for_each(|(v, bb)| *v += *bb);
             }
             match a {
-                Some(a) => activate_into(a, pre, &mut dst[..nr * fo]),
+                Some(a) => activate_with_grad(a, pre, &mut dst[..nr * fo]),
                 None => dst[..nr * fo].copy_from_slice(pre),
             }
         }
@@ -523,8 +515,11 @@ fn backward_from_head<T: Real>(
                     false,
                 );
                 if l > 0 {
-                    let z = rows_of(&pre[l - 1], t, rows, fi);
-                    act_grad_mul(shape.activation, &da[..t.nr * fi], z, &mut dz[..t.nr * fi]);
+                    // pre holds act'(z) (see activate_with_grad): dz = da ⊙ act'(z).
+                    let g = rows_of(&pre[l - 1], t, rows, fi);
+                    for ((d, a), gg) in dz[..t.nr * fi].iter_mut().zip(&da[..t.nr * fi]).zip(g) {
+                        *d = *a * *gg;
+                    }
                 } else {
                     // xn = (x − μ)/σ  ⇒  dx = dxn / σ
                     let d = shape.in_dim;
@@ -536,22 +531,28 @@ fn backward_from_head<T: Real>(
                 }
             }
         });
-    // Reduce the per-task partials into the flat layout.
-    grad[..lay.total].iter_mut().for_each(|g| *g = T::zero());
-    for (t, part) in ts.iter().zip(&ws.partial) {
-        let mut off = 0;
-        for lo in &lay.layers {
-            let (fi, fo) = (lo.fan_in, lo.fan_out);
-            let gw = &mut grad[lo.weight + t.e * fi * fo..lo.weight + (t.e + 1) * fi * fo];
-            for (g, p) in gw.iter_mut().zip(&part[off..off + fi * fo]) {
-                *g += *p;
-            }
-            off += fi * fo;
-            let gb = &mut grad[lo.bias + t.e * fo..lo.bias + (t.e + 1) * fo];
-            for (g, p) in gb.iter_mut().zip(&part[off..off + fo]) {
-                *g += *p;
-            }
-            off += fo;
+    // Reduce the per-task partials into the flat layout, one parallel pass per tensor with
+    // each member's slice summed from its own tasks.
+    let parts = &ws.partial;
+    let mut off = 0;
+    for lo in &lay.layers {
+        let (fi, fo) = (lo.fan_in, lo.fan_out);
+        let e = shape.ensemble;
+        for (start, len, size) in [(lo.weight, fi * fo, fi * fo), (lo.bias, fo, fo)] {
+            grad[start..start + e * size]
+                .par_chunks_mut(size)
+                .enumerate()
+                .for_each(|(m, g)| {
+                    g.iter_mut().for_each(|v| *v = T::zero());
+                    for (t, part) in ts.iter().zip(parts) {
+                        if t.e == m {
+                            for (v, p) in g.iter_mut().zip(&part[off..off + len]) {
+                                *v += *p;
+                            }
+                        }
+                    }
+                });
+            off += len;
         }
     }
 }

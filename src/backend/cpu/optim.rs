@@ -18,10 +18,11 @@ pub fn adam(p: &AdamParams, params: &mut [f32], grad: &[f32], m: &mut [f32], v: 
         .zip(grad.par_chunks(CHUNK))
         .zip(m.par_chunks_mut(CHUNK).zip(v.par_chunks_mut(CHUNK)))
         .for_each(|((w, g), (m, v))| {
-            for i in 0..w.len() {
-                m[i] = p.beta1 * m[i] + (1.0 - p.beta1) * g[i];
-                v[i] = p.beta2 * v[i] + (1.0 - p.beta2) * g[i] * g[i];
-                w[i] -= step * m[i] / (v[i].sqrt() / bc2_sqrt + p.eps);
+            // Zipped iterators (no index bounds checks) so the loop vectorises.
+            for (((w, g), m), v) in w.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
+                *m = p.beta1 * *m + (1.0 - p.beta1) * g;
+                *v = p.beta2 * *v + (1.0 - p.beta2) * g * g;
+                *w -= step * *m / (v.sqrt() / bc2_sqrt + p.eps);
             }
         });
 }
