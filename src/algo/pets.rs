@@ -58,6 +58,10 @@ impl PetsConfig {
         let mut trials = 10;
         // mbrl-lib pets_cartpole: freq_train_model 50.
         let mut train_every = 50;
+        // mbrl-lib trains 25 epochs of batch 256: on the first 200 transitions that is 25
+        // Adam steps, too few for a 7 × 4×200 ensemble to predict anything; at least 200
+        // steps per training (a second on this CPU) lets the first MPC trial plan.
+        train.min_steps = 200;
         match (name, env) {
             ("cartpole", EnvId::CartPole) => {}
             ("pendulum", EnvId::Pendulum) => {
@@ -72,6 +76,7 @@ impl PetsConfig {
                 model.hidden = 64;
                 model.num_layers = 3;
                 train.epochs = 50;
+                train.min_steps = 0;
                 train.batch_size = 32;
                 train.lr = 1e-3;
                 planner.population = 200;

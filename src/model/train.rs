@@ -13,6 +13,10 @@ use std::time::Instant;
 pub struct TrainConfig {
     /// Maximum passes over the training set.
     pub epochs: usize,
+    /// At least this many minibatch steps: on a small dataset (one batch per epoch) the epoch
+    /// count is raised until they are reached. 0 leaves `epochs` alone.
+    #[serde(default)]
+    pub min_steps: usize,
     /// Rows per member per minibatch.
     pub batch_size: usize,
     /// Adam learning rate.
@@ -38,6 +42,7 @@ impl Default for TrainConfig {
     fn default() -> Self {
         Self {
             epochs: 50,
+            min_steps: 0,
             batch_size: 256,
             lr: 7.5e-4,
             weight_decay: vec![3e-5],
@@ -246,7 +251,10 @@ pub fn train<B: Backend>(
     let mut order: Vec<Vec<usize>> = member_sets.clone();
     let lay = shape.layout();
 
-    for epoch in 0..cfg.epochs {
+    let epochs = cfg
+        .epochs
+        .max(cfg.min_steps.div_ceil(nt.div_ceil(bs).max(1)));
+    for epoch in 0..epochs {
         let t0 = Instant::now();
         for (m, o) in order.iter_mut().enumerate() {
             o.copy_from_slice(&member_sets[m]);
@@ -321,7 +329,7 @@ pub fn train<B: Backend>(
             )));
         }
         last_good.copy_from_slice(&current);
-        let last_epoch = epoch + 1 == cfg.epochs;
+        let last_epoch = epoch + 1 == epochs;
         let mse = if track || last_epoch {
             evaluate(&params, &mut eval_mean, &mut eval_lv)?
         } else {
@@ -356,7 +364,7 @@ pub fn train<B: Backend>(
     }
     // best_params holds each member's best epoch (its initial weights if training never
     // improved it on the holdout).
-    if cfg.epochs == 0 {
+    if epochs == 0 {
         best = evaluate(&params, &mut eval_mean, &mut eval_lv)?;
     }
     model.params = best_params;
