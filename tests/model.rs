@@ -192,3 +192,19 @@ fn predict_should_return_next_observation_means_and_variances_per_member() {
     assert!(m.predict(&[0.5, -0.5, 1.0], &[0.1, 0.2]).is_err());
     assert!(m.predict(&[f32::NAN, -0.5], &[0.1]).is_err());
 }
+
+#[test]
+fn min_steps_should_extend_short_epochs() {
+    // 100 transitions in batches of 64 are 2 steps per epoch: 3 epochs would be 6 steps,
+    // min_steps 40 asks for 20 epochs.
+    let data = synthetic_transitions(100, 2, 1, 6);
+    let mut m = Ensemble::new(small(2, 1), 0).unwrap();
+    let cfg = TrainConfig {
+        epochs: 3,
+        min_steps: 40,
+        batch_size: 64,
+        ..TrainConfig::default()
+    };
+    let rep = train(&CpuBackend::new(), &mut m, &data, &cfg, |_| {}).unwrap();
+    assert_eq!(rep.epochs_run, 20);
+}

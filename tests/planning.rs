@@ -364,3 +364,36 @@ fn rollout_should_reject_bad_arguments() {
         .rollout(&bad, &m.shape(), &m.params, &m.norm(), &s, &acts, &mut ret)
         .is_err());
 }
+
+#[test]
+fn update_model_should_plan_exactly_as_a_controller_built_on_the_new_model() {
+    let be = CpuBackend::new();
+    let m = untrained(3, 1, true);
+    let mut retrained = m.clone();
+    retrained.params.iter_mut().for_each(|w| *w *= -1.0);
+    retrained.elites = vec![2, 4];
+    let ts = TsConfig {
+        particles: 2,
+        propagation: Propagation::TsInf,
+    };
+    let obs = [1.0, 0.0, 0.0];
+    // Same call sequence on three controllers, so their Philox counters agree.
+    let run = |start: &Ensemble, swap: Option<&Ensemble>| {
+        let mut mpc = Mpc::with_model(&be, start, EnvId::Pendulum, cem(4, 20, 2), ts, 0).unwrap();
+        mpc.act(&be, &obs, &[]).unwrap();
+        if let Some(n) = swap {
+            mpc.update_model(&be, n).unwrap();
+        }
+        mpc.reset(&be).unwrap();
+        mpc.act(&be, &obs, &[]).unwrap()
+    };
+    let updated = run(&m, Some(&retrained));
+    assert_eq!(updated, run(&retrained, None));
+    assert_ne!(
+        updated,
+        run(&m, None),
+        "the planner still used the old weights"
+    );
+    let mut mpc = Mpc::with_model(&be, &m, EnvId::Pendulum, cem(4, 20, 2), ts, 0).unwrap();
+    assert!(mpc.update_model(&be, &untrained(3, 1, false)).is_err());
+}
