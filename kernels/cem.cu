@@ -2,6 +2,10 @@
 // src/backend/cpu/cem.rs and shaders/cem.wgsl. Compiled after common.cuh.
 //
 // Entry points (block = 256 threads):
+//   cem_init    grid-stride over the len plan elements: the warm-start shift, read from the
+//               previous plan's buffer and written to another (no thread reads what another
+//               writes), and the initial variance (ub − lb)²/16, so that a planning step
+//               uploads only its observation.
 //   cem_sample  grid-stride over P·len elements, one thread per element: element
 //               c·len + j is a pure function of Philox coordinates (no state between draws),
 //               so any mapping of threads gives the CPU's samples. Memory-bound; the
@@ -23,6 +27,11 @@ typedef struct {
   u32 len, act_dim, dist, pad;
 } SampleParams;
 
+// Identical to src/backend/mod.rs `InitParams`.
+typedef struct {
+  u32 len, act_dim, shift, pad;
+} InitParams;
+
 // Identical to src/backend/mod.rs `UpdateParams`.
 typedef struct {
   u32 population, len, num_elites, pad;
@@ -40,6 +49,19 @@ DEVFN float rust_max(float a, float b) {
   if (a != a) return b;
   if (b != b) return a;
   return a > b ? a : b;
+}
+
+KERNEL BOUNDS(256) void cem_init(InitParams p, GLOBAL const float* lower,
+                                 GLOBAL const float* upper, GLOBAL const float* prev,
+                                 GLOBAL float* mean, GLOBAL float* var) {
+  const u32 stride = 256u * (u32)NGRP_X;
+  for (u32 j = (u32)GRP_X * 256u + (u32)LID; j < p.len; j += stride) {
+    const u32 a = j % p.act_dim;
+    const float lb = lower[a], ub = upper[a];
+    mean[j] = (p.shift == 1u && j + p.act_dim < p.len) ? prev[j + p.act_dim]
+                                                       : FMUL(0.5f, lb + ub);
+    var[j] = FMUL(ub - lb, ub - lb) / 16.0f;
+  }
 }
 
 KERNEL BOUNDS(256) void cem_sample(SampleParams p, GLOBAL const float* mean,

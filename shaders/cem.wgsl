@@ -1,6 +1,9 @@
 // cem.wgsl — CEM / random-shooting sampling and the CEM update with elite selection on the
 // device. Twin of src/backend/cpu/cem.rs (mbrl-lib's CEMOptimizer, PETS appendix).
 //
+// cem_init: one thread per plan element: the warm-start shift (read from the previous plan's
+// buffer, written to another, so no thread reads what another writes) and the initial
+// variance (ub − lb)²/16; it lets a planning step upload nothing but its observation.
 // cem_sample: one thread per population element, 256-thread workgroups: a pure function of
 // (seed, CEM_SAMPLE, c·len + j, step), so no thread waits on another.
 // cem_rank: top-k without sorting. The rank of candidate i is the number of candidates
@@ -34,8 +37,16 @@ struct UpdateParams {
     _pad2b: u32,
 }
 
+struct InitParams {
+    len: u32,
+    act_dim: u32,
+    shift: u32,
+    _pad: u32,
+}
+
 @group(0) @binding(0) var<uniform> sp: SampleParams;
 @group(0) @binding(1) var<uniform> up: UpdateParams;
+@group(0) @binding(2) var<uniform> ip: InitParams;
 
 @group(1) @binding(0) var<storage, read> cem_mean: array<f32>;
 @group(1) @binding(1) var<storage, read> cem_var: array<f32>;
@@ -49,6 +60,28 @@ struct UpdateParams {
 @group(1) @binding(8) var<storage, read> upd_elites_r: array<u32>;
 @group(1) @binding(9) var<storage, read_write> upd_mean: array<f32>;
 @group(1) @binding(10) var<storage, read_write> upd_var: array<f32>;
+
+@group(1) @binding(11) var<storage, read> init_prev: array<f32>;
+@group(1) @binding(12) var<storage, read_write> init_mean: array<f32>;
+@group(1) @binding(13) var<storage, read_write> init_var: array<f32>;
+
+@compute @workgroup_size(256)
+fn cem_init(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+            @builtin(local_invocation_index) li: u32) {
+    let j = flat_index(wg, nwg, li);
+    if (j >= ip.len) {
+        return;
+    }
+    let a = j % ip.act_dim;
+    let lb = cem_lower[a];
+    let ub = cem_upper[a];
+    if (ip.shift == 1u && j + ip.act_dim < ip.len) {
+        init_mean[j] = init_prev[j + ip.act_dim];
+    } else {
+        init_mean[j] = 0.5 * (lb + ub);
+    }
+    init_var[j] = (ub - lb) * (ub - lb) / 16.0;
+}
 
 @compute @workgroup_size(256)
 fn cem_sample(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,

@@ -16,8 +16,8 @@ use mbrl_gpu::backend::cpu::CpuBackend;
 use mbrl_gpu::backend::cuda::source::{self, KernelFile, Program};
 use mbrl_gpu::backend::cuda::{Arg, CudaBackend, CudaOptions, KernelHost, Launch};
 use mbrl_gpu::backend::{
-    Activation, AdamParams, Backend, EnsembleShape, LossConfig, Propagation, RolloutParams,
-    SampleParams, UpdateParams, MAX_ELITES,
+    Activation, AdamParams, Backend, EnsembleShape, InitParams, LossConfig, Propagation,
+    RolloutParams, SampleParams, UpdateParams, MAX_ELITES,
 };
 use mbrl_gpu::env::EnvId;
 use mbrl_gpu::rng::Philox;
@@ -527,6 +527,43 @@ fn check_adam<B: Backend>(b: &B, label: &str) {
 /// one product and one sum rounded alike). Truncated normal: 2e-6 absolute, since Box–Muller's
 /// ln/sqrt/cos come from different math libraries (≤ a few ulps of values ≤ 2) scaled by
 /// σ ≤ 1; and the variance constraint and clamping must agree exactly.
+fn check_init<B: Backend>(b: &B, label: &str) {
+    let cpu = CpuBackend::new();
+    // 13 steps of 3 action dimensions: 39 elements.
+    let prev = normals(8, 39, 1.0);
+    let (lo, hi) = (vec![-1.0f32, -2.0, 0.0], vec![1.0f32, 0.5, 3.0]);
+    for shift in [0u32, 1] {
+        let p = InitParams {
+            len: 39,
+            act_dim: 3,
+            shift,
+            _pad: 0,
+        };
+        let (wm, wv) = init_on(&cpu, &p, &lo, &hi, &prev);
+        let (gm, gv) = init_on(b, &p, &lo, &hi, &prev);
+        // Copies, a midpoint and (ub − lb)²/16: one rounding each, the same everywhere.
+        assert_bits(&format!("{label} cem_init mean, shift {shift}"), &gm, &wm);
+        assert_bits(&format!("{label} cem_init var, shift {shift}"), &gv, &wv);
+    }
+}
+
+fn init_on<B: Backend>(
+    b: &B,
+    p: &InitParams,
+    lo: &[f32],
+    hi: &[f32],
+    prev: &[f32],
+) -> (Vec<f32>, Vec<f32>) {
+    let (l, h, pr) = (
+        b.upload(lo).unwrap(),
+        b.upload(hi).unwrap(),
+        b.upload(prev).unwrap(),
+    );
+    let (mut m, mut v) = (poisoned(b, p.len as usize), poisoned(b, p.len as usize));
+    b.cem_init(p, &l, &h, &pr, &mut m, &mut v).unwrap();
+    (b.download(&m).unwrap(), b.download(&v).unwrap())
+}
+
 fn check_sample<B: Backend>(b: &B, label: &str) {
     let cpu = CpuBackend::new();
     let (pop, h, a) = (37usize, 7usize, 2usize);
@@ -1131,6 +1168,7 @@ fn cem_sample_and_update_on_pocl_should_match_the_cpu() {
     let Some(b) = pocl_backend(CudaOptions::default()) else {
         return;
     };
+    check_init(&b, "pocl");
     check_sample(&b, "pocl");
     check_update(&b, "pocl");
 }
@@ -1325,6 +1363,7 @@ fn cuda_device_should_match_the_cpu_when_present() {
     check_forward(&b, "cuda", 5e-6);
     check_nll(&b, "cuda");
     check_adam(&b, "cuda");
+    check_init(&b, "cuda");
     check_sample(&b, "cuda");
     check_update(&b, "cuda");
     check_rollout(&b, "cuda", 13);

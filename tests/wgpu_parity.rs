@@ -13,8 +13,8 @@
 use mbrl_gpu::backend::cpu::{cem::top_k, ensemble::init_params, CpuBackend};
 use mbrl_gpu::backend::wgpu::{self as wgpu_backend, WgpuBackend};
 use mbrl_gpu::backend::{
-    Activation, AdamParams, Backend, EnsembleShape, LossConfig, Propagation, RolloutParams,
-    SampleParams, UpdateParams, MAX_ELITES,
+    Activation, AdamParams, Backend, EnsembleShape, InitParams, LossConfig, Propagation,
+    RolloutParams, SampleParams, UpdateParams, MAX_ELITES,
 };
 use mbrl_gpu::env::{task, EnvId};
 use mbrl_gpu::rng::{self, stream};
@@ -463,6 +463,41 @@ fn cem_sample_should_match_cpu() {
         // the device sqrt's 2.5 ULP.
         let tol = if dist == 1 { 3e-7 } else { 2e-6 };
         assert_close(&format!("cem_sample dist {dist}"), &got, &want, tol, 0.0);
+    }
+}
+
+fn init_on<B: Backend>(b: &B, p: &InitParams, prev: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    let (lo, hi) = ([-1.0f32, -2.0, 0.0], [1.0f32, 0.5, 3.0]);
+    let (l, h, pr) = (
+        b.upload(&lo).unwrap(),
+        b.upload(&hi).unwrap(),
+        b.upload(prev).unwrap(),
+    );
+    let (mut m, mut v) = (poison(b, p.len as usize), poison(b, p.len as usize));
+    b.cem_init(p, &l, &h, &pr, &mut m, &mut v).unwrap();
+    (b.download(&m).unwrap(), b.download(&v).unwrap())
+}
+
+#[test]
+fn cem_init_should_match_cpu() {
+    let Some(g) = gpu("cem_init_should_match_cpu") else {
+        return;
+    };
+    let cpu = CpuBackend::new();
+    // 13 steps of 3 action dimensions: 39 elements, not a multiple of any workgroup.
+    let prev = randn(41, 0, 39, 1.0);
+    for shift in [0u32, 1] {
+        let p = InitParams {
+            len: 39,
+            act_dim: 3,
+            shift,
+            _pad: 0,
+        };
+        let (wm, wv) = init_on(&cpu, &p, &prev);
+        let (gm, gv) = init_on(g, &p, &prev);
+        // Copies, a midpoint and (ub − lb)²/16: one rounding each, the same on both.
+        assert_close(&format!("cem_init mean, shift {shift}"), &gm, &wm, 0.0, 0.0);
+        assert_close(&format!("cem_init var, shift {shift}"), &gv, &wv, 0.0, 0.0);
     }
 }
 

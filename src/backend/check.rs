@@ -1,7 +1,8 @@
 //! Argument checks shared by every backend, so that each op rejects the same bad input with
 //! the same sentence whatever device it would have run on. Each takes buffer lengths.
 use super::{
-    AdamParams, EnsembleShape, LossConfig, RolloutParams, SampleParams, UpdateParams, MAX_ELITES,
+    AdamParams, EnsembleShape, InitParams, LossConfig, RolloutParams, SampleParams, UpdateParams,
+    MAX_ELITES,
 };
 use crate::env::{task, EnvId, EnvSpec};
 use crate::{invalid, Error, Result};
@@ -73,6 +74,25 @@ pub fn sample(p: &SampleParams, lens: [usize; 5]) -> Result<()> {
     need("lower bounds", lens[2], p.act_dim as usize)?;
     need("upper bounds", lens[3], p.act_dim as usize)?;
     need("population", lens[4], p.population as usize * len)
+}
+
+/// Lengths of `cem_init`'s buffers: lower, upper, prev, mean, var.
+pub fn init(p: &InitParams, lens: [usize; 5]) -> Result<()> {
+    let len = p.len as usize;
+    if p.act_dim == 0 || len % p.act_dim as usize != 0 {
+        return Err(Error::Shape(format!(
+            "plan length {len} is not a whole number of actions of dimension {}",
+            p.act_dim
+        )));
+    }
+    if p.shift > 1 {
+        return Err(invalid!("shift must be 0 or 1, got {}", p.shift));
+    }
+    need("lower bounds", lens[0], p.act_dim as usize)?;
+    need("upper bounds", lens[1], p.act_dim as usize)?;
+    need("previous plan", lens[2], len)?;
+    need("mean", lens[3], len)?;
+    need("var", lens[4], len)
 }
 
 /// Lengths of `cem_update`'s buffers: population, returns, mean, var.

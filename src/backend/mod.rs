@@ -208,6 +208,19 @@ pub struct SampleParams {
     pub _pad: u32,
 }
 
+/// Parameters of `cem_init`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct InitParams {
+    /// Elements of a plan: horizon · act_dim.
+    pub len: u32,
+    pub act_dim: u32,
+    /// 1: warm start, `mean[j] = prev[j + act_dim]` with the last action at the middle of
+    /// the bounds; 0: every element at the middle of the bounds.
+    pub shift: u32,
+    pub _pad: u32,
+}
+
 /// Parameters of `cem_update`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
@@ -302,6 +315,20 @@ pub trait Backend: Send + Sync {
         lower: &Self::Buf,
         upper: &Self::Buf,
         out: &mut Self::Buf,
+    ) -> Result<()>;
+
+    /// Start of a planning step, on the device so that a step uploads only its observation:
+    /// `mean` ← `prev` shifted one action earlier (warm start, [`InitParams::shift`]) or the
+    /// middle of the bounds, and `var` ← (ub − lb)²/16 (PETS / mbrl-lib's initial variance).
+    /// `prev` and `mean` are distinct buffers (the planner alternates two).
+    fn cem_init(
+        &self,
+        p: &InitParams,
+        lower: &Self::Buf,
+        upper: &Self::Buf,
+        prev: &Self::Buf,
+        mean: &mut Self::Buf,
+        var: &mut Self::Buf,
     ) -> Result<()>;
 
     /// CEM update: the `num_elites` candidates of highest return (ties to the lower index,

@@ -9,7 +9,7 @@ pub mod mpc;
 
 pub use mpc::Mpc;
 
-use crate::backend::{Backend, Propagation, RolloutParams, SampleParams, UpdateParams};
+use crate::backend::{Backend, InitParams, Propagation, RolloutParams, SampleParams, UpdateParams};
 use crate::backend::{EnsembleShape, MAX_ELITES};
 use crate::model::Ensemble;
 use crate::{invalid, Result};
@@ -101,7 +101,10 @@ pub trait Objective<B: Backend> {
     ) -> Result<()>;
 }
 
-/// CEM / random shooting with its buffers on the device.
+/// CEM / random shooting with its buffers on the device. A planning step uploads nothing
+/// itself (the objective uploads its start observation) and downloads the plan: the warm
+/// start and the variance reset run on the device (`cem_init`), alternating two mean
+/// buffers so the shift never reads what it writes.
 pub struct Planner<B: Backend> {
     pub cfg: PlannerConfig,
     act_dim: usize,
@@ -109,12 +112,14 @@ pub struct Planner<B: Backend> {
     upper: Vec<f32>,
     lower_buf: B::Buf,
     upper_buf: B::Buf,
+    /// The plan being optimised and the previous step's plan.
     mean: B::Buf,
+    prev: B::Buf,
     var: B::Buf,
     population: B::Buf,
     returns: B::Buf,
-    /// Host copy of the last solution, for the warm-start shift.
-    solution: Vec<f32>,
+    /// Whether the next plan starts from the previous one shifted (false after `reset`).
+    warm: bool,
     seed: u64,
     counter: u32,
 }
@@ -142,23 +147,22 @@ impl<B: Backend> Planner<B> {
         }
         let a = lower.len();
         let len = cfg.horizon * a;
-        let mut p = Self {
+        Ok(Self {
             act_dim: a,
             lower_buf: backend.upload(lower)?,
             upper_buf: backend.upload(upper)?,
             mean: backend.zeros(len)?,
+            prev: backend.zeros(len)?,
             var: backend.zeros(len)?,
             population: backend.zeros(cfg.population * len)?,
             returns: backend.zeros(cfg.population)?,
             lower: lower.to_vec(),
             upper: upper.to_vec(),
-            solution: vec![0.0; len],
+            warm: false,
             seed,
             counter: 0,
             cfg,
-        };
-        p.reset(backend)?;
-        Ok(p)
+        })
     }
 
     pub fn act_dim(&self) -> usize {
@@ -169,32 +173,31 @@ impl<B: Backend> Planner<B> {
         self.cfg.horizon
     }
 
-    /// Forget the previous solution (start of an episode): mean at the middle of the bounds.
-    pub fn reset(&mut self, backend: &B) -> Result<()> {
-        let a = self.act_dim;
-        for t in 0..self.cfg.horizon {
-            for j in 0..a {
-                self.solution[t * a + j] = 0.5 * (self.lower[j] + self.upper[j]);
-            }
-        }
-        backend.write(&mut self.mean, &self.solution)?;
+    /// Forget the previous solution (start of an episode): the next plan starts at the
+    /// middle of the bounds.
+    pub fn reset(&mut self, _backend: &B) -> Result<()> {
+        self.warm = false;
         Ok(())
-    }
-
-    /// Initial variance (ub − lb)²/16 (mbrl-lib / PETS), i.e. σ = (ub − lb)/4.
-    fn init_var(&self) -> Vec<f32> {
-        let a = self.act_dim;
-        (0..self.cfg.horizon * a)
-            .map(|i| (self.upper[i % a] - self.lower[i % a]).powi(2) / 16.0)
-            .collect()
     }
 
     /// Optimise the objective; returns the whole planned sequence [H·A].
     pub fn plan(&mut self, backend: &B, objective: &mut impl Objective<B>) -> Result<Vec<f32>> {
         let len = (self.cfg.horizon * self.act_dim) as u32;
         let pop = self.cfg.population as u32;
-        let iv = self.init_var();
-        backend.write(&mut self.var, &iv)?;
+        let init = InitParams {
+            len,
+            act_dim: self.act_dim as u32,
+            shift: u32::from(self.warm && self.cfg.warm_start),
+            _pad: 0,
+        };
+        backend.cem_init(
+            &init,
+            &self.lower_buf,
+            &self.upper_buf,
+            &self.prev,
+            &mut self.mean,
+            &mut self.var,
+        )?;
         let (dist, iterations, elites, alpha) = match self.cfg.optimizer {
             Optimizer::Cem => (0, self.cfg.iterations, self.cfg.num_elites, self.cfg.alpha),
             // One uniform round; the update with one elite and α = 0 copies the best
@@ -245,30 +248,18 @@ impl<B: Backend> Planner<B> {
                 &mut self.var,
             )?;
         }
-        self.solution = backend.download(&self.mean)?;
-        Ok(self.solution.clone())
+        let solution = backend.download(&self.mean)?;
+        // This plan is the next step's starting point.
+        std::mem::swap(&mut self.mean, &mut self.prev);
+        self.warm = true;
+        Ok(solution)
     }
 
-    /// Plan, return the first action (finite and inside the bounds whatever the objective
-    /// did), and shift the solution one step for the next call.
+    /// Plan and return the first action, finite and inside the bounds whatever the objective
+    /// did; the next call starts from this plan shifted one step (if `warm_start`).
     pub fn act(&mut self, backend: &B, objective: &mut impl Objective<B>) -> Result<Vec<f32>> {
         let seq = self.plan(backend, objective)?;
-        let a = self.act_dim;
-        let action = safe_action(&seq[..a], &self.lower, &self.upper);
-        if self.cfg.warm_start {
-            let mut shifted = seq[a..].to_vec();
-            shifted.extend((0..a).map(|j| 0.5 * (self.lower[j] + self.upper[j])));
-            for v in shifted.iter_mut() {
-                if !v.is_finite() {
-                    *v = 0.0;
-                }
-            }
-            self.solution.copy_from_slice(&shifted);
-            backend.write(&mut self.mean, &self.solution)?;
-        } else {
-            self.reset(backend)?;
-        }
-        Ok(action)
+        Ok(safe_action(&seq[..self.act_dim], &self.lower, &self.upper))
     }
 }
 

@@ -1,9 +1,31 @@
 //! CEM and random-shooting sampling and the CEM update — the specification of `cem.cu` and
 //! `cem.wgsl`. Sampling follows mbrl-lib's `CEMOptimizer` (PETS appendix): the variance is
 //! constrained so that ±2σ stays inside the bounds, samples are truncated normals at ±2σ.
-use crate::backend::{SampleParams, UpdateParams};
+use crate::backend::{InitParams, SampleParams, UpdateParams};
 use crate::rng::{stream, truncated_normal, uniform};
 use rayon::prelude::*;
+
+/// Start of a planning step: `mean` = `prev` shifted by one action (or the middle of the
+/// bounds), `var` = (ub − lb)²/16.
+pub fn init(
+    p: &InitParams,
+    lower: &[f32],
+    upper: &[f32],
+    prev: &[f32],
+    mean: &mut [f32],
+    var: &mut [f32],
+) {
+    let (len, a) = (p.len as usize, p.act_dim as usize);
+    for j in 0..len {
+        let (lb, ub) = (lower[j % a], upper[j % a]);
+        mean[j] = if p.shift == 1 && j + a < len {
+            prev[j + a]
+        } else {
+            0.5 * (lb + ub)
+        };
+        var[j] = (ub - lb) * (ub - lb) / 16.0;
+    }
+}
 
 /// Population [P, len] from (mean, var) [len] and bounds [act_dim].
 pub fn sample(
@@ -121,6 +143,31 @@ mod tests {
         // Element 1 sits near the bound: the variance is constrained to ((m−lb)/2)², so
         // samples stay within [−1, −0.8].
         assert!((0..2000).all(|c| out[c * 4 + 1] <= -0.8 + 1e-6));
+    }
+
+    #[test]
+    fn init_should_shift_the_previous_plan_and_reset_the_variance() {
+        let prev = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
+        let (lo, hi) = ([-1.0, 0.0], [1.0, 4.0]);
+        let (mut m, mut v) = ([f32::NAN; 6], [f32::NAN; 6]);
+        let p = InitParams {
+            len: 6,
+            act_dim: 2,
+            shift: 1,
+            _pad: 0,
+        };
+        init(&p, &lo, &hi, &prev, &mut m, &mut v);
+        assert_eq!(m, [3.0, 4.0, 5.0, 6.0, 0.0, 2.0]);
+        assert_eq!(v, [0.25, 1.0, 0.25, 1.0, 0.25, 1.0]);
+        init(
+            &InitParams { shift: 0, ..p },
+            &lo,
+            &hi,
+            &prev,
+            &mut m,
+            &mut v,
+        );
+        assert_eq!(m, [0.0, 2.0, 0.0, 2.0, 0.0, 2.0]);
     }
 
     #[test]

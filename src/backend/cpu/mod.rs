@@ -7,7 +7,7 @@ pub mod optim;
 pub mod rollout;
 
 use super::{
-    check, AdamParams, Backend, EnsembleShape, LossConfig, RolloutParams, SampleParams,
+    check, AdamParams, Backend, EnsembleShape, InitParams, LossConfig, RolloutParams, SampleParams,
     UpdateParams,
 };
 use crate::Result;
@@ -184,6 +184,23 @@ impl Backend for CpuBackend {
             [mean.len(), var.len(), lower.len(), upper.len(), out.len()],
         )?;
         cem::sample(p, mean, var, lower, upper, out);
+        Ok(())
+    }
+
+    fn cem_init(
+        &self,
+        p: &InitParams,
+        lower: &Vec<f32>,
+        upper: &Vec<f32>,
+        prev: &Vec<f32>,
+        mean: &mut Vec<f32>,
+        var: &mut Vec<f32>,
+    ) -> Result<()> {
+        check::init(
+            p,
+            [lower.len(), upper.len(), prev.len(), mean.len(), var.len()],
+        )?;
+        cem::init(p, lower, upper, prev, mean, var);
         Ok(())
     }
 

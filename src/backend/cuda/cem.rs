@@ -3,10 +3,44 @@
 use super::host::{Arg, KernelHost, Launch};
 use super::source::{KernelFile, Program};
 use super::{stride_blocks, CudaBackend, DeviceBuf};
-use crate::backend::{check, SampleParams, UpdateParams};
+use crate::backend::{check, InitParams, SampleParams, UpdateParams};
 use crate::{Error, Result};
 
 impl<H: KernelHost> CudaBackend<H> {
+    pub(super) fn init(
+        &self,
+        p: &InitParams,
+        lower: &DeviceBuf<H::Mem>,
+        upper: &DeviceBuf<H::Mem>,
+        prev: &DeviceBuf<H::Mem>,
+        mean: &mut DeviceBuf<H::Mem>,
+        var: &mut DeviceBuf<H::Mem>,
+    ) -> Result<()> {
+        check::init(
+            p,
+            [lower.len(), upper.len(), prev.len(), mean.len(), var.len()],
+        )?;
+        let len = p.len as usize;
+        if len == 0 {
+            return Ok(());
+        }
+        self.host.launch(&Launch {
+            program: Program::plain(KernelFile::Cem),
+            entry: "cem_init",
+            grid: [stride_blocks(len).min(4096), 1, 1],
+            block: 256,
+            dynamic_shared: None,
+            args: &[
+                Arg::Pod(bytemuck::bytes_of(p)),
+                Arg::Mem(&lower.mem),
+                Arg::Mem(&upper.mem),
+                Arg::Mem(&prev.mem),
+                Arg::Mem(&mean.mem),
+                Arg::Mem(&var.mem),
+            ],
+        })
+    }
+
     pub(super) fn sample(
         &self,
         p: &SampleParams,

@@ -27,8 +27,8 @@ pub use driver::CudaDriver;
 pub use host::{Arg, DeviceBuf, KernelHost, Launch};
 
 use super::{
-    AdamParams, Availability, Backend, EnsembleShape, LossConfig, RolloutParams, SampleParams,
-    UpdateParams,
+    AdamParams, Availability, Backend, EnsembleShape, InitParams, LossConfig, RolloutParams,
+    SampleParams, UpdateParams,
 };
 use crate::{Error, Result};
 use std::sync::Mutex;
@@ -281,6 +281,18 @@ impl<H: KernelHost> Backend for CudaBackend<H> {
         losses: &mut Self::Buf,
     ) -> Result<()> {
         self.nll_backward(shape, loss, params, norm, x, target, rows, grad, losses)
+    }
+
+    fn cem_init(
+        &self,
+        p: &InitParams,
+        lower: &Self::Buf,
+        upper: &Self::Buf,
+        prev: &Self::Buf,
+        mean: &mut Self::Buf,
+        var: &mut Self::Buf,
+    ) -> Result<()> {
+        self.init(p, lower, upper, prev, mean, var)
     }
 
     fn cem_sample(

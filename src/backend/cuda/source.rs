@@ -57,7 +57,7 @@ impl KernelFile {
                 "ensemble_pack_bf16",
             ],
             KernelFile::Optim => &["adam_step"],
-            KernelFile::Cem => &["cem_sample", "cem_rank", "cem_update"],
+            KernelFile::Cem => &["cem_init", "cem_sample", "cem_rank", "cem_update"],
             KernelFile::Rollout => &["rollout", "rollout_reduce", "rollout_true"],
         }
     }

@@ -4,8 +4,42 @@
 use super::device::Dispatch;
 use super::{kernels, word, WgpuBackend, WgpuBuf};
 use crate::backend::check;
-use crate::backend::{SampleParams, UpdateParams};
+use crate::backend::{InitParams, SampleParams, UpdateParams};
 use crate::Result;
+
+pub(super) fn init(
+    be: &WgpuBackend,
+    p: &InitParams,
+    lower: &WgpuBuf,
+    upper: &WgpuBuf,
+    prev: &WgpuBuf,
+    mean: &mut WgpuBuf,
+    var: &mut WgpuBuf,
+) -> Result<()> {
+    check::init(p, [lower.len, upper.len, prev.len, mean.len, var.len])?;
+    let len = p.len as usize;
+    word("plan length", len)?;
+    if len == 0 {
+        return Ok(());
+    }
+    let gpu = &be.gpu;
+    let mut st = be.lock();
+    let st = &mut *st;
+    let k = st.cache.get(gpu, &kernels::CEM_INIT)?;
+    st.rec.reserve(gpu, 1)?;
+    let offset = st.rec.block(gpu, p);
+    let d = Dispatch {
+        group: k.bind(
+            gpu,
+            &[&lower.buf, &upper.buf, &prev.buf, &mean.buf, &var.buf],
+        ),
+        kernel: k,
+        offset,
+        grid: gpu.grid_1d(len)?,
+    };
+    st.rec.run(gpu, "cem_init", &[d]);
+    Ok(())
+}
 
 pub(super) fn sample(
     be: &WgpuBackend,

@@ -66,7 +66,7 @@ pub(super) struct Spec {
 }
 
 use super::params::*;
-use crate::backend::{AdamParams, SampleParams, UpdateParams};
+use crate::backend::{AdamParams, InitParams, SampleParams, UpdateParams};
 use std::mem::size_of;
 
 // ensemble.wgsl
@@ -131,6 +131,13 @@ pub(super) const CEM_SAMPLE: Spec = Spec {
     uniform: (0, size_of::<SampleParams>()),
     // mean, var, lower, upper, population
     storage: &[(0, RO), (1, RO), (2, RO), (3, RO), (4, RW)],
+};
+pub(super) const CEM_INIT: Spec = Spec {
+    module: Module::Cem,
+    entry: "cem_init",
+    uniform: (2, size_of::<InitParams>()),
+    // lower, upper, previous plan, mean, var
+    storage: &[(2, RO), (3, RO), (11, RO), (12, RW), (13, RW)],
 };
 pub(super) const CEM_RANK: Spec = Spec {
     module: Module::Cem,

@@ -20,8 +20,8 @@ pub mod params;
 mod rollout;
 
 use super::{
-    AdamParams, Availability, Backend, EnsembleShape, LossConfig, RolloutParams, SampleParams,
-    UpdateParams,
+    AdamParams, Availability, Backend, EnsembleShape, InitParams, LossConfig, RolloutParams,
+    SampleParams, UpdateParams,
 };
 use crate::Result;
 pub use device::{list_adapters, AdapterSummary};
@@ -399,6 +399,18 @@ impl Backend for WgpuBackend {
         ensemble::nll_backward(
             self, shape, loss, params, norm, x, target, rows, grad, losses,
         )
+    }
+
+    fn cem_init(
+        &self,
+        p: &InitParams,
+        lower: &WgpuBuf,
+        upper: &WgpuBuf,
+        prev: &WgpuBuf,
+        mean: &mut WgpuBuf,
+        var: &mut WgpuBuf,
+    ) -> Result<()> {
+        cem::init(self, p, lower, upper, prev, mean, var)
     }
 
     fn cem_sample(
