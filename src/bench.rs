@@ -1,6 +1,5 @@
 //! `mbrl-gpu bench`: throughput figures with the machine's GEMM peak measured in the same run.
 //! Timings here are reports, never assertions.
-use crate::backend::cpu::CpuBackend;
 use crate::backend::{Backend, EnsembleShape};
 use crate::linalg as gemm;
 use crate::model::{Ensemble, ModelConfig, TrainConfig, Transitions};
@@ -18,6 +17,8 @@ pub struct BenchResult {
     pub min_ms: f64,
     pub reps: usize,
     pub gflops: f64,
+    /// The CPU's f32 GEMM peak measured in the same run; for device backends, which have no
+    /// measured peak here, 0 (and `fraction_of_peak` 0).
     pub peak_gflops: f64,
     /// gflops / peak_gflops.
     pub fraction_of_peak: f64,
@@ -71,7 +72,7 @@ fn result(
         reps,
         gflops,
         peak_gflops: peak,
-        fraction_of_peak: gflops / peak,
+        fraction_of_peak: if peak > 0.0 { gflops / peak } else { 0.0 },
         note,
     }
 }
@@ -97,10 +98,12 @@ pub fn synthetic_transitions(n: usize, obs_dim: usize, act_dim: usize, seed: u64
 }
 
 /// `bench model`: ensemble forward at half-cheetah sizes and one training epoch at cart-pole
-/// sizes, each next to the GEMM peak.
-pub fn model_benches(reps: usize) -> Result<Vec<BenchResult>> {
-    let peak = gemm_peak(reps);
-    let be = CpuBackend::new();
+/// sizes, each next to the CPU's GEMM peak (measured only when the backend is the CPU).
+/// On a device backend the forward is timed with the download of its output, which is what
+/// makes queued work complete.
+pub fn model_benches<B: Backend>(be: &B, reps: usize) -> Result<Vec<BenchResult>> {
+    let on_cpu = be.name() == "cpu";
+    let peak = if on_cpu { gemm_peak(reps) } else { 0.0 };
     let mut out = vec![];
 
     // Forward: E=7, 1000 rows per member, input 24, 4×200 SiLU, head 36.
@@ -114,16 +117,20 @@ pub fn model_benches(reps: usize) -> Result<Vec<BenchResult>> {
         probabilistic: true,
     };
     let rows = 1000;
-    let params = crate::backend::cpu::ensemble::init_params(&shape, 0);
-    let norm: Vec<f32> = [vec![0.0; 24], vec![1.0; 24]].concat();
+    let params = be.upload(&crate::backend::cpu::ensemble::init_params(&shape, 0))?;
+    let norm = be.upload(&[vec![0.0; 24], vec![1.0; 24]].concat())?;
     let x: Vec<f32> = (0..7 * rows * 24)
         .map(|i| normal(3, 1, i as u32, 0))
         .collect();
-    let mut mean = vec![0.0f32; 7 * rows * 18];
-    let mut lv = mean.clone();
+    let x = be.upload(&x)?;
+    let mut mean = be.zeros(7 * rows * 18)?;
+    let mut lv = be.zeros(7 * rows * 18)?;
     let (med, min) = time_ms(reps * 4, || {
         be.ensemble_forward(&shape, &params, &norm, &x, rows, &mut mean, &mut lv)
-            .expect("forward")
+            .expect("forward");
+        if !on_cpu {
+            be.download(&lv).expect("download");
+        }
     });
     let flop = 2.0 * (7 * rows * shape.macs_per_row()) as f64;
     out.push(result(
@@ -149,7 +156,7 @@ pub fn model_benches(reps: usize) -> Result<Vec<BenchResult>> {
             ..TrainConfig::default()
         };
         let s = Instant::now();
-        crate::model::train::train(&be, &mut m, &data, &cfg, |_| {}).expect("train");
+        crate::model::train::train(be, &mut m, &data, &cfg, |_| {}).expect("train");
         s.elapsed().as_secs_f64() * 1e3
     };
     let mut per_epoch: Vec<f64> = (0..reps.max(3))
@@ -184,7 +191,13 @@ pub fn model_benches(reps: usize) -> Result<Vec<BenchResult>> {
         peak,
         "best of 1024³ and 1536³ f32 products on all threads".into(),
     ));
-    if let Some(p) = out.last_mut() {
+    for r in out.iter_mut() {
+        r.backend = be.name().into();
+    }
+    if !on_cpu {
+        out.pop();
+    }
+    if let (true, Some(p)) = (on_cpu, out.last_mut()) {
         p.gflops = peak;
         p.fraction_of_peak = 1.0;
     }
@@ -193,12 +206,15 @@ pub fn model_benches(reps: usize) -> Result<Vec<BenchResult>> {
 
 /// `bench plan`: one MPC planning step (CEM × trajectory sampling through an untrained
 /// ensemble) at mbrl-lib's cart-pole configuration and at half-cheetah sizes.
-pub fn plan_benches(reps: usize) -> Result<Vec<BenchResult>> {
+pub fn plan_benches<B: Backend>(be: &B, reps: usize) -> Result<Vec<BenchResult>> {
     use crate::backend::Propagation;
     use crate::env::{task, EnvId};
     use crate::plan::{Mpc, PlannerConfig, TsConfig};
-    let peak = gemm_peak(reps);
-    let be = CpuBackend::new();
+    let peak = if be.name() == "cpu" {
+        gemm_peak(reps)
+    } else {
+        0.0
+    };
     let ts = TsConfig {
         particles: 20,
         propagation: Propagation::Ts1,
@@ -212,13 +228,13 @@ pub fn plan_benches(reps: usize) -> Result<Vec<BenchResult>> {
                    cfg: PlannerConfig,
                    obs: Vec<f32>|
      -> Result<()> {
-        let mut mpc = Mpc::with_model_task(&be, &model, task, &lower, &upper, cfg, ts, 0)?;
+        let mut mpc = Mpc::with_model_task(be, &model, task, &lower, &upper, cfg, ts, 0)?;
         let (med, min) = time_ms(reps, || {
-            mpc.act(&be, &obs, &[]).expect("plan");
+            mpc.act(be, &obs, &[]).expect("plan");
         });
         let flop = 2.0 * mpc.rows_per_action() as f64 * model.shape().macs_per_row() as f64;
         let rows_per_s = mpc.rows_per_action() as f64 / (med * 1e-3);
-        out.push(result(
+        let mut r = result(
             name,
             med,
             min,
@@ -230,7 +246,9 @@ pub fn plan_benches(reps: usize) -> Result<Vec<BenchResult>> {
                 rows_per_s,
                 flop / 1e9
             ),
-        ));
+        );
+        r.backend = be.name().into();
+        out.push(r);
         Ok(())
     };
     let cp = EnvId::CartPole.spec();

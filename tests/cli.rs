@@ -236,3 +236,29 @@ fn env_replay_should_print_one_object_per_step_until_termination() {
         .all(|s| s["terminated"] == false));
     assert_eq!(steps[0]["obs"].as_array().unwrap().len(), 4);
 }
+
+#[test]
+fn bench_model_json_should_have_the_documented_keys() {
+    let o = mbrl(&[
+        "bench",
+        "model",
+        "--json",
+        "--reps",
+        "1",
+        "--backend",
+        "cpu",
+    ]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    let rows: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(rows.len() >= 2, "{out}");
+    for r in &rows {
+        for k in ["name", "median_ms", "gflops", "peak_gflops"] {
+            assert!(!r[k].is_null(), "{k} missing in {r}");
+        }
+        assert!(r["peak_gflops"].as_f64().unwrap() > 0.0);
+    }
+}
