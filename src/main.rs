@@ -227,6 +227,12 @@ fn main() -> ExitCode {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
+    // Mesa's implicit device-select Vulkan layer prints XDG_RUNTIME_DIR errors on headless
+    // machines while wgpu enumerates adapters; wgpu ranks adapters itself, so turn it off
+    // unless the user chose otherwise. Set before any other thread exists.
+    if std::env::var_os("NODEVICE_SELECT").is_none() {
+        std::env::set_var("NODEVICE_SELECT", "1");
+    }
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
