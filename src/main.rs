@@ -307,6 +307,16 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
+/// A line above the progress bar, or on stderr when the bar is hidden (output is not a
+/// terminal, e.g. a CI log), where indicatif would drop it.
+fn say(pb: &ProgressBar, line: String) {
+    if pb.is_hidden() {
+        eprintln!("{line}");
+    } else {
+        pb.println(line);
+    }
+}
+
 fn fmt_vec(v: &[f32]) -> String {
     let parts: Vec<String> = v.iter().map(|x| format!("{x}")).collect();
     parts.join(",")
@@ -377,7 +387,7 @@ fn run_pets<B: Backend>(be: &B, a: PetsArgs) -> Result<()> {
         }
         pets::Event::Step { .. } => pb.inc(1),
         pets::Event::TrialEnd(r) => {
-            pb.println(format!(
+            say(&pb, format!(
                 "trial {:>2}  return {:>8.2}  steps {:>4}  env steps {:>5}  train {:>6.2} s  plan {:>7.1} ms/action (p99 {:.1})  {:>6.1} s",
                 r.trial, r.ret, r.steps, r.env_steps, r.train_seconds, r.plan_ms_median, r.plan_ms_p99, r.seconds
             ));
@@ -549,18 +559,24 @@ fn fit_on<B: Backend>(be: &B, a: FitArgs) -> Result<()> {
     let report = train::train(be, &mut model, &data, &tc, |r| {
         let mean_mse = r.eval_mse.iter().sum::<f64>() / r.eval_mse.len().max(1) as f64;
         if r.eval_mse.is_empty() {
-            pb.println(format!(
-                "epoch {:>4}  train loss {:>10.5}",
-                r.epoch + 1,
-                r.train_loss
-            ));
+            say(
+                &pb,
+                format!(
+                    "epoch {:>4}  train loss {:>10.5}",
+                    r.epoch + 1,
+                    r.train_loss
+                ),
+            );
         } else {
-            pb.println(format!(
-                "epoch {:>4}  train loss {:>10.5}  {which} mse {:>10.6}",
-                r.epoch + 1,
-                r.train_loss,
-                mean_mse
-            ));
+            say(
+                &pb,
+                format!(
+                    "epoch {:>4}  train loss {:>10.5}  {which} mse {:>10.6}",
+                    r.epoch + 1,
+                    r.train_loss,
+                    mean_mse
+                ),
+            );
         }
         pb.set_message(format!("loss {:.4}", r.train_loss));
         pb.inc(1);

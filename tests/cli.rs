@@ -71,10 +71,10 @@ fn fit_then_predict_should_work_on_a_logged_csv() {
     ]);
     let (_, err) = text(&o);
     assert!(o.status.success(), "{err}");
-    assert!(
-        err.contains("holdout mse"),
-        "per-epoch holdout loss missing:\n{err}"
-    );
+    let epochs = err
+        .lines()
+        .filter(|l| l.starts_with("epoch") && l.contains("holdout mse"));
+    assert_eq!(epochs.count(), 3, "one holdout-loss line per epoch:\n{err}");
     let input = dir.path().join("in.json");
     std::fs::write(
         &input,
