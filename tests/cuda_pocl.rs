@@ -30,6 +30,8 @@ use opencl3::types::{cl_mem, CL_BLOCKING};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
+mod common;
+
 // ---------------------------------------------------------------------------------------
 // The OpenCL runtime as a KernelHost
 // ---------------------------------------------------------------------------------------
@@ -1385,38 +1387,20 @@ fn cuda_device_should_match_the_cpu_when_present() {
 
 #[test]
 fn mpc_steps_on_pocl_should_match_the_cpu() {
-    use mbrl_gpu::model::{Ensemble, ModelConfig};
-    use mbrl_gpu::plan::{Mpc, PlannerConfig, TsConfig};
+    use mbrl_gpu::plan::Mpc;
     let Some(b) = pocl_backend(CudaOptions::default()) else {
         return;
     };
-    let env = EnvId::Pendulum;
-    let mut cfg = ModelConfig::pets(3, 1);
-    cfg.hidden = 13;
-    cfg.num_layers = 2;
-    let model = Ensemble::new(cfg, 4).unwrap();
-    let pc = PlannerConfig {
-        horizon: 6,
-        population: 37,
-        num_elites: 5,
-        iterations: 3,
-        ..PlannerConfig::pets_cartpole()
-    };
-    let ts = TsConfig {
-        particles: 3,
-        propagation: Propagation::TsInf,
-    };
+    let c = common::mpc_case();
     let cpu = CpuBackend::new();
-    let mut on_cpu = Mpc::with_model(&cpu, &model, env, pc.clone(), ts, 9).unwrap();
-    let mut on_dev = Mpc::with_model(&b, &model, env, pc, ts, 9).unwrap();
+    let mut on_cpu =
+        Mpc::with_model(&cpu, &c.model, c.env, c.planner.clone(), c.ts, c.seed).unwrap();
+    let mut on_dev = Mpc::with_model(&b, &c.model, c.env, c.planner, c.ts, c.seed).unwrap();
     // Three consecutive steps exercise cem_init's warm start on the device.
-    for (i, o) in [[0.9f32, 0.43, -0.2], [0.85, 0.52, 0.3], [0.8, 0.6, 0.5]]
-        .iter()
-        .enumerate()
-    {
+    for (i, o) in c.observations.iter().enumerate() {
         let a = on_dev.act(&b, o, &[]).unwrap();
-        let c = on_cpu.act(&cpu, o, &[]).unwrap();
+        let d = on_cpu.act(&cpu, o, &[]).unwrap();
         // Same elites (returns agree to ~1e-5 relative), so the means differ by rounding.
-        assert_close(&format!("mpc action, step {i}"), &a, &c, 1e-4, 0.0);
+        assert_close(&format!("mpc action, step {i}"), &a, &d, 1e-4, 0.0);
     }
 }

@@ -20,6 +20,8 @@ use mbrl_gpu::env::{task, EnvId};
 use mbrl_gpu::rng::{self, stream};
 use std::sync::OnceLock;
 
+mod common;
+
 fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
 }
@@ -1091,34 +1093,18 @@ fn misuse_should_be_an_error_not_a_panic() {
 
 #[test]
 fn mpc_steps_should_match_cpu_with_one_submission_each() {
-    use mbrl_gpu::model::{Ensemble, ModelConfig};
-    use mbrl_gpu::plan::{Mpc, PlannerConfig, TsConfig};
+    use mbrl_gpu::plan::Mpc;
     let Some(_) = gpu("mpc_steps_should_match_cpu_with_one_submission_each") else {
         return;
     };
-    let env = EnvId::Pendulum;
-    let mut cfg = ModelConfig::pets(3, 1);
-    cfg.hidden = 13;
-    cfg.num_layers = 2;
-    let model = Ensemble::new(cfg, 4).unwrap();
-    let pc = PlannerConfig {
-        horizon: 6,
-        population: 37,
-        num_elites: 5,
-        iterations: 3,
-        ..PlannerConfig::pets_cartpole()
-    };
-    let ts = TsConfig {
-        particles: 3,
-        propagation: Propagation::TsInf,
-    };
+    let c = common::mpc_case();
     let cpu = CpuBackend::new();
     // A device of its own, so that no other test's work lands in its submission count.
     let g = &WgpuBackend::new().unwrap();
-    let mut on_cpu = Mpc::with_model(&cpu, &model, env, pc.clone(), ts, 9).unwrap();
-    let mut on_gpu = Mpc::with_model(g, &model, env, pc, ts, 9).unwrap();
-    let obs = [[0.9f32, 0.43, -0.2], [0.85, 0.52, 0.3], [0.8, 0.6, 0.5]];
-    for (i, o) in obs.iter().enumerate() {
+    let mut on_cpu =
+        Mpc::with_model(&cpu, &c.model, c.env, c.planner.clone(), c.ts, c.seed).unwrap();
+    let mut on_gpu = Mpc::with_model(g, &c.model, c.env, c.planner, c.ts, c.seed).unwrap();
+    for (i, o) in c.observations.iter().enumerate() {
         let before = g.submissions();
         let a = on_gpu.act(g, o, &[]).unwrap();
         // The observation upload, the warm-start shift and every CEM iteration are recorded

@@ -143,20 +143,9 @@ pub(super) fn forward(
         st.ws.get(gpu, "forward pong", 0, e * rows * width),
     ];
     let count = e * rows;
-    let offset = st.rec.block(
-        gpu,
-        &NormParams {
-            count: count as u32,
-            in_dim: i as u32,
-            _pad: [0; 2],
-        },
-    );
-    ds.push(Dispatch {
-        group: normalize.bind(gpu, &[&x.buf, &norm.buf, &bufs[0]]),
-        kernel: normalize,
-        offset,
-        grid: gpu.grid_1d(count * i)?,
-    });
+    ds.push(normalize_dispatch(
+        gpu, st, normalize, x, norm, &bufs[0], count, i,
+    )?);
     let act = shape.activation.code();
     for (l, lo) in lay.layers.iter().enumerate() {
         let hidden = l < shape.num_layers;
@@ -207,6 +196,35 @@ pub(super) fn forward(
     });
     st.rec.run(gpu, "ensemble_forward", &ds);
     Ok(())
+}
+
+/// `normalize` over `count` rows of `in_dim` inputs into `out`: the first dispatch of both
+/// the forward and the NLL backward.
+#[allow(clippy::too_many_arguments)]
+fn normalize_dispatch(
+    gpu: &Gpu,
+    st: &mut State,
+    k: Arc<Kernel>,
+    x: &WgpuBuf,
+    norm: &WgpuBuf,
+    out: &wgpu::Buffer,
+    count: usize,
+    in_dim: usize,
+) -> Result<Dispatch> {
+    let offset = st.rec.block(
+        gpu,
+        &NormParams {
+            count: count as u32,
+            in_dim: in_dim as u32,
+            _pad: [0; 2],
+        },
+    );
+    Ok(Dispatch {
+        group: k.bind(gpu, &[&x.buf, &norm.buf, out]),
+        kernel: k,
+        offset,
+        grid: gpu.grid_1d(count * in_dim)?,
+    })
 }
 
 /// Column sums as `reduce_rows` computes them: out[b, c] = scale·Σ_r in[b, r, c] + add.
@@ -307,20 +325,9 @@ pub(super) fn nll_backward(
     // Blocks: normalize, nl forward GEMMs, nll head, 2 reductions, and per layer dW, db, dz.
     st.rec.reserve(gpu, 4 + 4 * nl)?;
     let mut ds = Vec::with_capacity(4 + 4 * nl);
-    let offset = st.rec.block(
-        gpu,
-        &NormParams {
-            count: count as u32,
-            in_dim: i as u32,
-            _pad: [0; 2],
-        },
-    );
-    ds.push(Dispatch {
-        group: normalize.bind(gpu, &[&x.buf, &norm.buf, &acts[0]]),
-        kernel: normalize,
-        offset,
-        grid: gpu.grid_1d(count * i)?,
-    });
+    ds.push(normalize_dispatch(
+        gpu, st, normalize, x, norm, &acts[0], count, i,
+    )?);
     let act = shape.activation.code();
     // Forward, keeping every layer's input and pre-activation.
     for (l, lo) in lay.layers.iter().enumerate() {
