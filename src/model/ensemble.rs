@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 /// Architecture of a probabilistic ensemble. Stored in checkpoint metadata.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ModelConfig {
     /// Observation dimension.
     pub obs_dim: usize,
@@ -63,7 +64,36 @@ impl ModelConfig {
         }
     }
 
+    /// Checks every size before anything is allocated from it: a config can come from a
+    /// checkpoint, a `config.toml` or the command line, and a hostile one (`num_layers: 1e9`,
+    /// `hidden: 2^62`) must be an error naming the field, not an allocation abort or an
+    /// arithmetic overflow later. The caps are far above any model this crate trains (PETS:
+    /// 7 × 4 × 200; a MuJoCo Humanoid has 376 observations and 17 actions).
     pub fn validate(&self) -> Result<()> {
+        /// Per-field caps. 2^16 for widths keeps `in_dim · hidden` products small enough that
+        /// the parameter count below never comes near overflow on a 64-bit host.
+        const MAX_DIM: usize = 1 << 16;
+        const MAX_HIDDEN: usize = 1 << 16;
+        /// Deeper than any MLP dynamics model in the literature (PETS and MBPO use 4).
+        const MAX_LAYERS: usize = 64;
+        /// The ensemble index is a grid dimension on the devices (≤ 65535 in CUDA's y and z);
+        /// PETS uses 7 members, ensembles of a few hundred are already unusual.
+        const MAX_ENSEMBLE: usize = 1024;
+        /// 2^31 f32 parameters = 8 GiB: every flat offset and element count then fits the u32
+        /// indices the CUDA and WGSL kernels use, and Adam's state (3× this) still fits a
+        /// large GPU.
+        const MAX_PARAMS: usize = 1 << 31;
+        for (field, value, max) in [
+            ("obs_dim", self.obs_dim, MAX_DIM),
+            ("act_dim", self.act_dim, MAX_DIM),
+            ("ensemble_size", self.ensemble_size, MAX_ENSEMBLE),
+            ("hidden", self.hidden, MAX_HIDDEN),
+            ("num_layers", self.num_layers, MAX_LAYERS),
+        ] {
+            if value > max {
+                return Err(invalid!("{field} is {value}; at most {max} is supported"));
+            }
+        }
         if self.obs_dim == 0 || self.act_dim == 0 {
             return Err(invalid!(
                 "observation and action dimensions must be at least 1"
@@ -82,7 +112,49 @@ impl ModelConfig {
                 self.num_elites
             ));
         }
-        Ok(())
+        // The parameter count of `EnsembleShape::layout` (W_l [E, in_l, out_l] and b_l
+        // [E, out_l] per layer, head last, then max/min_logvar [out_dim] when
+        // probabilistic), in checked arithmetic so that no config can overflow it.
+        let count = || -> Option<usize> {
+            let e = self.ensemble_size;
+            let in_dim = self.obs_dim.checked_add(self.act_dim)?;
+            let out_dim = self.obs_dim.checked_add(usize::from(self.learn_reward))?;
+            let head = if self.probabilistic {
+                out_dim.checked_mul(2)?
+            } else {
+                out_dim
+            };
+            let layer = |fan_in: usize, fan_out: usize| -> Option<usize> {
+                e.checked_mul(fan_in.checked_add(1)?)?.checked_mul(fan_out)
+            };
+            let h = self.hidden;
+            let mut total = if self.num_layers == 0 {
+                layer(in_dim, head)?
+            } else {
+                let inner = layer(h, h)?.checked_mul(self.num_layers - 1)?;
+                layer(in_dim, h)?
+                    .checked_add(inner)?
+                    .checked_add(layer(h, head)?)?
+            };
+            if self.probabilistic {
+                total = total.checked_add(out_dim.checked_mul(2)?)?;
+            }
+            Some(total)
+        };
+        match count() {
+            Some(total) if total <= MAX_PARAMS => {
+                debug_assert_eq!(total, self.shape().layout().total);
+                Ok(())
+            }
+            Some(total) => Err(invalid!(
+                "the ensemble would hold {total} parameters ({:.1} GiB of f32); at most \
+                 {MAX_PARAMS} (8 GiB) are supported",
+                total as f64 * 4.0 / (1u64 << 30) as f64
+            )),
+            None => Err(invalid!(
+                "the ensemble's parameter count overflows this machine's usize"
+            )),
+        }
     }
 }
 
