@@ -1,6 +1,7 @@
 //! Files: safetensors checkpoints, transition CSVs, atomic writes.
 pub mod checkpoint;
 pub mod csv;
+pub mod json;
 pub mod plot;
 
 use crate::{Error, Result};
