@@ -7,19 +7,31 @@ use std::path::Path;
 
 /// Parse CSV text. Errors name the line (1-based, header = line 1) and the column.
 pub fn parse(text: &str) -> Result<Transitions> {
+    // Spreadsheet programs (Excel's "CSV UTF-8") start the file with a byte-order mark.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut lines = text
         .lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty());
     let (_, header) = lines.next().ok_or_else(|| invalid!("the CSV is empty"))?;
     let cols: Vec<&str> = header.split(',').map(|c| c.trim()).collect();
+    let mut seen = std::collections::HashSet::new();
+    // Empty names are left to the unknown-column message below.
+    if let Some(c) = cols.iter().find(|c| !c.is_empty() && !seen.insert(**c)) {
+        return Err(invalid!("CSV header: duplicated column {c}"));
+    }
     let find = |prefix: &str| -> Vec<(usize, usize)> {
         let mut v: Vec<(usize, usize)> = cols
             .iter()
             .enumerate()
             .filter_map(|(ci, c)| {
+                // Only the canonical spelling (`obs_3`, not `obs_03` or `obs_+3`), so that
+                // two names for one column cannot both pass the duplicate check above.
                 c.strip_prefix(prefix)
-                    .and_then(|rest| rest.parse::<usize>().ok())
+                    .and_then(|rest| {
+                        let k = rest.parse::<usize>().ok()?;
+                        (k.to_string() == rest).then_some(k)
+                    })
                     .map(|k| (k, ci))
             })
             .collect();
@@ -89,6 +101,15 @@ pub fn parse(text: &str) -> Result<Transitions> {
                     f.trim()
                 )
             })?;
+            if v.is_infinite() && !is_infinity_literal(f.trim()) {
+                return Err(invalid!(
+                    "CSV line {}: column {} is {}, out of f32 range (largest magnitude {:e})",
+                    li + 1,
+                    cols[ci],
+                    f.trim(),
+                    f32::MAX
+                ));
+            }
             if !v.is_finite() {
                 return Err(invalid!(
                     "CSV line {} (transition {}): column {} is {v}; only finite values can be \
@@ -111,8 +132,15 @@ pub fn parse(text: &str) -> Result<Transitions> {
     Ok(t)
 }
 
+/// `inf`, `+Infinity`, ...: the spellings Rust's float parser reads as infinity, as opposed
+/// to a finite number too large for f32 (`1e39`), which it also rounds to infinity.
+fn is_infinity_literal(s: &str) -> bool {
+    let s = s.trim_start_matches(['+', '-']);
+    s.eq_ignore_ascii_case("inf") || s.eq_ignore_ascii_case("infinity")
+}
+
 pub fn read(path: &Path) -> Result<Transitions> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let text = super::json::read_text(path)?;
     parse(&text).map_err(|e| invalid!("{}: {e}", path.display()))
 }
 
@@ -180,5 +208,50 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("speed"), "{e}");
+    }
+
+    #[test]
+    fn csv_should_accept_a_utf8_bom() {
+        let t = parse("\u{feff}obs_0,act_0,next_obs_0\n1,2,3\n").unwrap();
+        assert_eq!(
+            (t.obs, t.act, t.next_obs),
+            (vec![1.0], vec![2.0], vec![3.0])
+        );
+    }
+
+    #[test]
+    fn csv_should_name_a_duplicated_column() {
+        let e = parse("obs_0,obs_0,act_0,next_obs_0\n1,1,2,3\n")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(e, "CSV header: duplicated column obs_0");
+        let e = parse("obs_0,act_0,reward,next_obs_0,reward\n1,2,0,3,0\n")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(e, "CSV header: duplicated column reward");
+        // Non-canonical numbering is not a second spelling of obs_0.
+        let e = parse("obs_0,obs_00,act_0,next_obs_0\n1,1,2,3\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown columns [\"obs_00\"]"), "{e}");
+    }
+
+    #[test]
+    fn csv_should_refuse_values_beyond_f32_by_line_and_column() {
+        let e = parse("obs_0,act_0,next_obs_0\n1,2,3\n1,2,-1e39\n")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "CSV line 3: column next_obs_0 is -1e39, out of f32 range (largest magnitude \
+             3.4028235e38)"
+        );
+        // An explicit infinity is a non-finite value, not an out-of-range one.
+        let e = parse("obs_0,act_0,next_obs_0\n1,inf,3\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("is inf; only finite values"), "{e}");
+        // The largest f32 itself is accepted.
+        assert!(parse("obs_0,act_0,next_obs_0\n3.4028235e38,0,0\n").is_ok());
     }
 }
