@@ -3,7 +3,9 @@
 //! driven by the very host code of the CUDA backend (`CudaBackend<H>` is generic over the
 //! runtime; here the runtime is an OpenCL queue). Every op is compared with the CPU
 //! specification on awkward sizes (E = 3, 37 rows, hidden 13 and 200, population 37,
-//! horizon 7, 3 particles: no multiple of any tile), with outputs poisoned with NaN first, and
+//! horizon 7, 3 particles: no multiple of any tile), with the device's outputs poisoned first
+//! (a NaN with a payload no arithmetic produces) and the CPU reference's pre-filled with a
+//! different, finite sentinel, so that an element neither side writes cannot compare equal;
 //! each tolerance is stated with the reason for it. Philox bits, uniforms and integers agree
 //! exactly; Adam and the CEM update are bit-identical by construction.
 //!
@@ -263,13 +265,37 @@ fn pocl_backend(options: CudaOptions) -> Option<CudaBackend<PoclHost>> {
 // Comparison helpers
 // ---------------------------------------------------------------------------------------
 
-/// |got − want| ≤ atol + rtol·|want| everywhere; NaN matches NaN and infinities must match
-/// exactly. Returns the worst error (for the log).
+/// The device poison: a quiet NaN with a payload that no arithmetic produces (computed NaNs
+/// carry the canonical payload), so an element a kernel never wrote is told apart from a NaN it
+/// computed.
+const POISON: u32 = 0x7fc0_dead;
+
+/// The CPU reference's pre-fill: finite, far outside every output, and unlike the device
+/// poison, so an element that neither backend writes can never compare equal.
+const REF_FILL: f32 = -7.77e30;
+
+/// A CPU reference output, pre-filled with [`REF_FILL`].
+fn unwritten(n: usize) -> Vec<f32> {
+    vec![REF_FILL; n]
+}
+
+/// |got − want| ≤ atol + rtol·|want| where the reference is finite (and the device value must
+/// be finite there); a reference NaN must be met by a computed NaN and infinities must match
+/// exactly. An element still holding the device poison or the reference fill fails. Returns
+/// the worst error (for the log).
 #[track_caller]
 fn assert_close(what: &str, got: &[f32], want: &[f32], atol: f32, rtol: f32) -> f32 {
     assert_eq!(got.len(), want.len(), "{what}: lengths");
     let mut worst = 0.0f32;
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!(
+            g.to_bits() != POISON,
+            "{what}[{i}]: the device never wrote this element (want {w})"
+        );
+        assert!(
+            *w != REF_FILL,
+            "{what}[{i}]: the CPU reference never wrote this element"
+        );
         if w.is_nan() {
             assert!(g.is_nan(), "{what}[{i}]: got {g}, want NaN");
             continue;
@@ -278,6 +304,7 @@ fn assert_close(what: &str, got: &[f32], want: &[f32], atol: f32, rtol: f32) -> 
             assert_eq!(g, w, "{what}[{i}]");
             continue;
         }
+        assert!(g.is_finite(), "{what}[{i}]: got {g}, want {w}");
         let err = (g - w).abs();
         assert!(
             err <= atol + rtol * w.abs(),
@@ -310,8 +337,15 @@ fn normals(seed: u64, n: usize, scale: f32) -> Vec<f32> {
     (0..n).map(|_| scale * g.normal()).collect()
 }
 
+/// An output buffer pre-filled so that an element nobody writes fails the comparison: a
+/// device's with [`POISON`], the CPU reference's with [`REF_FILL`].
 fn poisoned<B: Backend>(b: &B, n: usize) -> B::Buf {
-    b.upload(&vec![f32::NAN; n]).unwrap()
+    let fill = if b.name() == "cpu" {
+        REF_FILL
+    } else {
+        f32::from_bits(POISON)
+    };
+    b.upload(&vec![fill; n]).unwrap()
 }
 
 /// Parameters with every tensor random (biases and log-variance bounds too, so that the soft
@@ -384,7 +418,7 @@ fn check_forward<B: Backend>(b: &B, label: &str, tol: f32) {
         let norm = norm_stats(shape.in_dim, 20 + si as u64);
         let x = normals(30 + si as u64, shape.ensemble * ROWS * shape.in_dim, 1.5);
         let n_out = shape.ensemble * ROWS * shape.out_dim;
-        let (mut cm, mut cl) = (vec![f32::NAN; n_out], vec![f32::NAN; n_out]);
+        let (mut cm, mut cl) = (unwritten(n_out), unwritten(n_out));
         cpu.ensemble_forward(shape, &params, &norm, &x, ROWS, &mut cm, &mut cl)
             .unwrap();
         let (dp, dn, dx) = (
@@ -405,8 +439,11 @@ fn check_forward<B: Backend>(b: &B, label: &str, tol: f32) {
                 shape.hidden, shape.activation
             );
         } else {
-            // Deterministic heads leave logvar untouched: still the poison.
-            assert!(gl.iter().all(|v| v.is_nan()), "{what}: logvar was written");
+            // Deterministic heads leave logvar untouched: still the poison, bit for bit.
+            assert!(
+                gl.iter().all(|v| v.to_bits() == POISON),
+                "{what}: logvar was written"
+            );
         }
     }
 }
@@ -430,7 +467,7 @@ fn check_nll<B: Backend>(b: &B, label: &str) {
                 .collect(),
         };
         let total = shape.layout().total;
-        let (mut cg, mut cls) = (vec![f32::NAN; total], vec![f32::NAN; shape.ensemble]);
+        let (mut cg, mut cls) = (unwritten(total), unwritten(shape.ensemble));
         cpu.ensemble_nll_backward(
             shape, &loss, &params, &norm, &x, &target, ROWS, &mut cg, &mut cls,
         )
@@ -592,7 +629,7 @@ fn check_sample<B: Backend>(b: &B, label: &str) {
             dist,
             _pad: 0,
         };
-        let mut want = vec![f32::NAN; pop * len];
+        let mut want = unwritten(pop * len);
         cpu.cem_sample(&p, &mean, &var, &lo, &hi, &mut want)
             .unwrap();
         let mut out = poisoned(b, pop * len);
@@ -760,7 +797,7 @@ fn check_rollout<B: Backend>(b: &B, label: &str, hidden: usize) {
                         spec.act_low[0] * 1.2,
                         spec.act_high[0] * 1.2,
                     );
-                    let mut want = vec![f32::NAN; p.population as usize];
+                    let mut want = unwritten(p.population as usize);
                     cpu.rollout(&p, &shape, &params, &norm, &start, &actions, &mut want)
                         .unwrap();
                     let (dp, dn, ds, da) = (
@@ -815,7 +852,7 @@ fn check_rollout_divergence<B: Backend>(b: &B, label: &str) {
     let norm = norm_stats(shape.in_dim, 301);
     let start = vec![-0.5f32, 0.0];
     let actions = uniforms(302, (p.population * p.horizon) as usize, -1.0, 1.0);
-    let mut want = vec![0.0f32; p.population as usize];
+    let mut want = unwritten(p.population as usize);
     cpu.rollout(&p, &shape, &params, &norm, &start, &actions, &mut want)
         .unwrap();
     let mut out = poisoned(b, p.population as usize);
@@ -866,7 +903,7 @@ fn check_rollout_true<B: Backend>(b: &B, label: &str) {
             spec.act_low[0] * 1.5,
             spec.act_high[0] * 1.5,
         );
-        let mut want = vec![f32::NAN; p.population as usize];
+        let mut want = unwritten(p.population as usize);
         cpu.rollout_true(&p, &state, &actions, &mut want).unwrap();
         let mut out = poisoned(b, p.population as usize);
         b.rollout_true(
@@ -1275,7 +1312,7 @@ fn bf16_weights_on_pocl_should_match_the_cpu_within_the_stated_tolerance() {
         let x = normals(92, shape.ensemble * ROWS * shape.in_dim, 1.5);
         let n_out = shape.ensemble * ROWS * shape.out_dim;
         let run_cpu = |p: &Vec<f32>| {
-            let (mut m, mut l) = (vec![f32::NAN; n_out], vec![f32::NAN; n_out]);
+            let (mut m, mut l) = (unwritten(n_out), unwritten(n_out));
             cpu.ensemble_forward(shape, p, &norm, &x, ROWS, &mut m, &mut l)
                 .unwrap();
             (m, l)
@@ -1320,7 +1357,7 @@ fn bf16_weights_on_pocl_should_match_the_cpu_within_the_stated_tolerance() {
     let norm = norm_stats(shape.in_dim, 94);
     let start = vec![0.6f32, 0.8, 0.1];
     let actions = uniforms(95, (p.population * p.horizon) as usize, -2.0, 2.0);
-    let mut want = vec![0.0f32; p.population as usize];
+    let mut want = unwritten(p.population as usize);
     cpu.rollout(&p, &shape, &rounded, &norm, &start, &actions, &mut want)
         .unwrap();
     let mut out = poisoned(&b, p.population as usize);
