@@ -14,6 +14,7 @@ pub mod env;
 pub mod error;
 pub mod fastmath;
 pub mod io;
+pub mod limits;
 pub mod linalg;
 pub mod model;
 pub mod plan;

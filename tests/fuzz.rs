@@ -514,11 +514,14 @@ const HOSTILE_CHECKPOINTS: &[(&str, &str)] = &[
     ),
     (
         "num_layers_huge.safetensors",
-        "config metadata: num_layers is 1000000000; at most 64 is supported",
+        "config metadata: num_layers 1000000000 is too large: the ensemble would hold \
+         126000000096 parameters (469.4 GiB of f32); at most 2147483648 (8 GiB) are supported",
     ),
     (
         "hidden_2p62.safetensors",
-        "config metadata: hidden is 4611686018427387904; at most 65536 is supported",
+        "config metadata: hidden 4611686018427387904 is too large: the ensemble would hold \
+         63802943797675962065403435556842504216 parameters (more than 1024 EiB of f32); at \
+         most 2147483648 (8 GiB) are supported",
     ),
     (
         "hidden_1e400.safetensors",
@@ -526,8 +529,8 @@ const HOSTILE_CHECKPOINTS: &[(&str, &str)] = &[
     ),
     (
         "too_many_params.safetensors",
-        "config metadata: the ensemble would hold 811763367960 parameters (3024.1 GiB of f32); \
-         at most 2147483648 (8 GiB) are supported",
+        "config metadata: hidden 65536 is too large: the ensemble would hold 811763367960 \
+         parameters (3.0 TiB of f32); at most 2147483648 (8 GiB) are supported",
     ),
     (
         "negative_obs_dim.safetensors",

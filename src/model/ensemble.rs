@@ -1,7 +1,7 @@
 //! The ensemble's parameters, normaliser and elites, and prediction of next observations.
 use crate::backend::cpu::{ensemble as spec, CpuBackend};
 use crate::backend::{Activation, Backend, EnsembleShape};
-use crate::{invalid, Result};
+use crate::{invalid, setting, Result};
 use serde::{Deserialize, Serialize};
 
 /// Architecture of a probabilistic ensemble. Stored in checkpoint metadata.
@@ -83,78 +83,55 @@ impl ModelConfig {
         /// indices the CUDA and WGSL kernels use, and Adam's state (3× this) still fits a
         /// large GPU.
         const MAX_PARAMS: usize = 1 << 31;
-        for (field, value, max) in [
+        let caps = [
             ("obs_dim", self.obs_dim, MAX_DIM),
             ("act_dim", self.act_dim, MAX_DIM),
             ("ensemble_size", self.ensemble_size, MAX_ENSEMBLE),
             ("hidden", self.hidden, MAX_HIDDEN),
             ("num_layers", self.num_layers, MAX_LAYERS),
-        ] {
-            if value > max {
-                return Err(invalid!("{field} is {value}; at most {max} is supported"));
-            }
-        }
-        if self.obs_dim == 0 || self.act_dim == 0 {
-            return Err(invalid!(
-                "observation and action dimensions must be at least 1"
+        ];
+        let over_cap = caps.iter().find(|(_, value, max)| value > max);
+        // The count of `EnsembleShape::layout` in u128, which no usize config overflows.
+        let total = crate::limits::model_params(self);
+        if total > MAX_PARAMS as u128 {
+            // Blame the field over its cap, else the width (or, for tiny widths, the size).
+            let (field, value) = match over_cap {
+                Some((f, v, _)) => (*f, *v),
+                None if self.hidden as u128 * self.hidden as u128 >= self.ensemble_size as u128 => {
+                    ("hidden", self.hidden)
+                }
+                None => ("ensemble_size", self.ensemble_size),
+            };
+            return Err(setting!(
+                field,
+                "{value} is too large: the ensemble would hold {total} parameters ({} of f32); \
+                 at most {MAX_PARAMS} (8 GiB) are supported",
+                crate::limits::fmt_bytes(total.saturating_mul(4))
             ));
         }
-        if self.ensemble_size == 0 {
-            return Err(invalid!("the ensemble needs at least one member"));
+        if let Some((field, value, max)) = over_cap {
+            return Err(setting!(*field, "is {value}; at most {max} is supported"));
         }
-        if self.hidden == 0 {
-            return Err(invalid!("hidden width must be at least 1"));
+        for (field, value) in [
+            ("obs_dim", self.obs_dim),
+            ("act_dim", self.act_dim),
+            ("ensemble_size", self.ensemble_size),
+            ("hidden", self.hidden),
+        ] {
+            if value == 0 {
+                return Err(setting!(field, "must be at least 1"));
+            }
         }
         if self.num_elites == 0 || self.num_elites > self.ensemble_size {
-            return Err(invalid!(
-                "num_elites must be in 1..={} (the ensemble size), got {}",
-                self.ensemble_size,
-                self.num_elites
+            return Err(setting!(
+                "num_elites",
+                "is {}; it must be between 1 and the ensemble size ({})",
+                self.num_elites,
+                self.ensemble_size
             ));
         }
-        // The parameter count of `EnsembleShape::layout` (W_l [E, in_l, out_l] and b_l
-        // [E, out_l] per layer, head last, then max/min_logvar [out_dim] when
-        // probabilistic), in checked arithmetic so that no config can overflow it.
-        let count = || -> Option<usize> {
-            let e = self.ensemble_size;
-            let in_dim = self.obs_dim.checked_add(self.act_dim)?;
-            let out_dim = self.obs_dim.checked_add(usize::from(self.learn_reward))?;
-            let head = if self.probabilistic {
-                out_dim.checked_mul(2)?
-            } else {
-                out_dim
-            };
-            let layer = |fan_in: usize, fan_out: usize| -> Option<usize> {
-                e.checked_mul(fan_in.checked_add(1)?)?.checked_mul(fan_out)
-            };
-            let h = self.hidden;
-            let mut total = if self.num_layers == 0 {
-                layer(in_dim, head)?
-            } else {
-                let inner = layer(h, h)?.checked_mul(self.num_layers - 1)?;
-                layer(in_dim, h)?
-                    .checked_add(inner)?
-                    .checked_add(layer(h, head)?)?
-            };
-            if self.probabilistic {
-                total = total.checked_add(out_dim.checked_mul(2)?)?;
-            }
-            Some(total)
-        };
-        match count() {
-            Some(total) if total <= MAX_PARAMS => {
-                debug_assert_eq!(total, self.shape().layout().total);
-                Ok(())
-            }
-            Some(total) => Err(invalid!(
-                "the ensemble would hold {total} parameters ({:.1} GiB of f32); at most \
-                 {MAX_PARAMS} (8 GiB) are supported",
-                total as f64 * 4.0 / (1u64 << 30) as f64
-            )),
-            None => Err(invalid!(
-                "the ensemble's parameter count overflows this machine's usize"
-            )),
-        }
+        debug_assert_eq!(total, self.shape().layout().total as u128);
+        Ok(())
     }
 }
 

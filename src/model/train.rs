@@ -4,12 +4,13 @@
 use super::{Ensemble, Transitions};
 use crate::backend::{AdamParams, Backend, LossConfig};
 use crate::rng::{stream, Philox};
-use crate::{invalid, Error, Result};
+use crate::{invalid, setting, Error, Result};
 use serde::{Deserialize, Serialize};
 use std::time::Instant;
 
 /// Training hyper-parameters (defaults: mbrl-lib 0.2.0 `pets_cartpole`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct TrainConfig {
     /// Maximum passes over the training set.
     pub epochs: usize,
@@ -57,24 +58,47 @@ impl Default for TrainConfig {
 }
 
 impl TrainConfig {
+    /// Errors are [`crate::Error::Setting`]s keyed by field (`batch_size`).
     pub fn validate(&self) -> Result<()> {
         if self.batch_size == 0 {
-            return Err(invalid!("batch size must be at least 1"));
+            return Err(setting!("batch_size", "must be at least 1"));
         }
         if !(self.lr.is_finite() && self.lr > 0.0) {
-            return Err(invalid!(
-                "learning rate must be a positive number, got {}",
-                self.lr
-            ));
+            return Err(setting!("lr", "must be a positive number, got {}", self.lr));
         }
         if !(0.0..1.0).contains(&self.holdout_ratio) {
-            return Err(invalid!(
-                "holdout ratio must be in [0, 1), got {}",
+            return Err(setting!(
+                "holdout_ratio",
+                "must be in [0, 1), got {}",
                 self.holdout_ratio
             ));
         }
         if self.weight_decay.iter().any(|w| !w.is_finite() || *w < 0.0) {
-            return Err(invalid!("weight decay must be finite and non-negative"));
+            return Err(setting!(
+                "weight_decay",
+                "must be finite and non-negative, got {:?}",
+                self.weight_decay
+            ));
+        }
+        if !(self.logvar_penalty.is_finite() && self.logvar_penalty >= 0.0) {
+            return Err(setting!(
+                "logvar_penalty",
+                "must be finite and non-negative, got {}",
+                self.logvar_penalty
+            ));
+        }
+        if !self.improvement_threshold.is_finite() {
+            return Err(setting!(
+                "improvement_threshold",
+                "must be finite, got {}",
+                self.improvement_threshold
+            ));
+        }
+        if self.epochs == 0 && self.min_steps == 0 {
+            return Err(setting!(
+                "epochs",
+                "must be at least 1 (0 epochs would leave the model untrained)"
+            ));
         }
         Ok(())
     }
@@ -105,12 +129,17 @@ pub struct EpochReport {
     pub train_loss: f64,
     /// Per-member MSE of the predicted mean on the holdout set (training set if none).
     pub eval_mse: Vec<f64>,
+    /// Whether `eval_mse` was measured on held-out rows (false: on training rows, because
+    /// the holdout ratio is 0 or the data too small to hold any row out).
+    pub on_holdout: bool,
     pub seconds: f64,
 }
 
 #[derive(Clone, Debug, Serialize)]
 pub struct TrainReport {
     pub epochs_run: usize,
+    /// Rows held out for early stopping and elite ranking (0: ranked on training rows).
+    pub holdout_rows: usize,
     pub best_eval_mse: Vec<f64>,
     pub elites: Vec<usize>,
     pub history: Vec<EpochReport>,
@@ -126,6 +155,15 @@ fn split_holdout(n: usize, ratio: f32, seed: u64) -> (Vec<usize>, Vec<usize>) {
     Philox::new(seed, stream::HOLDOUT, 0).shuffle(&mut idx);
     let hold = idx.split_off(n - n_hold);
     (idx, hold)
+}
+
+/// Where a diverged training left the parameters (epochs counted from 1, as printed).
+fn restored(epoch: usize) -> String {
+    if epoch == 0 {
+        "their values before training".into()
+    } else {
+        format!("the end of epoch {epoch}")
+    }
 }
 
 /// Train `model` on `data`. Calls `on_epoch` after every epoch. On a non-finite loss the
@@ -169,6 +207,9 @@ pub fn train<B: Backend>(
     }
     let (train_idx, hold_idx) = split_holdout(n, cfg.holdout_ratio, cfg.seed);
     let hold_idx_empty = hold_idx.is_empty();
+    let n_hold = hold_idx.len();
+    // For the divergence message: the scale of what the model is asked to fit.
+    let max_target = ys.iter().fold(0.0f32, |m, v| m.max(v.abs()));
     let nt = train_idx.len();
     let train_x: Vec<f32> = train_idx
         .iter()
@@ -296,9 +337,13 @@ pub fn train<B: Backend>(
             if l.iter().any(|v| !v.is_finite()) {
                 model.params.copy_from_slice(&last_good);
                 return Err(Error::Diverged(format!(
-                    "non-finite loss {l:?} at epoch {epoch}; parameters restored to the end of \
-                     epoch {}",
-                    epoch as i64 - 1
+                    "non-finite loss at epoch {} (minibatch {}); likely causes: a learning \
+                     rate ({}) too large for this data, or targets of extreme magnitude \
+                     (largest |target| {max_target:e}); the parameters were restored to {}",
+                    epoch + 1,
+                    batches + 1,
+                    cfg.lr,
+                    restored(epoch)
                 )));
             }
             loss_sum += l.iter().map(|v| *v as f64).sum::<f64>() / e as f64;
@@ -325,7 +370,12 @@ pub fn train<B: Backend>(
         if current.iter().any(|v| !v.is_finite()) {
             model.params.copy_from_slice(&last_good);
             return Err(Error::Diverged(format!(
-                "non-finite parameters after epoch {epoch}; restored the previous epoch's"
+                "non-finite parameters after epoch {}; likely causes: a learning rate ({}) \
+                 too large for this data, or targets of extreme magnitude (largest |target| \
+                 {max_target:e}); the parameters were restored to {}",
+                epoch + 1,
+                cfg.lr,
+                restored(epoch)
             )));
         }
         last_good.copy_from_slice(&current);
@@ -354,6 +404,7 @@ pub fn train<B: Backend>(
             epoch,
             train_loss: loss_sum / batches.max(1) as f64,
             eval_mse: mse,
+            on_holdout: !hold_idx_empty,
             seconds: t0.elapsed().as_secs_f64(),
         };
         on_epoch(&rep);
@@ -373,6 +424,7 @@ pub fn train<B: Backend>(
     model.elites = ranked[..mc.num_elites].to_vec();
     Ok(TrainReport {
         epochs_run: history.len(),
+        holdout_rows: n_hold,
         best_eval_mse: best,
         elites: model.elites.clone(),
         history,

@@ -12,7 +12,7 @@ pub use mpc::Mpc;
 use crate::backend::{Backend, InitParams, Propagation, RolloutParams, SampleParams, UpdateParams};
 use crate::backend::{EnsembleShape, MAX_ELITES};
 use crate::model::Ensemble;
-use crate::{invalid, Result};
+use crate::{invalid, setting, Result};
 use serde::{Deserialize, Serialize};
 
 /// Which shooting method.
@@ -27,7 +27,9 @@ pub enum Optimizer {
 
 /// Planner settings (defaults: mbrl-lib 0.2.0 `pets_cartpole`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PlannerConfig {
+    /// cem or random-shooting.
     pub optimizer: Optimizer,
     /// Planning horizon H (steps).
     pub horizon: usize,
@@ -59,30 +61,36 @@ impl PlannerConfig {
         }
     }
 
+    /// Errors are [`crate::Error::Setting`]s keyed by field (`num_elites`).
     pub fn validate(&self) -> Result<()> {
         if self.horizon == 0 {
-            return Err(invalid!("planning horizon must be at least 1"));
+            return Err(setting!("horizon", "must be at least 1"));
         }
         if self.population == 0 {
-            return Err(invalid!("population must be at least 1"));
+            return Err(setting!("population", "must be at least 1"));
         }
         if self.optimizer == Optimizer::Cem {
             if self.num_elites == 0 || self.num_elites > self.population {
-                return Err(invalid!(
-                    "elite count {} must be between 1 and the population {}",
+                return Err(setting!(
+                    "num_elites",
+                    "is {}; it must be between 1 and the population ({})",
                     self.num_elites,
                     self.population
                 ));
             }
             if self.iterations == 0 {
-                return Err(invalid!("CEM needs at least one iteration"));
+                return Err(setting!("iterations", "must be at least 1 for CEM"));
             }
         }
         if !(0.0..=1.0).contains(&self.alpha) {
-            return Err(invalid!("alpha must be in [0, 1], got {}", self.alpha));
+            return Err(setting!("alpha", "must be in [0, 1], got {}", self.alpha));
         }
         if !(self.min_var.is_finite() && self.min_var >= 0.0) {
-            return Err(invalid!("minimum variance must be finite and ≥ 0"));
+            return Err(setting!(
+                "min_var",
+                "must be finite and ≥ 0, got {}",
+                self.min_var
+            ));
         }
         Ok(())
     }
