@@ -9,16 +9,17 @@
 //! ```
 use crate::backend::{Activation, Backend, Propagation};
 use crate::env::{Env, EnvId, NativeEnv};
+use crate::io::run::{RunDir, MANIFEST, STATE_DIR};
 use crate::model::{train::train, Ensemble, ModelConfig, TrainConfig, Transitions};
 use crate::plan::{mpc::latency_stats, Mpc, PlannerConfig, TsConfig};
 use crate::rng::{stream, uniform};
-use crate::{invalid, io, Result};
+use crate::{invalid, io, setting, Result};
 use serde::{Deserialize, Serialize};
-use std::path::Path;
 use std::time::Instant;
 
 /// Everything a PETS run needs; written to `config.toml` in the run directory.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PetsConfig {
     /// Environment name (`mbrl-gpu envs` lists them).
     pub env: String,
@@ -28,11 +29,17 @@ pub struct PetsConfig {
     pub trials: usize,
     /// Steps per trial (the environment's episode length by default).
     pub trial_length: usize,
+    /// Seed of the model initialisation, training, planning and environment resets.
     pub seed: u64,
+    /// The probabilistic ensemble.
     pub model: ModelConfig,
+    /// How the ensemble is trained before every trial.
     pub train: TrainConfig,
+    /// The CEM / random-shooting planner.
     pub planner: PlannerConfig,
+    /// Trajectory-sampling particles per candidate.
     pub particles: usize,
+    /// How particles move through the ensemble (ts1, tsinf, expectation).
     pub propagation: Propagation,
     /// Retrain the model every this many environment steps within a trial as well as at its
     /// start (mbrl-lib's `freq_train_model`); 0 trains once per trial.
@@ -135,12 +142,14 @@ impl PetsConfig {
         Ok(EnvId::parse(&self.env)?)
     }
 
+    /// Errors about a setting are [`crate::Error::Setting`]s keyed by its dotted name.
     pub fn validate(&self) -> Result<()> {
         let env = self.env_id()?;
         let spec = env.spec();
         if self.model.obs_dim != spec.obs_dim || self.model.act_dim != spec.act_dim {
-            return Err(invalid!(
-                "model dimensions ({}, {}) do not match {} ({}, {})",
+            return Err(setting!(
+                "model.obs_dim/act_dim",
+                "are ({}, {}), but {} has observation dimension {} and action dimension {}",
                 self.model.obs_dim,
                 self.model.act_dim,
                 env.name(),
@@ -148,28 +157,49 @@ impl PetsConfig {
                 spec.act_dim
             ));
         }
+        if self.trials == 0 {
+            return Err(setting!(
+                "trials",
+                "must be at least 1 (trial 0, the random one, always runs first)"
+            ));
+        }
         if self.trial_length == 0 {
-            return Err(invalid!("trial length must be at least 1"));
+            return Err(setting!("trial_length", "must be at least 1"));
         }
         if self.particles == 0 {
-            return Err(invalid!("particles must be at least 1"));
+            return Err(setting!("particles", "must be at least 1"));
         }
-        self.model.validate()?;
-        self.train.validate()?;
-        self.planner.validate()
+        self.model.validate().map_err(|e| e.in_section("model"))?;
+        self.train.validate().map_err(|e| e.in_section("train"))?;
+        self.planner
+            .validate()
+            .map_err(|e| e.in_section("planner"))?;
+        crate::limits::check_model(&self.model, self.train.batch_size)?;
+        crate::limits::check_planning(
+            Some(&self.model),
+            &self.planner,
+            spec.act_dim,
+            spec.obs_dim,
+            self.particles,
+        )
     }
 }
 
-/// One row of `metrics.csv`.
-#[derive(Clone, Debug, Serialize)]
+/// One trial's results: the learning columns go to `metrics.csv` (a function of the
+/// configuration and seed alone, so a resumed run writes the same file as an uninterrupted
+/// one), the wall-clock columns to `timings.csv`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct TrialReport {
     /// 0 is the random-action trial.
     pub trial: usize,
     /// Environment steps taken so far, this trial included.
     pub env_steps: usize,
-    #[serde(rename = "return")]
+    #[serde(rename = "return", with = "nan_as_null")]
     pub ret: f64,
     pub steps: usize,
+    /// NaN for the random trial, which trains nothing.
+    #[serde(with = "nan_as_null")]
     pub train_loss: f64,
     pub train_seconds: f64,
     pub plan_ms_median: f64,
@@ -177,38 +207,78 @@ pub struct TrialReport {
     pub seconds: f64,
 }
 
+/// JSON has no NaN: a non-finite number is stored as `null` and read back as NaN.
+mod nan_as_null {
+    use serde::{Deserialize, Deserializer, Serializer};
+    pub fn serialize<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+        if v.is_finite() {
+            s.serialize_some(v)
+        } else {
+            s.serialize_none()
+        }
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
+    }
+}
+
 /// Progress callbacks for a front end.
 pub enum Event<'a> {
-    TrialStart { trial: usize, steps: usize },
-    Step { trial: usize, step: usize },
+    /// The run continues from a checkpoint holding `trials` finished trials.
+    Resumed {
+        trials: usize,
+        transitions: usize,
+    },
+    TrialStart {
+        trial: usize,
+        steps: usize,
+    },
+    Step {
+        trial: usize,
+        step: usize,
+    },
     TrialEnd(&'a TrialReport),
 }
 
-/// Run PETS; writes `config.toml`, `metrics.csv`, `model.safetensors` and
-/// `learning_curve.svg` into `out` (if given) after every trial, each file atomically.
+/// Run PETS. With a run directory, every finished trial is checkpointed there (see
+/// [`crate::io::run`]): `model.safetensors`, `transitions.safetensors`, `metrics.csv`,
+/// `timings.csv` and `learning_curve.svg`; and a directory that already holds a checkpoint
+/// is continued from it, ending exactly as an uninterrupted run would (same backend).
 pub fn run<B: Backend>(
     backend: &B,
     cfg: &PetsConfig,
-    out: Option<&Path>,
+    out: Option<&RunDir>,
     mut progress: impl FnMut(Event),
 ) -> Result<(Ensemble, Vec<TrialReport>)> {
     cfg.validate()?;
     let env_id = cfg.env_id()?;
     let spec = env_id.spec();
-    if let Some(dir) = out {
-        std::fs::create_dir_all(dir).map_err(|e| crate::Error::io(dir, e))?;
-        let text = toml::to_string(cfg).map_err(|e| invalid!("config to TOML: {e}"))?;
-        io::atomic_write(&dir.join("config.toml"), text.as_bytes())?;
-    }
     let mut env = NativeEnv::new(env_id, 1);
-    let mut data = Transitions::new(spec.obs_dim, spec.act_dim);
-    let mut model = Ensemble::new(cfg.model.clone(), cfg.seed)?;
-    let mut reports: Vec<TrialReport> = vec![];
+    let resumed = match out {
+        Some(dir) => load_checkpoint(dir, cfg)?,
+        None => None,
+    };
+    let (mut model, mut data, mut reports) = match resumed {
+        Some(s) => s,
+        None => (
+            Ensemble::new(cfg.model.clone(), cfg.seed)?,
+            Transitions::new(spec.obs_dim, spec.act_dim),
+            vec![],
+        ),
+    };
+    if let (Some(dir), false) = (out, reports.is_empty()) {
+        // Views a kill may have left behind the checkpoint are rebuilt from it.
+        write_views(dir, &reports, &model)?;
+        progress(Event::Resumed {
+            trials: reports.len(),
+            transitions: data.len(),
+        });
+    }
     let ts = TsConfig {
         particles: cfg.particles,
         propagation: cfg.propagation,
     };
-    for trial in 0..=cfg.trials {
+    for trial in reports.len()..=cfg.trials {
         let t0 = Instant::now();
         progress(Event::TrialStart {
             trial,
@@ -314,31 +384,130 @@ pub fn run<B: Backend>(
         progress(Event::TrialEnd(&rep));
         reports.push(rep);
         if let Some(dir) = out {
-            write_outputs(dir, &reports, if trial > 0 { Some(&model) } else { None })?;
+            commit(dir, cfg, &model, &data, &reports)?;
         }
     }
     Ok((model, reports))
 }
 
-fn write_outputs(dir: &Path, reports: &[TrialReport], model: Option<&Ensemble>) -> Result<()> {
-    let mut csv = String::from(
-        "trial,env_steps,return,steps,train_loss,train_seconds,plan_ms_median,plan_ms_p99,seconds\n",
-    );
-    for r in reports {
-        csv.push_str(&format!(
-            "{},{},{},{},{},{:.3},{:.3},{:.3},{:.3}\n",
-            r.trial,
-            r.env_steps,
-            r.ret,
-            r.steps,
-            r.train_loss,
-            r.train_seconds,
-            r.plan_ms_median,
-            r.plan_ms_p99,
-            r.seconds
+/// `checkpoint.json`: what a resumed run needs, and the commit point of a checkpoint.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Manifest {
+    format: String,
+    /// The configuration the run was started with (`trials` may grow on resume).
+    config: PetsConfig,
+    /// State files, relative to the run directory.
+    model: String,
+    transitions: String,
+    /// Every finished trial, in order.
+    reports: Vec<TrialReport>,
+}
+
+const MANIFEST_FORMAT: &str = "mbrl-gpu/pets-run/1";
+
+/// Write trial `reports.len() − 1`'s state under names of its own, then commit it by
+/// replacing the manifest, then the views; finally drop the previous state.
+fn commit(
+    dir: &RunDir,
+    cfg: &PetsConfig,
+    model: &Ensemble,
+    data: &Transitions,
+    reports: &[TrialReport],
+) -> Result<()> {
+    let k = reports.len() - 1;
+    let model_name = format!("{STATE_DIR}/model-{k:04}.safetensors");
+    let data_name = format!("{STATE_DIR}/transitions-{k:04}.safetensors");
+    dir.write(&model_name, &io::checkpoint::to_bytes(model)?)?;
+    dir.write(&data_name, &io::transitions::to_bytes(data)?)?;
+    let manifest = Manifest {
+        format: MANIFEST_FORMAT.into(),
+        config: cfg.clone(),
+        model: model_name.clone(),
+        transitions: data_name.clone(),
+        reports: reports.to_vec(),
+    };
+    let json = serde_json::to_vec_pretty(&manifest).map_err(|e| invalid!("manifest: {e}"))?;
+    dir.write(MANIFEST, &json)?;
+    write_views(dir, reports, model)?;
+    dir.prune_state(&[&model_name, &data_name])
+}
+
+/// The run's last checkpoint, checked against `cfg`; None when none was committed yet.
+fn load_checkpoint(
+    dir: &RunDir,
+    cfg: &PetsConfig,
+) -> Result<Option<(Ensemble, Transitions, Vec<TrialReport>)>> {
+    let Some(bytes) = dir.read(MANIFEST)? else {
+        dir.prune_state(&[])?;
+        return Ok(None);
+    };
+    let path = dir.path().join(MANIFEST);
+    let bad = |msg: String| invalid!("{}: {msg}", path.display());
+    let m: Manifest = serde_json::from_slice(&bytes)
+        .map_err(|e| bad(format!("not a PETS checkpoint manifest ({e})")))?;
+    if m.format != MANIFEST_FORMAT {
+        return Err(bad(format!(
+            "format {:?}, expected {MANIFEST_FORMAT:?}",
+            m.format
+        )));
+    }
+    let mut started = m.config.clone();
+    started.trials = cfg.trials;
+    if &started != cfg {
+        let diff = io::config::differences(&started, cfg)?;
+        return Err(bad(format!(
+            "the run was started with other settings ({}); resume it with its own config.toml",
+            diff.join(", ")
+        )));
+    }
+    let in_dir = |name: &str| -> Result<std::path::PathBuf> {
+        // Only names of the form the writer uses: a crafted manifest cannot point elsewhere.
+        let ok = name.starts_with(&format!("{STATE_DIR}/"))
+            && !name[STATE_DIR.len() + 1..].contains(['/', '\\'])
+            && !name.contains("..");
+        if !ok {
+            return Err(bad(format!("state file {name:?} is outside {STATE_DIR}/")));
+        }
+        Ok(dir.path().join(name))
+    };
+    let model = io::checkpoint::load(&in_dir(&m.model)?)?;
+    let data = io::transitions::load(&in_dir(&m.transitions)?)?;
+    let r = &m.reports;
+    let consistent = !r.is_empty()
+        && r.iter().enumerate().all(|(i, t)| t.trial == i)
+        && r.last().is_some_and(|t| t.env_steps == data.len())
+        && model.config == cfg.model
+        && (data.obs_dim, data.act_dim) == (cfg.model.obs_dim, cfg.model.act_dim);
+    if !consistent {
+        return Err(bad(
+            "the checkpoint's model, transitions and trial list do not agree".into(),
         ));
     }
-    io::atomic_write(&dir.join("metrics.csv"), csv.as_bytes())?;
+    dir.prune_state(&[&m.model, &m.transitions])?;
+    Ok(Some((model, data, m.reports)))
+}
+
+/// The files a user reads, rewritten from the state: the model first, so the metrics never
+/// report a trial whose model is not on disk yet.
+fn write_views(dir: &RunDir, reports: &[TrialReport], model: &Ensemble) -> Result<()> {
+    if reports.len() > 1 {
+        dir.write("model.safetensors", &io::checkpoint::to_bytes(model)?)?;
+    }
+    let mut csv = String::from("trial,env_steps,return,steps,train_loss\n");
+    let mut times = String::from("trial,train_seconds,plan_ms_median,plan_ms_p99,seconds\n");
+    for r in reports {
+        csv.push_str(&format!(
+            "{},{},{},{},{}\n",
+            r.trial, r.env_steps, r.ret, r.steps, r.train_loss
+        ));
+        times.push_str(&format!(
+            "{},{:.3},{:.3},{:.3},{:.3}\n",
+            r.trial, r.train_seconds, r.plan_ms_median, r.plan_ms_p99, r.seconds
+        ));
+    }
+    dir.write("metrics.csv", csv.as_bytes())?;
+    dir.write("timings.csv", times.as_bytes())?;
     let points: Vec<(f64, f64)> = reports
         .iter()
         .map(|r| (r.env_steps as f64, r.ret))
@@ -349,9 +518,5 @@ fn write_outputs(dir: &Path, reports: &[TrialReport], model: Option<&Ensemble>) 
         "return",
         &points,
     );
-    io::atomic_write(&dir.join("learning_curve.svg"), svg.as_bytes())?;
-    if let Some(m) = model {
-        io::checkpoint::save(m, &dir.join("model.safetensors"))?;
-    }
-    Ok(())
+    dir.write("learning_curve.svg", svg.as_bytes())
 }

@@ -1,8 +1,11 @@
 //! Files: safetensors checkpoints, transition CSVs, atomic writes.
 pub mod checkpoint;
+pub mod config;
 pub mod csv;
 pub mod json;
 pub mod plot;
+pub mod run;
+pub mod transitions;
 
 use crate::{Error, Result};
 use std::io::Write;
@@ -33,4 +36,36 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
         return Err(Error::io(path, e));
     }
     Ok(())
+}
+
+/// The same safetensors file with its JSON header's keys sorted. `safetensors` keeps the
+/// metadata in a `HashMap`, whose order changes from process to process; sorted, a file's
+/// bytes depend only on its content, so a resumed run's files equal an uninterrupted run's
+/// and checksums mean something. The header keeps its length (same keys, same values), so
+/// the data offsets stay valid. Bytes that do not parse are returned unchanged.
+pub fn canonical_safetensors(mut bytes: Vec<u8>) -> Vec<u8> {
+    let Some(len) = bytes
+        .get(..8)
+        .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")) as usize)
+    else {
+        return bytes;
+    };
+    let Some(header) = bytes.get(8..8usize.saturating_add(len)) else {
+        return bytes;
+    };
+    let Ok(serde_json::Value::Object(mut map)) = serde_json::from_slice(header) else {
+        return bytes;
+    };
+    map.sort_keys();
+    if let Some(serde_json::Value::Object(meta)) = map.get_mut("__metadata__") {
+        meta.sort_keys();
+    }
+    let mut text = serde_json::to_vec(&serde_json::Value::Object(map)).expect("JSON value");
+    if text.len() > len {
+        return bytes;
+    }
+    // safetensors pads the header with spaces to an 8-byte boundary.
+    text.resize(len, b' ');
+    bytes[8..8 + len].copy_from_slice(&text);
+    bytes
 }
