@@ -5,11 +5,27 @@ use mbrl_gpu::algo::pets::{self, PetsConfig};
 use mbrl_gpu::backend::{self, Activation, AnyBackend, Backend, BackendChoice, Propagation};
 use mbrl_gpu::bench::BenchResult;
 use mbrl_gpu::env::{Env, EnvId, NativeEnv};
+use mbrl_gpu::io::run::{Mode, RunDir};
 use mbrl_gpu::model::{train, Ensemble, ModelConfig, TrainConfig};
 use mbrl_gpu::plan::{mpc::latency_stats, Mpc, Optimizer, PlannerConfig, TsConfig};
-use mbrl_gpu::{invalid, io, with_backend, Result};
-use std::path::PathBuf;
+use mbrl_gpu::{invalid, io, with_backend, Error, Result};
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+
+/// A line on stdout; a closed stdout or a full disk is an error the user sees, not a panic.
+macro_rules! out {
+    ($($t:tt)*) => {
+        writeln!(std::io::stdout().lock(), $($t)*).map_err(|e| Error::io("standard output", e))?
+    };
+}
+
+/// A line on stderr; nothing to do if stderr itself is gone.
+macro_rules! note {
+    ($($t:tt)*) => {{
+        let _ = writeln!(std::io::stderr().lock(), $($t)*);
+    }};
+}
 
 #[derive(Parser)]
 #[command(
@@ -65,22 +81,50 @@ struct ReplayArgs {
 
 #[derive(Args)]
 struct PetsArgs {
-    /// Environment name (see `mbrl-gpu envs`).
-    #[arg(long, default_value = "cartpole")]
-    env: String,
-    /// quick (minutes on a laptop CPU), cartpole (mbrl-lib pets_cartpole), pendulum.
-    #[arg(long, default_value = "quick")]
-    preset: String,
-    /// Trials after the random one (default: the preset's).
+    /// Environment name (see `mbrl-gpu envs`) [default: the --config file's, else cartpole].
+    #[arg(long)]
+    env: Option<String>,
+    /// Preset to start from: quick (minutes on a laptop CPU), cartpole (mbrl-lib
+    /// pets_cartpole), pendulum [default: the --config file's, else quick].
+    #[arg(long)]
+    preset: Option<String>,
+    /// Trials after the random one [default: the preset's]. With --resume, extends the run
+    /// to this many trials.
     #[arg(long)]
     trials: Option<usize>,
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
+    /// Seed of model initialisation, training, planning and environment resets [default: 0].
+    #[arg(long)]
+    seed: Option<u64>,
+    /// TOML settings applied over the preset, e.g. the config.toml a run wrote.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Change one setting, after the preset and --config: --set planner.horizon=30
+    /// --set model.hidden=256 (repeatable; --print-config shows every key).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    sets: Vec<String>,
+    /// Print the resolved configuration as TOML and exit.
+    #[arg(long)]
+    print_config: bool,
+    /// Backend to run on.
     #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
     backend: BackendChoice,
-    /// Run directory (config.toml, metrics.csv, model.safetensors, learning_curve.svg).
-    #[arg(long)]
+    /// Run directory (config.toml, metrics.csv, timings.csv, model.safetensors,
+    /// transitions.safetensors, learning_curve.svg, checkpoint.json) [default:
+    /// runs/pets-ENV-PRESET-sSEED]. An existing run there is never overwritten without
+    /// --force.
+    #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
+    /// Replace the run in --out if there is one (the files a run writes are removed first).
+    #[arg(long, conflicts_with = "resume")]
+    force: bool,
+    /// Continue the interrupted run in DIR from its last completed trial, with the settings
+    /// of its config.toml; the result equals an uninterrupted run on the same backend.
+    #[arg(
+        long,
+        value_name = "DIR",
+        conflicts_with_all = ["env", "preset", "seed", "config", "sets", "out"]
+    )]
+    resume: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -88,7 +132,7 @@ struct PlanArgs {
     /// Environment name (see `mbrl-gpu envs`).
     #[arg(long)]
     env: String,
-    /// Planning horizon.
+    /// Planning horizon (steps).
     #[arg(long, default_value_t = 30)]
     horizon: usize,
     /// Trained ensemble (from `pets --out` or `model fit`).
@@ -97,26 +141,34 @@ struct PlanArgs {
     /// Plan with the environment's own dynamics instead of a model.
     #[arg(long)]
     true_dynamics: bool,
+    /// Episodes to run.
     #[arg(long, default_value_t = 1)]
     episodes: usize,
     /// Steps per episode at most (default: the environment's episode length).
     #[arg(long)]
     steps: Option<usize>,
+    /// Candidate action sequences per CEM iteration.
     #[arg(long, default_value_t = 350)]
     population: usize,
     /// Elites per CEM iteration (default: 10 % of the population).
     #[arg(long)]
     elites: Option<usize>,
-    #[arg(long, default_value_t = 20)]
-    particles: usize,
+    /// Trajectory-sampling particles per candidate (model planning only) [default: 20].
+    #[arg(long, conflicts_with = "true_dynamics")]
+    particles: Option<usize>,
+    /// CEM iterations per action.
     #[arg(long, default_value_t = 5)]
     iterations: usize,
-    #[arg(long, value_enum, default_value_t = Propagation::Ts1)]
-    propagation: Propagation,
+    /// How particles move through the ensemble (model planning only) [default: ts1].
+    #[arg(long, value_enum, conflicts_with = "true_dynamics")]
+    propagation: Option<Propagation>,
+    /// Shooting method.
     #[arg(long, value_enum, default_value_t = Optimizer::Cem)]
     optimizer: Optimizer,
+    /// Seed of the planner's sampling and of the episodes' resets.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Backend to run on.
     #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
     backend: BackendChoice,
     /// One JSON object with returns, median_ms, p99_ms.
@@ -138,9 +190,13 @@ struct FitArgs {
     /// Transition CSV: header obs_0..obs_{n-1}, act_0..act_{m-1}, next_obs_0..next_obs_{n-1}[, reward].
     #[arg(long)]
     data: PathBuf,
-    /// Output checkpoint (safetensors; written atomically).
+    /// Output checkpoint (safetensors; written atomically). An existing file is replaced
+    /// only with --force, and never the --data file.
     #[arg(long)]
     out: PathBuf,
+    /// Replace --out if it exists.
+    #[arg(long)]
+    force: bool,
     /// Ensemble members.
     #[arg(long, default_value_t = 7)]
     ensemble: usize,
@@ -162,7 +218,7 @@ struct FitArgs {
     /// Also predict the CSV's reward column.
     #[arg(long)]
     learn_reward: bool,
-    /// Maximum epochs.
+    /// Maximum epochs (at least 1).
     #[arg(long, default_value_t = 50)]
     epochs: usize,
     /// Rows per member per minibatch.
@@ -237,7 +293,7 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
+            note!("error: {e}");
             ExitCode::FAILURE
         }
     }
@@ -252,44 +308,36 @@ fn run(cli: Cli) -> Result<()> {
                 } else {
                     "unavailable"
                 };
-                println!("{:<5} {:<11} {}", a.backend, mark, a.detail);
+                out!("{:<5} {:<11} {}", a.backend, mark, a.detail);
             }
             let (chosen, _) = backend::resolve(BackendChoice::Auto)?;
-            println!("--backend auto picks: {chosen}");
+            out!("--backend auto picks: {chosen}");
             Ok(())
         }
         Cmd::Model(ModelCmd::Fit(a)) => fit(a),
         Cmd::Model(ModelCmd::Predict(a)) => predict(a),
         Cmd::Bench(BenchCmd::Model(a)) => {
             if !a.json {
-                eprintln!("measuring (ensemble forward, training epoch; GEMM peak on the cpu)...");
+                note!("measuring (ensemble forward, training epoch; GEMM peak on the cpu)...");
             }
             let be = pick_backend(a.backend)?;
             let rs = with_backend!(&be, |b| mbrl_gpu::bench::model_benches(b, a.reps))?;
-            print_bench(&rs, a.json);
-            Ok(())
+            print_bench(&rs, a.json)
         }
         Cmd::Bench(BenchCmd::Plan(a)) => {
             if !a.json {
-                eprintln!("measuring (cart-pole and half-cheetah planning steps; GEMM peak on the cpu)...");
+                note!("measuring (cart-pole and half-cheetah planning steps; GEMM peak on the cpu)...");
             }
             let be = pick_backend(a.backend)?;
             let rs = with_backend!(&be, |b| mbrl_gpu::bench::plan_benches(b, a.reps))?;
-            print_bench(&rs, a.json);
-            Ok(())
+            print_bench(&rs, a.json)
         }
-        Cmd::Pets(a) => {
-            let be = pick_backend(a.backend)?;
-            with_backend!(&be, |b| run_pets(b, a))
-        }
-        Cmd::Plan(a) => {
-            let be = pick_backend(a.backend)?;
-            with_backend!(&be, |b| run_plan(b, a))
-        }
+        Cmd::Pets(a) => run_pets(a),
+        Cmd::Plan(a) => run_plan(a),
         Cmd::Envs => {
             for id in EnvId::ALL {
                 let s = id.spec();
-                println!(
+                out!(
                     "{:<13} obs {}  act {} in [{}, {}]  state {}  {} steps  {}",
                     s.name,
                     s.obs_dim,
@@ -311,7 +359,7 @@ fn run(cli: Cli) -> Result<()> {
 /// terminal, e.g. a CI log), where indicatif would drop it.
 fn say(pb: &ProgressBar, line: String) {
     if pb.is_hidden() {
-        eprintln!("{line}");
+        note!("{line}");
     } else {
         pb.println(line);
     }
@@ -322,10 +370,13 @@ fn fmt_vec(v: &[f32]) -> String {
     parts.join(",")
 }
 
-fn print_bench(rs: &[BenchResult], json: bool) {
+fn print_bench(rs: &[BenchResult], json: bool) -> Result<()> {
     for r in rs {
         if json {
-            println!("{}", serde_json::to_string(r).expect("json"));
+            out!(
+                "{}",
+                serde_json::to_string(r).map_err(|e| invalid!("JSON: {e}"))?
+            );
         } else {
             let peak = if r.peak_gflops > 0.0 {
                 format!(
@@ -336,28 +387,134 @@ fn print_bench(rs: &[BenchResult], json: bool) {
             } else {
                 "peak not measured on this backend".into()
             };
-            println!(
+            out!(
                 "{:<38} {:<5} median {:>9.3} ms  {:>7.1} GFLOP/s  {peak}  {}",
-                r.name, r.backend, r.median_ms, r.gflops, r.note
+                r.name,
+                r.backend,
+                r.median_ms,
+                r.gflops,
+                r.note
             );
         }
     }
+    Ok(())
 }
 
-fn run_pets<B: Backend>(be: &B, a: PetsArgs) -> Result<()> {
-    let env = EnvId::parse(&a.env)?;
-    let mut cfg = PetsConfig::preset(env, &a.preset)?;
-    cfg.seed = a.seed;
-    if let Some(t) = a.trials {
-        cfg.trials = t;
+/// The settings `pets` flags stand for, so errors name what the user typed.
+fn pets_flag(key: &str) -> Option<String> {
+    match key {
+        "trials" => Some("--trials".into()),
+        "seed" => Some("--seed".into()),
+        k => Some(format!("--set {k}")),
     }
-    let out = a.out.unwrap_or_else(|| {
-        PathBuf::from(format!("runs/pets-{}-{}-s{}", env.name(), a.preset, a.seed))
-    });
-    eprintln!(
+}
+
+/// A new run's configuration: the preset, then --config, then the flags, then --set.
+fn resolve_pets_config(a: &PetsArgs) -> Result<PetsConfig> {
+    use io::config::{self as conf, Origin};
+    let mut file = match &a.config {
+        Some(p) => conf::read_table(p)?,
+        None => Default::default(),
+    };
+    let sets = a
+        .sets
+        .iter()
+        .map(|s| conf::parse_set(s))
+        .collect::<Result<Vec<_>>>()?;
+    // The environment and preset pick the base the rest applies to, so they are resolved
+    // first: --set over the flag over the file.
+    let pick =
+        |key: &str, flag: &Option<String>, file: &mut toml::Table| -> Result<Option<String>> {
+            let from_file = match file.remove(key) {
+                Some(toml::Value::String(v)) => Some(v),
+                Some(v) => return Err(invalid!("--config: {key} = {v}: expected a string")),
+                None => None,
+            };
+            let from_set = sets
+                .iter()
+                .rev()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| match v {
+                    toml::Value::String(s) => s.clone(),
+                    v => v.to_string(),
+                });
+            Ok(from_set.or(flag.clone()).or(from_file))
+        };
+    let env_name = pick("env", &a.env, &mut file)?.unwrap_or_else(|| "cartpole".into());
+    let preset = pick("preset", &a.preset, &mut file)?.unwrap_or_else(|| "quick".into());
+    let env = EnvId::parse(&env_name)?;
+    let mut table = conf::to_table(&PetsConfig::preset(env, &preset)?)?;
+    if let Some(p) = &a.config {
+        conf::merge::<PetsConfig>(&mut table, &file, Origin::File(p))?;
+    }
+    if let Some(seed) = a.seed {
+        let seed =
+            i64::try_from(seed).map_err(|_| invalid!("--seed {seed}: at most {}", i64::MAX))?;
+        conf::set::<PetsConfig>(&mut table, "seed", toml::Value::Integer(seed))?;
+    }
+    if let Some(t) = a.trials {
+        let t = i64::try_from(t).map_err(|_| invalid!("--trials {t}: too large"))?;
+        conf::set::<PetsConfig>(&mut table, "trials", toml::Value::Integer(t))?;
+    }
+    for (k, v) in sets {
+        if k != "env" && k != "preset" {
+            conf::set::<PetsConfig>(&mut table, &k, v)?;
+        }
+    }
+    conf::from_table(table)
+}
+
+fn run_pets(a: PetsArgs) -> Result<()> {
+    let (cfg, dir) = match &a.resume {
+        Some(dir) => {
+            let path = dir.join(io::run::CONFIG);
+            let table = io::config::read_table(&path)
+                .map_err(|e| invalid!("--resume {}: {e}", dir.display()))?;
+            let mut cfg: PetsConfig = io::config::from_table(table)
+                .map_err(|e| invalid!("--resume: {}: {e}", path.display()))?;
+            if let Some(t) = a.trials {
+                cfg.trials = t;
+            }
+            (cfg, dir.clone())
+        }
+        None => {
+            let cfg = resolve_pets_config(&a)?;
+            let dir = a.out.clone().unwrap_or_else(|| {
+                PathBuf::from(format!(
+                    "runs/pets-{}-{}-s{}",
+                    cfg.env, cfg.preset, cfg.seed
+                ))
+            });
+            (cfg, dir)
+        }
+    };
+    cfg.validate().map_err(|e| e.rename_setting(pets_flag))?;
+    let text = io::config::to_toml(&cfg)?;
+    if a.print_config {
+        out!("{}", text.trim_end());
+        return Ok(());
+    }
+    let mode = match (&a.resume, a.force) {
+        (Some(_), _) => Mode::Resume,
+        (None, true) => Mode::Force,
+        (None, false) => Mode::New,
+    };
+    // Checked before any work: the directory is free (or resumable) and writable.
+    let run_dir = RunDir::open(&dir, mode, &text)?;
+    if mode == Mode::Resume {
+        // A grown --trials is remembered for the next resume.
+        run_dir.write(io::run::CONFIG, text.as_bytes())?;
+    }
+    let be = pick_backend(a.backend)?;
+    with_backend!(&be, |b| pets_on(b, &cfg, &run_dir))
+}
+
+fn pets_on<B: Backend>(be: &B, cfg: &PetsConfig, dir: &RunDir) -> Result<()> {
+    let out = dir.path();
+    note!(
         "PETS on {} (preset {}): {} trials of {} steps, {} members {}x{}, CEM {}x{} over {} steps, {} particles {:?}; writing {}",
-        env.name(),
-        a.preset,
+        cfg.env,
+        cfg.preset,
         cfg.trials,
         cfg.trial_length,
         cfg.model.ensemble_size,
@@ -375,7 +532,23 @@ fn run_pets<B: Backend>(be: &B, a: PetsArgs) -> Result<()> {
         ProgressStyle::with_template("trial {msg} {bar:30} {pos}/{len} steps [{elapsed}]")
             .expect("template"),
     );
-    let (_, reports) = pets::run(be, &cfg, Some(&out), |ev| match ev {
+    let (mut already_done, mut done) = (false, 0);
+    let (_, reports) = pets::run(be, cfg, Some(dir), |ev| match ev {
+        pets::Event::Resumed {
+            trials,
+            transitions,
+        } => {
+            already_done = trials > cfg.trials;
+            done = trials - 1;
+            say(
+                &pb,
+                format!(
+                    "resuming {} after trial {} ({transitions} transitions)",
+                    out.display(),
+                    trials - 1
+                ),
+            );
+        }
         pets::Event::TrialStart { trial, steps } => {
             pb.reset();
             pb.set_length(steps as u64);
@@ -394,25 +567,48 @@ fn run_pets<B: Backend>(be: &B, a: PetsArgs) -> Result<()> {
         }
     })?;
     pb.finish_and_clear();
+    if already_done {
+        note!(
+            "the run had already finished its {done} trials; pass --trials N (more than \
+             {done}) with --resume to extend it"
+        );
+    }
     let last = reports.last().map_or(f64::NAN, |r| r.ret);
     let best = reports
         .iter()
         .skip(1)
         .map(|r| r.ret)
         .fold(f64::NEG_INFINITY, f64::max);
-    println!(
+    out!(
         "final return {last:.2} (best MPC trial {best:.2}); run directory {}",
         out.display()
     );
     Ok(())
 }
 
-fn run_plan<B: Backend>(be: &B, a: PlanArgs) -> Result<()> {
+/// The settings `plan` flags stand for, so errors name the flag the user typed.
+fn plan_flag(key: &str) -> Option<String> {
+    let flag = match key {
+        "horizon" | "planner.horizon" => "--horizon",
+        "population" | "planner.population" => "--population",
+        "num_elites" | "planner.num_elites" => "--elites",
+        "iterations" | "planner.iterations" => "--iterations",
+        "particles" => "--particles",
+        "model.hidden" | "model.ensemble_size" => "--model",
+        _ => return None,
+    };
+    Some(flag.into())
+}
+
+fn run_plan(a: PlanArgs) -> Result<()> {
     let env = EnvId::parse(&a.env)?;
-    if a.particles == 0 {
-        return Err(invalid!("--particles must be at least 1"));
-    }
     let spec = env.spec();
+    if a.episodes == 0 {
+        return Err(invalid!("--episodes must be at least 1"));
+    }
+    if a.steps == Some(0) {
+        return Err(invalid!("--steps must be at least 1"));
+    }
     let cfg = PlannerConfig {
         optimizer: a.optimizer,
         horizon: a.horizon,
@@ -422,16 +618,57 @@ fn run_plan<B: Backend>(be: &B, a: PlanArgs) -> Result<()> {
         ..PlannerConfig::pets_cartpole()
     };
     let ts = TsConfig {
-        particles: a.particles,
-        propagation: a.propagation,
+        particles: a.particles.unwrap_or(20),
+        propagation: a.propagation.unwrap_or(Propagation::Ts1),
     };
-    let mut mpc = match (&a.model, a.true_dynamics) {
+    if ts.particles == 0 {
+        return Err(invalid!("--particles must be at least 1"));
+    }
+    cfg.validate().map_err(|e| e.rename_setting(plan_flag))?;
+    let model = match (&a.model, a.true_dynamics) {
         (Some(path), false) => {
             let model = io::checkpoint::load(path)?;
-            Mpc::with_model(be, &model, env, cfg, ts, a.seed)?
+            let (mo, ma) = (model.config.obs_dim, model.config.act_dim);
+            if (mo, ma) != (spec.obs_dim, spec.act_dim) {
+                return Err(Error::Shape(format!(
+                    "--model {} was trained on {mo} observation and {ma} action values, but \
+                     {} has {} and {}: it belongs to another environment",
+                    path.display(),
+                    env.name(),
+                    spec.obs_dim,
+                    spec.act_dim
+                )));
+            }
+            Some(model)
         }
-        (None, true) => Mpc::with_true_dynamics(be, env, cfg, a.seed)?,
+        (None, true) => None,
         _ => return Err(invalid!("give either --model PATH or --true-dynamics")),
+    };
+    let particles = if model.is_some() { ts.particles } else { 1 };
+    mbrl_gpu::limits::check_planning(
+        model.as_ref().map(|m| &m.config),
+        &cfg,
+        spec.act_dim,
+        spec.obs_dim.max(spec.state_dim),
+        particles,
+    )
+    .map_err(|e| e.rename_setting(plan_flag))?;
+    let be = pick_backend(a.backend)?;
+    with_backend!(&be, |b| plan_on(b, &a, env, cfg, ts, model.as_ref()))
+}
+
+fn plan_on<B: Backend>(
+    be: &B,
+    a: &PlanArgs,
+    env: EnvId,
+    cfg: PlannerConfig,
+    ts: TsConfig,
+    model: Option<&Ensemble>,
+) -> Result<()> {
+    let spec = env.spec();
+    let mut mpc = match model {
+        Some(m) => Mpc::with_model(be, m, env, cfg, ts, a.seed)?,
+        None => Mpc::with_true_dynamics(be, env, cfg, a.seed)?,
     };
     let steps = a.steps.unwrap_or(spec.max_episode_steps);
     let mut envs = NativeEnv::new(env, 1);
@@ -451,7 +688,7 @@ fn run_plan<B: Backend>(be: &B, a: PlanArgs) -> Result<()> {
             }
         }
         if !a.json {
-            eprintln!("episode {ep}: return {ret:.2}");
+            note!("episode {ep}: return {ret:.2}");
         }
         returns.push(ret);
     }
@@ -460,7 +697,7 @@ fn run_plan<B: Backend>(be: &B, a: PlanArgs) -> Result<()> {
     let evals =
         mpc.rows_per_action() as f64 * lat.len() as f64 / lat.iter().sum::<f64>().max(1e-12);
     if a.json {
-        println!(
+        out!(
             "{}",
             serde_json::json!({
                 "env": env.name(),
@@ -473,7 +710,7 @@ fn run_plan<B: Backend>(be: &B, a: PlanArgs) -> Result<()> {
             })
         );
     } else {
-        println!(
+        out!(
             "returns {:?}; per action median {med:.2} ms, p99 {p99:.2} ms; {evals:.3e} model evaluations/s",
             returns.iter().map(|r| (r * 100.0).round() / 100.0).collect::<Vec<_>>()
         );
@@ -481,23 +718,16 @@ fn run_plan<B: Backend>(be: &B, a: PlanArgs) -> Result<()> {
     Ok(())
 }
 
-#[derive(serde::Deserialize)]
-struct ReplayInput {
-    state: Vec<f64>,
-    actions: Vec<Vec<f32>>,
-}
-
 fn replay(a: ReplayArgs) -> Result<()> {
     let env = EnvId::parse(&a.env)?;
-    let text = std::fs::read_to_string(&a.input).map_err(|e| mbrl_gpu::Error::io(&a.input, e))?;
-    let inp: ReplayInput = serde_json::from_str(&text).map_err(|e| {
-        invalid!(
-            "{}: expected {{\"state\": [...], \"actions\": [[...], ...]}}: {e}",
-            a.input.display()
-        )
-    })?;
+    let text = io::json::read_text(&a.input)?;
+    let inp = io::json::parse_replay_input(&text)
+        .map_err(|e| invalid!("--input {}: {e}", a.input.display()))?;
     for step in mbrl_gpu::env::replay_f64(env, &inp.state, &inp.actions)? {
-        println!("{}", serde_json::to_string(&step).expect("json"));
+        out!(
+            "{}",
+            serde_json::to_string(&step).map_err(|e| invalid!("JSON: {e}"))?
+        );
     }
     Ok(())
 }
@@ -505,18 +735,84 @@ fn replay(a: ReplayArgs) -> Result<()> {
 fn pick_backend(choice: BackendChoice) -> Result<AnyBackend> {
     let (b, skipped) = AnyBackend::new(choice)?;
     for s in skipped {
-        eprintln!("backend: passed over {s}");
+        note!("backend: passed over {s}");
     }
-    eprintln!("backend: {}", b.name());
+    note!("backend: {}", b.name());
     Ok(b)
 }
 
-fn fit(a: FitArgs) -> Result<()> {
-    let be = pick_backend(a.backend)?;
-    with_backend!(&be, |b| fit_on(b, a))
+/// The settings `model fit` flags stand for, so errors name the flag the user typed.
+fn fit_flag(key: &str) -> Option<String> {
+    let key = key.strip_prefix("model.").unwrap_or(key);
+    let key = key.strip_prefix("train.").unwrap_or(key);
+    let flag = match key {
+        "hidden" => "--hidden",
+        "num_layers" => "--layers",
+        "ensemble_size" => "--ensemble",
+        "num_elites" => "--elites",
+        "batch_size" => "--batch-size",
+        "lr" => "--lr",
+        "epochs" => "--epochs",
+        "holdout_ratio" => "--holdout",
+        "weight_decay" => "--weight-decay",
+        "patience" => "--patience",
+        _ => return None,
+    };
+    Some(flag.into())
 }
 
-fn fit_on<B: Backend>(be: &B, a: FitArgs) -> Result<()> {
+/// Before any work: `--out` may be written (its directory exists and is writable), is not
+/// the data it is trained from, and replaces an existing file only with --force.
+fn check_fit_out(out: &Path, data: &Path, force: bool) -> Result<()> {
+    if let Ok(m) = std::fs::metadata(out) {
+        if m.is_dir() {
+            return Err(invalid!(
+                "--out {} is a directory; name a file",
+                out.display()
+            ));
+        }
+        let same = match (std::fs::canonicalize(out), std::fs::canonicalize(data)) {
+            (Ok(a), Ok(b)) => a == b,
+            _ => false,
+        };
+        if same {
+            return Err(invalid!(
+                "--out {} is the --data file; writing the model there would destroy the data",
+                out.display()
+            ));
+        }
+        if !force {
+            return Err(invalid!(
+                "--out {} already exists; pass --force to replace it",
+                out.display()
+            ));
+        }
+    }
+    let dir = match out.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    if !dir.is_dir() {
+        return Err(invalid!(
+            "--out {}: the directory {} does not exist",
+            out.display(),
+            dir.display()
+        ));
+    }
+    let probe = dir.join(format!(".mbrl-gpu-write-test.tmp-{}", std::process::id()));
+    std::fs::write(&probe, b"").map_err(|e| {
+        invalid!(
+            "--out {}: cannot write in {}: {e}",
+            out.display(),
+            dir.display()
+        )
+    })?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
+}
+
+fn fit(a: FitArgs) -> Result<()> {
+    check_fit_out(&a.out, &a.data, a.force)?;
     let data = io::csv::read(&a.data)?;
     let cfg = ModelConfig {
         obs_dim: data.obs_dim,
@@ -529,18 +825,33 @@ fn fit_on<B: Backend>(be: &B, a: FitArgs) -> Result<()> {
         learn_reward: a.learn_reward,
         num_elites: a.elites,
     };
-    let mut model = Ensemble::new(cfg, a.seed)?;
     let tc = TrainConfig {
         epochs: a.epochs,
         batch_size: a.batch_size,
         lr: a.lr,
-        weight_decay: a.weight_decay,
+        weight_decay: a.weight_decay.clone(),
         holdout_ratio: a.holdout,
         patience: a.patience,
         seed: a.seed,
         ..TrainConfig::default()
     };
-    eprintln!(
+    cfg.validate()
+        .and_then(|()| tc.validate())
+        .and_then(|()| mbrl_gpu::limits::check_model(&cfg, a.batch_size))
+        .map_err(|e| e.rename_setting(fit_flag))?;
+    let be = pick_backend(a.backend)?;
+    with_backend!(&be, |b| fit_on(b, &a, data, cfg, tc))
+}
+
+fn fit_on<B: Backend>(
+    be: &B,
+    a: &FitArgs,
+    data: mbrl_gpu::model::Transitions,
+    cfg: ModelConfig,
+    tc: TrainConfig,
+) -> Result<()> {
+    let mut model = Ensemble::new(cfg, a.seed)?;
+    note!(
         "fitting {} members ({}x{} {:?}) on {} transitions (obs {}, act {})",
         a.ensemble,
         a.layers,
@@ -555,14 +866,14 @@ fn fit_on<B: Backend>(be: &B, a: FitArgs) -> Result<()> {
         ProgressStyle::with_template("{bar:30} {pos}/{len} epochs {msg} [{elapsed}<{eta}]")
             .expect("template"),
     );
-    let which = if a.holdout > 0.0 { "holdout" } else { "train" };
     let report = train::train(be, &mut model, &data, &tc, |r| {
         let mean_mse = r.eval_mse.iter().sum::<f64>() / r.eval_mse.len().max(1) as f64;
+        let which = if r.on_holdout { "holdout" } else { "training" };
         if r.eval_mse.is_empty() {
             say(
                 &pb,
                 format!(
-                    "epoch {:>4}  train loss {:>10.5}",
+                    "epoch {:>4}  training loss {:>10.5}",
                     r.epoch + 1,
                     r.train_loss
                 ),
@@ -571,7 +882,7 @@ fn fit_on<B: Backend>(be: &B, a: FitArgs) -> Result<()> {
             say(
                 &pb,
                 format!(
-                    "epoch {:>4}  train loss {:>10.5}  {which} mse {:>10.6}",
+                    "epoch {:>4}  training loss {:>10.5}  {which} mse {:>10.6}",
                     r.epoch + 1,
                     r.train_loss,
                     mean_mse
@@ -583,8 +894,13 @@ fn fit_on<B: Backend>(be: &B, a: FitArgs) -> Result<()> {
     })?;
     pb.finish_and_clear();
     io::checkpoint::save(&model, &a.out)?;
-    eprintln!(
-        "{} epochs; {which} mse per member {:?}; elites {:?}; wrote {}",
+    let which = if report.holdout_rows > 0 {
+        format!("holdout ({} rows) mse", report.holdout_rows)
+    } else {
+        "no holdout set: training mse".to_string()
+    };
+    note!(
+        "{} epochs; {which} per member {:?}; elites {:?}; wrote {}",
         report.epochs_run,
         report
             .best_eval_mse
@@ -597,21 +913,11 @@ fn fit_on<B: Backend>(be: &B, a: FitArgs) -> Result<()> {
     Ok(())
 }
 
-#[derive(serde::Deserialize)]
-struct PredictInput {
-    obs: Vec<Vec<f32>>,
-    act: Vec<Vec<f32>>,
-}
-
 fn predict(a: PredictArgs) -> Result<()> {
     let model = io::checkpoint::load(&a.model)?;
-    let text = std::fs::read_to_string(&a.input).map_err(|e| mbrl_gpu::Error::io(&a.input, e))?;
-    let inp: PredictInput = serde_json::from_str(&text).map_err(|e| {
-        invalid!(
-            "{}: expected {{\"obs\": [[...]], \"act\": [[...]]}}: {e}",
-            a.input.display()
-        )
-    })?;
+    let text = io::json::read_text(&a.input)?;
+    let inp = io::json::parse_predict_input(&text)
+        .map_err(|e| invalid!("--input {}: {e}", a.input.display()))?;
     let (od, ad) = (model.config.obs_dim, model.config.act_dim);
     if inp.obs.len() != inp.act.len() {
         return Err(invalid!(
@@ -634,6 +940,14 @@ fn predict(a: PredictArgs) -> Result<()> {
     let rows = inp.obs.len();
     let (mean, var) = model.predict(&obs, &act)?;
     let o = model.config.out_dim();
+    if let Some(i) = mean.iter().chain(&var).position(|v| !v.is_finite()) {
+        let i = i % mean.len();
+        let (m, r) = (i / (rows * o), (i / o) % rows);
+        return Err(invalid!(
+            "member {m} predicts a non-finite value for row {r}: the input is too far outside \
+             the range the model was trained on to give a number (no output written)"
+        ));
+    }
     let members: Vec<serde_json::Value> = (0..model.config.ensemble_size)
         .map(|m| {
             let rows_of = |v: &[f32]| -> Vec<Vec<f32>> {
@@ -649,14 +963,14 @@ fn predict(a: PredictArgs) -> Result<()> {
             })
         })
         .collect();
-    println!(
+    out!(
         "{}",
         serde_json::to_string_pretty(&serde_json::json!({
             "obs_dim": od,
             "learn_reward": model.config.learn_reward,
             "members": members
         }))
-        .expect("json")
+        .map_err(|e| invalid!("JSON: {e}"))?
     );
     Ok(())
 }

@@ -262,3 +262,392 @@ fn bench_model_json_should_have_the_documented_keys() {
         assert!(r["peak_gflops"].as_f64().unwrap() > 0.0);
     }
 }
+
+/// `mbrl(args)` with its stdout sent to `/dev/full`: a full disk must end in an error
+/// message, not a panic.
+fn mbrl_to_full_disk(args: &[&str]) -> Output {
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .expect("/dev/full");
+    Command::new(env!("CARGO_BIN_EXE_mbrl-gpu"))
+        .args(args)
+        .stdout(full)
+        .output()
+        .expect("run mbrl-gpu")
+}
+
+fn args(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+fn fails_with(args: &[&str], needles: &[&str]) -> String {
+    let o = mbrl(args);
+    let (_, err) = text(&o);
+    assert!(!o.status.success(), "{args:?} succeeded: {err}");
+    assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
+    for n in needles {
+        assert!(err.contains(n), "{args:?}: {n:?} not in: {err}");
+    }
+    err
+}
+
+#[test]
+fn print_config_should_show_the_resolved_settings_after_config_and_set() {
+    let o = mbrl(&[
+        "pets",
+        "--preset",
+        "cartpole",
+        "--set",
+        "planner.horizon=30",
+        "--set",
+        "model.hidden=256",
+        "--seed",
+        "4",
+        "--print-config",
+    ]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    let cfg: mbrl_gpu::algo::pets::PetsConfig = toml::from_str(&out).unwrap();
+    assert_eq!(
+        (cfg.planner.horizon, cfg.model.hidden, cfg.seed),
+        (30, 256, 4)
+    );
+    assert_eq!(cfg.planner.population, 350, "the rest is the preset's");
+    // The printed (or a run's) config.toml, given back with --config, is the same config;
+    // flags and --set still apply on top of it.
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("c.toml");
+    std::fs::write(&f, &out).unwrap();
+    let o = mbrl(&[
+        "pets",
+        "--config",
+        f.to_str().unwrap(),
+        "--set",
+        "particles=7",
+        "--print-config",
+    ]);
+    let (out2, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    let back: mbrl_gpu::algo::pets::PetsConfig = toml::from_str(&out2).unwrap();
+    assert_eq!(back.particles, 7);
+    assert_eq!(
+        mbrl_gpu::algo::pets::PetsConfig {
+            particles: cfg.particles,
+            ..back
+        },
+        cfg
+    );
+}
+
+#[test]
+fn settings_errors_should_name_the_setting_or_flag() {
+    fails_with(
+        &["pets", "--set", "planner.horizn=30", "--print-config"],
+        &["planner.horizn", "horizon"],
+    );
+    fails_with(
+        &["pets", "--set", "planner.horizon=soon", "--print-config"],
+        &["planner.horizon", "integer"],
+    );
+    fails_with(
+        &["pets", "--set", "propagation=ts9", "--print-config"],
+        &["propagation", "ts1"],
+    );
+    fails_with(
+        &["pets", "--set", "planner.num_elites=900", "--print-config"],
+        &["--set planner.num_elites is 900"],
+    );
+    fails_with(&["pets", "--trials", "0", "--print-config"], &["--trials"]);
+    fails_with(
+        &[
+            "pets",
+            "--set",
+            "planner.population=1000000000000",
+            "--print-config",
+        ],
+        &["planner.population is too large"],
+    );
+    fails_with(
+        &["pets", "--set", "model.hidden=4000000000", "--print-config"],
+        &["model.hidden 4000000000 is too large", "of f32"],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("c.toml");
+    std::fs::write(&f, "\u{feff}[planner]\nhorizon = 12\nspeed = 3\n").unwrap();
+    fails_with(
+        &["pets", "--config", f.to_str().unwrap(), "--print-config"],
+        &["planner.speed", f.to_str().unwrap()],
+    );
+    std::fs::write(&f, "[planner\n").unwrap();
+    fails_with(
+        &["pets", "--config", f.to_str().unwrap(), "--print-config"],
+        &["not valid TOML"],
+    );
+    fails_with(
+        &[
+            "plan",
+            "--env",
+            "cartpole",
+            "--true-dynamics",
+            "--particles",
+            "5",
+        ],
+        &["--true-dynamics", "--particles"],
+    );
+    fails_with(
+        &[
+            "plan",
+            "--env",
+            "cartpole",
+            "--true-dynamics",
+            "--propagation",
+            "tsinf",
+        ],
+        &["--propagation"],
+    );
+    fails_with(
+        &[
+            "plan",
+            "--env",
+            "cartpole",
+            "--true-dynamics",
+            "--population",
+            "5",
+            "--elites",
+            "9",
+        ],
+        &["--elites is 9"],
+    );
+    fails_with(
+        &[
+            "plan",
+            "--env",
+            "cartpole",
+            "--true-dynamics",
+            "--population",
+            "100000000000",
+            "--elites",
+            "9",
+        ],
+        &["--population is too large"],
+    );
+    fails_with(
+        &[
+            "plan",
+            "--env",
+            "cartpole",
+            "--true-dynamics",
+            "--episodes",
+            "0",
+        ],
+        &["--episodes"],
+    );
+    // `--resume` cannot be mixed with settings of a new run.
+    fails_with(
+        &["pets", "--resume", "x", "--seed", "3"],
+        &["--resume", "--seed"],
+    );
+}
+
+#[test]
+fn model_fit_should_protect_existing_files_and_name_its_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("log.csv");
+    let data = mbrl_gpu::bench::synthetic_transitions(60, 2, 1, 3);
+    std::fs::write(&csv, mbrl_gpu::io::csv::render(&data)).unwrap();
+    let original = std::fs::read(&csv).unwrap();
+    let c = csv.to_str().unwrap();
+    let small = [
+        "--hidden",
+        "8",
+        "--layers",
+        "1",
+        "--ensemble",
+        "2",
+        "--elites",
+        "1",
+    ];
+    let fit = |out: &str, extra: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = [
+            "model",
+            "fit",
+            "--data",
+            c,
+            "--out",
+            out,
+            "--backend",
+            "cpu",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        v.extend(extra.iter().map(|s| s.to_string()));
+        // The small defaults, except where `extra` sets the flag itself.
+        for kv in small.chunks(2) {
+            if !extra.contains(&kv[0]) {
+                v.extend(kv.iter().map(|s| s.to_string()));
+            }
+        }
+        v
+    };
+    // Its own data file, even with --force.
+    fails_with(&args(&fit(c, &["--force"])), &["is the --data file"]);
+    assert_eq!(std::fs::read(&csv).unwrap(), original);
+    let other = dir.path().join("existing.bin");
+    std::fs::write(&other, b"keep me").unwrap();
+    fails_with(
+        &args(&fit(other.to_str().unwrap(), &["--epochs", "1"])),
+        &["already exists", "--force"],
+    );
+    assert_eq!(std::fs::read(&other).unwrap(), b"keep me");
+    let o = mbrl(&args(&fit(
+        other.to_str().unwrap(),
+        &["--epochs", "1", "--force"],
+    )));
+    assert!(o.status.success(), "{}", text(&o).1);
+    // Before any training: a directory that does not exist, and settings that cannot work.
+    let m = dir.path().join("m.safetensors");
+    let ms = m.to_str().unwrap();
+    fails_with(
+        &args(&fit("/nonexistent-dir/m.safetensors", &[])),
+        &["does not exist"],
+    );
+    fails_with(&args(&fit(ms, &["--epochs", "0"])), &["--epochs"]);
+    fails_with(&args(&fit(ms, &["--elites", "5"])), &["--elites"]);
+    fails_with(
+        &args(&fit(ms, &["--hidden", "3000000000"])),
+        &["--hidden 3000000000 is too large", "GiB of f32"],
+    );
+    fails_with(
+        &args(&fit(ms, &["--ensemble", "100000000000"])),
+        &["--ensemble"],
+    );
+    // Without a holdout the summary speaks of training MSE.
+    let o = mbrl(&args(&fit(ms, &["--epochs", "2", "--holdout", "0"])));
+    let (_, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("no holdout set: training mse"), "{err}");
+    assert!(!err.contains("holdout mse"), "{err}");
+}
+
+#[test]
+fn non_finite_results_should_be_errors_not_null() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("log.csv");
+    let data = mbrl_gpu::bench::synthetic_transitions(60, 2, 1, 3);
+    std::fs::write(&csv, mbrl_gpu::io::csv::render(&data)).unwrap();
+    let m = dir.path().join("m.safetensors");
+    let o = mbrl(&[
+        "model",
+        "fit",
+        "--data",
+        csv.to_str().unwrap(),
+        "--out",
+        m.to_str().unwrap(),
+        "--hidden",
+        "8",
+        "--layers",
+        "1",
+        "--ensemble",
+        "2",
+        "--elites",
+        "1",
+        "--epochs",
+        "1",
+        "--backend",
+        "cpu",
+    ]);
+    assert!(o.status.success(), "{}", text(&o).1);
+    let input = dir.path().join("in.json");
+    std::fs::write(&input, r#"{"obs": [[0.1, 0.2]], "act": [[3.4e38]]}"#).unwrap();
+    let o = mbrl(&[
+        "model",
+        "predict",
+        "--model",
+        m.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+    ]);
+    let (out, err) = text(&o);
+    assert!(!o.status.success(), "exit 0 with {out}");
+    assert!(!out.contains("null"), "{out}");
+    assert!(err.contains("non-finite") || err.contains("3.4"), "{err}");
+    let replay = dir.path().join("r.json");
+    std::fs::write(
+        &replay,
+        r#"{"state": [1e300, 0.0, 0.0, 0.0], "actions": [[1.0], [1.0]]}"#,
+    )
+    .unwrap();
+    let o = mbrl(&[
+        "env",
+        "replay",
+        "--env",
+        "cartpole",
+        "--input",
+        replay.to_str().unwrap(),
+    ]);
+    let (out, err) = text(&o);
+    assert!(!o.status.success(), "exit 0 with {out}");
+    assert!(!out.contains("null"), "{out}");
+    assert!(err.contains("non-finite") || err.contains("1e300"), "{err}");
+    // A model trained for cart-pole handed to pendulum names both sizes.
+    let pets = dir.path().join("pets-model.safetensors");
+    let cp = mbrl_gpu::model::Ensemble::new(mbrl_gpu::model::ModelConfig::pets(4, 1), 0).unwrap();
+    mbrl_gpu::io::checkpoint::save(&cp, &pets).unwrap();
+    fails_with(
+        &[
+            "plan",
+            "--env",
+            "pendulum",
+            "--model",
+            pets.to_str().unwrap(),
+            "--steps",
+            "1",
+        ],
+        &["4 observation", "pendulum has 3"],
+    );
+}
+
+#[test]
+fn a_full_disk_on_stdout_should_be_an_error_message() {
+    for args in [vec!["envs"], vec!["pets", "--print-config"]] {
+        let o = mbrl_to_full_disk(&args);
+        let (_, err) = text(&o);
+        assert!(!o.status.success(), "{args:?}");
+        assert!(err.contains("standard output"), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn help_should_describe_every_option() {
+    for cmd in [
+        vec!["pets"],
+        vec!["plan"],
+        vec!["model", "fit"],
+        vec!["model", "predict"],
+        vec!["bench", "plan"],
+        vec!["env", "replay"],
+    ] {
+        let mut args = cmd.clone();
+        args.push("--help");
+        let (out, _) = text(&mbrl(&args));
+        let lines: Vec<&str> = out.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            let l = line.trim_start();
+            if !l.starts_with("--") && !l.starts_with("-h") {
+                continue;
+            }
+            // `--flag <VALUE>  Description`, or (long help) the description on the next,
+            // further indented line.
+            let same = l.split_once("  ").map(|(_, d)| d.trim()).unwrap_or("");
+            let next = lines.get(i + 1).map(|n| n.trim()).unwrap_or("");
+            let desc = if same.is_empty() { next } else { same };
+            assert!(
+                !desc.is_empty() && !desc.starts_with('[') && !desc.starts_with('-'),
+                "{cmd:?}: {l:?} has no description"
+            );
+        }
+    }
+}

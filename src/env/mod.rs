@@ -124,6 +124,19 @@ pub enum EnvError {
     /// `step` was called before any `reset` or `set_state`.
     #[error("step called before reset or set_state")]
     NotReset,
+    /// A replayed step produced a value that is not a finite f32.
+    #[error(
+        "step {step} produced a non-finite {what} ({value}): the start state or the actions \
+         are beyond what the dynamics can represent in f32"
+    )]
+    NonFiniteResult {
+        /// The step, from 0.
+        step: usize,
+        /// "observation" or "reward".
+        what: &'static str,
+        /// The offending value.
+        value: f64,
+    },
 }
 
 impl EnvId {
@@ -636,11 +649,22 @@ fn check_replay_actions(id: EnvId, actions: &[Vec<f32>]) -> Result<(), EnvError>
 
 fn run_replay(mut env: NativeEnv, actions: &[Vec<f32>]) -> Result<Vec<ReplayStep>, EnvError> {
     let mut out = Vec::with_capacity(actions.len());
-    for a in actions {
+    for (step, a) in actions.iter().enumerate() {
         let tr = env
             .step(a)?
             .pop()
             .expect("one transition per copy, one copy");
+        let bad = |what, value: f32| EnvError::NonFiniteResult {
+            step,
+            what,
+            value: f64::from(value),
+        };
+        if let Some(v) = tr.obs.iter().find(|v| !v.is_finite()) {
+            return Err(bad("observation", *v));
+        }
+        if !tr.reward.is_finite() {
+            return Err(bad("reward", tr.reward));
+        }
         let terminated = tr.terminated;
         out.push(ReplayStep {
             obs: tr.obs,
