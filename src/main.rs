@@ -2,7 +2,9 @@
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use mbrl_gpu::algo::pets::{self, PetsConfig};
-use mbrl_gpu::backend::{self, Activation, AnyBackend, Backend, BackendChoice, Propagation};
+use mbrl_gpu::backend::{
+    self, Activation, AnyBackend, Backend, BackendChoice, Precision, Propagation,
+};
 use mbrl_gpu::bench::BenchResult;
 use mbrl_gpu::env::{Env, EnvId, NativeEnv};
 use mbrl_gpu::io::run::{Mode, RunDir};
@@ -16,8 +18,35 @@ use std::process::ExitCode;
 /// A line on stdout; a closed stdout or a full disk is an error the user sees, not a panic.
 macro_rules! out {
     ($($t:tt)*) => {
-        writeln!(std::io::stdout().lock(), $($t)*).map_err(|e| Error::io("standard output", e))?
+        stdout_line(format_args!($($t)*))?
     };
+}
+
+/// Whether file descriptor 1 was closed when the program started (`cmd >&-`). Rust's
+/// runtime reopens a closed descriptor 1 on /dev/null before `main`, which would turn lost
+/// output into a silent success; so this is recorded by a constructor that runs earlier.
+static STDOUT_CLOSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+#[cfg(target_os = "linux")]
+#[used]
+#[link_section = ".init_array"]
+static RECORD_CLOSED_STDOUT: extern "C" fn() = {
+    extern "C" fn record() {
+        // SAFETY: F_GETFD only queries the descriptor's flags.
+        let closed = unsafe { libc::fcntl(1, libc::F_GETFD) } == -1;
+        STDOUT_CLOSED.store(closed, std::sync::atomic::Ordering::Relaxed);
+    }
+    record
+};
+
+fn stdout_line(args: std::fmt::Arguments) -> Result<()> {
+    if STDOUT_CLOSED.load(std::sync::atomic::Ordering::Relaxed) {
+        return Err(Error::io(
+            "standard output",
+            std::io::Error::from_raw_os_error(libc::EBADF),
+        ));
+    }
+    writeln!(std::io::stdout().lock(), "{args}").map_err(|e| Error::io("standard output", e))
 }
 
 /// A line on stderr; nothing to do if stderr itself is gone.
@@ -165,6 +194,10 @@ struct PlanArgs {
     /// Shooting method.
     #[arg(long, value_enum, default_value_t = Optimizer::Cem)]
     optimizer: Optimizer,
+    /// Arithmetic of the model rollouts: f32, or bf16 products with f32 sums (AMX tiles on
+    /// CPUs that have them).
+    #[arg(long, value_enum, default_value_t = Precision::F32)]
+    precision: Precision,
     /// Seed of the planner's sampling and of the episodes' resets.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -505,7 +538,7 @@ fn run_pets(a: PetsArgs) -> Result<()> {
         // A grown --trials is remembered for the next resume.
         run_dir.write(io::run::CONFIG, text.as_bytes())?;
     }
-    let be = pick_backend(a.backend)?;
+    let be = pick_backend_for(a.backend, cfg.planner.precision)?;
     with_backend!(&be, |b| pets_on(b, &cfg, &run_dir))
 }
 
@@ -615,6 +648,7 @@ fn run_plan(a: PlanArgs) -> Result<()> {
         population: a.population,
         num_elites: a.elites.unwrap_or((a.population / 10).max(1)),
         iterations: a.iterations,
+        precision: a.precision,
         ..PlannerConfig::pets_cartpole()
     };
     let ts = TsConfig {
@@ -653,7 +687,7 @@ fn run_plan(a: PlanArgs) -> Result<()> {
         particles,
     )
     .map_err(|e| e.rename_setting(plan_flag))?;
-    let be = pick_backend(a.backend)?;
+    let be = pick_backend_for(a.backend, a.precision)?;
     with_backend!(&be, |b| plan_on(b, &a, env, cfg, ts, model.as_ref()))
 }
 
@@ -733,11 +767,26 @@ fn replay(a: ReplayArgs) -> Result<()> {
 }
 
 fn pick_backend(choice: BackendChoice) -> Result<AnyBackend> {
-    let (b, skipped) = AnyBackend::new(choice)?;
+    pick_backend_for(choice, Precision::F32)
+}
+
+/// The backend, built to plan in `precision`.
+fn pick_backend_for(choice: BackendChoice, precision: Precision) -> Result<AnyBackend> {
+    let (b, skipped) = AnyBackend::with_precision(choice, precision)?;
     for s in skipped {
         note!("backend: passed over {s}");
     }
-    note!("backend: {}", b.name());
+    let arith = match (precision, b.name()) {
+        (Precision::F32, _) => String::new(),
+        (Precision::Bf16, "cpu") if mbrl_gpu::bf16::on_amx() => {
+            " (bf16 planning on AMX tiles)".into()
+        }
+        (Precision::Bf16, "cpu") => {
+            " (bf16 planning emulated in f32: this CPU has no usable AMX)".into()
+        }
+        (Precision::Bf16, _) => " (bf16 weights in planning)".into(),
+    };
+    note!("backend: {}{arith}", b.name());
     Ok(b)
 }
 

@@ -618,6 +618,16 @@ fn a_full_disk_on_stdout_should_be_an_error_message() {
         assert!(err.contains("standard output"), "{args:?}: {err}");
         assert!(!err.contains("panicked"), "{args:?}: {err}");
     }
+    // A closed stdout (`>&-`), which Rust's stdout would otherwise swallow silently.
+    let o = Command::new("sh")
+        .args(["-c", "exec \"$0\" envs >&-", env!("CARGO_BIN_EXE_mbrl-gpu")])
+        .output()
+        .unwrap();
+    let (_, err) = text(&o);
+    assert!(
+        !o.status.success() && err.contains("standard output"),
+        "{err}"
+    );
 }
 
 #[test]
