@@ -63,7 +63,7 @@ pub fn nll_backward(
 /// Lengths of `cem_sample`'s buffers: mean, var, lower, upper, out.
 pub fn sample(p: &SampleParams, lens: [usize; 5]) -> Result<()> {
     let len = p.len as usize;
-    if p.act_dim == 0 || len % p.act_dim as usize != 0 {
+    if p.act_dim == 0 || !len.is_multiple_of(p.act_dim as usize) {
         return Err(Error::Shape(format!(
             "sample length {len} is not a whole number of actions of dimension {}",
             p.act_dim
@@ -79,7 +79,7 @@ pub fn sample(p: &SampleParams, lens: [usize; 5]) -> Result<()> {
 /// Lengths of `cem_init`'s buffers: lower, upper, prev, mean, var.
 pub fn init(p: &InitParams, lens: [usize; 5]) -> Result<()> {
     let len = p.len as usize;
-    if p.act_dim == 0 || len % p.act_dim as usize != 0 {
+    if p.act_dim == 0 || !len.is_multiple_of(p.act_dim as usize) {
         return Err(Error::Shape(format!(
             "plan length {len} is not a whole number of actions of dimension {}",
             p.act_dim

@@ -212,7 +212,10 @@ impl Ensemble {
     /// members.
     pub fn predict(&self, obs: &[f32], act: &[f32]) -> Result<(Vec<f32>, Vec<f32>)> {
         let (od, ad) = (self.config.obs_dim, self.config.act_dim);
-        if obs.len() % od != 0 || act.len() % ad != 0 || obs.len() / od != act.len() / ad {
+        if !obs.len().is_multiple_of(od)
+            || !act.len().is_multiple_of(ad)
+            || obs.len() / od != act.len() / ad
+        {
             return Err(crate::Error::Shape(format!(
                 "{} observation values and {} action values do not make whole rows of \
                  obs_dim {od} and act_dim {ad}",
