@@ -41,6 +41,7 @@ fn cem(h: usize, population: usize, iterations: usize) -> PlannerConfig {
         alpha: 0.1,
         min_var: 1e-6,
         warm_start: true,
+        precision: Default::default(),
     }
 }
 
@@ -396,4 +397,41 @@ fn update_model_should_plan_exactly_as_a_controller_built_on_the_new_model() {
     );
     let mut mpc = Mpc::with_model(&be, &m, EnvId::Pendulum, cem(4, 20, 2), ts, 0).unwrap();
     assert!(mpc.update_model(&be, &untrained(3, 1, false)).is_err());
+}
+
+#[test]
+fn bf16_planning_should_pack_once_per_model_update_and_use_the_new_weights() {
+    let be = CpuBackend::with_bf16_planning();
+    let m = untrained(3, 1, true);
+    let mut retrained = m.clone();
+    retrained.params.iter_mut().for_each(|w| *w *= -1.0);
+    let ts = TsConfig {
+        particles: 2,
+        propagation: Propagation::TsInf,
+    };
+    let cfg = PlannerConfig {
+        precision: mbrl_gpu::backend::Precision::Bf16,
+        ..cem(4, 20, 2)
+    };
+    let obs = [1.0, 0.0, 0.0];
+    let mut mpc = Mpc::with_model(&be, &m, EnvId::Pendulum, cfg.clone(), ts, 0).unwrap();
+    let before = be.bf16_packs();
+    let first: Vec<Vec<f32>> = (0..3).map(|_| mpc.act(&be, &obs, &[]).unwrap()).collect();
+    assert_eq!(
+        be.bf16_packs() - before,
+        1,
+        "3 actions × 2 CEM iterations of one model: one packing"
+    );
+    for a in &first {
+        assert!(a.iter().all(|v| v.is_finite() && (-2.0..=2.0).contains(v)));
+    }
+    mpc.update_model(&be, &retrained).unwrap();
+    mpc.act(&be, &obs, &[]).unwrap();
+    assert_eq!(be.bf16_packs() - before, 2, "a model update packs again");
+    // Planning in bf16 on a backend that computes f32 is refused, not silently ignored.
+    let e = Mpc::with_model(&CpuBackend::new(), &m, EnvId::Pendulum, cfg, ts, 0)
+        .err()
+        .expect("precision mismatch")
+        .to_string();
+    assert!(e.contains("precision"), "{e}");
 }

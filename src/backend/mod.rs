@@ -173,6 +173,18 @@ pub struct AdamParams {
     pub _pad: [u32; 2],
 }
 
+/// Arithmetic of the planning rollouts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// f32 throughout: the specification.
+    #[default]
+    F32,
+    /// Weights (on the CPU also layer inputs) rounded to bf16, products summed in f32: on
+    /// the CPU through AMX tiles where present ([`crate::bf16`]), on CUDA from bf16 weights.
+    Bf16,
+}
+
 /// How particles are propagated through the ensemble (PETS §4.2, trajectory sampling).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -268,6 +280,10 @@ pub trait Backend: Send + Sync {
     type Buf: Send + Sync;
 
     fn name(&self) -> &'static str;
+    /// The arithmetic this backend's `rollout` uses.
+    fn planning_precision(&self) -> Precision {
+        Precision::F32
+    }
     fn upload(&self, host: &[f32]) -> Result<Self::Buf>;
     fn download(&self, buf: &Self::Buf) -> Result<Vec<f32>>;
     fn zeros(&self, len: usize) -> Result<Self::Buf>;
@@ -457,6 +473,8 @@ pub fn resolve(choice: BackendChoice) -> Result<(&'static str, Vec<String>)> {
 }
 
 /// One of the three backends, chosen at run time.
+// One value per process: the CPU variant's inline workspaces cost nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 pub enum AnyBackend {
     Cpu(cpu::CpuBackend),
     Wgpu(Box<wgpu::WgpuBackend>),
@@ -467,10 +485,31 @@ impl AnyBackend {
     /// Resolve `choice` and construct the backend; returns it with the lines explaining
     /// which backends were passed over and why.
     pub fn new(choice: BackendChoice) -> Result<(Self, Vec<String>)> {
+        Self::with_precision(choice, Precision::F32)
+    }
+
+    /// [`AnyBackend::new`] with planning rollouts in `precision`.
+    pub fn with_precision(
+        choice: BackendChoice,
+        precision: Precision,
+    ) -> Result<(Self, Vec<String>)> {
         let (name, skipped) = resolve(choice)?;
+        let bf16 = precision == Precision::Bf16;
         let b = match name {
-            "cuda" => AnyBackend::Cuda(Box::new(cuda::CudaBackend::new()?)),
+            "cuda" => AnyBackend::Cuda(Box::new(cuda::CudaBackend::with_options(
+                cuda::CudaOptions {
+                    bf16_weights: bf16,
+                    ..Default::default()
+                },
+            )?)),
+            "wgpu" if bf16 => {
+                return Err(crate::invalid!(
+                    "bf16 planning is implemented on the cpu and cuda backends, not on wgpu \
+                     (choose --backend cpu or cuda, or precision f32)"
+                ))
+            }
             "wgpu" => AnyBackend::Wgpu(Box::new(wgpu::WgpuBackend::new()?)),
+            _ if bf16 => AnyBackend::Cpu(cpu::CpuBackend::with_bf16_planning()),
             _ => AnyBackend::Cpu(cpu::CpuBackend::new()),
         };
         Ok((b, skipped))

@@ -9,7 +9,9 @@ pub mod mpc;
 
 pub use mpc::Mpc;
 
-use crate::backend::{Backend, InitParams, Propagation, RolloutParams, SampleParams, UpdateParams};
+use crate::backend::{
+    Backend, InitParams, Precision, Propagation, RolloutParams, SampleParams, UpdateParams,
+};
 use crate::backend::{EnsembleShape, MAX_ELITES};
 use crate::model::Ensemble;
 use crate::{invalid, setting, Result};
@@ -45,6 +47,10 @@ pub struct PlannerConfig {
     pub min_var: f32,
     /// Shift the previous solution by one step to start the next (warm start).
     pub warm_start: bool,
+    /// Arithmetic of the rollouts: f32 (the specification) or bf16 products with f32 sums
+    /// (AMX tiles on CPUs that have them); the backend is built for it.
+    #[serde(default)]
+    pub precision: Precision,
 }
 
 impl PlannerConfig {
@@ -58,6 +64,7 @@ impl PlannerConfig {
             alpha: 0.1,
             min_var: 1e-6,
             warm_start: true,
+            precision: Precision::F32,
         }
     }
 
@@ -141,6 +148,16 @@ impl<B: Backend> Planner<B> {
         seed: u64,
     ) -> Result<Self> {
         cfg.validate()?;
+        if cfg.precision != backend.planning_precision() {
+            return Err(setting!(
+                "precision",
+                "is {:?} but the {} backend plans in {:?}; build the backend for it \
+                 (AnyBackend::with_precision, CpuBackend::with_bf16_planning)",
+                cfg.precision,
+                backend.name(),
+                backend.planning_precision()
+            ));
+        }
         if lower.len() != upper.len() || lower.is_empty() {
             return Err(invalid!(
                 "action bounds must have one lower and one upper value per dimension"
@@ -373,9 +390,15 @@ impl<B: Backend> ModelObjective<B> {
         backend.write(&mut self.start, obs)
     }
 
-    /// Rows pushed through one member per call to `evaluate` (for throughput reports).
+    /// Member-rows per call to `evaluate` (for throughput reports): rows × the members each
+    /// passes through (every elite under expectation, one otherwise).
     pub fn rows_per_eval(&self, population: usize) -> usize {
-        population * self.template.particles as usize * self.template.horizon as usize
+        let members = if self.template.propagation == Propagation::Expectation as u32 {
+            self.template.num_elites as usize
+        } else {
+            1
+        };
+        population * self.template.particles as usize * self.template.horizon as usize * members
     }
 
     pub fn shape(&self) -> &EnsembleShape {

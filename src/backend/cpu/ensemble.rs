@@ -13,6 +13,7 @@
 //! `&mut` slice without unsafe code.
 use super::{sigmoid, softplus, Real};
 use crate::backend::{Activation, EnsembleShape, LossConfig, ParamLayout};
+use crate::bf16::{chain, ChainScratch, Packed};
 use crate::linalg::{matmul, View};
 use rayon::prelude::*;
 
@@ -99,7 +100,7 @@ fn grow<T: Real>(v: &mut Vec<T>, n: usize) {
 }
 
 #[inline(always)]
-fn act<T: Real>(a: Activation, z: T) -> T {
+pub(crate) fn act<T: Real>(a: Activation, z: T) -> T {
     match a {
         Activation::Silu => z / (T::one() + (-z).exp_fast()),
         Activation::Relu => z.max(T::zero()),
@@ -174,30 +175,10 @@ fn linear<T: Real>(
     let src = View::rm(&src[..nr * fi], nr, fi);
     let w = View::rm(w, fi, fo);
     match (pre, activation) {
-        (None, None) => {
+        (None, a) => {
             let dst = &mut dst[..nr * fo];
             matmul(dst, src, w, false);
-            for row in dst.chunks_exact_mut(fo) {
-                row.iter_mut().zip(b).for_each(|(v, bb)| *v += *bb);
-            }
-        }
-        (None, Some(a)) => {
-            let dst = &mut dst[..nr * fo];
-            matmul(dst, src, w, false);
-            macro_rules! go {
-                ($k:expr) => {
-                    for row in dst.chunks_exact_mut(fo) {
-                        row.iter_mut()
-                            .zip(b)
-                            .for_each(|(v, bb)| *v = act($k, *v + *bb));
-                    }
-                };
-            }
-            match a {
-                Activation::Silu => go!(Activation::Silu),
-                Activation::Relu => go!(Activation::Relu),
-                Activation::Tanh => go!(Activation::Tanh),
-            }
+            bias_act(dst, b, a);
         }
         (Some(pre), a) => {
             let pre = &mut pre[..nr * fo];
@@ -210,6 +191,31 @@ fn linear<T: Real>(
                 None => dst[..nr * fo].copy_from_slice(pre),
             }
         }
+    }
+}
+
+/// `v ← act(v + b)` over the rows of a layer's product (no activation for the head), one
+/// pass while the product is still in cache.
+fn bias_act<T: Real>(dst: &mut [T], b: &[T], activation: Option<Activation>) {
+    let fo = b.len();
+    macro_rules! go {
+        ($k:expr) => {
+            for row in dst.chunks_exact_mut(fo) {
+                row.iter_mut()
+                    .zip(b)
+                    .for_each(|(v, bb)| *v = act($k, *v + *bb));
+            }
+        };
+    }
+    match activation {
+        None => {
+            for row in dst.chunks_exact_mut(fo) {
+                row.iter_mut().zip(b).for_each(|(v, bb)| *v += *bb);
+            }
+        }
+        Some(Activation::Silu) => go!(Activation::Silu),
+        Some(Activation::Relu) => go!(Activation::Relu),
+        Some(Activation::Tanh) => go!(Activation::Tanh),
     }
 }
 
@@ -237,19 +243,46 @@ pub(crate) fn head_out<T: Real>(
         let src = &raw[r * hd..(r + 1) * hd];
         mean[r * d..(r + 1) * d].copy_from_slice(&src[..d]);
         if shape.probabilistic {
-            let mx = &params[lay.max_logvar..lay.max_logvar + d];
-            let mn = &params[lay.min_logvar..lay.min_logvar + d];
-            for (((o, raw), hi), lo) in logvar[r * d..(r + 1) * d]
-                .iter_mut()
-                .zip(&src[d..])
-                .zip(mx)
-                .zip(mn)
-            {
-                let lv1 = *hi - softplus(*hi - *raw);
-                *o = *lo + softplus(lv1 - *lo);
-            }
+            logvar[r * d..(r + 1) * d].copy_from_slice(&src[d..]);
         }
     }
+    if !shape.probabilistic {
+        return;
+    }
+    // The soft bounds over the contiguous [nr × d] block, in chunks of 16·d values whose
+    // bounds repeat with period d, so the loop runs over plain slices and vectorises.
+    let mx = &params[lay.max_logvar..lay.max_logvar + d];
+    let mn = &params[lay.min_logvar..lay.min_logvar + d];
+    const LANES: usize = 16;
+    let mut hi = [T::zero(); 16 * 64];
+    let mut lo = [T::zero(); 16 * 64];
+    let period = LANES * d;
+    if period > hi.len() {
+        // Wide heads: one row at a time.
+        for row in logvar[..nr * d].chunks_exact_mut(d) {
+            for ((o, h), l) in row.iter_mut().zip(mx).zip(mn) {
+                *o = bound_logvar(*o, *h, *l);
+            }
+        }
+        return;
+    }
+    for k in 0..period {
+        hi[k] = mx[k % d];
+        lo[k] = mn[k % d];
+    }
+    for chunk in logvar[..nr * d].chunks_mut(period) {
+        for ((o, h), l) in chunk.iter_mut().zip(&hi[..period]).zip(&lo[..period]) {
+            *o = bound_logvar(*o, *h, *l);
+        }
+    }
+}
+
+/// PETS's soft bounds of the log-variance: max − softplus(max − raw), then
+/// min + softplus(· − min).
+#[inline(always)]
+fn bound_logvar<T: Real>(raw: T, hi: T, lo: T) -> T {
+    let lv1 = hi - softplus(hi - raw);
+    lo + softplus(lv1 - lo)
 }
 
 /// Inference forward pass: `x` [E, rows, in] → `mean`, `logvar` [E, rows, out].
@@ -311,6 +344,54 @@ pub(crate) fn member_forward<'s, T: Real>(
         std::mem::swap(&mut a, &mut b);
     }
     &a[..nr * shape.head_dim()]
+}
+
+/// Member `e`'s weights packed for bf16 products, one [`Packed`] per layer (head last).
+pub(crate) fn pack_member(shape: &EnsembleShape, params: &[f32], e: usize) -> Vec<Packed> {
+    let lay = shape.layout();
+    lay.layers
+        .iter()
+        .map(|lo| {
+            let (fi, fo) = (lo.fan_in, lo.fan_out);
+            Packed::new(&params[lo.weight + e * fi * fo..][..fi * fo], fi, fo)
+        })
+        .collect()
+}
+
+/// [`member_forward`] with every layer's product in bf16 with f32 sums ([`crate::bf16`]):
+/// layer inputs and weights rounded to bf16; normaliser, bias, activation and head in f32.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn member_forward_bf16<'s>(
+    shape: &EnsembleShape,
+    lay: &ParamLayout,
+    params: &[f32],
+    packed: &[Packed],
+    in_mean: &[f32],
+    in_std: &[f32],
+    e: usize,
+    x: &[f32],
+    nr: usize,
+    a: &'s mut [f32],
+    b: &'s mut [f32],
+    scratch: &mut ChainScratch,
+) -> &'s [f32] {
+    normalise(b, x, in_mean, in_std, nr);
+    let biases: Vec<&[f32]> = lay
+        .layers
+        .iter()
+        .map(|lo| &params[lo.bias + e * lo.fan_out..][..lo.fan_out])
+        .collect();
+    let hd = shape.head_dim();
+    chain(
+        b,
+        nr,
+        packed,
+        &biases,
+        shape.activation,
+        &mut a[..nr * hd],
+        scratch,
+    );
+    &a[..nr * hd]
 }
 
 /// (max_logvar, min_logvar) of a probabilistic ensemble; empty slices otherwise.

@@ -92,11 +92,35 @@ pub fn softplus<T: Real>(x: T) -> T {
 pub struct CpuBackend {
     ws: Mutex<ensemble::Workspace<f32>>,
     rollout_ws: Mutex<rollout::RolloutWorkspace>,
+    /// Planning rollouts multiply in bf16 with f32 sums ([`crate::bf16`]); training and
+    /// `ensemble_forward` stay f32.
+    bf16_planning: bool,
 }
 
 impl CpuBackend {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A CPU backend whose planning rollouts use bf16 products (on AMX tiles where the CPU
+    /// has them, else bf16-rounded operands in the f32 GEMM).
+    pub fn with_bf16_planning() -> Self {
+        Self {
+            bf16_planning: true,
+            ..Self::default()
+        }
+    }
+
+    pub fn bf16_planning(&self) -> bool {
+        self.bf16_planning
+    }
+
+    /// How many times the planner's bf16 weights were packed (once per model update).
+    pub fn bf16_packs(&self) -> usize {
+        self.rollout_ws
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .bf16_packs()
     }
 }
 
@@ -105,6 +129,13 @@ impl Backend for CpuBackend {
 
     fn name(&self) -> &'static str {
         "cpu"
+    }
+    fn planning_precision(&self) -> crate::backend::Precision {
+        if self.bf16_planning {
+            crate::backend::Precision::Bf16
+        } else {
+            crate::backend::Precision::F32
+        }
     }
     fn upload(&self, host: &[f32]) -> Result<Vec<f32>> {
         Ok(host.to_vec())
@@ -238,7 +269,18 @@ impl Backend for CpuBackend {
         let i = shape.in_dim;
         let mut ws = self.rollout_ws.lock().unwrap_or_else(|p| p.into_inner());
         let (m, s) = (&norm[..i], &norm[i..2 * i]);
-        rollout::rollout(p, shape, params, m, s, start, actions, returns, &mut ws);
+        rollout::rollout(
+            p,
+            shape,
+            params,
+            m,
+            s,
+            start,
+            actions,
+            returns,
+            &mut ws,
+            self.bf16_planning,
+        );
         Ok(())
     }
 

@@ -6,9 +6,10 @@
 //! runs every step of the horizon on its rows with scratch memory reused across calls (no
 //! allocation per step). Within a tile and step, rows are grouped by the elite member that
 //! propagates them, so each member runs one GEMM-shaped batch.
-use super::ensemble::{head_out, max_width, member_forward};
+use super::ensemble::{head_out, max_width, member_forward, member_forward_bf16, pack_member};
 use super::Real;
-use crate::backend::{EnsembleShape, Propagation, RolloutParams};
+use crate::backend::{EnsembleShape, ParamLayout, Propagation, RolloutParams};
+use crate::bf16::{ChainScratch, Packed};
 use crate::env::{task, EnvId};
 use crate::rng::{below, normals, stream};
 use rayon::prelude::*;
@@ -36,12 +37,52 @@ pub struct Tile {
     logvar: Vec<f32>,
     acc: Vec<f32>,
     noise: Vec<f32>,
+    bf16: ChainScratch,
 }
 
 #[derive(Default)]
 pub struct RolloutWorkspace {
     tiles: Vec<Tile>,
     row_returns: Vec<f32>,
+    packed: PackedModel,
+}
+
+/// The weights packed for bf16 products, kept until the parameters change: a planner calls
+/// `rollout` several times per action with the same model, and a model changes only when it
+/// is retrained, so the weights are packed once per model update.
+#[derive(Default)]
+struct PackedModel {
+    /// The parameters the packing was made from (compared on every call: a memcmp of the
+    /// weights is a small fraction of one rollout's arithmetic).
+    source: Vec<f32>,
+    shape: Option<EnsembleShape>,
+    /// [member][layer].
+    members: Vec<Vec<Packed>>,
+    /// Packings made so far (for tests: once per model update).
+    pub packs: usize,
+}
+
+impl PackedModel {
+    fn refresh(&mut self, shape: &EnsembleShape, params: &[f32]) -> &[Vec<Packed>] {
+        if self.shape.as_ref() != Some(shape) || self.source != params {
+            self.members = (0..shape.ensemble)
+                .into_par_iter()
+                .map(|e| pack_member(shape, params, e))
+                .collect();
+            self.source.clear();
+            self.source.extend_from_slice(params);
+            self.shape = Some(*shape);
+            self.packs += 1;
+        }
+        &self.members
+    }
+}
+
+impl RolloutWorkspace {
+    /// How many times the bf16 weights were packed.
+    pub fn bf16_packs(&self) -> usize {
+        self.packed.packs
+    }
 }
 
 fn grow<T: Real>(v: &mut Vec<T>, n: usize) {
@@ -77,6 +118,7 @@ pub fn rollout(
     actions: &[f32],
     returns: &mut [f32],
     ws: &mut RolloutWorkspace,
+    bf16: bool,
 ) {
     let (np, k) = (p.population as usize, p.particles as usize);
     let rows = np * k;
@@ -93,15 +135,20 @@ pub fn rollout(
         outs.push(mine);
         rest = tail;
     }
+    let packed = bf16.then(|| ws.packed.refresh(shape, params));
+    let model = Model {
+        shape,
+        lay: shape.layout(),
+        params,
+        in_mean,
+        in_std,
+        packed,
+    };
     ranges
         .par_iter()
         .zip(ws.tiles.par_iter_mut())
         .zip(outs.into_par_iter())
-        .for_each(|((&(r0, n), tile), out)| {
-            run_tile(
-                p, shape, params, in_mean, in_std, start, actions, r0, n, tile, out,
-            )
-        });
+        .for_each(|((&(r0, n), tile), out)| run_tile(p, &model, start, actions, r0, n, tile, out));
     reduce_particles(&ws.row_returns[..rows], k, &mut returns[..np]);
 }
 
@@ -117,13 +164,55 @@ fn reduce_particles(row_returns: &[f32], k: usize, returns: &mut [f32]) {
     }
 }
 
+/// The model a rollout runs: f32 weights (the specification) and, for bf16 products, their
+/// packed copies.
+struct Model<'a> {
+    shape: &'a EnsembleShape,
+    lay: ParamLayout,
+    params: &'a [f32],
+    in_mean: &'a [f32],
+    in_std: &'a [f32],
+    packed: Option<&'a [Vec<Packed>]>,
+}
+
+impl Model<'_> {
+    /// Member `e`'s raw head output for `nr` rows of `x`, in one of the scratch buffers.
+    #[allow(clippy::too_many_arguments)]
+    fn forward<'s>(
+        &self,
+        e: usize,
+        x: &[f32],
+        nr: usize,
+        a: &'s mut [f32],
+        b: &'s mut [f32],
+        scratch: &mut ChainScratch,
+    ) -> &'s [f32] {
+        let (shape, lay) = (self.shape, &self.lay);
+        let (mean, std) = (self.in_mean, self.in_std);
+        match self.packed {
+            Some(pk) => member_forward_bf16(
+                shape,
+                lay,
+                self.params,
+                &pk[e],
+                mean,
+                std,
+                e,
+                x,
+                nr,
+                a,
+                b,
+                scratch,
+            ),
+            None => member_forward(shape, lay, self.params, mean, std, e, x, nr, a, b),
+        }
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn run_tile(
     p: &RolloutParams,
-    shape: &EnsembleShape,
-    params: &[f32],
-    in_mean: &[f32],
-    in_std: &[f32],
+    model: &Model,
     start: &[f32],
     actions: &[f32],
     r0: usize,
@@ -132,7 +221,7 @@ fn run_tile(
     out: &mut [f32],
 ) {
     let seed = seed(p);
-    let lay = shape.layout();
+    let (shape, params, lay) = (model.shape, model.params, &model.lay);
     let (od, ad) = (p.obs_dim as usize, p.act_dim as usize);
     let (di, dout) = (shape.in_dim, shape.out_dim);
     let (h, k) = (p.horizon as usize, p.particles as usize);
@@ -198,19 +287,15 @@ fn run_tile(
             // Mean over elites of each member's mean prediction; no sampling.
             t.acc[..n * dout].fill(0.0);
             for &m in elites {
-                let raw = member_forward(
-                    shape,
-                    &lay,
-                    params,
-                    in_mean,
-                    in_std,
+                let raw = model.forward(
                     m as usize,
                     &t.x[..n * di],
                     n,
                     &mut t.a,
                     &mut t.b,
+                    &mut t.bf16,
                 );
-                head_out(shape, params, &lay, raw, n, &mut t.mean, &mut t.logvar);
+                head_out(shape, params, lay, raw, n, &mut t.mean, &mut t.logvar);
                 for (a, v) in t.acc[..n * dout].iter_mut().zip(&t.mean[..n * dout]) {
                     *a += *v;
                 }
@@ -248,19 +333,15 @@ fn run_tile(
                     let i = i as usize;
                     t.xg[q * di..(q + 1) * di].copy_from_slice(&t.x[i * di..(i + 1) * di]);
                 }
-                let raw = member_forward(
-                    shape,
-                    &lay,
-                    params,
-                    in_mean,
-                    in_std,
+                let raw = model.forward(
                     m as usize,
                     &t.xg[..cnt * di],
                     cnt,
                     &mut t.a,
                     &mut t.b,
+                    &mut t.bf16,
                 );
-                head_out(shape, params, &lay, raw, cnt, &mut t.mean, &mut t.logvar);
+                head_out(shape, params, lay, raw, cnt, &mut t.mean, &mut t.logvar);
                 // next = state + μ + σ·ε (PETS eq. 2: sample from the predicted Gaussian).
                 let z = &mut t.noise[..dout];
                 for (q, &i) in group.iter().enumerate() {

@@ -233,6 +233,13 @@ impl<H: KernelHost> Backend for CudaBackend<H> {
     fn name(&self) -> &'static str {
         "cuda"
     }
+    fn planning_precision(&self) -> crate::backend::Precision {
+        if self.options.bf16_weights {
+            crate::backend::Precision::Bf16
+        } else {
+            crate::backend::Precision::F32
+        }
+    }
 
     fn upload(&self, host: &[f32]) -> Result<Self::Buf> {
         let mut mem = self.host.alloc_zeroed(host.len())?;

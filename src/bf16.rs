@@ -1,0 +1,863 @@
+//! bf16 products with f32 accumulation for the CPU planner: weights and layer inputs rounded
+//! to bfloat16 (8 significant bits), every product summed in f32.
+//!
+//! On CPUs with Intel AMX (Sapphire Rapids and later; `amx-tile` + `amx-bf16`, and the
+//! kernel's permission for tile data) the products run on the tile unit (`tdpbf16ps`: a
+//! 16×16 f32 tile += a 16×32 bf16 tile · a 32×16 bf16 tile in one instruction), which has
+//! many times the multiply-add rate of AVX-512 f32 FMAs. Everywhere else the same numbers are
+//! computed with the f32 GEMM on bf16-rounded operands, so the bf16 mode gives the same
+//! results up to summation order on any x86-64; detection is at run time.
+//!
+//! Accuracy (checked in the tests): with u = 2⁻⁸ (bf16's unit roundoff, round to nearest
+//! even), each rounded operand carries a relative error ≤ u, so a product a·w carries
+//! ≤ 2u + u², and the f32 sum of K products adds ≤ γ_K = K·2⁻²⁴/(1 − K·2⁻²⁴) of Σ|a·w|:
+//!
+//! |ŷ − y| ≤ (2u + u² + γ_K) · Σ_k |a_k·w_k|  (+ 2⁻¹²⁶·K for the tile unit's flush of
+//! subnormals to zero).
+use crate::backend::Activation;
+/// bf16's unit roundoff (8 significant bits, round to nearest even).
+pub const UNIT_ROUNDOFF: f64 = 1.0 / 256.0;
+
+/// Round to the nearest bf16 (ties to even), as bits. NaN stays NaN.
+#[inline(always)]
+pub fn to_bits(x: f32) -> u16 {
+    let b = x.to_bits();
+    if x.is_nan() {
+        return ((b >> 16) as u16) | 0x40;
+    }
+    (b.wrapping_add(0x7fff + ((b >> 16) & 1)) >> 16) as u16
+}
+
+/// `x` rounded to bf16 and widened back to f32.
+#[inline(always)]
+pub fn round(x: f32) -> f32 {
+    f32::from_bits((to_bits(x) as u32) << 16)
+}
+
+/// Tile geometry: a tile row holds 64 bytes (32 bf16 or 16 f32), a tile 16 rows.
+pub const TILE_M: usize = 16;
+pub const TILE_N: usize = 16;
+pub const TILE_K: usize = 32;
+
+/// A weight matrix W [k, n] (row-major, `y = x·W`) prepared once per model update: on AMX in
+/// the tile unit's pair-interleaved layout, elsewhere as bf16-rounded f32.
+#[derive(Clone, Debug, Default)]
+pub struct Packed {
+    pub k: usize,
+    pub n: usize,
+    /// AMX: blocks of 16 (k-pairs) × 32 (16 columns × 2) bf16, ordered by column block,
+    /// then k block; zero beyond k and n.
+    tiles: Vec<u16>,
+    /// Portable: W rounded to bf16, row-major [k, n].
+    rounded: Vec<f32>,
+}
+
+impl Packed {
+    /// k padded to whole tiles.
+    pub fn kp(&self) -> usize {
+        self.k.div_ceil(TILE_K) * TILE_K
+    }
+    /// n padded to whole tiles.
+    pub fn np(&self) -> usize {
+        self.n.div_ceil(TILE_N) * TILE_N
+    }
+
+    /// Packed for the tile unit where it is available, else for the portable path.
+    pub fn new(w: &[f32], k: usize, n: usize) -> Self {
+        Self::for_path(w, k, n, amx::available())
+    }
+
+    /// Packed for the tile unit (`amx`, which must then be available) or the portable path.
+    pub fn for_path(w: &[f32], k: usize, n: usize, amx: bool) -> Self {
+        assert_eq!(w.len(), k * n, "weight matrix size");
+        assert!(!amx || amx::available(), "AMX is not available here");
+        let mut p = Packed {
+            k,
+            n,
+            ..Default::default()
+        };
+        if amx {
+            let (kb, nb) = (p.kp() / TILE_K, p.np() / TILE_N);
+            p.tiles = vec![0u16; kb * nb * TILE_K * TILE_N];
+            for jb in 0..nb {
+                for ib in 0..kb {
+                    let block = &mut p.tiles[(jb * kb + ib) * TILE_K * TILE_N..][..TILE_K * TILE_N];
+                    for kk in 0..TILE_K / 2 {
+                        for c in 0..TILE_N {
+                            for pair in 0..2 {
+                                let (r, col) = (ib * TILE_K + 2 * kk + pair, jb * TILE_N + c);
+                                if r < k && col < n {
+                                    block[kk * 2 * TILE_N + 2 * c + pair] = to_bits(w[r * n + col]);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        } else {
+            p.rounded = w.iter().map(|&v| round(v)).collect();
+        }
+        p
+    }
+}
+
+/// Scratch for [`matmul`]: the bf16 input and the f32 product, grown as needed.
+#[derive(Default)]
+pub struct Scratch {
+    a: Vec<u16>,
+    a_f32: Vec<f32>,
+    c: Vec<f32>,
+}
+
+/// `dst[m × n] = round_bf16(src[m × k]) · W` (f32 result, row-major, `dst` of length ≥ m·n).
+pub fn matmul(dst: &mut [f32], src: &[f32], m: usize, w: &Packed, s: &mut Scratch) {
+    let (k, n) = (w.k, w.n);
+    assert!(src.len() >= m * k && dst.len() >= m * n, "matmul sizes");
+    if m == 0 || n == 0 {
+        return;
+    }
+    if !w.tiles.is_empty() {
+        let (kp, np) = (w.kp(), w.np());
+        let mp = m.div_ceil(TILE_M) * TILE_M;
+        if s.a.len() < mp * kp {
+            s.a.resize(mp * kp, 0);
+        }
+        if s.c.len() < mp * np {
+            s.c.resize(mp * np, 0.0);
+        }
+        for r in 0..mp {
+            let row = &mut s.a[r * kp..(r + 1) * kp];
+            if r < m {
+                for (d, v) in row.iter_mut().zip(&src[r * k..(r + 1) * k]) {
+                    *d = to_bits(*v);
+                }
+                row[k..].fill(0);
+            } else {
+                // Padding rows: finite, so nothing undefined reaches the tile unit.
+                row.fill(0);
+            }
+        }
+        // SAFETY: `available()` held when `w` was packed; the buffers hold mp·kp inputs,
+        // kb·nb weight blocks and mp·np outputs, as the kernel reads and writes.
+        unsafe {
+            amx::gemm(
+                &s.a,
+                kp,
+                &w.tiles,
+                &mut s.c,
+                np,
+                mp,
+                np / TILE_N,
+                kp / TILE_K,
+            )
+        };
+        for r in 0..m {
+            dst[r * n..(r + 1) * n].copy_from_slice(&s.c[r * np..r * np + n]);
+        }
+    } else {
+        if s.a_f32.len() < m * k {
+            s.a_f32.resize(m * k, 0.0);
+        }
+        for (d, v) in s.a_f32[..m * k].iter_mut().zip(&src[..m * k]) {
+            *d = round(*v);
+        }
+        crate::linalg::matmul(
+            &mut dst[..m * n],
+            crate::linalg::View::rm(&s.a_f32[..m * k], m, k),
+            crate::linalg::View::rm(&w.rounded, k, n),
+            false,
+        );
+    }
+}
+
+/// Scratch for [`chain`]: two bf16 layer inputs and the f32 tile product.
+#[derive(Default)]
+pub struct ChainScratch {
+    a: [Vec<u16>; 2],
+    c: Vec<f32>,
+    portable: Scratch,
+    f32s: [Vec<f32>; 2],
+}
+
+/// A whole MLP with bf16 products: `x` [m × layers[0].k] (f32, already normalised) through
+/// every layer, `act(z + bias)` after each but the last, into `out` [m × last n] (f32, head
+/// bias added). On AMX the epilogue of each layer reads the f32 tile product and writes the
+/// next layer's bf16 input directly, one pass per layer; elsewhere it is
+/// [`matmul`] + bias + activation on f32 buffers.
+pub fn chain(
+    x: &[f32],
+    m: usize,
+    layers: &[Packed],
+    biases: &[&[f32]],
+    activation: Activation,
+    out: &mut [f32],
+    s: &mut ChainScratch,
+) {
+    match activation {
+        Activation::Silu => chain_with(x, m, layers, biases, activation, out, s),
+        Activation::Relu => chain_with(x, m, layers, biases, activation, out, s),
+        Activation::Tanh => chain_with(x, m, layers, biases, activation, out, s),
+    }
+}
+
+#[inline(always)]
+fn chain_with(
+    x: &[f32],
+    m: usize,
+    layers: &[Packed],
+    biases: &[&[f32]],
+    activation: Activation,
+    out: &mut [f32],
+    s: &mut ChainScratch,
+) {
+    let act = |z: f32| crate::backend::cpu::ensemble::act(activation, z);
+    let last = layers.len() - 1;
+    let n_out = layers[last].n;
+    assert!(
+        x.len() >= m * layers[0].k && out.len() >= m * n_out,
+        "chain sizes"
+    );
+    if m == 0 {
+        return;
+    }
+    if layers[0].tiles.is_empty() {
+        // Portable path: the same roundings through the f32 GEMM.
+        let w = layers.iter().map(|l| l.n.max(l.k)).max().unwrap_or(0);
+        for b in &mut s.f32s {
+            if b.len() < m * w {
+                b.resize(m * w, 0.0);
+            }
+        }
+        let [a, b] = &mut s.f32s;
+        a[..m * layers[0].k].copy_from_slice(&x[..m * layers[0].k]);
+        for (l, (w, bias)) in layers.iter().zip(biases).enumerate() {
+            let n = w.n;
+            if l == last {
+                matmul(out, a, m, w, &mut s.portable);
+                for row in out[..m * n].chunks_exact_mut(n) {
+                    row.iter_mut().zip(*bias).for_each(|(v, bb)| *v += *bb);
+                }
+            } else {
+                matmul(b, a, m, w, &mut s.portable);
+                for row in b[..m * n].chunks_exact_mut(n) {
+                    row.iter_mut()
+                        .zip(*bias)
+                        .for_each(|(v, bb)| *v = act(*v + *bb));
+                }
+                std::mem::swap(a, b);
+            }
+        }
+        return;
+    }
+    let mp = m.div_ceil(TILE_M) * TILE_M;
+    let kmax = layers.iter().map(|l| l.kp()).max().unwrap_or(0);
+    let nmax = layers.iter().map(|l| l.np()).max().unwrap_or(0);
+    for a in &mut s.a {
+        if a.len() < mp * kmax {
+            a.resize(mp * kmax, 0);
+        }
+    }
+    if s.c.len() < mp * nmax {
+        s.c.resize(mp * nmax, 0.0);
+    }
+    let (k0, kp0) = (layers[0].k, layers[0].kp());
+    {
+        let a = &mut s.a[0];
+        for r in 0..mp {
+            let row = &mut a[r * kp0..(r + 1) * kp0];
+            if r < m {
+                for (d, v) in row.iter_mut().zip(&x[r * k0..(r + 1) * k0]) {
+                    *d = to_bits(*v);
+                }
+                row[k0..].fill(0);
+            } else {
+                row.fill(0);
+            }
+        }
+    }
+    for (l, (w, bias)) in layers.iter().zip(biases).enumerate() {
+        let (n, np, kp) = (w.n, w.np(), w.kp());
+        let (cur, next) = if l % 2 == 0 {
+            let [a, b] = &mut s.a;
+            (&*a, b)
+        } else {
+            let [a, b] = &mut s.a;
+            (&*b, a)
+        };
+        // SAFETY: AMX was available when the layers were packed; `cur` holds mp rows of kp,
+        // the packed weights kp/32 × np/16 blocks, `s.c` mp rows of np.
+        unsafe {
+            amx::gemm(
+                cur,
+                kp,
+                &w.tiles,
+                &mut s.c,
+                np,
+                mp,
+                np / TILE_N,
+                kp / TILE_K,
+            )
+        };
+        if l == last {
+            for r in 0..m {
+                let c = &s.c[r * np..r * np + n];
+                for ((o, v), bb) in out[r * n..(r + 1) * n].iter_mut().zip(c).zip(*bias) {
+                    *o = *v + *bb;
+                }
+            }
+        } else {
+            // The next layer's input: act(c + b) rounded to bf16, zero in the padding
+            // columns (rows past m stay as they are: rows never mix in a product).
+            let kn = layers[l + 1].kp();
+            let vector = avx512::available();
+            for r in 0..m {
+                let c = &s.c[r * np..r * np + n];
+                let dst = &mut next[r * kn..(r + 1) * kn];
+                if vector {
+                    // SAFETY: AVX-512 F/BW/VL/BF16 were detected; c, bias and dst hold n.
+                    unsafe { avx512::bias_act_bf16(c, bias, &mut dst[..n], activation) };
+                } else {
+                    for ((d, v), bb) in dst[..n].iter_mut().zip(c).zip(*bias) {
+                        *d = to_bits(act(*v + *bb));
+                    }
+                }
+                dst[n..].fill(0);
+            }
+            if l == 0 {
+                // Padding rows of the next input must be finite too (they were zeroed for
+                // the first layer only).
+                for r in m..mp {
+                    next[r * kn..(r + 1) * kn].fill(0);
+                }
+            }
+        }
+    }
+}
+
+/// The epilogue of a hidden layer in 512-bit vectors: bias, activation and the rounding to
+/// bf16 (`vcvtneps2bf16`, round to nearest even like [`to_bits`]), 16 values at a time.
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use crate::backend::Activation;
+    use std::arch::x86_64::*;
+
+    pub fn available() -> bool {
+        static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *AVAILABLE.get_or_init(|| {
+            is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("avx512bw")
+                && is_x86_feature_detected!("avx512vl")
+                && is_x86_feature_detected!("avx512bf16")
+        })
+    }
+
+    /// e^x as [`crate::fastmath::exp_f32`] computes it (same reduction and polynomial), with
+    /// 2ⁿ applied by `vscalefps`.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn exp(x: __m512) -> __m512 {
+        let x = _mm512_min_ps(
+            _mm512_max_ps(x, _mm512_set1_ps(-87.3)),
+            _mm512_set1_ps(88.0),
+        );
+        let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+            _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)),
+        );
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693_145_75), x);
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428_606_8e-6), r);
+        let mut p = _mm512_set1_ps(1.0 / 720.0);
+        for c in [1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
+            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
+        }
+        _mm512_scalef_ps(p, n)
+    }
+
+    /// 1/d from the 14-bit estimate and one Newton step (relative error ≈ 2⁻²⁸).
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn recip(d: __m512) -> __m512 {
+        let r = _mm512_rcp14_ps(d);
+        _mm512_mul_ps(r, _mm512_fnmadd_ps(d, r, _mm512_set1_ps(2.0)))
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn act(a: Activation, z: __m512) -> __m512 {
+        let one = _mm512_set1_ps(1.0);
+        match a {
+            // z·σ(z), σ(z) = 1 / (1 + e^−z)
+            Activation::Silu => {
+                let e = exp(_mm512_sub_ps(_mm512_setzero_ps(), z));
+                _mm512_mul_ps(z, recip(_mm512_add_ps(one, e)))
+            }
+            Activation::Relu => _mm512_max_ps(z, _mm512_setzero_ps()),
+            // tanh z = 1 − 2 / (1 + e^{2z})
+            Activation::Tanh => {
+                let e = exp(_mm512_add_ps(z, z));
+                _mm512_fnmadd_ps(_mm512_set1_ps(2.0), recip(_mm512_add_ps(one, e)), one)
+            }
+        }
+    }
+
+    /// `dst[j] = bf16(act(c[j] + bias[j]))` for j < dst.len().
+    ///
+    /// # Safety
+    /// [`available`] must hold; `c` and `bias` at least as long as `dst`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+    pub unsafe fn bias_act_bf16(c: &[f32], bias: &[f32], dst: &mut [u16], a: Activation) {
+        let n = dst.len();
+        debug_assert!(c.len() >= n && bias.len() >= n);
+        let mut j = 0;
+        while j < n {
+            let left = n - j;
+            let mask: __mmask16 = if left >= 16 {
+                0xffff
+            } else {
+                (1u16 << left) - 1
+            };
+            let v = _mm512_add_ps(
+                _mm512_maskz_loadu_ps(mask, c.as_ptr().add(j)),
+                _mm512_maskz_loadu_ps(mask, bias.as_ptr().add(j)),
+            );
+            let h: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(act(a, v)));
+            _mm256_mask_storeu_epi16(dst.as_mut_ptr().add(j) as *mut i16, mask, h);
+            j += 16;
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+mod avx512 {
+    pub fn available() -> bool {
+        false
+    }
+    pub unsafe fn bias_act_bf16(
+        _: &[f32],
+        _: &[f32],
+        _: &mut [u16],
+        _: crate::backend::Activation,
+    ) {
+        unreachable!("no AVX-512 off x86-64")
+    }
+}
+
+/// Whether the bf16 products run on AMX tiles here (else on the portable path).
+pub fn on_amx() -> bool {
+    amx::available()
+}
+
+#[cfg(target_arch = "x86_64")]
+mod amx {
+    use std::arch::asm;
+    use std::sync::OnceLock;
+
+    /// Tile configuration (palette 1): eight tiles of 16 rows × 64 bytes.
+    #[repr(C, align(64))]
+    struct Config {
+        palette: u8,
+        start_row: u8,
+        reserved: [u8; 14],
+        colsb: [u16; 16],
+        rows: [u8; 16],
+    }
+
+    static CONFIG: Config = Config {
+        palette: 1,
+        start_row: 0,
+        reserved: [0; 14],
+        colsb: [64, 64, 64, 64, 64, 64, 64, 64, 0, 0, 0, 0, 0, 0, 0, 0],
+        rows: [16, 16, 16, 16, 16, 16, 16, 16, 0, 0, 0, 0, 0, 0, 0, 0],
+    };
+
+    /// AMX-TILE and AMX-BF16 in CPUID leaf 7, and Linux's permission to use tile data
+    /// (`arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)`, process-wide). The variable
+    /// `MBRL_NO_AMX=1` turns the tile path off (to measure or test the portable one).
+    pub fn available() -> bool {
+        static AVAILABLE: OnceLock<bool> = OnceLock::new();
+        *AVAILABLE.get_or_init(|| {
+            if std::env::var_os("MBRL_NO_AMX").is_some_and(|v| v != "0") {
+                return false;
+            }
+            let leaf7 = std::arch::x86_64::__cpuid_count(7, 0);
+            let (tile, bf16) = (leaf7.edx >> 24 & 1 == 1, leaf7.edx >> 22 & 1 == 1);
+            if !(tile && bf16) {
+                return false;
+            }
+            permission()
+        })
+    }
+
+    #[cfg(target_os = "linux")]
+    fn permission() -> bool {
+        const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
+        const XFEATURE_XTILEDATA: libc::c_long = 18;
+        // SAFETY: a plain system call that only changes this process's permissions.
+        unsafe {
+            libc::syscall(
+                libc::SYS_arch_prctl,
+                ARCH_REQ_XCOMP_PERM,
+                XFEATURE_XTILEDATA,
+            ) == 0
+        }
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn permission() -> bool {
+        false
+    }
+
+    /// C [mp × 16·nb] (f32, row stride `c_stride` elements) = A [mp × 32·kb] (bf16, row
+    /// stride `a_stride` elements) · B (packed blocks), in 2×2 blocks of 16×16 tiles.
+    ///
+    /// # Safety
+    /// AMX must be available (see [`available`]); `a` must hold mp·a_stride, `b`
+    /// kb·nb·512 and `c` mp·c_stride elements, mp a multiple of 16.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn gemm(
+        a: &[u16],
+        a_stride: usize,
+        b: &[u16],
+        c: &mut [f32],
+        c_stride: usize,
+        mp: usize,
+        nb: usize,
+        kb: usize,
+    ) {
+        debug_assert!(
+            mp.is_multiple_of(16) && a.len() >= mp * a_stride && c.len() >= mp * c_stride
+        );
+        debug_assert!(b.len() >= kb * nb * 512 && a_stride >= kb * 32 && c_stride >= nb * 16);
+        let mb = mp / 16;
+        let (asb, csb) = (a_stride * 2, c_stride * 4);
+        asm!("ldtilecfg [{}]", in(reg) &CONFIG, options(nostack, readonly));
+        let block = |j: usize| b.as_ptr().add(j * kb * 512);
+        for i in (0..mb).step_by(2) {
+            let a0 = a.as_ptr().add(i * 16 * a_stride);
+            let c0 = c.as_mut_ptr().add(i * 16 * c_stride);
+            for j in (0..nb).step_by(2) {
+                let (two_rows, two_cols) = (i + 1 < mb, j + 1 < nb);
+                let c00 = c0.add(j * 16);
+                match (two_rows, two_cols) {
+                    (true, true) => asm!(
+                        "tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3",
+                        "2:",
+                        "tileloadd tmm4, [{a0} + {asb}*1]",
+                        "tileloadd tmm5, [{a1} + {asb}*1]",
+                        "tileloadd tmm6, [{b0} + {bsb}*1]",
+                        "tileloadd tmm7, [{b1} + {bsb}*1]",
+                        "tdpbf16ps tmm0, tmm4, tmm6",
+                        "tdpbf16ps tmm1, tmm4, tmm7",
+                        "tdpbf16ps tmm2, tmm5, tmm6",
+                        "tdpbf16ps tmm3, tmm5, tmm7",
+                        "add {a0}, 64", "add {a1}, 64", "add {b0}, 1024", "add {b1}, 1024",
+                        "dec {k}", "jnz 2b",
+                        "tilestored [{c0} + {csb}*1], tmm0",
+                        "tilestored [{c0} + {csb}*1 + 64], tmm1",
+                        "tilestored [{c1} + {csb}*1], tmm2",
+                        "tilestored [{c1} + {csb}*1 + 64], tmm3",
+                        a0 = inout(reg) a0 => _,
+                        a1 = inout(reg) a0.add(16 * a_stride) => _,
+                        b0 = inout(reg) block(j) => _,
+                        b1 = inout(reg) block(j + 1) => _,
+                        k = inout(reg) kb => _,
+                        asb = in(reg) asb,
+                        bsb = in(reg) 64usize,
+                        c0 = in(reg) c00,
+                        c1 = in(reg) c00.add(16 * c_stride),
+                        csb = in(reg) csb,
+                        options(nostack),
+                    ),
+                    (true, false) => asm!(
+                        "tilezero tmm0", "tilezero tmm2",
+                        "2:",
+                        "tileloadd tmm4, [{a0} + {asb}*1]",
+                        "tileloadd tmm5, [{a1} + {asb}*1]",
+                        "tileloadd tmm6, [{b0} + {bsb}*1]",
+                        "tdpbf16ps tmm0, tmm4, tmm6",
+                        "tdpbf16ps tmm2, tmm5, tmm6",
+                        "add {a0}, 64", "add {a1}, 64", "add {b0}, 1024",
+                        "dec {k}", "jnz 2b",
+                        "tilestored [{c0} + {csb}*1], tmm0",
+                        "tilestored [{c1} + {csb}*1], tmm2",
+                        a0 = inout(reg) a0 => _,
+                        a1 = inout(reg) a0.add(16 * a_stride) => _,
+                        b0 = inout(reg) block(j) => _,
+                        k = inout(reg) kb => _,
+                        asb = in(reg) asb,
+                        bsb = in(reg) 64usize,
+                        c0 = in(reg) c00,
+                        c1 = in(reg) c00.add(16 * c_stride),
+                        csb = in(reg) csb,
+                        options(nostack),
+                    ),
+                    (false, true) => asm!(
+                        "tilezero tmm0", "tilezero tmm1",
+                        "2:",
+                        "tileloadd tmm4, [{a0} + {asb}*1]",
+                        "tileloadd tmm6, [{b0} + {bsb}*1]",
+                        "tileloadd tmm7, [{b1} + {bsb}*1]",
+                        "tdpbf16ps tmm0, tmm4, tmm6",
+                        "tdpbf16ps tmm1, tmm4, tmm7",
+                        "add {a0}, 64", "add {b0}, 1024", "add {b1}, 1024",
+                        "dec {k}", "jnz 2b",
+                        "tilestored [{c0} + {csb}*1], tmm0",
+                        "tilestored [{c0} + {csb}*1 + 64], tmm1",
+                        a0 = inout(reg) a0 => _,
+                        b0 = inout(reg) block(j) => _,
+                        b1 = inout(reg) block(j + 1) => _,
+                        k = inout(reg) kb => _,
+                        asb = in(reg) asb,
+                        bsb = in(reg) 64usize,
+                        c0 = in(reg) c00,
+                        csb = in(reg) csb,
+                        options(nostack),
+                    ),
+                    (false, false) => asm!(
+                        "tilezero tmm0",
+                        "2:",
+                        "tileloadd tmm4, [{a0} + {asb}*1]",
+                        "tileloadd tmm6, [{b0} + {bsb}*1]",
+                        "tdpbf16ps tmm0, tmm4, tmm6",
+                        "add {a0}, 64", "add {b0}, 1024",
+                        "dec {k}", "jnz 2b",
+                        "tilestored [{c0} + {csb}*1], tmm0",
+                        a0 = inout(reg) a0 => _,
+                        b0 = inout(reg) block(j) => _,
+                        k = inout(reg) kb => _,
+                        asb = in(reg) asb,
+                        bsb = in(reg) 64usize,
+                        c0 = in(reg) c00,
+                        csb = in(reg) csb,
+                        options(nostack),
+                    ),
+                }
+            }
+        }
+        // Back to the initial state, so a context switch need not save 8 KiB of tiles.
+        asm!("tilerelease", options(nostack, nomem));
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+mod amx {
+    pub fn available() -> bool {
+        false
+    }
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn gemm(
+        _: &[u16],
+        _: usize,
+        _: &[u16],
+        _: &mut [f32],
+        _: usize,
+        _: usize,
+        _: usize,
+        _: usize,
+    ) {
+        unreachable!("no AMX off x86-64")
+    }
+}
+
+/// The bound of the module documentation for one output: (2u + u² + γ_K)·Σ|a·w| + K·2⁻¹²⁶.
+pub fn error_bound(sum_abs: f64, k: usize) -> f64 {
+    let u = UNIT_ROUNDOFF;
+    let kf = k as f64 * f64::from(f32::EPSILON) / 2.0;
+    let gamma = kf / (1.0 - kf);
+    (2.0 * u + u * u + gamma) * sum_abs + k as f64 * f64::from(f32::MIN_POSITIVE)
+}
+
+#[test]
+fn to_bits_should_round_to_nearest_even() {
+    assert_eq!(to_bits(1.0), 0x3f80);
+    // 1 + 2^-8 is halfway between 1 and 1 + 2^-7: ties to even (1.0).
+    assert_eq!(round(1.0 + 1.0 / 256.0), 1.0);
+    assert_eq!(round(1.0 + 3.0 / 256.0), 1.0 + 4.0 / 256.0);
+    assert_eq!(to_bits(-2.0), 0xc000);
+    assert!(round(f32::NAN).is_nan());
+    assert_eq!(round(f32::INFINITY), f32::INFINITY);
+    for x in [0.1f32, -3.7, 1e-3, 12345.6] {
+        assert_eq!(round(x), half::bf16::from_f32(x).to_f32(), "{x}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::cpu::ensemble::{member_forward_bf16, pack_member};
+    use crate::backend::{Activation, EnsembleShape};
+    use crate::rng::normal;
+
+    fn randn(n: usize, stream: u32, scale: f32) -> Vec<f32> {
+        (0..n as u32)
+            .map(|i| scale * normal(11, stream, i, 0))
+            .collect()
+    }
+
+    /// Every output within the rounding bound of the module documentation, against the
+    /// f64 product of the unrounded f32 operands.
+    fn check_matmul(amx: bool, m: usize, k: usize, n: usize) {
+        let a = randn(m * k, 1, 1.0);
+        let w = randn(k * n, 2, 0.3);
+        let packed = Packed::for_path(&w, k, n, amx);
+        let mut dst = vec![f32::NAN; m * n];
+        matmul(&mut dst, &a, m, &packed, &mut Scratch::default());
+        let mut worst = 0.0f64;
+        for i in 0..m {
+            for j in 0..n {
+                let (mut exact, mut sum_abs) = (0.0f64, 0.0f64);
+                for kk in 0..k {
+                    let p = a[i * k + kk] as f64 * w[kk * n + j] as f64;
+                    exact += p;
+                    sum_abs += p.abs();
+                }
+                let err = (dst[i * n + j] as f64 - exact).abs();
+                let bound = error_bound(sum_abs, k);
+                assert!(
+                    err <= bound,
+                    "amx={amx} {m}x{k}x{n} [{i},{j}]: {} vs {exact} (|Δ| {err:e} > {bound:e})",
+                    dst[i * n + j]
+                );
+                worst = worst.max(err / bound);
+            }
+        }
+        eprintln!("amx={amx} {m}x{k}x{n}: worst error {worst:.3} of the bound");
+    }
+
+    #[test]
+    fn bf16_products_should_stay_within_the_rounding_bound() {
+        // Sizes off every tile multiple, one row, one column, and the PETS layer shapes.
+        let sizes = [
+            (1, 5, 8),
+            (37, 45, 23),
+            (17, 33, 17),
+            (33, 200, 200),
+            (64, 64, 64),
+            (3, 1, 1),
+        ];
+        let amx_here = on_amx();
+        let cpu_has_amx = std::fs::read_to_string("/proc/cpuinfo")
+            .is_ok_and(|c| c.contains(" amx_bf16") && c.contains(" amx_tile"));
+        if cpu_has_amx && std::env::var_os("MBRL_NO_AMX").is_none() {
+            assert!(
+                amx_here,
+                "the CPU lists AMX but the tile path could not be enabled"
+            );
+        }
+        for &(m, k, n) in &sizes {
+            check_matmul(false, m, k, n);
+            if amx_here {
+                check_matmul(true, m, k, n);
+            }
+        }
+        if !amx_here {
+            eprintln!("no AMX on this CPU: only the portable bf16 path was checked");
+        }
+    }
+
+    /// A whole member network in bf16 against an f64 forward pass, with the error carried
+    /// through the layers: e_out ≤ L·(Σ|w|·e_in + bound(Σ|a·w|)) + f32 epilogue rounding,
+    /// L = max |act'| (1.1 for SiLU, 1 for tanh and ReLU).
+    #[test]
+    fn a_bf16_member_network_should_stay_within_the_propagated_bound() {
+        for (activation, lip) in [(Activation::Silu, 1.1f64), (Activation::Tanh, 1.0)] {
+            for amx in [false, on_amx()] {
+                let shape = EnsembleShape {
+                    ensemble: 2,
+                    in_dim: 7,
+                    out_dim: 5,
+                    hidden: 45,
+                    num_layers: 3,
+                    activation,
+                    probabilistic: true,
+                };
+                let lay = shape.layout();
+                let params = randn(lay.total, 3, 0.25);
+                let rows = 19;
+                let x = randn(rows * shape.in_dim, 4, 1.5);
+                let (mean, std) = (vec![0.1f32; 7], vec![1.3f32; 7]);
+                let e = 1;
+                let packed: Vec<Packed> = if amx {
+                    pack_member(&shape, &params, e)
+                } else {
+                    lay.layers
+                        .iter()
+                        .map(|lo| {
+                            let (fi, fo) = (lo.fan_in, lo.fan_out);
+                            let w = &params[lo.weight + e * fi * fo..][..fi * fo];
+                            Packed::for_path(w, fi, fo, false)
+                        })
+                        .collect()
+                };
+                let w = crate::backend::cpu::ensemble::max_width(&shape);
+                let (mut a, mut b) = (vec![f32::NAN; rows * w], vec![f32::NAN; rows * w]);
+                let got = member_forward_bf16(
+                    &shape,
+                    &lay,
+                    &params,
+                    &packed,
+                    &mean,
+                    &std,
+                    e,
+                    &x,
+                    rows,
+                    &mut a,
+                    &mut b,
+                    &mut ChainScratch::default(),
+                )
+                .to_vec();
+                let act = |z: f64| match activation {
+                    Activation::Silu => z / (1.0 + (-z).exp()),
+                    Activation::Tanh => z.tanh(),
+                    Activation::Relu => z.max(0.0),
+                };
+                for r in 0..rows {
+                    // Exact values and error bounds of the current layer's input.
+                    let mut h: Vec<f64> = (0..shape.in_dim)
+                        .map(|j| (x[r * 7 + j] as f64 - 0.1) / 1.3f32 as f64)
+                        .collect();
+                    // The normaliser is f32 arithmetic in both: two roundings.
+                    let mut err: Vec<f64> = h.iter().map(|v| v.abs() * 2.0 * 6e-8).collect();
+                    for (l, lo) in lay.layers.iter().enumerate() {
+                        let (fi, fo) = (lo.fan_in, lo.fan_out);
+                        let wt = &params[lo.weight + e * fi * fo..][..fi * fo];
+                        let bias = &params[lo.bias + e * fo..][..fo];
+                        let last = l + 1 == lay.layers.len();
+                        let mut nh = vec![0.0; fo];
+                        let mut ne = vec![0.0; fo];
+                        for j in 0..fo {
+                            let (mut z, mut sum_abs, mut carried) = (bias[j] as f64, 0.0, 0.0);
+                            for kk in 0..fi {
+                                let wv = wt[kk * fo + j] as f64;
+                                z += h[kk] * wv;
+                                // Σ|a·w| over the computed inputs, which may exceed the
+                                // exact ones by their error.
+                                sum_abs += (h[kk].abs() + err[kk]) * wv.abs();
+                                carried += err[kk] * wv.abs();
+                            }
+                            let pre = carried + error_bound(sum_abs, fi) + 6e-8 * z.abs();
+                            if last {
+                                nh[j] = z;
+                                ne[j] = pre;
+                            } else {
+                                nh[j] = act(z);
+                                // exp_fast and the f32 epilogue: a few ulps of the output.
+                                ne[j] = lip * pre + 1e-6 * nh[j].abs() + 1e-30;
+                            }
+                        }
+                        h = nh;
+                        err = ne;
+                    }
+                    for j in 0..shape.head_dim() {
+                        let g = got[r * shape.head_dim() + j] as f64;
+                        assert!(
+                            (g - h[j]).abs() <= err[j],
+                            "{activation:?} amx={amx} row {r} out {j}: {g} vs {} (bound {:e})",
+                            h[j],
+                            err[j]
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
