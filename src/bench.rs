@@ -103,7 +103,12 @@ pub fn synthetic_transitions(n: usize, obs_dim: usize, act_dim: usize, seed: u64
 /// makes queued work complete.
 pub fn model_benches<B: Backend>(be: &B, reps: usize) -> Result<Vec<BenchResult>> {
     let on_cpu = be.name() == "cpu";
-    let peak = if on_cpu { gemm_peak(reps) } else { 0.0 };
+    let mut peaks = vec![];
+    if on_cpu {
+        peaks.push(gemm_peak(reps));
+    }
+    // Shares of the peak are filled in by `finish_with_peak`.
+    let peak = 0.0;
     let mut out = vec![];
 
     // Forward: E=7, 1000 rows per member, input 24, 4×200 SiLU, head 36.
@@ -182,104 +187,203 @@ pub fn model_benches<B: Backend>(be: &B, reps: usize) -> Result<Vec<BenchResult>
         peak,
         "one epoch of bootstrap minibatch Adam; forward + backward FLOPs".into(),
     ));
-    out.push(result(
-        "gemm_peak_square",
-        0.0,
-        0.0,
-        reps,
-        0.0,
-        peak,
-        "best of 1024³ and 1536³ f32 products on all threads".into(),
-    ));
     for r in out.iter_mut() {
         r.backend = be.name().into();
     }
-    if !on_cpu {
-        out.pop();
+    if on_cpu {
+        peaks.push(gemm_peak(reps));
     }
-    if let (true, Some(p)) = (on_cpu, out.last_mut()) {
-        p.gflops = peak;
-        p.fraction_of_peak = 1.0;
-    }
-    Ok(out)
+    Ok(finish_with_peak(out, &peaks))
 }
 
-/// `bench plan`: one MPC planning step (CEM × trajectory sampling through an untrained
-/// ensemble) at mbrl-lib's cart-pole configuration and at half-cheetah sizes.
-pub fn plan_benches<B: Backend>(be: &B, reps: usize) -> Result<Vec<BenchResult>> {
+/// One planning configuration to measure.
+struct PlanCase {
+    name: &'static str,
+    model: Ensemble,
+    task: u32,
+    lower: Vec<f32>,
+    upper: Vec<f32>,
+    cfg: crate::plan::PlannerConfig,
+    ts: crate::plan::TsConfig,
+    obs: Vec<f32>,
+}
+
+/// The planning configurations `bench plan` measures: mbrl-lib's cart-pole PETS step,
+/// half-cheetah sizes, and a small real-time model (5 members 3×64, population 1000, horizon
+/// 30, 3 CEM iterations, expectation over the members).
+fn plan_cases() -> Result<Vec<PlanCase>> {
     use crate::backend::Propagation;
     use crate::env::{task, EnvId};
-    use crate::plan::{Mpc, PlannerConfig, TsConfig};
-    let peak = if be.name() == "cpu" {
-        gemm_peak(reps)
-    } else {
-        0.0
-    };
-    let ts = TsConfig {
+    use crate::plan::{PlannerConfig, TsConfig};
+    let ts1 = TsConfig {
         particles: 20,
         propagation: Propagation::Ts1,
     };
-    let mut out = vec![];
-    let mut one = |name: &str,
-                   model: Ensemble,
-                   task: u32,
-                   lower: Vec<f32>,
-                   upper: Vec<f32>,
-                   cfg: PlannerConfig,
-                   obs: Vec<f32>|
-     -> Result<()> {
-        let mut mpc = Mpc::with_model_task(be, &model, task, &lower, &upper, cfg, ts, 0)?;
-        let (med, min) = time_ms(reps, || {
-            mpc.act(be, &obs, &[]).expect("plan");
-        });
-        let flop = 2.0 * mpc.rows_per_action() as f64 * model.shape().macs_per_row() as f64;
-        let rows_per_s = mpc.rows_per_action() as f64 / (med * 1e-3);
-        let mut r = result(
-            name,
-            med,
-            min,
-            reps,
-            flop,
-            peak,
-            format!(
-                "ms per action; {:.3e} model rows/s; {:.1} GFLOP per action",
-                rows_per_s,
-                flop / 1e9
-            ),
-        );
-        r.backend = be.name().into();
-        out.push(r);
-        Ok(())
-    };
     let cp = EnvId::CartPole.spec();
-    one(
-        "plan_step_cartpole_mbrl_lib",
-        Ensemble::new(ModelConfig::pets(4, 1), 0)?,
-        EnvId::CartPole.code(),
-        cp.act_low.clone(),
-        cp.act_high.clone(),
-        PlannerConfig::pets_cartpole(),
-        vec![0.01, -0.02, 0.03, 0.0],
-    )?;
     let mut hc = ModelConfig::pets(task::HALF_CHEETAH_OBS, task::HALF_CHEETAH_ACT);
     hc.num_elites = 5;
-    let cfg = PlannerConfig {
-        horizon: 30,
-        population: 400,
-        num_elites: 64,
-        ..PlannerConfig::pets_cartpole()
+    let pd = EnvId::Pendulum.spec();
+    let mut small = ModelConfig::pets(pd.obs_dim, pd.act_dim);
+    small.ensemble_size = 5;
+    small.num_elites = 5;
+    small.num_layers = 3;
+    small.hidden = 64;
+    Ok(vec![
+        PlanCase {
+            name: "plan_step_cartpole_mbrl_lib",
+            model: Ensemble::new(ModelConfig::pets(4, 1), 0)?,
+            task: EnvId::CartPole.code(),
+            lower: cp.act_low.clone(),
+            upper: cp.act_high.clone(),
+            cfg: PlannerConfig::pets_cartpole(),
+            ts: ts1,
+            obs: vec![0.01, -0.02, 0.03, 0.0],
+        },
+        PlanCase {
+            name: "plan_step_half_cheetah_sizes",
+            model: Ensemble::new(hc, 0)?,
+            task: task::HALF_CHEETAH,
+            lower: vec![-1.0; task::HALF_CHEETAH_ACT],
+            upper: vec![1.0; task::HALF_CHEETAH_ACT],
+            cfg: PlannerConfig {
+                horizon: 30,
+                population: 400,
+                num_elites: 64,
+                ..PlannerConfig::pets_cartpole()
+            },
+            ts: ts1,
+            obs: (0..task::HALF_CHEETAH_OBS as u32)
+                .map(|i| 0.1 * normal(5, 1, i, 0))
+                .collect(),
+        },
+        PlanCase {
+            name: "plan_step_small_5x3x64_pop1000",
+            model: Ensemble::new(small, 0)?,
+            task: EnvId::Pendulum.code(),
+            lower: pd.act_low.clone(),
+            upper: pd.act_high.clone(),
+            cfg: PlannerConfig {
+                horizon: 30,
+                population: 1000,
+                num_elites: 100,
+                iterations: 3,
+                ..PlannerConfig::pets_cartpole()
+            },
+            ts: TsConfig {
+                particles: 1,
+                propagation: Propagation::Expectation,
+            },
+            obs: vec![0.9, 0.43, -0.2],
+        },
+    ])
+}
+
+fn plan_row<B: Backend>(be: &B, c: &PlanCase, reps: usize, peak: f64) -> Result<BenchResult> {
+    use crate::plan::Mpc;
+    let precision = be.planning_precision();
+    let cfg = crate::plan::PlannerConfig {
+        precision,
+        ..c.cfg.clone()
     };
-    let obs: Vec<f32> = (0..task::HALF_CHEETAH_OBS as u32)
-        .map(|i| 0.1 * normal(5, 1, i, 0))
-        .collect();
-    one(
-        "plan_step_half_cheetah_sizes",
-        Ensemble::new(hc, 0)?,
-        task::HALF_CHEETAH,
-        vec![-1.0; task::HALF_CHEETAH_ACT],
-        vec![1.0; task::HALF_CHEETAH_ACT],
-        cfg,
-        obs,
-    )?;
-    Ok(out)
+    let mut mpc = Mpc::with_model_task(be, &c.model, c.task, &c.lower, &c.upper, cfg, c.ts, 0)?;
+    let mut failed = None;
+    let (med, min) = time_ms(reps, || {
+        if let Err(e) = mpc.act(be, &c.obs, &[]) {
+            failed = Some(e);
+        }
+    });
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    let flop = 2.0 * mpc.rows_per_action() as f64 * c.model.shape().macs_per_row() as f64;
+    let rows_per_s = mpc.rows_per_action() as f64 / (med * 1e-3);
+    let arith = match precision {
+        crate::backend::Precision::F32 => "f32",
+        crate::backend::Precision::Bf16 if be.name() == "cpu" && crate::bf16::on_amx() => {
+            "bf16 on AMX tiles"
+        }
+        crate::backend::Precision::Bf16 if be.name() == "cpu" => "bf16 emulated (no AMX)",
+        crate::backend::Precision::Bf16 => "bf16 weights",
+    };
+    let suffix = if precision == crate::backend::Precision::Bf16 {
+        "_bf16"
+    } else {
+        ""
+    };
+    let mut r = result(
+        &format!("{}{suffix}", c.name),
+        med,
+        min,
+        reps,
+        flop,
+        peak,
+        format!(
+            "ms per action ({arith}); {:.3e} model rows/s; {:.1} GFLOP per action",
+            rows_per_s,
+            flop / 1e9
+        ),
+    );
+    r.backend = be.name().into();
+    Ok(r)
+}
+
+/// `bench plan`: one MPC planning step (CEM × trajectory sampling through an untrained
+/// ensemble) for each of [`plan_cases`], and on the CPU also with bf16 products; the GEMM
+/// peak is measured before and after (the best of both is the reference).
+pub fn plan_benches<B: Backend>(be: &B, reps: usize) -> Result<Vec<BenchResult>> {
+    let on_cpu = be.name() == "cpu";
+    let mut peaks = vec![];
+    if on_cpu {
+        peaks.push(gemm_peak(reps));
+    }
+    let mut rows = vec![];
+    let bf16 = crate::backend::cpu::CpuBackend::with_bf16_planning();
+    for c in plan_cases()? {
+        rows.push((plan_row(be, &c, reps, 0.0)?, c.model.shape()));
+        if on_cpu {
+            rows.push((plan_row(&bf16, &c, reps, 0.0)?, c.model.shape()));
+        }
+    }
+    if on_cpu {
+        peaks.push(gemm_peak(reps));
+    }
+    Ok(finish_with_peak(
+        rows.into_iter().map(|(r, _)| r).collect(),
+        &peaks,
+    ))
+}
+
+/// Set every row's share of the peak to the best of `peaks` (the GEMM peak measured before
+/// and after the work, so a machine that got busier in between shows as a spread, not as a
+/// changed share), and append the peak row with its spread.
+fn finish_with_peak(mut rows: Vec<BenchResult>, peaks: &[f64]) -> Vec<BenchResult> {
+    if peaks.is_empty() {
+        return rows;
+    }
+    let best = peaks.iter().cloned().fold(0.0, f64::max);
+    let worst = peaks.iter().cloned().fold(f64::INFINITY, f64::min);
+    for r in &mut rows {
+        r.peak_gflops = best;
+        r.fraction_of_peak = r.gflops / best;
+    }
+    let mut p = result(
+        "gemm_peak_square",
+        0.0,
+        0.0,
+        peaks.len(),
+        0.0,
+        best,
+        format!(
+            "f32 GEMM 1024³/1536³ on all threads, best of {} measurements before and after \
+             the work: {:.1}–{:.1} GFLOP/s (spread {:.1} %)",
+            peaks.len(),
+            worst,
+            best,
+            100.0 * (best - worst) / best
+        ),
+    );
+    p.gflops = best;
+    p.fraction_of_peak = 1.0;
+    rows.push(p);
+    rows
 }
