@@ -309,19 +309,23 @@ fn chain_with(
             // The next layer's input: act(c + b) rounded to bf16, zero in the padding
             // columns (rows past m stay as they are: rows never mix in a product).
             let kn = layers[l + 1].kp();
-            let vector = avx512::available();
-            for r in 0..m {
-                let c = &s.c[r * np..r * np + n];
-                let dst = &mut next[r * kn..(r + 1) * kn];
-                if vector {
-                    // SAFETY: AVX-512 F/BW/VL/BF16 were detected; c, bias and dst hold n.
-                    unsafe { avx512::bias_act_bf16(c, bias, &mut dst[..n], activation) };
-                } else {
+            if avx512::available() {
+                // SAFETY: AVX-512 F/BW/VL/BF16 were detected; `s.c` holds m rows of np ≥ n,
+                // `next` m rows of kn ≥ n, `bias` n values.
+                unsafe {
+                    avx512::bias_act_bf16(&s.c, np, bias, next, kn, m, n, activation);
+                }
+            } else {
+                for r in 0..m {
+                    let c = &s.c[r * np..r * np + n];
+                    let dst = &mut next[r * kn..(r + 1) * kn];
                     for ((d, v), bb) in dst[..n].iter_mut().zip(c).zip(*bias) {
                         *d = to_bits(act(*v + *bb));
                     }
                 }
-                dst[n..].fill(0);
+            }
+            for r in 0..m {
+                next[r * kn + n..(r + 1) * kn].fill(0);
             }
             if l == 0 {
                 // Padding rows of the next input must be finite too (they were zeroed for
@@ -399,29 +403,59 @@ mod avx512 {
         }
     }
 
-    /// `dst[j] = bf16(act(c[j] + bias[j]))` for j < dst.len().
+    /// `dst[r·ds + j] = bf16(act(c[r·cs + j] + bias[j]))` for r < m, j < n: all rows of a
+    /// layer in one call, two vectors per iteration where the row allows.
     ///
     /// # Safety
-    /// [`available`] must hold; `c` and `bias` at least as long as `dst`.
+    /// [`available`] must hold; `c` must hold m rows of stride cs ≥ n, `dst` m rows of
+    /// stride ds ≥ n, `bias` n values.
+    #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
-    pub unsafe fn bias_act_bf16(c: &[f32], bias: &[f32], dst: &mut [u16], a: Activation) {
-        let n = dst.len();
-        debug_assert!(c.len() >= n && bias.len() >= n);
-        let mut j = 0;
-        while j < n {
-            let left = n - j;
-            let mask: __mmask16 = if left >= 16 {
-                0xffff
-            } else {
-                (1u16 << left) - 1
-            };
-            let v = _mm512_add_ps(
-                _mm512_maskz_loadu_ps(mask, c.as_ptr().add(j)),
-                _mm512_maskz_loadu_ps(mask, bias.as_ptr().add(j)),
-            );
-            let h: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(act(a, v)));
-            _mm256_mask_storeu_epi16(dst.as_mut_ptr().add(j) as *mut i16, mask, h);
-            j += 16;
+    pub unsafe fn bias_act_bf16(
+        c: &[f32],
+        cs: usize,
+        bias: &[f32],
+        dst: &mut [u16],
+        ds: usize,
+        m: usize,
+        n: usize,
+        a: Activation,
+    ) {
+        debug_assert!(m == 0 || (c.len() >= (m - 1) * cs + n && dst.len() >= (m - 1) * ds + n));
+        debug_assert!(bias.len() >= n);
+        let (cp, bp, dp) = (c.as_ptr(), bias.as_ptr(), dst.as_mut_ptr());
+        let store = |d: *mut u16, mask: __mmask16, v: __m512| {
+            let h: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(v));
+            _mm256_mask_storeu_epi16(d as *mut i16, mask, h);
+        };
+        for r in 0..m {
+            let (cr, dr) = (cp.add(r * cs), dp.add(r * ds));
+            let mut j = 0;
+            while j + 32 <= n {
+                let v0 = _mm512_add_ps(_mm512_loadu_ps(cr.add(j)), _mm512_loadu_ps(bp.add(j)));
+                let v1 = _mm512_add_ps(
+                    _mm512_loadu_ps(cr.add(j + 16)),
+                    _mm512_loadu_ps(bp.add(j + 16)),
+                );
+                let (y0, y1) = (act(a, v0), act(a, v1));
+                store(dr.add(j), 0xffff, y0);
+                store(dr.add(j + 16), 0xffff, y1);
+                j += 32;
+            }
+            while j < n {
+                let left = n - j;
+                let mask: __mmask16 = if left >= 16 {
+                    0xffff
+                } else {
+                    (1u16 << left) - 1
+                };
+                let v = _mm512_add_ps(
+                    _mm512_maskz_loadu_ps(mask, cr.add(j)),
+                    _mm512_maskz_loadu_ps(mask, bp.add(j)),
+                );
+                store(dr.add(j), mask, act(a, v));
+                j += 16;
+            }
         }
     }
 }
