@@ -450,12 +450,18 @@ fn settings_errors_should_name_the_setting_or_flag() {
     );
 }
 
+/// 60 synthetic transitions (obs 2, act 1) as `dir/log.csv`.
+fn synthetic_csv(dir: &std::path::Path) -> std::path::PathBuf {
+    let csv = dir.join("log.csv");
+    let data = mbrl_gpu::bench::synthetic_transitions(60, 2, 1, 3);
+    std::fs::write(&csv, mbrl_gpu::io::csv::render(&data)).unwrap();
+    csv
+}
+
 #[test]
 fn model_fit_should_protect_existing_files_and_name_its_flags() {
     let dir = tempfile::tempdir().unwrap();
-    let csv = dir.path().join("log.csv");
-    let data = mbrl_gpu::bench::synthetic_transitions(60, 2, 1, 3);
-    std::fs::write(&csv, mbrl_gpu::io::csv::render(&data)).unwrap();
+    let csv = synthetic_csv(dir.path());
     let original = std::fs::read(&csv).unwrap();
     let c = csv.to_str().unwrap();
     let small = [
@@ -534,11 +540,9 @@ fn model_fit_should_protect_existing_files_and_name_its_flags() {
 #[test]
 fn non_finite_results_should_be_errors_not_null() {
     let dir = tempfile::tempdir().unwrap();
-    let csv = dir.path().join("log.csv");
-    let data = mbrl_gpu::bench::synthetic_transitions(60, 2, 1, 3);
-    std::fs::write(&csv, mbrl_gpu::io::csv::render(&data)).unwrap();
+    let csv = synthetic_csv(dir.path());
     let m = dir.path().join("m.safetensors");
-    let o = mbrl(&[
+    let fit = [
         "model",
         "fit",
         "--data",
@@ -557,7 +561,8 @@ fn non_finite_results_should_be_errors_not_null() {
         "1",
         "--backend",
         "cpu",
-    ]);
+    ];
+    let o = mbrl(&fit);
     assert!(o.status.success(), "{}", text(&o).1);
     let input = dir.path().join("in.json");
     std::fs::write(&input, r#"{"obs": [[0.1, 0.2]], "act": [[3.4e38]]}"#).unwrap();
