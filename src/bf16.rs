@@ -343,6 +343,7 @@ fn chain_with(
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use crate::backend::Activation;
+    use crate::dense::act_avx512 as act;
     use std::arch::x86_64::*;
 
     pub fn available() -> bool {
@@ -353,54 +354,6 @@ mod avx512 {
                 && is_x86_feature_detected!("avx512vl")
                 && is_x86_feature_detected!("avx512bf16")
         })
-    }
-
-    /// e^x as [`crate::fastmath::exp_f32`] computes it (same reduction and polynomial), with
-    /// 2ⁿ applied by `vscalefps`.
-    #[inline]
-    #[target_feature(enable = "avx512f")]
-    unsafe fn exp(x: __m512) -> __m512 {
-        let x = _mm512_min_ps(
-            _mm512_max_ps(x, _mm512_set1_ps(-87.3)),
-            _mm512_set1_ps(88.0),
-        );
-        let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
-            _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)),
-        );
-        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693_145_75), x);
-        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428_606_8e-6), r);
-        let mut p = _mm512_set1_ps(1.0 / 720.0);
-        for c in [1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
-            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
-        }
-        _mm512_scalef_ps(p, n)
-    }
-
-    /// 1/d from the 14-bit estimate and one Newton step (relative error ≈ 2⁻²⁸).
-    #[inline]
-    #[target_feature(enable = "avx512f")]
-    unsafe fn recip(d: __m512) -> __m512 {
-        let r = _mm512_rcp14_ps(d);
-        _mm512_mul_ps(r, _mm512_fnmadd_ps(d, r, _mm512_set1_ps(2.0)))
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx512f")]
-    unsafe fn act(a: Activation, z: __m512) -> __m512 {
-        let one = _mm512_set1_ps(1.0);
-        match a {
-            // z·σ(z), σ(z) = 1 / (1 + e^−z)
-            Activation::Silu => {
-                let e = exp(_mm512_sub_ps(_mm512_setzero_ps(), z));
-                _mm512_mul_ps(z, recip(_mm512_add_ps(one, e)))
-            }
-            Activation::Relu => _mm512_max_ps(z, _mm512_setzero_ps()),
-            // tanh z = 1 − 2 / (1 + e^{2z})
-            Activation::Tanh => {
-                let e = exp(_mm512_add_ps(z, z));
-                _mm512_fnmadd_ps(_mm512_set1_ps(2.0), recip(_mm512_add_ps(one, e)), one)
-            }
-        }
     }
 
     /// `dst[r·ds + j] = bf16(act(c[r·cs + j] + bias[j]))` for r < m, j < n: all rows of a

@@ -11,6 +11,7 @@ pub mod algo;
 pub mod backend;
 pub mod bench;
 pub mod bf16;
+pub mod dense;
 pub mod env;
 pub mod error;
 pub mod fastmath;

@@ -177,8 +177,10 @@ fn linear<T: Real>(
     match (pre, activation) {
         (None, a) => {
             let dst = &mut dst[..nr * fo];
-            matmul(dst, src, w, false);
-            bias_act(dst, b, a);
+            if !T::dense_layer(dst, src.data, nr, w.data, fi, fo, b, a) {
+                matmul(dst, src, w, false);
+                bias_act(dst, b, a);
+            }
         }
         (Some(pre), a) => {
             let pre = &mut pre[..nr * fo];
@@ -308,6 +310,14 @@ pub fn forward<T: Real>(
     let means = split(mean, &ts, rows, d);
     let lv_width = if shape.probabilistic { d } else { 0 };
     let lvs = split(logvar, &ts, rows, lv_width);
+    // In f32 with AVX-512: every member's weights packed once for the fused kernel.
+    let packed: Vec<Vec<crate::dense::PackedF32>> = match T::f32_slice(params) {
+        Some(p) if crate::dense::fused_available() => (0..shape.ensemble)
+            .into_par_iter()
+            .map(|e| pack_member_f32(shape, p, e))
+            .collect(),
+        _ => vec![],
+    };
     ts.par_iter()
         .zip(ws.scratch.par_iter_mut())
         .zip(means.into_par_iter().zip(lvs.into_par_iter()))
@@ -316,8 +326,29 @@ pub fn forward<T: Real>(
             grow(a, t.nr * width);
             grow(b, t.nr * width);
             let x = rows_of(x, t, rows, shape.in_dim);
-            let raw = member_forward(shape, &lay, params, in_mean, in_std, t.e, x, t.nr, a, b);
-            head_out(shape, params, &lay, raw, t.nr, m_out, lv_out);
+            if let Some(pk) = packed.get(t.e) {
+                // f32 with weights packed once above for the fused kernel.
+                fn f<T: Real>(s: &[T]) -> &[f32] {
+                    T::f32_slice(s).expect("f32 was checked when packing")
+                }
+                let (p, m, s) = (f(params), f(in_mean), f(in_std));
+                let (a, b) = (T::f32_slice_mut(a), T::f32_slice_mut(b));
+                let (a, b) = (a.expect("f32"), b.expect("f32"));
+                let raw = member_forward_packed(shape, &lay, p, pk, m, s, t.e, f(x), t.nr, a, b);
+                let (mo, lo) = (T::f32_slice_mut(m_out), T::f32_slice_mut(lv_out));
+                head_out(
+                    shape,
+                    p,
+                    &lay,
+                    raw,
+                    t.nr,
+                    mo.expect("f32"),
+                    lo.expect("f32"),
+                );
+            } else {
+                let raw = member_forward(shape, &lay, params, in_mean, in_std, t.e, x, t.nr, a, b);
+                head_out(shape, params, &lay, raw, t.nr, m_out, lv_out);
+            }
         });
 }
 
@@ -344,6 +375,49 @@ pub(crate) fn member_forward<'s, T: Real>(
         std::mem::swap(&mut a, &mut b);
     }
     &a[..nr * shape.head_dim()]
+}
+
+/// [`member_forward`] in f32 with the member's weights already packed for the fused kernel
+/// of [`crate::dense`] (the same sums in the same order as the unpacked call).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn member_forward_packed<'s>(
+    shape: &EnsembleShape,
+    lay: &ParamLayout,
+    params: &[f32],
+    packed: &[crate::dense::PackedF32],
+    in_mean: &[f32],
+    in_std: &[f32],
+    e: usize,
+    x: &[f32],
+    nr: usize,
+    mut a: &'s mut [f32],
+    mut b: &'s mut [f32],
+) -> &'s [f32] {
+    normalise(a, x, in_mean, in_std, nr);
+    for (l, lo) in lay.layers.iter().enumerate() {
+        let activation = (l < shape.num_layers).then_some(shape.activation);
+        let bias = &params[lo.bias + e * lo.fan_out..][..lo.fan_out];
+        crate::dense::layer(b, a, nr, &packed[l], bias, activation);
+        std::mem::swap(&mut a, &mut b);
+    }
+    &a[..nr * shape.head_dim()]
+}
+
+/// Member `e`'s weights packed for the fused f32 kernel, one panel set per layer.
+pub(crate) fn pack_member_f32(
+    shape: &EnsembleShape,
+    params: &[f32],
+    e: usize,
+) -> Vec<crate::dense::PackedF32> {
+    shape
+        .layout()
+        .layers
+        .iter()
+        .map(|lo| {
+            let (fi, fo) = (lo.fan_in, lo.fan_out);
+            crate::dense::PackedF32::new(&params[lo.weight + e * fi * fo..][..fi * fo], fi, fo)
+        })
+        .collect()
 }
 
 /// Member `e`'s weights packed for bf16 products, one [`Packed`] per layer (head last).

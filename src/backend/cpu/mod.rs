@@ -32,6 +32,29 @@ pub trait Real:
     fn exp_fast(self) -> Self;
     /// ln(1 + x) for x ≥ 0, vectorisable in f32, libm in f64.
     fn ln_1p_fast(self) -> Self;
+    /// An inference layer `dst[m×n] = act(src[m×k]·W + b)` through a faster kernel, if this
+    /// type has one here: f32 on AVX-512 uses the fused kernel of [`crate::dense`]. Returns
+    /// false (nothing written) otherwise, and the caller runs the plain GEMM.
+    #[allow(clippy::too_many_arguments)]
+    fn dense_layer(
+        _dst: &mut [Self],
+        _src: &[Self],
+        _m: usize,
+        _w: &[Self],
+        _k: usize,
+        _n: usize,
+        _bias: &[Self],
+        _act: Option<crate::backend::Activation>,
+    ) -> bool {
+        false
+    }
+    /// This slice as f32, when `Self` is f32 (the fused kernels are f32-only).
+    fn f32_slice(_: &[Self]) -> Option<&[f32]> {
+        None
+    }
+    fn f32_slice_mut(_: &mut [Self]) -> Option<&mut [f32]> {
+        None
+    }
 }
 
 impl Real for f64 {
@@ -69,6 +92,24 @@ impl Real for f32 {
     #[inline(always)]
     fn ln_1p_fast(self) -> Self {
         ln_1p_f32(self)
+    }
+    fn dense_layer(
+        dst: &mut [f32],
+        src: &[f32],
+        m: usize,
+        w: &[f32],
+        k: usize,
+        n: usize,
+        bias: &[f32],
+        act: Option<crate::backend::Activation>,
+    ) -> bool {
+        crate::dense::layer_unpacked(dst, src, m, w, k, n, bias, act)
+    }
+    fn f32_slice(s: &[f32]) -> Option<&[f32]> {
+        Some(s)
+    }
+    fn f32_slice_mut(s: &mut [f32]) -> Option<&mut [f32]> {
+        Some(s)
     }
 }
 

@@ -6,10 +6,14 @@
 //! runs every step of the horizon on its rows with scratch memory reused across calls (no
 //! allocation per step). Within a tile and step, rows are grouped by the elite member that
 //! propagates them, so each member runs one GEMM-shaped batch.
-use super::ensemble::{head_out, max_width, member_forward, member_forward_bf16, pack_member};
+use super::ensemble::{
+    head_out, max_width, member_forward, member_forward_bf16, member_forward_packed, pack_member,
+    pack_member_f32,
+};
 use super::Real;
 use crate::backend::{EnsembleShape, ParamLayout, Propagation, RolloutParams};
 use crate::bf16::{ChainScratch, Packed};
+use crate::dense::PackedF32;
 use crate::env::{task, EnvId};
 use crate::rng::{below, normals, stream};
 use rayon::prelude::*;
@@ -56,25 +60,38 @@ struct PackedModel {
     /// weights is a small fraction of one rollout's arithmetic).
     source: Vec<f32>,
     shape: Option<EnsembleShape>,
+    /// Whether `members` holds bf16 packings (else f32 panels).
+    bf16: bool,
     /// [member][layer].
     members: Vec<Vec<Packed>>,
+    f32_members: Vec<Vec<PackedF32>>,
     /// Packings made so far (for tests: once per model update).
     pub packs: usize,
 }
 
 impl PackedModel {
-    fn refresh(&mut self, shape: &EnsembleShape, params: &[f32]) -> &[Vec<Packed>] {
-        if self.shape.as_ref() != Some(shape) || self.source != params {
-            self.members = (0..shape.ensemble)
-                .into_par_iter()
-                .map(|e| pack_member(shape, params, e))
-                .collect();
+    /// Repack when the parameters, the shape or the arithmetic changed.
+    fn refresh(&mut self, shape: &EnsembleShape, params: &[f32], bf16: bool) {
+        if self.shape.as_ref() != Some(shape) || self.bf16 != bf16 || self.source != params {
+            if bf16 {
+                self.members = (0..shape.ensemble)
+                    .into_par_iter()
+                    .map(|e| pack_member(shape, params, e))
+                    .collect();
+                self.f32_members.clear();
+            } else {
+                self.f32_members = (0..shape.ensemble)
+                    .into_par_iter()
+                    .map(|e| pack_member_f32(shape, params, e))
+                    .collect();
+                self.members.clear();
+            }
             self.source.clear();
             self.source.extend_from_slice(params);
             self.shape = Some(*shape);
+            self.bf16 = bf16;
             self.packs += 1;
         }
-        &self.members
     }
 }
 
@@ -135,14 +152,19 @@ pub fn rollout(
         outs.push(mine);
         rest = tail;
     }
-    let packed = bf16.then(|| ws.packed.refresh(shape, params));
+    // Weights packed once per model: bf16 tiles, or f32 panels for the fused kernel.
+    if bf16 || crate::dense::fused_available() {
+        ws.packed.refresh(shape, params, bf16);
+    }
     let model = Model {
         shape,
         lay: shape.layout(),
         params,
         in_mean,
         in_std,
-        packed,
+        packed: bf16.then_some(&ws.packed.members[..]),
+        packed_f32: (!bf16 && crate::dense::fused_available())
+            .then_some(&ws.packed.f32_members[..]),
     };
     ranges
         .par_iter()
@@ -173,6 +195,7 @@ struct Model<'a> {
     in_mean: &'a [f32],
     in_std: &'a [f32],
     packed: Option<&'a [Vec<Packed>]>,
+    packed_f32: Option<&'a [Vec<PackedF32>]>,
 }
 
 impl Model<'_> {
@@ -189,22 +212,15 @@ impl Model<'_> {
     ) -> &'s [f32] {
         let (shape, lay) = (self.shape, &self.lay);
         let (mean, std) = (self.in_mean, self.in_std);
-        match self.packed {
-            Some(pk) => member_forward_bf16(
-                shape,
-                lay,
-                self.params,
-                &pk[e],
-                mean,
-                std,
-                e,
-                x,
-                nr,
-                a,
-                b,
-                scratch,
-            ),
-            None => member_forward(shape, lay, self.params, mean, std, e, x, nr, a, b),
+        let p = self.params;
+        match (self.packed, self.packed_f32) {
+            (Some(pk), _) => {
+                member_forward_bf16(shape, lay, p, &pk[e], mean, std, e, x, nr, a, b, scratch)
+            }
+            (None, Some(pk)) => {
+                member_forward_packed(shape, lay, p, &pk[e], mean, std, e, x, nr, a, b)
+            }
+            (None, None) => member_forward(shape, lay, p, mean, std, e, x, nr, a, b),
         }
     }
 }
