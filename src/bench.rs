@@ -299,10 +299,7 @@ fn plan_row<B: Backend>(be: &B, c: &PlanCase, reps: usize, peak: f64) -> Result<
     let rows_per_s = mpc.rows_per_action() as f64 / (med * 1e-3);
     let arith = match precision {
         crate::backend::Precision::F32 => "f32",
-        crate::backend::Precision::Bf16 if be.name() == "cpu" && crate::bf16::on_amx() => {
-            "bf16 on AMX tiles"
-        }
-        crate::backend::Precision::Bf16 if be.name() == "cpu" => "bf16 emulated (no AMX)",
+        crate::backend::Precision::Bf16 if be.name() == "cpu" => crate::bf16::describe(),
         crate::backend::Precision::Bf16 => "bf16 weights",
     };
     let suffix = if precision == crate::backend::Precision::Bf16 {

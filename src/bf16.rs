@@ -39,8 +39,56 @@ pub const TILE_M: usize = 16;
 pub const TILE_N: usize = 16;
 pub const TILE_K: usize = 32;
 
+/// Which unit computes the bf16 products.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Path {
+    /// AMX tiles (`tdpbf16ps`).
+    Amx,
+    /// AVX512-BF16 dot products (`vdpbf16ps`: two bf16 products per f32 lane), for CPUs
+    /// with bf16 vector instructions but no AMX (AMD Zen 4/5, Intel Cooper Lake).
+    Avx512Bf16,
+    /// bf16-rounded operands through the f32 GEMM.
+    Portable,
+}
+
+impl Path {
+    /// The path bf16 planning uses here: AMX where present, else the portable one.
+    /// `MBRL_BF16_PATH=amx|avx512bf16|portable` chooses one explicitly (if available).
+    ///
+    /// The AVX512-BF16 path is not chosen by itself: on the 2-core Xeon we measure on,
+    /// `vdpbf16ps` issues at the rate of the f32 FMAs it replaces (two products per lane,
+    /// one port), and the cart-pole planning step took 792 ms against 532 ms in f32. It is
+    /// here, tested, to be measured on CPUs with bf16 vectors but no AMX (AMD Zen 4/5).
+    pub fn best() -> Self {
+        static BEST: std::sync::OnceLock<Path> = std::sync::OnceLock::new();
+        *BEST.get_or_init(|| {
+            let asked = std::env::var("MBRL_BF16_PATH").ok();
+            let asked = match asked.as_deref() {
+                Some("amx") => Some(Path::Amx),
+                Some("avx512bf16") => Some(Path::Avx512Bf16),
+                Some("portable") => Some(Path::Portable),
+                _ => None,
+            };
+            match asked {
+                Some(p) if p.available() => p,
+                _ if amx::available() => Path::Amx,
+                _ => Path::Portable,
+            }
+        })
+    }
+
+    pub fn available(self) -> bool {
+        match self {
+            Path::Amx => amx::available(),
+            Path::Avx512Bf16 => avx512::available(),
+            Path::Portable => true,
+        }
+    }
+}
+
 /// A weight matrix W [k, n] (row-major, `y = x·W`) prepared once per model update: on AMX in
-/// the tile unit's pair-interleaved layout, elsewhere as bf16-rounded f32.
+/// the tile unit's pair-interleaved layout, with AVX512-BF16 in 32-column panels of k-pairs,
+/// elsewhere as bf16-rounded f32.
 #[derive(Clone, Debug, Default)]
 pub struct Packed {
     pub k: usize,
@@ -48,6 +96,9 @@ pub struct Packed {
     /// AMX: blocks of 16 (k-pairs) × 32 (16 columns × 2) bf16, ordered by column block,
     /// then k block; zero beyond k and n.
     tiles: Vec<u16>,
+    /// AVX512-BF16: panels of 32 columns; within a panel, for each pair of k rows, the 32
+    /// columns' (W[2p][c], W[2p+1][c]) pairs; zero beyond k and n.
+    pairs: Vec<u16>,
     /// Portable: W rounded to bf16, row-major [k, n].
     rounded: Vec<f32>,
 }
@@ -62,21 +113,42 @@ impl Packed {
         self.n.div_ceil(TILE_N) * TILE_N
     }
 
-    /// Packed for the tile unit where it is available, else for the portable path.
+    /// Packed for the fastest path this CPU offers ([`Path::best`]).
     pub fn new(w: &[f32], k: usize, n: usize) -> Self {
-        Self::for_path(w, k, n, amx::available())
+        Self::for_path(w, k, n, Path::best())
     }
 
-    /// Packed for the tile unit (`amx`, which must then be available) or the portable path.
-    pub fn for_path(w: &[f32], k: usize, n: usize, amx: bool) -> Self {
+    /// k rounded up to whole pairs (the AVX512-BF16 layout's row length of bf16 inputs).
+    fn k2(&self) -> usize {
+        self.k.div_ceil(2) * 2
+    }
+
+    /// Packed for `path`, which must be available here.
+    pub fn for_path(w: &[f32], k: usize, n: usize, path: Path) -> Self {
         assert_eq!(w.len(), k * n, "weight matrix size");
-        assert!(!amx || amx::available(), "AMX is not available here");
+        assert!(path.available(), "{path:?} is not available here");
         let mut p = Packed {
             k,
             n,
             ..Default::default()
         };
-        if amx {
+        if path == Path::Avx512Bf16 {
+            let (kp, np) = (k.div_ceil(2), n.div_ceil(32));
+            p.pairs = vec![0u16; np * kp * 64];
+            for pn in 0..np {
+                for pr in 0..kp {
+                    for c in 0..32 {
+                        for j in 0..2 {
+                            let (r, col) = (2 * pr + j, pn * 32 + c);
+                            if r < k && col < n {
+                                p.pairs[((pn * kp + pr) * 32 + c) * 2 + j] =
+                                    to_bits(w[r * n + col]);
+                            }
+                        }
+                    }
+                }
+            }
+        } else if path == Path::Amx {
             let (kb, nb) = (p.kp() / TILE_K, p.np() / TILE_N);
             p.tiles = vec![0u16; kb * nb * TILE_K * TILE_N];
             for jb in 0..nb {
@@ -114,6 +186,23 @@ pub fn matmul(dst: &mut [f32], src: &[f32], m: usize, w: &Packed, s: &mut Scratc
     let (k, n) = (w.k, w.n);
     assert!(src.len() >= m * k && dst.len() >= m * n, "matmul sizes");
     if m == 0 || n == 0 {
+        return;
+    }
+    if !w.pairs.is_empty() {
+        let k2 = w.k2();
+        if s.a.len() < m * k2 {
+            s.a.resize(m * k2, 0);
+        }
+        for r in 0..m {
+            let row = &mut s.a[r * k2..(r + 1) * k2];
+            for (d, v) in row.iter_mut().zip(&src[r * k..(r + 1) * k]) {
+                *d = to_bits(*v);
+            }
+            row[k..].fill(0);
+        }
+        // SAFETY: AVX512-BF16 was available when `w` was packed; `s.a` holds m rows of k2
+        // bf16 values, `dst` m rows of n.
+        unsafe { avx512::dot_gemm(&s.a, k2, w, dst, n, m) };
         return;
     }
     if !w.tiles.is_empty() {
@@ -218,6 +307,10 @@ fn chain_with(
         "chain sizes"
     );
     if m == 0 {
+        return;
+    }
+    if !layers[0].pairs.is_empty() {
+        chain_dot(x, m, layers, biases, activation, out, s);
         return;
     }
     if layers[0].tiles.is_empty() {
@@ -338,6 +431,61 @@ fn chain_with(
     }
 }
 
+/// [`chain`] on the AVX512-BF16 path: each layer's f32 product into `s.c`, then the epilogue
+/// writes the next layer's bf16 input (the same vector epilogue as on AMX).
+fn chain_dot(
+    x: &[f32],
+    m: usize,
+    layers: &[Packed],
+    biases: &[&[f32]],
+    activation: Activation,
+    out: &mut [f32],
+    s: &mut ChainScratch,
+) {
+    let last = layers.len() - 1;
+    let kmax = layers.iter().map(|l| l.k2()).max().unwrap_or(0);
+    let nmax = layers.iter().map(|l| l.n).max().unwrap_or(0);
+    for a in &mut s.a {
+        if a.len() < m * kmax {
+            a.resize(m * kmax, 0);
+        }
+    }
+    if s.c.len() < m * nmax {
+        s.c.resize(m * nmax, 0.0);
+    }
+    let (k0, k20) = (layers[0].k, layers[0].k2());
+    for r in 0..m {
+        let row = &mut s.a[0][r * k20..(r + 1) * k20];
+        for (d, v) in row.iter_mut().zip(&x[r * k0..(r + 1) * k0]) {
+            *d = to_bits(*v);
+        }
+        row[k0..].fill(0);
+    }
+    for (l, (w, bias)) in layers.iter().zip(biases).enumerate() {
+        let (n, k2) = (w.n, w.k2());
+        let [a0, a1] = &mut s.a;
+        let (cur, next) = if l % 2 == 0 { (&*a0, a1) } else { (&*a1, a0) };
+        // SAFETY: AVX512-BF16 was available when the layers were packed; `cur` holds m rows
+        // of k2 bf16 inputs, `s.c` m rows of n.
+        unsafe { avx512::dot_gemm(cur, k2, w, &mut s.c, n, m) };
+        if l == last {
+            for r in 0..m {
+                let c = &s.c[r * n..(r + 1) * n];
+                for ((o, v), bb) in out[r * n..(r + 1) * n].iter_mut().zip(c).zip(*bias) {
+                    *o = *v + *bb;
+                }
+            }
+        } else {
+            let kn = layers[l + 1].k2();
+            // SAFETY: AVX-512 F/BW/VL/BF16 are available (this path requires them).
+            unsafe { avx512::bias_act_bf16(&s.c, n, bias, next, kn, m, n, activation) };
+            for r in 0..m {
+                next[r * kn + n..(r + 1) * kn].fill(0);
+            }
+        }
+    }
+}
+
 /// The epilogue of a hidden layer in 512-bit vectors: bias, activation and the rounding to
 /// bf16 (`vcvtneps2bf16`, round to nearest even like [`to_bits`]), 16 values at a time.
 #[cfg(target_arch = "x86_64")]
@@ -354,6 +502,91 @@ mod avx512 {
                 && is_x86_feature_detected!("avx512vl")
                 && is_x86_feature_detected!("avx512bf16")
         })
+    }
+
+    /// C [m × n] (f32, row stride `cs`) = A [m × k2] (bf16 pairs, row stride `a_stride`) ·
+    /// W in `vdpbf16ps`: 12 rows × 32 columns of f32 accumulators, each step adding the
+    /// products of one k-pair (the row's pair broadcast to every lane).
+    ///
+    /// # Safety
+    /// [`available`] must hold; `w` packed for [`super::Path::Avx512Bf16`]; `a` m rows of
+    /// `a_stride` ≥ k2, `c` m rows of `cs` ≥ n.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+    pub unsafe fn dot_gemm(
+        a: &[u16],
+        a_stride: usize,
+        w: &super::Packed,
+        c: &mut [f32],
+        cs: usize,
+        m: usize,
+    ) {
+        let (n, kp) = (w.n, w.k.div_ceil(2));
+        debug_assert!(a_stride.is_multiple_of(2) && a_stride >= 2 * kp && cs >= n);
+        debug_assert!(m == 0 || (a.len() >= (m - 1) * a_stride + 2 * kp));
+        for p in 0..n.div_ceil(32) {
+            let b = w.pairs.as_ptr().add(p * kp * 64);
+            let mut r = 0;
+            while r + 12 <= m {
+                dot_rows::<12>(a, a_stride, b, kp, c, cs, n, r, p);
+                r += 12;
+            }
+            match m - r {
+                0 => {}
+                1 => dot_rows::<1>(a, a_stride, b, kp, c, cs, n, r, p),
+                2 => dot_rows::<2>(a, a_stride, b, kp, c, cs, n, r, p),
+                3 => dot_rows::<3>(a, a_stride, b, kp, c, cs, n, r, p),
+                4 => dot_rows::<4>(a, a_stride, b, kp, c, cs, n, r, p),
+                5 => dot_rows::<5>(a, a_stride, b, kp, c, cs, n, r, p),
+                6 => dot_rows::<6>(a, a_stride, b, kp, c, cs, n, r, p),
+                7 => dot_rows::<7>(a, a_stride, b, kp, c, cs, n, r, p),
+                8 => dot_rows::<8>(a, a_stride, b, kp, c, cs, n, r, p),
+                9 => dot_rows::<9>(a, a_stride, b, kp, c, cs, n, r, p),
+                10 => dot_rows::<10>(a, a_stride, b, kp, c, cs, n, r, p),
+                _ => dot_rows::<11>(a, a_stride, b, kp, c, cs, n, r, p),
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+    unsafe fn dot_rows<const R: usize>(
+        a: &[u16],
+        a_stride: usize,
+        b: *const u16,
+        kp: usize,
+        c: &mut [f32],
+        cs: usize,
+        n: usize,
+        r0: usize,
+        p: usize,
+    ) {
+        let a = a.as_ptr().add(r0 * a_stride);
+        let mut acc = [[_mm512_setzero_ps(); 2]; R];
+        for pr in 0..kp {
+            let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(pr * 64).cast()));
+            let b1: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(pr * 64 + 32).cast()));
+            for (i, acc) in acc.iter_mut().enumerate() {
+                let pair = (a.add(i * a_stride + 2 * pr) as *const i32).read_unaligned();
+                let x: __m512bh = std::mem::transmute(_mm512_set1_epi32(pair));
+                acc[0] = _mm512_dpbf16_ps(acc[0], x, b0);
+                acc[1] = _mm512_dpbf16_ps(acc[1], x, b1);
+            }
+        }
+        let c0 = p * 32;
+        let cols = (n - c0).min(32);
+        for h in 0..cols.div_ceil(16) {
+            let left = cols - 16 * h;
+            let mask: __mmask16 = if left >= 16 {
+                0xffff
+            } else {
+                (1u16 << left) - 1
+            };
+            for (i, acc) in acc.iter().enumerate() {
+                let d = c.as_mut_ptr().add((r0 + i) * cs + c0 + 16 * h);
+                _mm512_mask_storeu_ps(d, mask, acc[h]);
+            }
+        }
     }
 
     /// `dst[r·ds + j] = bf16(act(c[r·cs + j] + bias[j]))` for r < m, j < n: all rows of a
@@ -418,6 +651,16 @@ mod avx512 {
     pub fn available() -> bool {
         false
     }
+    pub unsafe fn dot_gemm(
+        _: &[u16],
+        _: usize,
+        _: &super::Packed,
+        _: &mut [f32],
+        _: usize,
+        _: usize,
+    ) {
+        unreachable!("no AVX-512 off x86-64")
+    }
     pub unsafe fn bias_act_bf16(
         _: &[f32],
         _: &[f32],
@@ -425,6 +668,15 @@ mod avx512 {
         _: crate::backend::Activation,
     ) {
         unreachable!("no AVX-512 off x86-64")
+    }
+}
+
+/// How bf16 products run on this CPU, for messages and benchmark rows.
+pub fn describe() -> &'static str {
+    match Path::best() {
+        Path::Amx => "bf16 on AMX tiles",
+        Path::Avx512Bf16 => "bf16 with AVX512-BF16 vdpbf16ps",
+        Path::Portable => "bf16 emulated in f32 (no AMX or AVX512-BF16 here)",
     }
 }
 
@@ -670,7 +922,7 @@ fn to_bits_should_round_to_nearest_even() {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::cpu::ensemble::{member_forward_bf16, pack_member};
+    use crate::backend::cpu::ensemble::member_forward_bf16;
     use crate::backend::{Activation, EnsembleShape};
     use crate::rng::normal;
 
@@ -682,10 +934,10 @@ mod tests {
 
     /// Every output within the rounding bound of the module documentation, against the
     /// f64 product of the unrounded f32 operands.
-    fn check_matmul(amx: bool, m: usize, k: usize, n: usize) {
+    fn check_matmul(path: Path, m: usize, k: usize, n: usize) {
         let a = randn(m * k, 1, 1.0);
         let w = randn(k * n, 2, 0.3);
-        let packed = Packed::for_path(&w, k, n, amx);
+        let packed = Packed::for_path(&w, k, n, path);
         let mut dst = vec![f32::NAN; m * n];
         matmul(&mut dst, &a, m, &packed, &mut Scratch::default());
         let mut worst = 0.0f64;
@@ -701,13 +953,13 @@ mod tests {
                 let bound = error_bound(sum_abs, k);
                 assert!(
                     err <= bound,
-                    "amx={amx} {m}x{k}x{n} [{i},{j}]: {} vs {exact} (|Δ| {err:e} > {bound:e})",
+                    "{path:?} {m}x{k}x{n} [{i},{j}]: {} vs {exact} (|Δ| {err:e} > {bound:e})",
                     dst[i * n + j]
                 );
                 worst = worst.max(err / bound);
             }
         }
-        eprintln!("amx={amx} {m}x{k}x{n}: worst error {worst:.3} of the bound");
+        eprintln!("{path:?} {m}x{k}x{n}: worst error {worst:.3} of the bound");
     }
 
     #[test]
@@ -730,14 +982,21 @@ mod tests {
                 "the CPU lists AMX but the tile path could not be enabled"
             );
         }
+        let vnni_here = Path::Avx512Bf16.available();
+        if cpu_has_amx {
+            assert!(vnni_here, "an AMX CPU without usable AVX512-BF16");
+        }
         for &(m, k, n) in &sizes {
-            check_matmul(false, m, k, n);
-            if amx_here {
-                check_matmul(true, m, k, n);
+            for path in [Path::Portable, Path::Avx512Bf16, Path::Amx] {
+                if path.available() {
+                    check_matmul(path, m, k, n);
+                }
             }
         }
-        if !amx_here {
-            eprintln!("no AMX on this CPU: only the portable bf16 path was checked");
+        for path in [Path::Avx512Bf16, Path::Amx] {
+            if !path.available() {
+                eprintln!("{path:?} is not available on this CPU: not checked");
+            }
         }
     }
 
@@ -747,7 +1006,10 @@ mod tests {
     #[test]
     fn a_bf16_member_network_should_stay_within_the_propagated_bound() {
         for (activation, lip) in [(Activation::Silu, 1.1f64), (Activation::Tanh, 1.0)] {
-            for amx in [false, on_amx()] {
+            for path in [Path::Portable, Path::Avx512Bf16, Path::Amx] {
+                if !path.available() {
+                    continue;
+                }
                 let shape = EnsembleShape {
                     ensemble: 2,
                     in_dim: 7,
@@ -763,18 +1025,15 @@ mod tests {
                 let x = randn(rows * shape.in_dim, 4, 1.5);
                 let (mean, std) = (vec![0.1f32; 7], vec![1.3f32; 7]);
                 let e = 1;
-                let packed: Vec<Packed> = if amx {
-                    pack_member(&shape, &params, e)
-                } else {
-                    lay.layers
-                        .iter()
-                        .map(|lo| {
-                            let (fi, fo) = (lo.fan_in, lo.fan_out);
-                            let w = &params[lo.weight + e * fi * fo..][..fi * fo];
-                            Packed::for_path(w, fi, fo, false)
-                        })
-                        .collect()
-                };
+                let packed: Vec<Packed> = lay
+                    .layers
+                    .iter()
+                    .map(|lo| {
+                        let (fi, fo) = (lo.fan_in, lo.fan_out);
+                        let w = &params[lo.weight + e * fi * fo..][..fi * fo];
+                        Packed::for_path(w, fi, fo, path)
+                    })
+                    .collect();
                 let w = crate::backend::cpu::ensemble::max_width(&shape);
                 let (mut a, mut b) = (vec![f32::NAN; rows * w], vec![f32::NAN; rows * w]);
                 let got = member_forward_bf16(
@@ -838,7 +1097,7 @@ mod tests {
                         let g = got[r * shape.head_dim() + j] as f64;
                         assert!(
                             (g - h[j]).abs() <= err[j],
-                            "{activation:?} amx={amx} row {r} out {j}: {g} vs {} (bound {:e})",
+                            "{activation:?} {path:?} row {r} out {j}: {g} vs {} (bound {:e})",
                             h[j],
                             err[j]
                         );

@@ -778,12 +778,7 @@ fn pick_backend_for(choice: BackendChoice, precision: Precision) -> Result<AnyBa
     }
     let arith = match (precision, b.name()) {
         (Precision::F32, _) => String::new(),
-        (Precision::Bf16, "cpu") if mbrl_gpu::bf16::on_amx() => {
-            " (bf16 planning on AMX tiles)".into()
-        }
-        (Precision::Bf16, "cpu") => {
-            " (bf16 planning emulated in f32: this CPU has no usable AMX)".into()
-        }
+        (Precision::Bf16, "cpu") => format!(" (planning {})", mbrl_gpu::bf16::describe()),
         (Precision::Bf16, _) => " (bf16 weights in planning)".into(),
     };
     note!("backend: {}{arith}", b.name());
