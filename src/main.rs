@@ -124,6 +124,10 @@ struct PetsArgs {
     /// Seed of model initialisation, training, planning and environment resets [default: 0].
     #[arg(long)]
     seed: Option<u64>,
+    /// Arithmetic of the planning rollouts (planner.precision): f32, or bf16 products with
+    /// f32 sums (AMX tiles on CPUs that have them) [default: the preset's, f32].
+    #[arg(long, value_enum)]
+    precision: Option<Precision>,
     /// TOML settings applied over the preset, e.g. the config.toml a run wrote.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -151,7 +155,7 @@ struct PetsArgs {
     #[arg(
         long,
         value_name = "DIR",
-        conflicts_with_all = ["env", "preset", "seed", "config", "sets", "out"]
+        conflicts_with_all = ["env", "preset", "seed", "config", "sets", "out", "precision"]
     )]
     resume: Option<PathBuf>,
 }
@@ -438,6 +442,7 @@ fn pets_flag(key: &str) -> Option<String> {
     match key {
         "trials" => Some("--trials".into()),
         "seed" => Some("--seed".into()),
+        "planner.precision" => Some("--precision".into()),
         k => Some(format!("--set {k}")),
     }
 }
@@ -488,6 +493,10 @@ fn resolve_pets_config(a: &PetsArgs) -> Result<PetsConfig> {
     if let Some(t) = a.trials {
         let t = i64::try_from(t).map_err(|_| invalid!("--trials {t}: too large"))?;
         conf::set::<PetsConfig>(&mut table, "trials", toml::Value::Integer(t))?;
+    }
+    if let Some(p) = a.precision {
+        let v = toml::Value::try_from(p).map_err(|e| invalid!("--precision: {e}"))?;
+        conf::set::<PetsConfig>(&mut table, "planner.precision", v)?;
     }
     for (k, v) in sets {
         if k != "env" && k != "preset" {

@@ -304,11 +304,14 @@ fn print_config_should_show_the_resolved_settings_after_config_and_set() {
         "model.hidden=256",
         "--seed",
         "4",
+        "--precision",
+        "bf16",
         "--print-config",
     ]);
     let (out, err) = text(&o);
     assert!(o.status.success(), "{err}");
     let cfg: mbrl_gpu::algo::pets::PetsConfig = toml::from_str(&out).unwrap();
+    assert_eq!(cfg.planner.precision, mbrl_gpu::backend::Precision::Bf16);
     assert_eq!(
         (cfg.planner.horizon, cfg.model.hidden, cfg.seed),
         (30, 256, 4)
