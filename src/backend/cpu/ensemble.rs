@@ -450,17 +450,21 @@ pub(crate) fn member_forward_bf16<'s>(
     scratch: &mut ChainScratch,
 ) -> &'s [f32] {
     normalise(b, x, in_mean, in_std, nr);
-    let biases: Vec<&[f32]> = lay
-        .layers
-        .iter()
-        .map(|lo| &params[lo.bias + e * lo.fan_out..][..lo.fan_out])
-        .collect();
+    // On the stack: this runs once per member group and horizon step (ModelConfig caps the
+    // hidden layers at 64, so at most 65 linear layers).
+    let mut biases: [&[f32]; 65] = [&[]; 65];
+    let nl = lay.layers.len();
+    assert!(nl <= biases.len(), "{nl} layers");
+    for (b, lo) in biases.iter_mut().zip(&lay.layers) {
+        *b = &params[lo.bias + e * lo.fan_out..][..lo.fan_out];
+    }
+    let biases = &biases[..nl];
     let hd = shape.head_dim();
     chain(
         b,
         nr,
         packed,
-        &biases,
+        biases,
         shape.activation,
         &mut a[..nr * hd],
         scratch,
