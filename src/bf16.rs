@@ -680,11 +680,6 @@ pub fn describe() -> &'static str {
     }
 }
 
-/// Whether the bf16 products run on AMX tiles here (else on the portable path).
-pub fn on_amx() -> bool {
-    amx::available()
-}
-
 #[cfg(target_arch = "x86_64")]
 mod amx {
     use std::arch::asm;
@@ -973,7 +968,7 @@ mod tests {
             (64, 64, 64),
             (3, 1, 1),
         ];
-        let amx_here = on_amx();
+        let amx_here = Path::Amx.available();
         let cpu_has_amx = std::fs::read_to_string("/proc/cpuinfo")
             .is_ok_and(|c| c.contains(" amx_bf16") && c.contains(" amx_tile"));
         if cpu_has_amx && std::env::var_os("MBRL_NO_AMX").is_none() {
