@@ -5,6 +5,7 @@
 //! - [`backend`]: the `Backend` trait of coarse fused operations and its implementations
 //!   (`cpu` is the specification);
 //! - [`model`]: the probabilistic ensemble (parameters, normaliser, training, elites);
+//! - [`policy`]: SAC's actor and critics, replay buffers;
 //! - [`env`]: batched environments and their reward/termination functions;
 //! - [`io`]: safetensors checkpoints, transition CSVs, metrics.
 pub mod algo;
@@ -20,6 +21,7 @@ pub mod limits;
 pub mod linalg;
 pub mod model;
 pub mod plan;
+pub mod policy;
 pub mod rng;
 
 pub use error::{Error, Result};

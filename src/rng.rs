@@ -41,6 +41,20 @@ pub mod stream {
     pub const ENV_RESET: u32 = 8;
     pub const RANDOM_ACTION: u32 = 9;
     pub const DATA: u32 = 10;
+    /// SAC's actor and critic initial weights.
+    pub const INIT_POLICY: u32 = 11;
+    /// The reparameterisation noise of a SAC gradient step (step = update index).
+    pub const SAC_NOISE: u32 = 12;
+    /// Exploration noise of actions sent to the environment (step = env step).
+    pub const POLICY_ACT: u32 = 13;
+    /// Replay minibatch indices (step = update index).
+    pub const REPLAY: u32 = 14;
+    /// MBPO: start states of the branched rollouts (step = rollout batch index).
+    pub const MBPO_START: u32 = 15;
+    /// MBPO: policy noise, member choice and model noise inside a branched rollout.
+    pub const MBPO_ROLLOUT: u32 = 16;
+    /// MBPO: whether an update reads real or model data.
+    pub const MBPO_MIX: u32 = 17;
 }
 
 #[inline(always)]

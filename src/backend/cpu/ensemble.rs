@@ -918,30 +918,67 @@ pub fn vjp<T: Real>(
 ) {
     let e = shape.ensemble;
     let d = shape.out_dim;
-    let hd = shape.head_dim();
     let mut mean = vec![T::zero(); e * rows * d];
     let mut lv = vec![T::zero(); if shape.probabilistic { e * rows * d } else { 0 }];
     forward_cached(
         shape, params, in_mean, in_std, x, rows, &mut mean, &mut lv, ws,
     );
+    backward(
+        shape,
+        params,
+        in_std,
+        rows,
+        d_mean,
+        d_logvar,
+        grad,
+        Some(dx),
+        ws,
+    );
+}
+
+/// The backward half of [`vjp`], after a [`forward_cached`] on the same workspace: from
+/// upstream gradients on mean and log-variance [E, rows, out] to the parameter gradient
+/// (overwriting `grad`, flat layout) and, if asked, the raw-input gradient `dx`
+/// [E, rows, in]. Split from the forward so that a loss can be formed from the outputs
+/// first (the SAC critics and actor, [`crate::policy::sac`]).
+#[allow(clippy::too_many_arguments)]
+pub fn backward<T: Real>(
+    shape: &EnsembleShape,
+    params: &[T],
+    in_std: &[T],
+    rows: usize,
+    d_mean: &[T],
+    d_logvar: &[T],
+    grad: &mut [T],
+    dx: Option<&mut [T]>,
+    ws: &mut Workspace<T>,
+) {
+    let e = shape.ensemble;
+    let d = shape.out_dim;
+    let hd = shape.head_dim();
     let lay = shape.layout();
     grow(&mut ws.d_head, e * rows * hd);
-    let (mx, mn) = logvar_bounds(shape, &lay, params);
     let mut db = vec![T::zero(); 2 * d];
-    for i in 0..e * rows {
-        let raw = &ws.head[i * hd..(i + 1) * hd];
-        head_backward_row(
-            d,
-            raw,
-            mx,
-            mn,
-            |j| d_mean[i * d + j],
-            |j| d_logvar[i * d + j],
-            &mut ws.d_head[i * hd..(i + 1) * hd],
-            &mut db,
-        );
+    if shape.probabilistic {
+        let (mx, mn) = logvar_bounds(shape, &lay, params);
+        for i in 0..e * rows {
+            let raw = &ws.head[i * hd..(i + 1) * hd];
+            head_backward_row(
+                d,
+                raw,
+                mx,
+                mn,
+                |j| d_mean[i * d + j],
+                |j| d_logvar[i * d + j],
+                &mut ws.d_head[i * hd..(i + 1) * hd],
+                &mut db,
+            );
+        }
+    } else {
+        // The head is the mean itself.
+        ws.d_head[..e * rows * d].copy_from_slice(&d_mean[..e * rows * d]);
     }
-    backward_from_head(shape, params, in_std, rows, grad, Some(dx), ws);
+    backward_from_head(shape, params, in_std, rows, grad, dx, ws);
     if shape.probabilistic {
         for j in 0..d {
             grad[lay.max_logvar + j] = db[j];
