@@ -56,6 +56,10 @@ macro_rules! note {
     }};
 }
 
+/// The policy-learning commands (`sac`, `mbpo`, `eval`).
+#[path = "cli/rl.rs"]
+mod rl;
+
 #[derive(Parser)]
 #[command(
     name = "mbrl-gpu",
@@ -83,6 +87,12 @@ enum Cmd {
     Pets(PetsArgs),
     /// MPC episodes with a trained model or the true dynamics; returns and latency.
     Plan(PlanArgs),
+    /// SAC (soft actor-critic, automatic temperature) on a native environment.
+    Sac(rl::SacArgs),
+    /// MBPO: SAC on short branched rollouts of a probabilistic ensemble.
+    Mbpo(rl::MbpoArgs),
+    /// Run a saved policy (policy.safetensors) deterministically; returns per episode.
+    Eval(rl::EvalArgs),
     /// The native environments and their spaces.
     Envs,
     /// Environment tools.
@@ -371,6 +381,9 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Pets(a) => run_pets(a),
         Cmd::Plan(a) => run_plan(a),
+        Cmd::Sac(a) => rl::run_sac(a),
+        Cmd::Mbpo(a) => rl::run_mbpo(a),
+        Cmd::Eval(a) => rl::run_eval(a),
         Cmd::Envs => {
             for id in EnvId::ALL {
                 let s = id.spec();

@@ -51,10 +51,14 @@ pub mod stream {
     pub const REPLAY: u32 = 14;
     /// MBPO: start states of the branched rollouts (step = rollout batch index).
     pub const MBPO_START: u32 = 15;
-    /// MBPO: policy noise, member choice and model noise inside a branched rollout.
+    /// MBPO: the policy's noise inside a branched rollout.
     pub const MBPO_ROLLOUT: u32 = 16;
     /// MBPO: whether an update reads real or model data.
     pub const MBPO_MIX: u32 = 17;
+    /// MBPO: the elite member of each rollout row at each step (TS1).
+    pub const MBPO_MEMBER: u32 = 18;
+    /// MBPO: the Gaussian noise of each predicted output.
+    pub const MBPO_NOISE: u32 = 19;
 }
 
 #[inline(always)]

@@ -252,18 +252,25 @@ fn tensor(st: &SafeTensors, name: &str, shape: &[usize]) -> std::result::Result<
     let t = st
         .tensor(name)
         .map_err(|_| format!("missing tensor {name:?}"))?;
-    if t.dtype() != Dtype::F32 || t.shape() != shape {
+    if !matches!(t.dtype(), Dtype::F32 | Dtype::F64) || t.shape() != shape {
         return Err(format!(
-            "tensor {name:?} is {:?} {:?}, expected F32 {shape:?}",
+            "tensor {name:?} is {:?} {:?}, expected F32 (or F64) {shape:?}",
             t.dtype(),
             t.shape()
         ));
     }
-    let v: Vec<f32> = t
-        .data()
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
-        .collect();
+    // A float64 state dict (`model.double()`) is accepted and rounded to f32.
+    let v: Vec<f32> = if t.dtype() == Dtype::F32 {
+        t.data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
+            .collect()
+    } else {
+        t.data()
+            .chunks_exact(8)
+            .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")) as f32)
+            .collect()
+    };
     if let Some(i) = v.iter().position(|x| !x.is_finite()) {
         return Err(format!("tensor {name:?} holds a non-finite value at {i}"));
     }
@@ -299,6 +306,25 @@ pub fn load_policy(path: &Path) -> Result<Sac> {
         path: path.to_path_buf(),
         msg,
     })
+}
+
+/// A critic file back into an agent whose critics (and target critics) hold it (actor
+/// fresh).
+pub fn critic_from_bytes(bytes: &[u8]) -> std::result::Result<Sac, String> {
+    let (mut sac, st, _) = open(bytes, CRITIC_FORMAT)?;
+    let s = sac.nets.critic;
+    let per = s.num_layers + 1;
+    no_extra(&st, 2 * 2 * per)?;
+    for e in 0..2 {
+        for (l, (fi, fo)) in s.layer_dims().into_iter().enumerate() {
+            let i = e * per + l + 1;
+            let w = tensor(&st, &format!("linear{i}.weight"), &[fo, fi])?;
+            let b = tensor(&st, &format!("linear{i}.bias"), &[fo])?;
+            set_torch_layer(&s, &mut sac.critic, l, e, 0..fo, &w, &b);
+        }
+    }
+    sac.critic_target = sac.critic.clone();
+    Ok(sac)
 }
 
 /// The whole training state back.
@@ -344,6 +370,77 @@ pub fn load_agent(path: &Path) -> Result<Sac> {
         path: path.to_path_buf(),
         msg,
     })
+}
+
+pub const REPLAY_FORMAT: &str = "mbrl-gpu/replay/1";
+
+/// A replay buffer: tensors `obs` [N, O], `act` [N, A], `reward` [N], `next_obs` [N, O],
+/// `terminated` [N] (0/1) in insertion order; metadata `capacity` and `written` (rows ever
+/// added), which fix the ring position, so a resumed run draws the same minibatches.
+pub fn replay_bytes(r: &super::Replay) -> Result<Vec<u8>> {
+    let [obs, act, reward, next_obs, term] = r.to_arrays();
+    if [&obs, &act, &reward, &next_obs]
+        .iter()
+        .any(|v| v.iter().any(|x| !x.is_finite()))
+    {
+        return Err(crate::invalid!(
+            "refusing to save a replay buffer holding non-finite values"
+        ));
+    }
+    let n = reward.len();
+    let t: Named = vec![
+        ("obs".into(), vec![n, r.obs_dim], obs),
+        ("act".into(), vec![n, r.act_dim], act),
+        ("reward".into(), vec![n], reward),
+        ("next_obs".into(), vec![n, r.obs_dim], next_obs),
+        ("terminated".into(), vec![n], term),
+    ];
+    let meta = HashMap::from([
+        ("format".to_string(), REPLAY_FORMAT.to_string()),
+        ("capacity".to_string(), r.capacity().to_string()),
+        ("written".to_string(), r.written().to_string()),
+    ]);
+    serialize(&t, meta)
+}
+
+/// A replay buffer back, checked against the dimensions the caller expects.
+pub fn replay_from_bytes(
+    bytes: &[u8],
+    obs_dim: usize,
+    act_dim: usize,
+) -> std::result::Result<super::Replay, String> {
+    let st = SafeTensors::deserialize(bytes)
+        .map_err(|e| format!("not a readable safetensors file ({e})"))?;
+    let (_, header) = SafeTensors::read_metadata(bytes)
+        .map_err(|e| format!("not a readable safetensors file ({e})"))?;
+    let meta = header.metadata().clone().ok_or("no metadata")?;
+    if meta.get("format").map(String::as_str) != Some(REPLAY_FORMAT) {
+        return Err(format!("format is not {REPLAY_FORMAT:?}"));
+    }
+    let num = |k: &str| -> std::result::Result<usize, String> {
+        meta.get(k)
+            .ok_or(format!("no `{k}` metadata"))?
+            .parse()
+            .map_err(|e| format!("{k} metadata: {e}"))
+    };
+    let (capacity, written) = (num("capacity")?, num("written")?);
+    no_extra(&st, 5)?;
+    let n = st
+        .tensor("reward")
+        .map_err(|_| "missing tensor \"reward\"".to_string())?
+        .shape()
+        .first()
+        .copied()
+        .unwrap_or(0);
+    let arrays = [
+        tensor(&st, "obs", &[n, obs_dim])?,
+        tensor(&st, "act", &[n, act_dim])?,
+        tensor(&st, "reward", &[n])?,
+        tensor(&st, "next_obs", &[n, obs_dim])?,
+        tensor(&st, "terminated", &[n])?,
+    ];
+    super::Replay::from_arrays(obs_dim, act_dim, capacity, written, arrays)
+        .ok_or_else(|| format!("{n} rows do not fit capacity {capacity} with {written} written"))
 }
 
 #[cfg(test)]
@@ -402,6 +499,13 @@ mod tests {
             b[i] ^= 0x5a;
             let _ = policy_from_bytes(&b);
         }
+        let mut r = super::super::Replay::new(3, 2, 5);
+        for i in 0..7 {
+            r.push(&[i as f32; 3], &[0.5; 2], -1.0, &[1.0; 3], i == 6);
+        }
+        let back = replay_from_bytes(&replay_bytes(&r).unwrap(), 3, 2).unwrap();
+        assert_eq!(back, r);
+        assert!(replay_from_bytes(&replay_bytes(&r).unwrap(), 4, 2).is_err());
         let mut nan = s.clone();
         nan.actor[0] = f32::NAN;
         assert!(policy_bytes(&nan).is_err());

@@ -784,10 +784,15 @@ impl Sac {
     /// Actions for `rows` observations: the mean action when `noise` is None, else a sample
     /// whose ε is Philox stream POLICY_ACT at (element, step `noise`).
     pub fn act(&mut self, obs: &[f32], rows: usize, noise: Option<u32>) -> Vec<f32> {
+        self.act_with(obs, rows, noise.map(|s| (stream::POLICY_ACT, s)))
+    }
+
+    /// [`Sac::act`] with the noise's (stream, step) given.
+    pub fn act_with(&mut self, obs: &[f32], rows: usize, noise: Option<(u32, u32)>) -> Vec<f32> {
         let a = self.nets.act_dim;
         let mut eps = vec![0.0f32; rows * a];
-        if let Some(step) = noise {
-            normals(self.seed, stream::POLICY_ACT, 0, step, &mut eps);
+        if let Some((st, step)) = noise {
+            normals(self.seed, st, 0, step, &mut eps);
         }
         let mut act = vec![0.0f32; rows * a];
         let mut logp = vec![0.0f32; rows];

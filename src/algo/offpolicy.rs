@@ -1,0 +1,320 @@
+//! What the policy-learning loops (SAC, MBPO) share: deterministic evaluation, the rows of
+//! `metrics.csv`, and checkpoints that a killed run resumes from exactly.
+//!
+//! A checkpoint is committed at an evaluation point: the state files are written under
+//! names of their own in `checkpoint/`, then `checkpoint.json` is replaced (the commit),
+//! then the views a user reads (`policy.safetensors`, `critic.safetensors`, `metrics.csv`,
+//! `timings.csv`, `learning_curve.svg`, and for MBPO `model.safetensors`) are rewritten
+//! from the state, and finally the previous state files are removed.
+use crate::env::{Env, EnvId, NativeEnv};
+use crate::io::run::{RunDir, MANIFEST, STATE_DIR};
+use crate::policy::sac::UpdateStats;
+use crate::policy::Sac;
+use crate::{invalid, io, Result};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Mean deterministic return of `episodes` evaluation episodes (the mean action,
+/// `scale·tanh(μ) + bias`), on their own reset seeds.
+pub fn evaluate(agent: &mut Sac, env_id: EnvId, episodes: usize, seed: u64) -> Result<f64> {
+    let mut env = NativeEnv::new(env_id, 1);
+    let mut total = 0.0f64;
+    for ep in 0..episodes {
+        let s = seed
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            .wrapping_add(0xE7A1_0000 + ep as u64);
+        let mut obs = env.reset(&[s])?;
+        loop {
+            let a = agent.act(&obs, 1, None);
+            let tr = env.step(&a)?.remove(0);
+            total += tr.reward as f64;
+            obs = tr.obs;
+            if tr.terminated || tr.truncated {
+                break;
+            }
+        }
+    }
+    Ok(total / episodes.max(1) as f64)
+}
+
+/// One row of `metrics.csv` (a function of the configuration and seed) and of
+/// `timings.csv` (wall clock).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Row {
+    pub env_steps: usize,
+    #[serde(with = "nan_as_null")]
+    pub eval_return: f64,
+    /// Means over the gradient steps since the previous row (NaN when there were none).
+    #[serde(with = "nan_as_null")]
+    pub critic_loss: f64,
+    #[serde(with = "nan_as_null")]
+    pub actor_loss: f64,
+    #[serde(with = "nan_as_null")]
+    pub alpha: f64,
+    #[serde(with = "nan_as_null")]
+    pub entropy: f64,
+    #[serde(with = "nan_as_null")]
+    pub q_mean: f64,
+    /// Last model training loss (MBPO; NaN for SAC).
+    #[serde(with = "nan_as_null")]
+    pub model_loss: f64,
+    /// Model rollout length k (MBPO; 0 for SAC).
+    pub rollout_length: usize,
+    /// Gradient steps taken so far.
+    pub updates: u64,
+    /// Gradient steps refused as non-finite since the previous row.
+    pub diverged: u64,
+    pub seconds: f64,
+}
+
+/// JSON has no NaN: non-finite numbers are stored as `null`.
+pub(crate) mod nan_as_null {
+    use serde::{Deserialize, Deserializer, Serializer};
+    pub fn serialize<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+        if v.is_finite() {
+            s.serialize_some(v)
+        } else {
+            s.serialize_none()
+        }
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
+    }
+}
+
+/// Running means of the update statistics between two rows.
+#[derive(Clone, Debug, Default)]
+pub struct Stats {
+    n: u64,
+    sum: UpdateStats,
+    pub diverged: u64,
+}
+
+impl Stats {
+    pub fn add(&mut self, s: &UpdateStats) {
+        self.n += 1;
+        self.sum.critic_loss += s.critic_loss;
+        self.sum.actor_loss += s.actor_loss;
+        self.sum.alpha += s.alpha;
+        self.sum.entropy += s.entropy;
+        self.sum.q_mean += s.q_mean;
+    }
+
+    /// A row from the means, and a fresh accumulator.
+    pub fn take_row(&mut self, env_steps: usize, eval_return: f64, updates: u64) -> Row {
+        let n = self.n as f64;
+        let mean = |v: f64| if self.n == 0 { f64::NAN } else { v / n };
+        let row = Row {
+            env_steps,
+            eval_return,
+            critic_loss: mean(self.sum.critic_loss),
+            actor_loss: mean(self.sum.actor_loss),
+            alpha: mean(self.sum.alpha),
+            entropy: mean(self.sum.entropy),
+            q_mean: mean(self.sum.q_mean),
+            model_loss: f64::NAN,
+            rollout_length: 0,
+            updates,
+            diverged: self.diverged,
+            seconds: 0.0,
+        };
+        *self = Stats::default();
+        row
+    }
+}
+
+/// `checkpoint.json`.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Manifest<C, S> {
+    format: String,
+    config: C,
+    /// Role → state file, relative to the run directory.
+    files: BTreeMap<String, String>,
+    rows: Vec<Row>,
+    /// The loop's own counters.
+    state: S,
+}
+
+/// The views a user reads, besides the metrics.
+pub struct Views {
+    pub policy: Vec<u8>,
+    pub critic: Vec<u8>,
+    pub model: Option<Vec<u8>>,
+    pub title: &'static str,
+}
+
+/// Commit checkpoint `rows.len() − 1`: `files` (role, bytes) are written as
+/// `checkpoint/ROLE-NNNN.safetensors`, then the manifest, then the views.
+pub fn commit<C: Serialize, S: Serialize>(
+    dir: &RunDir,
+    format: &str,
+    cfg: &C,
+    state: &S,
+    files: Vec<(&str, Vec<u8>)>,
+    rows: &[Row],
+    views: &Views,
+) -> Result<()> {
+    let k = rows.len().saturating_sub(1);
+    let mut names = BTreeMap::new();
+    for (role, bytes) in files {
+        let name = format!("{STATE_DIR}/{role}-{k:04}.safetensors");
+        dir.write(&name, &bytes)?;
+        names.insert(role.to_string(), name);
+    }
+    let m = Manifest {
+        format: format.into(),
+        config: cfg,
+        files: names.clone(),
+        rows: rows.to_vec(),
+        state,
+    };
+    let json = serde_json::to_vec_pretty(&m).map_err(|e| invalid!("manifest: {e}"))?;
+    dir.write(MANIFEST, &json)?;
+    write_views(dir, rows, views)?;
+    let keep: Vec<&str> = names.values().map(String::as_str).collect();
+    dir.prune_state(&keep)
+}
+
+/// Rewrite the views from the state: the networks before the metrics, so the metrics never
+/// report a row whose policy is not on disk yet.
+pub fn write_views(dir: &RunDir, rows: &[Row], v: &Views) -> Result<()> {
+    dir.write("policy.safetensors", &v.policy)?;
+    dir.write("critic.safetensors", &v.critic)?;
+    if let Some(m) = &v.model {
+        dir.write("model.safetensors", m)?;
+    }
+    let mut csv = String::from(
+        "env_steps,eval_return,critic_loss,actor_loss,alpha,entropy,q_mean,model_loss,\
+         rollout_length,updates,diverged\n",
+    );
+    let mut times = String::from("env_steps,seconds\n");
+    for r in rows {
+        csv.push_str(&format!(
+            "{},{},{},{},{},{},{},{},{},{},{}\n",
+            r.env_steps,
+            r.eval_return,
+            r.critic_loss,
+            r.actor_loss,
+            r.alpha,
+            r.entropy,
+            r.q_mean,
+            r.model_loss,
+            r.rollout_length,
+            r.updates,
+            r.diverged
+        ));
+        times.push_str(&format!("{},{:.3}\n", r.env_steps, r.seconds));
+    }
+    dir.write("metrics.csv", csv.as_bytes())?;
+    dir.write("timings.csv", times.as_bytes())?;
+    let points: Vec<(f64, f64)> = rows
+        .iter()
+        .map(|r| (r.env_steps as f64, r.eval_return))
+        .collect();
+    let svg = io::plot::learning_curve_svg(
+        v.title,
+        "environment steps",
+        "mean evaluation return (deterministic policy)",
+        &points,
+    );
+    dir.write("learning_curve.svg", svg.as_bytes())
+}
+
+/// A loaded checkpoint: the state files' bytes by role, the rows and the loop's counters.
+pub struct Loaded<S> {
+    pub files: BTreeMap<String, Vec<u8>>,
+    pub rows: Vec<Row>,
+    pub state: S,
+}
+
+/// The run's last checkpoint, its configuration checked against `cfg` with `same`
+/// (which may ignore settings a resume is allowed to change); None when none was committed.
+pub fn load<C, S>(
+    dir: &RunDir,
+    format: &str,
+    cfg: &C,
+    same: impl Fn(&C, &C) -> bool,
+    roles: &[&str],
+) -> Result<Option<Loaded<S>>>
+where
+    C: Serialize + DeserializeOwned,
+    S: DeserializeOwned,
+{
+    let Some(bytes) = dir.read(MANIFEST)? else {
+        dir.prune_state(&[])?;
+        return Ok(None);
+    };
+    let path = dir.path().join(MANIFEST);
+    let bad = |msg: String| invalid!("{}: {msg}", path.display());
+    let m: Manifest<C, S> = serde_json::from_slice(&bytes)
+        .map_err(|e| bad(format!("not a {format} manifest ({e})")))?;
+    if m.format != format {
+        return Err(bad(format!("format {:?}, expected {format:?}", m.format)));
+    }
+    if !same(&m.config, cfg) {
+        let diff = io::config::differences(&m.config, cfg)?;
+        return Err(bad(format!(
+            "the run was started with other settings ({}); resume it with its own config.toml",
+            diff.join(", ")
+        )));
+    }
+    if m.rows.is_empty() {
+        return Err(bad("the checkpoint holds no evaluation rows".into()));
+    }
+    let mut files = BTreeMap::new();
+    for role in roles {
+        let name = m
+            .files
+            .get(*role)
+            .ok_or_else(|| bad(format!("no {role} state file")))?;
+        // Only names of the form the writer uses: a crafted manifest cannot point elsewhere.
+        let ok = name.starts_with(&format!("{STATE_DIR}/"))
+            && !name[STATE_DIR.len() + 1..].contains(['/', '\\'])
+            && !name.contains("..");
+        if !ok {
+            return Err(bad(format!("state file {name:?} is outside {STATE_DIR}/")));
+        }
+        let b = dir
+            .read(name)?
+            .ok_or_else(|| bad(format!("state file {name} is missing")))?;
+        files.insert(role.to_string(), b);
+    }
+    let keep: Vec<&str> = m.files.values().map(String::as_str).collect();
+    dir.prune_state(&keep)?;
+    Ok(Some(Loaded {
+        files,
+        rows: m.rows,
+        state: m.state,
+    }))
+}
+
+/// Parse a state file, naming it in the error.
+pub fn parse<T>(
+    dir: &RunDir,
+    role: &str,
+    bytes: &[u8],
+    f: impl Fn(&[u8]) -> std::result::Result<T, String>,
+) -> Result<T> {
+    f(bytes).map_err(|msg| crate::Error::Checkpoint {
+        path: dir.path().join(STATE_DIR).join(role),
+        msg,
+    })
+}
+
+/// A uniformly random action in the box (Philox stream RANDOM_ACTION at (element, step)).
+pub fn random_action(seed: u64, low: &[f32], high: &[f32], step: u32) -> Vec<f32> {
+    (0..low.len())
+        .map(|j| {
+            let u = crate::rng::uniform(seed, crate::rng::stream::RANDOM_ACTION, j as u32, step);
+            low[j] + u * (high[j] - low[j])
+        })
+        .collect()
+}
+
+/// Reset seed of training episode `episode`.
+pub fn episode_seed(seed: u64, episode: u64) -> u64 {
+    seed.wrapping_mul(1_000_003).wrapping_add(episode)
+}

@@ -1,0 +1,376 @@
+//! `sac`, `mbpo` and `eval`: the policy-learning commands.
+use super::{say, stdout_line};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use mbrl_gpu::algo::offpolicy::Row;
+use mbrl_gpu::algo::{mbpo, sac};
+use mbrl_gpu::backend::BackendChoice;
+use mbrl_gpu::env::EnvId;
+use mbrl_gpu::io::config::{self as conf, Origin};
+use mbrl_gpu::io::run::{Mode, RunDir};
+use mbrl_gpu::{invalid, io, with_backend, Result};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::io::Write;
+use std::path::PathBuf;
+
+/// What every run command takes.
+#[derive(Args)]
+pub struct RunArgs {
+    /// Environment name (see `mbrl-gpu envs`) [default: the --config file's, else pendulum].
+    #[arg(long)]
+    env: Option<String>,
+    /// Preset to start from [default: the --config file's, else the command's default].
+    #[arg(long)]
+    preset: Option<String>,
+    /// Environment steps in all [default: the preset's]. With --resume, extends the run.
+    #[arg(long)]
+    steps: Option<usize>,
+    /// Seed of initialisation, minibatches, noise and environment resets [default: 0].
+    #[arg(long)]
+    seed: Option<u64>,
+    /// TOML settings applied over the preset, e.g. the config.toml a run wrote.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Change one setting, after the preset and --config: --set sac.lr=1e-3 (repeatable;
+    /// --print-config shows every key).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    sets: Vec<String>,
+    /// Print the resolved configuration as TOML and exit.
+    #[arg(long)]
+    print_config: bool,
+    /// Run directory (config.toml, metrics.csv, timings.csv, policy.safetensors,
+    /// critic.safetensors, learning_curve.svg, checkpoint.json) [default:
+    /// runs/CMD-ENV-PRESET-sSEED]. An existing run there is never overwritten without --force.
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// Replace the run in --out if there is one (the files a run writes are removed first).
+    #[arg(long, conflicts_with = "resume")]
+    force: bool,
+    /// Continue the interrupted run in DIR from its last evaluation, with the settings of
+    /// its config.toml; the result equals an uninterrupted run.
+    #[arg(
+        long,
+        value_name = "DIR",
+        conflicts_with_all = ["env", "preset", "seed", "config", "sets", "out"]
+    )]
+    resume: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct SacArgs {
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Args)]
+pub struct MbpoArgs {
+    #[command(flatten)]
+    run: RunArgs,
+    /// Backend of the model training and branched rollouts.
+    #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
+    backend: BackendChoice,
+}
+
+#[derive(Args)]
+pub struct EvalArgs {
+    /// A policy.safetensors written by `sac` or `mbpo`.
+    #[arg(long)]
+    policy: PathBuf,
+    /// Environment name (see `mbrl-gpu envs`).
+    #[arg(long)]
+    env: String,
+    /// Episodes, each from its own reset seed.
+    #[arg(long, default_value_t = 10)]
+    episodes: usize,
+    /// Seed of the episodes' resets.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// One JSON object with the returns and their mean.
+    #[arg(long)]
+    json: bool,
+}
+
+/// The settings flags stand for, so errors name what the user typed.
+fn flag(key: &str) -> Option<String> {
+    match key {
+        "steps" => Some("--steps".into()),
+        "seed" => Some("--seed".into()),
+        k => Some(format!("--set {k}")),
+    }
+}
+
+/// A new run's configuration: the preset, then --config, then the flags, then --set.
+fn resolve<C: Serialize + DeserializeOwned>(
+    a: &RunArgs,
+    default_env: &str,
+    default_preset: &str,
+    preset: impl Fn(EnvId, &str) -> Result<C>,
+) -> Result<C> {
+    let mut file = match &a.config {
+        Some(p) => conf::read_table(p)?,
+        None => Default::default(),
+    };
+    let sets = a
+        .sets
+        .iter()
+        .map(|s| conf::parse_set(s))
+        .collect::<Result<Vec<_>>>()?;
+    // Environment and preset pick the base: --set over the flag over the file.
+    let pick =
+        |key: &str, flag: &Option<String>, file: &mut toml::Table| -> Result<Option<String>> {
+            let from_file = match file.remove(key) {
+                Some(toml::Value::String(v)) => Some(v),
+                Some(v) => return Err(invalid!("--config: {key} = {v}: expected a string")),
+                None => None,
+            };
+            let from_set = sets
+                .iter()
+                .rev()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| match v {
+                    toml::Value::String(s) => s.clone(),
+                    v => v.to_string(),
+                });
+            Ok(from_set.or(flag.clone()).or(from_file))
+        };
+    let env = pick("env", &a.env, &mut file)?.unwrap_or_else(|| default_env.into());
+    let name = pick("preset", &a.preset, &mut file)?.unwrap_or_else(|| default_preset.into());
+    let mut table = conf::to_table(&preset(EnvId::parse(&env)?, &name)?)?;
+    if let Some(p) = &a.config {
+        conf::merge::<C>(&mut table, &file, Origin::File(p))?;
+    }
+    if let Some(seed) = a.seed {
+        let seed =
+            i64::try_from(seed).map_err(|_| invalid!("--seed {seed}: at most {}", i64::MAX))?;
+        conf::set::<C>(&mut table, "seed", toml::Value::Integer(seed))?;
+    }
+    if let Some(s) = a.steps {
+        let s = i64::try_from(s).map_err(|_| invalid!("--steps {s}: too large"))?;
+        conf::set::<C>(&mut table, "steps", toml::Value::Integer(s))?;
+    }
+    for (k, v) in sets {
+        if k != "env" && k != "preset" {
+            conf::set::<C>(&mut table, &k, v)?;
+        }
+    }
+    conf::from_table(table)
+}
+
+/// Resolve the configuration and open the run directory; None after --print-config.
+fn prepare<C: Serialize + DeserializeOwned>(
+    a: &RunArgs,
+    cmd: &str,
+    defaults: (&str, &str),
+    preset: impl Fn(EnvId, &str) -> Result<C>,
+    set_steps: impl Fn(&mut C, usize),
+    describe: impl Fn(&C) -> (String, String, u64),
+    validate: impl Fn(&C) -> Result<()>,
+) -> Result<Option<(C, RunDir)>> {
+    let (cfg, dir) = match &a.resume {
+        Some(dir) => {
+            let path = dir.join(io::run::CONFIG);
+            let table =
+                conf::read_table(&path).map_err(|e| invalid!("--resume {}: {e}", dir.display()))?;
+            let mut cfg: C = conf::from_table(table)
+                .map_err(|e| invalid!("--resume: {}: {e}", path.display()))?;
+            if let Some(s) = a.steps {
+                set_steps(&mut cfg, s);
+            }
+            (cfg, dir.clone())
+        }
+        None => {
+            let cfg = resolve(a, defaults.0, defaults.1, preset)?;
+            let (env, preset, seed) = describe(&cfg);
+            let dir = a
+                .out
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(format!("runs/{cmd}-{env}-{preset}-s{seed}")));
+            (cfg, dir)
+        }
+    };
+    validate(&cfg).map_err(|e| e.rename_setting(flag))?;
+    let text = conf::to_toml(&cfg)?;
+    if a.print_config {
+        out!("{}", text.trim_end());
+        return Ok(None);
+    }
+    let mode = match (&a.resume, a.force) {
+        (Some(_), _) => Mode::Resume,
+        (None, true) => Mode::Force,
+        (None, false) => Mode::New,
+    };
+    let run_dir = RunDir::open(&dir, mode, &text)?;
+    if mode == Mode::Resume {
+        // A grown --steps is remembered for the next resume.
+        run_dir.write(io::run::CONFIG, text.as_bytes())?;
+    }
+    Ok(Some((cfg, run_dir)))
+}
+
+fn bar(steps: usize) -> ProgressBar {
+    let pb = ProgressBar::new(steps as u64);
+    pb.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} env steps [{elapsed}<{eta}]")
+            .expect("template"),
+    );
+    pb
+}
+
+fn row_line(r: &Row) -> String {
+    let model = if r.model_loss.is_finite() {
+        format!("  model {:>8.4}  k {:>2}", r.model_loss, r.rollout_length)
+    } else {
+        String::new()
+    };
+    let diverged = if r.diverged > 0 {
+        format!("  ({} updates refused as non-finite)", r.diverged)
+    } else {
+        String::new()
+    };
+    format!(
+        "env steps {:>6}  eval return {:>9.2}  critic {:>8.4}  actor {:>8.3}  alpha {:>6.4}{model}  {:>6.1} s{diverged}",
+        r.env_steps, r.eval_return, r.critic_loss, r.actor_loss, r.alpha, r.seconds
+    )
+}
+
+fn finish(pb: &ProgressBar, rows: &[Row], dir: &RunDir) -> Result<()> {
+    pb.finish_and_clear();
+    let last = rows.last().map_or(f64::NAN, |r| r.eval_return);
+    let best = rows
+        .iter()
+        .map(|r| r.eval_return)
+        .fold(f64::NEG_INFINITY, f64::max);
+    out!(
+        "final evaluation return {last:.2} (best {best:.2}); run directory {}",
+        dir.path().display()
+    );
+    Ok(())
+}
+
+pub fn run_sac(a: SacArgs) -> Result<()> {
+    let Some((cfg, dir)) = prepare(
+        &a.run,
+        "sac",
+        ("pendulum", "default"),
+        sac::SacRunConfig::preset,
+        |c, s| c.steps = s,
+        |c| (c.env.clone(), c.preset.clone(), c.seed),
+        sac::SacRunConfig::validate,
+    )?
+    else {
+        return Ok(());
+    };
+    note!(
+        "SAC on {} (preset {}): {} env steps, {}x{} networks, batch {}, lr {}; writing {}",
+        cfg.env,
+        cfg.preset,
+        cfg.steps,
+        cfg.sac.num_layers,
+        cfg.sac.hidden,
+        cfg.sac.batch_size,
+        cfg.sac.lr,
+        dir.path().display()
+    );
+    let pb = bar(cfg.steps);
+    let (_, rows) = sac::run(&cfg, Some(&dir), |ev| match ev {
+        sac::Event::Resumed { env_steps } => {
+            pb.set_position(env_steps as u64);
+            say(
+                &pb,
+                format!(
+                    "resuming {} after {env_steps} env steps",
+                    dir.path().display()
+                ),
+            );
+        }
+        sac::Event::Step { env_steps } => pb.set_position(env_steps as u64),
+        sac::Event::Row(r) => say(&pb, row_line(r)),
+    })?;
+    finish(&pb, &rows, &dir)
+}
+
+pub fn run_mbpo(a: MbpoArgs) -> Result<()> {
+    let Some((cfg, dir)) = prepare(
+        &a.run,
+        "mbpo",
+        ("pendulum", "pendulum"),
+        mbpo::MbpoConfig::preset,
+        |c, s| c.steps = s,
+        |c| (c.env.clone(), c.preset.clone(), c.seed),
+        mbpo::MbpoConfig::validate,
+    )?
+    else {
+        return Ok(());
+    };
+    note!(
+        "MBPO on {} (preset {}): {} env steps, model {}x{}x{} retrained every {} steps, {} rollouts per step, {} SAC updates per step; writing {}",
+        cfg.env,
+        cfg.preset,
+        cfg.steps,
+        cfg.model.ensemble_size,
+        cfg.model.num_layers,
+        cfg.model.hidden,
+        cfg.freq_train_model,
+        cfg.effective_model_rollouts_per_step,
+        cfg.num_sac_updates_per_step,
+        dir.path().display()
+    );
+    let be = super::pick_backend(a.backend)?;
+    let pb = bar(cfg.steps);
+    let (_, rows) = with_backend!(&be, |b| mbpo::run(b, &cfg, Some(&dir), |ev| match ev {
+        mbpo::Event::Resumed { env_steps } => {
+            pb.set_position(env_steps as u64);
+            say(
+                &pb,
+                format!(
+                    "resuming {} after {env_steps} env steps",
+                    dir.path().display()
+                ),
+            );
+        }
+        mbpo::Event::Step { env_steps } => pb.set_position(env_steps as u64),
+        mbpo::Event::Row(r) => say(&pb, row_line(r)),
+    }))?;
+    finish(&pb, &rows, &dir)
+}
+
+pub fn run_eval(a: EvalArgs) -> Result<()> {
+    let env = EnvId::parse(&a.env)?;
+    let spec = env.spec();
+    if a.episodes == 0 || a.episodes > 1 << 16 {
+        return Err(invalid!("--episodes {}: give 1 to 65536", a.episodes));
+    }
+    let mut agent = mbrl_gpu::policy::checkpoint::load_policy(&a.policy)?;
+    if agent.nets.obs_dim != spec.obs_dim || agent.nets.act_dim != spec.act_dim {
+        return Err(invalid!(
+            "{}: the policy maps {} observations to {} actions, but {} has {} and {}",
+            a.policy.display(),
+            agent.nets.obs_dim,
+            agent.nets.act_dim,
+            env.name(),
+            spec.obs_dim,
+            spec.act_dim
+        ));
+    }
+    let mut returns = vec![];
+    for ep in 0..a.episodes {
+        let seed = a.seed.wrapping_mul(1_000_003).wrapping_add(ep as u64);
+        returns.push(mbrl_gpu::algo::offpolicy::evaluate(
+            &mut agent, env, 1, seed,
+        )?);
+    }
+    let mean = returns.iter().sum::<f64>() / returns.len() as f64;
+    if a.json {
+        out!(
+            "{}",
+            serde_json::json!({"env": env.name(), "episodes": a.episodes, "returns": returns, "mean": mean})
+        );
+    } else {
+        for (i, r) in returns.iter().enumerate() {
+            out!("episode {i:>3}  return {r:>9.2}");
+        }
+        out!("mean return {mean:.2} over {} episodes", a.episodes);
+    }
+    Ok(())
+}
