@@ -384,3 +384,102 @@ fn finish_with_peak(mut rows: Vec<BenchResult>, peaks: &[f64]) -> Vec<BenchResul
     rows.push(p);
     rows
 }
+
+/// `bench policy`: SAC gradient steps (batch 256, 2×256 networks) at Pendulum-v1 and
+/// HalfCheetah sizes, and MBPO env steps at mbrl-lib's `mbpo_cartpole` values, next to the
+/// CPU's GEMM peak. SAC and the policy side of MBPO run on the CPU specification; MBPO's model
+/// training and rollouts run on `be`.
+pub fn policy_benches<B: Backend>(be: &B, reps: usize) -> Result<Vec<BenchResult>> {
+    use crate::algo::mbpo::{self, MbpoConfig};
+    use crate::env::EnvId;
+    use crate::policy::{Replay, Sac, SacConfig};
+    let mut peaks = vec![gemm_peak(reps)];
+    let mut rows = vec![];
+    for (name, obs, act) in [("pendulum", 3usize, 1usize), ("halfcheetah", 17, 6)] {
+        let cfg = SacConfig::default();
+        let (lo, hi) = (vec![-1.0f32; act], vec![1.0f32; act]);
+        let mut agent = Sac::new(cfg.clone(), obs, &lo, &hi, 0)?;
+        let mut replay = Replay::new(obs, act, 10_000);
+        let t = synthetic_transitions(10_000, obs, act, 3);
+        for i in 0..t.len() {
+            let r = t.obs[i * obs] * 0.1;
+            replay.push(
+                &t.obs[i * obs..][..obs],
+                &t.act[i * act..][..act]
+                    .iter()
+                    .map(|a| a.tanh())
+                    .collect::<Vec<_>>(),
+                r,
+                &t.next_obs[i * obs..][..obs],
+                false,
+            );
+        }
+        let batch = replay.sample(0, stream::REPLAY, 0, cfg.batch_size);
+        let n = 10;
+        let (med, min) = time_ms(reps, || {
+            for _ in 0..n {
+                agent.update(&batch).expect("finite synthetic batch");
+            }
+        });
+        let flop = 2.0 * agent.nets.macs_per_update(cfg.batch_size) as f64;
+        let (med, min) = (med / n as f64, min / n as f64);
+        rows.push(result(
+            &format!("sac_update_{name}_b256_2x256"),
+            med,
+            min,
+            reps,
+            flop,
+            0.0,
+            format!(
+                "one SAC gradient step (critics, actor, α, Polyak) at obs {obs}, act {act}: \
+                 {:.0} steps/s; {:.2} GFLOP per step (forward + backward of every network)",
+                1e3 / med,
+                flop / 1e9
+            ),
+        ));
+    }
+    // MBPO: the second epoch (200 env steps: one model training with patience 5, 80,000
+    // branched rollouts, 4,000 SAC steps) at the mbpo_cartpole values. The first epoch is
+    // not representative: its model is trained, and its SAC steps begin, only at its last
+    // step (`freq_train_model` = `epoch_length`).
+    let mut cfg = MbpoConfig::preset(EnvId::CartPole, "cartpole")?;
+    cfg.steps = cfg.initial_exploration_steps + 2 * cfg.epoch_length;
+    cfg.eval_episodes = 1;
+    let mbpo_reps = if reps >= 5 { 3 } else { 1 };
+    let mut times = vec![];
+    for _ in 0..mbpo_reps {
+        let (_, rows) = mbpo::run(be, &cfg, None, |_| {})?;
+        times.push(rows.last().map_or(f64::NAN, |r| r.seconds * 1e3));
+    }
+    times.sort_by(f64::total_cmp);
+    let (med, min) = (times[times.len() / 2], times[0]);
+    let per_step = med / cfg.epoch_length as f64;
+    let nets = crate::policy::sac::Nets::new(4, 1, &cfg.sac);
+    let member_macs = cfg.model.shape().macs_per_row() as f64;
+    let sac_flop = 2.0
+        * (cfg.num_sac_updates_per_step * cfg.epoch_length) as f64
+        * nets.macs_per_update(cfg.sac.batch_size) as f64;
+    let rollout_flop = 2.0
+        * cfg.rollout_batch() as f64
+        * (nets.actor.macs_per_row() as f64
+            + member_macs * cfg.model.ensemble_size as f64 / cfg.model.num_elites as f64);
+    rows.push(result(
+        "mbpo_env_step_cartpole",
+        per_step,
+        min / cfg.epoch_length as f64,
+        mbpo_reps,
+        (sac_flop + rollout_flop) / cfg.epoch_length as f64,
+        0.0,
+        format!(
+            "mbpo_cartpole values: the second epoch ({} env steps, one evaluation episode), \
+             {:.1} env steps/s; FLOPs count its {} SAC steps and {} rollouts, not the model \
+             training (which the time includes)",
+            cfg.epoch_length,
+            1e3 / per_step,
+            cfg.num_sac_updates_per_step * cfg.epoch_length,
+            cfg.rollout_batch()
+        ),
+    ));
+    peaks.push(gemm_peak(reps));
+    Ok(finish_with_peak(rows, &peaks))
+}

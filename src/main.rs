@@ -307,6 +307,8 @@ enum BenchCmd {
     Model(BenchArgs),
     /// One planning step at mbrl-lib's cart-pole configuration and at half-cheetah sizes.
     Plan(BenchArgs),
+    /// SAC gradient steps (batch 256, 2×256) and MBPO env steps (mbpo_cartpole values).
+    Policy(BenchArgs),
 }
 
 #[derive(Args)]
@@ -377,6 +379,14 @@ fn run(cli: Cli) -> Result<()> {
             }
             let be = pick_backend(a.backend)?;
             let rs = with_backend!(&be, |b| mbrl_gpu::bench::plan_benches(b, a.reps))?;
+            print_bench(&rs, a.json)
+        }
+        Cmd::Bench(BenchCmd::Policy(a)) => {
+            if !a.json {
+                note!("measuring (SAC gradient steps, one MBPO epoch; GEMM peak on the cpu)...");
+            }
+            let be = pick_backend(a.backend)?;
+            let rs = with_backend!(&be, |b| mbrl_gpu::bench::policy_benches(b, a.reps))?;
             print_bench(&rs, a.json)
         }
         Cmd::Pets(a) => run_pets(a),

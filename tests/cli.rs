@@ -18,7 +18,9 @@ fn text(o: &Output) -> (String, String) {
 #[test]
 fn help_should_list_the_commands() {
     let (out, _) = text(&mbrl(&["--help"]));
-    for c in ["devices", "model", "bench", "pets", "plan", "envs", "env"] {
+    for c in [
+        "devices", "model", "bench", "pets", "plan", "envs", "env", "sac", "mbpo", "eval",
+    ] {
         assert!(out.contains(c), "--help lacks {c}:\n{out}");
     }
 }
@@ -647,6 +649,10 @@ fn help_should_describe_every_option() {
         vec!["model", "predict"],
         vec!["bench", "plan"],
         vec!["env", "replay"],
+        vec!["sac"],
+        vec!["mbpo"],
+        vec!["eval"],
+        vec!["bench", "policy"],
     ] {
         let mut args = cmd.clone();
         args.push("--help");
@@ -667,5 +673,247 @@ fn help_should_describe_every_option() {
                 "{cmd:?}: {l:?} has no description"
             );
         }
+    }
+}
+
+/// A SAC run small enough for a test: 16-wide networks, 600 steps, a row every 200.
+fn tiny_sac_args(out: &str) -> Vec<String> {
+    [
+        "sac",
+        "--env",
+        "pendulum",
+        "--preset",
+        "quick",
+        "--steps",
+        "600",
+        "--set",
+        "learning_starts=100",
+        "--set",
+        "eval_every=200",
+        "--set",
+        "eval_episodes=1",
+        "--set",
+        "sac.hidden=16",
+        "--set",
+        "sac.batch_size=32",
+        "--out",
+        out,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+#[test]
+fn sac_then_eval_should_write_a_run_and_replay_its_policy() {
+    let t = tempfile::tempdir().unwrap();
+    let run = t.path().join("run");
+    let a = tiny_sac_args(run.to_str().unwrap());
+    let o = mbrl(&args(&a));
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(out.contains("final evaluation return"), "{out}");
+    for f in [
+        "config.toml",
+        "metrics.csv",
+        "timings.csv",
+        "policy.safetensors",
+        "critic.safetensors",
+        "learning_curve.svg",
+        "checkpoint.json",
+    ] {
+        assert!(run.join(f).exists(), "{f} missing");
+    }
+    let csv = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
+    assert!(csv.starts_with("env_steps,eval_return,critic_loss,actor_loss,alpha"));
+    assert_eq!(csv.lines().count(), 1 + 3, "{csv}");
+    // The same run again is refused, nothing touched.
+    let before = std::fs::read(run.join("policy.safetensors")).unwrap();
+    fails_with(&args(&a), &["--force", "--resume"]);
+    assert_eq!(
+        before,
+        std::fs::read(run.join("policy.safetensors")).unwrap()
+    );
+    // eval replays the saved policy deterministically: same returns twice.
+    let policy = run.join("policy.safetensors");
+    let e = [
+        "eval",
+        "--policy",
+        policy.to_str().unwrap(),
+        "--env",
+        "pendulum",
+        "--episodes",
+        "2",
+        "--json",
+    ];
+    let (o1, o2) = (mbrl(&e), mbrl(&e));
+    assert!(o1.status.success(), "{}", text(&o1).1);
+    assert_eq!(o1.stdout, o2.stdout);
+    let v: serde_json::Value = serde_json::from_slice(&o1.stdout).unwrap();
+    assert_eq!(v["returns"].as_array().unwrap().len(), 2);
+    // A policy for another environment, a file that is not a policy, a missing file.
+    fails_with(
+        &[
+            "eval",
+            "--policy",
+            policy.to_str().unwrap(),
+            "--env",
+            "cartpole",
+        ],
+        &["policy maps 3 observations", "cartpole"],
+    );
+    let model = run.join("critic.safetensors");
+    fails_with(
+        &[
+            "eval",
+            "--policy",
+            model.to_str().unwrap(),
+            "--env",
+            "pendulum",
+        ],
+        &["critic.safetensors", "format"],
+    );
+    let junk = t.path().join("junk.safetensors");
+    std::fs::write(&junk, b"\x10\0\0\0\0\0\0\0{not json}").unwrap();
+    fails_with(
+        &[
+            "eval",
+            "--policy",
+            junk.to_str().unwrap(),
+            "--env",
+            "pendulum",
+        ],
+        &["junk.safetensors"],
+    );
+    fails_with(
+        &[
+            "eval",
+            "--policy",
+            "/nonexistent/p.safetensors",
+            "--env",
+            "pendulum",
+        ],
+        &["/nonexistent/p.safetensors"],
+    );
+    fails_with(
+        &[
+            "eval",
+            "--policy",
+            policy.to_str().unwrap(),
+            "--env",
+            "pendulum",
+            "--episodes",
+            "0",
+        ],
+        &["--episodes"],
+    );
+}
+
+#[test]
+fn sac_killed_mid_run_should_resume_to_the_same_files() {
+    let t = tempfile::tempdir().unwrap();
+    let (a, b) = (t.path().join("a"), t.path().join("b"));
+    let mut long = tiny_sac_args(a.to_str().unwrap());
+    long[6] = "3000".into();
+    assert!(mbrl(&args(&long)).status.success());
+    let mut victim = long.clone();
+    let n = victim.len();
+    victim[n - 1] = b.to_str().unwrap().into();
+    // Kill -9 once the first checkpoint is committed, then resume until done.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mbrl-gpu"))
+        .args(args(&victim))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    while !b.join("checkpoint.json").exists() && t0.elapsed().as_secs() < 120 {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the run ended before it could be killed"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let o = mbrl(&["sac", "--resume", b.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o).1);
+    for f in [
+        "metrics.csv",
+        "policy.safetensors",
+        "critic.safetensors",
+        "learning_curve.svg",
+    ] {
+        assert!(
+            std::fs::read(a.join(f)).unwrap() == std::fs::read(b.join(f)).unwrap(),
+            "{f} differs after kill -9 and resume"
+        );
+    }
+    // A PETS run directory is not a SAC run.
+    let c = t.path().join("c");
+    std::fs::create_dir(&c).unwrap();
+    std::fs::write(c.join("config.toml"), "env = \"cartpole\"\ntrials = 3\n").unwrap();
+    fails_with(&["sac", "--resume", c.to_str().unwrap()], &["config.toml"]);
+}
+
+#[test]
+fn mbpo_and_sac_settings_errors_should_name_the_setting() {
+    fails_with(
+        &["sac", "--set", "sac.lr=-1", "--print-config"],
+        &["--set sac.lr"],
+    );
+    fails_with(
+        &["sac", "--set", "sac.gamma=2", "--print-config"],
+        &["sac.gamma"],
+    );
+    fails_with(&["sac", "--steps", "0", "--print-config"], &["--steps"]);
+    fails_with(
+        &["sac", "--set", "sac.nonsense=1", "--print-config"],
+        &["nonsense"],
+    );
+    fails_with(
+        &["sac", "--preset", "fast"],
+        &["unknown SAC preset", "default"],
+    );
+    fails_with(
+        &[
+            "mbpo",
+            "--set",
+            "rollout_schedule=[1, 15, 0, 1]",
+            "--print-config",
+        ],
+        &["rollout_schedule"],
+    );
+    fails_with(
+        &["mbpo", "--set", "real_data_ratio=1.5", "--print-config"],
+        &["real_data_ratio"],
+    );
+    fails_with(
+        &["mbpo", "--env", "pendulum", "--preset", "cartpole"],
+        &["cartpole environment"],
+    );
+    fails_with(
+        &["mbpo", "--set", "model.hidden=100000000", "--print-config"],
+        &["model.hidden"],
+    );
+    let o = mbrl(&[
+        "mbpo",
+        "--env",
+        "cartpole",
+        "--preset",
+        "cartpole",
+        "--print-config",
+    ]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    for k in [
+        "freq_train_model = 200",
+        "effective_model_rollouts_per_step = 400",
+        "rollout_schedule = [1, 15, 1, 1]",
+        "num_sac_updates_per_step = 20",
+        "target_update_interval = 4",
+        "target_entropy = -0.05",
+    ] {
+        assert!(out.contains(k), "{k} missing:\n{out}");
     }
 }

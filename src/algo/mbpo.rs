@@ -81,7 +81,9 @@ impl MbpoConfig {
     /// `cartpole`: mbrl-lib 0.2.0's `mbpo_cartpole` (and its `gaussian_mlp_ensemble` model),
     /// except that the initial exploration is 200 random steps instead of 5,000 policy
     /// steps, so that learning happens within the 2,000 steps the issue asks for.
-    /// `pendulum`: the same for Pendulum-v1, tuned here. `quick`: small networks, minutes.
+    /// `pendulum`: the same for Pendulum-v1 with sampled actions in the environment and a
+    /// tenth of the SAC minibatches from real data, tuned here. `quick`: small networks,
+    /// minutes.
     pub fn preset(env: EnvId, name: &str) -> Result<Self> {
         let spec = env.spec();
         let mut model = ModelConfig::pets(spec.obs_dim, spec.act_dim);
@@ -130,7 +132,12 @@ impl MbpoConfig {
         match (name, env) {
             ("cartpole", EnvId::CartPole) => {}
             ("pendulum", EnvId::Pendulum) => {
+                // Tuned here (seed 0, 3,000 steps): with mbrl-lib's mean-action exploration
+                // and model data only, the pendulum never swings up (−1,500 at 3,000 steps);
+                // sampled actions reach −210, and a tenth of real data −186.
                 c.steps = 3_000;
+                c.explore_with_samples = true;
+                c.real_data_ratio = 0.1;
                 c.sac.target_entropy = None;
             }
             ("quick", _) => {
@@ -140,10 +147,10 @@ impl MbpoConfig {
                 c.model.num_layers = 3;
                 c.effective_model_rollouts_per_step = 50;
                 c.num_sac_updates_per_step = 10;
-                c.sac.hidden = 64;
+                // Tuned on the cart-pole (seed 0): 64-wide networks at lr 1e-3 or target
+                // entropy −1 never balance it within 1,400 steps; these reach 195 at 1,000.
+                c.sac.hidden = 128;
                 c.sac.batch_size = 128;
-                c.sac.lr = 1e-3;
-                c.sac.target_entropy = None;
                 c.eval_episodes = 3;
             }
             (n, _) if PRESETS.contains(&n) => {
@@ -540,7 +547,7 @@ pub fn run<B: Backend>(
             env_data.push(&obs, &action, tr.reward, &tr.obs, tr.terminated);
             done = tr.terminated || tr.truncated;
             obs = tr.obs;
-            if (c.loop_steps + 1) % cfg.freq_train_model == 0 {
+            if (c.loop_steps + 1).is_multiple_of(cfg.freq_train_model) {
                 let mut tc = cfg.train.clone();
                 tc.seed = cfg.seed.wrapping_mul(1000).wrapping_add(c.trainings);
                 let rep = train(backend, &mut model, &transitions(&env_data), &tc, |_| {})?;
@@ -557,7 +564,7 @@ pub fn run<B: Backend>(
                 )?;
                 c.trainings += 1;
             }
-            if (c.loop_steps + 1) % cfg.sac_updates_every_steps == 0 {
+            if (c.loop_steps + 1).is_multiple_of(cfg.sac_updates_every_steps) {
                 for _ in 0..cfg.num_sac_updates_per_step {
                     let u = agent.updates as u32;
                     let real = uniform(cfg.seed, stream::MBPO_MIX, 0, u) < cfg.real_data_ratio;

@@ -273,7 +273,7 @@ mod tests {
         for b in 0..a.rows {
             assert_eq!(
                 a.mask[b],
-                if a.reward[b] as usize % 3 == 0 {
+                if (a.reward[b] as usize).is_multiple_of(3) {
                     0.0
                 } else {
                     1.0

@@ -451,7 +451,7 @@ pub fn critic_loss<T: Real>(
         rows,
         &dq,
         &[],
-        grad,
+        Some(grad),
         None,
         &mut ws.critic,
     );
@@ -574,7 +574,7 @@ pub fn actor_loss<T: Real>(
             dq[rows + b] = -inv_b * T::c(0.5);
         }
     }
-    let mut critic_grad = vec![T::zero(); nets.critic.layout().total];
+    // Only the critics' input gradient: their parameters are not trained here.
     let mut dx = vec![T::zero(); 2 * rows * (o + a)];
     engine::backward(
         &nets.critic,
@@ -583,7 +583,7 @@ pub fn actor_loss<T: Real>(
         rows,
         &dq,
         &[],
-        &mut critic_grad,
+        None,
         Some(&mut dx),
         &mut ws.critic,
     );
@@ -610,7 +610,7 @@ pub fn actor_loss<T: Real>(
         rows,
         &d_head,
         &[],
-        grad,
+        Some(grad),
         None,
         &mut ws.actor,
     );
@@ -862,7 +862,10 @@ impl Sac {
             self.alpha_opt.step(self.cfg.lr, &mut la, &[g]);
             self.log_alpha = la[0];
         }
-        if self.updates % self.cfg.target_update_interval as u64 == 0 {
+        if self
+            .updates
+            .is_multiple_of(self.cfg.target_update_interval as u64)
+        {
             polyak(&mut self.critic_target, &self.critic, self.cfg.tau);
         }
         self.updates += 1;
@@ -909,7 +912,10 @@ mod tests {
         (0..n).map(|_| g.normal() as f64 * scale).collect()
     }
 
-    fn setup() -> (Nets, Squash<f64>, Batch<f64>, Vec<f64>, Vec<f64>, Vec<f64>) {
+    /// Networks, squashing, a batch, and actor, critic and target parameters.
+    type Setup = (Nets, Squash<f64>, Batch<f64>, Vec<f64>, Vec<f64>, Vec<f64>);
+
+    fn setup() -> Setup {
         let cfg = SacConfig {
             hidden: 7,
             num_layers: 2,

@@ -601,14 +601,16 @@ fn member_grad_len(lay: &ParamLayout) -> usize {
 
 /// Backward pass from `d_head` (gradient w.r.t. the raw head output, already in the workspace)
 /// through the cached activations. Writes the parameter gradient (overwriting `grad`, flat
-/// layout) and, if given, the gradient w.r.t. the raw inputs `dx` [E, rows, in].
+/// layout) if given, and, if given, the gradient w.r.t. the raw inputs `dx` [E, rows, in].
+/// Without `grad` the weight products are skipped (SAC's actor step needs the critics' input
+/// gradient only).
 /// `bounds_grad` is added to the max/min log-variance gradient.
 fn backward_from_head<T: Real>(
     shape: &EnsembleShape,
     params: &[T],
     in_std: &[T],
     rows: usize,
-    grad: &mut [T],
+    grad: Option<&mut [T]>,
     dx: Option<&mut [T]>,
     ws: &mut Workspace<T>,
 ) {
@@ -622,6 +624,7 @@ fn backward_from_head<T: Real>(
     }
     ws.partial.resize_with(ts.len(), Vec::new);
     let want_dx = dx.is_some();
+    let want_grad = grad.is_some();
     let mut dx_store: Vec<T> = Vec::new();
     let dx_buf: &mut [T] = match dx {
         Some(d) => d,
@@ -647,19 +650,21 @@ fn backward_from_head<T: Real>(
                 let lo = lay.layers[l];
                 let (fi, fo) = (lo.fan_in, lo.fan_out);
                 off -= fi * fo + fo;
-                let a_in = rows_of(&inputs[l], t, rows, fi);
-                let (gw, gb) = part[off..off + fi * fo + fo].split_at_mut(fi * fo);
-                // dW = a_inᵀ · dz, db = Σ_rows dz
-                matmul(
-                    gw,
-                    View::rm_t(a_in, t.nr, fi),
-                    View::rm(&dz[..t.nr * fo], t.nr, fo),
-                    false,
-                );
-                gb.iter_mut().for_each(|g| *g = T::zero());
-                for row in dz[..t.nr * fo].chunks_exact(fo) {
-                    for (g, v) in gb.iter_mut().zip(row) {
-                        *g += *v;
+                if want_grad {
+                    let a_in = rows_of(&inputs[l], t, rows, fi);
+                    let (gw, gb) = part[off..off + fi * fo + fo].split_at_mut(fi * fo);
+                    // dW = a_inᵀ · dz, db = Σ_rows dz
+                    matmul(
+                        gw,
+                        View::rm_t(a_in, t.nr, fi),
+                        View::rm(&dz[..t.nr * fo], t.nr, fo),
+                        false,
+                    );
+                    gb.iter_mut().for_each(|g| *g = T::zero());
+                    for row in dz[..t.nr * fo].chunks_exact(fo) {
+                        for (g, v) in gb.iter_mut().zip(row) {
+                            *g += *v;
+                        }
                     }
                 }
                 if l == 0 && !want_dx {
@@ -692,6 +697,9 @@ fn backward_from_head<T: Real>(
         });
     // Reduce the per-task partials into the flat layout, one parallel pass per tensor with
     // each member's slice summed from its own tasks.
+    let Some(grad) = grad else {
+        return;
+    };
     let parts = &ws.partial;
     let mut off = 0;
     for lo in &lay.layers {
@@ -829,7 +837,7 @@ pub fn nll_backward<T: Real>(
             *a += b;
         }
     }
-    backward_from_head(shape, params, in_std, rows, grad, None, ws);
+    backward_from_head(shape, params, in_std, rows, Some(grad), None, ws);
     add_regularisers(shape, loss, params, grad, &db);
 }
 
@@ -930,7 +938,7 @@ pub fn vjp<T: Real>(
         rows,
         d_mean,
         d_logvar,
-        grad,
+        Some(grad),
         Some(dx),
         ws,
     );
@@ -938,7 +946,7 @@ pub fn vjp<T: Real>(
 
 /// The backward half of [`vjp`], after a [`forward_cached`] on the same workspace: from
 /// upstream gradients on mean and log-variance [E, rows, out] to the parameter gradient
-/// (overwriting `grad`, flat layout) and, if asked, the raw-input gradient `dx`
+/// (overwriting `grad`, flat layout) if asked, and, if asked, the raw-input gradient `dx`
 /// [E, rows, in]. Split from the forward so that a loss can be formed from the outputs
 /// first (the SAC critics and actor, [`crate::policy::sac`]).
 #[allow(clippy::too_many_arguments)]
@@ -949,7 +957,7 @@ pub fn backward<T: Real>(
     rows: usize,
     d_mean: &[T],
     d_logvar: &[T],
-    grad: &mut [T],
+    mut grad: Option<&mut [T]>,
     dx: Option<&mut [T]>,
     ws: &mut Workspace<T>,
 ) {
@@ -978,8 +986,8 @@ pub fn backward<T: Real>(
         // The head is the mean itself.
         ws.d_head[..e * rows * d].copy_from_slice(&d_mean[..e * rows * d]);
     }
-    backward_from_head(shape, params, in_std, rows, grad, dx, ws);
-    if shape.probabilistic {
+    backward_from_head(shape, params, in_std, rows, grad.as_deref_mut(), dx, ws);
+    if let (true, Some(grad)) = (shape.probabilistic, grad) {
         for j in 0..d {
             grad[lay.max_logvar + j] = db[j];
             grad[lay.min_logvar + j] = db[d + j];

@@ -1,0 +1,31 @@
+//! Profile target: SAC gradient steps at batch 256, 2×256 networks (`perf record` it).
+use mbrl_gpu::policy::{Replay, Sac, SacConfig};
+
+fn main() {
+    let (obs, act) = (3, 1);
+    let mut agent = Sac::new(SacConfig::default(), obs, &[-2.0], &[2.0], 0).unwrap();
+    let mut r = Replay::new(obs, act, 4096);
+    let t = mbrl_gpu::bench::synthetic_transitions(4096, obs, act, 1);
+    for i in 0..t.len() {
+        r.push(
+            &t.obs[i * obs..][..obs],
+            &[t.act[i].tanh()],
+            0.1,
+            &t.next_obs[i * obs..][..obs],
+            false,
+        );
+    }
+    let n: usize = std::env::args()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(500);
+    let t0 = std::time::Instant::now();
+    for u in 0..n {
+        let b = r.sample(0, 14, u as u32, 256);
+        agent.update(&b).unwrap();
+    }
+    eprintln!(
+        "{:.3} ms per update",
+        t0.elapsed().as_secs_f64() * 1e3 / n as f64
+    );
+}
