@@ -21,6 +21,7 @@ The second epoch is timed (one model training with patience 5, 80,000 branched r
 Prints a table to stderr and, with --json, one JSON line per comparison to stdout.
 """
 import argparse
+import contextlib
 import gymnasium as gym
 import json
 import os
@@ -141,7 +142,10 @@ def mbrl_lib_mbpo_seconds(num_steps):
         test_env.reset(seed=1)
         torch.manual_seed(0)
         t0 = time.perf_counter()
-        mbpo.train(env, test_env, term.cartpole, cfg, silent=True, work_dir=work)
+        # mbrl-lib's logger prints its results table on stdout even when silent; keep
+        # stdout for this script's JSON lines.
+        with contextlib.redirect_stdout(sys.stderr):
+            mbpo.train(env, test_env, term.cartpole, cfg, silent=True, work_dir=work)
         return time.perf_counter() - t0
 
 

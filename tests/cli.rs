@@ -849,6 +849,22 @@ fn sac_killed_mid_run_should_resume_to_the_same_files() {
             "{f} differs after kill -9 and resume"
         );
     }
+    // A torn state file (a disk error, a hand edit) is refused by name, and nothing the
+    // user reads is touched.
+    let agent = std::fs::read_dir(b.join("checkpoint"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().contains("agent-"))
+        .expect("an agent state file");
+    let bytes = std::fs::read(&agent).unwrap();
+    std::fs::write(&agent, &bytes[..bytes.len() / 2]).unwrap();
+    let metrics = std::fs::read(b.join("metrics.csv")).unwrap();
+    let name = agent.file_name().unwrap().to_string_lossy().into_owned();
+    fails_with(
+        &["sac", "--resume", b.to_str().unwrap(), "--steps", "4000"],
+        &[&name, "safetensors"],
+    );
+    assert_eq!(metrics, std::fs::read(b.join("metrics.csv")).unwrap());
     // A PETS run directory is not a SAC run.
     let c = t.path().join("c");
     std::fs::create_dir(&c).unwrap();

@@ -11,6 +11,7 @@
 use mbrl_gpu::backend::Activation;
 use mbrl_gpu::io::{checkpoint, csv, json};
 use mbrl_gpu::model::{Ensemble, ModelConfig};
+use mbrl_gpu::policy::checkpoint as policy_files;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 
@@ -37,6 +38,50 @@ fn corpus(kind: &str) -> Vec<(String, Vec<u8>)> {
 
 // ---------------------------------------------------------------------------------------------
 // The readers under test, and what an accepted input must satisfy.
+
+/// SAC files (policy, critic, whole agent) and replay buffers: whatever loads re-serialises
+/// and reloads to the same values, and acts without panicking.
+fn check_policy(bytes: &[u8]) -> Outcome {
+    let mut refusals = vec![];
+    for (kind, parse) in [
+        (
+            "policy",
+            policy_files::policy_from_bytes as fn(&[u8]) -> Result<_, String>,
+        ),
+        ("critic", policy_files::critic_from_bytes),
+        ("agent", policy_files::agent_from_bytes),
+    ] {
+        match parse(bytes) {
+            Ok(mut sac) => {
+                assert!(
+                    sac.is_finite(),
+                    "accepted a {kind} file with non-finite values"
+                );
+                let again = match kind {
+                    "policy" => policy_files::policy_bytes(&sac),
+                    "critic" => policy_files::critic_bytes(&sac),
+                    _ => policy_files::agent_bytes(&sac),
+                }
+                .expect("an accepted file re-serialises");
+                let back = parse(&again).expect("a re-serialised file loads");
+                assert_eq!((&back.actor, &back.critic), (&sac.actor, &sac.critic));
+                let obs = vec![0.5f32; sac.nets.obs_dim];
+                let a = sac.act(&obs, 1, None);
+                assert!(a.iter().all(|v| v.is_finite()));
+                return Outcome::Accepted;
+            }
+            Err(e) => refusals.push(e),
+        }
+    }
+    match policy_files::replay_from_bytes(bytes, 3, 1) {
+        Ok(r) => {
+            let again = policy_files::replay_bytes(&r).expect("an accepted buffer re-serialises");
+            assert_eq!(policy_files::replay_from_bytes(&again, 3, 1).unwrap(), r);
+            Outcome::Accepted
+        }
+        Err(e) => Outcome::Refused(format!("{} / {e}", refusals.join(" / "))),
+    }
+}
 
 /// A checkpoint that loads must hold finite values, serialise again, reload to the same
 /// model, and predict without panicking.
@@ -455,7 +500,12 @@ fn fuzz(kind: &str, cases: usize, seed: u64, check: fn(&[u8]) -> Outcome) -> Vec
     }
     for case in 0..cases {
         let (name, bytes) = &files[rng.below(files.len())];
-        let input = mutate(&mut rng, bytes, &files, kind == "checkpoint");
+        let input = mutate(
+            &mut rng,
+            bytes,
+            &files,
+            kind == "checkpoint" || kind == "policy",
+        );
         run(
             &|| format!("{kind}/{name}, case {case} of seed {seed}"),
             &input,
@@ -493,6 +543,7 @@ fn mutated_inputs_should_never_panic() {
     failures.extend(fuzz("checkpoint", cases, seed, check_checkpoint));
     failures.extend(fuzz("csv", cases, seed, check_csv));
     failures.extend(fuzz("json", cases, seed, check_json));
+    failures.extend(fuzz("policy", cases / 5, seed, check_policy));
     assert!(
         failures.is_empty(),
         "{} inputs panicked:\n{}",
@@ -503,6 +554,19 @@ fn mutated_inputs_should_never_panic() {
 
 // ---------------------------------------------------------------------------------------------
 // The corpus and the messages of its hostile files.
+
+/// SAC files whose metadata asks for what no policy file can hold.
+const HOSTILE_POLICIES: &[(&str, &str)] = &[
+    (
+        "hidden_huge_policy.safetensors",
+        "hidden 16384 with 2 layers gives actor and critics 805650436 parameters for 3 \
+         observations and 1 actions; at most 67108864 are supported",
+    ),
+    (
+        "obs_dim_huge_policy.safetensors",
+        "tensor \"linear1.weight\" is F32 [8, 3], expected F32 (or F64) [8, 65536]",
+    ),
+];
 
 /// What each hostile corpus file must be refused with (a substring of the message); every
 /// file not listed must be accepted.
@@ -708,6 +772,17 @@ fn hostile_corpus_should_give_these_errors() {
             "json/{name} is missing"
         );
     }
+    for (name, bytes) in corpus("policy") {
+        let want = HOSTILE_POLICIES
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, m)| *m);
+        let got = match check_policy(&bytes) {
+            Outcome::Accepted => Ok(()),
+            Outcome::Refused(e) => Err(e),
+        };
+        expect(format!("policy/{name}"), got, want);
+    }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 
@@ -790,6 +865,47 @@ fn regenerate_corpus() {
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join(name), bytes).unwrap();
     };
+    // SAC files and a replay buffer, valid and with one hostile header each.
+    let sac_cfg = mbrl_gpu::policy::SacConfig {
+        hidden: 8,
+        ..Default::default()
+    };
+    let mut sac = mbrl_gpu::policy::Sac::new(sac_cfg, 3, &[-2.0], &[2.0], 1).unwrap();
+    sac.updates = 3;
+    let policy = policy_files::policy_bytes(&sac).unwrap();
+    write("policy", "valid_policy.safetensors", &policy);
+    write(
+        "policy",
+        "valid_critic.safetensors",
+        &policy_files::critic_bytes(&sac).unwrap(),
+    );
+    write(
+        "policy",
+        "valid_agent.safetensors",
+        &policy_files::agent_bytes(&sac).unwrap(),
+    );
+    let mut replay = mbrl_gpu::policy::Replay::new(3, 1, 4);
+    for i in 0..6 {
+        replay.push(&[i as f32; 3], &[0.5], -1.0, &[0.0; 3], i == 5);
+    }
+    write(
+        "policy",
+        "valid_replay.safetensors",
+        &policy_files::replay_bytes(&replay).unwrap(),
+    );
+    write(
+        "policy",
+        "hidden_huge_policy.safetensors",
+        &with_meta(&policy, "config", |c| {
+            c.replace("\"hidden\":8", "\"hidden\":16384")
+        }),
+    );
+    write(
+        "policy",
+        "obs_dim_huge_policy.safetensors",
+        &with_meta(&policy, "obs_dim", |_| "65536".into()),
+    );
+
     // Valid checkpoints: the shapes the readers must keep accepting.
     let good = checkpoint::to_bytes(&small_model(base_config(), 1)).unwrap();
     write("checkpoint", "valid_pets_like.safetensors", &good);

@@ -223,9 +223,11 @@ pub fn write_views(dir: &RunDir, rows: &[Row], v: &Views) -> Result<()> {
     dir.write("learning_curve.svg", svg.as_bytes())
 }
 
-/// A loaded checkpoint: the state files' bytes by role, the rows and the loop's counters.
+/// A loaded checkpoint: the state files' bytes and names by role, the rows and the loop's
+/// counters.
 pub struct Loaded<S> {
     pub files: BTreeMap<String, Vec<u8>>,
+    pub names: BTreeMap<String, String>,
     pub rows: Vec<Row>,
     pub state: S,
 }
@@ -286,22 +288,25 @@ where
     dir.prune_state(&keep)?;
     Ok(Some(Loaded {
         files,
+        names: m.files,
         rows: m.rows,
         state: m.state,
     }))
 }
 
-/// Parse a state file, naming it in the error.
-pub fn parse<T>(
-    dir: &RunDir,
-    role: &str,
-    bytes: &[u8],
-    f: impl Fn(&[u8]) -> std::result::Result<T, String>,
-) -> Result<T> {
-    f(bytes).map_err(|msg| crate::Error::Checkpoint {
-        path: dir.path().join(STATE_DIR).join(role),
-        msg,
-    })
+impl<S> Loaded<S> {
+    /// Parse the state file of `role`, naming the file in the error.
+    pub fn parse<T>(
+        &self,
+        dir: &RunDir,
+        role: &str,
+        f: impl Fn(&[u8]) -> std::result::Result<T, String>,
+    ) -> Result<T> {
+        f(&self.files[role]).map_err(|msg| crate::Error::Checkpoint {
+            path: dir.path().join(&self.names[role]),
+            msg,
+        })
+    }
 }
 
 /// A uniformly random action in the box (Philox stream RANDOM_ACTION at (element, step)).

@@ -164,8 +164,8 @@ pub fn run(
         if let Some(l) =
             offpolicy::load::<_, Counters>(dir, FORMAT, cfg, same, &["agent", "replay"])?
         {
-            agent = offpolicy::parse(dir, "agent", &l.files["agent"], ckpt::agent_from_bytes)?;
-            replay = offpolicy::parse(dir, "replay", &l.files["replay"], |b| {
+            agent = l.parse(dir, "agent", ckpt::agent_from_bytes)?;
+            replay = l.parse(dir, "replay", |b| {
                 ckpt::replay_from_bytes(b, spec.obs_dim, spec.act_dim)
             })?;
             let ok = agent.nets.obs_dim == spec.obs_dim

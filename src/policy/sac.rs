@@ -751,6 +751,28 @@ impl Sac {
             ));
         }
         let nets = Nets::new(obs_dim, act_low.len(), &cfg);
+        // Checked before anything is allocated: a hostile file's metadata (obs 65536,
+        // hidden 16384, 16 layers) would otherwise ask for tens of GiB. An agent holds
+        // about eight copies (parameters, targets, gradients, Adam moments).
+        const MAX_PARAMS: usize = 1 << 26;
+        if obs_dim > 1 << 16 || act_low.len() > 1 << 16 {
+            return Err(crate::invalid!(
+                "SAC supports at most 65536 observation and action dimensions (got {obs_dim} \
+                 and {})",
+                act_low.len()
+            ));
+        }
+        let total = nets.actor.layout().total + nets.critic.layout().total;
+        if total > MAX_PARAMS {
+            return Err(setting!(
+                "hidden",
+                "{} with {} layers gives actor and critics {total} parameters for {obs_dim} \
+                 observations and {} actions; at most {MAX_PARAMS} are supported",
+                cfg.hidden,
+                cfg.num_layers,
+                act_low.len()
+            ));
+        }
         let actor = init_params(&nets.actor, seed, 0);
         let critic = init_params(&nets.critic, seed, 1);
         let (na, nc) = (actor.len(), critic.len());

@@ -91,6 +91,10 @@ pub struct Workspace<T> {
     d_head: Vec<T>,
     /// Per task: the member-local gradient (layers in order, W then b), reduced afterwards.
     partial: Vec<Vec<T>>,
+    /// Per member, the f32 weights packed for the fused kernel by [`forward`], repacked in
+    /// place on every call: fresh allocations of a few hundred KiB per call cost page faults
+    /// that made the fused forward slower than the plain GEMM on SAC's small batches.
+    packed: Vec<Vec<crate::dense::PackedF32>>,
 }
 
 fn grow<T: Real>(v: &mut Vec<T>, n: usize) {
@@ -311,12 +315,16 @@ pub fn forward<T: Real>(
     let lv_width = if shape.probabilistic { d } else { 0 };
     let lvs = split(logvar, &ts, rows, lv_width);
     // In f32 with AVX-512: every member's weights packed once for the fused kernel.
-    let packed: Vec<Vec<crate::dense::PackedF32>> = match T::f32_slice(params) {
-        Some(p) if crate::dense::fused_available() => (0..shape.ensemble)
-            .into_par_iter()
-            .map(|e| pack_member_f32(shape, p, e))
-            .collect(),
-        _ => vec![],
+    let packed: &[Vec<crate::dense::PackedF32>] = match T::f32_slice(params) {
+        Some(p) if crate::dense::fused_available() => {
+            ws.packed.resize_with(shape.ensemble, Vec::new);
+            ws.packed[..shape.ensemble]
+                .par_iter_mut()
+                .enumerate()
+                .for_each(|(e, pk)| repack_member_f32(shape, p, e, pk));
+            &ws.packed[..shape.ensemble]
+        }
+        _ => &[],
     };
     ts.par_iter()
         .zip(ws.scratch.par_iter_mut())
@@ -418,6 +426,21 @@ pub(crate) fn pack_member_f32(
             crate::dense::PackedF32::new(&params[lo.weight + e * fi * fo..][..fi * fo], fi, fo)
         })
         .collect()
+}
+
+/// [`pack_member_f32`] into `out`, reusing its memory.
+fn repack_member_f32(
+    shape: &EnsembleShape,
+    params: &[f32],
+    e: usize,
+    out: &mut Vec<crate::dense::PackedF32>,
+) {
+    let lay = shape.layout();
+    out.resize_with(lay.layers.len(), Default::default);
+    for (pk, lo) in out.iter_mut().zip(&lay.layers) {
+        let (fi, fo) = (lo.fan_in, lo.fan_out);
+        pk.repack(&params[lo.weight + e * fi * fo..][..fi * fo], fi, fo);
+    }
 }
 
 /// Member `e`'s weights packed for bf16 products, one [`Packed`] per layer (head last).
