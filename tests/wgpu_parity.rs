@@ -1298,3 +1298,59 @@ fn mpc_steps_should_match_cpu_with_one_submission_each() {
         assert_close(&format!("mpc action, step {i}"), &a, &b, 1e-4, 0.0);
     }
 }
+
+/// MBPO's branched rollout with its model step on the device: the transitions it stores
+/// match the CPU's (same policy, same model, same Philox draws). Tolerance: the model's
+/// outputs agree to ~1e-5 (`ensemble_forward_should_match_cpu`) and a rollout of length 3
+/// feeds them back twice, so stored states agree to 1e-3 absolute; the count of stored rows
+/// must be equal (no termination decision flips at these states).
+#[test]
+fn mbpo_branched_rollout_should_match_cpu() {
+    use mbrl_gpu::algo::mbpo::{branched_rollout, MbpoConfig};
+    use mbrl_gpu::model::Ensemble;
+    use mbrl_gpu::policy::{Replay, Sac};
+    let Some(g) = gpu("mbpo_branched_rollout_should_match_cpu") else {
+        return;
+    };
+    let mut cfg = MbpoConfig::preset(EnvId::Pendulum, "quick").unwrap();
+    cfg.effective_model_rollouts_per_step = 3;
+    cfg.freq_train_model = 37;
+    let spec = EnvId::Pendulum.spec();
+    let mut model = Ensemble::new(cfg.model.clone(), 4).unwrap();
+    let mut data = Replay::new(3, 1, 500);
+    for i in 0..300 {
+        let th = i as f32 * 0.05;
+        let s = [th.cos(), th.sin(), (i as f32 * 0.3).sin()];
+        data.push(&s, &[0.1], -1.0, &s, false);
+    }
+    let inputs: Vec<f32> = (0..300)
+        .flat_map(|i| {
+            let (o, a, _, _, _) = data.row(i);
+            [o, a].concat()
+        })
+        .collect();
+    model.fit_normaliser(&inputs);
+    let run = |b: &dyn Fn(&mut Sac, &mut Replay) -> usize| {
+        let mut agent = Sac::new(cfg.sac.clone(), 3, &spec.act_low, &spec.act_high, 9).unwrap();
+        let mut out = Replay::new(3, 1, 10_000);
+        let n = b(&mut agent, &mut out);
+        (n, out.to_arrays())
+    };
+    let cpu = CpuBackend::new();
+    let (n_cpu, a_cpu) =
+        run(&|agent, out| branched_rollout(&cpu, &cfg, agent, &model, &data, 2, 3, out).unwrap());
+    let (n_gpu, a_gpu) =
+        run(&|agent, out| branched_rollout(g, &cfg, agent, &model, &data, 2, 3, out).unwrap());
+    assert_eq!(n_cpu, n_gpu, "stored transitions");
+    assert_eq!(
+        n_cpu,
+        3 * cfg.rollout_batch(),
+        "the pendulum never terminates"
+    );
+    for (what, (x, y)) in ["obs", "act", "reward", "next_obs"]
+        .iter()
+        .zip(a_cpu.iter().zip(&a_gpu))
+    {
+        assert_close(what, y, x, 1e-3, 1e-3);
+    }
+}
