@@ -3,7 +3,16 @@ use mbrl_gpu::policy::{Replay, Sac, SacConfig};
 
 fn main() {
     let (obs, act) = (3, 1);
-    let mut agent = Sac::new(SacConfig::default(), obs, &[-2.0], &[2.0], 0).unwrap();
+    // `sac_profile N bf16`: N updates with bf16 training products.
+    let precision = match std::env::args().nth(2).as_deref() {
+        Some("bf16") => mbrl_gpu::backend::Precision::Bf16,
+        _ => mbrl_gpu::backend::Precision::F32,
+    };
+    let cfg = SacConfig {
+        precision,
+        ..SacConfig::default()
+    };
+    let mut agent = Sac::new(cfg, obs, &[-2.0], &[2.0], 0).unwrap();
     let mut r = Replay::new(obs, act, 4096);
     let t = mbrl_gpu::bench::synthetic_transitions(4096, obs, act, 1);
     for i in 0..t.len() {

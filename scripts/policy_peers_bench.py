@@ -3,7 +3,8 @@
 in one run on the same threads. Run through ``scripts/bench_policy_peers.sh``.
 
 Ours: ``mbrl-gpu bench policy --json --backend cpu`` (rows ``sac_update_*`` and
-``mbpo_env_step_cartpole``), with RAYON_NUM_THREADS = --threads.
+``mbpo_env_step_cartpole``, each also with ``_bf16``: SAC's training products in bf16 on
+AMX tiles; the peers stay float32), with RAYON_NUM_THREADS = --threads.
 
 Stable-Baselines3: ``SAC("MlpPolicy", env, batch_size=256, net_arch=[256, 256])`` on CPU
 with ``torch.set_num_threads(--threads)``; the replay buffer is filled by a short ``learn``,
@@ -162,14 +163,17 @@ def main():
     log(f"CPU: {model}; threads {ARGS.threads}; torch {torch.__version__}")
     log(subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip())
     sb3 = {"pendulum": sb3_setup(gym.make("Pendulum-v1")), "halfcheetah": sb3_setup(BoxEnv())}
-    rows = {k: [] for k in ["sac_pendulum", "sac_halfcheetah", "mbpo"]}
-    theirs = {k: [] for k in rows}
+    keys = ["sac_pendulum", "sac_halfcheetah", "mbpo"]
+    rows = {k + s: [] for k in keys for s in ["", "_bf16"]}
+    theirs = {k: [] for k in keys}
     for r in range(ARGS.rounds):
         o = ours()
+        for s in ["", "_bf16"]:
+            for name in ["pendulum", "halfcheetah"]:
+                rows[f"sac_{name}{s}"].append(o[f"sac_update_{name}_b256_2x256{s}"]["median_ms"])
+            rows[f"mbpo{s}"].append(o[f"mbpo_env_step_cartpole{s}"]["median_ms"])
         for name in ["pendulum", "halfcheetah"]:
-            rows[f"sac_{name}"].append(o[f"sac_update_{name}_b256_2x256"]["median_ms"])
             theirs[f"sac_{name}"].append(sb3_time(sb3[name]))
-        rows["mbpo"].append(o["mbpo_env_step_cartpole"]["median_ms"])
         if not ARGS.skip_mbpo:
             theirs["mbpo"].append(mbrl_lib_mbpo_ms_per_step())
         log(f"round {r + 1}: ours {[round(v[-1], 3) for v in rows.values()]} ms, "
@@ -177,14 +181,15 @@ def main():
     peers = {"sac_pendulum": "Stable-Baselines3", "sac_halfcheetah": "Stable-Baselines3",
              "mbpo": "mbrl-lib 0.2.0"}
     for k in rows:
-        if not theirs[k]:
+        peer = k.removesuffix("_bf16")
+        if not theirs[peer]:
             continue
-        a, b = statistics.median(rows[k]), statistics.median(theirs[k])
+        a, b = statistics.median(rows[k]), statistics.median(theirs[peer])
         unit = "gradient step" if k.startswith("sac") else "env step"
-        log(f"{k:<16} ours {a:8.3f} ms/{unit}  {peers[k]} {b:8.3f} ms/{unit}  "
+        log(f"{k:<21} ours {a:8.3f} ms/{unit}  {peers[peer]} {b:8.3f} ms/{unit}  "
             f"ratio {b / a:5.2f}x")
         if ARGS.json:
-            print(json.dumps({"name": k, "ours_ms": a, "peer": peers[k], "peer_ms": b,
+            print(json.dumps({"name": k, "ours_ms": a, "peer": peers[peer], "peer_ms": b,
                               "speedup": b / a, "rounds": ARGS.rounds,
                               "threads": ARGS.threads, "cpu": model}))
 

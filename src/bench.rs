@@ -395,8 +395,21 @@ pub fn policy_benches<B: Backend>(be: &B, reps: usize) -> Result<Vec<BenchResult
     use crate::policy::{Replay, Sac, SacConfig};
     let mut peaks = vec![gemm_peak(reps)];
     let mut rows = vec![];
-    for (name, obs, act) in [("pendulum", 3usize, 1usize), ("halfcheetah", 17, 6)] {
-        let cfg = SacConfig::default();
+    use crate::backend::Precision;
+    let cases = [("pendulum", 3usize, 1usize), ("halfcheetah", 17, 6)];
+    for ((name, obs, act), precision) in cases
+        .into_iter()
+        .flat_map(|c| [(c, Precision::F32), (c, Precision::Bf16)])
+    {
+        let cfg = SacConfig {
+            precision,
+            ..SacConfig::default()
+        };
+        let suffix = if precision == Precision::Bf16 {
+            "_bf16"
+        } else {
+            ""
+        };
         let (lo, hi) = (vec![-1.0f32; act], vec![1.0f32; act]);
         let mut agent = Sac::new(cfg.clone(), obs, &lo, &hi, 0)?;
         let mut replay = Replay::new(obs, act, 10_000);
@@ -424,7 +437,7 @@ pub fn policy_benches<B: Backend>(be: &B, reps: usize) -> Result<Vec<BenchResult
         let flop = 2.0 * agent.nets.macs_per_update(cfg.batch_size) as f64;
         let (med, min) = (med / n as f64, min / n as f64);
         rows.push(result(
-            &format!("sac_update_{name}_b256_2x256"),
+            &format!("sac_update_{name}_b256_2x256{suffix}"),
             med,
             min,
             reps,
@@ -432,9 +445,17 @@ pub fn policy_benches<B: Backend>(be: &B, reps: usize) -> Result<Vec<BenchResult
             0.0,
             format!(
                 "one SAC gradient step (critics, actor, α, Polyak) at obs {obs}, act {act}: \
-                 {:.0} steps/s; {:.2} GFLOP per step (forward + backward of every network)",
+                 {:.0} steps/s; {:.2} GFLOP per step (forward + backward of every network){}",
                 1e3 / med,
-                flop / 1e9
+                flop / 1e9,
+                if precision == Precision::Bf16 {
+                    format!(
+                        "; hidden-layer products in bf16 ({})",
+                        crate::bf16::describe()
+                    )
+                } else {
+                    String::new()
+                }
             ),
         ));
     }
@@ -442,44 +463,54 @@ pub fn policy_benches<B: Backend>(be: &B, reps: usize) -> Result<Vec<BenchResult
     // branched rollouts, 4,000 SAC steps) at the mbpo_cartpole values. The first epoch is
     // not representative: its model is trained, and its SAC steps begin, only at its last
     // step (`freq_train_model` = `epoch_length`).
-    let mut cfg = MbpoConfig::preset(EnvId::CartPole, "cartpole")?;
-    cfg.steps = cfg.initial_exploration_steps + 2 * cfg.epoch_length;
-    cfg.eval_episodes = 1;
-    let mbpo_reps = if reps >= 5 { 3 } else { 1 };
-    let mut times = vec![];
-    for _ in 0..mbpo_reps {
-        let (_, rows) = mbpo::run(be, &cfg, None, |_| {})?;
-        times.push(rows.last().map_or(f64::NAN, |r| r.seconds * 1e3));
-    }
-    times.sort_by(f64::total_cmp);
-    let (med, min) = (times[times.len() / 2], times[0]);
-    let per_step = med / cfg.epoch_length as f64;
-    let nets = crate::policy::sac::Nets::new(4, 1, &cfg.sac);
-    let member_macs = cfg.model.shape().macs_per_row() as f64;
-    let sac_flop = 2.0
-        * (cfg.num_sac_updates_per_step * cfg.epoch_length) as f64
-        * nets.macs_per_update(cfg.sac.batch_size) as f64;
-    let rollout_flop = 2.0
-        * cfg.rollout_batch() as f64
-        * (nets.actor.macs_per_row() as f64
-            + member_macs * cfg.model.ensemble_size as f64 / cfg.model.num_elites as f64);
-    rows.push(result(
-        "mbpo_env_step_cartpole",
-        per_step,
-        min / cfg.epoch_length as f64,
-        mbpo_reps,
-        (sac_flop + rollout_flop) / cfg.epoch_length as f64,
-        0.0,
-        format!(
-            "mbpo_cartpole values: the second epoch ({} env steps, one evaluation episode), \
+    for precision in [Precision::F32, Precision::Bf16] {
+        let mut cfg = MbpoConfig::preset(EnvId::CartPole, "cartpole")?;
+        cfg.sac.precision = precision;
+        cfg.steps = cfg.initial_exploration_steps + 2 * cfg.epoch_length;
+        cfg.eval_episodes = 1;
+        let mbpo_reps = if reps >= 5 { 3 } else { 1 };
+        let mut times = vec![];
+        for _ in 0..mbpo_reps {
+            let (_, rows) = mbpo::run(be, &cfg, None, |_| {})?;
+            times.push(rows.last().map_or(f64::NAN, |r| r.seconds * 1e3));
+        }
+        times.sort_by(f64::total_cmp);
+        let (med, min) = (times[times.len() / 2], times[0]);
+        let per_step = med / cfg.epoch_length as f64;
+        let nets = crate::policy::sac::Nets::new(4, 1, &cfg.sac);
+        let member_macs = cfg.model.shape().macs_per_row() as f64;
+        let sac_flop = 2.0
+            * (cfg.num_sac_updates_per_step * cfg.epoch_length) as f64
+            * nets.macs_per_update(cfg.sac.batch_size) as f64;
+        let rollout_flop = 2.0
+            * cfg.rollout_batch() as f64
+            * (nets.actor.macs_per_row() as f64
+                + member_macs * cfg.model.ensemble_size as f64 / cfg.model.num_elites as f64);
+        rows.push(result(
+            &format!(
+                "mbpo_env_step_cartpole{}",
+                if precision == Precision::Bf16 {
+                    "_bf16"
+                } else {
+                    ""
+                }
+            ),
+            per_step,
+            min / cfg.epoch_length as f64,
+            mbpo_reps,
+            (sac_flop + rollout_flop) / cfg.epoch_length as f64,
+            0.0,
+            format!(
+                "mbpo_cartpole values: the second epoch ({} env steps, one evaluation episode), \
              {:.1} env steps/s; FLOPs count its {} SAC steps and {} rollouts, not the model \
              training (which the time includes)",
-            cfg.epoch_length,
-            1e3 / per_step,
-            cfg.num_sac_updates_per_step * cfg.epoch_length,
-            cfg.rollout_batch()
-        ),
-    ));
+                cfg.epoch_length,
+                1e3 / per_step,
+                cfg.num_sac_updates_per_step * cfg.epoch_length,
+                cfg.rollout_batch()
+            ),
+        ));
+    }
     peaks.push(gemm_peak(reps));
     Ok(finish_with_peak(rows, &peaks))
 }

@@ -259,6 +259,169 @@ pub fn matmul(dst: &mut [f32], src: &[f32], m: usize, w: &Packed, s: &mut Scratc
     }
 }
 
+/// Scratch of [`matmul_views`]: both operands in the tile unit's layouts and the product.
+#[derive(Default)]
+pub struct TrainScratch {
+    a: Vec<u16>,
+    b: Vec<u16>,
+    c: Vec<f32>,
+    /// Row-major copies of strided operands.
+    ta: Vec<f32>,
+    tb: Vec<f32>,
+    portable: Scratch,
+}
+
+/// The view's elements row-major: the view's own data when it already is, else a copy in
+/// `buf` made in 16 × 16 blocks (both sides of a transpose stay in cache).
+fn dense_view<'a>(v: crate::linalg::View<'a, f32>, buf: &'a mut Vec<f32>) -> &'a [f32] {
+    if v.cs == 1 && v.rs == v.cols {
+        return &v.data[..v.rows * v.cols];
+    }
+    buf.clear();
+    buf.resize(v.rows * v.cols, 0.0);
+    const B: usize = 16;
+    for i0 in (0..v.rows).step_by(B) {
+        for j0 in (0..v.cols).step_by(B) {
+            for i in i0..(i0 + B).min(v.rows) {
+                for j in j0..(j0 + B).min(v.cols) {
+                    buf[i * v.cols + j] = v.data[i * v.rs + j * v.cs];
+                }
+            }
+        }
+    }
+    buf
+}
+
+/// `dst[i] = to_bits(src[i])`.
+fn round_row(src: &[f32], dst: &mut [u16]) {
+    #[cfg(target_arch = "x86_64")]
+    if amx::available() {
+        // SAFETY: AMX CPUs have AVX-512F/BW (checked with AMX at run time).
+        unsafe { avx512::round_row(src, dst) };
+        return;
+    }
+    for (d, v) in dst.iter_mut().zip(src) {
+        *d = to_bits(*v);
+    }
+}
+
+/// `dst[2c] = to_bits(lo[c])`, `dst[2c + 1] = to_bits(hi[c])` (0 without `hi`).
+fn pair_row(lo: &[f32], hi: Option<&[f32]>, dst: &mut [u16]) {
+    #[cfg(target_arch = "x86_64")]
+    if amx::available() && lo.len() == 16 {
+        // SAFETY: as in `round_row`; 16 values per row, 32 outputs.
+        unsafe { avx512::pair_row16(lo, hi, dst) };
+        return;
+    }
+    for (c, v) in lo.iter().enumerate() {
+        dst[2 * c] = to_bits(*v);
+        dst[2 * c + 1] = hi.map_or(0, |h| to_bits(h[c]));
+    }
+}
+
+/// `dst[m × n] = round_bf16(a) · round_bf16(b)`, f32 sums, for strided views: the training
+/// products of the bf16 mode, whose operands all change every call (activations, gradients,
+/// freshly updated weights), so both are laid out here, straight from the views (a
+/// transpose costs no extra pass). On AMX the product runs on the tiles, written into `dst`
+/// directly when m and n are multiples of 16; elsewhere through [`matmul`].
+pub fn matmul_views(
+    dst: &mut [f32],
+    a: crate::linalg::View<'_, f32>,
+    b: crate::linalg::View<'_, f32>,
+    s: &mut TrainScratch,
+) {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    assert_eq!(b.rows, k, "inner dimensions differ");
+    assert!(dst.len() >= m * n, "destination too small");
+    let last = |v: &crate::linalg::View<'_, f32>| {
+        (v.rows > 0 && v.cols > 0).then(|| (v.rows - 1) * v.rs + (v.cols - 1) * v.cs)
+    };
+    for v in [&a, &b] {
+        if let Some(l) = last(v) {
+            assert!(l < v.data.len(), "matrix view out of bounds");
+        }
+    }
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        dst[..m * n].fill(0.0);
+        return;
+    }
+    if Path::best() != Path::Amx {
+        // Row-major copies, then the portable/vector path of `matmul`.
+        let dense = |v: &crate::linalg::View<'_, f32>| -> Vec<f32> {
+            let mut out = Vec::with_capacity(v.rows * v.cols);
+            for i in 0..v.rows {
+                out.extend((0..v.cols).map(|j| v.data[i * v.rs + j * v.cs]));
+            }
+            out
+        };
+        let w = Packed::new(&dense(&b), k, n);
+        matmul(dst, &dense(&a), m, &w, &mut s.portable);
+        return;
+    }
+    let (mp, kp, np) = (
+        m.div_ceil(TILE_M) * TILE_M,
+        k.div_ceil(TILE_K) * TILE_K,
+        n.div_ceil(TILE_N) * TILE_N,
+    );
+    let (kb, nb) = (kp / TILE_K, np / TILE_N);
+    // Strided operands are first copied row-major (a blocked transpose), so that both
+    // packings below read rows: 16 values at a time, rounded and stored by vector code.
+    let a = dense_view(a, &mut s.ta);
+    let b = dense_view(b, &mut s.tb);
+    // A: [mp × kp] bf16, zero beyond m and k (only the padding is cleared).
+    if s.a.len() < mp * kp {
+        s.a.resize(mp * kp, 0);
+    }
+    for i in 0..m {
+        let row = &mut s.a[i * kp..][..kp];
+        round_row(&a[i * k..][..k], &mut row[..k]);
+        row[k..].fill(0);
+    }
+    s.a[m * kp..mp * kp].fill(0);
+    // B: blocks of 32 k-rows × 16 columns with k-pairs interleaved (see `Packed`): lane c
+    // of a block row holds the pair (W[2p][c], W[2p+1][c]) as one 32-bit word.
+    if s.b.len() < kb * nb * TILE_K * TILE_N {
+        s.b.resize(kb * nb * TILE_K * TILE_N, 0);
+    }
+    for jb in 0..nb {
+        let cols = TILE_N.min(n - jb * TILE_N);
+        for ib in 0..kb {
+            let rows = TILE_K.min(k - ib * TILE_K);
+            let block = &mut s.b[(jb * kb + ib) * TILE_K * TILE_N..][..TILE_K * TILE_N];
+            if rows < TILE_K || cols < TILE_N {
+                block.fill(0);
+            }
+            let (r0, c0) = (ib * TILE_K, jb * TILE_N);
+            for p in 0..rows.div_ceil(2) {
+                let lo = &b[(r0 + 2 * p) * n + c0..][..cols];
+                let hi = (2 * p + 1 < rows).then(|| &b[(r0 + 2 * p + 1) * n + c0..][..cols]);
+                pair_row(lo, hi, &mut block[p * 2 * TILE_N..][..2 * cols]);
+            }
+        }
+    }
+    let direct = m == mp && n == np;
+    if !direct {
+        s.c.clear();
+        s.c.resize(mp * np, 0.0);
+    }
+    let (c, stride) = if direct {
+        (&mut dst[..m * n], n)
+    } else {
+        (&mut s.c[..], np)
+    };
+    // SAFETY: AMX is available (Path::best); `s.a` holds mp·kp bf16 inputs, `s.b` kb·nb
+    // blocks, `c` mp rows of `stride` ≥ np f32, mp a multiple of 16.
+    unsafe { amx::gemm(&s.a, kp, &s.b, c, stride, mp, nb, kb) };
+    if !direct {
+        for r in 0..m {
+            dst[r * n..(r + 1) * n].copy_from_slice(&s.c[r * np..r * np + n]);
+        }
+    }
+}
+
 /// Scratch for [`chain`]: two bf16 layer inputs and the f32 tile product.
 #[derive(Default)]
 pub struct ChainScratch {
@@ -493,6 +656,57 @@ mod avx512 {
     use crate::backend::Activation;
     use crate::dense::act_avx512 as act;
     use std::arch::x86_64::*;
+
+    /// 16 values rounded as [`super::to_bits`] does (ties to even, NaN kept quiet), each in
+    /// the low half of a 32-bit lane.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw")]
+    unsafe fn round16(x: __m512) -> __m512i {
+        let b = _mm512_castps_si512(x);
+        let lsb = _mm512_and_si512(_mm512_srli_epi32::<16>(b), _mm512_set1_epi32(1));
+        let bias = _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff));
+        let r = _mm512_srli_epi32::<16>(_mm512_add_epi32(b, bias));
+        let nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(x, x);
+        let quiet = _mm512_or_si512(_mm512_srli_epi32::<16>(b), _mm512_set1_epi32(0x40));
+        _mm512_mask_blend_epi32(nan, r, quiet)
+    }
+
+    /// `dst[i] = to_bits(src[i])` over the shorter of the two.
+    ///
+    /// # Safety
+    /// AVX-512F and BW must be available.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub unsafe fn round_row(src: &[f32], dst: &mut [u16]) {
+        let n = src.len().min(dst.len());
+        let mut i = 0;
+        while i + 16 <= n {
+            let v = round16(_mm512_loadu_ps(src.as_ptr().add(i)));
+            _mm256_storeu_si256(
+                dst.as_mut_ptr().add(i) as *mut __m256i,
+                _mm512_cvtepi32_epi16(v),
+            );
+            i += 16;
+        }
+        for j in i..n {
+            dst[j] = super::to_bits(src[j]);
+        }
+    }
+
+    /// One row of an AMX B block: lane c = to_bits(lo[c]) | to_bits(hi[c]) << 16.
+    ///
+    /// # Safety
+    /// AVX-512F and BW must be available; `lo` (and `hi`) hold 16 values, `dst` 32.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub unsafe fn pair_row16(lo: &[f32], hi: Option<&[f32]>, dst: &mut [u16]) {
+        assert!(lo.len() >= 16 && dst.len() >= 32 && hi.is_none_or(|h| h.len() >= 16));
+        let l = round16(_mm512_loadu_ps(lo.as_ptr()));
+        let h = match hi {
+            Some(h) => round16(_mm512_loadu_ps(h.as_ptr())),
+            None => _mm512_setzero_si512(),
+        };
+        let w = _mm512_or_si512(l, _mm512_slli_epi32::<16>(h));
+        _mm512_storeu_si512(dst.as_mut_ptr() as *mut __m512i, w);
+    }
 
     pub fn available() -> bool {
         static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
@@ -898,6 +1112,54 @@ pub fn error_bound(sum_abs: f64, k: usize) -> f64 {
     let kf = k as f64 * f64::from(f32::EPSILON) / 2.0;
     let gamma = kf / (1.0 - kf);
     (2.0 * u + u * u + gamma) * sum_abs + k as f64 * f64::from(f32::MIN_POSITIVE)
+}
+
+/// The training products, row-major and transposed operands, awkward and tile-exact sizes,
+/// within [`error_bound`] of the f64 product of the unrounded operands.
+#[test]
+fn matmul_views_should_stay_within_the_bf16_bound() {
+    use crate::linalg::View;
+    let mut s = TrainScratch::default();
+    for (m, k, n) in [
+        (37, 45, 19),
+        (256, 256, 256),
+        (16, 4, 1),
+        (5, 1, 33),
+        (128, 256, 16),
+    ] {
+        let a: Vec<f32> = (0..m * k)
+            .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
+            .collect();
+        let b: Vec<f32> = (0..k * n)
+            .map(|i| ((i * 104729) % 997) as f32 / 400.0 - 1.2)
+            .collect();
+        // The same matrices as transposes of their transposed copies.
+        let at: Vec<f32> = (0..k * m).map(|i| a[(i % m) * k + i / m]).collect();
+        let bt: Vec<f32> = (0..n * k).map(|i| b[(i % k) * n + i / k]).collect();
+        for (av, bv) in [
+            (View::rm(&a, m, k), View::rm(&b, k, n)),
+            (View::rm_t(&at, k, m), View::rm_t(&bt, n, k)),
+        ] {
+            let mut dst = vec![f32::NAN; m * n];
+            matmul_views(&mut dst, av, bv, &mut s);
+            for i in 0..m {
+                for j in 0..n {
+                    let (mut exact, mut sum_abs) = (0.0f64, 0.0f64);
+                    for kk in 0..k {
+                        let p = a[i * k + kk] as f64 * b[kk * n + j] as f64;
+                        exact += p;
+                        sum_abs += p.abs();
+                    }
+                    let err = (dst[i * n + j] as f64 - exact).abs();
+                    assert!(
+                        err <= error_bound(sum_abs, k),
+                        "({m},{k},{n}) [{i},{j}]: {} vs {exact}",
+                        dst[i * n + j]
+                    );
+                }
+            }
+        }
+    }
 }
 
 #[test]

@@ -37,6 +37,16 @@ impl<'a, T> View<'a, T> {
             cs: cols,
         }
     }
+    /// The same shape and strides over other data (of another element type).
+    pub fn with_data<'b, U>(&self, data: &'b [U]) -> View<'b, U> {
+        View {
+            data,
+            rows: self.rows,
+            cols: self.cols,
+            rs: self.rs,
+            cs: self.cs,
+        }
+    }
     fn check(&self) {
         if self.rows > 0 && self.cols > 0 {
             let last = (self.rows - 1) * self.rs + (self.cols - 1) * self.cs;

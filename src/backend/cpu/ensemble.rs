@@ -95,6 +95,27 @@ pub struct Workspace<T> {
     /// place on every call: fresh allocations of a few hundred KiB per call cost page faults
     /// that made the fused forward slower than the plain GEMM on SAC's small batches.
     packed: Vec<Vec<crate::dense::PackedF32>>,
+    /// Training products (the hidden layers' forward with cache, and the backward) in bf16
+    /// with f32 sums ([`crate::bf16::matmul_views`], on AMX tiles where present). Only f32
+    /// runs them; the f64 gradient checks ignore it.
+    pub bf16_training: bool,
+}
+
+/// `dst = a · b`, in bf16 products when asked and `T` is f32, else the f32 (f64) GEMM.
+fn mm<T: Real>(dst: &mut [T], a: View<'_, T>, b: View<'_, T>, bf16: bool) {
+    if bf16 {
+        if let (Some(ad), Some(bd)) = (T::f32_slice(a.data), T::f32_slice(b.data)) {
+            thread_local! {
+                static SCRATCH: std::cell::RefCell<crate::bf16::TrainScratch> =
+                    std::cell::RefCell::default();
+            }
+            let d = T::f32_slice_mut(dst).expect("f32 like its operands");
+            let (av, bv) = (a.with_data(ad), b.with_data(bd));
+            SCRATCH.with_borrow_mut(|s| crate::bf16::matmul_views(d, av, bv, s));
+            return;
+        }
+    }
+    matmul(dst, a, b, false);
 }
 
 fn grow<T: Real>(v: &mut Vec<T>, n: usize) {
@@ -171,6 +192,7 @@ fn linear<T: Real>(
     e: usize,
     nr: usize,
     activation: Option<Activation>,
+    bf16: bool,
 ) {
     let lo = lay.layers[l];
     let (fi, fo) = (lo.fan_in, lo.fan_out);
@@ -181,14 +203,17 @@ fn linear<T: Real>(
     match (pre, activation) {
         (None, a) => {
             let dst = &mut dst[..nr * fo];
-            if !T::dense_layer(dst, src.data, nr, w.data, fi, fo, b, a) {
+            if bf16 {
+                mm(dst, src, w, true);
+                bias_act(dst, b, a);
+            } else if !T::dense_layer(dst, src.data, nr, w.data, fi, fo, b, a) {
                 matmul(dst, src, w, false);
                 bias_act(dst, b, a);
             }
         }
         (Some(pre), a) => {
             let pre = &mut pre[..nr * fo];
-            matmul(pre, src, w, false);
+            mm(pre, src, w, bf16);
             for row in pre.chunks_exact_mut(fo) {
                 row.iter_mut().zip(b).for_each(|(v, bb)| *v += *bb);
             }
@@ -314,9 +339,11 @@ pub fn forward<T: Real>(
     let means = split(mean, &ts, rows, d);
     let lv_width = if shape.probabilistic { d } else { 0 };
     let lvs = split(logvar, &ts, rows, lv_width);
-    // In f32 with AVX-512: every member's weights packed once for the fused kernel.
+    // In f32 with AVX-512: every member's weights packed once for the fused kernel (not in
+    // the bf16 training mode, whose products go through the tiles).
+    let bf16 = ws.bf16_training;
     let packed: &[Vec<crate::dense::PackedF32>] = match T::f32_slice(params) {
-        Some(p) if crate::dense::fused_available() => {
+        Some(p) if crate::dense::fused_available() && !bf16 => {
             ws.packed.resize_with(shape.ensemble, Vec::new);
             ws.packed[..shape.ensemble]
                 .par_iter_mut()
@@ -354,7 +381,9 @@ pub fn forward<T: Real>(
                     lo.expect("f32"),
                 );
             } else {
-                let raw = member_forward(shape, &lay, params, in_mean, in_std, t.e, x, t.nr, a, b);
+                let raw = member_forward(
+                    shape, &lay, params, in_mean, in_std, t.e, x, t.nr, a, b, bf16,
+                );
                 head_out(shape, params, &lay, raw, t.nr, m_out, lv_out);
             }
         });
@@ -375,11 +404,14 @@ pub(crate) fn member_forward<'s, T: Real>(
     nr: usize,
     mut a: &'s mut [T],
     mut b: &'s mut [T],
+    bf16: bool,
 ) -> &'s [T] {
     normalise(a, x, in_mean, in_std, nr);
     for l in 0..lay.layers.len() {
         let activation = (l < shape.num_layers).then_some(shape.activation);
-        linear(b, None, a, params, lay, l, e, nr, activation);
+        // The head (a few columns) stays f32 either way.
+        let bf16 = bf16 && l < shape.num_layers;
+        linear(b, None, a, params, lay, l, e, nr, activation, bf16);
         std::mem::swap(&mut a, &mut b);
     }
     &a[..nr * shape.head_dim()]
@@ -533,6 +565,7 @@ pub fn forward_cached<T: Real>(
     let ts = tasks(shape.ensemble, rows);
     let e = shape.ensemble;
     let nl = lay.layers.len();
+    let bf16 = ws.bf16_training;
     ws.inputs.resize_with(nl, Vec::new);
     ws.pre.resize_with(shape.num_layers, Vec::new);
     for (l, lo) in lay.layers.iter().enumerate() {
@@ -597,6 +630,7 @@ pub fn forward_cached<T: Real>(
                     t.e,
                     t.nr,
                     Some(shape.activation),
+                    bf16,
                 );
             }
             linear(
@@ -609,6 +643,7 @@ pub fn forward_cached<T: Real>(
                 t.e,
                 t.nr,
                 None,
+                false,
             );
             head_out(shape, params, &lay, head, t.nr, m_out, lv_out);
         });
@@ -647,6 +682,7 @@ fn backward_from_head<T: Real>(
     }
     ws.partial.resize_with(ts.len(), Vec::new);
     let want_dx = dx.is_some();
+    let bf16 = ws.bf16_training;
     let want_grad = grad.is_some();
     let mut dx_store: Vec<T> = Vec::new();
     let dx_buf: &mut [T] = match dx {
@@ -677,11 +713,11 @@ fn backward_from_head<T: Real>(
                     let a_in = rows_of(&inputs[l], t, rows, fi);
                     let (gw, gb) = part[off..off + fi * fo + fo].split_at_mut(fi * fo);
                     // dW = a_inᵀ · dz, db = Σ_rows dz
-                    matmul(
+                    mm(
                         gw,
                         View::rm_t(a_in, t.nr, fi),
                         View::rm(&dz[..t.nr * fo], t.nr, fo),
-                        false,
+                        bf16,
                     );
                     gb.iter_mut().for_each(|g| *g = T::zero());
                     for row in dz[..t.nr * fo].chunks_exact(fo) {
@@ -695,11 +731,11 @@ fn backward_from_head<T: Real>(
                 }
                 // da = dz · Wᵀ
                 let w = &params[lo.weight + t.e * fi * fo..lo.weight + (t.e + 1) * fi * fo];
-                matmul(
+                mm(
                     &mut da[..t.nr * fi],
                     View::rm(&dz[..t.nr * fo], t.nr, fo),
                     View::rm_t(w, fi, fo),
-                    false,
+                    bf16,
                 );
                 if l > 0 {
                     // pre holds act'(z) (see activate_with_grad): dz = da ⊙ act'(z).

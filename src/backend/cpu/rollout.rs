@@ -220,7 +220,7 @@ impl Model<'_> {
             (None, Some(pk)) => {
                 member_forward_packed(shape, lay, p, &pk[e], mean, std, e, x, nr, a, b)
             }
-            (None, None) => member_forward(shape, lay, p, mean, std, e, x, nr, a, b),
+            (None, None) => member_forward(shape, lay, p, mean, std, e, x, nr, a, b, false),
         }
     }
 }
