@@ -56,7 +56,7 @@ def log(*a):
 
 
 def ours():
-    cmd = [ARGS.mbrl_gpu, "bench", "policy", "--json", "--backend", "cpu", "--reps", "5"]
+    cmd = [ARGS.mbrl_gpu, "bench", "policy", "--json", "--backend", "cpu", "--reps", "4"]
     env = dict(os.environ, RAYON_NUM_THREADS=str(ARGS.threads))
     r = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if r.returncode != 0:

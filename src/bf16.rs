@@ -279,6 +279,13 @@ fn dense_view<'a>(v: crate::linalg::View<'a, f32>, buf: &'a mut Vec<f32>) -> &'a
     }
     buf.clear();
     buf.resize(v.rows * v.cols, 0.0);
+    #[cfg(target_arch = "x86_64")]
+    if amx::available() && v.cs < (1 << 26) {
+        // SAFETY: AMX CPUs have AVX-512F; every (i, j) < (rows, cols) addresses inside
+        // `v.data` (checked by the caller), and 16·cs fits the gather's i32 indices.
+        unsafe { avx512::gather_dense(v.data, v.rs, v.cs, v.rows, v.cols, buf) };
+        return buf;
+    }
     const B: usize = 16;
     for i0 in (0..v.rows).step_by(B) {
         for j0 in (0..v.cols).step_by(B) {
@@ -689,6 +696,41 @@ mod avx512 {
         }
         for j in i..n {
             dst[j] = super::to_bits(src[j]);
+        }
+    }
+
+    /// `out[i·cols + j] = data[i·rs + j·cs]`, 16 columns per gather (a transpose reads each
+    /// source line 16 times in a row, from L1).
+    ///
+    /// # Safety
+    /// AVX-512F must be available; every (i, j) must address inside `data`; `15·cs` must
+    /// fit an i32; `out` holds rows·cols values.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn gather_dense(
+        data: &[f32],
+        rs: usize,
+        cs: usize,
+        rows: usize,
+        cols: usize,
+        out: &mut [f32],
+    ) {
+        assert!(out.len() >= rows * cols);
+        let idx = _mm512_mullo_epi32(
+            _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+            _mm512_set1_epi32(cs as i32),
+        );
+        for i in 0..rows {
+            let row = &mut out[i * cols..(i + 1) * cols];
+            let mut j = 0;
+            while j + 16 <= cols {
+                let base = data.as_ptr().add(i * rs + j * cs);
+                let v = _mm512_i32gather_ps::<4>(idx, base);
+                _mm512_storeu_ps(row.as_mut_ptr().add(j), v);
+                j += 16;
+            }
+            for jj in j..cols {
+                row[jj] = data[i * rs + jj * cs];
+            }
         }
     }
 
