@@ -472,61 +472,26 @@ fn pets_flag(key: &str) -> Option<String> {
 
 /// A new run's configuration: the preset, then --config, then the flags, then --set.
 fn resolve_pets_config(a: &PetsArgs) -> Result<PetsConfig> {
-    use io::config::{self as conf, Origin};
-    let mut file = match &a.config {
-        Some(p) => conf::read_table(p)?,
-        None => Default::default(),
-    };
-    let sets = a
-        .sets
-        .iter()
-        .map(|s| conf::parse_set(s))
-        .collect::<Result<Vec<_>>>()?;
-    // The environment and preset pick the base the rest applies to, so they are resolved
-    // first: --set over the flag over the file.
-    let pick =
-        |key: &str, flag: &Option<String>, file: &mut toml::Table| -> Result<Option<String>> {
-            let from_file = match file.remove(key) {
-                Some(toml::Value::String(v)) => Some(v),
-                Some(v) => return Err(invalid!("--config: {key} = {v}: expected a string")),
-                None => None,
-            };
-            let from_set = sets
-                .iter()
-                .rev()
-                .find(|(k, _)| k == key)
-                .map(|(_, v)| match v {
-                    toml::Value::String(s) => s.clone(),
-                    v => v.to_string(),
-                });
-            Ok(from_set.or(flag.clone()).or(from_file))
-        };
-    let env_name = pick("env", &a.env, &mut file)?.unwrap_or_else(|| "cartpole".into());
-    let preset = pick("preset", &a.preset, &mut file)?.unwrap_or_else(|| "quick".into());
-    let env = EnvId::parse(&env_name)?;
-    let mut table = conf::to_table(&PetsConfig::preset(env, &preset)?)?;
-    if let Some(p) = &a.config {
-        conf::merge::<PetsConfig>(&mut table, &file, Origin::File(p))?;
-    }
+    let mut flags = vec![];
     if let Some(seed) = a.seed {
-        let seed =
-            i64::try_from(seed).map_err(|_| invalid!("--seed {seed}: at most {}", i64::MAX))?;
-        conf::set::<PetsConfig>(&mut table, "seed", toml::Value::Integer(seed))?;
+        flags.push(("seed", rl::int_flag("--seed", seed)?));
     }
     if let Some(t) = a.trials {
-        let t = i64::try_from(t).map_err(|_| invalid!("--trials {t}: too large"))?;
-        conf::set::<PetsConfig>(&mut table, "trials", toml::Value::Integer(t))?;
+        flags.push(("trials", rl::int_flag("--trials", t as u64)?));
     }
     if let Some(p) = a.precision {
         let v = toml::Value::try_from(p).map_err(|e| invalid!("--precision: {e}"))?;
-        conf::set::<PetsConfig>(&mut table, "planner.precision", v)?;
+        flags.push(("planner.precision", v));
     }
-    for (k, v) in sets {
-        if k != "env" && k != "preset" {
-            conf::set::<PetsConfig>(&mut table, &k, v)?;
-        }
-    }
-    conf::from_table(table)
+    let src = rl::Sources {
+        config: &a.config,
+        sets: &a.sets,
+        env: &a.env,
+        preset: &a.preset,
+        defaults: ("cartpole", "quick"),
+        flags,
+    };
+    rl::resolve(src, PetsConfig::preset)
 }
 
 fn run_pets(a: PetsArgs) -> Result<()> {

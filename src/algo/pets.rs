@@ -207,20 +207,7 @@ pub struct TrialReport {
     pub seconds: f64,
 }
 
-/// JSON has no NaN: a non-finite number is stored as `null` and read back as NaN.
-mod nan_as_null {
-    use serde::{Deserialize, Deserializer, Serializer};
-    pub fn serialize<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
-        if v.is_finite() {
-            s.serialize_some(v)
-        } else {
-            s.serialize_none()
-        }
-    }
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
-        Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
-    }
-}
+use super::offpolicy::nan_as_null;
 
 /// Progress callbacks for a front end.
 pub enum Event<'a> {

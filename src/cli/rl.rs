@@ -100,23 +100,32 @@ fn flag(key: &str) -> Option<String> {
     }
 }
 
-/// A new run's configuration: the preset, then --config, then the flags, then --set.
-fn resolve<C: Serialize + DeserializeOwned>(
-    a: &RunArgs,
-    default_env: &str,
-    default_preset: &str,
+/// What a new run's configuration is built from, in order: the preset chosen by `env` and
+/// `preset` (each from --set, else its flag, else the --config file, else the default),
+/// then the --config file, then `flags` (settings given by their own flags), then --set.
+pub struct Sources<'a> {
+    pub config: &'a Option<PathBuf>,
+    pub sets: &'a [String],
+    pub env: &'a Option<String>,
+    pub preset: &'a Option<String>,
+    pub defaults: (&'a str, &'a str),
+    pub flags: Vec<(&'static str, toml::Value)>,
+}
+
+/// The configuration [`Sources`] describe, `preset` giving the base for (env, preset name).
+pub fn resolve<C: Serialize + DeserializeOwned>(
+    src: Sources,
     preset: impl Fn(EnvId, &str) -> Result<C>,
 ) -> Result<C> {
-    let mut file = match &a.config {
+    let mut file = match src.config {
         Some(p) => conf::read_table(p)?,
         None => Default::default(),
     };
-    let sets = a
+    let sets = src
         .sets
         .iter()
         .map(|s| conf::parse_set(s))
         .collect::<Result<Vec<_>>>()?;
-    // Environment and preset pick the base: --set over the flag over the file.
     let pick =
         |key: &str, flag: &Option<String>, file: &mut toml::Table| -> Result<Option<String>> {
             let from_file = match file.remove(key) {
@@ -134,20 +143,14 @@ fn resolve<C: Serialize + DeserializeOwned>(
                 });
             Ok(from_set.or(flag.clone()).or(from_file))
         };
-    let env = pick("env", &a.env, &mut file)?.unwrap_or_else(|| default_env.into());
-    let name = pick("preset", &a.preset, &mut file)?.unwrap_or_else(|| default_preset.into());
+    let env = pick("env", src.env, &mut file)?.unwrap_or_else(|| src.defaults.0.into());
+    let name = pick("preset", src.preset, &mut file)?.unwrap_or_else(|| src.defaults.1.into());
     let mut table = conf::to_table(&preset(EnvId::parse(&env)?, &name)?)?;
-    if let Some(p) = &a.config {
+    if let Some(p) = src.config {
         conf::merge::<C>(&mut table, &file, Origin::File(p))?;
     }
-    if let Some(seed) = a.seed {
-        let seed =
-            i64::try_from(seed).map_err(|_| invalid!("--seed {seed}: at most {}", i64::MAX))?;
-        conf::set::<C>(&mut table, "seed", toml::Value::Integer(seed))?;
-    }
-    if let Some(s) = a.steps {
-        let s = i64::try_from(s).map_err(|_| invalid!("--steps {s}: too large"))?;
-        conf::set::<C>(&mut table, "steps", toml::Value::Integer(s))?;
+    for (k, v) in src.flags {
+        conf::set::<C>(&mut table, k, v)?;
     }
     for (k, v) in sets {
         if k != "env" && k != "preset" {
@@ -155,6 +158,13 @@ fn resolve<C: Serialize + DeserializeOwned>(
         }
     }
     conf::from_table(table)
+}
+
+/// A `u64`/`usize` flag as the TOML integer it sets.
+pub fn int_flag(flag: &str, v: u64) -> Result<toml::Value> {
+    i64::try_from(v)
+        .map(toml::Value::Integer)
+        .map_err(|_| invalid!("{flag} {v}: at most {}", i64::MAX))
 }
 
 /// Resolve the configuration and open the run directory; None after --print-config.
@@ -180,7 +190,22 @@ fn prepare<C: Serialize + DeserializeOwned>(
             (cfg, dir.clone())
         }
         None => {
-            let cfg = resolve(a, defaults.0, defaults.1, preset)?;
+            let mut flags = vec![];
+            if let Some(seed) = a.seed {
+                flags.push(("seed", int_flag("--seed", seed)?));
+            }
+            if let Some(steps) = a.steps {
+                flags.push(("steps", int_flag("--steps", steps as u64)?));
+            }
+            let src = Sources {
+                config: &a.config,
+                sets: &a.sets,
+                env: &a.env,
+                preset: &a.preset,
+                defaults,
+                flags,
+            };
+            let cfg = resolve(src, preset)?;
             let (env, preset, seed) = describe(&cfg);
             let dir = a
                 .out
