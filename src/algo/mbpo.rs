@@ -415,11 +415,7 @@ struct Counters {
 
 const FORMAT: &str = "mbrl-gpu/mbpo-run/1";
 
-pub enum Event<'a> {
-    Resumed { env_steps: usize },
-    Step { env_steps: usize },
-    Row(&'a Row),
-}
+pub use super::offpolicy::Event;
 
 /// The elite members alone, as an ensemble of `num_elites` members.
 fn elite_view(model: &Ensemble) -> (EnsembleShape, Vec<f32>) {

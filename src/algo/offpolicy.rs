@@ -84,6 +84,18 @@ pub(crate) mod nan_as_null {
     }
 }
 
+/// Progress callbacks of the SAC and MBPO loops.
+pub enum Event<'a> {
+    /// The run continues from a checkpoint after this many env steps.
+    Resumed {
+        env_steps: usize,
+    },
+    Step {
+        env_steps: usize,
+    },
+    Row(&'a Row),
+}
+
 /// Running means of the update statistics between two rows.
 #[derive(Clone, Debug, Default)]
 pub struct Stats {

@@ -124,12 +124,7 @@ struct Counters {
 
 const FORMAT: &str = "mbrl-gpu/sac-run/1";
 
-/// Progress callbacks.
-pub enum Event<'a> {
-    Resumed { env_steps: usize },
-    Step { env_steps: usize },
-    Row(&'a Row),
-}
+pub use super::offpolicy::Event;
 
 /// Run SAC; with a run directory, every row is checkpointed there and a directory holding a
 /// checkpoint is continued from it (ending as an uninterrupted run would).

@@ -2,7 +2,7 @@
 use super::{say, stdout_line};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use mbrl_gpu::algo::offpolicy::Row;
+use mbrl_gpu::algo::offpolicy::{Event, Row};
 use mbrl_gpu::algo::{mbpo, sac};
 use mbrl_gpu::backend::BackendChoice;
 use mbrl_gpu::env::EnvId;
@@ -259,6 +259,19 @@ fn row_line(r: &Row) -> String {
     )
 }
 
+/// The progress bar and the lines above it, for either loop.
+fn progress<'a>(pb: &'a ProgressBar, dir: &'a RunDir) -> impl FnMut(Event) + 'a {
+    move |ev| match ev {
+        Event::Resumed { env_steps } => {
+            pb.set_position(env_steps as u64);
+            let d = dir.path().display();
+            say(pb, format!("resuming {d} after {env_steps} env steps"));
+        }
+        Event::Step { env_steps } => pb.set_position(env_steps as u64),
+        Event::Row(r) => say(pb, row_line(r)),
+    }
+}
+
 fn finish(pb: &ProgressBar, rows: &[Row], dir: &RunDir) -> Result<()> {
     pb.finish_and_clear();
     let last = rows.last().map_or(f64::NAN, |r| r.eval_return);
@@ -298,20 +311,7 @@ pub fn run_sac(a: SacArgs) -> Result<()> {
         dir.path().display()
     );
     let pb = bar(cfg.steps);
-    let (_, rows) = sac::run(&cfg, Some(&dir), |ev| match ev {
-        sac::Event::Resumed { env_steps } => {
-            pb.set_position(env_steps as u64);
-            say(
-                &pb,
-                format!(
-                    "resuming {} after {env_steps} env steps",
-                    dir.path().display()
-                ),
-            );
-        }
-        sac::Event::Step { env_steps } => pb.set_position(env_steps as u64),
-        sac::Event::Row(r) => say(&pb, row_line(r)),
-    })?;
+    let (_, rows) = sac::run(&cfg, Some(&dir), progress(&pb, &dir))?;
     finish(&pb, &rows, &dir)
 }
 
@@ -343,20 +343,7 @@ pub fn run_mbpo(a: MbpoArgs) -> Result<()> {
     );
     let be = super::pick_backend(a.backend)?;
     let pb = bar(cfg.steps);
-    let (_, rows) = with_backend!(&be, |b| mbpo::run(b, &cfg, Some(&dir), |ev| match ev {
-        mbpo::Event::Resumed { env_steps } => {
-            pb.set_position(env_steps as u64);
-            say(
-                &pb,
-                format!(
-                    "resuming {} after {env_steps} env steps",
-                    dir.path().display()
-                ),
-            );
-        }
-        mbpo::Event::Step { env_steps } => pb.set_position(env_steps as u64),
-        mbpo::Event::Row(r) => say(&pb, row_line(r)),
-    }))?;
+    let (_, rows) = with_backend!(&be, |b| mbpo::run(b, &cfg, Some(&dir), progress(&pb, &dir)))?;
     finish(&pb, &rows, &dir)
 }
 
