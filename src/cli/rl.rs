@@ -182,8 +182,12 @@ fn prepare<C: Serialize + DeserializeOwned>(
             let path = dir.join(io::run::CONFIG);
             let table =
                 conf::read_table(&path).map_err(|e| invalid!("--resume {}: {e}", dir.display()))?;
-            let mut cfg: C = conf::from_table(table)
-                .map_err(|e| invalid!("--resume: {}: {e}", path.display()))?;
+            let mut cfg: C = conf::from_table(table).map_err(|e| {
+                invalid!(
+                    "--resume: {} is not the configuration of a `{cmd}` run ({e})",
+                    path.display()
+                )
+            })?;
             if let Some(s) = a.steps {
                 set_steps(&mut cfg, s);
             }
