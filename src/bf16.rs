@@ -356,16 +356,9 @@ pub fn matmul_views(
         return;
     }
     if Path::best() != Path::Amx {
-        // Row-major copies, then the portable/vector path of `matmul`.
-        let dense = |v: &crate::linalg::View<'_, f32>| -> Vec<f32> {
-            let mut out = Vec::with_capacity(v.rows * v.cols);
-            for i in 0..v.rows {
-                out.extend((0..v.cols).map(|j| v.data[i * v.rs + j * v.cs]));
-            }
-            out
-        };
-        let w = Packed::new(&dense(&b), k, n);
-        matmul(dst, &dense(&a), m, &w, &mut s.portable);
+        // Row-major operands, then the portable/vector path of `matmul`.
+        let w = Packed::new(dense_view(b, &mut s.tb), k, n);
+        matmul(dst, dense_view(a, &mut s.ta), m, &w, &mut s.portable);
         return;
     }
     let (mp, kp, np) = (

@@ -427,8 +427,7 @@ fn elite_view(model: &Ensemble) -> (EnsembleShape, Vec<f32>) {
     };
     let el = shape.layout();
     let mut p = vec![0.0f32; el.total];
-    for (l, (src, dst)) in lay.layers.iter().zip(&el.layers).enumerate() {
-        let _ = l;
+    for (src, dst) in lay.layers.iter().zip(&el.layers) {
         let (w, b) = (src.fan_in * src.fan_out, src.fan_out);
         for (i, &m) in model.elites.iter().enumerate() {
             p[dst.weight + i * w..][..w].copy_from_slice(&model.params[src.weight + m * w..][..w]);
