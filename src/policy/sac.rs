@@ -221,7 +221,7 @@ impl Squash<f32> {
 /// From the actor's head row `[μ, log σ_raw]` and noise ε: the action and log π. With
 /// `grad = Some((g_a, g_logp, out))` also the chain rule back to the head:
 /// `out = ∂/∂head` of `Σ_j g_a[j]·a_j + g_logp·log π` (total derivatives, ε fixed).
-fn squash_row<T: Real>(
+pub(crate) fn squash_row<T: Real>(
     head: &[T],
     eps: &[T],
     sq: &Squash<T>,
@@ -280,7 +280,7 @@ impl<T: Default> SacWorkspace<T> {
 }
 
 /// `[s, a]` rows, twice (one copy per critic member): [2, B, O + A].
-fn critic_input<T: Real>(obs: &[T], act: &[T], rows: usize, o: usize, a: usize) -> Vec<T> {
+pub(crate) fn critic_input<T: Real>(obs: &[T], act: &[T], rows: usize, o: usize, a: usize) -> Vec<T> {
     let mut x = Vec::with_capacity(2 * rows * (o + a));
     for _ in 0..2 {
         for b in 0..rows {
@@ -291,7 +291,7 @@ fn critic_input<T: Real>(obs: &[T], act: &[T], rows: usize, o: usize, a: usize) 
     x
 }
 
-fn unit_norm<T: Real>(n: usize) -> (Vec<T>, Vec<T>) {
+pub(crate) fn unit_norm<T: Real>(n: usize) -> (Vec<T>, Vec<T>) {
     (vec![T::zero(); n], vec![T::one(); n])
 }
 

@@ -1,0 +1,832 @@
+//! Policy gradients backpropagated through model paths: MAAC's objective (Clavera et al.
+//! 2020; the seeds' appendix "Backpropagation through paths") in the soft form that shares
+//! SAC's critics and temperature.
+//!
+//! For a batch of B start states s₀ and fixed noise (ε_t of the policy, ξ_t of the model, the
+//! member m_t of each row at each step), with γ the discount and α the temperature:
+//!
+//! ```text
+//! a_t = scale·tanh(μ(s_t) + σ(s_t)·ε_t) + bias                  (reparameterised, as SAC)
+//! s_{t+1} = s_t + μ̂_m(s_t, a_t) + σ̂_m(s_t, a_t)·ξ_t               (member m = m_t, TS1)
+//! r_t = r(s_t, a_t, s_{t+1})  (the task's reward function, or the model's reward output)
+//! J = Σ_{t<H} γ^t·c_t·(r_t − α·log π(a_t|s_t)) + γ^H·c_H·(min_k Q_k(s_H, a_H) − α·log π(a_H|s_H))
+//! loss = −(1/B)·Σ_b J_b
+//! ```
+//!
+//! `c_t` is 1 while the path is alive: a row stops after the step whose s_{t+1} the task
+//! terminates (that step's reward still counts), and at a step whose prediction is not
+//! finite (that step's reward does not count). H = 0 is SAC's actor loss.
+//!
+//! The backward runs the recursion of the slides' SVG/MAAC derivation in reverse mode:
+//! g_{s_t} = ∂r_t/∂s_t + (∂r_t/∂s_{t+1} + g_{s_{t+1}})·(I + ∂μ̂/∂s + ξ·∂σ̂/∂s)
+//!           + (∂r_t/∂a_t + …·∂f̂/∂a)·∂a_t/∂s_t, and every step's ∂a_t/∂θ adds to ∂loss/∂θ.
+//! Only the layer caches of each step's actor and model passes are kept for it.
+use crate::backend::cpu::ensemble::{self as engine, Workspace};
+use crate::backend::cpu::Real;
+use crate::backend::EnsembleShape;
+use crate::env::task::{self, RewardGrad};
+use crate::policy::sac::{critic_input, squash_row, unit_norm, Nets, Squash};
+use crate::rng::{below, normals};
+
+/// One step of the dynamics a path runs through, with its vector–Jacobian product.
+pub trait PathDynamics<T: Real> {
+    /// Step `t` of `rows` rows: `next` [rows, O] from `obs` [rows, O] and `act` [rows, A];
+    /// returns true when it also wrote a reward per row into `reward` [rows].
+    fn forward(&mut self, t: usize, obs: &[T], act: &[T], rows: usize, next: &mut [T], reward: &mut [T]) -> bool;
+    /// After `forward(t, …)`: from the upstream gradients on `next` [rows, O] and on the
+    /// reward [rows] (zeros when the reward is not the model's), the gradients on `obs`
+    /// [rows, O] and `act` [rows, A] (overwritten).
+    fn backward(&mut self, t: usize, rows: usize, g_next: &[T], g_reward: &[T], g_obs: &mut [T], g_act: &mut [T]);
+}
+
+/// The learned model as path dynamics: one member per row and step, its Gaussian sample
+/// reparameterised with fixed noise.
+pub struct ModelPath<'a, T> {
+    /// The members a path may use (the elites), `probabilistic` or not.
+    pub shape: EnsembleShape,
+    pub params: &'a [T],
+    pub in_mean: &'a [T],
+    pub in_std: &'a [T],
+    pub obs_dim: usize,
+    /// The output after the state change is the reward.
+    pub learn_reward: bool,
+    /// Member of row b at step t: `member[t·B + b]` < `shape.ensemble`.
+    pub member: &'a [usize],
+    /// Model noise ξ: [H, B, out_dim].
+    pub xi: &'a [T],
+    steps: Vec<ModelStep<T>>,
+}
+
+/// What step t's backward needs: the row grouping and the prediction.
+#[derive(Default)]
+struct ModelStep<T> {
+    ws: Workspace<T>,
+    /// Row b sits at position `slot[b]` of the member-grouped batch [E, per, ·].
+    slot: Vec<usize>,
+    per: usize,
+    mean: Vec<T>,
+    logvar: Vec<T>,
+}
+
+impl<'a, T: Real> ModelPath<'a, T> {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        shape: EnsembleShape,
+        params: &'a [T],
+        in_mean: &'a [T],
+        in_std: &'a [T],
+        obs_dim: usize,
+        learn_reward: bool,
+        member: &'a [usize],
+        xi: &'a [T],
+    ) -> Self {
+        Self {
+            shape,
+            params,
+            in_mean,
+            in_std,
+            obs_dim,
+            learn_reward,
+            member,
+            xi,
+            steps: vec![],
+        }
+    }
+
+    fn sigma_xi(&self, st: &ModelStep<T>, i: usize, xi: T) -> T {
+        if self.shape.probabilistic {
+            (T::c(0.5) * st.logvar[i]).exp() * xi
+        } else {
+            T::zero()
+        }
+    }
+}
+
+impl<T: Real> PathDynamics<T> for ModelPath<'_, T> {
+    fn forward(&mut self, t: usize, obs: &[T], act: &[T], rows: usize, next: &mut [T], reward: &mut [T]) -> bool {
+        let (o, e, d, din) = (
+            self.obs_dim,
+            self.shape.ensemble,
+            self.shape.out_dim,
+            self.shape.in_dim,
+        );
+        let a = din - o;
+        if self.steps.len() <= t {
+            self.steps.resize_with(t + 1, ModelStep::default);
+        }
+        let member = &self.member[t * rows..(t + 1) * rows];
+        let mut count = vec![0usize; e];
+        let mut st = std::mem::take(&mut self.steps[t]);
+        st.slot.clear();
+        for &m in member {
+            st.slot.push(count[m]);
+            count[m] += 1;
+        }
+        st.per = count.iter().copied().max().unwrap_or(0).max(1);
+        let per = st.per;
+        for (s, &m) in st.slot.iter_mut().zip(member) {
+            *s += m * per;
+        }
+        let mut x = vec![T::zero(); e * per * din];
+        for b in 0..rows {
+            let dst = &mut x[st.slot[b] * din..][..din];
+            dst[..o].copy_from_slice(&obs[b * o..(b + 1) * o]);
+            dst[o..].copy_from_slice(&act[b * a..(b + 1) * a]);
+        }
+        st.mean = vec![T::zero(); e * per * d];
+        st.logvar = vec![T::zero(); if self.shape.probabilistic { e * per * d } else { 0 }];
+        engine::forward_cached(
+            &self.shape,
+            self.params,
+            self.in_mean,
+            self.in_std,
+            &x,
+            per,
+            &mut st.mean,
+            &mut st.logvar,
+            &mut st.ws,
+        );
+        let xi = &self.xi[t * rows * d..(t + 1) * rows * d];
+        for b in 0..rows {
+            let i = st.slot[b] * d;
+            for j in 0..o {
+                next[b * o + j] =
+                    obs[b * o + j] + st.mean[i + j] + self.sigma_xi(&st, i + j, xi[b * d + j]);
+            }
+            if self.learn_reward {
+                reward[b] = st.mean[i + o] + self.sigma_xi(&st, i + o, xi[b * d + o]);
+            }
+        }
+        self.steps[t] = st;
+        self.learn_reward
+    }
+
+    fn backward(&mut self, t: usize, rows: usize, g_next: &[T], g_reward: &[T], g_obs: &mut [T], g_act: &mut [T]) {
+        let (o, d, din) = (self.obs_dim, self.shape.out_dim, self.shape.in_dim);
+        let a = din - o;
+        let mut st = std::mem::take(&mut self.steps[t]);
+        let n = self.shape.ensemble * st.per * d;
+        let mut d_mean = vec![T::zero(); n];
+        let mut d_lv = vec![T::zero(); if self.shape.probabilistic { n } else { 0 }];
+        let xi = &self.xi[t * rows * d..(t + 1) * rows * d];
+        let half = T::c(0.5);
+        for b in 0..rows {
+            let i = st.slot[b] * d;
+            let mut put = |j: usize, g: T| {
+                // A zero upstream gradient stays exactly zero, also where a dead row's
+                // prediction overflowed (0·∞ would be NaN).
+                if g == T::zero() {
+                    return;
+                }
+                d_mean[i + j] = g;
+                if self.shape.probabilistic {
+                    // ∂(σ·ξ)/∂ log σ² = ½·σ·ξ.
+                    d_lv[i + j] = g * half * (half * st.logvar[i + j]).exp() * xi[b * d + j];
+                }
+            };
+            for j in 0..o {
+                put(j, g_next[b * o + j]);
+            }
+            if self.learn_reward {
+                put(o, g_reward[b]);
+            }
+        }
+        let mut dx = vec![T::zero(); self.shape.ensemble * st.per * din];
+        engine::backward(
+            &self.shape,
+            self.params,
+            self.in_std,
+            st.per,
+            &d_mean,
+            &d_lv,
+            None,
+            Some(&mut dx),
+            &mut st.ws,
+        );
+        for b in 0..rows {
+            let src = &dx[st.slot[b] * din..][..din];
+            for j in 0..o {
+                // s_{t+1} = s_t + Δ: the identity path plus the model's input gradient.
+                g_obs[b * o + j] = g_next[b * o + j] + src[j];
+            }
+            g_act[b * a..(b + 1) * a].copy_from_slice(&src[o..]);
+        }
+        self.steps[t] = st;
+    }
+}
+
+/// The fixed noise of one path batch.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PathNoise<T> {
+    pub horizon: usize,
+    pub rows: usize,
+    /// Policy ε: [H + 1, B, A].
+    pub eps: Vec<T>,
+    /// Member per row and step: [H, B].
+    pub member: Vec<usize>,
+    /// Model ξ: [H, B, D].
+    pub xi: Vec<T>,
+}
+
+impl PathNoise<f32> {
+    /// Philox draws of stream `stream` at step `step`: ε from element 0, ξ after it, and the
+    /// members from stream `stream + 1`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn draw(
+        seed: u64,
+        stream: u32,
+        step: u32,
+        horizon: usize,
+        rows: usize,
+        act_dim: usize,
+        out_dim: usize,
+        members: usize,
+    ) -> Self {
+        let ne = (horizon + 1) * rows * act_dim;
+        let mut v = vec![0.0f32; ne + horizon * rows * out_dim];
+        normals(seed, stream, 0, step, &mut v);
+        let xi = v.split_off(ne);
+        let member = (0..horizon * rows)
+            .map(|i| below(seed, stream + 1, i as u32, step, members.max(1) as u32) as usize)
+            .collect();
+        Self {
+            horizon,
+            rows,
+            eps: v,
+            member,
+            xi,
+        }
+    }
+
+    pub fn cast<T: Real>(&self) -> PathNoise<T> {
+        let c = |v: &[f32]| v.iter().map(|x| T::c(*x as f64)).collect();
+        PathNoise {
+            horizon: self.horizon,
+            rows: self.rows,
+            eps: c(&self.eps),
+            member: self.member.clone(),
+            xi: c(&self.xi),
+        }
+    }
+}
+
+/// What the path objective reports.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct PathReport<T> {
+    pub loss: T,
+    /// Mean log π(a₀|s₀): the temperature loss's estimate, as SAC's.
+    pub logp_mean: T,
+    /// Mean reward per counted model step.
+    pub reward_mean: T,
+    /// Share of rows still alive at the horizon.
+    pub alive: T,
+}
+
+/// Scratch of [`path_loss`]: the caches of every step's actor pass and of the critics.
+#[derive(Default)]
+pub struct PathWorkspace<T> {
+    actor: Vec<Workspace<T>>,
+    critic: Workspace<T>,
+}
+
+/// The discount, temperature and task of a path objective.
+#[derive(Clone, Copy, Debug)]
+pub struct PathSettings<T> {
+    pub gamma: T,
+    pub alpha: T,
+    /// Reward and termination function ([`crate::env::task`]), used unless the dynamics
+    /// predict the reward.
+    pub task: u32,
+}
+
+/// The path loss and, with `grad`, ∂loss/∂θ_π (flat actor layout, overwritten).
+#[allow(clippy::too_many_arguments)]
+pub fn path_loss<T: Real>(
+    nets: &Nets,
+    actor: &[T],
+    critic: &[T],
+    sq: &Squash<T>,
+    dynamics: &mut dyn PathDynamics<T>,
+    set: PathSettings<T>,
+    start: &[T],
+    noise: &PathNoise<T>,
+    grad: Option<&mut [T]>,
+    ws: &mut PathWorkspace<T>,
+) -> PathReport<T> {
+    let (o, a, rows, h) = (nets.obs_dim, nets.act_dim, noise.rows, noise.horizon);
+    let want = grad.is_some();
+    let (mo, so) = unit_norm::<T>(o);
+    let (mc, sc) = unit_norm::<T>(o + a);
+    if ws.actor.len() < h + 1 {
+        ws.actor.resize_with(h + 1, Workspace::default);
+    }
+    // Forward, keeping s_t, the heads, actions and the alive/counted masks.
+    let mut states = vec![start.to_vec()];
+    let mut heads: Vec<Vec<T>> = vec![];
+    let mut acts: Vec<Vec<T>> = vec![];
+    let mut alive = vec![vec![true; rows]];
+    let mut counted: Vec<Vec<bool>> = vec![];
+    let mut j_sum = T::zero();
+    let mut logp0 = T::zero();
+    let (mut r_sum, mut r_n) = (T::zero(), 0usize);
+    let mut disc = T::one();
+    let mut reward = vec![T::zero(); rows];
+    let mut learned = false;
+    for t in 0..=h {
+        let s = &states[t];
+        let mut head = vec![T::zero(); rows * 2 * a];
+        let f = if want {
+            engine::forward_cached
+        } else {
+            engine::forward
+        };
+        f(&nets.actor, actor, &mo, &so, s, rows, &mut head, &mut [], &mut ws.actor[t]);
+        let eps = &noise.eps[t * rows * a..(t + 1) * rows * a];
+        let mut act = vec![T::zero(); rows * a];
+        let mut logp = vec![T::zero(); rows];
+        for b in 0..rows {
+            logp[b] = squash_row(
+                &head[b * 2 * a..(b + 1) * 2 * a],
+                &eps[b * a..(b + 1) * a],
+                sq,
+                &mut act[b * a..(b + 1) * a],
+                None,
+            );
+        }
+        if t == 0 {
+            logp0 = logp.iter().copied().sum::<T>() / T::c(rows as f64);
+        }
+        let live = &alive[t];
+        if t == h {
+            // The terminal soft value γ^H·(min Q − α log π).
+            let x = critic_input(s, &act, rows, o, a);
+            let mut q = vec![T::zero(); 2 * rows];
+            let f = if want {
+                engine::forward_cached
+            } else {
+                engine::forward
+            };
+            f(&nets.critic, critic, &mc, &sc, &x, rows, &mut q, &mut [], &mut ws.critic);
+            for b in (0..rows).filter(|b| live[*b]) {
+                j_sum += disc * (q[b].min(q[rows + b]) - set.alpha * logp[b]);
+            }
+            heads.push(head);
+            if let Some(grad) = grad {
+                let path = Path {
+                    states: &states,
+                    heads: &heads,
+                    acts: &acts,
+                    alive: &alive,
+                    counted: &counted,
+                    learned,
+                    q: &q,
+                };
+                backward(nets, actor, critic, sq, dynamics, set, noise, path, grad, ws);
+            }
+            break;
+        }
+        let mut next = vec![T::zero(); rows * o];
+        learned = dynamics.forward(t, s, &act, rows, &mut next, &mut reward);
+        let mut next_alive = vec![false; rows];
+        let mut cnt = vec![false; rows];
+        for b in 0..rows {
+            let nx = &mut next[b * o..(b + 1) * o];
+            if !live[b] {
+                nx.iter_mut().for_each(|v| *v = T::zero());
+                continue;
+            }
+            j_sum -= disc * set.alpha * logp[b];
+            let r = if learned {
+                reward[b]
+            } else {
+                task::reward_vjp(
+                    set.task,
+                    &s[b * o..(b + 1) * o],
+                    &act[b * a..(b + 1) * a],
+                    nx,
+                    None,
+                )
+            };
+            if !(r.is_finite() && nx.iter().all(|v| v.is_finite())) {
+                // Stops here, unrewarded; zeros keep the later passes finite.
+                nx.iter_mut().for_each(|v| *v = T::zero());
+                continue;
+            }
+            cnt[b] = true;
+            j_sum += disc * r;
+            r_sum += r;
+            r_n += 1;
+            let nx32: Vec<f32> = nx.iter().map(|v| Real::to_f64(*v) as f32).collect();
+            next_alive[b] = !task::terminated(set.task, &nx32);
+        }
+        disc = disc * set.gamma;
+        heads.push(head);
+        acts.push(act);
+        counted.push(cnt);
+        alive.push(next_alive);
+        states.push(next);
+    }
+    let inv_b = T::one() / T::c(rows as f64);
+    PathReport {
+        loss: -j_sum * inv_b,
+        logp_mean: logp0,
+        reward_mean: if r_n > 0 {
+            r_sum / T::c(r_n as f64)
+        } else {
+            T::zero()
+        },
+        alive: T::c(alive[h].iter().filter(|v| **v).count() as f64) * inv_b,
+    }
+}
+
+/// What the forward sweep kept for the backward: s_t [H+1][B·O], the actor heads and
+/// actions of steps 0..=H (actions 0..H), the masks, whether the dynamics predicted the
+/// reward, and the critics' values at the horizon [2, B].
+struct Path<'p, T> {
+    states: &'p [Vec<T>],
+    heads: &'p [Vec<T>],
+    acts: &'p [Vec<T>],
+    alive: &'p [Vec<bool>],
+    counted: &'p [Vec<bool>],
+    learned: bool,
+    q: &'p [T],
+}
+
+/// The reverse sweep of [`path_loss`] (its forward caches in `ws` and the dynamics).
+#[allow(clippy::too_many_arguments)]
+fn backward<T: Real>(
+    nets: &Nets,
+    actor: &[T],
+    critic: &[T],
+    sq: &Squash<T>,
+    dynamics: &mut dyn PathDynamics<T>,
+    set: PathSettings<T>,
+    noise: &PathNoise<T>,
+    path: Path<'_, T>,
+    grad: &mut [T],
+    ws: &mut PathWorkspace<T>,
+) {
+    let Path {
+        states,
+        heads,
+        acts,
+        alive,
+        counted,
+        learned,
+        q,
+    } = path;
+    let (o, a, rows, h) = (nets.obs_dim, nets.act_dim, noise.rows, noise.horizon);
+    let (_, so) = unit_norm::<T>(o);
+    let (_, sc) = unit_norm::<T>(o + a);
+    let w = -T::one() / T::c(rows as f64);
+    let disc: Vec<T> = (0..=h)
+        .scan(T::one(), |d, _| {
+            let v = *d;
+            *d = *d * set.gamma;
+            Some(v)
+        })
+        .collect();
+    grad.iter_mut().for_each(|g| *g = T::zero());
+    let mut g_theta = vec![T::zero(); grad.len()];
+    // Terminal: ∂loss/∂Q_k = w·γ^H on the smaller critic (split on a tie, as torch.min).
+    let mut dq = vec![T::zero(); 2 * rows];
+    for b in (0..rows).filter(|b| alive[h][*b]) {
+        let (q1, q2, c) = (q[b], q[rows + b], w * disc[h]);
+        if q1 < q2 {
+            dq[b] = c;
+        } else if q2 < q1 {
+            dq[rows + b] = c;
+        } else {
+            dq[b] = c * T::c(0.5);
+            dq[rows + b] = c * T::c(0.5);
+        }
+    }
+    let mut dx = vec![T::zero(); 2 * rows * (o + a)];
+    engine::backward(
+        &nets.critic,
+        critic,
+        &sc,
+        rows,
+        &dq,
+        &[],
+        None,
+        Some(&mut dx),
+        &mut ws.critic,
+    );
+    let mut g_s = vec![T::zero(); rows * o];
+    let mut g_a = vec![T::zero(); rows * a];
+    for b in 0..rows {
+        let (r1, r2) = (&dx[b * (o + a)..][..o + a], &dx[(rows + b) * (o + a)..][..o + a]);
+        for j in 0..o {
+            g_s[b * o + j] = r1[j] + r2[j];
+        }
+        for j in 0..a {
+            g_a[b * a + j] = r1[o + j] + r2[o + j];
+        }
+    }
+    let mut d_head = vec![T::zero(); rows * 2 * a];
+    let mut ds = vec![T::zero(); rows * o];
+    let mut scratch = vec![T::zero(); a];
+    let mut actor_step = |t: usize, g_s: &mut [T], g_a: &[T], g_theta: &mut [T], grad: &mut [T]| {
+        // a_t and log π_t back to the head, then through the actor to θ and to s_t.
+        let eps = &noise.eps[t * rows * a..(t + 1) * rows * a];
+        for b in 0..rows {
+            let g_logp = if alive[t][b] {
+                -set.alpha * w * disc[t]
+            } else {
+                T::zero()
+            };
+            squash_row(
+                &heads[t][b * 2 * a..(b + 1) * 2 * a],
+                &eps[b * a..(b + 1) * a],
+                sq,
+                &mut scratch,
+                Some((
+                    &g_a[b * a..(b + 1) * a],
+                    g_logp,
+                    &mut d_head[b * 2 * a..(b + 1) * 2 * a],
+                )),
+            );
+        }
+        engine::backward(
+            &nets.actor,
+            actor,
+            &so,
+            rows,
+            &d_head,
+            &[],
+            Some(g_theta),
+            Some(&mut ds),
+            &mut ws.actor[t],
+        );
+        for (g, d) in grad.iter_mut().zip(g_theta.iter()) {
+            *g += *d;
+        }
+        for (g, d) in g_s.iter_mut().zip(&ds) {
+            *g += *d;
+        }
+    };
+    actor_step(h, &mut g_s, &g_a, &mut g_theta, grad);
+    let mut g_r = vec![T::zero(); rows];
+    let mut g_obs = vec![T::zero(); rows * o];
+    for t in (0..h).rev() {
+        // g_s holds ∂loss/∂s_{t+1}; add the reward's own derivatives.
+        let mut g_next = std::mem::take(&mut g_s);
+        let mut g_a_r = vec![T::zero(); rows * a];
+        let mut g_s_r = vec![T::zero(); rows * o];
+        for b in 0..rows {
+            let c = w * disc[t];
+            g_r[b] = if counted[t][b] && learned {
+                c
+            } else {
+                T::zero()
+            };
+            if !counted[t][b] {
+                g_next[b * o..(b + 1) * o].iter_mut().for_each(|v| *v = T::zero());
+                continue;
+            }
+            if learned {
+                continue;
+            }
+            task::reward_vjp(
+                set.task,
+                &states[t][b * o..(b + 1) * o],
+                &acts[t][b * a..(b + 1) * a],
+                &states[t + 1][b * o..(b + 1) * o],
+                Some(RewardGrad {
+                    w: c,
+                    obs: &mut g_s_r[b * o..(b + 1) * o],
+                    act: &mut g_a_r[b * a..(b + 1) * a],
+                    next: &mut g_next[b * o..(b + 1) * o],
+                }),
+            );
+        }
+        let mut g_act = vec![T::zero(); rows * a];
+        dynamics.backward(t, rows, &g_next, &g_r, &mut g_obs, &mut g_act);
+        let mut gs: Vec<T> = g_obs.iter().zip(&g_s_r).map(|(x, y)| *x + *y).collect();
+        let ga: Vec<T> = g_act.iter().zip(&g_a_r).map(|(x, y)| *x + *y).collect();
+        actor_step(t, &mut gs, &ga, &mut g_theta, grad);
+        g_s = gs;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::Activation;
+    use crate::env::EnvId;
+    use crate::policy::sac::{actor_loss, init_params, SacConfig, SacWorkspace};
+
+    fn rand_vec(n: usize, seed: u64, scale: f64) -> Vec<f64> {
+        let mut g = crate::rng::Philox::new(seed, 98, 0);
+        (0..n).map(|_| g.normal() as f64 * scale).collect()
+    }
+
+    fn to64(v: Vec<f32>) -> Vec<f64> {
+        v.into_iter().map(|x| x as f64).collect()
+    }
+
+    /// Small actor, critics and a three-member model for `o` observations, one action.
+    struct Setup {
+        nets: Nets,
+        sq: Squash<f64>,
+        actor: Vec<f64>,
+        critic: Vec<f64>,
+        shape: EnsembleShape,
+        model: Vec<f64>,
+        mean: Vec<f64>,
+        std: Vec<f64>,
+    }
+
+    fn setup(o: usize, learn_reward: bool) -> Setup {
+        let cfg = SacConfig {
+            hidden: 7,
+            num_layers: 2,
+            activation: Activation::Tanh,
+            ..SacConfig::default()
+        };
+        let nets = Nets::new(o, 1, &cfg);
+        let mut actor = to64(init_params(&nets.actor, 3, 0));
+        // A larger log σ so that the policy noise matters.
+        let head = *nets.actor.layout().layers.last().unwrap();
+        actor[head.bias + 1] = -0.5;
+        let critic = to64(init_params(&nets.critic, 3, 1));
+        let shape = EnsembleShape {
+            ensemble: 3,
+            in_dim: o + 1,
+            out_dim: o + usize::from(learn_reward),
+            hidden: 6,
+            num_layers: 2,
+            activation: Activation::Silu,
+            probabilistic: true,
+        };
+        let mut model = to64(engine::init_params(&shape, 5));
+        // Log-variances near −2 (σ ≈ 0.37): the noise path carries gradient.
+        let lay = shape.layout();
+        for v in &mut model[lay.max_logvar..lay.max_logvar + shape.out_dim] {
+            *v = -1.0;
+        }
+        Setup {
+            nets,
+            sq: Squash::from_bounds(&[-2.0], &[2.0]).cast::<f64>(),
+            actor,
+            critic,
+            mean: rand_vec(o + 1, 7, 0.2),
+            std: rand_vec(o + 1, 8, 0.3).iter().map(|v| 1.0 + v.abs()).collect(),
+            shape,
+            model,
+        }
+    }
+
+    fn loss(
+        s: &Setup,
+        actor: &[f64],
+        set: PathSettings<f64>,
+        start: &[f64],
+        noise: &PathNoise<f64>,
+        grad: Option<&mut [f64]>,
+    ) -> PathReport<f64> {
+        let mut dynamics = ModelPath::new(
+            s.shape,
+            &s.model,
+            &s.mean,
+            &s.std,
+            s.nets.obs_dim,
+            s.shape.out_dim > s.nets.obs_dim,
+            &noise.member,
+            &noise.xi,
+        );
+        path_loss(
+            &s.nets,
+            actor,
+            &s.critic,
+            &s.sq,
+            &mut dynamics,
+            set,
+            start,
+            noise,
+            grad,
+            &mut PathWorkspace::default(),
+        )
+    }
+
+    /// Worst relative error of `grad` against central differences of `f` over every entry.
+    fn worst_error(params: &[f64], grad: &[f64], f: impl Fn(&[f64]) -> f64) -> f64 {
+        let h = 1e-6;
+        let mut p = params.to_vec();
+        let mut worst = 0.0f64;
+        for i in 0..p.len() {
+            let x = p[i];
+            p[i] = x + h;
+            let up = f(&p);
+            p[i] = x - h;
+            let dn = f(&p);
+            p[i] = x;
+            let fd = (up - dn) / (2.0 * h);
+            worst = worst.max((fd - grad[i]).abs() / (1e-4 + fd.abs().max(grad[i].abs())));
+        }
+        worst
+    }
+
+    fn pendulum_starts(rows: usize) -> Vec<f64> {
+        let th = rand_vec(rows, 11, 1.5);
+        let td = rand_vec(rows, 12, 1.0);
+        (0..rows)
+            .flat_map(|b| [th[b].cos(), th[b].sin(), td[b]])
+            .collect()
+    }
+
+    #[test]
+    fn pendulum_path_gradient_should_match_central_differences() {
+        let s = setup(3, false);
+        let (rows, h) = (5, 3);
+        let noise = PathNoise::draw(4, 40, 0, h, rows, 1, 3, 3).cast::<f64>();
+        let set = PathSettings {
+            gamma: 0.95,
+            alpha: 0.3,
+            task: EnvId::Pendulum.code(),
+        };
+        let start = pendulum_starts(rows);
+        let mut g = vec![0.0; s.actor.len()];
+        let rep = loss(&s, &s.actor, set, &start, &noise, Some(&mut g));
+        assert!(rep.loss.is_finite() && rep.alive == 1.0);
+        assert!(rep.reward_mean < 0.0, "pendulum rewards are costs");
+        assert!(g.iter().any(|v| v.abs() > 1e-6));
+        let err = worst_error(&s.actor, &g, |p| loss(&s, p, set, &start, &noise, None).loss);
+        assert!(err < 1e-5, "path gradient: worst relative error {err}");
+    }
+
+    /// Learned rewards and termination inside the horizon: the cart-pole starts near the
+    /// track's edge, so some rows stop before H, and the stopped rows' later steps must not
+    /// contribute (finite differences see them exactly as the masks do).
+    #[test]
+    fn learned_reward_path_with_termination_should_match_central_differences() {
+        let mut s = setup(4, true);
+        // Small steps (a tenth of the head, σ ≈ 0.08), so that only the rows started at the
+        // edge terminate.
+        let lay = s.shape.layout();
+        let head = *lay.layers.last().unwrap();
+        let n = s.shape.ensemble * head.fan_in * head.fan_out;
+        s.model[head.weight..head.weight + n].iter_mut().for_each(|w| *w *= 0.1);
+        for v in &mut s.model[lay.max_logvar..lay.max_logvar + s.shape.out_dim] {
+            *v = -5.0;
+        }
+        let (rows, h) = (8, 4);
+        let noise = PathNoise::draw(6, 40, 1, h, rows, 1, 5, 3).cast::<f64>();
+        let set = PathSettings {
+            gamma: 0.9,
+            alpha: 0.2,
+            task: EnvId::CartPole.code(),
+        };
+        let r = rand_vec(rows * 4, 13, 0.02);
+        let start: Vec<f64> = (0..rows * 4)
+            .map(|i| match (i / 4 % 2, i % 4) {
+                (0, 0) => 2.37 + r[i],
+                _ => r[i],
+            })
+            .collect();
+        let mut g = vec![0.0; s.actor.len()];
+        let rep = loss(&s, &s.actor, set, &start, &noise, Some(&mut g));
+        assert!(
+            rep.alive > 0.0 && rep.alive < 1.0,
+            "the test needs rows that terminate and rows that do not (alive {})",
+            rep.alive
+        );
+        let err = worst_error(&s.actor, &g, |p| loss(&s, p, set, &start, &noise, None).loss);
+        assert!(err < 1e-5, "path gradient: worst relative error {err}");
+    }
+
+    #[test]
+    fn horizon_zero_should_be_sacs_actor_loss() {
+        let s = setup(3, false);
+        let rows = 6;
+        let noise = PathNoise::draw(2, 40, 3, 0, rows, 1, 3, 3).cast::<f64>();
+        let start = pendulum_starts(rows);
+        let alpha = 0.4;
+        let set = PathSettings {
+            gamma: 0.99,
+            alpha,
+            task: EnvId::Pendulum.code(),
+        };
+        let mut g = vec![0.0; s.actor.len()];
+        let rep = loss(&s, &s.actor, set, &start, &noise, Some(&mut g));
+        let mut g_sac = vec![0.0; s.actor.len()];
+        let sac = actor_loss(
+            &s.nets,
+            alpha,
+            &s.actor,
+            &s.critic,
+            &s.sq,
+            &start,
+            rows,
+            &noise.eps,
+            Some(&mut g_sac),
+            &mut SacWorkspace::default(),
+        );
+        assert!((rep.loss - sac.loss).abs() < 1e-12, "{} vs {}", rep.loss, sac.loss);
+        assert!((rep.logp_mean - sac.logp_mean).abs() < 1e-12);
+        for (x, y) in g.iter().zip(&g_sac) {
+            assert!((x - y).abs() < 1e-12, "{x} vs {y}");
+        }
+    }
+}
