@@ -91,6 +91,9 @@ enum Cmd {
     Sac(rl::SacArgs),
     /// MBPO: SAC on short branched rollouts of a probabilistic ensemble.
     Mbpo(rl::MbpoArgs),
+    /// MAAC: MBPO's loop with the actor learning from gradients backpropagated through
+    /// H-step model paths and the critic at the horizon.
+    Maac(rl::MbpoArgs),
     /// Run a saved policy (policy.safetensors) deterministically; returns per episode.
     Eval(rl::EvalArgs),
     /// The native environments and their spaces.
@@ -393,6 +396,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Plan(a) => run_plan(a),
         Cmd::Sac(a) => rl::run_sac(a),
         Cmd::Mbpo(a) => rl::run_mbpo(a),
+        Cmd::Maac(a) => rl::run_maac(a),
         Cmd::Eval(a) => rl::run_eval(a),
         Cmd::Envs => {
             for id in EnvId::ALL {

@@ -59,6 +59,10 @@ pub mod stream {
     pub const MBPO_MEMBER: u32 = 18;
     /// MBPO: the Gaussian noise of each predicted output.
     pub const MBPO_NOISE: u32 = 19;
+    /// MAAC: the policy and model noise of a path batch (step = update index).
+    pub const MAAC_PATH: u32 = 20;
+    /// MAAC: the member of each path row at each step (step = update index).
+    pub const MAAC_MEMBER: u32 = 21;
 }
 
 #[inline(always)]

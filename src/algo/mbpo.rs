@@ -24,12 +24,14 @@
 //! Every env step counts, the initial exploration included: `steps` is the number of real
 //! transitions the run may collect.
 use super::offpolicy::{self, episode_seed, evaluate, random_action, Row, Stats, Views};
-use super::sac::{check_counts, update};
+use super::sac::{check_counts, record, update};
 use crate::backend::{Backend, EnsembleShape};
 use crate::env::{Env, EnvId, NativeEnv};
 use crate::io::run::RunDir;
 use crate::model::{train::train, Ensemble, ModelConfig, TrainConfig, Transitions};
 use crate::policy::checkpoint as ckpt;
+use crate::policy::path::{path_loss, ModelPath, PathNoise, PathSettings, PathWorkspace};
+use crate::policy::sac::Batch;
 use crate::policy::{Replay, Sac, SacConfig};
 use crate::rng::{below, normals, stream, uniform};
 use crate::{invalid, io, setting, Result};
@@ -73,6 +75,23 @@ pub struct MbpoConfig {
     pub model: ModelConfig,
     pub train: TrainConfig,
     pub sac: SacConfig,
+    /// MAAC: the actor learns from path gradients through the model instead of SAC's
+    /// one-step gradient (`mbrl-gpu maac`); absent in MBPO runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maac: Option<MaacSettings>,
+}
+
+/// What MAAC (Clavera et al. 2020, Algorithm 1 of the seeds' MAAC slide) changes in MBPO's
+/// loop: each actor step maximises the soft H-step model return plus γ^H·Q at the horizon
+/// ([`crate::policy::path`]), from the start states of the step's minibatch (drawn from
+/// D_env ∪ D_model with `real_data_ratio`, the mixing ratio); the critics and the
+/// temperature (the entropy weight: `sac.alpha`, learned unless
+/// `sac.automatic_entropy_tuning = false`) learn as in SAC.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MaacSettings {
+    /// Model steps H of the path objective; 0 is SAC's actor gradient.
+    pub horizon: usize,
 }
 
 pub const PRESETS: [&str; 3] = ["cartpole", "pendulum", "quick"];
@@ -128,6 +147,7 @@ impl MbpoConfig {
             model,
             train,
             sac,
+            maac: None,
         };
         match (name, env) {
             ("cartpole", EnvId::CartPole) => {}
@@ -178,6 +198,13 @@ impl MbpoConfig {
                 ))
             }
         }
+        Ok(c)
+    }
+
+    /// MAAC's presets: MBPO's of the same name with the path objective of `horizon` 3.
+    pub fn maac_preset(env: EnvId, name: &str) -> Result<Self> {
+        let mut c = Self::preset(env, name)?;
+        c.maac = Some(MaacSettings { horizon: 3 });
         Ok(c)
     }
 
@@ -253,6 +280,16 @@ impl MbpoConfig {
                 spec.obs_dim,
                 spec.act_dim
             ));
+        }
+        if let Some(m) = &self.maac {
+            if m.horizon > 100 {
+                return Err(setting!(
+                    "maac.horizon",
+                    "is {}; at most 100 model steps are supported (Lemma 4.1: the gradient's \
+                     error grows with H; MAAC uses a few)",
+                    m.horizon
+                ));
+            }
         }
         self.model.validate().map_err(|e| e.in_section("model"))?;
         self.train.validate().map_err(|e| e.in_section("train"))?;
@@ -544,6 +581,85 @@ pub fn branched_rollout<B: Backend>(
     Ok(added)
 }
 
+/// The elite members as MAAC's path dynamics read them.
+struct PathModelView {
+    shape: EnsembleShape,
+    params: Vec<f32>,
+    mean: Vec<f32>,
+    std: Vec<f32>,
+    obs_dim: usize,
+    learn_reward: bool,
+}
+
+impl PathModelView {
+    fn new(model: &Ensemble) -> Self {
+        let (shape, params) = elite_view(model);
+        Self {
+            shape,
+            params,
+            mean: model.input_mean.clone(),
+            std: model.input_std.clone(),
+            obs_dim: model.config.obs_dim,
+            learn_reward: model.config.learn_reward,
+        }
+    }
+}
+
+/// One MAAC gradient step: SAC's critic and temperature steps, the actor's from the path
+/// objective of horizon `h` started at the minibatch's states. Noise: stream MAAC_PATH and
+/// MAAC_MEMBER at step = update index.
+fn path_update(
+    agent: &mut Sac,
+    view: &PathModelView,
+    h: usize,
+    env: EnvId,
+    batch: &Batch<f32>,
+    ws: &mut PathWorkspace<f32>,
+    stats: &mut Stats,
+) -> Result<()> {
+    let noise = PathNoise::draw(
+        agent.seed,
+        agent.updates as u32,
+        h,
+        batch.rows,
+        agent.nets.act_dim,
+        view.shape.out_dim,
+        view.shape.ensemble,
+    );
+    let gamma = agent.cfg.gamma;
+    let result = agent.update_with(batch, |x, grad| {
+        let mut dynamics = ModelPath::new(
+            view.shape,
+            &view.params,
+            &view.mean,
+            &view.std,
+            view.obs_dim,
+            view.learn_reward,
+            &noise.member,
+            &noise.xi,
+        );
+        let set = PathSettings {
+            gamma,
+            alpha: x.alpha,
+            task: env.code(),
+        };
+        let rep = path_loss(
+            x.nets,
+            x.actor,
+            x.critic,
+            x.squash,
+            &mut dynamics,
+            set,
+            &batch.obs,
+            &noise,
+            Some(grad),
+            ws,
+        );
+        (rep.loss, rep.logp_mean)
+    });
+    record(agent, result, stats)
+}
+
 fn transitions(r: &Replay) -> Transitions {
     let [obs, act, reward, next_obs, _] = r.to_arrays();
     Transitions {
@@ -635,6 +751,9 @@ pub fn run<B: Backend>(
         c.episodes += 1;
     }
     let mut stats = Stats::default();
+    // MAAC's copy of the elites, refreshed at every model training.
+    let mut path_model = (cfg.maac.is_some() && c.trainings > 0).then(|| PathModelView::new(&model));
+    let mut path_ws = PathWorkspace::default();
     while c.env_steps < cfg.steps {
         let k = cfg.rollout_length(c.epoch);
         let cap = cfg.model_buffer_capacity(k);
@@ -674,6 +793,7 @@ pub fn run<B: Backend>(
                     &mut model_data,
                 )?;
                 c.trainings += 1;
+                path_model = cfg.maac.is_some().then(|| PathModelView::new(&model));
             }
             if (c.loop_steps + 1).is_multiple_of(cfg.sac_updates_every_steps) {
                 for _ in 0..cfg.num_sac_updates_per_step {
@@ -684,7 +804,13 @@ pub fn run<B: Backend>(
                         break;
                     }
                     let batch = buf.sample(cfg.seed, stream::REPLAY, u, cfg.sac.batch_size);
-                    update(&mut agent, &batch, &mut stats)?;
+                    match (&cfg.maac, &path_model) {
+                        (Some(m), Some(view)) => {
+                            path_update(&mut agent, view, m.horizon, env_id, &batch, &mut path_ws, &mut stats)?
+                        }
+                        // Before the first model exists: SAC's gradient (H = 0).
+                        _ => update(&mut agent, &batch, &mut stats)?,
+                    }
                 }
             }
             c.loop_steps += 1;

@@ -244,7 +244,17 @@ pub(crate) fn update(
     batch: &crate::policy::sac::Batch<f32>,
     stats: &mut Stats,
 ) -> Result<()> {
-    match agent.update(batch) {
+    let result = agent.update(batch);
+    record(agent, result, stats)
+}
+
+/// Count a gradient step's outcome into `stats` (see [`update`]).
+pub(crate) fn record(
+    agent: &mut Sac,
+    result: Result<crate::policy::sac::UpdateStats>,
+    stats: &mut Stats,
+) -> Result<()> {
+    match result {
         Ok(s) => {
             stats.add(&s);
             Ok(())

@@ -320,20 +320,55 @@ pub fn run_sac(a: SacArgs) -> Result<()> {
 }
 
 pub fn run_mbpo(a: MbpoArgs) -> Result<()> {
+    run_model_based(a, false)
+}
+
+pub fn run_maac(a: MbpoArgs) -> Result<()> {
+    run_model_based(a, true)
+}
+
+/// `mbpo`, or with `maac` MAAC: the same loop, whose actor learns from path gradients.
+fn run_model_based(a: MbpoArgs, maac: bool) -> Result<()> {
+    let (cmd, preset): (&str, fn(EnvId, &str) -> Result<mbpo::MbpoConfig>) = if maac {
+        ("maac", mbpo::MbpoConfig::maac_preset)
+    } else {
+        ("mbpo", mbpo::MbpoConfig::preset)
+    };
+    let validate = |c: &mbpo::MbpoConfig| {
+        match (maac, c.maac.is_some()) {
+            (false, true) => {
+                return Err(invalid!(
+                    "this configuration has a [maac] section: it is a `mbrl-gpu maac` run"
+                ))
+            }
+            (true, false) => {
+                return Err(invalid!(
+                    "this configuration has no [maac] section: it is a `mbrl-gpu mbpo` run"
+                ))
+            }
+            _ => {}
+        }
+        c.validate()
+    };
     let Some((cfg, dir)) = prepare(
         &a.run,
-        "mbpo",
+        cmd,
         ("pendulum", "pendulum"),
-        mbpo::MbpoConfig::preset,
+        preset,
         |c, s| c.steps = s,
         |c| (c.env.clone(), c.preset.clone(), c.seed),
-        mbpo::MbpoConfig::validate,
+        validate,
     )?
     else {
         return Ok(());
     };
+    let path = match &cfg.maac {
+        Some(m) => format!(", actor on {}-step model path gradients", m.horizon),
+        None => String::new(),
+    };
     note!(
-        "MBPO on {} (preset {}): {} env steps, model {}x{}x{} retrained every {} steps, {} rollouts per step, {} SAC updates per step; writing {}",
+        "{} on {} (preset {}): {} env steps, model {}x{}x{} retrained every {} steps, {} rollouts per step, {} SAC updates per step{path}; writing {}",
+        cmd.to_uppercase(),
         cfg.env,
         cfg.preset,
         cfg.steps,

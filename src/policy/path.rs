@@ -26,7 +26,7 @@ use crate::backend::cpu::Real;
 use crate::backend::EnsembleShape;
 use crate::env::task::{self, RewardGrad};
 use crate::policy::sac::{critic_input, squash_row, unit_norm, Nets, Squash};
-use crate::rng::{below, normals};
+use crate::rng::{below, normals, stream};
 
 /// One step of the dynamics a path runs through, with its vector–Jacobian product.
 pub trait PathDynamics<T: Real> {
@@ -215,6 +215,91 @@ impl<T: Real> PathDynamics<T> for ModelPath<'_, T> {
     }
 }
 
+/// Pendulum-v1's true dynamics on observations `[cos θ, sin θ, θ̇]`, differentiated by hand:
+/// the reference the model-path gradients are measured against (Lemma 4.1).
+///
+/// ```text
+/// θ = atan2(obs₁, obs₀), u = clip(a, −2, 2)
+/// θ̇' = clip(θ̇ + (3g/(2l)·sin θ + 3/(m l²)·u)·dt, −8, 8),  θ' = θ + θ̇'·dt
+/// obs' = [cos θ', sin θ', θ̇']
+/// ```
+#[derive(Default)]
+pub struct TruePendulum<T> {
+    /// Per step, the inputs (the backward recomputes the rest).
+    steps: Vec<(Vec<T>, Vec<T>)>,
+}
+
+impl<T: Real> TruePendulum<T> {
+    pub fn new() -> Self {
+        Self { steps: vec![] }
+    }
+}
+
+/// The pendulum's constants as `T`: (3g/(2l), 3/(m l²), dt, max speed, max torque).
+fn pendulum_consts<T: Real>() -> (T, T, T, T, T) {
+    use crate::env::pendulum::{DT, G, L, M, MAX_SPEED, MAX_TORQUE};
+    (
+        T::c(3.0 * G / (2.0 * L)),
+        T::c(3.0 / (M * L * L)),
+        T::c(DT),
+        T::c(MAX_SPEED),
+        T::c(MAX_TORQUE as f64),
+    )
+}
+
+impl<T: Real> PathDynamics<T> for TruePendulum<T> {
+    fn forward(&mut self, t: usize, obs: &[T], act: &[T], rows: usize, next: &mut [T], _: &mut [T]) -> bool {
+        let (k1, k2, dt, vmax, umax) = pendulum_consts::<T>();
+        for b in 0..rows {
+            let (c, s, td) = (obs[3 * b], obs[3 * b + 1], obs[3 * b + 2]);
+            let th = s.atan2(c);
+            let u = act[b].max(-umax).min(umax);
+            let nd = (td + (k1 * th.sin() + k2 * u) * dt).max(-vmax).min(vmax);
+            let nth = th + nd * dt;
+            next[3 * b] = nth.cos();
+            next[3 * b + 1] = nth.sin();
+            next[3 * b + 2] = nd;
+        }
+        if self.steps.len() <= t {
+            self.steps.resize_with(t + 1, Default::default);
+        }
+        self.steps[t] = (obs[..3 * rows].to_vec(), act[..rows].to_vec());
+        false
+    }
+
+    fn backward(&mut self, t: usize, rows: usize, g_next: &[T], _: &[T], g_obs: &mut [T], g_act: &mut [T]) {
+        let (k1, k2, dt, vmax, umax) = pendulum_consts::<T>();
+        let (obs, act) = &self.steps[t];
+        for b in 0..rows {
+            let (c, s, td) = (obs[3 * b], obs[3 * b + 1], obs[3 * b + 2]);
+            let th = s.atan2(c);
+            let inside_u = act[b] > -umax && act[b] < umax;
+            let u = act[b].max(-umax).min(umax);
+            let pre = td + (k1 * th.sin() + k2 * u) * dt;
+            let nd = pre.max(-vmax).min(vmax);
+            let nth = th + nd * dt;
+            let (gc, gs, gd) = (g_next[3 * b], g_next[3 * b + 1], g_next[3 * b + 2]);
+            let g_nth = -nth.sin() * gc + nth.cos() * gs;
+            let g_nd = gd + g_nth * dt;
+            let g_pre = if pre > -vmax && pre < vmax {
+                g_nd
+            } else {
+                T::zero()
+            };
+            let g_th = g_nth + g_pre * k1 * th.cos() * dt;
+            let rho2 = c * c + s * s;
+            g_obs[3 * b] = g_th * (-s / rho2);
+            g_obs[3 * b + 1] = g_th * (c / rho2);
+            g_obs[3 * b + 2] = g_pre;
+            g_act[b] = if inside_u {
+                g_pre * k2 * dt
+            } else {
+                T::zero()
+            };
+        }
+    }
+}
+
 /// The fixed noise of one path batch.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PathNoise<T> {
@@ -229,12 +314,10 @@ pub struct PathNoise<T> {
 }
 
 impl PathNoise<f32> {
-    /// Philox draws of stream `stream` at step `step`: ε from element 0, ξ after it, and the
-    /// members from stream `stream + 1`.
-    #[allow(clippy::too_many_arguments)]
+    /// Philox draws at step `step`: ε from element 0 of stream MAAC_PATH, ξ after it, the
+    /// members from stream MAAC_MEMBER.
     pub fn draw(
         seed: u64,
-        stream: u32,
         step: u32,
         horizon: usize,
         rows: usize,
@@ -244,10 +327,10 @@ impl PathNoise<f32> {
     ) -> Self {
         let ne = (horizon + 1) * rows * act_dim;
         let mut v = vec![0.0f32; ne + horizon * rows * out_dim];
-        normals(seed, stream, 0, step, &mut v);
+        normals(seed, stream::MAAC_PATH, 0, step, &mut v);
         let xi = v.split_off(ne);
         let member = (0..horizon * rows)
-            .map(|i| below(seed, stream + 1, i as u32, step, members.max(1) as u32) as usize)
+            .map(|i| below(seed, stream::MAAC_MEMBER, i as u32, step, members.max(1) as u32) as usize)
             .collect();
         Self {
             horizon,
@@ -711,8 +794,7 @@ mod tests {
     }
 
     /// Worst relative error of `grad` against central differences of `f` over every entry.
-    fn worst_error(params: &[f64], grad: &[f64], f: impl Fn(&[f64]) -> f64) -> f64 {
-        let h = 1e-6;
+    fn worst_error(params: &[f64], grad: &[f64], h: f64, f: impl Fn(&[f64]) -> f64) -> f64 {
         let mut p = params.to_vec();
         let mut worst = 0.0f64;
         for i in 0..p.len() {
@@ -740,7 +822,7 @@ mod tests {
     fn pendulum_path_gradient_should_match_central_differences() {
         let s = setup(3, false);
         let (rows, h) = (5, 3);
-        let noise = PathNoise::draw(4, 40, 0, h, rows, 1, 3, 3).cast::<f64>();
+        let noise = PathNoise::draw(4, 0, h, rows, 1, 3, 3).cast::<f64>();
         let set = PathSettings {
             gamma: 0.95,
             alpha: 0.3,
@@ -752,7 +834,7 @@ mod tests {
         assert!(rep.loss.is_finite() && rep.alive == 1.0);
         assert!(rep.reward_mean < 0.0, "pendulum rewards are costs");
         assert!(g.iter().any(|v| v.abs() > 1e-6));
-        let err = worst_error(&s.actor, &g, |p| loss(&s, p, set, &start, &noise, None).loss);
+        let err = worst_error(&s.actor, &g, 1e-6, |p| loss(&s, p, set, &start, &noise, None).loss);
         assert!(err < 1e-5, "path gradient: worst relative error {err}");
     }
 
@@ -772,7 +854,7 @@ mod tests {
             *v = -5.0;
         }
         let (rows, h) = (8, 4);
-        let noise = PathNoise::draw(6, 40, 1, h, rows, 1, 5, 3).cast::<f64>();
+        let noise = PathNoise::draw(6, 1, h, rows, 1, 5, 3).cast::<f64>();
         let set = PathSettings {
             gamma: 0.9,
             alpha: 0.2,
@@ -792,15 +874,56 @@ mod tests {
             "the test needs rows that terminate and rows that do not (alive {})",
             rep.alive
         );
-        let err = worst_error(&s.actor, &g, |p| loss(&s, p, set, &start, &noise, None).loss);
+        let err = worst_error(&s.actor, &g, 1e-6, |p| loss(&s, p, set, &start, &noise, None).loss);
         assert!(err < 1e-5, "path gradient: worst relative error {err}");
+    }
+
+    /// The hand-derived pendulum Jacobian, through a whole path objective.
+    #[test]
+    fn true_pendulum_path_gradient_should_match_central_differences() {
+        let s = setup(3, false);
+        let (rows, h) = (6, 5);
+        let noise = PathNoise::draw(9, 2, h, rows, 1, 3, 1).cast::<f64>();
+        let set = PathSettings {
+            gamma: 0.97,
+            alpha: 0.1,
+            task: EnvId::Pendulum.code(),
+        };
+        let start = pendulum_starts(rows);
+        let run = |p: &[f64], grad: Option<&mut [f64]>| {
+            path_loss(
+                &s.nets,
+                p,
+                &s.critic,
+                &s.sq,
+                &mut TruePendulum::new(),
+                set,
+                &start,
+                &noise,
+                grad,
+                &mut PathWorkspace::default(),
+            )
+        };
+        let mut g = vec![0.0; s.actor.len()];
+        run(&s.actor, Some(&mut g));
+        // A step of 1e-5: the loss sums ~30 units of cost, so 1e-6 leaves ~1e-9 of
+        // cancellation noise per difference, above the tolerance on the small entries.
+        let err = worst_error(&s.actor, &g, 1e-5, |p| run(p, None).loss);
+        assert!(err < 1e-5, "true-dynamics path gradient: worst relative error {err}");
+        // Its first step agrees with the environment's own step.
+        let mut next = vec![0.0; 3];
+        TruePendulum::new().forward(0, &start[..3], &[0.7], 1, &mut next, &mut []);
+        let th = start[1].atan2(start[0]);
+        let mut state = [th, start[2]];
+        crate::env::pendulum::step(&mut state, &[0.7]);
+        assert!((next[0] - state[0].cos()).abs() < 1e-6 && (next[2] - state[1]).abs() < 1e-6);
     }
 
     #[test]
     fn horizon_zero_should_be_sacs_actor_loss() {
         let s = setup(3, false);
         let rows = 6;
-        let noise = PathNoise::draw(2, 40, 3, 0, rows, 1, 3, 3).cast::<f64>();
+        let noise = PathNoise::draw(2, 3, 0, rows, 1, 3, 3).cast::<f64>();
         let start = pendulum_starts(rows);
         let alpha = 0.4;
         let set = PathSettings {

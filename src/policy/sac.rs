@@ -690,6 +690,19 @@ pub struct UpdateStats {
     pub entropy: f64,
 }
 
+/// What an actor step sees: the networks after this update's critic step, the temperature,
+/// SAC's own actor noise [B, A] of this update, the update index and the agent's scratch.
+pub struct ActorInputs<'a> {
+    pub nets: &'a Nets,
+    pub actor: &'a [f32],
+    pub critic: &'a [f32],
+    pub squash: &'a Squash<f32>,
+    pub alpha: f32,
+    pub eps: &'a [f32],
+    pub updates: u64,
+    pub ws: &'a mut SacWorkspace<f32>,
+}
+
 /// A SAC agent: parameters, targets, optimiser state. Everything a resumed run needs.
 pub struct Sac {
     pub cfg: SacConfig,
@@ -855,6 +868,32 @@ impl Sac {
     /// parameters: the step returns [`Error::Diverged`] and the agent keeps its last good
     /// values (the critics may already hold this step's finite update).
     pub fn update(&mut self, batch: &Batch<f32>) -> Result<UpdateStats> {
+        let rows = batch.rows;
+        self.update_with(batch, |x, grad| {
+            let p = actor_loss(
+                x.nets,
+                x.alpha,
+                x.actor,
+                x.critic,
+                x.squash,
+                &batch.obs,
+                rows,
+                x.eps,
+                Some(grad),
+                x.ws,
+            );
+            (p.loss, p.logp_mean)
+        })
+    }
+
+    /// [`Sac::update`] with the actor's loss and gradient from `actor_step` (which returns
+    /// the loss and the mean log π of its samples, for the temperature): MAAC's path
+    /// gradient ([`crate::policy::path`]) replaces SAC's there.
+    pub fn update_with(
+        &mut self,
+        batch: &Batch<f32>,
+        actor_step: impl FnOnce(ActorInputs<'_>, &mut [f32]) -> (f32, f32),
+    ) -> Result<UpdateStats> {
         let (a, rows) = (self.nets.act_dim, batch.rows);
         let step = self.updates as u32;
         let mut eps = vec![0.0f32; 2 * rows * a];
@@ -879,25 +918,24 @@ impl Sac {
         self.critic_opt
             .step(self.cfg.lr, &mut self.critic, &g_critic);
         let mut g_actor = vec![0.0f32; self.actor.len()];
-        let p = actor_loss(
-            &self.nets,
+        let inputs = ActorInputs {
+            nets: &self.nets,
+            actor: &self.actor,
+            critic: &self.critic,
+            squash: &self.squash,
             alpha,
-            &self.actor,
-            &self.critic,
-            &self.squash,
-            &batch.obs,
-            rows,
-            eps_pi,
-            Some(&mut g_actor),
-            &mut self.ws,
-        );
-        finite("actor loss", p.loss, &g_actor)?;
+            eps: eps_pi,
+            updates: self.updates,
+            ws: &mut self.ws,
+        };
+        let (actor_loss, logp_mean) = actor_step(inputs, &mut g_actor);
+        finite("actor loss", actor_loss, &g_actor)?;
         self.actor_opt.step(self.cfg.lr, &mut self.actor, &g_actor);
         let mut alpha_loss = 0.0;
         if self.cfg.automatic_entropy_tuning {
             let h = self.target_entropy() as f64;
-            let g = alpha_grad(p.logp_mean as f64, h) as f32;
-            alpha_loss = -(self.log_alpha as f64) * (p.logp_mean as f64 + h);
+            let g = alpha_grad(logp_mean as f64, h) as f32;
+            alpha_loss = -(self.log_alpha as f64) * (logp_mean as f64 + h);
             let mut la = [self.log_alpha];
             self.alpha_opt.step(self.cfg.lr, &mut la, &[g]);
             self.log_alpha = la[0];
@@ -911,11 +949,11 @@ impl Sac {
         self.updates += 1;
         Ok(UpdateStats {
             critic_loss: c.loss as f64,
-            actor_loss: p.loss as f64,
+            actor_loss: actor_loss as f64,
             alpha_loss,
             alpha: self.alpha() as f64,
             q_mean: c.q_mean as f64,
-            entropy: -(p.logp_mean as f64),
+            entropy: -(logp_mean as f64),
         })
     }
 
