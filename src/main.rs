@@ -94,6 +94,11 @@ enum Cmd {
     /// MAAC: MBPO's loop with the actor learning from gradients backpropagated through
     /// H-step model paths and the critic at the horizon.
     Maac(rl::MbpoArgs),
+    /// Lemma 4.1 measured: a short MAAC run per horizon H, then its model-path gradient
+    /// against the gradient through the true dynamics (cosine, relative error, return).
+    MaacHorizons(rl::HorizonArgs),
+    /// SVG(∞): value gradients backpropagated along real trajectories through the model.
+    Svg(rl::MbpoArgs),
     /// Run a saved policy (policy.safetensors) deterministically; returns per episode.
     Eval(rl::EvalArgs),
     /// The native environments and their spaces.
@@ -397,6 +402,8 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Sac(a) => rl::run_sac(a),
         Cmd::Mbpo(a) => rl::run_mbpo(a),
         Cmd::Maac(a) => rl::run_maac(a),
+        Cmd::MaacHorizons(a) => rl::run_horizons(a),
+        Cmd::Svg(a) => rl::run_svg(a),
         Cmd::Eval(a) => rl::run_eval(a),
         Cmd::Envs => {
             for id in EnvId::ALL {

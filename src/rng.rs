@@ -63,6 +63,8 @@ pub mod stream {
     pub const MAAC_PATH: u32 = 20;
     /// MAAC: the member of each path row at each step (step = update index).
     pub const MAAC_MEMBER: u32 = 21;
+    /// SVG(∞): the episodes of a policy step (step = update index).
+    pub const SVG_EPISODES: u32 = 22;
 }
 
 #[inline(always)]

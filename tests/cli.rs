@@ -19,7 +19,19 @@ fn text(o: &Output) -> (String, String) {
 fn help_should_list_the_commands() {
     let (out, _) = text(&mbrl(&["--help"]));
     for c in [
-        "devices", "model", "bench", "pets", "plan", "envs", "env", "sac", "mbpo", "eval",
+        "devices",
+        "model",
+        "bench",
+        "pets",
+        "plan",
+        "envs",
+        "env",
+        "sac",
+        "mbpo",
+        "maac",
+        "maac-horizons",
+        "svg",
+        "eval",
     ] {
         assert!(out.contains(c), "--help lacks {c}:\n{out}");
     }
@@ -651,6 +663,9 @@ fn help_should_describe_every_option() {
         vec!["env", "replay"],
         vec!["sac"],
         vec!["mbpo"],
+        vec!["maac"],
+        vec!["maac-horizons"],
+        vec!["svg"],
         vec!["eval"],
         vec!["bench", "policy"],
     ] {
@@ -932,4 +947,187 @@ fn mbpo_and_sac_settings_errors_should_name_the_setting() {
     ] {
         assert!(out.contains(k), "{k} missing:\n{out}");
     }
+}
+
+/// Settings that make a MAAC run of a few hundred steps finish in a second.
+const TINY_MAAC: [&str; 18] = [
+    "--set",
+    "epoch_length=100",
+    "--set",
+    "freq_train_model=50",
+    "--set",
+    "initial_exploration_steps=100",
+    "--set",
+    "effective_model_rollouts_per_step=4",
+    "--set",
+    "num_sac_updates_per_step=2",
+    "--set",
+    "eval_episodes=1",
+    "--set",
+    "model.hidden=16",
+    "--set",
+    "sac.hidden=16",
+    "--set",
+    "sac.batch_size=32",
+];
+
+/// The Lemma 4.1 study: H = 0 is SAC's gradient, identical through model and truth; a
+/// longer horizon through an untrained model is off. Run again, it continues its runs
+/// (nothing to do) and writes the same table.
+#[test]
+fn maac_horizons_should_compare_model_and_true_gradients_and_continue() {
+    let t = tempfile::tempdir().unwrap();
+    let out = t.path().join("study");
+    let mut a = vec![
+        "maac-horizons",
+        "--steps",
+        "300",
+        "--horizons",
+        "0,2",
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    a.extend(TINY_MAAC);
+    let o = mbrl(&a);
+    let (stdout, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(stdout.contains("H   2  cosine"), "{stdout}");
+    let csv = std::fs::read_to_string(out.join("horizons.csv")).unwrap();
+    let rows: Vec<Vec<f64>> = csv
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').map(|v| v.parse().unwrap()).collect())
+        .collect();
+    assert_eq!(rows.len(), 2, "{csv}");
+    assert_eq!(
+        (rows[0][0], rows[0][1], rows[0][2]),
+        (0.0, 1.0, 0.0),
+        "{csv}"
+    );
+    assert!(
+        rows[1][1] < 1.0 && rows[1][1] > -1.0 && rows[1][2] > 0.0,
+        "{csv}"
+    );
+    assert!(rows.iter().all(|r| r[3] > 0.0 && r[5] < 0.0), "{csv}");
+    for f in [
+        "horizon_error.svg",
+        "horizon_return.svg",
+        "h0/model.safetensors",
+        "h2/metrics.csv",
+    ] {
+        assert!(out.join(f).is_file(), "{f} missing");
+    }
+    let o = mbrl(&a);
+    assert!(o.status.success(), "{}", text(&o).1);
+    assert_eq!(
+        std::fs::read_to_string(out.join("horizons.csv")).unwrap(),
+        csv
+    );
+    fails_with(&["maac-horizons", "--env", "cartpole"], &["pendulum only"]);
+    fails_with(&["maac-horizons", "--horizons", "500"], &["--horizons"]);
+}
+
+/// MAAC and SVG(∞) as commands: a tiny run each, their policies replayed by `eval`, and
+/// MBPO refusing to continue a MAAC run.
+#[test]
+fn maac_and_svg_should_write_runs_whose_policies_eval_replays() {
+    let t = tempfile::tempdir().unwrap();
+    let maac_dir = t.path().join("maac");
+    let mut a = vec![
+        "maac",
+        "--env",
+        "pendulum",
+        "--preset",
+        "quick",
+        "--steps",
+        "300",
+        "--out",
+        maac_dir.to_str().unwrap(),
+    ];
+    a.extend(TINY_MAAC);
+    let o = mbrl(&a);
+    assert!(o.status.success(), "{}", text(&o).1);
+    let svg_dir = t.path().join("svg");
+    let o = mbrl(&[
+        "svg",
+        "--preset",
+        "quick",
+        "--steps",
+        "400",
+        "--set",
+        "eval_every=200",
+        "--set",
+        "eval_episodes=1",
+        "--set",
+        "updates_per_episode=3",
+        "--set",
+        "model.hidden=16",
+        "--set",
+        "train.epochs=3",
+        "--out",
+        svg_dir.to_str().unwrap(),
+    ]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(out.contains("final evaluation return"), "{out}");
+    for dir in [&maac_dir, &svg_dir] {
+        let metrics = std::fs::read_to_string(dir.join("metrics.csv")).unwrap();
+        assert_eq!(metrics.lines().count(), 3, "{metrics}");
+        let policy = dir.join("policy.safetensors");
+        let o = mbrl(&[
+            "eval",
+            "--policy",
+            policy.to_str().unwrap(),
+            "--env",
+            "pendulum",
+            "--episodes",
+            "1",
+        ]);
+        assert!(o.status.success(), "{}", text(&o).1);
+    }
+    let svg = std::fs::read_to_string(svg_dir.join("learning_curve.svg")).unwrap();
+    assert!(svg.contains("SVG"), "the curve is titled by its algorithm");
+    fails_with(
+        &["mbpo", "--resume", maac_dir.to_str().unwrap()],
+        &["`mbrl-gpu maac` run"],
+    );
+    fails_with(
+        &["maac", "--resume", svg_dir.to_str().unwrap()],
+        &["config.toml"],
+    );
+}
+
+#[test]
+fn maac_and_svg_settings_errors_should_name_the_setting() {
+    fails_with(
+        &["maac", "--set", "maac.horizon=1000", "--print-config"],
+        &["maac.horizon"],
+    );
+    fails_with(
+        &["mbpo", "--set", "maac.horizon=3", "--print-config"],
+        &["no section maac"],
+    );
+    fails_with(
+        &["svg", "--set", "max_grad_norm=-1", "--print-config"],
+        &["max_grad_norm"],
+    );
+    fails_with(
+        &["svg", "--set", "episodes_per_update=0", "--print-config"],
+        &["episodes_per_update"],
+    );
+    fails_with(&["svg", "--preset", "fast"], &["unknown SVG preset"]);
+    let o = mbrl(&[
+        "maac",
+        "--env",
+        "cartpole",
+        "--preset",
+        "cartpole",
+        "--print-config",
+    ]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        out.contains("[maac]") && out.contains("horizon = 3"),
+        "{out}"
+    );
 }

@@ -455,7 +455,7 @@ const FORMAT: &str = "mbrl-gpu/mbpo-run/1";
 pub use super::offpolicy::Event;
 
 /// The elite members alone, as an ensemble of `num_elites` members.
-fn elite_view(model: &Ensemble) -> (EnsembleShape, Vec<f32>) {
+pub(crate) fn elite_view(model: &Ensemble) -> (EnsembleShape, Vec<f32>) {
     let full = model.shape();
     let lay = full.layout();
     let shape = EnsembleShape {
@@ -642,6 +642,7 @@ fn path_update(
             gamma,
             alpha: x.alpha,
             task: env.code(),
+            terminal_value: true,
         };
         let rep = path_loss(
             x.nets,
@@ -718,7 +719,7 @@ pub fn run<B: Backend>(
             }
             c = l.state;
             rows = l.rows;
-            offpolicy::write_views(dir, &rows, &views(&agent, &model)?)?;
+            offpolicy::write_views(dir, &rows, &views(&agent, &model, cfg.maac.is_some())?)?;
             resumed = true;
             progress(Event::Resumed {
                 env_steps: c.env_steps,
@@ -752,7 +753,8 @@ pub fn run<B: Backend>(
     }
     let mut stats = Stats::default();
     // MAAC's copy of the elites, refreshed at every model training.
-    let mut path_model = (cfg.maac.is_some() && c.trainings > 0).then(|| PathModelView::new(&model));
+    let mut path_model =
+        (cfg.maac.is_some() && c.trainings > 0).then(|| PathModelView::new(&model));
     let mut path_ws = PathWorkspace::default();
     while c.env_steps < cfg.steps {
         let k = cfg.rollout_length(c.epoch);
@@ -805,9 +807,15 @@ pub fn run<B: Backend>(
                     }
                     let batch = buf.sample(cfg.seed, stream::REPLAY, u, cfg.sac.batch_size);
                     match (&cfg.maac, &path_model) {
-                        (Some(m), Some(view)) => {
-                            path_update(&mut agent, view, m.horizon, env_id, &batch, &mut path_ws, &mut stats)?
-                        }
+                        (Some(m), Some(view)) => path_update(
+                            &mut agent,
+                            view,
+                            m.horizon,
+                            env_id,
+                            &batch,
+                            &mut path_ws,
+                            &mut stats,
+                        )?,
                         // Before the first model exists: SAC's gradient (H = 0).
                         _ => update(&mut agent, &batch, &mut stats)?,
                     }
@@ -835,16 +843,28 @@ pub fn run<B: Backend>(
                 ("model", io::checkpoint::to_bytes(&model)?),
                 ("model_data", ckpt::replay_bytes(&model_data)?),
             ];
-            offpolicy::commit(dir, FORMAT, cfg, &c, files, &rows, &views(&agent, &model)?)?;
+            offpolicy::commit(
+                dir,
+                FORMAT,
+                cfg,
+                &c,
+                files,
+                &rows,
+                &views(&agent, &model, cfg.maac.is_some())?,
+            )?;
         }
     }
     Ok((agent, rows))
 }
 
-fn views(agent: &Sac, model: &Ensemble) -> Result<Views> {
+fn views(agent: &Sac, model: &Ensemble, maac: bool) -> Result<Views> {
     let mut v = super::sac::views(agent)?;
     v.model = Some(io::checkpoint::to_bytes(model)?);
-    v.title = "MBPO learning curve";
+    v.title = if maac {
+        "MAAC learning curve"
+    } else {
+        "MBPO learning curve"
+    };
     Ok(v)
 }
 

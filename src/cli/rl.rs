@@ -3,7 +3,7 @@ use super::{say, stdout_line};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use mbrl_gpu::algo::offpolicy::{Event, Row};
-use mbrl_gpu::algo::{mbpo, sac};
+use mbrl_gpu::algo::{mbpo, sac, svg};
 use mbrl_gpu::backend::BackendChoice;
 use mbrl_gpu::env::EnvId;
 use mbrl_gpu::io::config::{self as conf, Origin};
@@ -329,7 +329,8 @@ pub fn run_maac(a: MbpoArgs) -> Result<()> {
 
 /// `mbpo`, or with `maac` MAAC: the same loop, whose actor learns from path gradients.
 fn run_model_based(a: MbpoArgs, maac: bool) -> Result<()> {
-    let (cmd, preset): (&str, fn(EnvId, &str) -> Result<mbpo::MbpoConfig>) = if maac {
+    type Preset = fn(EnvId, &str) -> Result<mbpo::MbpoConfig>;
+    let (cmd, preset): (&str, Preset) = if maac {
         ("maac", mbpo::MbpoConfig::maac_preset)
     } else {
         ("mbpo", mbpo::MbpoConfig::preset)
@@ -386,6 +387,37 @@ fn run_model_based(a: MbpoArgs, maac: bool) -> Result<()> {
     finish(&pb, &rows, &dir)
 }
 
+pub fn run_svg(a: MbpoArgs) -> Result<()> {
+    let Some((cfg, dir)) = prepare(
+        &a.run,
+        "svg",
+        ("pendulum", "default"),
+        svg::SvgConfig::preset,
+        |c, s| c.steps = s,
+        |c| (c.env.clone(), c.preset.clone(), c.seed),
+        svg::SvgConfig::validate,
+    )?
+    else {
+        return Ok(());
+    };
+    note!(
+        "SVG(∞) on {} (preset {}): {} env steps, model {}x{}x{}, {} policy steps per episode on {} episodes each; writing {}",
+        cfg.env,
+        cfg.preset,
+        cfg.steps,
+        cfg.model.ensemble_size,
+        cfg.model.num_layers,
+        cfg.model.hidden,
+        cfg.updates_per_episode,
+        cfg.episodes_per_update,
+        dir.path().display()
+    );
+    let be = super::pick_backend(a.backend)?;
+    let pb = bar(cfg.steps);
+    let (_, rows) = with_backend!(&be, |b| svg::run(b, &cfg, Some(&dir), progress(&pb, &dir)))?;
+    finish(&pb, &rows, &dir)
+}
+
 pub fn run_eval(a: EvalArgs) -> Result<()> {
     let env = EnvId::parse(&a.env)?;
     let spec = env.spec();
@@ -423,5 +455,158 @@ pub fn run_eval(a: EvalArgs) -> Result<()> {
         }
         out!("mean return {mean:.2} over {} episodes", a.episodes);
     }
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct HorizonArgs {
+    /// Environment (true-dynamics gradients exist for pendulum).
+    #[arg(long, default_value = "pendulum")]
+    env: String,
+    /// MAAC preset of every run.
+    #[arg(long, default_value = "quick")]
+    preset: String,
+    /// Environment steps of each run.
+    #[arg(long, default_value_t = 1000)]
+    steps: usize,
+    /// Horizons H to compare (0 is SAC's critic gradient).
+    #[arg(long, value_delimiter = ',', default_value = "0,1,3,5,10")]
+    horizons: Vec<usize>,
+    /// Start states of the gradient comparison.
+    #[arg(long, default_value_t = 256)]
+    rows: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Change one setting of every run: --set sac.lr=1e-3 (repeatable; `maac --print-config`
+    /// shows every key).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    sets: Vec<String>,
+    /// Study directory: one run directory h<H> per horizon (an interrupted study continues
+    /// where it stopped), horizons.csv and two plots [default: runs/maac-horizons-ENV-PRESET-sSEED].
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// Backend of the model training and branched rollouts.
+    #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
+    backend: BackendChoice,
+}
+
+/// Lemma 4.1 measured: one short MAAC run per horizon, then the model-path gradient of its
+/// final policy against the true-dynamics gradient.
+pub fn run_horizons(a: HorizonArgs) -> Result<()> {
+    let env = EnvId::parse(&a.env)?;
+    if env != EnvId::Pendulum {
+        return Err(invalid!(
+            "--env {}: gradients through the true dynamics are written for pendulum only",
+            env.name()
+        ));
+    }
+    if a.horizons.is_empty() || a.horizons.iter().any(|h| *h > 100) {
+        return Err(invalid!(
+            "--horizons: give one or more horizons of at most 100"
+        ));
+    }
+    if a.rows == 0 || a.rows > 1 << 16 {
+        return Err(invalid!("--rows {}: give 1 to 65536", a.rows));
+    }
+    let root = a.out.clone().unwrap_or_else(|| {
+        PathBuf::from(format!(
+            "runs/maac-horizons-{}-{}-s{}",
+            env.name(),
+            a.preset,
+            a.seed
+        ))
+    });
+    let be = super::pick_backend(a.backend)?;
+    let mut table = vec![];
+    for &h in &a.horizons {
+        let src = Sources {
+            config: &None,
+            sets: &a.sets,
+            env: &Some(a.env.clone()),
+            preset: &Some(a.preset.clone()),
+            defaults: ("pendulum", "quick"),
+            flags: vec![
+                ("steps", int_flag("--steps", a.steps as u64)?),
+                ("seed", int_flag("--seed", a.seed)?),
+            ],
+        };
+        let mut cfg: mbpo::MbpoConfig = resolve(src, mbpo::MbpoConfig::maac_preset)?;
+        cfg.maac = Some(mbpo::MaacSettings { horizon: h });
+        cfg.validate().map_err(|e| e.rename_setting(flag))?;
+        if cfg.env_id()? != EnvId::Pendulum {
+            return Err(invalid!(
+                "--set env: the study compares against pendulum's true dynamics; keep env = \"pendulum\""
+            ));
+        }
+        let dir_path = root.join(format!("h{h}"));
+        let mode = if dir_path.join(io::run::CONFIG).is_file() {
+            Mode::Resume
+        } else {
+            Mode::New
+        };
+        let dir = RunDir::open(&dir_path, mode, &conf::to_toml(&cfg)?)?;
+        note!(
+            "H = {h}: MAAC for {} env steps in {}",
+            cfg.steps,
+            dir.path().display()
+        );
+        let pb = bar(cfg.steps);
+        let (agent, rows) =
+            with_backend!(&be, |b| mbpo::run(b, &cfg, Some(&dir), progress(&pb, &dir)))?;
+        pb.finish_and_clear();
+        let model = io::checkpoint::load(&dir.path().join("model.safetensors"))?;
+        let e = mbrl_gpu::algo::maac::gradient_error(&agent, &model, env, h, a.rows, a.seed)?;
+        let ret = rows.last().map_or(f64::NAN, |r| r.eval_return);
+        out!(
+            "H {h:>3}  cosine {:>7.4}  relative error {:>8.4}  |grad model| {:>9.4e}  |grad true| {:>9.4e}  final return {ret:>9.2}",
+            e.cosine,
+            e.relative_error,
+            e.model_norm,
+            e.true_norm
+        );
+        table.push((e, ret));
+    }
+    let mut csv =
+        String::from("horizon,cosine,relative_error,model_grad_norm,true_grad_norm,final_return\n");
+    for (e, r) in &table {
+        csv += &format!(
+            "{},{},{},{},{},{}\n",
+            e.horizon, e.cosine, e.relative_error, e.model_norm, e.true_norm, r
+        );
+    }
+    let write = |name: &str, text: &str| io::atomic_write(&root.join(name), text.as_bytes());
+    write("horizons.csv", &csv)?;
+    let pts = |f: &dyn Fn(&(mbrl_gpu::algo::maac::GradientError, f64)) -> f64| {
+        table
+            .iter()
+            .map(|t| (t.0.horizon as f64, f(t)))
+            .collect::<Vec<_>>()
+    };
+    let title = format!(
+        "MAAC on {}: model-path gradient error (Lemma 4.1)",
+        env.name()
+    );
+    write(
+        "horizon_error.svg",
+        &io::plot::learning_curve_svg(
+            &title,
+            "horizon H",
+            "relative gradient error",
+            &pts(&|t| t.0.relative_error),
+        ),
+    )?;
+    let title = format!(
+        "MAAC on {}: final return after {} env steps",
+        env.name(),
+        a.steps
+    );
+    write(
+        "horizon_return.svg",
+        &io::plot::learning_curve_svg(&title, "horizon H", "evaluation return", &pts(&|t| t.1)),
+    )?;
+    out!(
+        "wrote {}/horizons.csv, horizon_error.svg, horizon_return.svg",
+        root.display()
+    );
     Ok(())
 }

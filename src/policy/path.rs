@@ -32,11 +32,27 @@ use crate::rng::{below, normals, stream};
 pub trait PathDynamics<T: Real> {
     /// Step `t` of `rows` rows: `next` [rows, O] from `obs` [rows, O] and `act` [rows, A];
     /// returns true when it also wrote a reward per row into `reward` [rows].
-    fn forward(&mut self, t: usize, obs: &[T], act: &[T], rows: usize, next: &mut [T], reward: &mut [T]) -> bool;
+    fn forward(
+        &mut self,
+        t: usize,
+        obs: &[T],
+        act: &[T],
+        rows: usize,
+        next: &mut [T],
+        reward: &mut [T],
+    ) -> bool;
     /// After `forward(t, …)`: from the upstream gradients on `next` [rows, O] and on the
     /// reward [rows] (zeros when the reward is not the model's), the gradients on `obs`
     /// [rows, O] and `act` [rows, A] (overwritten).
-    fn backward(&mut self, t: usize, rows: usize, g_next: &[T], g_reward: &[T], g_obs: &mut [T], g_act: &mut [T]);
+    fn backward(
+        &mut self,
+        t: usize,
+        rows: usize,
+        g_next: &[T],
+        g_reward: &[T],
+        g_obs: &mut [T],
+        g_act: &mut [T],
+    );
 }
 
 /// The learned model as path dynamics: one member per row and step, its Gaussian sample
@@ -103,7 +119,15 @@ impl<'a, T: Real> ModelPath<'a, T> {
 }
 
 impl<T: Real> PathDynamics<T> for ModelPath<'_, T> {
-    fn forward(&mut self, t: usize, obs: &[T], act: &[T], rows: usize, next: &mut [T], reward: &mut [T]) -> bool {
+    fn forward(
+        &mut self,
+        t: usize,
+        obs: &[T],
+        act: &[T],
+        rows: usize,
+        next: &mut [T],
+        reward: &mut [T],
+    ) -> bool {
         let (o, e, d, din) = (
             self.obs_dim,
             self.shape.ensemble,
@@ -134,7 +158,14 @@ impl<T: Real> PathDynamics<T> for ModelPath<'_, T> {
             dst[o..].copy_from_slice(&act[b * a..(b + 1) * a]);
         }
         st.mean = vec![T::zero(); e * per * d];
-        st.logvar = vec![T::zero(); if self.shape.probabilistic { e * per * d } else { 0 }];
+        st.logvar = vec![
+            T::zero();
+            if self.shape.probabilistic {
+                e * per * d
+            } else {
+                0
+            }
+        ];
         engine::forward_cached(
             &self.shape,
             self.params,
@@ -161,7 +192,15 @@ impl<T: Real> PathDynamics<T> for ModelPath<'_, T> {
         self.learn_reward
     }
 
-    fn backward(&mut self, t: usize, rows: usize, g_next: &[T], g_reward: &[T], g_obs: &mut [T], g_act: &mut [T]) {
+    fn backward(
+        &mut self,
+        t: usize,
+        rows: usize,
+        g_next: &[T],
+        g_reward: &[T],
+        g_obs: &mut [T],
+        g_act: &mut [T],
+    ) {
         let (o, d, din) = (self.obs_dim, self.shape.out_dim, self.shape.in_dim);
         let a = din - o;
         let mut st = std::mem::take(&mut self.steps[t]);
@@ -248,7 +287,15 @@ fn pendulum_consts<T: Real>() -> (T, T, T, T, T) {
 }
 
 impl<T: Real> PathDynamics<T> for TruePendulum<T> {
-    fn forward(&mut self, t: usize, obs: &[T], act: &[T], rows: usize, next: &mut [T], _: &mut [T]) -> bool {
+    fn forward(
+        &mut self,
+        t: usize,
+        obs: &[T],
+        act: &[T],
+        rows: usize,
+        next: &mut [T],
+        _: &mut [T],
+    ) -> bool {
         let (k1, k2, dt, vmax, umax) = pendulum_consts::<T>();
         for b in 0..rows {
             let (c, s, td) = (obs[3 * b], obs[3 * b + 1], obs[3 * b + 2]);
@@ -267,7 +314,15 @@ impl<T: Real> PathDynamics<T> for TruePendulum<T> {
         false
     }
 
-    fn backward(&mut self, t: usize, rows: usize, g_next: &[T], _: &[T], g_obs: &mut [T], g_act: &mut [T]) {
+    fn backward(
+        &mut self,
+        t: usize,
+        rows: usize,
+        g_next: &[T],
+        _: &[T],
+        g_obs: &mut [T],
+        g_act: &mut [T],
+    ) {
         let (k1, k2, dt, vmax, umax) = pendulum_consts::<T>();
         let (obs, act) = &self.steps[t];
         for b in 0..rows {
@@ -291,11 +346,7 @@ impl<T: Real> PathDynamics<T> for TruePendulum<T> {
             g_obs[3 * b] = g_th * (-s / rho2);
             g_obs[3 * b + 1] = g_th * (c / rho2);
             g_obs[3 * b + 2] = g_pre;
-            g_act[b] = if inside_u {
-                g_pre * k2 * dt
-            } else {
-                T::zero()
-            };
+            g_act[b] = if inside_u { g_pre * k2 * dt } else { T::zero() };
         }
     }
 }
@@ -330,7 +381,15 @@ impl PathNoise<f32> {
         normals(seed, stream::MAAC_PATH, 0, step, &mut v);
         let xi = v.split_off(ne);
         let member = (0..horizon * rows)
-            .map(|i| below(seed, stream::MAAC_MEMBER, i as u32, step, members.max(1) as u32) as usize)
+            .map(|i| {
+                below(
+                    seed,
+                    stream::MAAC_MEMBER,
+                    i as u32,
+                    step,
+                    members.max(1) as u32,
+                ) as usize
+            })
             .collect();
         Self {
             horizon,
@@ -380,6 +439,9 @@ pub struct PathSettings<T> {
     /// Reward and termination function ([`crate::env::task`]), used unless the dynamics
     /// predict the reward.
     pub task: u32,
+    /// Close the path with γ^H·(min Q − α log π) at s_H; false ends it at r_{H−1} (the
+    /// finite-horizon value of SVG(∞)).
+    pub terminal_value: bool,
 }
 
 /// The path loss and, with `grad`, ∂loss/∂θ_π (flat actor layout, overwritten).
@@ -423,7 +485,17 @@ pub fn path_loss<T: Real>(
         } else {
             engine::forward
         };
-        f(&nets.actor, actor, &mo, &so, s, rows, &mut head, &mut [], &mut ws.actor[t]);
+        f(
+            &nets.actor,
+            actor,
+            &mo,
+            &so,
+            s,
+            rows,
+            &mut head,
+            &mut [],
+            &mut ws.actor[t],
+        );
         let eps = &noise.eps[t * rows * a..(t + 1) * rows * a];
         let mut act = vec![T::zero(); rows * a];
         let mut logp = vec![T::zero(); rows];
@@ -449,8 +521,18 @@ pub fn path_loss<T: Real>(
             } else {
                 engine::forward
             };
-            f(&nets.critic, critic, &mc, &sc, &x, rows, &mut q, &mut [], &mut ws.critic);
-            for b in (0..rows).filter(|b| live[*b]) {
+            f(
+                &nets.critic,
+                critic,
+                &mc,
+                &sc,
+                &x,
+                rows,
+                &mut q,
+                &mut [],
+                &mut ws.critic,
+            );
+            for b in (0..rows).filter(|b| live[*b] && set.terminal_value) {
                 j_sum += disc * (q[b].min(q[rows + b]) - set.alpha * logp[b]);
             }
             heads.push(head);
@@ -464,7 +546,9 @@ pub fn path_loss<T: Real>(
                     learned,
                     q: &q,
                 };
-                backward(nets, actor, critic, sq, dynamics, set, noise, path, grad, ws);
+                backward(
+                    nets, actor, critic, sq, dynamics, set, noise, path, grad, ws,
+                );
             }
             break;
         }
@@ -502,7 +586,7 @@ pub fn path_loss<T: Real>(
             let nx32: Vec<f32> = nx.iter().map(|v| Real::to_f64(*v) as f32).collect();
             next_alive[b] = !task::terminated(set.task, &nx32);
         }
-        disc = disc * set.gamma;
+        disc *= set.gamma;
         heads.push(head);
         acts.push(act);
         counted.push(cnt);
@@ -565,7 +649,7 @@ fn backward<T: Real>(
     let disc: Vec<T> = (0..=h)
         .scan(T::one(), |d, _| {
             let v = *d;
-            *d = *d * set.gamma;
+            *d *= set.gamma;
             Some(v)
         })
         .collect();
@@ -573,7 +657,8 @@ fn backward<T: Real>(
     let mut g_theta = vec![T::zero(); grad.len()];
     // Terminal: ∂loss/∂Q_k = w·γ^H on the smaller critic (split on a tie, as torch.min).
     let mut dq = vec![T::zero(); 2 * rows];
-    for b in (0..rows).filter(|b| alive[h][*b]) {
+    let end = |b: usize| alive[h][b] && set.terminal_value;
+    for b in (0..rows).filter(|b| end(*b)) {
         let (q1, q2, c) = (q[b], q[rows + b], w * disc[h]);
         if q1 < q2 {
             dq[b] = c;
@@ -599,7 +684,10 @@ fn backward<T: Real>(
     let mut g_s = vec![T::zero(); rows * o];
     let mut g_a = vec![T::zero(); rows * a];
     for b in 0..rows {
-        let (r1, r2) = (&dx[b * (o + a)..][..o + a], &dx[(rows + b) * (o + a)..][..o + a]);
+        let (r1, r2) = (
+            &dx[b * (o + a)..][..o + a],
+            &dx[(rows + b) * (o + a)..][..o + a],
+        );
         for j in 0..o {
             g_s[b * o + j] = r1[j] + r2[j];
         }
@@ -614,7 +702,7 @@ fn backward<T: Real>(
         // a_t and log π_t back to the head, then through the actor to θ and to s_t.
         let eps = &noise.eps[t * rows * a..(t + 1) * rows * a];
         for b in 0..rows {
-            let g_logp = if alive[t][b] {
+            let g_logp = if alive[t][b] && (t < h || set.terminal_value) {
                 -set.alpha * w * disc[t]
             } else {
                 T::zero()
@@ -665,7 +753,9 @@ fn backward<T: Real>(
                 T::zero()
             };
             if !counted[t][b] {
-                g_next[b * o..(b + 1) * o].iter_mut().for_each(|v| *v = T::zero());
+                g_next[b * o..(b + 1) * o]
+                    .iter_mut()
+                    .for_each(|v| *v = T::zero());
                 continue;
             }
             if learned {
@@ -755,7 +845,10 @@ mod tests {
             actor,
             critic,
             mean: rand_vec(o + 1, 7, 0.2),
-            std: rand_vec(o + 1, 8, 0.3).iter().map(|v| 1.0 + v.abs()).collect(),
+            std: rand_vec(o + 1, 8, 0.3)
+                .iter()
+                .map(|v| 1.0 + v.abs())
+                .collect(),
             shape,
             model,
         }
@@ -827,6 +920,7 @@ mod tests {
             gamma: 0.95,
             alpha: 0.3,
             task: EnvId::Pendulum.code(),
+            terminal_value: true,
         };
         let start = pendulum_starts(rows);
         let mut g = vec![0.0; s.actor.len()];
@@ -834,7 +928,9 @@ mod tests {
         assert!(rep.loss.is_finite() && rep.alive == 1.0);
         assert!(rep.reward_mean < 0.0, "pendulum rewards are costs");
         assert!(g.iter().any(|v| v.abs() > 1e-6));
-        let err = worst_error(&s.actor, &g, 1e-6, |p| loss(&s, p, set, &start, &noise, None).loss);
+        let err = worst_error(&s.actor, &g, 1e-6, |p| {
+            loss(&s, p, set, &start, &noise, None).loss
+        });
         assert!(err < 1e-5, "path gradient: worst relative error {err}");
     }
 
@@ -849,7 +945,9 @@ mod tests {
         let lay = s.shape.layout();
         let head = *lay.layers.last().unwrap();
         let n = s.shape.ensemble * head.fan_in * head.fan_out;
-        s.model[head.weight..head.weight + n].iter_mut().for_each(|w| *w *= 0.1);
+        s.model[head.weight..head.weight + n]
+            .iter_mut()
+            .for_each(|w| *w *= 0.1);
         for v in &mut s.model[lay.max_logvar..lay.max_logvar + s.shape.out_dim] {
             *v = -5.0;
         }
@@ -859,6 +957,7 @@ mod tests {
             gamma: 0.9,
             alpha: 0.2,
             task: EnvId::CartPole.code(),
+            terminal_value: true,
         };
         let r = rand_vec(rows * 4, 13, 0.02);
         let start: Vec<f64> = (0..rows * 4)
@@ -874,7 +973,9 @@ mod tests {
             "the test needs rows that terminate and rows that do not (alive {})",
             rep.alive
         );
-        let err = worst_error(&s.actor, &g, 1e-6, |p| loss(&s, p, set, &start, &noise, None).loss);
+        let err = worst_error(&s.actor, &g, 1e-6, |p| {
+            loss(&s, p, set, &start, &noise, None).loss
+        });
         assert!(err < 1e-5, "path gradient: worst relative error {err}");
     }
 
@@ -888,6 +989,7 @@ mod tests {
             gamma: 0.97,
             alpha: 0.1,
             task: EnvId::Pendulum.code(),
+            terminal_value: true,
         };
         let start = pendulum_starts(rows);
         let run = |p: &[f64], grad: Option<&mut [f64]>| {
@@ -909,7 +1011,10 @@ mod tests {
         // A step of 1e-5: the loss sums ~30 units of cost, so 1e-6 leaves ~1e-9 of
         // cancellation noise per difference, above the tolerance on the small entries.
         let err = worst_error(&s.actor, &g, 1e-5, |p| run(p, None).loss);
-        assert!(err < 1e-5, "true-dynamics path gradient: worst relative error {err}");
+        assert!(
+            err < 1e-5,
+            "true-dynamics path gradient: worst relative error {err}"
+        );
         // Its first step agrees with the environment's own step.
         let mut next = vec![0.0; 3];
         TruePendulum::new().forward(0, &start[..3], &[0.7], 1, &mut next, &mut []);
@@ -930,6 +1035,7 @@ mod tests {
             gamma: 0.99,
             alpha,
             task: EnvId::Pendulum.code(),
+            terminal_value: true,
         };
         let mut g = vec![0.0; s.actor.len()];
         let rep = loss(&s, &s.actor, set, &start, &noise, Some(&mut g));
@@ -946,7 +1052,12 @@ mod tests {
             Some(&mut g_sac),
             &mut SacWorkspace::default(),
         );
-        assert!((rep.loss - sac.loss).abs() < 1e-12, "{} vs {}", rep.loss, sac.loss);
+        assert!(
+            (rep.loss - sac.loss).abs() < 1e-12,
+            "{} vs {}",
+            rep.loss,
+            sac.loss
+        );
         assert!((rep.logp_mean - sac.logp_mean).abs() < 1e-12);
         for (x, y) in g.iter().zip(&g_sac) {
             assert!((x - y).abs() < 1e-12, "{x} vs {y}");

@@ -280,7 +280,13 @@ impl<T: Default> SacWorkspace<T> {
 }
 
 /// `[s, a]` rows, twice (one copy per critic member): [2, B, O + A].
-pub(crate) fn critic_input<T: Real>(obs: &[T], act: &[T], rows: usize, o: usize, a: usize) -> Vec<T> {
+pub(crate) fn critic_input<T: Real>(
+    obs: &[T],
+    act: &[T],
+    rows: usize,
+    o: usize,
+    a: usize,
+) -> Vec<T> {
     let mut x = Vec::with_capacity(2 * rows * (o + a));
     for _ in 0..2 {
         for b in 0..rows {
