@@ -389,7 +389,13 @@ fn finish_with_peak(mut rows: Vec<BenchResult>, peaks: &[f64]) -> Vec<BenchResul
 /// HalfCheetah sizes, and MBPO env steps at mbrl-lib's `mbpo_cartpole` values, next to the
 /// CPU's GEMM peak. SAC and the policy side of MBPO run on the CPU specification; MBPO's model
 /// training and rollouts run on `be`.
-pub fn policy_benches<B: Backend>(be: &B, reps: usize) -> Result<Vec<BenchResult>> {
+/// With `only`, just the groups whose row names contain it.
+pub fn policy_benches<B: Backend>(
+    be: &B,
+    reps: usize,
+    only: Option<&str>,
+) -> Result<Vec<BenchResult>> {
+    let want = |group: &str| only.is_none_or(|o| group.contains(o) || o.contains(group));
     use crate::algo::mbpo::{self, MbpoConfig};
     use crate::env::EnvId;
     use crate::policy::{Replay, Sac, SacConfig};
@@ -400,6 +406,7 @@ pub fn policy_benches<B: Backend>(be: &B, reps: usize) -> Result<Vec<BenchResult
     for ((name, obs, act), precision) in cases
         .into_iter()
         .flat_map(|c| [(c, Precision::F32), (c, Precision::Bf16)])
+        .filter(|_| want("sac_update"))
     {
         let cfg = SacConfig {
             precision,
@@ -459,11 +466,87 @@ pub fn policy_benches<B: Backend>(be: &B, reps: usize) -> Result<Vec<BenchResult
             ),
         ));
     }
+    // MAAC: one path-gradient evaluation (forward H model steps, backward through all of
+    // it) for 256 Pendulum-v1 start states, SAC's 2×256 networks and the PETS ensemble's 5
+    // elites (4×200 SiLU, learned reward), as MAAC's preset runs it.
+    for h in [1usize, 3, 5].into_iter().filter(|_| want("maac_path")) {
+        use crate::model::{Ensemble, ModelConfig};
+        use crate::policy::path::{path_loss, ModelPath, PathNoise, PathSettings, PathWorkspace};
+        let cfg = SacConfig::default();
+        let (o, a, b) = (3usize, 1usize, cfg.batch_size);
+        let agent = Sac::new(cfg.clone(), o, &[-2.0], &[2.0], 0)?;
+        let mut mc = ModelConfig::pets(o, a);
+        mc.learn_reward = true;
+        let model = Ensemble::new(mc, 0)?;
+        let (shape, params) = crate::algo::mbpo::elite_view(&model);
+        let t = synthetic_transitions(b, o, a, 5);
+        let noise = PathNoise::draw(0, 0, h, b, a, shape.out_dim, shape.ensemble);
+        let mut ws = PathWorkspace::default();
+        let mut grad = vec![0.0f32; agent.actor.len()];
+        let set = PathSettings {
+            gamma: cfg.gamma,
+            alpha: 0.2,
+            task: EnvId::Pendulum.code(),
+            terminal_value: true,
+        };
+        let n = 5;
+        let (med, min) = time_ms(reps, || {
+            for _ in 0..n {
+                let mut dynamics = ModelPath::new(
+                    shape,
+                    &params,
+                    &model.input_mean,
+                    &model.input_std,
+                    o,
+                    true,
+                    &noise.member,
+                    &noise.xi,
+                );
+                path_loss(
+                    &agent.nets,
+                    &agent.actor,
+                    &agent.critic,
+                    &agent.squash,
+                    &mut dynamics,
+                    set,
+                    &t.obs,
+                    &noise,
+                    Some(&mut grad),
+                    &mut ws,
+                );
+            }
+        });
+        let (med, min) = (med / n as f64, min / n as f64);
+        // Actor: forward + both backward products per step; model member and critics:
+        // forward + the input-gradient product (their parameters are not trained here).
+        let macs = (h + 1) * 3 * agent.nets.actor.macs_per_row()
+            + h * 2 * shape.macs_per_row()
+            + 2 * 2 * agent.nets.critic.macs_per_row();
+        let flop = 2.0 * (b * macs) as f64;
+        rows.push(result(
+            &format!("maac_path_pendulum_b256_h{h}"),
+            med,
+            min,
+            reps,
+            flop,
+            0.0,
+            format!(
+                "one MAAC path gradient: {b} start states, H = {h} steps through the 5 elites \
+                 of the 7×4×200 ensemble, 2×256 actor and critics: {:.0} evaluations/s, {:.2} \
+                 GFLOP each",
+                1e3 / med,
+                flop / 1e9
+            ),
+        ));
+    }
     // MBPO: the second epoch (200 env steps: one model training with patience 5, 80,000
     // branched rollouts, 4,000 SAC steps) at the mbpo_cartpole values. The first epoch is
     // not representative: its model is trained, and its SAC steps begin, only at its last
     // step (`freq_train_model` = `epoch_length`).
-    for precision in [Precision::F32, Precision::Bf16] {
+    for precision in [Precision::F32, Precision::Bf16]
+        .into_iter()
+        .filter(|_| want("mbpo_env_step"))
+    {
         let mut cfg = MbpoConfig::preset(EnvId::CartPole, "cartpole")?;
         cfg.sac.precision = precision;
         cfg.steps = cfg.initial_exploration_steps + 2 * cfg.epoch_length;

@@ -330,6 +330,10 @@ struct BenchArgs {
     /// Backend to measure.
     #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
     backend: BackendChoice,
+    /// `bench policy`: only the groups whose row names contain this text (sac_update,
+    /// maac_path, mbpo_env_step); the GEMM peak is always measured.
+    #[arg(long)]
+    only: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -391,10 +395,14 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Bench(BenchCmd::Policy(a)) => {
             if !a.json {
-                note!("measuring (SAC gradient steps, one MBPO epoch; GEMM peak on the cpu)...");
+                note!("measuring (SAC gradient steps, MAAC path gradients, one MBPO epoch; GEMM peak on the cpu)...");
             }
             let be = pick_backend(a.backend)?;
-            let rs = with_backend!(&be, |b| mbrl_gpu::bench::policy_benches(b, a.reps))?;
+            let rs = with_backend!(&be, |b| mbrl_gpu::bench::policy_benches(
+                b,
+                a.reps,
+                a.only.as_deref()
+            ))?;
             print_bench(&rs, a.json)
         }
         Cmd::Pets(a) => run_pets(a),

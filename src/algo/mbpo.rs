@@ -23,12 +23,12 @@
 //!
 //! Every env step counts, the initial exploration included: `steps` is the number of real
 //! transitions the run may collect.
-use super::offpolicy::{self, episode_seed, evaluate, random_action, Row, Stats, Views};
+use super::offpolicy::{self, episode_seed, evaluate, transitions, random_action, Row, Stats, Views};
 use super::sac::{check_counts, record, update};
 use crate::backend::{Backend, EnsembleShape};
 use crate::env::{Env, EnvId, NativeEnv};
 use crate::io::run::RunDir;
-use crate::model::{train::train, Ensemble, ModelConfig, TrainConfig, Transitions};
+use crate::model::{train::train, Ensemble, ModelConfig, TrainConfig};
 use crate::policy::checkpoint as ckpt;
 use crate::policy::path::{path_loss, ModelPath, PathNoise, PathSettings, PathWorkspace};
 use crate::policy::sac::Batch;
@@ -659,18 +659,6 @@ fn path_update(
         (rep.loss, rep.logp_mean)
     });
     record(agent, result, stats)
-}
-
-fn transitions(r: &Replay) -> Transitions {
-    let [obs, act, reward, next_obs, _] = r.to_arrays();
-    Transitions {
-        obs_dim: r.obs_dim,
-        act_dim: r.act_dim,
-        obs,
-        act,
-        next_obs,
-        reward,
-    }
 }
 
 /// Run MBPO; with a run directory, every epoch is checkpointed there and a directory

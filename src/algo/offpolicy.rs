@@ -15,6 +15,19 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
+/// A replay buffer's transitions as the model trainer takes them.
+pub(crate) fn transitions(r: &crate::policy::Replay) -> crate::model::Transitions {
+    let [obs, act, reward, next_obs, _] = r.to_arrays();
+    crate::model::Transitions {
+        obs_dim: r.obs_dim,
+        act_dim: r.act_dim,
+        obs,
+        act,
+        next_obs,
+        reward,
+    }
+}
+
 /// Mean deterministic return of `episodes` evaluation episodes (the mean action,
 /// `scale·tanh(μ) + bias`), on their own reset seeds.
 pub fn evaluate(agent: &mut Sac, env_id: EnvId, episodes: usize, seed: u64) -> Result<f64> {

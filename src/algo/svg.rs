@@ -21,13 +21,13 @@
 //! weight: with η and ξ inferred at the current θ the forward pass reproduces the real
 //! trajectory exactly, and the gradient flows through the model along it.
 use super::mbpo::elite_view;
-use super::offpolicy::{self, episode_seed, evaluate, Row, Stats, Views};
+use super::offpolicy::{self, episode_seed, evaluate, transitions, Row, Stats, Views};
 use super::sac::check_counts;
 use crate::backend::cpu::ensemble as engine;
 use crate::backend::{Backend, EnsembleShape};
 use crate::env::{Env, EnvId, NativeEnv};
 use crate::io::run::RunDir;
-use crate::model::{train::train, Ensemble, ModelConfig, TrainConfig, Transitions};
+use crate::model::{train::train, Ensemble, ModelConfig, TrainConfig};
 use crate::policy::checkpoint as ckpt;
 use crate::policy::path::{path_loss, ModelPath, PathNoise, PathSettings, PathWorkspace};
 use crate::policy::sac::{Nets, Squash, LOG_STD_MAX, LOG_STD_MIN};
@@ -395,18 +395,6 @@ fn svg_step(
         replay_reward: rep.reward_mean as f64,
         real_reward: real / count.max(1) as f64,
     })
-}
-
-fn transitions(r: &Replay) -> Transitions {
-    let [obs, act, reward, next_obs, _] = r.to_arrays();
-    Transitions {
-        obs_dim: r.obs_dim,
-        act_dim: r.act_dim,
-        obs,
-        act,
-        next_obs,
-        reward,
-    }
 }
 
 /// Run SVG(∞); with a run directory, every row is checkpointed there and a directory

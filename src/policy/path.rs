@@ -25,7 +25,7 @@ use crate::backend::cpu::ensemble::{self as engine, Workspace};
 use crate::backend::cpu::Real;
 use crate::backend::EnsembleShape;
 use crate::env::task::{self, RewardGrad};
-use crate::policy::sac::{critic_input, squash_row, unit_norm, Nets, Squash};
+use crate::policy::sac::{critic_input, min_q_input_grad, squash_row, unit_norm, Nets, Squash};
 use crate::rng::{below, normals, stream};
 
 /// One step of the dynamics a path runs through, with its vector–Jacobian product.
@@ -644,7 +644,6 @@ fn backward<T: Real>(
     } = path;
     let (o, a, rows, h) = (nets.obs_dim, nets.act_dim, noise.rows, noise.horizon);
     let (_, so) = unit_norm::<T>(o);
-    let (_, sc) = unit_norm::<T>(o + a);
     let w = -T::one() / T::c(rows as f64);
     let disc: Vec<T> = (0..=h)
         .scan(T::one(), |d, _| {
@@ -655,30 +654,14 @@ fn backward<T: Real>(
         .collect();
     grad.iter_mut().for_each(|g| *g = T::zero());
     let mut g_theta = vec![T::zero(); grad.len()];
-    // Terminal: ∂loss/∂Q_k = w·γ^H on the smaller critic (split on a tie, as torch.min).
-    let mut dq = vec![T::zero(); 2 * rows];
+    // Terminal: ∂loss/∂Q_k = w·γ^H on the smaller critic.
     let end = |b: usize| alive[h][b] && set.terminal_value;
-    for b in (0..rows).filter(|b| end(*b)) {
-        let (q1, q2, c) = (q[b], q[rows + b], w * disc[h]);
-        if q1 < q2 {
-            dq[b] = c;
-        } else if q2 < q1 {
-            dq[rows + b] = c;
-        } else {
-            dq[b] = c * T::c(0.5);
-            dq[rows + b] = c * T::c(0.5);
-        }
-    }
-    let mut dx = vec![T::zero(); 2 * rows * (o + a)];
-    engine::backward(
-        &nets.critic,
+    let c_end = w * disc[h];
+    let dx = min_q_input_grad(
+        nets,
         critic,
-        &sc,
-        rows,
-        &dq,
-        &[],
-        None,
-        Some(&mut dx),
+        q,
+        |b| if end(b) { c_end } else { T::zero() },
         &mut ws.critic,
     );
     let mut g_s = vec![T::zero(); rows * o];

@@ -484,6 +484,45 @@ pub fn critic_loss<T: Real>(
     }
 }
 
+/// ∂(Σ_b w(b)·min(Q₁, Q₂)(x_b))/∂x after a cached critic forward on `ws` that gave `q`
+/// [2, B]: w(b) on the smaller critic, split evenly on a tie (as torch.min's backward); only
+/// the input gradient [2, B, O + A], as the critics' parameters are not trained by it.
+pub(crate) fn min_q_input_grad<T: Real>(
+    nets: &Nets,
+    critic: &[T],
+    q: &[T],
+    w: impl Fn(usize) -> T,
+    ws: &mut Workspace<T>,
+) -> Vec<T> {
+    let rows = q.len() / 2;
+    let mut dq = vec![T::zero(); 2 * rows];
+    for b in 0..rows {
+        let (q1, q2, c) = (q[b], q[rows + b], w(b));
+        if q1 < q2 {
+            dq[b] = c;
+        } else if q2 < q1 {
+            dq[rows + b] = c;
+        } else {
+            dq[b] = c * T::c(0.5);
+            dq[rows + b] = c * T::c(0.5);
+        }
+    }
+    let (_, sc) = unit_norm::<T>(nets.obs_dim + nets.act_dim);
+    let mut dx = vec![T::zero(); 2 * rows * (nets.obs_dim + nets.act_dim)];
+    engine::backward(
+        &nets.critic,
+        critic,
+        &sc,
+        rows,
+        &dq,
+        &[],
+        None,
+        Some(&mut dx),
+        ws,
+    );
+    dx
+}
+
 /// What the actor loss reports.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct ActorReport<T> {
@@ -582,34 +621,11 @@ pub fn actor_loss<T: Real>(
         &mut [],
         &mut ws.critic,
     );
-    // ∂J/∂Q_k: −1/B on the smaller critic, split evenly on a tie (as torch.min's backward).
-    let mut dq = vec![T::zero(); 2 * rows];
     let mut loss = T::zero();
     for b in 0..rows {
-        let (q1, q2) = (q[b], q[rows + b]);
-        loss += (alpha * logp[b] - q1.min(q2)) * inv_b;
-        if q1 < q2 {
-            dq[b] = -inv_b;
-        } else if q2 < q1 {
-            dq[rows + b] = -inv_b;
-        } else {
-            dq[b] = -inv_b * T::c(0.5);
-            dq[rows + b] = -inv_b * T::c(0.5);
-        }
+        loss += (alpha * logp[b] - q[b].min(q[rows + b])) * inv_b;
     }
-    // Only the critics' input gradient: their parameters are not trained here.
-    let mut dx = vec![T::zero(); 2 * rows * (o + a)];
-    engine::backward(
-        &nets.critic,
-        critic,
-        &sc,
-        rows,
-        &dq,
-        &[],
-        None,
-        Some(&mut dx),
-        &mut ws.critic,
-    );
+    let dx = min_q_input_grad(nets, critic, &q, |_| -inv_b, &mut ws.critic);
     // ∂J/∂ã: the action columns of both members' input gradients.
     let mut d_head = vec![T::zero(); rows * 2 * a];
     let mut g_a = vec![T::zero(); a];
