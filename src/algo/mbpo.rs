@@ -23,7 +23,9 @@
 //!
 //! Every env step counts, the initial exploration included: `steps` is the number of real
 //! transitions the run may collect.
-use super::offpolicy::{self, episode_seed, evaluate, transitions, random_action, Row, Stats, Views};
+use super::offpolicy::{
+    self, episode_seed, evaluate, random_action, transitions, Row, Stats, Views,
+};
 use super::sac::{check_counts, record, update};
 use crate::backend::{Backend, EnsembleShape};
 use crate::env::{Env, EnvId, NativeEnv};
@@ -288,6 +290,21 @@ impl MbpoConfig {
                     "is {}; at most 100 model steps are supported (Lemma 4.1: the gradient's \
                      error grows with H; MAAC uses a few)",
                     m.horizon
+                ));
+            }
+            // The backward keeps every step's layer inputs and activation derivatives.
+            let per_row = 2
+                * (self.sac.hidden * self.sac.num_layers
+                    + self.model.hidden * self.model.num_layers);
+            let bytes = 4 * self.sac.batch_size * (m.horizon + 1) * per_row;
+            if bytes > 8 << 30 {
+                return Err(setting!(
+                    "maac.horizon",
+                    "is {}: with sac.batch_size {} and these network widths the path backward \
+                     would keep {:.1} GiB of activations; at most 8 GiB is supported",
+                    m.horizon,
+                    self.sac.batch_size,
+                    bytes as f64 / (1u64 << 30) as f64
                 ));
             }
         }

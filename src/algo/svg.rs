@@ -146,7 +146,7 @@ impl SvgConfig {
         check_counts(&[
             ("steps", self.steps, 1 << 28),
             ("updates_per_episode", self.updates_per_episode, 1 << 16),
-            ("episodes_per_update", self.episodes_per_update, 1 << 12),
+            ("episodes_per_update", self.episodes_per_update, 256),
             ("keep_episodes", self.keep_episodes, 1 << 16),
             ("eval_every", self.eval_every, 1 << 32),
             ("eval_episodes", self.eval_episodes, 1 << 16),
