@@ -2,6 +2,7 @@
 //! resumed runs that must end byte for byte as uninterrupted ones.
 use mbrl_gpu::algo::mbpo::{self, MbpoConfig};
 use mbrl_gpu::algo::sac::{self, SacRunConfig};
+use mbrl_gpu::algo::svg::{self, SvgConfig};
 use mbrl_gpu::backend::cpu::CpuBackend;
 use mbrl_gpu::env::EnvId;
 use mbrl_gpu::io::run::{Mode, RunDir};
@@ -250,4 +251,50 @@ fn maac_quick_should_learn_to_balance_the_cartpole() {
     assert!(rows
         .iter()
         .all(|r| r.actor_loss.is_finite() && r.diverged == 0));
+}
+
+fn tiny_svg(steps: usize) -> SvgConfig {
+    let mut c = SvgConfig::preset(EnvId::Pendulum, "quick").unwrap();
+    c.steps = steps;
+    c.eval_every = 200;
+    c.eval_episodes = 1;
+    c.updates_per_episode = 3;
+    c.episodes_per_update = 2;
+    c.window = 50;
+    c.model.hidden = 16;
+    c.train.epochs = 3;
+    c.train.patience = None;
+    c.policy.hidden = 16;
+    c
+}
+
+/// SVG(∞) resumes exactly (its episodes are read back from the saved data by index, and
+/// the buffer grows with a longer --steps), and its policy steps change the policy.
+#[test]
+fn svg_resumed_should_equal_uninterrupted() {
+    let t = tempfile::tempdir().unwrap();
+    let be = CpuBackend::new();
+    let full = tiny_svg(600);
+    let text = toml::to_string(&full).unwrap();
+    let a = t.path().join("a");
+    let (agent, rows) = svg::run(&be, &full, Some(&open(&a, Mode::New, &text)), |_| {}).unwrap();
+    assert_eq!(rows.len(), 3);
+    assert!(rows
+        .iter()
+        .all(|r| r.actor_loss.is_finite() && r.model_loss.is_finite()));
+    let b = t.path().join("b");
+    svg::run(
+        &be,
+        &tiny_svg(400),
+        Some(&open(&b, Mode::New, &text)),
+        |_| {},
+    )
+    .unwrap();
+    svg::run(&be, &full, Some(&open(&b, Mode::Resume, &text)), |_| {}).unwrap();
+    let mut files = SAME.to_vec();
+    files.push("model.safetensors");
+    assert_same_files(&a, &b, &files);
+    let fresh =
+        mbrl_gpu::policy::Sac::new(full.policy.clone(), 3, &[-2.0], &[2.0], full.seed).unwrap();
+    assert_ne!(agent.actor, fresh.actor, "no policy step was taken");
 }

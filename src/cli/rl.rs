@@ -475,6 +475,7 @@ pub struct HorizonArgs {
     /// Start states of the gradient comparison.
     #[arg(long, default_value_t = 256)]
     rows: usize,
+    /// Seed of every run and of the comparison's start states and noise.
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Change one setting of every run: --set sac.lr=1e-3 (repeatable; `maac --print-config`
