@@ -6,7 +6,8 @@ use super::mbpo::elite_view;
 use crate::env::EnvId;
 use crate::model::Ensemble;
 use crate::policy::path::{
-    path_loss, ModelPath, PathNoise, PathSettings, PathWorkspace, TruePendulum,
+    path_loss, ModelPath, PathDynamics, PathNoise, PathSettings, PathWorkspace, TrueCartPole,
+    TruePendulum,
 };
 use crate::policy::Sac;
 use crate::{invalid, Result};
@@ -36,12 +37,17 @@ pub fn gradient_error(
     rows: usize,
     seed: u64,
 ) -> Result<GradientError> {
-    if env != EnvId::Pendulum {
-        return Err(invalid!(
-            "gradients through the true dynamics are written for pendulum only (not {})",
-            env.name()
-        ));
-    }
+    let mut truth: Box<dyn PathDynamics<f64>> = match env {
+        EnvId::Pendulum => Box::new(TruePendulum::new()),
+        EnvId::CartPole => Box::new(TrueCartPole::new()),
+        EnvId::MountainCar => {
+            return Err(invalid!(
+                "gradients through the true dynamics are written for pendulum and cartpole \
+                 (not {})",
+                env.name()
+            ))
+        }
+    };
     let spec = env.spec();
     if model.config.obs_dim != spec.obs_dim || agent.nets.obs_dim != spec.obs_dim {
         return Err(invalid!(
@@ -115,7 +121,7 @@ pub fn gradient_error(
         &actor,
         &critic,
         &sq,
-        &mut TruePendulum::new(),
+        truth.as_mut(),
         set,
         &start,
         &noise,

@@ -460,7 +460,7 @@ pub fn run_eval(a: EvalArgs) -> Result<()> {
 
 #[derive(Args)]
 pub struct HorizonArgs {
-    /// Environment (true-dynamics gradients exist for pendulum).
+    /// Environment (true-dynamics gradients exist for pendulum and cartpole).
     #[arg(long, default_value = "pendulum")]
     env: String,
     /// MAAC preset of every run.
@@ -495,9 +495,9 @@ pub struct HorizonArgs {
 /// final policy against the true-dynamics gradient.
 pub fn run_horizons(a: HorizonArgs) -> Result<()> {
     let env = EnvId::parse(&a.env)?;
-    if env != EnvId::Pendulum {
+    if env == EnvId::MountainCar {
         return Err(invalid!(
-            "--env {}: gradients through the true dynamics are written for pendulum only",
+            "--env {}: gradients through the true dynamics are written for pendulum and cartpole",
             env.name()
         ));
     }
@@ -534,9 +534,10 @@ pub fn run_horizons(a: HorizonArgs) -> Result<()> {
         let mut cfg: mbpo::MbpoConfig = resolve(src, mbpo::MbpoConfig::maac_preset)?;
         cfg.maac = Some(mbpo::MaacSettings { horizon: h });
         cfg.validate().map_err(|e| e.rename_setting(flag))?;
-        if cfg.env_id()? != EnvId::Pendulum {
+        if cfg.env_id()? != env {
             return Err(invalid!(
-                "--set env: the study compares against pendulum's true dynamics; keep env = \"pendulum\""
+                "--set env: the study's environment is --env {}",
+                env.name()
             ));
         }
         let dir_path = root.join(format!("h{h}"));

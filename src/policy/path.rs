@@ -351,6 +351,102 @@ impl<T: Real> PathDynamics<T> for TruePendulum<T> {
     }
 }
 
+/// The continuous cart-pole's true dynamics (CartPole-v1 physics, Euler steps, force
+/// 10 N × action, observation = state), differentiated by hand:
+///
+/// ```text
+/// F = 10·a, temp = (F + m_p l·ω²·sin θ)/M, den = l·(4/3 − m_p cos²θ/M)
+/// θ̈ = (g sin θ − cos θ·temp)/den,  ẍ = temp − m_p l·θ̈·cos θ/M
+/// (x, ẋ, θ, ω)' = (x + τẋ, ẋ + τẍ, θ + τω, ω + τθ̈)
+/// ```
+#[derive(Default)]
+pub struct TrueCartPole<T> {
+    steps: Vec<(Vec<T>, Vec<T>)>,
+}
+
+impl<T: Real> TrueCartPole<T> {
+    pub fn new() -> Self {
+        Self { steps: vec![] }
+    }
+}
+
+/// The cart-pole's intermediate quantities at (state, action): (sin θ, cos θ, temp, den, θ̈, ẍ).
+fn cartpole_terms<T: Real>(s: &[T], a: T) -> (T, T, T, T, T, T) {
+    use crate::env::cartpole::{FORCE_MAG, GRAVITY, LENGTH, MASSPOLE, POLEMASS_LENGTH, TOTAL_MASS};
+    let c = T::c;
+    let (om, th) = (s[3], s[2]);
+    let (sn, cs) = (th.sin(), th.cos());
+    let temp = (a * c(FORCE_MAG as f64) + c(POLEMASS_LENGTH) * om * om * sn) / c(TOTAL_MASS);
+    let den = c(LENGTH) * (c(4.0 / 3.0) - c(MASSPOLE) * cs * cs / c(TOTAL_MASS));
+    let thacc = (c(GRAVITY) * sn - cs * temp) / den;
+    let xacc = temp - c(POLEMASS_LENGTH) * thacc * cs / c(TOTAL_MASS);
+    (sn, cs, temp, den, thacc, xacc)
+}
+
+impl<T: Real> PathDynamics<T> for TrueCartPole<T> {
+    fn forward(
+        &mut self,
+        t: usize,
+        obs: &[T],
+        act: &[T],
+        rows: usize,
+        next: &mut [T],
+        _: &mut [T],
+    ) -> bool {
+        let tau = T::c(crate::env::cartpole::TAU);
+        for b in 0..rows {
+            let s = &obs[4 * b..4 * b + 4];
+            let (_, _, _, _, thacc, xacc) = cartpole_terms(s, act[b]);
+            next[4 * b] = s[0] + tau * s[1];
+            next[4 * b + 1] = s[1] + tau * xacc;
+            next[4 * b + 2] = s[2] + tau * s[3];
+            next[4 * b + 3] = s[3] + tau * thacc;
+        }
+        if self.steps.len() <= t {
+            self.steps.resize_with(t + 1, Default::default);
+        }
+        self.steps[t] = (obs[..4 * rows].to_vec(), act[..rows].to_vec());
+        false
+    }
+
+    fn backward(
+        &mut self,
+        t: usize,
+        rows: usize,
+        g_next: &[T],
+        _: &[T],
+        g_obs: &mut [T],
+        g_act: &mut [T],
+    ) {
+        use crate::env::cartpole::{
+            FORCE_MAG, GRAVITY, LENGTH, MASSPOLE, POLEMASS_LENGTH, TAU, TOTAL_MASS,
+        };
+        let c = T::c;
+        let (obs, act) = &self.steps[t];
+        let (tau, ml, mt) = (c(TAU), c(POLEMASS_LENGTH), c(TOTAL_MASS));
+        for b in 0..rows {
+            let s = &obs[4 * b..4 * b + 4];
+            let (sn, cs, temp, den, thacc, _) = cartpole_terms(s, act[b]);
+            let g = &g_next[4 * b..4 * b + 4];
+            let om = s[3];
+            // Through ẍ = temp − ml·θ̈·cos θ/M and θ̈ = (g sin θ − cos θ·temp)/den.
+            let g_xacc = tau * g[1];
+            let g_thacc = tau * g[3] - g_xacc * ml * cs / mt;
+            let g_temp = g_xacc - g_thacc * cs / den;
+            let g_den = -g_thacc * thacc / den;
+            let g_cs = -g_xacc * ml * thacc / mt - g_thacc * temp / den
+                + g_den * c(LENGTH) * (-c(2.0) * c(MASSPOLE) * cs / mt);
+            let g_sn = g_thacc * c(GRAVITY) / den + g_temp * ml * om * om / mt;
+            let out = &mut g_obs[4 * b..4 * b + 4];
+            out[0] = g[0];
+            out[1] = tau * g[0] + g[1];
+            out[2] = g[2] + g_sn * cs - g_cs * sn;
+            out[3] = tau * g[2] + g[3] + g_temp * c(2.0) * ml * om * sn / mt;
+            g_act[b] = g_temp * c(FORCE_MAG as f64) / mt;
+        }
+    }
+}
+
 /// The fixed noise of one path batch.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PathNoise<T> {
@@ -1005,6 +1101,59 @@ mod tests {
         let mut state = [th, start[2]];
         crate::env::pendulum::step(&mut state, &[0.7]);
         assert!((next[0] - state[0].cos()).abs() < 1e-6 && (next[2] - state[1]).abs() < 1e-6);
+    }
+
+    /// The hand-derived cart-pole Jacobian, through a whole path objective with
+    /// termination (rows started near the edge stop inside the horizon).
+    #[test]
+    fn true_cartpole_path_gradient_should_match_central_differences() {
+        let s = setup(4, false);
+        let (rows, h) = (6, 6);
+        let noise = PathNoise::draw(3, 4, h, rows, 1, 4, 1).cast::<f64>();
+        let set = PathSettings {
+            gamma: 0.97,
+            alpha: 0.1,
+            task: EnvId::CartPole.code(),
+            terminal_value: true,
+        };
+        let r = rand_vec(rows * 4, 21, 0.3);
+        let start: Vec<f64> = (0..rows * 4)
+            .map(|i| match (i / 4 % 3, i % 4) {
+                (0, 0) => 2.38,
+                (_, 2) => r[i] * 0.2,
+                _ => r[i],
+            })
+            .collect();
+        let run = |p: &[f64], grad: Option<&mut [f64]>| {
+            path_loss(
+                &s.nets,
+                p,
+                &s.critic,
+                &s.sq,
+                &mut TrueCartPole::new(),
+                set,
+                &start,
+                &noise,
+                grad,
+                &mut PathWorkspace::default(),
+            )
+        };
+        let mut g = vec![0.0; s.actor.len()];
+        let rep = run(&s.actor, Some(&mut g));
+        assert!(rep.alive > 0.0 && rep.alive < 1.0, "alive {}", rep.alive);
+        let err = worst_error(&s.actor, &g, 1e-6, |p| run(p, None).loss);
+        assert!(
+            err < 1e-5,
+            "true-dynamics path gradient: worst relative error {err}"
+        );
+        // Its first step agrees with the environment's own step.
+        let mut next = vec![0.0; 4];
+        TrueCartPole::new().forward(0, &start[4..8], &[0.3], 1, &mut next, &mut []);
+        let mut state: Vec<f64> = start[4..8].to_vec();
+        crate::env::cartpole::step(&mut state, &[0.3]);
+        for (x, y) in next.iter().zip(&state) {
+            assert!((x - y).abs() < 1e-6, "{next:?} vs {state:?}");
+        }
     }
 
     #[test]
