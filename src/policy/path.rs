@@ -254,25 +254,91 @@ impl<T: Real> PathDynamics<T> for ModelPath<'_, T> {
     }
 }
 
-/// Pendulum-v1's true dynamics on observations `[cos θ, sin θ, θ̇]`, differentiated by hand:
-/// the reference the model-path gradients are measured against (Lemma 4.1).
+/// One row of an environment's true step on its observation (one action), and the
+/// step's vector–Jacobian product, written by hand: the reference the model-path gradients
+/// are measured against (Lemma 4.1).
+pub trait TrueStep<T: Real> {
+    const OBS: usize;
+    /// `next` ← f(obs, a).
+    fn step(obs: &[T], a: T, next: &mut [T]);
+    /// `g_obs` ← g_nextᵀ·∂f/∂obs; returns g_nextᵀ·∂f/∂a.
+    fn vjp(obs: &[T], a: T, g_next: &[T], g_obs: &mut [T]) -> T;
+}
+
+/// An environment's true dynamics as path dynamics; it keeps each step's inputs, and the
+/// backward recomputes the rest.
+pub struct TrueDynamics<T, S> {
+    steps: Vec<(Vec<T>, Vec<T>)>,
+    _step: std::marker::PhantomData<S>,
+}
+
+impl<T, S> Default for TrueDynamics<T, S> {
+    fn default() -> Self {
+        Self {
+            steps: vec![],
+            _step: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<T: Real, S: TrueStep<T>> TrueDynamics<T, S> {
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl<T: Real, S: TrueStep<T>> PathDynamics<T> for TrueDynamics<T, S> {
+    fn forward(
+        &mut self,
+        t: usize,
+        obs: &[T],
+        act: &[T],
+        rows: usize,
+        next: &mut [T],
+        _: &mut [T],
+    ) -> bool {
+        let o = S::OBS;
+        for b in 0..rows {
+            S::step(
+                &obs[o * b..o * (b + 1)],
+                act[b],
+                &mut next[o * b..o * (b + 1)],
+            );
+        }
+        if self.steps.len() <= t {
+            self.steps.resize_with(t + 1, Default::default);
+        }
+        self.steps[t] = (obs[..o * rows].to_vec(), act[..rows].to_vec());
+        false
+    }
+
+    fn backward(
+        &mut self,
+        t: usize,
+        rows: usize,
+        g_next: &[T],
+        _: &[T],
+        g_obs: &mut [T],
+        g_act: &mut [T],
+    ) {
+        let o = S::OBS;
+        let (obs, act) = &self.steps[t];
+        for b in 0..rows {
+            let r = o * b..o * (b + 1);
+            g_act[b] = S::vjp(&obs[r.clone()], act[b], &g_next[r.clone()], &mut g_obs[r]);
+        }
+    }
+}
+
+/// Pendulum-v1 on observations `[cos θ, sin θ, θ̇]`:
 ///
 /// ```text
 /// θ = atan2(obs₁, obs₀), u = clip(a, −2, 2)
 /// θ̇' = clip(θ̇ + (3g/(2l)·sin θ + 3/(m l²)·u)·dt, −8, 8),  θ' = θ + θ̇'·dt
 /// obs' = [cos θ', sin θ', θ̇']
 /// ```
-#[derive(Default)]
-pub struct TruePendulum<T> {
-    /// Per step, the inputs (the backward recomputes the rest).
-    steps: Vec<(Vec<T>, Vec<T>)>,
-}
-
-impl<T: Real> TruePendulum<T> {
-    pub fn new() -> Self {
-        Self { steps: vec![] }
-    }
-}
+pub struct PendulumStep;
+pub type TruePendulum<T> = TrueDynamics<T, PendulumStep>;
 
 /// The pendulum's constants as `T`: (3g/(2l), 3/(m l²), dt, max speed, max torque).
 fn pendulum_consts<T: Real>() -> (T, T, T, T, T) {
@@ -286,89 +352,60 @@ fn pendulum_consts<T: Real>() -> (T, T, T, T, T) {
     )
 }
 
-impl<T: Real> PathDynamics<T> for TruePendulum<T> {
-    fn forward(
-        &mut self,
-        t: usize,
-        obs: &[T],
-        act: &[T],
-        rows: usize,
-        next: &mut [T],
-        _: &mut [T],
-    ) -> bool {
+impl<T: Real> TrueStep<T> for PendulumStep {
+    const OBS: usize = 3;
+
+    fn step(obs: &[T], a: T, next: &mut [T]) {
         let (k1, k2, dt, vmax, umax) = pendulum_consts::<T>();
-        for b in 0..rows {
-            let (c, s, td) = (obs[3 * b], obs[3 * b + 1], obs[3 * b + 2]);
-            let th = s.atan2(c);
-            let u = act[b].max(-umax).min(umax);
-            let nd = (td + (k1 * th.sin() + k2 * u) * dt).max(-vmax).min(vmax);
-            let nth = th + nd * dt;
-            next[3 * b] = nth.cos();
-            next[3 * b + 1] = nth.sin();
-            next[3 * b + 2] = nd;
-        }
-        if self.steps.len() <= t {
-            self.steps.resize_with(t + 1, Default::default);
-        }
-        self.steps[t] = (obs[..3 * rows].to_vec(), act[..rows].to_vec());
-        false
+        let th = obs[1].atan2(obs[0]);
+        let u = a.max(-umax).min(umax);
+        let nd = (obs[2] + (k1 * th.sin() + k2 * u) * dt)
+            .max(-vmax)
+            .min(vmax);
+        let nth = th + nd * dt;
+        next[0] = nth.cos();
+        next[1] = nth.sin();
+        next[2] = nd;
     }
 
-    fn backward(
-        &mut self,
-        t: usize,
-        rows: usize,
-        g_next: &[T],
-        _: &[T],
-        g_obs: &mut [T],
-        g_act: &mut [T],
-    ) {
+    fn vjp(obs: &[T], a: T, g: &[T], g_obs: &mut [T]) -> T {
         let (k1, k2, dt, vmax, umax) = pendulum_consts::<T>();
-        let (obs, act) = &self.steps[t];
-        for b in 0..rows {
-            let (c, s, td) = (obs[3 * b], obs[3 * b + 1], obs[3 * b + 2]);
-            let th = s.atan2(c);
-            let inside_u = act[b] > -umax && act[b] < umax;
-            let u = act[b].max(-umax).min(umax);
-            let pre = td + (k1 * th.sin() + k2 * u) * dt;
-            let nd = pre.max(-vmax).min(vmax);
-            let nth = th + nd * dt;
-            let (gc, gs, gd) = (g_next[3 * b], g_next[3 * b + 1], g_next[3 * b + 2]);
-            let g_nth = -nth.sin() * gc + nth.cos() * gs;
-            let g_nd = gd + g_nth * dt;
-            let g_pre = if pre > -vmax && pre < vmax {
-                g_nd
-            } else {
-                T::zero()
-            };
-            let g_th = g_nth + g_pre * k1 * th.cos() * dt;
-            let rho2 = c * c + s * s;
-            g_obs[3 * b] = g_th * (-s / rho2);
-            g_obs[3 * b + 1] = g_th * (c / rho2);
-            g_obs[3 * b + 2] = g_pre;
-            g_act[b] = if inside_u { g_pre * k2 * dt } else { T::zero() };
+        let (c, s, td) = (obs[0], obs[1], obs[2]);
+        let th = s.atan2(c);
+        let u = a.max(-umax).min(umax);
+        let pre = td + (k1 * th.sin() + k2 * u) * dt;
+        let nth = th + pre.max(-vmax).min(vmax) * dt;
+        let g_nth = -nth.sin() * g[0] + nth.cos() * g[1];
+        let g_nd = g[2] + g_nth * dt;
+        // The speed and torque clips pass the gradient strictly inside.
+        let g_pre = if pre > -vmax && pre < vmax {
+            g_nd
+        } else {
+            T::zero()
+        };
+        let g_th = g_nth + g_pre * k1 * th.cos() * dt;
+        let rho2 = c * c + s * s;
+        g_obs[0] = g_th * (-s / rho2);
+        g_obs[1] = g_th * (c / rho2);
+        g_obs[2] = g_pre;
+        if a > -umax && a < umax {
+            g_pre * k2 * dt
+        } else {
+            T::zero()
         }
     }
 }
 
-/// The continuous cart-pole's true dynamics (CartPole-v1 physics, Euler steps, force
-/// 10 N × action, observation = state), differentiated by hand:
+/// The continuous cart-pole (CartPole-v1 physics, Euler steps, force 10 N × action,
+/// observation = state):
 ///
 /// ```text
 /// F = 10·a, temp = (F + m_p l·ω²·sin θ)/M, den = l·(4/3 − m_p cos²θ/M)
 /// θ̈ = (g sin θ − cos θ·temp)/den,  ẍ = temp − m_p l·θ̈·cos θ/M
 /// (x, ẋ, θ, ω)' = (x + τẋ, ẋ + τẍ, θ + τω, ω + τθ̈)
 /// ```
-#[derive(Default)]
-pub struct TrueCartPole<T> {
-    steps: Vec<(Vec<T>, Vec<T>)>,
-}
-
-impl<T: Real> TrueCartPole<T> {
-    pub fn new() -> Self {
-        Self { steps: vec![] }
-    }
-}
+pub struct CartPoleStep;
+pub type TrueCartPole<T> = TrueDynamics<T, CartPoleStep>;
 
 /// The cart-pole's intermediate quantities at (state, action): (sin θ, cos θ, temp, den, θ̈, ẍ).
 fn cartpole_terms<T: Real>(s: &[T], a: T) -> (T, T, T, T, T, T) {
@@ -383,67 +420,39 @@ fn cartpole_terms<T: Real>(s: &[T], a: T) -> (T, T, T, T, T, T) {
     (sn, cs, temp, den, thacc, xacc)
 }
 
-impl<T: Real> PathDynamics<T> for TrueCartPole<T> {
-    fn forward(
-        &mut self,
-        t: usize,
-        obs: &[T],
-        act: &[T],
-        rows: usize,
-        next: &mut [T],
-        _: &mut [T],
-    ) -> bool {
+impl<T: Real> TrueStep<T> for CartPoleStep {
+    const OBS: usize = 4;
+
+    fn step(s: &[T], a: T, next: &mut [T]) {
         let tau = T::c(crate::env::cartpole::TAU);
-        for b in 0..rows {
-            let s = &obs[4 * b..4 * b + 4];
-            let (_, _, _, _, thacc, xacc) = cartpole_terms(s, act[b]);
-            next[4 * b] = s[0] + tau * s[1];
-            next[4 * b + 1] = s[1] + tau * xacc;
-            next[4 * b + 2] = s[2] + tau * s[3];
-            next[4 * b + 3] = s[3] + tau * thacc;
-        }
-        if self.steps.len() <= t {
-            self.steps.resize_with(t + 1, Default::default);
-        }
-        self.steps[t] = (obs[..4 * rows].to_vec(), act[..rows].to_vec());
-        false
+        let (_, _, _, _, thacc, xacc) = cartpole_terms(s, a);
+        next[0] = s[0] + tau * s[1];
+        next[1] = s[1] + tau * xacc;
+        next[2] = s[2] + tau * s[3];
+        next[3] = s[3] + tau * thacc;
     }
 
-    fn backward(
-        &mut self,
-        t: usize,
-        rows: usize,
-        g_next: &[T],
-        _: &[T],
-        g_obs: &mut [T],
-        g_act: &mut [T],
-    ) {
+    fn vjp(s: &[T], a: T, g: &[T], out: &mut [T]) -> T {
         use crate::env::cartpole::{
             FORCE_MAG, GRAVITY, LENGTH, MASSPOLE, POLEMASS_LENGTH, TAU, TOTAL_MASS,
         };
         let c = T::c;
-        let (obs, act) = &self.steps[t];
         let (tau, ml, mt) = (c(TAU), c(POLEMASS_LENGTH), c(TOTAL_MASS));
-        for b in 0..rows {
-            let s = &obs[4 * b..4 * b + 4];
-            let (sn, cs, temp, den, thacc, _) = cartpole_terms(s, act[b]);
-            let g = &g_next[4 * b..4 * b + 4];
-            let om = s[3];
-            // Through ẍ = temp − ml·θ̈·cos θ/M and θ̈ = (g sin θ − cos θ·temp)/den.
-            let g_xacc = tau * g[1];
-            let g_thacc = tau * g[3] - g_xacc * ml * cs / mt;
-            let g_temp = g_xacc - g_thacc * cs / den;
-            let g_den = -g_thacc * thacc / den;
-            let g_cs = -g_xacc * ml * thacc / mt - g_thacc * temp / den
-                + g_den * c(LENGTH) * (-c(2.0) * c(MASSPOLE) * cs / mt);
-            let g_sn = g_thacc * c(GRAVITY) / den + g_temp * ml * om * om / mt;
-            let out = &mut g_obs[4 * b..4 * b + 4];
-            out[0] = g[0];
-            out[1] = tau * g[0] + g[1];
-            out[2] = g[2] + g_sn * cs - g_cs * sn;
-            out[3] = tau * g[2] + g[3] + g_temp * c(2.0) * ml * om * sn / mt;
-            g_act[b] = g_temp * c(FORCE_MAG as f64) / mt;
-        }
+        let (sn, cs, temp, den, thacc, _) = cartpole_terms(s, a);
+        let om = s[3];
+        // Through ẍ = temp − ml·θ̈·cos θ/M and θ̈ = (g sin θ − cos θ·temp)/den.
+        let g_xacc = tau * g[1];
+        let g_thacc = tau * g[3] - g_xacc * ml * cs / mt;
+        let g_temp = g_xacc - g_thacc * cs / den;
+        let g_den = -g_thacc * thacc / den;
+        let g_cs = -g_xacc * ml * thacc / mt - g_thacc * temp / den
+            + g_den * c(LENGTH) * (-c(2.0) * c(MASSPOLE) * cs / mt);
+        let g_sn = g_thacc * c(GRAVITY) / den + g_temp * ml * om * om / mt;
+        out[0] = g[0];
+        out[1] = tau * g[0] + g[1];
+        out[2] = g[2] + g_sn * cs - g_cs * sn;
+        out[3] = tau * g[2] + g[3] + g_temp * c(2.0) * ml * om * sn / mt;
+        g_temp * c(FORCE_MAG as f64) / mt
     }
 }
 
