@@ -1067,81 +1067,32 @@ mod tests {
         assert!(err < 1e-5, "path gradient: worst relative error {err}");
     }
 
-    /// The hand-derived pendulum Jacobian, through a whole path objective.
-    #[test]
-    fn true_pendulum_path_gradient_should_match_central_differences() {
-        let s = setup(3, false);
-        let (rows, h) = (6, 5);
-        let noise = PathNoise::draw(9, 2, h, rows, 1, 3, 1).cast::<f64>();
+    /// ∂loss/∂θ through `S`'s true dynamics against central differences of step `h_fd`
+    /// (H = `h`, 6 rows from `start`); returns the report.
+    fn check_true_path<S: TrueStep<f64>>(
+        task: EnvId,
+        start: &[f64],
+        h: usize,
+        h_fd: f64,
+    ) -> PathReport<f64> {
+        let s = setup(S::OBS, false);
+        let rows = start.len() / S::OBS;
+        let noise = PathNoise::draw(9, 2, h, rows, 1, S::OBS, 1).cast::<f64>();
         let set = PathSettings {
             gamma: 0.97,
             alpha: 0.1,
-            task: EnvId::Pendulum.code(),
+            task: task.code(),
             terminal_value: true,
         };
-        let start = pendulum_starts(rows);
         let run = |p: &[f64], grad: Option<&mut [f64]>| {
             path_loss(
                 &s.nets,
                 p,
                 &s.critic,
                 &s.sq,
-                &mut TruePendulum::new(),
+                &mut TrueDynamics::<f64, S>::new(),
                 set,
-                &start,
-                &noise,
-                grad,
-                &mut PathWorkspace::default(),
-            )
-        };
-        let mut g = vec![0.0; s.actor.len()];
-        run(&s.actor, Some(&mut g));
-        // A step of 1e-5: the loss sums ~30 units of cost, so 1e-6 leaves ~1e-9 of
-        // cancellation noise per difference, above the tolerance on the small entries.
-        let err = worst_error(&s.actor, &g, 1e-5, |p| run(p, None).loss);
-        assert!(
-            err < 1e-5,
-            "true-dynamics path gradient: worst relative error {err}"
-        );
-        // Its first step agrees with the environment's own step.
-        let mut next = vec![0.0; 3];
-        TruePendulum::new().forward(0, &start[..3], &[0.7], 1, &mut next, &mut []);
-        let th = start[1].atan2(start[0]);
-        let mut state = [th, start[2]];
-        crate::env::pendulum::step(&mut state, &[0.7]);
-        assert!((next[0] - state[0].cos()).abs() < 1e-6 && (next[2] - state[1]).abs() < 1e-6);
-    }
-
-    /// The hand-derived cart-pole Jacobian, through a whole path objective with
-    /// termination (rows started near the edge stop inside the horizon).
-    #[test]
-    fn true_cartpole_path_gradient_should_match_central_differences() {
-        let s = setup(4, false);
-        let (rows, h) = (6, 6);
-        let noise = PathNoise::draw(3, 4, h, rows, 1, 4, 1).cast::<f64>();
-        let set = PathSettings {
-            gamma: 0.97,
-            alpha: 0.1,
-            task: EnvId::CartPole.code(),
-            terminal_value: true,
-        };
-        let r = rand_vec(rows * 4, 21, 0.3);
-        let start: Vec<f64> = (0..rows * 4)
-            .map(|i| match (i / 4 % 3, i % 4) {
-                (0, 0) => 2.38,
-                (_, 2) => r[i] * 0.2,
-                _ => r[i],
-            })
-            .collect();
-        let run = |p: &[f64], grad: Option<&mut [f64]>| {
-            path_loss(
-                &s.nets,
-                p,
-                &s.critic,
-                &s.sq,
-                &mut TrueCartPole::new(),
-                set,
-                &start,
+                start,
                 &noise,
                 grad,
                 &mut PathWorkspace::default(),
@@ -1149,15 +1100,48 @@ mod tests {
         };
         let mut g = vec![0.0; s.actor.len()];
         let rep = run(&s.actor, Some(&mut g));
-        assert!(rep.alive > 0.0 && rep.alive < 1.0, "alive {}", rep.alive);
-        let err = worst_error(&s.actor, &g, 1e-6, |p| run(p, None).loss);
+        let err = worst_error(&s.actor, &g, h_fd, |p| run(p, None).loss);
         assert!(
             err < 1e-5,
-            "true-dynamics path gradient: worst relative error {err}"
+            "{}: true-dynamics path gradient: worst relative error {err}",
+            task.name()
         );
-        // Its first step agrees with the environment's own step.
+        rep
+    }
+
+    /// The hand-derived pendulum Jacobian, through a whole path objective; its step agrees
+    /// with the environment's own.
+    #[test]
+    fn true_pendulum_path_gradient_should_match_central_differences() {
+        let start = pendulum_starts(6);
+        // A step of 1e-5: the loss sums ~30 units of cost, so 1e-6 leaves ~1e-9 of
+        // cancellation noise per difference, above the tolerance on the small entries.
+        check_true_path::<PendulumStep>(EnvId::Pendulum, &start, 5, 1e-5);
+        let mut next = vec![0.0; 3];
+        PendulumStep::step(&start[..3], 0.7, &mut next);
+        let th = start[1].atan2(start[0]);
+        let mut state = [th, start[2]];
+        crate::env::pendulum::step(&mut state, &[0.7]);
+        assert!((next[0] - state[0].cos()).abs() < 1e-6 && (next[2] - state[1]).abs() < 1e-6);
+    }
+
+    /// The hand-derived cart-pole Jacobian, through a whole path objective with
+    /// termination (rows started near the edge stop inside the horizon); its step agrees
+    /// with the environment's own.
+    #[test]
+    fn true_cartpole_path_gradient_should_match_central_differences() {
+        let r = rand_vec(6 * 4, 21, 0.3);
+        let start: Vec<f64> = (0..6 * 4)
+            .map(|i| match (i / 4 % 3, i % 4) {
+                (0, 0) => 2.38,
+                (_, 2) => r[i] * 0.2,
+                _ => r[i],
+            })
+            .collect();
+        let rep = check_true_path::<CartPoleStep>(EnvId::CartPole, &start, 6, 1e-6);
+        assert!(rep.alive > 0.0 && rep.alive < 1.0, "alive {}", rep.alive);
         let mut next = vec![0.0; 4];
-        TrueCartPole::new().forward(0, &start[4..8], &[0.3], 1, &mut next, &mut []);
+        CartPoleStep::step(&start[4..8], 0.3, &mut next);
         let mut state: Vec<f64> = start[4..8].to_vec();
         crate::env::cartpole::step(&mut state, &[0.3]);
         for (x, y) in next.iter().zip(&state) {
