@@ -216,7 +216,6 @@ impl MbpoConfig {
 
     pub fn validate(&self) -> Result<()> {
         let env = self.env_id()?;
-        let spec = env.spec();
         check_counts(&[
             ("steps", self.steps, 1 << 32),
             ("epoch_length", self.epoch_length, 1 << 24),
@@ -272,17 +271,7 @@ impl MbpoConfig {
                  transitions; at most 2^24 and 2^28 are supported"
             ));
         }
-        if self.model.obs_dim != spec.obs_dim || self.model.act_dim != spec.act_dim {
-            return Err(setting!(
-                "model.obs_dim/act_dim",
-                "are ({}, {}), but {} has observation dimension {} and action dimension {}",
-                self.model.obs_dim,
-                self.model.act_dim,
-                env.name(),
-                spec.obs_dim,
-                spec.act_dim
-            ));
-        }
+        self.model.check_env(env)?;
         if let Some(m) = &self.maac {
             if m.horizon > 100 {
                 return Err(setting!(

@@ -146,17 +146,7 @@ impl PetsConfig {
     pub fn validate(&self) -> Result<()> {
         let env = self.env_id()?;
         let spec = env.spec();
-        if self.model.obs_dim != spec.obs_dim || self.model.act_dim != spec.act_dim {
-            return Err(setting!(
-                "model.obs_dim/act_dim",
-                "are ({}, {}), but {} has observation dimension {} and action dimension {}",
-                self.model.obs_dim,
-                self.model.act_dim,
-                env.name(),
-                spec.obs_dim,
-                spec.act_dim
-            ));
-        }
+        self.model.check_env(env)?;
         if self.trials == 0 {
             return Err(setting!(
                 "trials",

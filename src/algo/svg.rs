@@ -142,7 +142,6 @@ impl SvgConfig {
 
     pub fn validate(&self) -> Result<()> {
         let env = self.env_id()?;
-        let spec = env.spec();
         check_counts(&[
             ("steps", self.steps, 1 << 28),
             ("updates_per_episode", self.updates_per_episode, 1 << 16),
@@ -165,17 +164,7 @@ impl SvgConfig {
                 self.entropy_weight
             ));
         }
-        if self.model.obs_dim != spec.obs_dim || self.model.act_dim != spec.act_dim {
-            return Err(setting!(
-                "model.obs_dim/act_dim",
-                "are ({}, {}), but {} has observation dimension {} and action dimension {}",
-                self.model.obs_dim,
-                self.model.act_dim,
-                env.name(),
-                spec.obs_dim,
-                spec.act_dim
-            ));
-        }
+        self.model.check_env(env)?;
         self.model.validate().map_err(|e| e.in_section("model"))?;
         self.train.validate().map_err(|e| e.in_section("train"))?;
         crate::limits::check_model(&self.model, self.train.batch_size)?;
@@ -298,24 +287,33 @@ struct StepReport {
     real_reward: f64,
 }
 
-/// One SVG(∞) policy step on the episode segments `chosen` (first transition, length) of D.
+/// The best elite alone, as a one-member ensemble (its parameters lead the elite view).
+fn best_elite(model: &Ensemble) -> (EnsembleShape, Vec<f32>) {
+    let (full, params) = elite_view(model);
+    (
+        EnsembleShape {
+            ensemble: 1,
+            ..full
+        },
+        params,
+    )
+}
+
+/// One SVG(∞) policy step on the episode segments `chosen` (first transition, length) of D,
+/// through `best` ([`best_elite`] of `model`).
 #[allow(clippy::too_many_arguments)]
 fn svg_step(
     cfg: &SvgConfig,
     env: EnvId,
     agent: &mut Sac,
     model: &Ensemble,
+    best: &(EnsembleShape, Vec<f32>),
     data: &Replay,
     chosen: &[(usize, usize)],
     ws: &mut PathWorkspace<f32>,
 ) -> Result<StepReport> {
     let (o, a) = (data.obs_dim, data.act_dim);
-    let (full, params) = elite_view(model);
-    // The best elite alone.
-    let shape = EnsembleShape {
-        ensemble: 1,
-        ..full
-    };
+    let (shape, params) = (best.0, &best.1);
     let d = shape.out_dim;
     let h = chosen.iter().map(|c| c.1).max().unwrap_or(0);
     let rows = chosen.len();
@@ -342,7 +340,7 @@ fn svg_step(
         }
         start[b * o..(b + 1) * o].copy_from_slice(&so[..o]);
         let eta = infer_eta(&agent.nets, &agent.actor, &agent.squash, &so, &sa);
-        let xi = infer_xi(&shape, &params, model, &so, &sa, &sr, &sn);
+        let xi = infer_xi(&shape, params, model, &so, &sa, &sr, &sn);
         for t in 0..len {
             noise.eps[(t * rows + b) * a..][..a].copy_from_slice(&eta[t * a..(t + 1) * a]);
             noise.xi[(t * rows + b) * d..][..d].copy_from_slice(&xi[t * d..(t + 1) * d]);
@@ -350,7 +348,7 @@ fn svg_step(
     }
     let mut dynamics = ModelPath::new(
         shape,
-        &params,
+        params,
         &model.input_mean,
         &model.input_std,
         o,
@@ -483,6 +481,7 @@ pub fn run<B: Backend>(
         tc.seed = cfg.seed.wrapping_mul(1000).wrapping_add(c.episodes);
         let rep = train(backend, &mut model, &transitions(&data), &tc, |_| {})?;
         c.model_loss = rep.history.last().map(|h| h.train_loss);
+        let best = best_elite(&model);
         let recent = &c.bounds[c.bounds.len().saturating_sub(cfg.keep_episodes)..];
         for _ in 0..cfg.updates_per_episode {
             let chosen: Vec<(usize, usize)> = (0..cfg.episodes_per_update)
@@ -509,7 +508,9 @@ pub fn run<B: Backend>(
                 })
                 .collect();
             c.updates += 1;
-            match svg_step(cfg, env_id, &mut agent, &model, &data, &chosen, &mut ws) {
+            match svg_step(
+                cfg, env_id, &mut agent, &model, &best, &data, &chosen, &mut ws,
+            ) {
                 Ok(r) => {
                     loss_sum += r.loss;
                     logp_sum += r.logp_mean;
@@ -600,6 +601,7 @@ mod tests {
                 EnvId::Pendulum,
                 &mut agent,
                 &model,
+                &best_elite(&model),
                 &data,
                 &chosen,
                 &mut ws,

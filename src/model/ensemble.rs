@@ -52,6 +52,24 @@ impl ModelConfig {
         self.obs_dim + usize::from(self.learn_reward)
     }
 
+    /// The model's input and output sizes are `env`'s (a [`crate::Error::Setting`] on
+    /// `model.obs_dim/act_dim` otherwise).
+    pub fn check_env(&self, env: crate::env::EnvId) -> Result<()> {
+        let spec = env.spec();
+        if self.obs_dim != spec.obs_dim || self.act_dim != spec.act_dim {
+            return Err(setting!(
+                "model.obs_dim/act_dim",
+                "are ({}, {}), but {} has observation dimension {} and action dimension {}",
+                self.obs_dim,
+                self.act_dim,
+                env.name(),
+                spec.obs_dim,
+                spec.act_dim
+            ));
+        }
+        Ok(())
+    }
+
     pub fn shape(&self) -> EnsembleShape {
         EnsembleShape {
             ensemble: self.ensemble_size,

@@ -618,27 +618,30 @@ pub fn path_loss<T: Real>(
         }
         let live = &alive[t];
         if t == h {
-            // The terminal soft value γ^H·(min Q − α log π).
-            let x = critic_input(s, &act, rows, o, a);
-            let mut q = vec![T::zero(); 2 * rows];
-            let f = if want {
-                engine::forward_cached
-            } else {
-                engine::forward
-            };
-            f(
-                &nets.critic,
-                critic,
-                &mc,
-                &sc,
-                &x,
-                rows,
-                &mut q,
-                &mut [],
-                &mut ws.critic,
-            );
-            for b in (0..rows).filter(|b| live[*b] && set.terminal_value) {
-                j_sum += disc * (q[b].min(q[rows + b]) - set.alpha * logp[b]);
+            // The terminal soft value γ^H·(min Q − α log π); SVG(∞)'s finite horizon has
+            // none, and no critic pass.
+            let mut q = vec![T::zero(); if set.terminal_value { 2 * rows } else { 0 }];
+            if set.terminal_value {
+                let x = critic_input(s, &act, rows, o, a);
+                let f = if want {
+                    engine::forward_cached
+                } else {
+                    engine::forward
+                };
+                f(
+                    &nets.critic,
+                    critic,
+                    &mc,
+                    &sc,
+                    &x,
+                    rows,
+                    &mut q,
+                    &mut [],
+                    &mut ws.critic,
+                );
+                for b in (0..rows).filter(|b| live[*b]) {
+                    j_sum += disc * (q[b].min(q[rows + b]) - set.alpha * logp[b]);
+                }
             }
             heads.push(head);
             if let Some(grad) = grad {
@@ -759,28 +762,30 @@ fn backward<T: Real>(
         .collect();
     grad.iter_mut().for_each(|g| *g = T::zero());
     let mut g_theta = vec![T::zero(); grad.len()];
-    // Terminal: ∂loss/∂Q_k = w·γ^H on the smaller critic.
-    let end = |b: usize| alive[h][b] && set.terminal_value;
-    let c_end = w * disc[h];
-    let dx = min_q_input_grad(
-        nets,
-        critic,
-        q,
-        |b| if end(b) { c_end } else { T::zero() },
-        &mut ws.critic,
-    );
+    // Terminal: ∂loss/∂Q_k = w·γ^H on the smaller critic; through the critics' input
+    // gradient into s_H and a_H.
     let mut g_s = vec![T::zero(); rows * o];
     let mut g_a = vec![T::zero(); rows * a];
-    for b in 0..rows {
-        let (r1, r2) = (
-            &dx[b * (o + a)..][..o + a],
-            &dx[(rows + b) * (o + a)..][..o + a],
+    if set.terminal_value {
+        let c_end = w * disc[h];
+        let dx = min_q_input_grad(
+            nets,
+            critic,
+            q,
+            |b| if alive[h][b] { c_end } else { T::zero() },
+            &mut ws.critic,
         );
-        for j in 0..o {
-            g_s[b * o + j] = r1[j] + r2[j];
-        }
-        for j in 0..a {
-            g_a[b * a + j] = r1[o + j] + r2[o + j];
+        for b in 0..rows {
+            let (r1, r2) = (
+                &dx[b * (o + a)..][..o + a],
+                &dx[(rows + b) * (o + a)..][..o + a],
+            );
+            for j in 0..o {
+                g_s[b * o + j] = r1[j] + r2[j];
+            }
+            for j in 0..a {
+                g_a[b * a + j] = r1[o + j] + r2[o + j];
+            }
         }
     }
     let mut d_head = vec![T::zero(); rows * 2 * a];
