@@ -2,7 +2,8 @@
 # The whole test suite, with everything it needs installed first:
 #   - Mesa's lavapipe (Vulkan on the CPU) for the wgpu parity tests;
 #   - PoCL (OpenCL on the CPU) to execute the CUDA kernels as OpenCL C;
-#   - NVRTC and ptxas from the PyPI wheels, into .tools/cuda, to compile every kernel.
+#   - NVRTC and ptxas from the PyPI wheels, into .tools/cuda, to compile every kernel;
+#   - Gymnasium in a virtual environment, .tools/gym, for the bridge's tests (--env gym:ID).
 # Idempotent: installs only what is missing. Needs root (or sudo) for apt-get.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,6 +29,16 @@ if [ ! -x "$cu/bin/ptxas" ] || ! ls "$cu"/lib/libnvrtc.so* >/dev/null 2>&1; then
   python3 -m pip install --quiet --disable-pip-version-check --no-deps --target "$tools" \
     nvidia-cuda-nvrtc==13.5.37 nvidia-cuda-nvcc==13.5.37
 fi
+# The Gymnasium bridge's tests compare against real Gymnasium (version pinned: the native
+# environments' fixtures were recorded with it).
+gym=$root/.tools/gym
+if ! "$gym/bin/python" -c "import gymnasium, numpy" >/dev/null 2>&1; then
+  echo "installing Gymnasium into $gym"
+  python3 -m venv "$gym"
+  "$gym/bin/python" -m pip install --quiet --disable-pip-version-check gymnasium==1.4.0 numpy==2.4.6
+fi
+export MBRL_GPU_PYTHON=$gym/bin/python
+
 # Mesa's implicit device-select layer prints XDG_RUNTIME_DIR errors on headless machines.
 export NODEVICE_SELECT=1
 export MBRL_CUDA_TOOLS=$cu

@@ -202,6 +202,8 @@ fn env_step(env: u32, s: vec4<f32>, a: f32) -> vec4<f32> {
 
 // Task codes beyond the native environments (src/env/task.rs).
 const TASK_HALF_CHEETAH: u32 = 3u;
+// A task without a reward function (env::task::NONE): the model learns the reward.
+const TASK_NONE: u32 = 0xFFFFu;
 
 // Planning reward of a transition under task `code`: the native environment's, or
 // mbrl-lib's half-cheetah reward next_obs[0] − 0.1·‖a‖². `s` and `nx` hold the first four
@@ -219,7 +221,7 @@ fn task_reward(code: u32, s: vec4<f32>, abase: u32, nx: vec4<f32>) -> f32 {
 }
 
 fn task_terminated(code: u32, nx: vec4<f32>) -> bool {
-    if (code == TASK_HALF_CHEETAH) {
+    if (code == TASK_HALF_CHEETAH || code == TASK_NONE) {
         return false;
     }
     return env_terminated(code, nx);

@@ -547,7 +547,7 @@ pub fn policy_benches<B: Backend>(
         .into_iter()
         .filter(|_| want("mbpo_env_step"))
     {
-        let mut cfg = MbpoConfig::preset(EnvId::CartPole, "cartpole")?;
+        let mut cfg = MbpoConfig::preset(&EnvId::CartPole.into(), "cartpole")?;
         cfg.sac.precision = precision;
         cfg.steps = cfg.initial_exploration_steps + 2 * cfg.epoch_length;
         cfg.eval_episodes = 1;

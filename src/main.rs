@@ -6,7 +6,7 @@ use mbrl_gpu::backend::{
     self, Activation, AnyBackend, Backend, BackendChoice, Precision, Propagation,
 };
 use mbrl_gpu::bench::BenchResult;
-use mbrl_gpu::env::{Env, EnvId, NativeEnv};
+use mbrl_gpu::env::EnvId;
 use mbrl_gpu::io::run::{Mode, RunDir};
 use mbrl_gpu::model::{train, Ensemble, ModelConfig, TrainConfig};
 use mbrl_gpu::plan::{mpc::latency_stats, Mpc, Optimizer, PlannerConfig, TsConfig};
@@ -71,6 +71,19 @@ mod rl;
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
+    /// Python interpreter of the Gymnasium bridge (`--env gym:ID`) [default: $MBRL_GPU_PYTHON,
+    /// else python3 from PATH].
+    #[arg(long, global = true, value_name = "PATH")]
+    python: Option<PathBuf>,
+    /// Module to import before gymnasium.make, for an environment registered by your own
+    /// package: `--env gym:MyEnv-v0 --gym-module my_pkg` is `--env gym:my_pkg:MyEnv-v0`.
+    #[arg(long, global = true, value_name = "MODULE")]
+    gym_module: Option<String>,
+    /// Longest wait in seconds for any one answer of the Gymnasium worker; a worker that
+    /// hangs is stopped and the run ends with an error [default: $MBRL_GPU_GYM_TIMEOUT, else
+    /// 120].
+    #[arg(long, global = true, value_name = "SECONDS")]
+    gym_timeout: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -350,7 +363,11 @@ fn main() -> ExitCode {
     if std::env::var_os("NODEVICE_SELECT").is_none() {
         std::env::set_var("NODEVICE_SELECT", "1");
     }
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    if let Err(e) = bridge_options(&mut cli) {
+        note!("error: {e}");
+        return ExitCode::FAILURE;
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -358,6 +375,53 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The Gymnasium bridge's flags: the interpreter and timeout reach the worker through the
+/// environment variables it reads (set here, before any other thread exists), and
+/// `--gym-module` is written into the command's environment name, so that a run's
+/// config.toml names the module and `--resume` imports it again.
+fn bridge_options(cli: &mut Cli) -> Result<()> {
+    use mbrl_gpu::env::gym;
+    if let Some(p) = &cli.python {
+        std::env::set_var(gym::PYTHON_VAR, p);
+    }
+    if let Some(t) = &cli.gym_timeout {
+        if gym::parse_timeout(t).is_none() {
+            return Err(invalid!(
+                "--gym-timeout {t}: give a number of seconds between 0.01 and 86400"
+            ));
+        }
+        std::env::set_var(gym::TIMEOUT_VAR, t);
+    }
+    let Some(m) = cli.gym_module.clone() else {
+        return Ok(());
+    };
+    let env: Option<&mut String> = match &mut cli.cmd {
+        Cmd::Sac(a) => a.env_mut(),
+        Cmd::Mbpo(a) | Cmd::Maac(a) | Cmd::Svg(a) => a.env_mut(),
+        Cmd::Eval(a) => Some(a.env_mut()),
+        Cmd::Pets(a) => a.env.as_mut(),
+        Cmd::Plan(a) => Some(&mut a.env),
+        _ => None,
+    };
+    let Some(env) = env else {
+        return Err(invalid!(
+            "--gym-module {m} needs a command run with --env gym:ID"
+        ));
+    };
+    let id = match env.strip_prefix("gym:") {
+        Some(id) if !id.contains(':') => id.to_string(),
+        _ => {
+            return Err(invalid!(
+                "--gym-module {m} needs --env gym:ID without a module (got --env {env})"
+            ))
+        }
+    };
+    *env = format!("gym:{m}:{id}");
+    // Checked now, so that a bad module name is named as the flag.
+    mbrl_gpu::env::EnvName::parse(env).map_err(|e| invalid!("--gym-module {m}: {e}"))?;
+    Ok(())
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -428,6 +492,10 @@ fn run(cli: Cli) -> Result<()> {
                     s.description
                 );
             }
+            out!(
+                "gym:ID        any Gymnasium environment with Box spaces, through the Python \
+                 bridge (gym:MODULE:ID or --gym-module to import your package first)"
+            );
             Ok(())
         }
         Cmd::Env(EnvCmd::Replay(a)) => replay(a),
@@ -507,7 +575,7 @@ fn resolve_pets_config(a: &PetsArgs) -> Result<PetsConfig> {
         sets: &a.sets,
         env: &a.env,
         preset: &a.preset,
-        defaults: ("cartpole", "quick"),
+        defaults: ("cartpole", &|_| "quick".into()),
         flags,
     };
     rl::resolve(src, PetsConfig::preset)
@@ -650,8 +718,11 @@ fn plan_flag(key: &str) -> Option<String> {
 }
 
 fn run_plan(a: PlanArgs) -> Result<()> {
-    let env = EnvId::parse(&a.env)?;
-    let spec = env.spec();
+    let env = mbrl_gpu::env::EnvName::parse(&a.env)?;
+    if a.true_dynamics {
+        env.require_native("--true-dynamics")?;
+    }
+    let spec = env.spec()?;
     if a.episodes == 0 {
         return Err(invalid!("--episodes must be at least 1"));
     }
@@ -684,10 +755,17 @@ fn run_plan(a: PlanArgs) -> Result<()> {
                     "--model {} was trained on {mo} observation and {ma} action values, but \
                      {} has {} and {}: it belongs to another environment",
                     path.display(),
-                    env.name(),
+                    env,
                     spec.obs_dim,
                     spec.act_dim
                 )));
+            }
+            if env.task_code() == mbrl_gpu::env::task::NONE && !model.config.learn_reward {
+                return Err(invalid!(
+                    "--model {}: {env} has no reward function from observations here, so \
+                     planning needs a model that learned the reward (model.learn_reward)",
+                    path.display()
+                ));
             }
             Some(model)
         }
@@ -704,24 +782,33 @@ fn run_plan(a: PlanArgs) -> Result<()> {
     )
     .map_err(|e| e.rename_setting(plan_flag))?;
     let be = pick_backend_for(a.backend, a.precision)?;
-    with_backend!(&be, |b| plan_on(b, &a, env, cfg, ts, model.as_ref()))
+    with_backend!(&be, |b| plan_on(b, &a, &env, cfg, ts, model.as_ref()))
 }
 
 fn plan_on<B: Backend>(
     be: &B,
     a: &PlanArgs,
-    env: EnvId,
+    env: &mbrl_gpu::env::EnvName,
     cfg: PlannerConfig,
     ts: TsConfig,
     model: Option<&Ensemble>,
 ) -> Result<()> {
-    let spec = env.spec();
+    let mut envs = env.open(1)?;
+    let spec = envs.spec().clone();
     let mut mpc = match model {
-        Some(m) => Mpc::with_model(be, m, env, cfg, ts, a.seed)?,
-        None => Mpc::with_true_dynamics(be, env, cfg, a.seed)?,
+        Some(m) => Mpc::with_model_task(
+            be,
+            m,
+            env.task_code(),
+            &spec.act_low,
+            &spec.act_high,
+            cfg,
+            ts,
+            a.seed,
+        )?,
+        None => Mpc::with_true_dynamics(be, env.require_native("--true-dynamics")?, cfg, a.seed)?,
     };
     let steps = a.steps.unwrap_or(spec.max_episode_steps);
-    let mut envs = NativeEnv::new(env, 1);
     let mut returns = vec![];
     let t0 = std::time::Instant::now();
     for ep in 0..a.episodes {
@@ -769,7 +856,7 @@ fn plan_on<B: Backend>(
 }
 
 fn replay(a: ReplayArgs) -> Result<()> {
-    let env = EnvId::parse(&a.env)?;
+    let env = mbrl_gpu::env::EnvName::parse(&a.env)?.require_native("env replay")?;
     let text = io::json::read_text(&a.input)?;
     let inp = io::json::parse_replay_input(&text)
         .map_err(|e| invalid!("--input {}: {e}", a.input.display()))?;

@@ -14,7 +14,7 @@ fn pets_quick_should_balance_the_cartpole_within_five_trials() {
 }
 
 fn pets_quick_on_seed(seed: u64) {
-    let mut cfg = PetsConfig::preset(EnvId::CartPole, "quick").unwrap();
+    let mut cfg = PetsConfig::preset(&EnvId::CartPole.into(), "quick").unwrap();
     cfg.seed = seed;
     assert_eq!(cfg.trials, 5);
     let t = tempfile::tempdir().unwrap();

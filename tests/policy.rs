@@ -17,7 +17,7 @@ fn open(path: &Path, mode: Mode, text: &str) -> RunDir {
 /// full run, 10,000 steps, is in the README).
 #[test]
 fn sac_should_learn_to_swing_up_the_pendulum() {
-    let mut cfg = SacRunConfig::preset(EnvId::Pendulum, "default").unwrap();
+    let mut cfg = SacRunConfig::preset(&EnvId::Pendulum.into(), "default").unwrap();
     cfg.steps = 5_000;
     cfg.eval_episodes = 5;
     let (_, rows) = sac::run(&cfg, None, |_| {}).unwrap();
@@ -42,7 +42,7 @@ fn sac_should_learn_to_swing_up_the_pendulum() {
 /// 20–40; it reaches 195 at 1,000 steps). The full presets' figures are in the README.
 #[test]
 fn mbpo_quick_should_learn_to_balance_the_cartpole() {
-    let mut cfg = MbpoConfig::preset(EnvId::CartPole, "quick").unwrap();
+    let mut cfg = MbpoConfig::preset(&EnvId::CartPole.into(), "quick").unwrap();
     cfg.steps = 1_000;
     let (_, rows) = mbpo::run(&CpuBackend::new(), &cfg, None, |_| {}).unwrap();
     let returns: Vec<f64> = rows.iter().map(|r| r.eval_return).collect();
@@ -55,7 +55,7 @@ fn mbpo_quick_should_learn_to_balance_the_cartpole() {
 }
 
 fn tiny_sac(steps: usize) -> SacRunConfig {
-    let mut c = SacRunConfig::preset(EnvId::Pendulum, "quick").unwrap();
+    let mut c = SacRunConfig::preset(&EnvId::Pendulum.into(), "quick").unwrap();
     c.steps = steps;
     c.learning_starts = 100;
     c.eval_every = 200;
@@ -115,7 +115,7 @@ fn sac_resumed_should_equal_uninterrupted() {
 }
 
 fn tiny_mbpo(steps: usize) -> MbpoConfig {
-    let mut c = MbpoConfig::preset(EnvId::Pendulum, "quick").unwrap();
+    let mut c = MbpoConfig::preset(&EnvId::Pendulum.into(), "quick").unwrap();
     c.steps = steps;
     c.epoch_length = 100;
     c.freq_train_model = 50;
@@ -241,7 +241,7 @@ fn maac_resumed_should_equal_uninterrupted_and_differ_from_mbpo() {
 /// and 200 at 800).
 #[test]
 fn maac_quick_should_learn_to_balance_the_cartpole() {
-    let mut cfg = MbpoConfig::maac_preset(EnvId::CartPole, "quick").unwrap();
+    let mut cfg = MbpoConfig::maac_preset(&EnvId::CartPole.into(), "quick").unwrap();
     cfg.steps = 800;
     let (_, rows) = mbpo::run(&CpuBackend::new(), &cfg, None, |_| {}).unwrap();
     let returns: Vec<f64> = rows.iter().map(|r| r.eval_return).collect();
@@ -254,7 +254,7 @@ fn maac_quick_should_learn_to_balance_the_cartpole() {
 }
 
 fn tiny_svg(steps: usize) -> SvgConfig {
-    let mut c = SvgConfig::preset(EnvId::Pendulum, "quick").unwrap();
+    let mut c = SvgConfig::preset(&EnvId::Pendulum.into(), "quick").unwrap();
     c.steps = steps;
     c.eval_every = 200;
     c.eval_episodes = 1;

@@ -41,7 +41,7 @@ const TINY: &[&str] = &[
 ];
 
 fn tiny_config(trials: usize) -> PetsConfig {
-    let mut c = PetsConfig::preset(EnvId::CartPole, "quick").unwrap();
+    let mut c = PetsConfig::preset(&EnvId::CartPole.into(), "quick").unwrap();
     c.trials = trials;
     c.trial_length = 40;
     c.model.hidden = 16;

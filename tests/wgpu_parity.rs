@@ -1312,7 +1312,7 @@ fn mbpo_branched_rollout_should_match_cpu() {
     let Some(g) = gpu("mbpo_branched_rollout_should_match_cpu") else {
         return;
     };
-    let mut cfg = MbpoConfig::preset(EnvId::Pendulum, "quick").unwrap();
+    let mut cfg = MbpoConfig::preset(&EnvId::Pendulum.into(), "quick").unwrap();
     cfg.effective_model_rollouts_per_step = 3;
     cfg.freq_train_model = 37;
     let spec = EnvId::Pendulum.spec();

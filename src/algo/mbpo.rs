@@ -28,7 +28,7 @@ use super::offpolicy::{
 };
 use super::sac::{check_counts, record, update};
 use crate::backend::{Backend, EnsembleShape};
-use crate::env::{Env, EnvId, NativeEnv};
+use crate::env::{task, EnvId, EnvName};
 use crate::io::run::RunDir;
 use crate::model::{train::train, Ensemble, ModelConfig, TrainConfig};
 use crate::policy::checkpoint as ckpt;
@@ -105,8 +105,8 @@ impl MbpoConfig {
     /// `pendulum`: the same for Pendulum-v1 with sampled actions in the environment and a
     /// tenth of the SAC minibatches from real data, tuned here. `quick`: small networks,
     /// minutes.
-    pub fn preset(env: EnvId, name: &str) -> Result<Self> {
-        let spec = env.spec();
+    pub fn preset(env: &EnvName, name: &str) -> Result<Self> {
+        let spec = env.spec()?;
         let mut model = ModelConfig::pets(spec.obs_dim, spec.act_dim);
         model.learn_reward = true;
         let train = TrainConfig {
@@ -128,7 +128,7 @@ impl MbpoConfig {
             ..SacConfig::default()
         };
         let mut c = Self {
-            env: env.name().into(),
+            env: env.name(),
             preset: name.into(),
             seed: 0,
             steps: 2_000,
@@ -151,9 +151,9 @@ impl MbpoConfig {
             sac,
             maac: None,
         };
-        match (name, env) {
-            ("cartpole", EnvId::CartPole) => {}
-            ("pendulum", EnvId::Pendulum) => {
+        match (name, env.task_env()) {
+            ("cartpole", Some(EnvId::CartPole)) => {}
+            ("pendulum", Some(EnvId::Pendulum)) => {
                 // Tuned here (seed 0, 3,000 steps): with mbrl-lib's mean-action exploration
                 // and model data only, the pendulum never swings up (−1,500 at 3,000 steps);
                 // sampled actions reach −210, and a tenth of real data −186.
@@ -176,15 +176,14 @@ impl MbpoConfig {
                 c.eval_episodes = 3;
             }
             (n, _) if PRESETS.contains(&n) => {
+                let own = env.task_env().map(EnvId::name);
                 return Err(invalid!(
-                    "preset {n:?} is for the {n} environment, not {}; use `quick`{}",
-                    env.name(),
-                    if PRESETS.contains(&env.name()) {
-                        format!(" or `{}`", env.name())
-                    } else {
-                        String::new()
+                    "preset {n:?} is for the {n} environment, not {env}; use `quick`{}",
+                    match own {
+                        Some(own) if PRESETS.contains(&own) => format!(" or `{own}`"),
+                        _ => String::new(),
                     }
-                ))
+                ));
             }
             (n, _) if MUJOCO_OVERRIDES.iter().any(|m| m.task == n) => {
                 return Err(invalid!(
@@ -204,18 +203,18 @@ impl MbpoConfig {
     }
 
     /// MAAC's presets: MBPO's of the same name with the path objective of `horizon` 3.
-    pub fn maac_preset(env: EnvId, name: &str) -> Result<Self> {
+    pub fn maac_preset(env: &EnvName, name: &str) -> Result<Self> {
         let mut c = Self::preset(env, name)?;
         c.maac = Some(MaacSettings { horizon: 3 });
         Ok(c)
     }
 
-    pub fn env_id(&self) -> Result<EnvId> {
-        Ok(EnvId::parse(&self.env)?)
+    pub fn env_name(&self) -> Result<EnvName> {
+        Ok(EnvName::parse(&self.env)?)
     }
 
     pub fn validate(&self) -> Result<()> {
-        let env = self.env_id()?;
+        let env = self.env_name()?;
         check_counts(&[
             ("steps", self.steps, 1 << 32),
             ("epoch_length", self.epoch_length, 1 << 24),
@@ -271,7 +270,7 @@ impl MbpoConfig {
                  transitions; at most 2^24 and 2^28 are supported"
             ));
         }
-        self.model.check_env(env)?;
+        self.model.check_env(&env)?;
         if let Some(m) = &self.maac {
             if m.horizon > 100 {
                 return Err(setting!(
@@ -500,7 +499,7 @@ pub fn branched_rollout<B: Backend>(
     k: usize,
     out: &mut Replay,
 ) -> Result<usize> {
-    let env = cfg.env_id()?;
+    let code = cfg.env_name()?.task_code();
     let (o, a) = (env_data.obs_dim, env_data.act_dim);
     let rows = cfg.rollout_batch();
     let seed = cfg.seed;
@@ -561,7 +560,7 @@ pub fn branched_rollout<B: Backend>(
             let reward = if cfg.model.learn_reward {
                 sample(o)
             } else {
-                env.reward(s, ac, nx)
+                task::reward(code, s, ac, nx)
             };
             // A row whose prediction left the finite numbers stops here, unrecorded: the
             // SAC buffers never hold a NaN.
@@ -569,7 +568,7 @@ pub fn branched_rollout<B: Backend>(
                 alive[r] = false;
                 continue;
             }
-            let term = env.terminated(nx);
+            let term = task::terminated(code, nx);
             out.push(s, ac, reward, nx, term);
             added += 1;
             if term {
@@ -618,7 +617,7 @@ fn path_update(
     agent: &mut Sac,
     view: &PathModelView,
     h: usize,
-    env: EnvId,
+    task: u32,
     batch: &Batch<f32>,
     ws: &mut PathWorkspace<f32>,
     stats: &mut Stats,
@@ -647,7 +646,7 @@ fn path_update(
         let set = PathSettings {
             gamma,
             alpha: x.alpha,
-            task: env.code(),
+            task,
             terminal_value: true,
         };
         let rep = path_loss(
@@ -676,8 +675,10 @@ pub fn run<B: Backend>(
     mut progress: impl FnMut(Event),
 ) -> Result<(Sac, Vec<Row>)> {
     cfg.validate()?;
-    let env_id = cfg.env_id()?;
-    let spec = env_id.spec();
+    let env_name = cfg.env_name()?;
+    let mut env = env_name.open(1)?;
+    let mut eval_env = env_name.open(1)?;
+    let spec = env.spec().clone();
     let (od, ad) = (spec.obs_dim, spec.act_dim);
     let mut agent = Sac::new(cfg.sac.clone(), od, &spec.act_low, &spec.act_high, cfg.seed)?;
     let mut model = Ensemble::new(cfg.model.clone(), cfg.seed)?;
@@ -688,7 +689,6 @@ pub fn run<B: Backend>(
         model_loss: f64::NAN,
         ..Counters::default()
     };
-    let mut env = NativeEnv::new(env_id, 1);
     let mut resumed = false;
     if let Some(dir) = out {
         let same = |a: &MbpoConfig, b: &MbpoConfig| {
@@ -805,7 +805,7 @@ pub fn run<B: Backend>(
                             &mut agent,
                             view,
                             m.horizon,
-                            env_id,
+                            env_name.task_code(),
                             &batch,
                             &mut path_ws,
                             &mut stats,
@@ -821,7 +821,7 @@ pub fn run<B: Backend>(
                 env_steps: c.env_steps,
             });
         }
-        let ret = evaluate(&mut agent, env_id, cfg.eval_episodes, cfg.seed)?;
+        let ret = evaluate(&mut agent, &mut *eval_env, cfg.eval_episodes, cfg.seed)?;
         let mut row = stats.take_row(c.env_steps, ret, agent.updates);
         row.model_loss = c.model_loss;
         row.rollout_length = k;
@@ -868,7 +868,7 @@ mod tests {
 
     #[test]
     fn rollout_length_should_follow_mbrl_libs_truncated_linear() {
-        let mut c = MbpoConfig::preset(EnvId::Pendulum, "pendulum").unwrap();
+        let mut c = MbpoConfig::preset(&EnvId::Pendulum.into(), "pendulum").unwrap();
         c.rollout_schedule = [20, 100, 1, 25];
         // epoch + 1 ≤ 20 → 1; then linear to 25 at epoch + 1 = 100.
         assert_eq!(c.rollout_length(0), 1);
@@ -887,10 +887,13 @@ mod tests {
             (EnvId::Pendulum, "pendulum"),
             (EnvId::MountainCar, "quick"),
         ] {
-            MbpoConfig::preset(env, p).unwrap().validate().unwrap();
+            MbpoConfig::preset(&env.into(), p)
+                .unwrap()
+                .validate()
+                .unwrap();
         }
-        assert!(MbpoConfig::preset(EnvId::Pendulum, "cartpole").is_err());
-        let mut c = MbpoConfig::preset(EnvId::Pendulum, "pendulum").unwrap();
+        assert!(MbpoConfig::preset(&EnvId::Pendulum.into(), "cartpole").is_err());
+        let mut c = MbpoConfig::preset(&EnvId::Pendulum.into(), "pendulum").unwrap();
         c.rollout_schedule = [1, 15, 0, 1];
         assert!(c
             .validate()

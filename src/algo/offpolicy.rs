@@ -6,7 +6,7 @@
 //! then the views a user reads (`policy.safetensors`, `critic.safetensors`, `metrics.csv`,
 //! `timings.csv`, `learning_curve.svg`, and for MBPO `model.safetensors`) are rewritten
 //! from the state, and finally the previous state files are removed.
-use crate::env::{Env, EnvId, NativeEnv};
+use crate::env::Env;
 use crate::io::run::{RunDir, MANIFEST, STATE_DIR};
 use crate::policy::sac::UpdateStats;
 use crate::policy::Sac;
@@ -29,9 +29,8 @@ pub(crate) fn transitions(r: &crate::policy::Replay) -> crate::model::Transition
 }
 
 /// Mean deterministic return of `episodes` evaluation episodes (the mean action,
-/// `scale·tanh(μ) + bias`), on their own reset seeds.
-pub fn evaluate(agent: &mut Sac, env_id: EnvId, episodes: usize, seed: u64) -> Result<f64> {
-    let mut env = NativeEnv::new(env_id, 1);
+/// `scale·tanh(μ) + bias`), on their own reset seeds, in `env` (one copy).
+pub fn evaluate(agent: &mut Sac, env: &mut dyn Env, episodes: usize, seed: u64) -> Result<f64> {
     let mut total = 0.0f64;
     for ep in 0..episodes {
         let s = seed

@@ -8,7 +8,7 @@
 //!                    execute a_t, add (s_t, a_t, s_{t+1}) to D
 //! ```
 use crate::backend::{Activation, Backend, Propagation};
-use crate::env::{Env, EnvId, NativeEnv};
+use crate::env::{EnvId, EnvName};
 use crate::io::run::{RunDir, MANIFEST, STATE_DIR};
 use crate::model::{train::train, Ensemble, ModelConfig, TrainConfig, Transitions};
 use crate::plan::{mpc::latency_stats, Mpc, PlannerConfig, TsConfig};
@@ -53,9 +53,12 @@ impl PetsConfig {
     /// A named preset for `env`. `cartpole` is mbrl-lib 0.2.0's `pets_cartpole`; `pendulum`
     /// the same architecture with a longer horizon for the swing-up; `quick` a small
     /// configuration per environment that a laptop CPU runs in minutes.
-    pub fn preset(env: EnvId, name: &str) -> Result<Self> {
-        let spec = env.spec();
+    pub fn preset(env_name: &EnvName, name: &str) -> Result<Self> {
+        let spec = env_name.spec()?;
         let mut model = ModelConfig::pets(spec.obs_dim, spec.act_dim);
+        // A task without a reward function from observations plans on learned rewards.
+        model.learn_reward = env_name.task_env().is_none();
+        let env = env_name.task_env();
         let mut train = TrainConfig {
             epochs: 25,
             ..TrainConfig::default()
@@ -70,8 +73,8 @@ impl PetsConfig {
         // steps per training (a second on this CPU) lets the first MPC trial plan.
         train.min_steps = 200;
         match (name, env) {
-            ("cartpole", EnvId::CartPole) => {}
-            ("pendulum", EnvId::Pendulum) => {
+            ("cartpole", Some(EnvId::CartPole)) => {}
+            ("pendulum", Some(EnvId::Pendulum)) => {
                 planner.horizon = 25;
                 planner.population = 400;
                 planner.num_elites = 40;
@@ -92,13 +95,13 @@ impl PetsConfig {
                 particles = 20;
                 trials = 5;
                 train_every = 0;
-                if env == EnvId::Pendulum {
+                if env == Some(EnvId::Pendulum) {
                     planner.horizon = 25;
                     planner.population = 200;
                     planner.num_elites = 20;
                     trials = 8;
                 }
-                if env == EnvId::MountainCar {
+                if env == Some(EnvId::MountainCar) {
                     planner.horizon = 30;
                     planner.population = 200;
                     planner.num_elites = 20;
@@ -106,12 +109,10 @@ impl PetsConfig {
             }
             (n, _) if PRESETS.contains(&n) => {
                 return Err(invalid!(
-                    "preset {n:?} is for the {n} environment, not {}; use `quick` or `{}`",
-                    env.name(),
-                    if env == EnvId::MountainCar {
-                        "quick"
-                    } else {
-                        env.name()
+                    "preset {n:?} is for the {n} environment, not {env_name}; use `quick`{}",
+                    match env {
+                        Some(e) if PRESETS.contains(&e.name()) => format!(" or `{}`", e.name()),
+                        _ => String::new(),
                     }
                 ))
             }
@@ -124,7 +125,7 @@ impl PetsConfig {
         }
         model.activation = Activation::Silu;
         Ok(Self {
-            env: env.name().into(),
+            env: env_name.name(),
             preset: name.into(),
             trials,
             trial_length: spec.max_episode_steps,
@@ -138,15 +139,13 @@ impl PetsConfig {
         })
     }
 
-    pub fn env_id(&self) -> Result<EnvId> {
-        Ok(EnvId::parse(&self.env)?)
+    pub fn env_name(&self) -> Result<EnvName> {
+        Ok(EnvName::parse(&self.env)?)
     }
 
     /// Errors about a setting are [`crate::Error::Setting`]s keyed by its dotted name.
     pub fn validate(&self) -> Result<()> {
-        let env = self.env_id()?;
-        let spec = env.spec();
-        self.model.check_env(env)?;
+        let spec = self.model.check_env(&self.env_name()?)?;
         if self.trials == 0 {
             return Err(setting!(
                 "trials",
@@ -228,9 +227,9 @@ pub fn run<B: Backend>(
     mut progress: impl FnMut(Event),
 ) -> Result<(Ensemble, Vec<TrialReport>)> {
     cfg.validate()?;
-    let env_id = cfg.env_id()?;
-    let spec = env_id.spec();
-    let mut env = NativeEnv::new(env_id, 1);
+    let env_name = cfg.env_name()?;
+    let mut env = env_name.open(1)?;
+    let spec = env.spec().clone();
     let resumed = match out {
         Some(dir) => load_checkpoint(dir, cfg)?,
         None => None,
@@ -281,10 +280,12 @@ pub fn run<B: Backend>(
         if trial > 0 {
             retrain(&mut model, &data)?;
             let seed = cfg.seed.wrapping_mul(7919).wrapping_add(trial as u64);
-            mpc = Some(Mpc::with_model(
+            mpc = Some(Mpc::with_model_task(
                 backend,
                 &model,
-                env_id,
+                env_name.task_code(),
+                &spec.act_low,
+                &spec.act_high,
                 cfg.planner.clone(),
                 ts,
                 seed,

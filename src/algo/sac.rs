@@ -8,7 +8,7 @@
 //! ```
 //! Truncation (the time limit) is not termination: the critic target bootstraps through it.
 use super::offpolicy::{self, episode_seed, evaluate, random_action, Row, Stats, Views};
-use crate::env::{Env, EnvId, NativeEnv};
+use crate::env::EnvName;
 use crate::io::run::RunDir;
 use crate::policy::checkpoint as ckpt;
 use crate::policy::{Replay, Sac, SacConfig};
@@ -46,9 +46,9 @@ impl SacRunConfig {
     /// `default`: pranz24 / Stable-Baselines3 settings (2×256, lr 3e-4, batch 256, γ 0.99,
     /// τ 0.005) for 10,000 steps; `quick`: a small network and 2,000 steps, minutes on a
     /// laptop CPU, for trying the pipeline.
-    pub fn preset(env: EnvId, name: &str) -> Result<Self> {
+    pub fn preset(env: &EnvName, name: &str) -> Result<Self> {
         let mut c = Self {
-            env: env.name().into(),
+            env: env.name(),
             preset: name.into(),
             seed: 0,
             steps: 10_000,
@@ -80,12 +80,13 @@ impl SacRunConfig {
         Ok(c)
     }
 
-    pub fn env_id(&self) -> Result<EnvId> {
-        Ok(EnvId::parse(&self.env)?)
+    pub fn env_name(&self) -> Result<EnvName> {
+        Ok(EnvName::parse(&self.env)?)
     }
 
     pub fn validate(&self) -> Result<()> {
-        self.env_id()?;
+        // A Gymnasium environment that cannot be made fails here, before a run directory.
+        self.env_name()?.spec()?;
         check_counts(&[
             ("steps", self.steps, 1 << 32),
             ("eval_every", self.eval_every, 1 << 32),
@@ -134,8 +135,10 @@ pub fn run(
     mut progress: impl FnMut(Event),
 ) -> Result<(Sac, Vec<Row>)> {
     cfg.validate()?;
-    let env_id = cfg.env_id()?;
-    let spec = env_id.spec();
+    let env_name = cfg.env_name()?;
+    let mut env = env_name.open(1)?;
+    let mut eval_env = env_name.open(1)?;
+    let spec = env.spec().clone();
     let mut agent = Sac::new(
         cfg.sac.clone(),
         spec.obs_dim,
@@ -180,7 +183,6 @@ pub fn run(
             });
         }
     }
-    let mut env = NativeEnv::new(env_id, 1);
     let mut stats = Stats::default();
     let mut t0 = Instant::now();
     while c.env_steps < cfg.steps {
@@ -219,7 +221,7 @@ pub fn run(
             while c.next_eval <= c.env_steps {
                 c.next_eval += cfg.eval_every;
             }
-            let ret = evaluate(&mut agent, env_id, cfg.eval_episodes, cfg.seed)?;
+            let ret = evaluate(&mut agent, &mut *eval_env, cfg.eval_episodes, cfg.seed)?;
             let mut row = stats.take_row(c.env_steps, ret, agent.updates);
             row.seconds = t0.elapsed().as_secs_f64();
             t0 = Instant::now();

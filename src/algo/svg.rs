@@ -25,7 +25,7 @@ use super::offpolicy::{self, episode_seed, evaluate, transitions, Row, Stats, Vi
 use super::sac::check_counts;
 use crate::backend::cpu::ensemble as engine;
 use crate::backend::{Backend, EnsembleShape};
-use crate::env::{Env, EnvId, NativeEnv};
+use crate::env::EnvName;
 use crate::io::run::RunDir;
 use crate::model::{train::train, Ensemble, ModelConfig, TrainConfig};
 use crate::policy::checkpoint as ckpt;
@@ -74,9 +74,11 @@ pub const PRESETS: [&str; 2] = ["default", "quick"];
 
 impl SvgConfig {
     /// `default`: tuned here on Pendulum-v1 (10,000 steps); `quick`: 2,000 steps.
-    pub fn preset(env: EnvId, name: &str) -> Result<Self> {
-        let spec = env.spec();
+    pub fn preset(env: &EnvName, name: &str) -> Result<Self> {
+        let spec = env.spec()?;
         let mut model = ModelConfig::pets(spec.obs_dim, spec.act_dim);
+        // Without a reward function from observations the path's rewards are the model's.
+        model.learn_reward = env.task_env().is_none();
         model.ensemble_size = 3;
         model.num_elites = 1;
         model.hidden = 128;
@@ -101,7 +103,7 @@ impl SvgConfig {
             ..SacConfig::default()
         };
         let mut c = Self {
-            env: env.name().into(),
+            env: env.name(),
             preset: name.into(),
             seed: 0,
             steps: 10_000,
@@ -136,12 +138,12 @@ impl SvgConfig {
         Ok(c)
     }
 
-    pub fn env_id(&self) -> Result<EnvId> {
-        Ok(EnvId::parse(&self.env)?)
+    pub fn env_name(&self) -> Result<EnvName> {
+        Ok(EnvName::parse(&self.env)?)
     }
 
     pub fn validate(&self) -> Result<()> {
-        let env = self.env_id()?;
+        let env = self.env_name()?;
         check_counts(&[
             ("steps", self.steps, 1 << 28),
             ("updates_per_episode", self.updates_per_episode, 1 << 16),
@@ -164,7 +166,7 @@ impl SvgConfig {
                 self.entropy_weight
             ));
         }
-        self.model.check_env(env)?;
+        self.model.check_env(&env)?;
         self.model.validate().map_err(|e| e.in_section("model"))?;
         self.train.validate().map_err(|e| e.in_section("train"))?;
         crate::limits::check_model(&self.model, self.train.batch_size)?;
@@ -304,7 +306,7 @@ fn best_elite(model: &Ensemble) -> (EnsembleShape, Vec<f32>) {
 #[allow(clippy::too_many_arguments)]
 fn svg_step(
     cfg: &SvgConfig,
-    env: EnvId,
+    task: u32,
     agent: &mut Sac,
     model: &Ensemble,
     best: &(EnsembleShape, Vec<f32>),
@@ -359,7 +361,7 @@ fn svg_step(
     let set = PathSettings {
         gamma: cfg.policy.gamma,
         alpha: cfg.entropy_weight,
-        task: env.code(),
+        task,
         terminal_value: false,
     };
     let mut grad = vec![0.0f32; agent.actor.len()];
@@ -404,8 +406,10 @@ pub fn run<B: Backend>(
     mut progress: impl FnMut(Event),
 ) -> Result<(Sac, Vec<Row>)> {
     cfg.validate()?;
-    let env_id = cfg.env_id()?;
-    let spec = env_id.spec();
+    let env_name = cfg.env_name()?;
+    let mut env = env_name.open(1)?;
+    let mut eval_env = env_name.open(1)?;
+    let spec = env.spec().clone();
     let (od, ad) = (spec.obs_dim, spec.act_dim);
     let mut agent = Sac::new(
         cfg.policy.clone(),
@@ -454,7 +458,6 @@ pub fn run<B: Backend>(
             });
         }
     }
-    let mut env = NativeEnv::new(env_id, 1);
     let mut stats = Stats::default();
     let mut ws = PathWorkspace::default();
     let (mut loss_sum, mut logp_sum, mut n) = (0.0f64, 0.0f64, 0usize);
@@ -509,7 +512,14 @@ pub fn run<B: Backend>(
                 .collect();
             c.updates += 1;
             match svg_step(
-                cfg, env_id, &mut agent, &model, &best, &data, &chosen, &mut ws,
+                cfg,
+                env_name.task_code(),
+                &mut agent,
+                &model,
+                &best,
+                &data,
+                &chosen,
+                &mut ws,
             ) {
                 Ok(r) => {
                     loss_sum += r.loss;
@@ -524,7 +534,7 @@ pub fn run<B: Backend>(
             while c.next_eval <= c.env_steps {
                 c.next_eval += cfg.eval_every;
             }
-            let ret = evaluate(&mut agent, env_id, cfg.eval_episodes, cfg.seed)?;
+            let ret = evaluate(&mut agent, &mut *eval_env, cfg.eval_episodes, cfg.seed)?;
             let mut row = stats.take_row(c.env_steps, ret, c.updates);
             let mean = |s: f64| if n == 0 { f64::NAN } else { s / n as f64 };
             row.actor_loss = mean(loss_sum);
@@ -560,13 +570,14 @@ fn views(agent: &Sac, model: &Ensemble) -> Result<Views> {
 mod tests {
     use super::*;
     use crate::backend::cpu::CpuBackend;
+    use crate::env::{Env, EnvId, NativeEnv};
 
     /// With η and ξ inferred at the current parameters, the replayed paths visit the real
     /// states: their rewards are the real ones (pendulum's reward is computed from the
     /// replayed states, so a wrong ξ or η would change it).
     #[test]
     fn inferred_noise_should_replay_the_real_trajectories() {
-        let mut cfg = SvgConfig::preset(EnvId::Pendulum, "quick").unwrap();
+        let mut cfg = SvgConfig::preset(&EnvId::Pendulum.into(), "quick").unwrap();
         cfg.model.hidden = 16;
         cfg.train.epochs = 5;
         cfg.policy.hidden = 16;
@@ -598,7 +609,7 @@ mod tests {
         for chosen in [vec![(0, 200), (200, 200)], vec![(37, 30)]] {
             let r = svg_step(
                 &cfg,
-                EnvId::Pendulum,
+                EnvId::Pendulum.code(),
                 &mut agent,
                 &model,
                 &best_elite(&model),

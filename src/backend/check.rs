@@ -113,7 +113,12 @@ pub fn update(p: &UpdateParams, lens: [usize; 4]) -> Result<()> {
 
 /// Checks shared by both rollouts.
 fn rollout_common(p: &RolloutParams) -> Result<()> {
-    if !task::known(p.env) {
+    if p.env == task::NONE && p.learn_reward != 1 {
+        return Err(invalid!(
+            "the task has no reward function (task::NONE): the model must learn the reward"
+        ));
+    }
+    if !task::known(p.env) && p.env != task::NONE {
         return Err(invalid!("unknown task code {}", p.env));
     }
     if p.horizon == 0 {

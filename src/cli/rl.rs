@@ -5,7 +5,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use mbrl_gpu::algo::offpolicy::{Event, Row};
 use mbrl_gpu::algo::{mbpo, sac, svg};
 use mbrl_gpu::backend::BackendChoice;
-use mbrl_gpu::env::EnvId;
+use mbrl_gpu::env::{EnvId, EnvName};
 use mbrl_gpu::io::config::{self as conf, Origin};
 use mbrl_gpu::io::run::{Mode, RunDir};
 use mbrl_gpu::{invalid, io, with_backend, Result};
@@ -63,6 +63,24 @@ pub struct SacArgs {
     run: RunArgs,
 }
 
+impl SacArgs {
+    pub fn env_mut(&mut self) -> Option<&mut String> {
+        self.run.env.as_mut()
+    }
+}
+
+impl MbpoArgs {
+    pub fn env_mut(&mut self) -> Option<&mut String> {
+        self.run.env.as_mut()
+    }
+}
+
+impl EvalArgs {
+    pub fn env_mut(&mut self) -> &mut String {
+        &mut self.env
+    }
+}
+
 #[derive(Args)]
 pub struct MbpoArgs {
     #[command(flatten)]
@@ -108,14 +126,15 @@ pub struct Sources<'a> {
     pub sets: &'a [String],
     pub env: &'a Option<String>,
     pub preset: &'a Option<String>,
-    pub defaults: (&'a str, &'a str),
+    /// The environment when none is given, and the preset for an environment when none is.
+    pub defaults: (&'a str, &'a dyn Fn(&EnvName) -> String),
     pub flags: Vec<(&'static str, toml::Value)>,
 }
 
 /// The configuration [`Sources`] describe, `preset` giving the base for (env, preset name).
 pub fn resolve<C: Serialize + DeserializeOwned>(
     src: Sources,
-    preset: impl Fn(EnvId, &str) -> Result<C>,
+    preset: impl Fn(&EnvName, &str) -> Result<C>,
 ) -> Result<C> {
     let mut file = match src.config {
         Some(p) => conf::read_table(p)?,
@@ -144,8 +163,9 @@ pub fn resolve<C: Serialize + DeserializeOwned>(
             Ok(from_set.or(flag.clone()).or(from_file))
         };
     let env = pick("env", src.env, &mut file)?.unwrap_or_else(|| src.defaults.0.into());
-    let name = pick("preset", src.preset, &mut file)?.unwrap_or_else(|| src.defaults.1.into());
-    let mut table = conf::to_table(&preset(EnvId::parse(&env)?, &name)?)?;
+    let env = EnvName::parse(&env)?;
+    let name = pick("preset", src.preset, &mut file)?.unwrap_or_else(|| (src.defaults.1)(&env));
+    let mut table = conf::to_table(&preset(&env, &name)?)?;
     if let Some(p) = src.config {
         conf::merge::<C>(&mut table, &file, Origin::File(p))?;
     }
@@ -160,6 +180,24 @@ pub fn resolve<C: Serialize + DeserializeOwned>(
     conf::from_table(table)
 }
 
+/// `runs/CMD-ENV-PRESET-sSEED`, with a Gymnasium name's `:` and `/` as `-`.
+pub fn default_dir(cmd: &str, env: &str, preset: &str, seed: u64) -> PathBuf {
+    let env: String = env
+        .chars()
+        .map(|c| if c == ':' || c == '/' { '-' } else { c })
+        .collect();
+    PathBuf::from(format!("runs/{cmd}-{env}-{preset}-s{seed}"))
+}
+
+/// The preset of a command whose presets are named after environments: the environment's
+/// own (a Gymnasium ID's native counterpart's) when `names` has one, else `quick`.
+pub fn preset_named_after_env(names: &'static [&'static str]) -> impl Fn(&EnvName) -> String {
+    move |env| match env.task_env().map(EnvId::name) {
+        Some(n) if names.contains(&n) => n.into(),
+        _ => "quick".into(),
+    }
+}
+
 /// A `u64`/`usize` flag as the TOML integer it sets.
 pub fn int_flag(flag: &str, v: u64) -> Result<toml::Value> {
     i64::try_from(v)
@@ -171,8 +209,8 @@ pub fn int_flag(flag: &str, v: u64) -> Result<toml::Value> {
 fn prepare<C: Serialize + DeserializeOwned>(
     a: &RunArgs,
     cmd: &str,
-    defaults: (&str, &str),
-    preset: impl Fn(EnvId, &str) -> Result<C>,
+    defaults: (&str, &dyn Fn(&EnvName) -> String),
+    preset: impl Fn(&EnvName, &str) -> Result<C>,
     set_steps: impl Fn(&mut C, usize),
     describe: impl Fn(&C) -> (String, String, u64),
     validate: impl Fn(&C) -> Result<()>,
@@ -214,7 +252,7 @@ fn prepare<C: Serialize + DeserializeOwned>(
             let dir = a
                 .out
                 .clone()
-                .unwrap_or_else(|| PathBuf::from(format!("runs/{cmd}-{env}-{preset}-s{seed}")));
+                .unwrap_or_else(|| default_dir(cmd, &env, &preset, seed));
             (cfg, dir)
         }
     };
@@ -294,7 +332,7 @@ pub fn run_sac(a: SacArgs) -> Result<()> {
     let Some((cfg, dir)) = prepare(
         &a.run,
         "sac",
-        ("pendulum", "default"),
+        ("pendulum", &|_| "default".into()),
         sac::SacRunConfig::preset,
         |c, s| c.steps = s,
         |c| (c.env.clone(), c.preset.clone(), c.seed),
@@ -329,7 +367,7 @@ pub fn run_maac(a: MbpoArgs) -> Result<()> {
 
 /// `mbpo`, or with `maac` MAAC: the same loop, whose actor learns from path gradients.
 fn run_model_based(a: MbpoArgs, maac: bool) -> Result<()> {
-    type Preset = fn(EnvId, &str) -> Result<mbpo::MbpoConfig>;
+    type Preset = fn(&EnvName, &str) -> Result<mbpo::MbpoConfig>;
     let (cmd, preset): (&str, Preset) = if maac {
         ("maac", mbpo::MbpoConfig::maac_preset)
     } else {
@@ -354,7 +392,7 @@ fn run_model_based(a: MbpoArgs, maac: bool) -> Result<()> {
     let Some((cfg, dir)) = prepare(
         &a.run,
         cmd,
-        ("pendulum", "pendulum"),
+        ("pendulum", &preset_named_after_env(&mbpo::PRESETS)),
         preset,
         |c, s| c.steps = s,
         |c| (c.env.clone(), c.preset.clone(), c.seed),
@@ -391,7 +429,7 @@ pub fn run_svg(a: MbpoArgs) -> Result<()> {
     let Some((cfg, dir)) = prepare(
         &a.run,
         "svg",
-        ("pendulum", "default"),
+        ("pendulum", &|_| "default".into()),
         svg::SvgConfig::preset,
         |c, s| c.steps = s,
         |c| (c.env.clone(), c.preset.clone(), c.seed),
@@ -419,19 +457,20 @@ pub fn run_svg(a: MbpoArgs) -> Result<()> {
 }
 
 pub fn run_eval(a: EvalArgs) -> Result<()> {
-    let env = EnvId::parse(&a.env)?;
-    let spec = env.spec();
+    let env = EnvName::parse(&a.env)?;
     if a.episodes == 0 || a.episodes > 1 << 16 {
         return Err(invalid!("--episodes {}: give 1 to 65536", a.episodes));
     }
     let mut agent = mbrl_gpu::policy::checkpoint::load_policy(&a.policy)?;
+    let mut copy = env.open(1)?;
+    let spec = copy.spec().clone();
     if agent.nets.obs_dim != spec.obs_dim || agent.nets.act_dim != spec.act_dim {
         return Err(invalid!(
             "{}: the policy maps {} observations to {} actions, but {} has {} and {}",
             a.policy.display(),
             agent.nets.obs_dim,
             agent.nets.act_dim,
-            env.name(),
+            env,
             spec.obs_dim,
             spec.act_dim
         ));
@@ -440,7 +479,7 @@ pub fn run_eval(a: EvalArgs) -> Result<()> {
     for ep in 0..a.episodes {
         let seed = a.seed.wrapping_mul(1_000_003).wrapping_add(ep as u64);
         returns.push(mbrl_gpu::algo::offpolicy::evaluate(
-            &mut agent, env, 1, seed,
+            &mut agent, &mut *copy, 1, seed,
         )?);
     }
     let mean = returns.iter().sum::<f64>() / returns.len() as f64;
@@ -525,7 +564,7 @@ pub fn run_horizons(a: HorizonArgs) -> Result<()> {
             sets: &a.sets,
             env: &Some(a.env.clone()),
             preset: &Some(a.preset.clone()),
-            defaults: ("pendulum", "quick"),
+            defaults: ("pendulum", &|_| "quick".into()),
             flags: vec![
                 ("steps", int_flag("--steps", a.steps as u64)?),
                 ("seed", int_flag("--seed", a.seed)?),
@@ -534,7 +573,7 @@ pub fn run_horizons(a: HorizonArgs) -> Result<()> {
         let mut cfg: mbpo::MbpoConfig = resolve(src, mbpo::MbpoConfig::maac_preset)?;
         cfg.maac = Some(mbpo::MaacSettings { horizon: h });
         cfg.validate().map_err(|e| e.rename_setting(flag))?;
-        if cfg.env_id()? != env {
+        if cfg.env_name()? != EnvName::Native(env) {
             return Err(invalid!(
                 "--set env: the study's environment is --env {}",
                 env.name()

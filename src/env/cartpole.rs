@@ -70,7 +70,7 @@ pub const RESET_HIGH: f64 = 0.05;
 
 pub(crate) fn spec() -> EnvSpec {
     EnvSpec {
-        name: "cartpole",
+        name: "cartpole".into(),
         obs_dim: OBS_DIM,
         act_dim: ACT_DIM,
         state_dim: STATE_DIM,
@@ -79,7 +79,8 @@ pub(crate) fn spec() -> EnvSpec {
         max_episode_steps: MAX_EPISODE_STEPS,
         description: "continuous cart-pole of mbrl-lib's PETS: CartPole-v1 physics, force = 10 N × action \
                       (action in [-1, 1], not clipped), reward 1 per step, terminates when |x| > 2.4 \
-                      or |theta| > 12°, 200 steps; obs = state = [x, x_dot, theta, theta_dot]",
+                      or |theta| > 12°, 200 steps; obs = state = [x, x_dot, theta, theta_dot]"
+            .into(),
     }
 }
 

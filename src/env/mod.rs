@@ -30,6 +30,7 @@
 //! with Gymnasium is checked from recorded start states instead.
 
 pub mod cartpole;
+pub mod gym;
 pub mod mountain_car;
 pub mod pendulum;
 pub mod task;
@@ -56,8 +57,8 @@ pub enum EnvId {
 /// Static description of an environment.
 #[derive(Clone, Debug, PartialEq)]
 pub struct EnvSpec {
-    /// The name [`EnvId::parse`] accepts.
-    pub name: &'static str,
+    /// The name [`EnvName::parse`] accepts.
+    pub name: String,
     /// Observation dimension.
     pub obs_dim: usize,
     /// Action dimension.
@@ -71,7 +72,7 @@ pub struct EnvSpec {
     /// Episodes are truncated after this many steps.
     pub max_episode_steps: usize,
     /// One line for humans.
-    pub description: &'static str,
+    pub description: String,
 }
 
 /// Result of one step of one env.
@@ -124,6 +125,14 @@ pub enum EnvError {
     /// `step` was called before any `reset` or `set_state`.
     #[error("step called before reset or set_state")]
     NotReset,
+    /// The Gymnasium bridge failed (see [`gym`]).
+    #[error("{env}: {message}")]
+    Gym {
+        /// The environment's name (`gym:ID`).
+        env: String,
+        /// What happened.
+        message: String,
+    },
     /// A replayed step produced a value that is not a finite f32.
     #[error(
         "step {step} produced a non-finite {what} ({value}): the start state or the actions \
@@ -323,6 +332,126 @@ impl FromStr for EnvId {
     type Err = EnvError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         EnvId::parse(s)
+    }
+}
+
+/// The environment a run names: a native one, or any Gymnasium environment with Box spaces
+/// through the Python bridge ([`gym`]).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum EnvName {
+    Native(EnvId),
+    Gym(gym::GymId),
+}
+
+impl EnvName {
+    /// `cartpole`, `pendulum`, `mountain-car`, `gym:ID` or `gym:MODULE:ID`.
+    pub fn parse(s: &str) -> Result<EnvName, EnvError> {
+        match gym::GymId::parse(s) {
+            Some(g) => Ok(EnvName::Gym(g?)),
+            None => EnvId::parse(s).map(EnvName::Native).map_err(|e| match e {
+                EnvError::UnknownEnv { name, choices } => EnvError::UnknownEnv {
+                    name,
+                    choices: format!(
+                        "{choices}, or gym:ID for a Gymnasium environment (e.g. \
+                             gym:Pendulum-v1)"
+                    ),
+                },
+                e => e,
+            }),
+        }
+    }
+
+    /// The name [`EnvName::parse`] reads back.
+    pub fn name(&self) -> String {
+        match self {
+            EnvName::Native(id) => id.name().into(),
+            EnvName::Gym(g) => g.name(),
+        }
+    }
+
+    /// The native environment, if this is one.
+    pub fn native(&self) -> Option<EnvId> {
+        match self {
+            EnvName::Native(id) => Some(*id),
+            EnvName::Gym(_) => None,
+        }
+    }
+
+    /// The native task whose reward and termination functions, presets and hand-derived
+    /// gradients apply: the native environment itself, or the one a Gymnasium ID reproduces
+    /// step for step (`gym:Pendulum-v1` → `pendulum`).
+    pub fn task_env(&self) -> Option<EnvId> {
+        match self {
+            EnvName::Native(id) => Some(*id),
+            EnvName::Gym(g) => g.native(),
+        }
+    }
+
+    /// The reward/termination code planners and model rollouts use ([`task`]):
+    /// [`task::NONE`] when no reward function from observations is known (the model must
+    /// learn the reward; nothing terminates).
+    pub fn task_code(&self) -> u32 {
+        self.task_env().map_or(task::NONE, EnvId::code)
+    }
+
+    /// Dimensions, bounds and episode length. For a Gymnasium environment this starts a
+    /// worker once per process and name, and remembers the answer.
+    pub fn spec(&self) -> Result<EnvSpec, EnvError> {
+        match self {
+            EnvName::Native(id) => Ok(id.spec()),
+            EnvName::Gym(g) => {
+                static SPECS: std::sync::Mutex<Vec<(gym::GymId, EnvSpec)>> =
+                    std::sync::Mutex::new(Vec::new());
+                if let Some((_, s)) = SPECS
+                    .lock()
+                    .ok()
+                    .and_then(|v| v.iter().find(|(k, _)| k == g).cloned())
+                {
+                    return Ok(s);
+                }
+                let env = gym::GymEnv::open(g, 1, &gym::GymOptions::from_env()?)?;
+                let s = env.spec().clone();
+                if let Ok(mut v) = SPECS.lock() {
+                    v.push((g.clone(), s.clone()));
+                }
+                Ok(s)
+            }
+        }
+    }
+
+    /// `copies` copies, ready for [`Env::reset`].
+    pub fn open(&self, copies: usize) -> Result<Box<dyn Env>, EnvError> {
+        match self {
+            EnvName::Native(id) => Ok(Box::new(NativeEnv::new(*id, copies))),
+            EnvName::Gym(g) => Ok(Box::new(gym::GymEnv::open(
+                g,
+                copies,
+                &gym::GymOptions::from_env()?,
+            )?)),
+        }
+    }
+
+    /// The native environment, or an error saying that `what` needs one.
+    pub fn require_native(&self, what: &str) -> Result<EnvId, EnvError> {
+        self.native().ok_or_else(|| EnvError::Gym {
+            env: self.name(),
+            message: format!(
+                "{what} needs a native environment (`mbrl-gpu envs`); a Gymnasium \
+                 environment is stepped only through its own `step`"
+            ),
+        })
+    }
+}
+
+impl From<EnvId> for EnvName {
+    fn from(id: EnvId) -> Self {
+        EnvName::Native(id)
+    }
+}
+
+impl fmt::Display for EnvName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.name())
     }
 }
 

@@ -62,7 +62,7 @@ pub const ACT_DIM: usize = 1;
 
 pub(crate) fn spec() -> EnvSpec {
     EnvSpec {
-        name: "mountain-car",
+        name: "mountain-car".into(),
         obs_dim: OBS_DIM,
         act_dim: ACT_DIM,
         state_dim: STATE_DIM,
@@ -72,7 +72,8 @@ pub(crate) fn spec() -> EnvSpec {
         description: "MountainCarContinuous-v0: drive an underpowered car up the right hill; force in \
                       [-1, 1] (clipped for the dynamics, not for the reward), reward 100 at the goal \
                       (position >= 0.45, velocity >= 0) minus 0.1 a² per step, 999 steps; \
-                      obs = state = [position, velocity]",
+                      obs = state = [position, velocity]"
+            .into(),
     }
 }
 

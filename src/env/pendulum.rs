@@ -49,7 +49,7 @@ pub const ACT_DIM: usize = 1;
 
 pub(crate) fn spec() -> EnvSpec {
     EnvSpec {
-        name: "pendulum",
+        name: "pendulum".into(),
         obs_dim: OBS_DIM,
         act_dim: ACT_DIM,
         state_dim: STATE_DIM,
@@ -58,7 +58,8 @@ pub(crate) fn spec() -> EnvSpec {
         max_episode_steps: MAX_EPISODE_STEPS,
         description: "Pendulum-v1: swing up and balance; torque in [-2, 2] (clipped), \
                       reward -(angle² + 0.1 thdot² + 0.001 u²), no termination, 200 steps; \
-                      state [th, thdot], obs [cos th, sin th, thdot]",
+                      state [th, thdot], obs [cos th, sin th, thdot]"
+            .into(),
     }
 }
 

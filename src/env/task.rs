@@ -13,6 +13,11 @@ pub const HALF_CHEETAH: u32 = 3;
 pub const HALF_CHEETAH_OBS: usize = 18;
 pub const HALF_CHEETAH_ACT: usize = 6;
 
+/// A task whose reward is not known as a function of observations (a Gymnasium environment
+/// without a native counterpart): the model must learn the reward, and nothing terminates.
+/// [`reward`] gives NaN for it, which the rollouts refuse unless the model learns rewards.
+pub const NONE: u32 = 0xFFFF;
+
 /// Whether `code` names a reward function.
 pub fn known(code: u32) -> bool {
     EnvId::from_code(code).is_some() || code == HALF_CHEETAH

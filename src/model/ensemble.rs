@@ -53,21 +53,29 @@ impl ModelConfig {
     }
 
     /// The model's input and output sizes are `env`'s (a [`crate::Error::Setting`] on
-    /// `model.obs_dim/act_dim` otherwise).
-    pub fn check_env(&self, env: crate::env::EnvId) -> Result<()> {
-        let spec = env.spec();
+    /// `model.obs_dim/act_dim` otherwise), and a task without a reward function from
+    /// observations has the model learn it (`model.learn_reward`). Returns `env`'s spec.
+    pub fn check_env(&self, env: &crate::env::EnvName) -> Result<crate::env::EnvSpec> {
+        let spec = env.spec()?;
         if self.obs_dim != spec.obs_dim || self.act_dim != spec.act_dim {
             return Err(setting!(
                 "model.obs_dim/act_dim",
                 "are ({}, {}), but {} has observation dimension {} and action dimension {}",
                 self.obs_dim,
                 self.act_dim,
-                env.name(),
+                env,
                 spec.obs_dim,
                 spec.act_dim
             ));
         }
-        Ok(())
+        if env.task_code() == crate::env::task::NONE && !self.learn_reward {
+            return Err(setting!(
+                "model.learn_reward",
+                "is false, but {env} has no reward function from observations here; the \
+                 model must learn the reward (set it to true)"
+            ));
+        }
+        Ok(spec)
     }
 
     pub fn shape(&self) -> EnsembleShape {
