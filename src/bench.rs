@@ -597,3 +597,161 @@ pub fn policy_benches<B: Backend>(
     peaks.push(gemm_peak(reps));
     Ok(finish_with_peak(rows, &peaks))
 }
+
+/// Gymnasium's own vector environment, timed by the bridge's interpreter in the same run:
+/// prints `{"n": N, "median_ms": …, "min_ms": …}` per copy count, one batched step timed.
+const GYM_VECTOR_BENCH: &str = r#"
+import json, sys, time
+import numpy as np
+import gymnasium as gym
+env_id, reps, steps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+for n in map(int, sys.argv[4:]):
+    v = gym.vector.SyncVectorEnv([lambda: gym.make(env_id) for _ in range(n)])
+    v.reset(seed=0)
+    rng = np.random.default_rng(0)
+    low, high = v.single_action_space.low, v.single_action_space.high
+    acts = rng.uniform(low, high, (steps, n) + low.shape).astype(v.single_action_space.dtype)
+    times = []
+    for r in range(reps + 1):
+        t0 = time.perf_counter()
+        for t in range(steps):
+            v.step(acts[t])
+        if r:
+            times.append((time.perf_counter() - t0) * 1e3 / steps)
+    v.close()
+    times.sort()
+    print(json.dumps({"n": n, "median_ms": times[len(times) // 2], "min_ms": times[0]}))
+"#;
+
+/// Copy counts of the environment benchmarks.
+pub const ENV_COPIES: [usize; 3] = [1, 8, 64];
+
+/// Environment steps per second, natively and through the Gymnasium bridge, next to
+/// Gymnasium's own `SyncVectorEnv` run by the same interpreter: one row per (way, copies),
+/// each a median over `reps` timings of 100 batched steps. `env` is a native environment
+/// with a Gymnasium counterpart; `python` None skips the two Python rows (with a note row).
+pub fn env_benches(
+    env: crate::env::EnvId,
+    reps: usize,
+    python: Option<&crate::env::gym::GymOptions>,
+) -> Result<Vec<BenchResult>> {
+    use crate::env::gym::{GymEnv, GymId};
+    use crate::env::{Env, NativeEnv};
+    let gym_id = match env {
+        crate::env::EnvId::Pendulum => "Pendulum-v1",
+        crate::env::EnvId::MountainCar => "MountainCarContinuous-v0",
+        crate::env::EnvId::CartPole => {
+            return Err(crate::invalid!(
+                "the continuous cart-pole has no Gymnasium registration to compare with"
+            ))
+        }
+    };
+    const STEPS: usize = 100;
+    let spec = env.spec();
+    let row = |name: String, med: f64, min: f64, n: usize| {
+        let mut r = result(&name, med, min, reps, 0.0, 0.0, String::new());
+        r.threads = 1;
+        r.note = format!("{:.0} env steps/s", n as f64 / (med * 1e-3));
+        r
+    };
+    let actions = |n: usize| -> Vec<Vec<f32>> {
+        (0..STEPS)
+            .map(|t| {
+                (0..n * spec.act_dim)
+                    .map(|i| {
+                        let j = i % spec.act_dim;
+                        let u = crate::rng::uniform(5, 1, i as u32, t as u32);
+                        spec.act_low[j] + (spec.act_high[j] - spec.act_low[j]) * u
+                    })
+                    .collect()
+            })
+            .collect()
+    };
+    let mut rows = vec![];
+    let time_env = |e: &mut dyn Env, n: usize| -> Result<(f64, f64)> {
+        let acts = actions(n);
+        let seeds: Vec<u64> = (0..n as u64).collect();
+        let mut failed = None;
+        let (med, min) = time_ms(reps, || {
+            if let Err(err) = e.reset(&seeds) {
+                failed.get_or_insert(err);
+                return;
+            }
+            for a in &acts {
+                if let Err(err) = e.step(a) {
+                    failed.get_or_insert(err);
+                    return;
+                }
+            }
+        });
+        match failed {
+            Some(err) => Err(err.into()),
+            None => Ok((med / STEPS as f64, min / STEPS as f64)),
+        }
+    };
+    for n in ENV_COPIES {
+        let mut e = NativeEnv::new(env, n);
+        let (med, min) = time_env(&mut e, n)?;
+        rows.push(row(
+            format!("env_step_{}_native_n{n}", env.name()),
+            med,
+            min,
+            n,
+        ));
+    }
+    let Some(opts) = python else {
+        let mut r = row(
+            format!("env_step_{}_bridge_skipped", env.name()),
+            0.0,
+            0.0,
+            0,
+        );
+        r.note = "no Python with Gymnasium: bridge and Gymnasium rows skipped".into();
+        rows.push(r);
+        return Ok(rows);
+    };
+    let id = GymId {
+        module: None,
+        id: gym_id.into(),
+    };
+    for n in ENV_COPIES {
+        let mut e = GymEnv::open(&id, n, opts)?;
+        let (med, min) = time_env(&mut e, n)?;
+        rows.push(row(
+            format!("env_step_{}_bridge_n{n}", env.name()),
+            med,
+            min,
+            n,
+        ));
+    }
+    let mut cmd = std::process::Command::new(&opts.python);
+    cmd.args(["-c", GYM_VECTOR_BENCH, gym_id, &reps.max(1).to_string()])
+        .arg(STEPS.to_string())
+        .args(ENV_COPIES.map(|n| n.to_string()))
+        .envs(opts.vars.iter().map(|(k, v)| (k, v)));
+    let out = cmd
+        .output()
+        .map_err(|e| crate::invalid!("running Gymnasium's vector benchmark: {e}"))?;
+    if !out.status.success() {
+        return Err(crate::invalid!(
+            "Gymnasium's vector benchmark failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .map_err(|e| crate::invalid!("Gymnasium's vector benchmark printed {line:?}: {e}"))?;
+        let n = v["n"].as_u64().unwrap_or(0) as usize;
+        let med = v["median_ms"].as_f64().unwrap_or(f64::NAN);
+        let min = v["min_ms"].as_f64().unwrap_or(f64::NAN);
+        let mut r = row(
+            format!("env_step_{}_gymnasium_sync_vector_n{n}", env.name()),
+            med,
+            min,
+            n,
+        );
+        r.backend = "python".into();
+        rows.push(r);
+    }
+    Ok(rows)
+}

@@ -330,6 +330,22 @@ enum BenchCmd {
     Plan(BenchArgs),
     /// SAC gradient steps (batch 256, 2×256) and MBPO env steps (mbpo_cartpole values).
     Policy(BenchArgs),
+    /// Environment steps per second for 1, 8 and 64 copies: native, through the Gymnasium
+    /// bridge, and Gymnasium's own SyncVectorEnv (same interpreter, same run).
+    Env(EnvBenchArgs),
+}
+
+#[derive(Args)]
+struct EnvBenchArgs {
+    /// One JSON object per benchmark per line.
+    #[arg(long)]
+    json: bool,
+    /// Timed repetitions (of 100 batched steps) per figure (medians are reported).
+    #[arg(long, default_value_t = 5)]
+    reps: usize,
+    /// Native environment with a Gymnasium counterpart (pendulum, mountain-car).
+    #[arg(long, default_value = "pendulum")]
+    env: String,
 }
 
 #[derive(Args)]
@@ -467,6 +483,25 @@ fn run(cli: Cli) -> Result<()> {
                 a.reps,
                 a.only.as_deref()
             ))?;
+            print_bench(&rs, a.json)
+        }
+        Cmd::Bench(BenchCmd::Env(a)) => {
+            let env = EnvId::parse(&a.env)?;
+            if a.reps == 0 || a.reps > 10_000 {
+                return Err(invalid!("--reps {}: give 1 to 10000", a.reps));
+            }
+            let opts = mbrl_gpu::env::gym::GymOptions::from_env()?;
+            let python = std::process::Command::new(&opts.python)
+                .args(["-c", "import gymnasium"])
+                .output()
+                .is_ok_and(|o| o.status.success());
+            if !python {
+                note!(
+                    "{:?} cannot import gymnasium: measuring the native environment only",
+                    opts.python
+                );
+            }
+            let rs = mbrl_gpu::bench::env_benches(env, a.reps, python.then_some(&opts))?;
             print_bench(&rs, a.json)
         }
         Cmd::Pets(a) => run_pets(a),

@@ -670,3 +670,27 @@ fn bridge_flags_should_be_checked() {
     );
     assert!(!ok && err.contains("\"/nope/py\" not found"), "{err}");
 }
+
+/// `bench env --json`: native, bridge and Gymnasium rows for 1, 8 and 64 copies, each with
+/// a positive median and its steps per second.
+#[test]
+fn bench_env_should_measure_all_three_ways() {
+    let Some(py) = python() else { return };
+    let (ok, out, err) = mbrl(&py, &["bench", "env", "--reps", "1", "--json"], &[]);
+    assert!(ok, "{err}");
+    let rows: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let names: Vec<&str> = rows.iter().map(|r| r["name"].as_str().unwrap()).collect();
+    for way in ["native", "bridge", "gymnasium_sync_vector"] {
+        for n in [1, 8, 64] {
+            let want = format!("env_step_pendulum_{way}_n{n}");
+            assert!(names.contains(&want.as_str()), "{want} missing: {names:?}");
+        }
+    }
+    for r in &rows {
+        assert!(r["median_ms"].as_f64().unwrap() > 0.0, "{r}");
+        assert!(r["note"].as_str().unwrap().ends_with("env steps/s"), "{r}");
+    }
+}
