@@ -15,8 +15,10 @@ use super::{Env, EnvError, EnvId, EnvSpec, Transition};
 use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::io::{BufReader, Read, Write};
+use std::os::fd::AsRawFd;
+use std::process::ChildStdout;
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// The worker's source (what `python3 -c` runs).
@@ -184,7 +186,11 @@ pub struct GymEnv {
     versions: WorkerVersions,
     child: Child,
     stdin: Option<ChildStdin>,
-    frames: mpsc::Receiver<std::io::Result<Vec<u8>>>,
+    /// The worker's stdout, read on the calling thread (poll with the deadline, then read:
+    /// no reader thread, so a reply wakes one thread, not two).
+    stdout: ChildStdout,
+    /// Bytes read past the last whole frame.
+    inbuf: Vec<u8>,
     tail: Arc<Mutex<VecDeque<String>>>,
     timeout: Duration,
     elapsed: Vec<usize>,
@@ -230,8 +236,6 @@ impl GymEnv {
         let stdin = child.stdin.take();
         let stdout = child.stdout.take().expect("piped stdout");
         let stderr = child.stderr.take().expect("piped stderr");
-        let (tx, frames) = mpsc::channel();
-        std::thread::spawn(move || read_frames(stdout, tx));
         let tail = Arc::new(Mutex::new(VecDeque::new()));
         let t2 = Arc::clone(&tail);
         std::thread::spawn(move || keep_tail(stderr, t2));
@@ -255,7 +259,8 @@ impl GymEnv {
             },
             child,
             stdin,
-            frames,
+            stdout,
+            inbuf: Vec::new(),
             tail,
             timeout: opts.timeout,
             elapsed: vec![0; copies],
@@ -400,10 +405,58 @@ impl GymEnv {
         self.receive(what, payload[0] | tag::REPLY)
     }
 
+    /// The next whole frame, waiting at most the timeout in all.
+    fn next_frame(&mut self) -> Result<Vec<u8>, Incoming> {
+        let deadline = Instant::now() + self.timeout;
+        let mut chunk = vec![0u8; 1 << 16];
+        loop {
+            if self.inbuf.len() >= 4 {
+                let n = u32::from_le_bytes(self.inbuf[..4].try_into().expect("4 bytes")) as usize;
+                if n == 0 || n > MAX_FRAME {
+                    return Err(Incoming::Invalid(format!(
+                        "a frame of {n} bytes (allowed: 1..={MAX_FRAME})"
+                    )));
+                }
+                if self.inbuf.len() >= 4 + n {
+                    let body = self.inbuf[4..4 + n].to_vec();
+                    self.inbuf.drain(..4 + n);
+                    return Ok(body);
+                }
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(Incoming::Timeout);
+            }
+            let mut pfd = libc::pollfd {
+                fd: self.stdout.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            let ms = left.as_millis().clamp(1, i32::MAX as u128) as i32;
+            // SAFETY: one valid pollfd for the duration of the call.
+            let r = unsafe { libc::poll(&mut pfd, 1, ms) };
+            if r < 0 {
+                if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(Incoming::Eof);
+            }
+            if r == 0 {
+                continue;
+            }
+            match self.stdout.read(&mut chunk) {
+                Ok(0) => return Err(Incoming::Eof),
+                Ok(k) => self.inbuf.extend_from_slice(&chunk[..k]),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => return Err(Incoming::Eof),
+            }
+        }
+    }
+
     fn receive(&mut self, what: &str, want: u8) -> Result<Vec<u8>, EnvError> {
-        match self.frames.recv_timeout(self.timeout) {
-            Ok(Ok(body)) if body.first() == Some(&want) => Ok(body),
-            Ok(Ok(body)) if body.first() == Some(&tag::ERROR) => {
+        match self.next_frame() {
+            Ok(body) if body.first() == Some(&want) => Ok(body),
+            Ok(body) if body.first() == Some(&tag::ERROR) => {
                 let mut r = Cursor::new(&body[1..]);
                 let kind = r.take(1).map(|b| b[0]).unwrap_or(0);
                 let text = r.str().unwrap_or_else(|_| "(unreadable message)".into());
@@ -425,20 +478,18 @@ impl GymEnv {
                 }
                 Err(self.err(m))
             }
-            Ok(Ok(body)) => {
+            Ok(body) => {
                 let got = body.first().copied().unwrap_or(0);
                 Err(self.protocol(format!(
                     "a reply with tag {got:#04x} to {what} (expected {want:#04x})"
                 )))
             }
-            Ok(Err(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
-                Err(self.protocol(e.to_string()))
-            }
-            Ok(Err(_)) | Err(mpsc::RecvTimeoutError::Disconnected) => {
+            Err(Incoming::Invalid(e)) => Err(self.protocol(e)),
+            Err(Incoming::Eof) => {
                 let m = self.death(what);
                 Err(self.err(m))
             }
-            Err(mpsc::RecvTimeoutError::Timeout) => {
+            Err(Incoming::Timeout) => {
                 let m = format!(
                     "the worker did not answer {what} within {:.3} s ({TIMEOUT_VAR} or \
                      --gym-timeout); it was stopped",
@@ -645,34 +696,6 @@ impl Drop for GymEnv {
     }
 }
 
-/// Reader thread: frames from the worker's stdout until it closes.
-fn read_frames(stdout: std::process::ChildStdout, tx: mpsc::Sender<std::io::Result<Vec<u8>>>) {
-    let mut r = BufReader::new(stdout);
-    loop {
-        let mut head = [0u8; 4];
-        if let Err(e) = r.read_exact(&mut head) {
-            let _ = tx.send(Err(e));
-            return;
-        }
-        let n = u32::from_le_bytes(head) as usize;
-        if n == 0 || n > MAX_FRAME {
-            let _ = tx.send(Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!("a frame of {n} bytes (allowed: 1..={MAX_FRAME})"),
-            )));
-            return;
-        }
-        let mut body = vec![0u8; n];
-        if let Err(e) = r.read_exact(&mut body) {
-            let _ = tx.send(Err(e));
-            return;
-        }
-        if tx.send(Ok(body)).is_err() {
-            return;
-        }
-    }
-}
-
 /// Stderr thread: keeps the last lines for error messages.
 fn keep_tail(stderr: std::process::ChildStderr, tail: Arc<Mutex<VecDeque<String>>>) {
     use std::io::BufRead;
@@ -698,6 +721,13 @@ fn put_str(buf: &mut Vec<u8>, s: &str) {
     let b = &s.as_bytes()[..s.len().min(u16::MAX as usize)];
     buf.extend_from_slice(&(b.len() as u16).to_le_bytes());
     buf.extend_from_slice(b);
+}
+
+/// Why no frame came.
+enum Incoming {
+    Timeout,
+    Eof,
+    Invalid(String),
 }
 
 /// Little-endian reads that name what was missing.
