@@ -3,7 +3,9 @@
 #   - Mesa's lavapipe (Vulkan on the CPU) for the wgpu parity tests;
 #   - PoCL (OpenCL on the CPU) to execute the CUDA kernels as OpenCL C;
 #   - NVRTC and ptxas from the PyPI wheels, into .tools/cuda, to compile every kernel;
-#   - Gymnasium in a virtual environment, .tools/gym, for the bridge's tests (--env gym:ID).
+#   - Gymnasium and MuJoCo 3.17.0 in a virtual environment, .tools/gym, for the bridge's tests
+#     (--env gym:ID) and the native MuJoCo tasks (built with --features mujoco, linked
+#     against the wheel's libmujoco).
 # Idempotent: installs only what is missing. Needs root (or sudo) for apt-get.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,16 +34,23 @@ fi
 # The Gymnasium bridge's tests compare against real Gymnasium (version pinned: the native
 # environments' fixtures were recorded with it).
 gym=$root/.tools/gym
-if ! "$gym/bin/python" -c "import gymnasium, numpy" >/dev/null 2>&1; then
-  echo "installing Gymnasium into $gym"
+if ! "$gym/bin/python" -c "import gymnasium, numpy, mujoco, gymnasium.envs.mujoco" >/dev/null 2>&1; then
+  echo "installing Gymnasium and MuJoCo into $gym"
   python3 -m venv "$gym"
-  "$gym/bin/python" -m pip install --quiet --disable-pip-version-check gymnasium==1.4.0 numpy==2.4.6
+  "$gym/bin/python" -m pip install --quiet --disable-pip-version-check \
+    gymnasium==1.4.0 numpy==2.4.6 mujoco==3.17.0 imageio packaging
 fi
 export MBRL_GPU_PYTHON=$gym/bin/python
+# mujoco-rs links MUJOCO_DYNAMIC_LINK_DIR/libmujoco.so; the wheel ships only the versioned
+# file, so a folder of our own holds the link (build.rs adds the rpath to the wheel).
+mjlib=$("$gym/bin/python" -c "import mujoco, os; print(os.path.join(os.path.dirname(mujoco.__file__), 'libmujoco.so.' + mujoco.__version__))")
+mkdir -p "$root/.tools/mujoco"
+ln -sf "$mjlib" "$root/.tools/mujoco/libmujoco.so"
+export MUJOCO_DYNAMIC_LINK_DIR=$root/.tools/mujoco
 
 # Mesa's implicit device-select layer prints XDG_RUNTIME_DIR errors on headless machines.
 export NODEVICE_SELECT=1
 export MBRL_CUDA_TOOLS=$cu
 export LD_LIBRARY_PATH=$cu/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 
-cargo test --all-targets "$@"
+cargo test --all-targets --features mujoco "$@"

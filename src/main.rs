@@ -795,7 +795,7 @@ fn run_plan(a: PlanArgs) -> Result<()> {
                     spec.act_dim
                 )));
             }
-            if env.task_code() == mbrl_gpu::env::task::NONE && !model.config.learn_reward {
+            if !mbrl_gpu::env::task::has_reward(env.task_code()) && !model.config.learn_reward {
                 return Err(invalid!(
                     "--model {}: {env} has no reward function from observations here, so \
                      planning needs a model that learned the reward (model.learn_reward)",

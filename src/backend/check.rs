@@ -113,9 +113,10 @@ pub fn update(p: &UpdateParams, lens: [usize; 4]) -> Result<()> {
 
 /// Checks shared by both rollouts.
 fn rollout_common(p: &RolloutParams) -> Result<()> {
-    if p.env == task::NONE && p.learn_reward != 1 {
+    if !task::has_reward(p.env) && p.learn_reward != 1 {
         return Err(invalid!(
-            "the task has no reward function (task::NONE): the model must learn the reward"
+            "task {} has no reward function of observations: the model must learn the reward",
+            p.env
         ));
     }
     if !task::known(p.env) && p.env != task::NONE {

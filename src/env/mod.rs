@@ -32,6 +32,7 @@
 pub mod cartpole;
 pub mod gym;
 pub mod mountain_car;
+pub mod mujoco;
 pub mod pendulum;
 pub mod task;
 
@@ -340,6 +341,8 @@ impl FromStr for EnvId {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum EnvName {
     Native(EnvId),
+    /// A Gymnasium v5 MuJoCo task stepped in-process (the `mujoco` feature).
+    Mujoco(mujoco::MujocoTask),
     Gym(gym::GymId),
 }
 
@@ -365,6 +368,7 @@ impl EnvName {
     pub fn name(&self) -> String {
         match self {
             EnvName::Native(id) => id.name().into(),
+            EnvName::Mujoco(t) => t.name().into(),
             EnvName::Gym(g) => g.name(),
         }
     }
@@ -373,7 +377,7 @@ impl EnvName {
     pub fn native(&self) -> Option<EnvId> {
         match self {
             EnvName::Native(id) => Some(*id),
-            EnvName::Gym(_) => None,
+            EnvName::Mujoco(_) | EnvName::Gym(_) => None,
         }
     }
 
@@ -383,6 +387,7 @@ impl EnvName {
     pub fn task_env(&self) -> Option<EnvId> {
         match self {
             EnvName::Native(id) => Some(*id),
+            EnvName::Mujoco(_) => None,
             EnvName::Gym(g) => g.native(),
         }
     }
@@ -391,7 +396,18 @@ impl EnvName {
     /// [`task::NONE`] when no reward function from observations is known (the model must
     /// learn the reward; nothing terminates).
     pub fn task_code(&self) -> u32 {
-        self.task_env().map_or(task::NONE, EnvId::code)
+        match self {
+            EnvName::Mujoco(t) => t.task_code(),
+            _ => self.task_env().map_or(task::NONE, EnvId::code),
+        }
+    }
+
+    /// The MuJoCo task, if this is one.
+    pub fn mujoco(&self) -> Option<mujoco::MujocoTask> {
+        match self {
+            EnvName::Mujoco(t) => Some(*t),
+            _ => None,
+        }
     }
 
     /// Dimensions, bounds and episode length. For a Gymnasium environment this starts a
@@ -399,6 +415,7 @@ impl EnvName {
     pub fn spec(&self) -> Result<EnvSpec, EnvError> {
         match self {
             EnvName::Native(id) => Ok(id.spec()),
+            EnvName::Mujoco(t) => Ok(t.spec()),
             EnvName::Gym(g) => {
                 static SPECS: std::sync::Mutex<Vec<(gym::GymId, EnvSpec)>> =
                     std::sync::Mutex::new(Vec::new());
@@ -423,6 +440,16 @@ impl EnvName {
     pub fn open(&self, copies: usize) -> Result<Box<dyn Env>, EnvError> {
         match self {
             EnvName::Native(id) => Ok(Box::new(NativeEnv::new(*id, copies))),
+            #[cfg(feature = "mujoco")]
+            EnvName::Mujoco(t) => Ok(Box::new(mujoco::MujocoEnv::new(*t, copies)?)),
+            #[cfg(not(feature = "mujoco"))]
+            EnvName::Mujoco(t) => Err(EnvError::Gym {
+                env: t.name().into(),
+                message: "this mbrl-gpu was built without the `mujoco` feature (cargo build \
+                          --features mujoco; see the README), or use gym:ID through the \
+                          Gymnasium bridge"
+                    .into(),
+            }),
             EnvName::Gym(g) => Ok(Box::new(gym::GymEnv::open(
                 g,
                 copies,

@@ -18,26 +18,71 @@ pub const HALF_CHEETAH_ACT: usize = 6;
 /// [`reward`] gives NaN for it, which the rollouts refuse unless the model learns rewards.
 pub const NONE: u32 = 0xFFFF;
 
-/// Whether `code` names a reward function.
+/// The MuJoCo v5 tasks' termination functions on observations (mbrl-lib's
+/// `termination_fns` and MBPO's static functions, on Gymnasium v5's observation layouts);
+/// their rewards are learned (Gymnasium's forward reward is a finite difference over the
+/// frame skip, which no observation holds), except the inverted pendulum's.
+///
+/// Hopper-v5 (obs = qpos[1:] ++ clip(qvel, ±10)): alive while every value is finite, every
+/// |obs[1:]| < 100, obs[0] (height) > 0.7 and |obs[1]| (angle) < 0.2.
+pub const HOPPER: u32 = 4;
+/// Walker2d-v5: alive while 0.8 < obs[0] < 2.0 and −1 < obs[1] < 1.
+pub const WALKER2D: u32 = 5;
+/// Ant-v5 (obs[0] is the torso height): alive while every value is finite and
+/// 0.2 ≤ obs[0] ≤ 1.0.
+pub const ANT: u32 = 6;
+/// InvertedPendulum-v5: terminates when a value is not finite or |obs[1]| > 0.2; the reward
+/// is 1 while alive and 0 on the terminating step, exactly as Gymnasium's.
+pub const INVERTED_PENDULUM: u32 = 7;
+
+/// Whether `code` names a reward or termination function.
 pub fn known(code: u32) -> bool {
-    EnvId::from_code(code).is_some() || code == HALF_CHEETAH
+    EnvId::from_code(code).is_some() || (HALF_CHEETAH..=INVERTED_PENDULUM).contains(&code)
 }
 
-/// Reward of a transition under task `code` (unknown codes give NaN, which the rollout
-/// turns into a return of −∞; callers validate codes first).
+/// Whether `code` has a reward function of observations (else the model must learn it).
+pub fn has_reward(code: u32) -> bool {
+    EnvId::from_code(code).is_some() || code == HALF_CHEETAH || code == INVERTED_PENDULUM
+}
+
+/// Reward of a transition under task `code` (codes without a reward function give NaN, which
+/// the rollout turns into a return of −∞; callers check [`has_reward`] first).
 pub fn reward(code: u32, obs: &[f32], act: &[f32], next_obs: &[f32]) -> f32 {
     match EnvId::from_code(code) {
         Some(env) => env.reward(obs, act, next_obs),
         None if code == HALF_CHEETAH => next_obs[0] - 0.1 * act.iter().map(|a| a * a).sum::<f32>(),
+        None if code == INVERTED_PENDULUM => {
+            if terminated(code, next_obs) {
+                0.0
+            } else {
+                1.0
+            }
+        }
         None => f32::NAN,
     }
 }
 
 /// Termination of a transition under task `code`.
 pub fn terminated(code: u32, next_obs: &[f32]) -> bool {
-    match EnvId::from_code(code) {
-        Some(env) => env.terminated(next_obs),
-        None => false,
+    if let Some(env) = EnvId::from_code(code) {
+        return env.terminated(next_obs);
+    }
+    let finite = || next_obs.iter().all(|v| v.is_finite());
+    match code {
+        HOPPER => {
+            let alive = finite()
+                && next_obs[1..].iter().all(|v| v.abs() < 100.0)
+                && next_obs[0] > 0.7
+                && next_obs[1].abs() < 0.2;
+            !alive
+        }
+        WALKER2D => {
+            let (h, a) = (next_obs[0], next_obs[1]);
+            !(h > 0.8 && h < 2.0 && a > -1.0 && a < 1.0)
+        }
+        ANT => !(finite() && next_obs[0] >= 0.2 && next_obs[0] <= 1.0),
+        INVERTED_PENDULUM => !finite() || next_obs[1].abs() > 0.2,
+        _ => false,
     }
 }
 
@@ -110,6 +155,15 @@ pub fn reward_vjp<T: Real>(
                 }
             }
             next[0] - c(0.1) * cost
+        }
+        (None, INVERTED_PENDULUM) => {
+            // 1 while alive: no gradient (the signal is termination's and the critic's).
+            let nx: Vec<f32> = next.iter().map(|v| Real::to_f64(*v) as f32).collect();
+            if terminated(code, &nx) {
+                T::zero()
+            } else {
+                T::one()
+            }
         }
         (None, _) => T::nan(),
     }

@@ -68,7 +68,7 @@ impl ModelConfig {
                 spec.act_dim
             ));
         }
-        if env.task_code() == crate::env::task::NONE && !self.learn_reward {
+        if !crate::env::task::has_reward(env.task_code()) && !self.learn_reward {
             return Err(setting!(
                 "model.learn_reward",
                 "is false, but {env} has no reward function from observations here; the \

@@ -1,0 +1,171 @@
+//! The native MuJoCo tasks (feature `mujoco`) against trajectories recorded from Gymnasium v5
+//! with MuJoCo 3.17.0 (`scripts/record_mujoco.py` → `tests/fixtures/mujoco/*.json`): from
+//! the recorded reset state and with the recorded actions, every observation, reward and
+//! termination flag equals Gymnasium's bit for bit (f64). Also: the termination functions on
+//! observations (`env::task`) against the simulator's own flags, batched copies against one
+//! copy, and reset noise within Gymnasium's ranges.
+//!
+//! Needs the MuJoCo models of the installed Gymnasium (found through `MBRL_GPU_PYTHON`, or
+//! `MBRL_GPU_MUJOCO_ASSETS`); `scripts/test.sh` sets both up and builds with the feature.
+#![cfg(feature = "mujoco")]
+
+use mbrl_gpu::env::mujoco::{MujocoEnv, MujocoTask};
+use mbrl_gpu::env::{task, Env};
+use serde::Deserialize;
+
+#[derive(Deserialize)]
+struct Fixture {
+    source: String,
+    recorded_with: serde_json::Value,
+    episodes: Vec<Episode>,
+}
+
+#[derive(Deserialize)]
+struct Episode {
+    seed: u64,
+    qpos: Vec<String>,
+    qvel: Vec<String>,
+    reset_obs: Vec<String>,
+    actions: Vec<Vec<String>>,
+    obs: Vec<Vec<String>>,
+    rewards: Vec<String>,
+    terminated: Vec<bool>,
+}
+
+fn f64s(v: &[String]) -> Vec<f64> {
+    v.iter()
+        .map(|h| f64::from_bits(u64::from_str_radix(h, 16).expect("hex bits")))
+        .collect()
+}
+
+fn f32s(v: &[String]) -> Vec<f32> {
+    v.iter()
+        .map(|h| f32::from_bits(u32::from_str_radix(h, 16).expect("hex bits")))
+        .collect()
+}
+
+fn fixture(task: MujocoTask) -> Fixture {
+    let path = format!(
+        "{}/tests/fixtures/mujoco/{}.json",
+        env!("CARGO_MANIFEST_DIR"),
+        task.name()
+    );
+    serde_json::from_str(&std::fs::read_to_string(&path).expect(&path)).expect("fixture JSON")
+}
+
+#[test]
+fn every_task_should_replay_gymnasium_bit_for_bit() {
+    for t in MujocoTask::ALL {
+        let fx = fixture(t);
+        assert_eq!(fx.source, t.info().gym_id);
+        let mut env = MujocoEnv::new(t, 1).unwrap();
+        let mut steps = 0;
+        for (e, ep) in fx.episodes.iter().enumerate() {
+            let mut start = f64s(&ep.qpos);
+            start.extend(f64s(&ep.qvel));
+            env.set_state_f64(&start).unwrap();
+            assert_eq!(
+                env.observations_f64(),
+                f64s(&ep.reset_obs),
+                "{} episode {e} (seed {}): reset observation",
+                t.name(),
+                ep.seed
+            );
+            for (k, a) in ep.actions.iter().enumerate() {
+                let got = env.step_f64(&f32s(a)).unwrap().remove(0);
+                let want_obs = f64s(&ep.obs[k]);
+                let want_r = f64s(std::slice::from_ref(&ep.rewards[k]))[0];
+                let ctx = format!("{} episode {e} step {k}", t.name());
+                assert_eq!(got.obs.len(), want_obs.len(), "{ctx}");
+                for (i, (x, y)) in got.obs.iter().zip(&want_obs).enumerate() {
+                    assert!(
+                        x.to_bits() == y.to_bits(),
+                        "{ctx}: observation {i} is {x:e}, Gymnasium's {y:e}"
+                    );
+                }
+                assert!(
+                    got.reward.to_bits() == want_r.to_bits(),
+                    "{ctx}: reward {:e}, Gymnasium's {want_r:e}",
+                    got.reward
+                );
+                assert_eq!(got.terminated, ep.terminated[k], "{ctx}: terminated");
+                // The termination function on observations agrees with the simulator's.
+                let obs32: Vec<f32> = got.obs.iter().map(|v| *v as f32).collect();
+                assert_eq!(
+                    task::terminated(t.task_code(), &obs32),
+                    got.terminated,
+                    "{ctx}: task::terminated"
+                );
+                if task::has_reward(t.task_code()) {
+                    let r = task::reward(t.task_code(), &obs32, &f32s(a), &obs32);
+                    assert_eq!(f64::from(r), got.reward, "{ctx}: task::reward");
+                }
+                steps += 1;
+            }
+        }
+        eprintln!(
+            "{}: {steps} steps equal to Gymnasium's ({})",
+            t.name(),
+            fx.recorded_with
+        );
+    }
+}
+
+/// Copies are independent: four copies stepped together (on rayon's threads) equal each copy
+/// stepped alone.
+#[test]
+fn batched_copies_should_equal_single_copies() {
+    for t in [MujocoTask::HalfCheetah, MujocoTask::Ant] {
+        let ad = t.info().act_dim;
+        let seeds = [3u64, 4, 5, 6];
+        let mut batch = MujocoEnv::new(t, seeds.len()).unwrap();
+        let obs = batch.reset(&seeds).unwrap();
+        let acts: Vec<Vec<f32>> = (0..20)
+            .map(|s| {
+                (0..seeds.len() * ad)
+                    .map(|i| mbrl_gpu::rng::uniform(1, 2, i as u32, s) * 2.0 - 1.0)
+                    .collect()
+            })
+            .collect();
+        let mut together = vec![];
+        for a in &acts {
+            together.push(batch.step(a).unwrap());
+        }
+        for (c, seed) in seeds.iter().enumerate() {
+            let mut one = MujocoEnv::new(t, 1).unwrap();
+            let o = one.reset(&[*seed]).unwrap();
+            let od = t.info().obs_dim;
+            assert_eq!(o[..], obs[c * od..(c + 1) * od], "{} copy {c} reset", t.name());
+            for (s, a) in acts.iter().enumerate() {
+                let tr = one.step(&a[c * ad..(c + 1) * ad]).unwrap().remove(0);
+                assert_eq!(tr, together[s][c], "{} copy {c} step {s}", t.name());
+            }
+        }
+    }
+}
+
+/// Reset noise stays inside Gymnasium's ranges around the initial state, differs by seed and
+/// repeats for a seed; bad input is an error, not a panic.
+#[test]
+fn resets_and_bad_input() {
+    let mut env = MujocoEnv::new(MujocoTask::Hopper, 2).unwrap();
+    let a = env.reset(&[1, 2]).unwrap();
+    let b = env.reset(&[1, 2]).unwrap();
+    assert_eq!(a, b);
+    assert_ne!(a[..11], a[11..]);
+    let s = env.state().to_vec();
+    // Hopper: qpos0 = [0, 1.25, 0, 0, 0, 0], noise uniform ±0.005 on qpos and qvel.
+    let init = [0.0f32, 1.25, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0];
+    for c in 0..2 {
+        for (i, x) in s[c * 12..(c + 1) * 12].iter().enumerate() {
+            assert!((x - init[i]).abs() <= 0.005 + 1e-6, "copy {c} state {i}: {x}");
+        }
+    }
+    assert!(env.step(&[0.0; 5]).is_err());
+    assert!(env.step(&[0.0, 0.0, f32::NAN, 0.0, 0.0, 0.0]).is_err());
+    assert!(env.set_state_f64(&[f64::INFINITY; 24]).is_err());
+    assert!(env.set_state_f64(&[0.0; 3]).is_err());
+    assert!(MujocoEnv::new(MujocoTask::Ant, 0).is_err());
+    let t = env.step(&[0.0; 6]).unwrap();
+    assert!(t.iter().all(|t| t.obs.iter().all(|v| v.is_finite())));
+}
