@@ -57,6 +57,7 @@ typedef ulong u64;
 #define LOGF(x) log((float)(x))
 #define LOG1PF(x) log1p((float)(x))
 #define SQRTF(x) sqrt((float)(x))
+#define FABSF(x) fabs((float)(x))
 #define COSPIF(x) cospi((float)(x))
 #define TANHF(x) tanh((float)(x))
 #define UNROLL
@@ -88,6 +89,7 @@ typedef unsigned long long u64;
 #define LOGF(x) logf(x)
 #define LOG1PF(x) log1pf(x)
 #define SQRTF(x) sqrtf(x)
+#define FABSF(x) fabsf(x)
 #define COSPIF(x) cospif(x)
 #define TANHF(x) tanhf(x)
 #define UNROLL _Pragma("unroll")

@@ -42,6 +42,11 @@ typedef struct {
 #define ENV_PENDULUM 1u
 #define ENV_MOUNTAIN_CAR 2u
 #define TASK_HALF_CHEETAH 3u
+// MuJoCo v5 tasks (src/env/task.rs): termination functions; the inverted pendulum's reward.
+#define TASK_HOPPER 4u
+#define TASK_WALKER2D 5u
+#define TASK_ANT 6u
+#define TASK_INVERTED_PENDULUM 7u
 #define NAN_F32 AS_F32(0x7fc00000u)
 
 #define PI_F64 3.141592653589793
@@ -172,12 +177,19 @@ DEVFN float env_reward(u32 env, const float* o, const float* a, GLOBAL const flo
   if (env == ENV_PENDULUM) return pendulum_reward(o, a);
   if (env == ENV_MOUNTAIN_CAR) return mountain_car_reward(a, no);
   if (env == TASK_HALF_CHEETAH) return half_cheetah_reward(act, ad, no);
+  if (env == TASK_INVERTED_PENDULUM) return FABSF(no[1]) <= 0.2f ? 1.0f : 0.0f;
   return NAN_F32;
 }
 
-DEVFN int env_terminated(u32 env, const float* no) {
+// big: some |next_obs[j]| >= 100 for j >= 1 (the hopper's state-range check). A non-finite
+// component makes the whole row's return -inf, whatever this says.
+DEVFN int env_terminated(u32 env, const float* no, int big) {
   if (env == ENV_CARTPOLE) return cartpole_terminated(no);
   if (env == ENV_MOUNTAIN_CAR) return mountain_car_terminated(no);
+  if (env == TASK_HOPPER) return !(!big && no[0] > 0.7f && FABSF(no[1]) < 0.2f);
+  if (env == TASK_WALKER2D) return !(no[0] > 0.8f && no[0] < 2.0f && no[1] > -1.0f && no[1] < 1.0f);
+  if (env == TASK_ANT) return !(no[0] >= 0.2f && no[0] <= 1.0f);
+  if (env == TASK_INVERTED_PENDULUM) return !(FABSF(no[1]) <= 0.2f);
   return 0;
 }
 
@@ -381,11 +393,15 @@ KERNEL BOUNDS(256) void rollout(RolloutParams p, MlpShape s, GLOBAL const float*
       }
       const float rr = p.learn_reward ? rew[r] : env_reward(p.env, o, a, act, ad, no);
       int fin = finite_f32(rr);
-      for (int j = 0; j < od; ++j) fin = fin && finite_f32(nx[r * od + j]);
+      int big = 0;
+      for (int j = 0; j < od; ++j) {
+        fin = fin && finite_f32(nx[r * od + j]);
+        big = big || (j >= 1 && FABSF(nx[r * od + j]) >= 100.0f);
+      }
       if (!fin) bad[r] = 1;
       if (alive[r]) {
         ret[r] += rr;
-        alive[r] = !env_terminated(p.env, no);
+        alive[r] = !env_terminated(p.env, no, big);
       }
     }
     SYNC();
@@ -436,7 +452,7 @@ KERNEL BOUNDS(128) void rollout_true(RolloutParams p, GLOBAL const float* start,
     for (int j = 0; j < od; ++j) fin = fin && finite_f32(no[j]);
     bad = bad || !fin;
     total += r;
-    if (env_terminated(p.env, no)) break;
+    if (env_terminated(p.env, no, 0)) break;
     for (int j = 0; j < 4; ++j) {
       st[j] = ns[j];
       o[j] = no[j];

@@ -204,6 +204,11 @@ fn env_step(env: u32, s: vec4<f32>, a: f32) -> vec4<f32> {
 const TASK_HALF_CHEETAH: u32 = 3u;
 // A task without a reward function (env::task::NONE): the model learns the reward.
 const TASK_NONE: u32 = 0xFFFFu;
+// MuJoCo v5 tasks (src/env/task.rs): termination functions; the inverted pendulum's reward.
+const TASK_HOPPER: u32 = 4u;
+const TASK_WALKER2D: u32 = 5u;
+const TASK_ANT: u32 = 6u;
+const TASK_INVERTED_PENDULUM: u32 = 7u;
 
 // Planning reward of a transition under task `code`: the native environment's, or
 // mbrl-lib's half-cheetah reward next_obs[0] − 0.1·‖a‖². `s` and `nx` hold the first four
@@ -217,14 +222,35 @@ fn task_reward(code: u32, s: vec4<f32>, abase: u32, nx: vec4<f32>) -> f32 {
         }
         return nx.x - 0.1 * sq;
     }
+    if (code == TASK_INVERTED_PENDULUM) {
+        return select(0.0, 1.0, abs(nx.y) <= 0.2);
+    }
     return env_reward(code, s, ro_actions[abase], nx);
 }
 
-fn task_terminated(code: u32, nx: vec4<f32>) -> bool {
-    if (code == TASK_HALF_CHEETAH || code == TASK_NONE) {
-        return false;
+// `big`: some |next_obs[j]| >= 100 for j >= 1 (the hopper's state-range check). A non-finite
+// component makes the row's return −∞ whatever this says.
+fn task_terminated(code: u32, nx: vec4<f32>, big: bool) -> bool {
+    switch code {
+        case TASK_HALF_CHEETAH, TASK_NONE: {
+            return false;
+        }
+        case TASK_HOPPER: {
+            return !(!big && nx.x > 0.7 && abs(nx.y) < 0.2);
+        }
+        case TASK_WALKER2D: {
+            return !(nx.x > 0.8 && nx.x < 2.0 && nx.y > -1.0 && nx.y < 1.0);
+        }
+        case TASK_ANT: {
+            return !(nx.x >= 0.2 && nx.x <= 1.0);
+        }
+        case TASK_INVERTED_PENDULUM: {
+            return !(abs(nx.y) <= 0.2);
+        }
+        default: {
+            return env_terminated(code, nx);
+        }
     }
-    return env_terminated(code, nx);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -383,6 +409,7 @@ fn rollout_step(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) n
     var n4 = vec4<f32>(0.0);
     var rew = 0.0;
     var bad = false;
+    var big = false;
     for (var j = 0u; j < dout; j++) {
         var d: f32;
         if (expectation) {
@@ -410,6 +437,7 @@ fn rollout_step(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) n
                 n4[j] = nj;
             }
             bad = bad || !is_finite_f(nj);
+            big = big || (j >= 1u && abs(nj) >= 100.0);
             ro_state[r * od + j] = nj;
         } else {
             rew = d;
@@ -426,7 +454,7 @@ fn rollout_step(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) n
     }
     if ((flags & FLAG_ALIVE) != 0u) {
         ro_ret[r] = ro_ret[r] + rew;
-        if (task_terminated(rs.p.env, n4)) {
+        if (task_terminated(rs.p.env, n4, big)) {
             flags = flags & ~FLAG_ALIVE;
         }
     }

@@ -828,6 +828,68 @@ fn check_rollout<B: Backend>(b: &B, label: &str, hidden: usize) {
     }
 }
 
+/// The MuJoCo tasks' termination functions (and the inverted pendulum's reward) inside the
+/// model rollout, against the CPU, from starts near the thresholds. Tolerance as above.
+fn check_rollout_mujoco_tasks<B: Backend>(b: &B, label: &str) {
+    let cpu = CpuBackend::new();
+    for c in common::mujoco_task_cases() {
+        let shape = EnsembleShape {
+            ensemble: 5,
+            in_dim: c.obs_dim + c.act_dim,
+            out_dim: c.obs_dim + c.learn_reward as usize,
+            hidden: 24,
+            num_layers: 2,
+            activation: Activation::Silu,
+            probabilistic: true,
+        };
+        let mut p = rollout_params(
+            EnvId::Pendulum,
+            Propagation::Ts1,
+            c.learn_reward,
+            &[4, 1, 3],
+        );
+        (p.env, p.obs_dim, p.act_dim) = (c.code, c.obs_dim as u32, c.act_dim as u32);
+        let seed = 400 + c.code as u64;
+        let mut params = random_params(&shape, seed);
+        let head = shape.layout().layers[shape.num_layers];
+        for w in &mut params[head.weight..head.bias + shape.ensemble * head.fan_out] {
+            *w *= 0.05;
+        }
+        let norm = norm_stats(shape.in_dim, seed + 1);
+        let actions = uniforms(
+            seed + 2,
+            (p.population * p.horizon) as usize * c.act_dim,
+            -1.0,
+            1.0,
+        );
+        let mut want = unwritten(p.population as usize);
+        cpu.rollout(&p, &shape, &params, &norm, &c.start, &actions, &mut want)
+            .unwrap();
+        let mut out = poisoned(b, p.population as usize);
+        b.rollout(
+            &p,
+            &shape,
+            &b.upload(&params).unwrap(),
+            &b.upload(&norm).unwrap(),
+            &b.upload(&c.start).unwrap(),
+            &b.upload(&actions).unwrap(),
+            &mut out,
+        )
+        .unwrap();
+        let got = b.download(&out).unwrap();
+        let what = format!("{label} rollout task {}", c.name);
+        let e = assert_close(&what, &got, &want, 2e-5, 2e-5);
+        let mut distinct: Vec<u32> = want.iter().map(|v| v.to_bits()).collect();
+        distinct.sort_unstable();
+        distinct.dedup();
+        assert!(
+            distinct.len() > 1,
+            "{what}: termination not exercised: {want:?}"
+        );
+        eprintln!("{what}: worst {e:e}; {} distinct returns", distinct.len());
+    }
+}
+
 /// A model whose predictions overflow: every candidate's return is −∞ on both backends, and
 /// the poison is overwritten.
 fn check_rollout_divergence<B: Backend>(b: &B, label: &str) {
@@ -1219,6 +1281,7 @@ fn rollout_on_pocl_should_match_the_cpu() {
     };
     check_rollout(&b, "pocl", 13);
     check_rollout_divergence(&b, "pocl");
+    check_rollout_mujoco_tasks(&b, "pocl");
 }
 
 #[test]
@@ -1408,6 +1471,7 @@ fn cuda_device_should_match_the_cpu_when_present() {
     check_rollout(&b, "cuda", 13);
     check_rollout(&b, "cuda", 200);
     check_rollout_divergence(&b, "cuda");
+    check_rollout_mujoco_tasks(&b, "cuda");
     check_rollout_true(&b, "cuda");
     check_planning(&b, "cuda");
     check_errors(&b);

@@ -135,7 +135,12 @@ fn batched_copies_should_equal_single_copies() {
             let mut one = MujocoEnv::new(t, 1).unwrap();
             let o = one.reset(&[*seed]).unwrap();
             let od = t.info().obs_dim;
-            assert_eq!(o[..], obs[c * od..(c + 1) * od], "{} copy {c} reset", t.name());
+            assert_eq!(
+                o[..],
+                obs[c * od..(c + 1) * od],
+                "{} copy {c} reset",
+                t.name()
+            );
             for (s, a) in acts.iter().enumerate() {
                 let tr = one.step(&a[c * ad..(c + 1) * ad]).unwrap().remove(0);
                 assert_eq!(tr, together[s][c], "{} copy {c} step {s}", t.name());
@@ -155,10 +160,15 @@ fn resets_and_bad_input() {
     assert_ne!(a[..11], a[11..]);
     let s = env.state().to_vec();
     // Hopper: qpos0 = [0, 1.25, 0, 0, 0, 0], noise uniform ±0.005 on qpos and qvel.
-    let init = [0.0f32, 1.25, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0];
+    let init = [
+        0.0f32, 1.25, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0,
+    ];
     for c in 0..2 {
         for (i, x) in s[c * 12..(c + 1) * 12].iter().enumerate() {
-            assert!((x - init[i]).abs() <= 0.005 + 1e-6, "copy {c} state {i}: {x}");
+            assert!(
+                (x - init[i]).abs() <= 0.005 + 1e-6,
+                "copy {c} state {i}: {x}"
+            );
         }
     }
     assert!(env.step(&[0.0; 5]).is_err());

@@ -811,6 +811,39 @@ fn rollout_should_match_cpu() {
     // As above: rewards are velocities of O(1) minus 0.1·‖a‖² ≤ 0.6.
     assert_close("rollout half-cheetah Ts1 h200", &got, &want, 2e-4, 2e-5);
 
+    // The MuJoCo tasks' termination functions (and the inverted pendulum's reward), from
+    // starts near the thresholds.
+    for c in common::mujoco_task_cases() {
+        let shape = EnsembleShape {
+            ensemble: 3,
+            in_dim: c.obs_dim + c.act_dim,
+            out_dim: c.obs_dim + c.learn_reward as usize,
+            hidden: 24,
+            num_layers: 2,
+            activation: Activation::Silu,
+            probabilistic: true,
+        };
+        let mut p = rollout_params(EnvId::Pendulum, Propagation::Ts1, pop, k, h);
+        (p.env, p.obs_dim, p.act_dim) = (c.code, c.obs_dim as u32, c.act_dim as u32);
+        p.learn_reward = c.learn_reward as u32;
+        let seed = 400 + c.code as u64;
+        let mut params = params_for(&shape, seed);
+        let head = shape.layout().layers[2];
+        for w in &mut params[head.weight..head.bias + shape.ensemble * head.fan_out] {
+            *w *= 0.05;
+        }
+        let norm = norm_for(shape.in_dim, seed);
+        let actions = rand_uniform(seed, 3, (pop * h) as usize * c.act_dim, -1.0, 1.0);
+        let want = rollout_on(&cpu, &p, &shape, &params, &norm, &c.start, &actions);
+        let got = rollout_on(g, &p, &shape, &params, &norm, &c.start, &actions);
+        let tag = format!("rollout task {}", c.name);
+        assert_close(&tag, &got, &want, 2e-4, 2e-5);
+        assert!(
+            want.iter().any(|r| *r != want[0]),
+            "{tag}: no termination exercised: {want:?}"
+        );
+    }
+
     // A model whose prediction runs off to infinity: every candidate is −∞ on both.
     let env = EnvId::Pendulum;
     let shape = model_for(env, 13, false, true);

@@ -83,7 +83,8 @@ impl MujocoTask {
                 noise: 0.1,
                 qvel_normal: true,
                 ctrl_cost_weight: 0.1,
-                description: "HalfCheetah-v5 (MuJoCo): run forward; reward = x velocity − 0.1‖a‖², \
+                description:
+                    "HalfCheetah-v5 (MuJoCo): run forward; reward = x velocity − 0.1‖a‖², \
                               never terminates, 1000 steps; obs = qpos[1:] ++ qvel",
             },
             MujocoTask::Hopper => TaskInfo {
@@ -98,7 +99,8 @@ impl MujocoTask {
                 noise: 5e-3,
                 qvel_normal: false,
                 ctrl_cost_weight: 1e-3,
-                description: "Hopper-v5 (MuJoCo): hop forward; reward = x velocity + 1 (healthy) − \
+                description:
+                    "Hopper-v5 (MuJoCo): hop forward; reward = x velocity + 1 (healthy) − \
                               0.001‖a‖², terminates when unhealthy, 1000 steps",
             },
             MujocoTask::Walker2d => TaskInfo {
@@ -113,7 +115,8 @@ impl MujocoTask {
                 noise: 5e-3,
                 qvel_normal: false,
                 ctrl_cost_weight: 1e-3,
-                description: "Walker2d-v5 (MuJoCo): walk forward; reward = x velocity + 1 (healthy) \
+                description:
+                    "Walker2d-v5 (MuJoCo): walk forward; reward = x velocity + 1 (healthy) \
                               − 0.001‖a‖², terminates when unhealthy, 1000 steps",
             },
             MujocoTask::Ant => TaskInfo {
@@ -331,7 +334,11 @@ mod sim {
             quiet_logging();
             let model = MjModel::from_xml(&path)
                 .map_err(|e| fail(format!("loading {}: {e}", path.display())))?;
-            let (nq, nv, nu) = (model.nq() as usize, model.nv() as usize, model.nu() as usize);
+            let (nq, nv, nu) = (
+                model.nq() as usize,
+                model.nv() as usize,
+                model.nu() as usize,
+            );
             if (nq, nv, nu) != (info.nq, info.nv, info.act_dim) {
                 return Err(fail(format!(
                     "{} has nq {nq}, nv {nv}, nu {nu}; Gymnasium's {} has {}, {}, {}",
@@ -542,11 +549,9 @@ mod sim {
             MujocoTask::HalfCheetah => (xv - ctrl, false),
             MujocoTask::Hopper => {
                 let (z, angle) = (q[1], q[2]);
-                let state_ok = q[2..]
-                    .iter()
-                    .chain(v)
-                    .all(|s| -100.0 < *s && *s < 100.0);
-                let healthy = state_ok && 0.7 < z && z < f64::INFINITY && -0.2 < angle && angle < 0.2;
+                let state_ok = q[2..].iter().chain(v).all(|s| -100.0 < *s && *s < 100.0);
+                let healthy =
+                    state_ok && 0.7 < z && z < f64::INFINITY && -0.2 < angle && angle < 0.2;
                 ((xv + if healthy { 1.0 } else { 0.0 }) - ctrl, !healthy)
             }
             MujocoTask::Walker2d => {
@@ -555,7 +560,8 @@ mod sim {
                 ((xv + if healthy { 1.0 } else { 0.0 }) - ctrl, !healthy)
             }
             MujocoTask::Ant => {
-                let healthy = q.iter().chain(v).all(|s| s.is_finite()) && 0.2 <= q[2] && q[2] <= 1.0;
+                let healthy =
+                    q.iter().chain(v).all(|s| s.is_finite()) && 0.2 <= q[2] && q[2] <= 1.0;
                 let sq: Vec<f64> = d
                     .cfrc_ext()
                     .iter()
@@ -566,7 +572,10 @@ mod sim {
                     })
                     .collect();
                 let contact = 5e-4 * numpy_sum(&sq);
-                ((xv + if healthy { 1.0 } else { 0.0 }) - (ctrl + contact), !healthy)
+                (
+                    (xv + if healthy { 1.0 } else { 0.0 }) - (ctrl + contact),
+                    !healthy,
+                )
             }
             MujocoTask::InvertedPendulum => unreachable!("returned above"),
         };

@@ -38,3 +38,69 @@ pub fn mpc_case() -> MpcCase {
         observations: [[0.9, 0.43, -0.2], [0.85, 0.52, 0.3], [0.8, 0.6, 0.5]],
     }
 }
+
+/// A rollout case per MuJoCo v5 task code (`env::task`): observation and action widths,
+/// whether the model learns the reward (all but the inverted pendulum's exact reward, which
+/// is checked both ways), and a start near the termination thresholds so that candidates
+/// differ (the hopper's obs[5] sits just under its state-range limit of 100).
+pub struct TaskCase {
+    pub name: &'static str,
+    pub code: u32,
+    pub obs_dim: usize,
+    pub act_dim: usize,
+    pub learn_reward: bool,
+    pub start: Vec<f32>,
+}
+
+pub fn mujoco_task_cases() -> Vec<TaskCase> {
+    use mbrl_gpu::env::task;
+    let start = |od: usize, set: &[(usize, f32)]| {
+        let mut v = vec![0.0f32; od];
+        for (i, x) in set {
+            v[*i] = *x;
+        }
+        v
+    };
+    vec![
+        TaskCase {
+            name: "hopper",
+            code: task::HOPPER,
+            obs_dim: 11,
+            act_dim: 3,
+            learn_reward: true,
+            start: start(11, &[(0, 0.72), (1, 0.12), (5, 99.9)]),
+        },
+        TaskCase {
+            name: "walker2d",
+            code: task::WALKER2D,
+            obs_dim: 17,
+            act_dim: 6,
+            learn_reward: true,
+            start: start(17, &[(0, 0.82), (1, 0.95)]),
+        },
+        TaskCase {
+            name: "ant",
+            code: task::ANT,
+            obs_dim: 105,
+            act_dim: 8,
+            learn_reward: true,
+            start: start(105, &[(0, 0.22)]),
+        },
+        TaskCase {
+            name: "inverted-pendulum",
+            code: task::INVERTED_PENDULUM,
+            obs_dim: 4,
+            act_dim: 1,
+            learn_reward: false,
+            start: start(4, &[(1, 0.17)]),
+        },
+        TaskCase {
+            name: "inverted-pendulum learned",
+            code: task::INVERTED_PENDULUM,
+            obs_dim: 4,
+            act_dim: 1,
+            learn_reward: true,
+            start: start(4, &[(1, 0.17)]),
+        },
+    ]
+}
