@@ -631,23 +631,25 @@ pub const ENV_COPIES: [usize; 3] = [1, 8, 64];
 /// each a median over `reps` timings of 100 batched steps. `env` is a native environment
 /// with a Gymnasium counterpart; `python` None skips the two Python rows (with a note row).
 pub fn env_benches(
-    env: crate::env::EnvId,
+    env: &crate::env::EnvName,
     reps: usize,
     python: Option<&crate::env::gym::GymOptions>,
 ) -> Result<Vec<BenchResult>> {
     use crate::env::gym::{GymEnv, GymId};
-    use crate::env::{Env, NativeEnv};
+    use crate::env::{Env, EnvId, EnvName};
     let gym_id = match env {
-        crate::env::EnvId::Pendulum => "Pendulum-v1",
-        crate::env::EnvId::MountainCar => "MountainCarContinuous-v0",
-        crate::env::EnvId::CartPole => {
+        EnvName::Native(EnvId::Pendulum) => "Pendulum-v1",
+        EnvName::Native(EnvId::MountainCar) => "MountainCarContinuous-v0",
+        EnvName::Mujoco(t) => t.info().gym_id,
+        _ => {
             return Err(crate::invalid!(
-                "the continuous cart-pole has no Gymnasium registration to compare with"
+                "{env}: give a native environment with a Gymnasium registration to compare \
+                 with (pendulum, mountain-car, or a MuJoCo task)"
             ))
         }
     };
     const STEPS: usize = 100;
-    let spec = env.spec();
+    let spec = env.spec()?;
     let row = |name: String, med: f64, min: f64, n: usize| {
         let mut r = result(&name, med, min, reps, 0.0, 0.0, String::new());
         r.threads = 1;
@@ -690,8 +692,8 @@ pub fn env_benches(
         }
     };
     for n in ENV_COPIES {
-        let mut e = NativeEnv::new(env, n);
-        let (med, min) = time_env(&mut e, n)?;
+        let mut e = env.open(n)?;
+        let (med, min) = time_env(&mut *e, n)?;
         rows.push(row(
             format!("env_step_{}_native_n{n}", env.name()),
             med,

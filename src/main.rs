@@ -343,7 +343,8 @@ struct EnvBenchArgs {
     /// Timed repetitions (of 100 batched steps) per figure (medians are reported).
     #[arg(long, default_value_t = 5)]
     reps: usize,
-    /// Native environment with a Gymnasium counterpart (pendulum, mountain-car).
+    /// Native environment with a Gymnasium counterpart (pendulum, mountain-car, or a MuJoCo
+    /// task: halfcheetah, hopper, walker2d, ant, inverted-pendulum).
     #[arg(long, default_value = "pendulum")]
     env: String,
 }
@@ -486,7 +487,7 @@ fn run(cli: Cli) -> Result<()> {
             print_bench(&rs, a.json)
         }
         Cmd::Bench(BenchCmd::Env(a)) => {
-            let env = EnvId::parse(&a.env)?;
+            let env = mbrl_gpu::env::EnvName::parse(&a.env)?;
             if a.reps == 0 || a.reps > 10_000 {
                 return Err(invalid!("--reps {}: give 1 to 10000", a.reps));
             }
@@ -501,7 +502,7 @@ fn run(cli: Cli) -> Result<()> {
                     opts.python
                 );
             }
-            let rs = mbrl_gpu::bench::env_benches(env, a.reps, python.then_some(&opts))?;
+            let rs = mbrl_gpu::bench::env_benches(&env, a.reps, python.then_some(&opts))?;
             print_bench(&rs, a.json)
         }
         Cmd::Pets(a) => run_pets(a),

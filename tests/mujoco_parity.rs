@@ -179,3 +179,152 @@ fn resets_and_bad_input() {
     let t = env.step(&[0.0; 6]).unwrap();
     assert!(t.iter().all(|t| t.obs.iter().all(|v| v.is_finite())));
 }
+
+// ---- the command line on the native MuJoCo tasks ----------------------------------------
+
+fn mbrl(args: &[&str]) -> (bool, String, String) {
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_mbrl-gpu"))
+        .args(args)
+        .output()
+        .expect("run mbrl-gpu");
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+fn rows(dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(dir.join("metrics.csv"))
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(str::to_string)
+        .collect()
+}
+
+/// SAC, MBPO (with the hopper's termination function on model states) and PETS run on the
+/// native tasks; presets and their checks name the task.
+#[test]
+fn run_commands_should_work_on_the_mujoco_tasks() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = |n: &str| dir.path().join(n);
+    let o = out("sac");
+    let (ok, _, err) = mbrl(&[
+        "sac",
+        "--env",
+        "halfcheetah",
+        "--preset",
+        "quick",
+        "--steps",
+        "300",
+        "--set",
+        "eval_every=300",
+        "--set",
+        "eval_episodes=1",
+        "--set",
+        "learning_starts=100",
+        "--out",
+        o.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(rows(&o).len(), 1);
+    let o = out("mbpo");
+    let (ok, _, err) = mbrl(&[
+        "mbpo",
+        "--env",
+        "hopper",
+        "--preset",
+        "quick",
+        "--steps",
+        "400",
+        "--set",
+        "epoch_length=200",
+        "--set",
+        "freq_train_model=200",
+        "--set",
+        "initial_exploration_steps=200",
+        "--set",
+        "eval_episodes=1",
+        "--set",
+        "train.epochs=3",
+        "--set",
+        "num_sac_updates_per_step=2",
+        "--out",
+        o.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(rows(&o).len(), 1);
+    let (ok, toml, err) = mbrl(&["mbpo", "--env", "ant", "--print-config"]);
+    assert!(ok, "{err}");
+    assert!(
+        toml.contains("preset = \"ant\"") && toml.contains("steps = 300000"),
+        "{toml}"
+    );
+    let (ok, _, err) = mbrl(&[
+        "pets",
+        "--env",
+        "walker2d",
+        "--preset",
+        "hopper",
+        "--print-config",
+    ]);
+    assert!(!ok && err.contains("use `quick`"), "{err}");
+    let (ok, _, err) = mbrl(&[
+        "pets",
+        "--env",
+        "hopper",
+        "--set",
+        "model.learn_reward=false",
+        "--print-config",
+    ]);
+    assert!(!ok && err.contains("model.learn_reward"), "{err}");
+}
+
+/// PETS on InvertedPendulum-v5 learns: after the random trial (a few steps per episode), the
+/// first MPC trial keeps the pole up for 100 steps (seed 0, `quick`: 99 reward). A broken
+/// model, planner or termination function stays near the random policy's few steps.
+#[test]
+fn pets_should_learn_to_balance_the_inverted_pendulum() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, _, err) = mbrl(&[
+        "pets",
+        "--env",
+        "inverted-pendulum",
+        "--trials",
+        "1",
+        "--set",
+        "trial_length=300",
+        "--out",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let r = rows(dir.path());
+    let ret = |row: &str| row.split(',').nth(2).unwrap().parse::<f64>().unwrap();
+    assert!(ret(&r[0]) < 20.0, "the random trial: {r:?}");
+    assert!(
+        ret(&r[1]) >= 60.0,
+        "the first MPC trial should balance: {r:?}"
+    );
+}
+
+/// `bench env --env halfcheetah`: native, bridge and Gymnasium rows.
+#[test]
+fn bench_env_should_measure_the_native_half_cheetah() {
+    let (ok, out, err) = mbrl(&[
+        "bench",
+        "env",
+        "--env",
+        "halfcheetah",
+        "--reps",
+        "1",
+        "--json",
+    ]);
+    assert!(ok, "{err}");
+    for way in ["native", "bridge", "gymnasium_sync_vector"] {
+        assert!(
+            out.contains(&format!("env_step_halfcheetah_{way}_n64")),
+            "{way}: {out}"
+        );
+    }
+}

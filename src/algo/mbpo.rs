@@ -186,11 +186,17 @@ impl MbpoConfig {
                 ));
             }
             (n, _) if MUJOCO_OVERRIDES.iter().any(|m| m.task == n) => {
-                return Err(invalid!(
-                    "preset {n:?} (mbrl-lib's mbpo_{n}) needs the MuJoCo environments, which \
-                     this build does not have yet; its values are kept in \
-                     mbrl_gpu::algo::mbpo::MUJOCO_OVERRIDES"
-                ))
+                let o = MUJOCO_OVERRIDES
+                    .iter()
+                    .find(|m| m.task == n)
+                    .expect("matched above");
+                if env.mujoco().map(|t| o.mujoco_task() == t) != Some(true) {
+                    return Err(invalid!(
+                        "preset {n:?} (mbrl-lib's mbpo_{n}) is for the {} task, not {env}",
+                        o.mujoco_task().name()
+                    ));
+                }
+                c.apply(o);
             }
             (n, _) => {
                 return Err(invalid!(
@@ -327,9 +333,8 @@ impl MbpoConfig {
     }
 }
 
-/// mbrl-lib 0.2.0's `mbpo_*` overrides for the MuJoCo tasks, kept for when those
-/// environments exist here (`exp/conf/overrides/mbpo_{halfcheetah,hopper,walker,ant,
-/// inv_pendulum}.yaml`). Every one uses model batch 256, validation ratio 0.2, 400 rollouts
+/// mbrl-lib 0.2.0's `mbpo_*` overrides for the MuJoCo tasks, the MBPO presets of the native
+/// MuJoCo tasks (`exp/conf/overrides/mbpo_{halfcheetah,hopper,walker,ant,inv_pendulum}.yaml`). Every one uses model batch 256, validation ratio 0.2, 400 rollouts
 /// per step, one SAC update every step, one epoch of SAC buffer, γ 0.99, τ 0.005, α 0.2,
 /// SAC batch 256, with the 7 × 4×200 SiLU ensemble and 5 elites.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -350,6 +355,59 @@ pub struct MujocoOverrides {
     pub sac_target_entropy: f32,
     pub sac_hidden_size: usize,
     pub sac_lr: f32,
+}
+
+/// The preset `mbpo`/`maac` start from when none is named: the environment's own (mbrl-lib's
+/// `mbpo_*` for the MuJoCo tasks), else `quick`.
+pub fn default_preset(env: &EnvName) -> String {
+    if let Some(t) = env.mujoco() {
+        if let Some(o) = MUJOCO_OVERRIDES.iter().find(|o| o.mujoco_task() == t) {
+            return o.task.into();
+        }
+    }
+    match env.task_env().map(EnvId::name) {
+        Some(n) if PRESETS.contains(&n) => n.into(),
+        _ => "quick".into(),
+    }
+}
+
+impl MujocoOverrides {
+    /// The native task the override is for.
+    pub fn mujoco_task(&self) -> crate::env::mujoco::MujocoTask {
+        use crate::env::mujoco::MujocoTask as T;
+        match self.task {
+            "halfcheetah" => T::HalfCheetah,
+            "hopper" => T::Hopper,
+            "walker" => T::Walker2d,
+            "ant" => T::Ant,
+            _ => T::InvertedPendulum,
+        }
+    }
+}
+
+impl MbpoConfig {
+    /// mbrl-lib's `mbpo_*` values over its MBPO defaults (5,000 steps of policy exploration,
+    /// no real data in the SAC batches, learned rewards; the termination functions of
+    /// [`crate::env::task`]).
+    fn apply(&mut self, o: &MujocoOverrides) {
+        self.steps = o.num_steps;
+        self.epoch_length = o.epoch_length;
+        self.initial_exploration_steps = 5000;
+        self.random_initial_explore = false;
+        self.freq_train_model = o.freq_train_model;
+        self.effective_model_rollouts_per_step = 400;
+        self.rollout_schedule = o.rollout_schedule;
+        self.num_sac_updates_per_step = o.num_sac_updates_per_step;
+        self.real_data_ratio = 0.0;
+        self.train.lr = o.model_lr;
+        self.train.weight_decay = vec![o.model_wd];
+        self.train.patience = Some(o.patience);
+        self.sac.target_update_interval = o.sac_target_update_interval;
+        self.sac.automatic_entropy_tuning = o.sac_automatic_entropy_tuning;
+        self.sac.target_entropy = Some(o.sac_target_entropy);
+        self.sac.hidden = o.sac_hidden_size;
+        self.sac.lr = o.sac_lr;
+    }
 }
 
 pub const MUJOCO_OVERRIDES: [MujocoOverrides; 5] = [

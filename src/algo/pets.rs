@@ -8,7 +8,8 @@
 //!                    execute a_t, add (s_t, a_t, s_{t+1}) to D
 //! ```
 use crate::backend::{Activation, Backend, Propagation};
-use crate::env::{EnvId, EnvName};
+use crate::env::mujoco::MujocoTask;
+use crate::env::{task, EnvId, EnvName};
 use crate::io::run::{RunDir, MANIFEST, STATE_DIR};
 use crate::model::{train::train, Ensemble, ModelConfig, TrainConfig, Transitions};
 use crate::plan::{mpc::latency_stats, Mpc, PlannerConfig, TsConfig};
@@ -47,18 +48,39 @@ pub struct PetsConfig {
 }
 
 /// Preset names accepted by `--preset`.
-pub const PRESETS: [&str; 3] = ["quick", "cartpole", "pendulum"];
+pub const PRESETS: [&str; 6] = [
+    "quick",
+    "cartpole",
+    "pendulum",
+    "halfcheetah",
+    "hopper",
+    "inv_pendulum",
+];
+
+/// The preset named after `env`'s task, if it has one.
+pub fn own_preset(env: &EnvName) -> Option<&'static str> {
+    match (env.task_env(), env.mujoco()) {
+        (Some(EnvId::CartPole), _) => Some("cartpole"),
+        (Some(EnvId::Pendulum), _) => Some("pendulum"),
+        (_, Some(MujocoTask::HalfCheetah)) => Some("halfcheetah"),
+        (_, Some(MujocoTask::Hopper)) => Some("hopper"),
+        (_, Some(MujocoTask::InvertedPendulum)) => Some("inv_pendulum"),
+        _ => None,
+    }
+}
 
 impl PetsConfig {
     /// A named preset for `env`. `cartpole` is mbrl-lib 0.2.0's `pets_cartpole`; `pendulum`
-    /// the same architecture with a longer horizon for the swing-up; `quick` a small
-    /// configuration per environment that a laptop CPU runs in minutes.
+    /// the same architecture with a longer horizon for the swing-up; `halfcheetah`, `hopper`
+    /// and `inv_pendulum` mbrl-lib's `pets_*` overrides for the MuJoCo tasks (sized for a
+    /// GPU); `quick` a small configuration per environment that a laptop CPU runs in minutes.
     pub fn preset(env_name: &EnvName, name: &str) -> Result<Self> {
         let spec = env_name.spec()?;
         let mut model = ModelConfig::pets(spec.obs_dim, spec.act_dim);
         // A task without a reward function from observations plans on learned rewards.
-        model.learn_reward = env_name.task_env().is_none();
+        model.learn_reward = !task::has_reward(env_name.task_code());
         let env = env_name.task_env();
+        let mine = own_preset(env_name);
         let mut train = TrainConfig {
             epochs: 25,
             ..TrainConfig::default()
@@ -73,8 +95,45 @@ impl PetsConfig {
         // steps per training (a second on this CPU) lets the first MPC trial plan.
         train.min_steps = 200;
         match (name, env) {
-            ("cartpole", Some(EnvId::CartPole)) => {}
-            ("pendulum", Some(EnvId::Pendulum)) => {
+            ("cartpole", _) if mine == Some("cartpole") => {}
+            ("halfcheetah" | "hopper", _) if mine == Some(name) => {
+                // mbrl-lib pets_halfcheetah / pets_hopper (learned rewards, 5 elites).
+                train.lr = 2e-4;
+                train.weight_decay = vec![3e-5];
+                train.batch_size = 32;
+                train.holdout_ratio = 0.0;
+                train.patience = Some(25);
+                train.epochs = 25;
+                planner.horizon = 30;
+                planner.population = 350;
+                planner.num_elites = 35;
+                planner.alpha = 0.1;
+                if name == "halfcheetah" {
+                    trials = 300;
+                    train_every = 0; // freq_train_model 1000 = once per 1000-step trial
+                } else {
+                    trials = 125;
+                    train_every = 250;
+                }
+            }
+            ("inv_pendulum", _) if mine == Some(name) => {
+                // mbrl-lib pets_inv_pendulum (its model_lr "00143" read as 1.43e-3), except
+                // that the reward is the task's exact one (1 while |angle| ≤ 0.2), which
+                // mbrl-lib learns.
+                train.lr = 1.43e-3;
+                train.weight_decay = vec![3.3e-5];
+                train.batch_size = 256;
+                train.holdout_ratio = 0.2;
+                train.patience = Some(50);
+                train.epochs = 31;
+                train_every = 250;
+                planner.horizon = 45;
+                planner.population = 480;
+                planner.num_elites = 37; // elite ratio 0.078
+                planner.alpha = 0.134484;
+                trials = 20;
+            }
+            ("pendulum", _) if mine == Some("pendulum") => {
                 planner.horizon = 25;
                 planner.population = 400;
                 planner.num_elites = 40;
@@ -106,13 +165,19 @@ impl PetsConfig {
                     planner.population = 200;
                     planner.num_elites = 20;
                 }
+                if env_name.mujoco() == Some(MujocoTask::InvertedPendulum) {
+                    // 0.6 s of look-ahead is enough to keep the pole up; the 1000-step
+                    // trials make a few trials plenty of data.
+                    planner.horizon = 15;
+                    train_every = 250;
+                }
             }
             (n, _) if PRESETS.contains(&n) => {
                 return Err(invalid!(
-                    "preset {n:?} is for the {n} environment, not {env_name}; use `quick`{}",
-                    match env {
-                        Some(e) if PRESETS.contains(&e.name()) => format!(" or `{}`", e.name()),
-                        _ => String::new(),
+                    "preset {n:?} is for another environment than {env_name}; use `quick`{}",
+                    match mine {
+                        Some(m) => format!(" or `{m}`"),
+                        None => String::new(),
                     }
                 ))
             }

@@ -189,15 +189,6 @@ pub fn default_dir(cmd: &str, env: &str, preset: &str, seed: u64) -> PathBuf {
     PathBuf::from(format!("runs/{cmd}-{env}-{preset}-s{seed}"))
 }
 
-/// The preset of a command whose presets are named after environments: the environment's
-/// own (a Gymnasium ID's native counterpart's) when `names` has one, else `quick`.
-pub fn preset_named_after_env(names: &'static [&'static str]) -> impl Fn(&EnvName) -> String {
-    move |env| match env.task_env().map(EnvId::name) {
-        Some(n) if names.contains(&n) => n.into(),
-        _ => "quick".into(),
-    }
-}
-
 /// A `u64`/`usize` flag as the TOML integer it sets.
 pub fn int_flag(flag: &str, v: u64) -> Result<toml::Value> {
     i64::try_from(v)
@@ -392,7 +383,7 @@ fn run_model_based(a: MbpoArgs, maac: bool) -> Result<()> {
     let Some((cfg, dir)) = prepare(
         &a.run,
         cmd,
-        ("pendulum", &preset_named_after_env(&mbpo::PRESETS)),
+        ("pendulum", &mbpo::default_preset),
         preset,
         |c, s| c.steps = s,
         |c| (c.env.clone(), c.preset.clone(), c.seed),

@@ -347,21 +347,28 @@ pub enum EnvName {
 }
 
 impl EnvName {
-    /// `cartpole`, `pendulum`, `mountain-car`, `gym:ID` or `gym:MODULE:ID`.
+    /// `cartpole`, `pendulum`, `mountain-car`, a MuJoCo task (`halfcheetah`, `hopper`,
+    /// `walker2d`, `ant`, `inverted-pendulum`), `gym:ID` or `gym:MODULE:ID`.
     pub fn parse(s: &str) -> Result<EnvName, EnvError> {
-        match gym::GymId::parse(s) {
-            Some(g) => Ok(EnvName::Gym(g?)),
-            None => EnvId::parse(s).map(EnvName::Native).map_err(|e| match e {
-                EnvError::UnknownEnv { name, choices } => EnvError::UnknownEnv {
-                    name,
-                    choices: format!(
-                        "{choices}, or gym:ID for a Gymnasium environment (e.g. \
-                             gym:Pendulum-v1)"
-                    ),
-                },
-                e => e,
-            }),
+        if let Some(g) = gym::GymId::parse(s) {
+            return Ok(EnvName::Gym(g?));
         }
+        if let Some(t) = mujoco::MujocoTask::parse(s) {
+            return Ok(EnvName::Mujoco(t));
+        }
+        EnvId::parse(s).map(EnvName::Native).map_err(|e| match e {
+            EnvError::UnknownEnv { name, choices } => EnvError::UnknownEnv {
+                name,
+                choices: format!(
+                    "{choices}, {} (MuJoCo), or gym:ID for a Gymnasium environment (e.g. \
+                     gym:Pendulum-v1)",
+                    mujoco::MujocoTask::ALL
+                        .map(mujoco::MujocoTask::name)
+                        .join(", ")
+                ),
+            },
+            e => e,
+        })
     }
 
     /// The name [`EnvName::parse`] reads back.
