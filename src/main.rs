@@ -755,7 +755,7 @@ fn plan_flag(key: &str) -> Option<String> {
 
 fn run_plan(a: PlanArgs) -> Result<()> {
     let env = mbrl_gpu::env::EnvName::parse(&a.env)?;
-    if a.true_dynamics {
+    if a.true_dynamics && env.mujoco().is_none() {
         env.require_native("--true-dynamics")?;
     }
     let spec = env.spec()?;
@@ -842,6 +842,10 @@ fn plan_on<B: Backend>(
             ts,
             a.seed,
         )?,
+        #[cfg(feature = "mujoco")]
+        None if env.mujoco().is_some() => {
+            Mpc::with_mujoco(be, env.mujoco().expect("checked"), cfg, a.seed)?
+        }
         None => Mpc::with_true_dynamics(be, env.require_native("--true-dynamics")?, cfg, a.seed)?,
     };
     let steps = a.steps.unwrap_or(spec.max_episode_steps);

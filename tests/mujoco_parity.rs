@@ -328,3 +328,65 @@ fn bench_env_should_measure_the_native_half_cheetah() {
         );
     }
 }
+
+/// The planner's simulator rollouts return what stepping the environment gives: the sum of
+/// the rewards up to and including the terminating step, from the same start.
+#[test]
+fn rollout_returns_should_equal_stepping_the_environment() {
+    use mbrl_gpu::env::mujoco::Rollouts;
+    for t in [MujocoTask::Hopper, MujocoTask::HalfCheetah] {
+        let (ad, h, pop) = (t.info().act_dim, 40usize, 9usize);
+        let mut env = MujocoEnv::new(t, 1).unwrap();
+        env.reset(&[7]).unwrap();
+        let start: Vec<f64> = env.state().iter().map(|v| f64::from(*v)).collect();
+        let actions: Vec<f32> = (0..pop * h * ad)
+            .map(|i| mbrl_gpu::rng::uniform(9, 4, i as u32, 0) * 2.4 - 1.2)
+            .collect();
+        let mut got = vec![0.0f32; pop];
+        Rollouts::new(t)
+            .unwrap()
+            .returns(&start, &actions, h, &mut got)
+            .unwrap();
+        let mut terminated = 0;
+        for (c, seq) in actions.chunks_exact(h * ad).enumerate() {
+            env.set_state_f64(&start).unwrap();
+            let mut total = 0.0f64;
+            for a in seq.chunks_exact(ad) {
+                let s = env.step_f64(a).unwrap().remove(0);
+                total += s.reward;
+                if s.terminated {
+                    terminated += 1;
+                    break;
+                }
+            }
+            assert_eq!(got[c], total as f32, "{} candidate {c}", t.name());
+        }
+        if t == MujocoTask::Hopper {
+            assert!(terminated > 0, "hopper: termination not exercised");
+        }
+    }
+}
+
+/// `plan --true-dynamics` on the inverted pendulum keeps the pole up for the whole episode
+/// (a random policy lasts a few steps).
+#[test]
+fn true_dynamics_planning_should_balance_the_inverted_pendulum() {
+    let (ok, out, err) = mbrl(&[
+        "plan",
+        "--env",
+        "inverted-pendulum",
+        "--true-dynamics",
+        "--horizon",
+        "20",
+        "--population",
+        "100",
+        "--iterations",
+        "3",
+        "--steps",
+        "200",
+        "--json",
+    ]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["returns"][0].as_f64(), Some(200.0), "{out}");
+}

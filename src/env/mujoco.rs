@@ -266,7 +266,7 @@ pub fn control_cost(w: f32, a: &[f32]) -> f32 {
 }
 
 #[cfg(feature = "mujoco")]
-pub use sim::MujocoEnv;
+pub use sim::{MujocoEnv, Rollouts, StepF64};
 
 #[cfg(feature = "mujoco")]
 mod sim {
@@ -583,6 +583,90 @@ mod sim {
             obs,
             reward,
             terminated,
+        }
+    }
+
+    /// Returns of action sequences on the true dynamics from one start state ("planning with
+    /// the simulator", as MJPC's predictive sampling does): each candidate restarts a copy
+    /// from the start (`mj_resetData`, the state, `mj_forward`) and steps it through its
+    /// sequence, summing the task's rewards until it terminates (the terminating step's reward
+    /// included, as Gymnasium reports it). Candidates run on rayon's threads, one copy each.
+    pub struct Rollouts {
+        task: MujocoTask,
+        info: TaskInfo,
+        dt: f64,
+        pool: Vec<std::sync::Mutex<MjData<Arc<MjModel>>>>,
+    }
+
+    impl Rollouts {
+        pub fn new(task: MujocoTask) -> Result<Self, EnvError> {
+            let env = MujocoEnv::new(task, 1)?;
+            let model = env.data[0].model().clone();
+            let model = Arc::new(model);
+            let pool = (0..rayon::current_num_threads().max(1))
+                .map(|_| std::sync::Mutex::new(MjData::new(model.clone())))
+                .collect();
+            Ok(Self {
+                task,
+                info: env.info,
+                dt: env.dt,
+                pool,
+            })
+        }
+
+        /// `returns[c]` for candidate c of `actions` `[P, horizon, act_dim]`, from `start`
+        /// (qpos ++ qvel). A candidate whose state leaves the finite numbers returns −∞.
+        pub fn returns(
+            &self,
+            start: &[f64],
+            actions: &[f32],
+            horizon: usize,
+            returns: &mut [f32],
+        ) -> Result<(), EnvError> {
+            let (nq, nv, ad) = (self.info.nq, self.info.nv, self.info.act_dim);
+            if start.len() != nq + nv || actions.len() != returns.len() * horizon * ad {
+                return Err(EnvError::WrongLength {
+                    what: format!(
+                        "a {} rollout: start [nq + nv] and actions [P, horizon, act_dim]",
+                        self.info.name
+                    ),
+                    expected: (nq + nv) + returns.len() * horizon * ad,
+                    got: start.len() + actions.len(),
+                });
+            }
+            let workers = self.pool.len();
+            let per = returns.len().div_ceil(workers).max(1);
+            returns
+                .par_chunks_mut(per)
+                .zip(actions.par_chunks(per * horizon * ad))
+                .enumerate()
+                .for_each(|(w, (rets, acts))| {
+                    let mut d = self.pool[w % workers].lock().expect("rollout copy");
+                    for (ret, seq) in rets.iter_mut().zip(acts.chunks_exact(horizon * ad)) {
+                        d.reset();
+                        d.qpos_mut().copy_from_slice(&start[..nq]);
+                        d.qvel_mut().copy_from_slice(&start[nq..]);
+                        d.forward();
+                        let mut total = 0.0f64;
+                        for a in seq.chunks_exact(ad) {
+                            let s = step_one(self.task, &self.info, self.dt, &mut d, a);
+                            total += s.reward;
+                            if !s.obs.iter().all(|v| v.is_finite()) {
+                                total = f64::NEG_INFINITY;
+                                break;
+                            }
+                            if s.terminated {
+                                break;
+                            }
+                        }
+                        *ret = if total.is_finite() {
+                            total as f32
+                        } else {
+                            f32::NEG_INFINITY
+                        };
+                    }
+                });
+            Ok(())
         }
     }
 

@@ -484,3 +484,46 @@ impl<B: Backend> Objective<B> for TrueObjective<B> {
         backend.rollout_true(&p, &self.start, population, returns)
     }
 }
+
+/// Scores action sequences with a MuJoCo task's true dynamics on the CPU (whatever the
+/// backend holds the population on), from the state of [`MujocoObjective::set_start`].
+#[cfg(feature = "mujoco")]
+pub struct MujocoObjective {
+    rollouts: crate::env::mujoco::Rollouts,
+    horizon: usize,
+    start: Vec<f64>,
+}
+
+#[cfg(feature = "mujoco")]
+impl MujocoObjective {
+    pub fn new(task: crate::env::mujoco::MujocoTask, horizon: usize) -> Result<Self> {
+        Ok(Self {
+            rollouts: crate::env::mujoco::Rollouts::new(task)?,
+            horizon,
+            start: vec![],
+        })
+    }
+
+    /// The state to plan from: qpos ++ qvel ([`crate::env::Env::state`] of the task).
+    pub fn set_start(&mut self, state: &[f32]) {
+        self.start = state.iter().map(|v| f64::from(*v)).collect();
+    }
+}
+
+#[cfg(feature = "mujoco")]
+impl<B: Backend> Objective<B> for MujocoObjective {
+    fn evaluate(
+        &mut self,
+        backend: &B,
+        population: &B::Buf,
+        population_size: usize,
+        _step: u32,
+        returns: &mut B::Buf,
+    ) -> Result<()> {
+        let actions = backend.download(population)?;
+        let mut r = vec![0.0f32; population_size];
+        self.rollouts
+            .returns(&self.start, &actions, self.horizon, &mut r)?;
+        backend.write(returns, &r)
+    }
+}

@@ -11,6 +11,9 @@ use std::time::Instant;
 pub enum Dynamics<B: Backend> {
     Model(ModelObjective<B>),
     True(TrueObjective<B>),
+    /// A MuJoCo task's simulator, on the CPU.
+    #[cfg(feature = "mujoco")]
+    Mujoco(super::MujocoObjective),
 }
 
 pub struct Mpc<B: Backend> {
@@ -87,12 +90,31 @@ impl<B: Backend> Mpc<B> {
         })
     }
 
+    /// MPC with a MuJoCo task's own dynamics (MJPC's predictive sampling with CEM): every
+    /// candidate is simulated from the current state (qpos ++ qvel, as `Env::state` gives it).
+    #[cfg(feature = "mujoco")]
+    pub fn with_mujoco(
+        backend: &B,
+        task: crate::env::mujoco::MujocoTask,
+        cfg: PlannerConfig,
+        seed: u64,
+    ) -> Result<Self> {
+        let spec = task.spec();
+        let objective = super::MujocoObjective::new(task, cfg.horizon)?;
+        let planner = Planner::new(backend, cfg, &spec.act_low, &spec.act_high, seed)?;
+        Ok(Self {
+            planner,
+            dynamics: Dynamics::Mujoco(objective),
+            latencies: vec![],
+        })
+    }
+
     /// Swap in a retrained model (same architecture) without losing the planner's warm
     /// start: uploads the new parameters, normaliser and elites.
     pub fn update_model(&mut self, backend: &B, model: &Ensemble) -> Result<()> {
         match &mut self.dynamics {
             Dynamics::Model(o) => o.update_model(backend, model),
-            Dynamics::True(_) => Err(crate::invalid!(
+            _ => Err(crate::invalid!(
                 "this controller plans with the true dynamics; it has no model to update"
             )),
         }
@@ -116,6 +138,11 @@ impl<B: Backend> Mpc<B> {
                 o.set_start(backend, state)?;
                 self.planner.act(backend, o)?
             }
+            #[cfg(feature = "mujoco")]
+            Dynamics::Mujoco(o) => {
+                o.set_start(state);
+                self.planner.act(backend, o)?
+            }
         };
         self.latencies.push(t0.elapsed().as_secs_f64());
         Ok(action)
@@ -134,7 +161,7 @@ impl<B: Backend> Mpc<B> {
         };
         match &self.dynamics {
             Dynamics::Model(o) => o.rows_per_eval(c.population) * iters,
-            Dynamics::True(_) => c.population * c.horizon * iters,
+            _ => c.population * c.horizon * iters,
         }
     }
 }
