@@ -12,6 +12,9 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+#[path = "common/tiny.rs"]
+mod tiny;
+
 fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
 }
@@ -524,33 +527,9 @@ fn model_based_runs_should_work_through_the_bridge() {
         "{err}"
     );
     let mbpo = |env: &str, o: &str| {
-        mbrl(
-            &py,
-            &[
-                "mbpo",
-                "--env",
-                env,
-                "--preset",
-                "quick",
-                "--steps",
-                "400",
-                "--set",
-                "epoch_length=200",
-                "--set",
-                "freq_train_model=200",
-                "--set",
-                "initial_exploration_steps=200",
-                "--set",
-                "eval_episodes=1",
-                "--set",
-                "train.epochs=3",
-                "--set",
-                "num_sac_updates_per_step=2",
-                "--out",
-                o,
-            ],
-            &[],
-        )
+        let mut args = vec!["mbpo", "--env", env, "--out", o];
+        args.extend(tiny::TINY_MBPO);
+        mbrl(&py, &args, &[])
     };
     for (env, o) in [
         (grid, out("mbpo-grid")),

@@ -13,6 +13,9 @@ use mbrl_gpu::env::mujoco::{MujocoEnv, MujocoTask};
 use mbrl_gpu::env::{task, Env};
 use serde::Deserialize;
 
+#[path = "common/tiny.rs"]
+mod tiny;
+
 #[derive(Deserialize)]
 struct Fixture {
     source: String,
@@ -230,29 +233,9 @@ fn run_commands_should_work_on_the_mujoco_tasks() {
     assert!(ok, "{err}");
     assert_eq!(rows(&o).len(), 1);
     let o = out("mbpo");
-    let (ok, _, err) = mbrl(&[
-        "mbpo",
-        "--env",
-        "hopper",
-        "--preset",
-        "quick",
-        "--steps",
-        "400",
-        "--set",
-        "epoch_length=200",
-        "--set",
-        "freq_train_model=200",
-        "--set",
-        "initial_exploration_steps=200",
-        "--set",
-        "eval_episodes=1",
-        "--set",
-        "train.epochs=3",
-        "--set",
-        "num_sac_updates_per_step=2",
-        "--out",
-        o.to_str().unwrap(),
-    ]);
+    let mut args = vec!["mbpo", "--env", "hopper", "--out", o.to_str().unwrap()];
+    args.extend(tiny::TINY_MBPO);
+    let (ok, _, err) = mbrl(&args);
     assert!(ok, "{err}");
     assert_eq!(rows(&o).len(), 1);
     let (ok, toml, err) = mbrl(&["mbpo", "--env", "ant", "--print-config"]);

@@ -576,13 +576,7 @@ impl Env for GymEnv {
     }
 
     fn reset(&mut self, seeds: &[u64]) -> Result<Vec<f32>, EnvError> {
-        if seeds.len() != self.copies {
-            return Err(EnvError::WrongLength {
-                what: format!("seeds (one per copy, {} copies)", self.copies),
-                expected: self.copies,
-                got: seeds.len(),
-            });
-        }
+        super::check_seeds(seeds, self.copies)?;
         let mut req = vec![tag::RESET];
         for s in seeds {
             req.extend_from_slice(&s.to_le_bytes());
@@ -602,27 +596,7 @@ impl Env for GymEnv {
 
     fn step(&mut self, actions: &[f32]) -> Result<Vec<Transition>, EnvError> {
         let (n, od, ad) = (self.copies, self.spec.obs_dim, self.spec.act_dim);
-        if actions.len() != n * ad {
-            return Err(EnvError::WrongLength {
-                what: format!(
-                    "actions of {n} × {} ([N, act_dim] = [{n}, {ad}])",
-                    self.name
-                ),
-                expected: n * ad,
-                got: actions.len(),
-            });
-        }
-        if let Some(i) = actions.iter().position(|a| !a.is_finite()) {
-            return Err(EnvError::NonFinite {
-                what: "action",
-                row: i / ad,
-                component: i % ad,
-                value: f64::from(actions[i]),
-            });
-        }
-        if !self.ready {
-            return Err(EnvError::NotReset);
-        }
+        super::check_step(actions, n, ad, &self.name, self.ready)?;
         let mut req = Vec::with_capacity(1 + 4 * actions.len());
         req.push(tag::STEP);
         for a in actions {

@@ -512,6 +512,47 @@ impl SplitMix64 {
     }
 }
 
+/// `seeds` holds one seed per copy.
+pub(crate) fn check_seeds(seeds: &[u64], copies: usize) -> Result<(), EnvError> {
+    if seeds.len() != copies {
+        return Err(EnvError::WrongLength {
+            what: format!("seeds (one per copy, {copies} copies)"),
+            expected: copies,
+            got: seeds.len(),
+        });
+    }
+    Ok(())
+}
+
+/// `actions` is `[copies, act_dim]` of `name`, every value finite, and the copies were reset.
+pub(crate) fn check_step(
+    actions: &[f32],
+    copies: usize,
+    act_dim: usize,
+    name: &str,
+    ready: bool,
+) -> Result<(), EnvError> {
+    if actions.len() != copies * act_dim {
+        return Err(EnvError::WrongLength {
+            what: format!("actions of {copies} × {name} ([N, act_dim] = [{copies}, {act_dim}])"),
+            expected: copies * act_dim,
+            got: actions.len(),
+        });
+    }
+    if let Some(i) = actions.iter().position(|a| !a.is_finite()) {
+        return Err(EnvError::NonFinite {
+            what: "action",
+            row: i / act_dim,
+            component: i % act_dim,
+            value: f64::from(actions[i]),
+        });
+    }
+    if !ready {
+        return Err(EnvError::NotReset);
+    }
+    Ok(())
+}
+
 /// A batch of N independent copies of one environment.
 pub trait Env: Send {
     /// Dimensions, bounds and episode length.
@@ -662,13 +703,7 @@ impl Env for NativeEnv {
     /// Copy i starts from [`EnvId::reset_state_f64`]`(seeds[i])`, held as a float64 array
     /// like Gymnasium's state after `reset`.
     fn reset(&mut self, seeds: &[u64]) -> Result<Vec<f32>, EnvError> {
-        if seeds.len() != self.num_envs {
-            return Err(EnvError::WrongLength {
-                what: format!("seeds (one per copy, {} copies)", self.num_envs),
-                expected: self.num_envs,
-                got: seeds.len(),
-            });
-        }
+        check_seeds(seeds, self.num_envs)?;
         let sd = self.id.state_dim();
         for (s, seed) in self.state.chunks_exact_mut(sd).zip(seeds) {
             self.id.reset_state_f64(*seed, s);
@@ -679,30 +714,7 @@ impl Env for NativeEnv {
 
     fn step(&mut self, actions: &[f32]) -> Result<Vec<Transition>, EnvError> {
         let (sd, od, ad) = (self.id.state_dim(), self.id.obs_dim(), self.id.act_dim());
-        if actions.len() != self.num_envs * ad {
-            return Err(EnvError::WrongLength {
-                what: format!(
-                    "actions of {} × {} ([N, act_dim] = [{}, {}])",
-                    self.num_envs,
-                    self.id.name(),
-                    self.num_envs,
-                    ad
-                ),
-                expected: self.num_envs * ad,
-                got: actions.len(),
-            });
-        }
-        if let Some(i) = actions.iter().position(|a| !a.is_finite()) {
-            return Err(EnvError::NonFinite {
-                what: "action",
-                row: i / ad,
-                component: i % ad,
-                value: f64::from(actions[i]),
-            });
-        }
-        if !self.ready {
-            return Err(EnvError::NotReset);
-        }
+        check_step(actions, self.num_envs, ad, self.id.name(), self.ready)?;
         let mut out = Vec::with_capacity(self.num_envs);
         for i in 0..self.num_envs {
             let s = &mut self.state[i * sd..(i + 1) * sd];

@@ -438,29 +438,7 @@ mod sim {
         /// One step of every copy in Gymnasium's f64 (what [`Env::step`] rounds to f32).
         pub fn step_f64(&mut self, actions: &[f32]) -> Result<Vec<StepF64>, EnvError> {
             let ad = self.info.act_dim;
-            if actions.len() != self.data.len() * ad {
-                return Err(EnvError::WrongLength {
-                    what: format!(
-                        "actions of {} × {} ([N, act_dim] = [{}, {ad}])",
-                        self.data.len(),
-                        self.info.name,
-                        self.data.len()
-                    ),
-                    expected: self.data.len() * ad,
-                    got: actions.len(),
-                });
-            }
-            if let Some(i) = actions.iter().position(|a| !a.is_finite()) {
-                return Err(EnvError::NonFinite {
-                    what: "action",
-                    row: i / ad,
-                    component: i % ad,
-                    value: f64::from(actions[i]),
-                });
-            }
-            if !self.ready {
-                return Err(EnvError::NotReset);
-            }
+            crate::env::check_step(actions, self.data.len(), ad, self.info.name, self.ready)?;
             let (task, info, dt) = (self.task, self.info, self.dt);
             let one = |(d, a): (&mut MjData<Arc<MjModel>>, &[f32])| step_one(task, &info, dt, d, a);
             let out: Vec<StepF64> = if self.data.len() >= PARALLEL_FROM {
@@ -688,13 +666,7 @@ mod sim {
 
         /// Gymnasium's reset noise from our generator: copy i from `seeds[i]`.
         fn reset(&mut self, seeds: &[u64]) -> Result<Vec<f32>, EnvError> {
-            if seeds.len() != self.data.len() {
-                return Err(EnvError::WrongLength {
-                    what: format!("seeds (one per copy, {} copies)", self.data.len()),
-                    expected: self.data.len(),
-                    got: seeds.len(),
-                });
-            }
+            crate::env::check_seeds(seeds, self.data.len())?;
             let (nq, nv, s) = (self.info.nq, self.info.nv, self.info.noise);
             let mut states = Vec::with_capacity(seeds.len() * (nq + nv));
             for seed in seeds {
