@@ -461,10 +461,9 @@ impl GymEnv {
                 let kind = r.take(1).map(|b| b[0]).unwrap_or(0);
                 let text = r.str().unwrap_or_else(|_| "(unreadable message)".into());
                 let m = match kind {
-                    1 => text,
-                    2 => text,
-                    3 => text,
-                    4 => text,
+                    // Missing Gymnasium, failed import, unknown ID, unsupported space: the
+                    // worker's message says it all.
+                    1..=4 => text,
                     5 => format!("the environment failed: {text}"),
                     6 => format!("the worker refused a request as malformed: {text}"),
                     7 => format!("{what}: {text}"),
