@@ -833,15 +833,7 @@ fn check_rollout<B: Backend>(b: &B, label: &str, hidden: usize) {
 fn check_rollout_mujoco_tasks<B: Backend>(b: &B, label: &str) {
     let cpu = CpuBackend::new();
     for c in common::mujoco_task_cases() {
-        let shape = EnsembleShape {
-            ensemble: 5,
-            in_dim: c.obs_dim + c.act_dim,
-            out_dim: c.obs_dim + c.learn_reward as usize,
-            hidden: 24,
-            num_layers: 2,
-            activation: Activation::Silu,
-            probabilistic: true,
-        };
+        let shape = c.shape(5);
         let mut p = rollout_params(
             EnvId::Pendulum,
             Propagation::Ts1,

@@ -814,15 +814,7 @@ fn rollout_should_match_cpu() {
     // The MuJoCo tasks' termination functions (and the inverted pendulum's reward), from
     // starts near the thresholds.
     for c in common::mujoco_task_cases() {
-        let shape = EnsembleShape {
-            ensemble: 3,
-            in_dim: c.obs_dim + c.act_dim,
-            out_dim: c.obs_dim + c.learn_reward as usize,
-            hidden: 24,
-            num_layers: 2,
-            activation: Activation::Silu,
-            probabilistic: true,
-        };
+        let shape = c.shape(3);
         let mut p = rollout_params(EnvId::Pendulum, Propagation::Ts1, pop, k, h);
         (p.env, p.obs_dim, p.act_dim) = (c.code, c.obs_dim as u32, c.act_dim as u32);
         p.learn_reward = c.learn_reward as u32;

@@ -52,6 +52,21 @@ pub struct TaskCase {
     pub start: Vec<f32>,
 }
 
+impl TaskCase {
+    /// A small probabilistic ensemble of `ensemble` members for the case's widths.
+    pub fn shape(&self, ensemble: usize) -> mbrl_gpu::backend::EnsembleShape {
+        mbrl_gpu::backend::EnsembleShape {
+            ensemble,
+            in_dim: self.obs_dim + self.act_dim,
+            out_dim: self.obs_dim + self.learn_reward as usize,
+            hidden: 24,
+            num_layers: 2,
+            activation: mbrl_gpu::backend::Activation::Silu,
+            probabilistic: true,
+        }
+    }
+}
+
 pub fn mujoco_task_cases() -> Vec<TaskCase> {
     use mbrl_gpu::env::task;
     let start = |od: usize, set: &[(usize, f32)]| {
