@@ -191,6 +191,8 @@ pub struct GymEnv {
     stdout: ChildStdout,
     /// Bytes read past the last whole frame.
     inbuf: Vec<u8>,
+    /// What one `read` takes in (kept: a step reads through it every time).
+    chunk: Vec<u8>,
     tail: Arc<Mutex<VecDeque<String>>>,
     timeout: Duration,
     elapsed: Vec<usize>,
@@ -261,6 +263,7 @@ impl GymEnv {
             stdin,
             stdout,
             inbuf: Vec::new(),
+            chunk: vec![0u8; 1 << 16],
             tail,
             timeout: opts.timeout,
             elapsed: vec![0; copies],
@@ -408,7 +411,6 @@ impl GymEnv {
     /// The next whole frame, waiting at most the timeout in all.
     fn next_frame(&mut self) -> Result<Vec<u8>, Incoming> {
         let deadline = Instant::now() + self.timeout;
-        let mut chunk = vec![0u8; 1 << 16];
         loop {
             if self.inbuf.len() >= 4 {
                 let n = u32::from_le_bytes(self.inbuf[..4].try_into().expect("4 bytes")) as usize;
@@ -444,9 +446,9 @@ impl GymEnv {
             if r == 0 {
                 continue;
             }
-            match self.stdout.read(&mut chunk) {
+            match self.stdout.read(&mut self.chunk) {
                 Ok(0) => return Err(Incoming::Eof),
-                Ok(k) => self.inbuf.extend_from_slice(&chunk[..k]),
+                Ok(k) => self.inbuf.extend_from_slice(&self.chunk[..k]),
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(_) => return Err(Incoming::Eof),
             }

@@ -259,10 +259,14 @@ pub fn numpy_sum<T: Copy + std::ops::Add<Output = T> + Default>(a: &[T]) -> T {
 }
 
 /// Gymnasium's `control_cost`: `w · np.sum(np.square(a))` in float32 (NumPy 2 casts the
-/// Python weight to the array's type).
+/// Python weight to the array's type). At most 128 actions (NumPy's pairwise block).
 pub fn control_cost(w: f32, a: &[f32]) -> f32 {
-    let sq: Vec<f32> = a.iter().map(|x| x * x).collect();
-    w * numpy_sum(&sq)
+    let mut sq = [0.0f32; 128];
+    let sq = &mut sq[..a.len()];
+    for (s, x) in sq.iter_mut().zip(a) {
+        *s = x * x;
+    }
+    w * numpy_sum(sq)
 }
 
 #[cfg(feature = "mujoco")]
@@ -440,7 +444,15 @@ mod sim {
             let ad = self.info.act_dim;
             crate::env::check_step(actions, self.data.len(), ad, self.info.name, self.ready)?;
             let (task, info, dt) = (self.task, self.info, self.dt);
-            let one = |(d, a): (&mut MjData<Arc<MjModel>>, &[f32])| step_one(task, &info, dt, d, a);
+            let one = |(d, a): (&mut MjData<Arc<MjModel>>, &[f32])| {
+                let mut obs = Vec::with_capacity(info.obs_dim);
+                let (reward, terminated) = step_one(task, &info, dt, d, a, &mut obs);
+                StepF64 {
+                    obs,
+                    reward,
+                    terminated,
+                }
+            };
             let out: Vec<StepF64> = if self.data.len() >= PARALLEL_FROM {
                 self.data
                     .par_iter_mut()
@@ -495,7 +507,8 @@ mod sim {
         dt: f64,
         d: &mut MjData<Arc<MjModel>>,
         a: &[f32],
-    ) -> StepF64 {
+        obs: &mut Vec<f64>,
+    ) -> (f64, bool) {
         // Ant: the torso body's xpos (as Gymnasium reads it: from before the last
         // integration); the others: qpos[0].
         let x = |d: &MjData<Arc<MjModel>>| match task {
@@ -510,15 +523,11 @@ mod sim {
             d.step();
         }
         d.rne_post_constraint();
-        let mut obs = Vec::with_capacity(info.obs_dim);
-        observe(task, d, &mut obs);
+        obs.clear();
+        observe(task, d, obs);
         if task == MujocoTask::InvertedPendulum {
             let terminated = !obs.iter().all(|v| v.is_finite()) || obs[1].abs() > 0.2;
-            return StepF64 {
-                obs,
-                reward: if terminated { 0.0 } else { 1.0 },
-                terminated,
-            };
+            return (if terminated { 0.0 } else { 1.0 }, terminated);
         }
         let xv = (x(d) - before) / dt;
         let ctrl = f64::from(control_cost(info.ctrl_cost_weight, a));
@@ -540,16 +549,15 @@ mod sim {
             MujocoTask::Ant => {
                 let healthy =
                     q.iter().chain(v).all(|s| s.is_finite()) && 0.2 <= q[2] && q[2] <= 1.0;
-                let sq: Vec<f64> = d
-                    .cfrc_ext()
-                    .iter()
-                    .flatten()
-                    .map(|f| {
-                        let c = f.clamp(-1.0, 1.0);
-                        c * c
-                    })
-                    .collect();
-                let contact = 5e-4 * numpy_sum(&sq);
+                // Every body's 6 forces, the world's included (84 values).
+                let forces = d.cfrc_ext();
+                let mut sq = [0.0f64; 128];
+                let sq = &mut sq[..forces.len() * 6];
+                for (s, f) in sq.iter_mut().zip(forces.iter().flatten()) {
+                    let c = f.clamp(-1.0, 1.0);
+                    *s = c * c;
+                }
+                let contact = 5e-4 * numpy_sum(sq);
                 (
                     (xv + if healthy { 1.0 } else { 0.0 }) - (ctrl + contact),
                     !healthy,
@@ -557,11 +565,7 @@ mod sim {
             }
             MujocoTask::InvertedPendulum => unreachable!("returned above"),
         };
-        StepF64 {
-            obs,
-            reward,
-            terminated,
-        }
+        (reward, terminated)
     }
 
     /// Returns of action sequences on the true dynamics from one start state ("planning with
@@ -620,6 +624,7 @@ mod sim {
                 .enumerate()
                 .for_each(|(w, (rets, acts))| {
                     let mut d = self.pool[w % workers].lock().expect("rollout copy");
+                    let mut obs = Vec::with_capacity(self.info.obs_dim);
                     for (ret, seq) in rets.iter_mut().zip(acts.chunks_exact(horizon * ad)) {
                         d.reset();
                         d.qpos_mut().copy_from_slice(&start[..nq]);
@@ -627,13 +632,14 @@ mod sim {
                         d.forward();
                         let mut total = 0.0f64;
                         for a in seq.chunks_exact(ad) {
-                            let s = step_one(self.task, &self.info, self.dt, &mut d, a);
-                            total += s.reward;
-                            if !s.obs.iter().all(|v| v.is_finite()) {
+                            let (reward, terminated) =
+                                step_one(self.task, &self.info, self.dt, &mut d, a, &mut obs);
+                            total += reward;
+                            if !obs.iter().all(|v| v.is_finite()) {
                                 total = f64::NEG_INFINITY;
                                 break;
                             }
-                            if s.terminated {
+                            if terminated {
                                 break;
                             }
                         }
