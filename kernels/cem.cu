@@ -10,6 +10,15 @@
 //               c·len + j is a pure function of Philox coordinates (no state between draws),
 //               so any mapping of threads gives the CPU's samples. Memory-bound; the
 //               truncated normal's rejection loop almost always exits on the first attempt.
+//               iCEM's coloured noise (dist 2) is the inverse DFT of its sequence's H/2 + 1
+//               random Fourier coefficients: each element recomputes the coefficients it
+//               needs (O(H) Philox draws) instead of sharing them, so that threads stay
+//               independent; at H = 30 that is ≈ 16 blocks per element, negligible next to
+//               a rollout.
+//   cem_gather  iCEM's elite memory: after cem_rank, elite r's row and return copied into
+//               the elite buffers (one thread per element of the K·len rows).
+//   cem_keep    kept elites copied into population rows dst_row.., shifted one action
+//               earlier at a new control step (last action from the mean).
 //   cem_rank    grid ⌈P/256⌉: candidate i's rank is the number of candidates that beat it
 //               (higher return, or equal return and lower index; NaN ranks as −∞), found by
 //               comparing against all P returns staged 256 at a time through shared memory.
@@ -24,8 +33,15 @@
 // Identical to src/backend/mod.rs `SampleParams`.
 typedef struct {
   u32 seed_lo, seed_hi, step, population;
-  u32 len, act_dim, dist, pad;
+  u32 len, act_dim, dist;
+  float beta;
 } SampleParams;
+
+// Identical to src/backend/mod.rs `EliteParams`.
+typedef struct {
+  u32 population, len, act_dim, num_elites;
+  u32 dst_row, shift, pad0, pad1;
+} EliteParams;
 
 // Identical to src/backend/mod.rs `InitParams`.
 typedef struct {
@@ -64,6 +80,47 @@ KERNEL BOUNDS(256) void cem_init(InitParams p, GLOBAL const float* lower,
   }
 }
 
+// cos(2πu) for any u.
+DEVFN float cos_2pi(float u) { return COSPIF(FMUL(2.0f, u)); }
+
+// backend::cpu::cem::noise_amplitude: f^(−β/2), the DC term at the lowest frequency's.
+DEVFN float noise_amplitude(float beta, u32 f) {
+  return EXPF(FMUL(-0.5f * beta, LOGF((float)(f > 1u ? f : 1u))));
+}
+
+// Element t of coloured-noise sequence s of length h: backend::cpu::cem::colored_noise, the
+// same sums in the same order.
+DEVFN float colored_noise(u32 seed_lo, u32 seed_hi, u32 step, float beta, u32 s, u32 h,
+                          u32 t) {
+  const u32 base = s * (h + 2u);
+  const u32 both = (h + 1u) / 2u - 1u;  // frequencies with a cosine and a sine
+  const int nyquist = (h % 2u == 0u) && h >= 2u;
+  const float a0 = noise_amplitude(beta, 0u);
+  float norm = FMUL(a0, a0);
+  for (u32 f = 1u; f <= both; ++f) {
+    const float af = noise_amplitude(beta, f);
+    norm += FMUL(FMUL(2.0f, af), af);
+  }
+  const float an = noise_amplitude(beta, h / 2u);
+  if (nyquist) norm += FMUL(an, an);
+  const float inv = 1.0f / SQRTF(norm);
+  float x = FMUL(a0, philox_normal(seed_lo, seed_hi, STREAM_ICEM_NOISE, base, step));
+  for (u32 f = 1u; f <= both; ++f) {
+    const float af = FMUL(1.41421356f, noise_amplitude(beta, f));
+    const float ca = FMUL(af, philox_normal(seed_lo, seed_hi, STREAM_ICEM_NOISE, base + 2u * f, step));
+    const float cb =
+        FMUL(af, philox_normal(seed_lo, seed_hi, STREAM_ICEM_NOISE, base + 2u * f + 1u, step));
+    const float u = (float)((f * t) % h) / (float)h;
+    x += FMUL(ca, cos_2pi(u)) - FMUL(cb, cos_2pi(u - 0.25f));
+  }
+  if (nyquist) {
+    const float cn =
+        FMUL(an, philox_normal(seed_lo, seed_hi, STREAM_ICEM_NOISE, base + h, step));
+    x += (t % 2u == 0u) ? cn : -cn;
+  }
+  return FMUL(x, inv);
+}
+
 KERNEL BOUNDS(256) void cem_sample(SampleParams p, GLOBAL const float* mean,
                                    GLOBAL const float* var, GLOBAL const float* lower,
                                    GLOBAL const float* upper, GLOBAL float* out) {
@@ -76,6 +133,11 @@ KERNEL BOUNDS(256) void cem_sample(SampleParams p, GLOBAL const float* mean,
     float v;
     if (p.dist == 1u) {
       v = lb + FMUL(philox_uniform(p.seed_lo, p.seed_hi, STREAM_CEM_SAMPLE, i, p.step), ub - lb);
+    } else if (p.dist == 2u) {
+      const u32 c = i / p.len;
+      const float x = colored_noise(p.seed_lo, p.seed_hi, p.step, p.beta, c * p.act_dim + a,
+                                    p.len / p.act_dim, j / p.act_dim);
+      v = clamp_f32(mean[j] + FMUL(SQRTF(rust_max(var[j], 0.0f)), x), lb, ub);
     } else {
       const float m = mean[j];
       // The largest variance whose ±2σ interval still fits inside the bounds.
@@ -134,4 +196,35 @@ KERNEL BOUNDS(256) void cem_update(UpdateParams p, GLOBAL const float* populatio
   v = v / kf;
   mean[j] = FMUL(p.alpha, mean[j]) + FMUL(1.0f - p.alpha, m);
   var[j] = rust_max(FMUL(p.alpha, var[j]) + FMUL(1.0f - p.alpha, v), p.min_var);
+}
+
+KERNEL BOUNDS(256) void cem_gather(EliteParams p, GLOBAL const float* population,
+                                   GLOBAL const float* returns, GLOBAL const u32* elite_idx,
+                                   GLOBAL float* elites, GLOBAL float* elite_returns) {
+  const u32 total = p.num_elites * p.len;
+  const u32 stride = 256u * (u32)NGRP_X;
+  for (u32 i = (u32)GRP_X * 256u + (u32)LID; i < total; i += stride) {
+    const u32 r = i / p.len, j = i % p.len;
+    const u32 c = elite_idx[r];
+    elites[i] = population[c * p.len + j];
+    if (j == 0u) elite_returns[r] = returns[c];
+  }
+}
+
+KERNEL BOUNDS(256) void cem_keep(EliteParams p, GLOBAL const float* elites,
+                                 GLOBAL const float* mean, GLOBAL float* population) {
+  const u32 total = p.num_elites * p.len;
+  const u32 stride = 256u * (u32)NGRP_X;
+  for (u32 i = (u32)GRP_X * 256u + (u32)LID; i < total; i += stride) {
+    const u32 r = i / p.len, j = i % p.len;
+    float v;
+    if (p.shift == 0u) {
+      v = elites[i];
+    } else if (j + p.act_dim < p.len) {
+      v = elites[i + p.act_dim];
+    } else {
+      v = mean[j];
+    }
+    population[(p.dst_row + r) * p.len + j] = v;
+  }
 }

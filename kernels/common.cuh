@@ -119,6 +119,8 @@ DEVFN double clamp_f64(double x, double lo, double hi) { return x < lo ? lo : (x
 #define STREAM_CEM_SAMPLE 5u
 #define STREAM_TS_MEMBER 6u
 #define STREAM_TS_NOISE 7u
+#define STREAM_MPPI_SAMPLE 23u
+#define STREAM_ICEM_NOISE 24u
 #define TRUNC_ATTEMPTS 16u
 
 typedef struct {

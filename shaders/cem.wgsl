@@ -14,6 +14,10 @@
 // a shared-memory read, and the whole pass costs microseconds on a GPU.
 // cem_update: one thread per sequence element, summing the elites in rank order — the
 // CPU's order, so mean and variance are the same sums.
+// iCEM: cem_sample's dist 2 is coloured noise, each element the inverse DFT of its
+// sequence's random Fourier coefficients, recomputed per element so threads stay
+// independent; cem_gather copies the ranked elites (and returns) out after cem_rank;
+// cem_keep copies kept elites into the next population, shifted at a new control step.
 
 struct SampleParams {
     seed_lo: u32,
@@ -23,7 +27,18 @@ struct SampleParams {
     len: u32,
     act_dim: u32,
     dist: u32,
-    _pad: u32,
+    beta: f32,
+}
+
+struct EliteParams {
+    population: u32,
+    len: u32,
+    act_dim: u32,
+    num_elites: u32,
+    dst_row: u32,
+    shift: u32,
+    _pad0: u32,
+    _pad1: u32,
 }
 
 struct UpdateParams {
@@ -47,6 +62,7 @@ struct InitParams {
 @group(0) @binding(0) var<uniform> sp: SampleParams;
 @group(0) @binding(1) var<uniform> up: UpdateParams;
 @group(0) @binding(2) var<uniform> ip: InitParams;
+@group(0) @binding(3) var<uniform> ep: EliteParams;
 
 @group(1) @binding(0) var<storage, read> cem_mean: array<f32>;
 @group(1) @binding(1) var<storage, read> cem_var: array<f32>;
@@ -64,6 +80,53 @@ struct InitParams {
 @group(1) @binding(11) var<storage, read> init_prev: array<f32>;
 @group(1) @binding(12) var<storage, read_write> init_mean: array<f32>;
 @group(1) @binding(13) var<storage, read_write> init_var: array<f32>;
+
+@group(1) @binding(14) var<storage, read> gat_population: array<f32>;
+@group(1) @binding(15) var<storage, read> gat_returns: array<f32>;
+@group(1) @binding(16) var<storage, read> gat_idx: array<u32>;
+@group(1) @binding(17) var<storage, read_write> gat_elites: array<f32>;
+@group(1) @binding(18) var<storage, read_write> gat_elite_returns: array<f32>;
+
+@group(1) @binding(19) var<storage, read> keep_elites: array<f32>;
+@group(1) @binding(20) var<storage, read> keep_mean: array<f32>;
+@group(1) @binding(21) var<storage, read_write> keep_population: array<f32>;
+
+// f^(−β/2), the DC term at the lowest frequency's (backend::cpu::cem::noise_amplitude).
+fn noise_amplitude(beta: f32, f: u32) -> f32 {
+    return exp_f(-0.5 * beta * ln_f(f32(max(f, 1u))));
+}
+
+// Element t of coloured-noise sequence s of length h (backend::cpu::cem::colored_noise: the
+// same sums in the same order).
+fn colored_noise(seed: vec2<u32>, step: u32, beta: f32, s: u32, h: u32, t: u32) -> f32 {
+    let base = s * (h + 2u);
+    let half = (h + 1u) / 2u - 1u;
+    let nyquist = (h % 2u == 0u) && h >= 2u;
+    let a0 = noise_amplitude(beta, 0u);
+    var norm = a0 * a0;
+    for (var f = 1u; f <= half; f++) {
+        let af = noise_amplitude(beta, f);
+        norm = norm + 2.0 * af * af;
+    }
+    let an = noise_amplitude(beta, h / 2u);
+    if (nyquist) {
+        norm = norm + an * an;
+    }
+    let inv = 1.0 / sqrt(norm);
+    var x = a0 * rng_normal(seed, STREAM_ICEM_NOISE, base, step);
+    for (var f = 1u; f <= half; f++) {
+        let af = 1.41421356 * noise_amplitude(beta, f);
+        let ca = af * rng_normal(seed, STREAM_ICEM_NOISE, base + 2u * f, step);
+        let cb = af * rng_normal(seed, STREAM_ICEM_NOISE, base + 2u * f + 1u, step);
+        let u = f32((f * t) % h) / f32(h);
+        x = x + (ca * cos_2pi_f(u) - cb * cos_2pi_f(u - 0.25));
+    }
+    if (nyquist) {
+        let cn = an * rng_normal(seed, STREAM_ICEM_NOISE, base + h, step);
+        x = x + select(-cn, cn, t % 2u == 0u);
+    }
+    return x * inv;
+}
 
 @compute @workgroup_size(256)
 fn cem_init(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -97,6 +160,13 @@ fn cem_sample(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg
     let seed = vec2<u32>(sp.seed_lo, sp.seed_hi);
     if (sp.dist == 1u) {
         cem_out[idx] = lb + rng_uniform(seed, STREAM_CEM_SAMPLE, idx, sp.step) * (ub - lb);
+        return;
+    }
+    if (sp.dist == 2u) {
+        let c = idx / sp.len;
+        let x = colored_noise(seed, sp.step, sp.beta, c * sp.act_dim + a, sp.len / sp.act_dim,
+                              j / sp.act_dim);
+        cem_out[idx] = clamp(cem_mean[j] + sqrt(max(cem_var[j], 0.0)) * x, lb, ub);
         return;
     }
     let m = cem_mean[j];
@@ -174,4 +244,40 @@ fn cem_update(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg
     let v = s2 / kf;
     upd_mean[j] = up.alpha * upd_mean[j] + (1.0 - up.alpha) * m;
     upd_var[j] = max(up.alpha * upd_var[j] + (1.0 - up.alpha) * v, up.min_var);
+}
+
+@compute @workgroup_size(256)
+fn cem_gather(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+              @builtin(local_invocation_index) li: u32) {
+    let i = flat_index(wg, nwg, li);
+    if (i >= ep.num_elites * ep.len) {
+        return;
+    }
+    let r = i / ep.len;
+    let j = i % ep.len;
+    let c = gat_idx[r];
+    gat_elites[i] = gat_population[c * ep.len + j];
+    if (j == 0u) {
+        gat_elite_returns[r] = gat_returns[c];
+    }
+}
+
+@compute @workgroup_size(256)
+fn cem_keep(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+            @builtin(local_invocation_index) li: u32) {
+    let i = flat_index(wg, nwg, li);
+    if (i >= ep.num_elites * ep.len) {
+        return;
+    }
+    let r = i / ep.len;
+    let j = i % ep.len;
+    var v = keep_elites[i];
+    if (ep.shift == 1u) {
+        if (j + ep.act_dim < ep.len) {
+            v = keep_elites[i + ep.act_dim];
+        } else {
+            v = keep_mean[j];
+        }
+    }
+    keep_population[(ep.dst_row + r) * ep.len + j] = v;
 }

@@ -27,6 +27,8 @@ const PHILOX_W1: u32 = 0xBB67AE85u;
 const STREAM_CEM_SAMPLE: u32 = 5u;
 const STREAM_TS_MEMBER: u32 = 6u;
 const STREAM_TS_NOISE: u32 = 7u;
+const STREAM_MPPI_SAMPLE: u32 = 23u;
+const STREAM_ICEM_NOISE: u32 = 24u;
 
 // Rejection attempts of truncated_normal, as `rng::TRUNC_ATTEMPTS`.
 const TRUNC_ATTEMPTS: u32 = 16u;

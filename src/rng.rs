@@ -65,6 +65,10 @@ pub mod stream {
     pub const MAAC_MEMBER: u32 = 21;
     /// SVG(∞): the episodes of a policy step (step = update index).
     pub const SVG_EPISODES: u32 = 22;
+    /// MPPI: the standard normals z of every candidate's noise (step = planner counter).
+    pub const MPPI_SAMPLE: u32 = 23;
+    /// iCEM: the Fourier coefficients of every candidate's coloured noise.
+    pub const ICEM_NOISE: u32 = 24;
 }
 
 #[inline(always)]

@@ -627,7 +627,7 @@ fn check_sample<B: Backend>(b: &B, label: &str) {
             len: len as u32,
             act_dim: a as u32,
             dist,
-            _pad: 0,
+            beta: 0.0,
         };
         let mut want = unwritten(pop * len);
         cpu.cem_sample(&p, &mean, &var, &lo, &hi, &mut want)
@@ -1020,7 +1020,7 @@ fn check_planning<B: Backend>(b: &B, label: &str) {
             len: len as u32,
             act_dim: a,
             dist: 0,
-            _pad: 0,
+            beta: 0.0,
         };
         let up = UpdateParams {
             population: pop,
@@ -1264,6 +1264,23 @@ fn cem_sample_and_update_on_pocl_should_match_the_cpu() {
     check_init(&b, "pocl");
     check_sample(&b, "pocl");
     check_update(&b, "pocl");
+}
+
+#[test]
+fn icem_and_mppi_ops_on_pocl_should_match_the_cpu() {
+    let Some(b) = pocl_backend(CudaOptions::default()) else {
+        return;
+    };
+    use common::planners;
+    let cases = [
+        planners::colored_sample(&b, "pocl"),
+        planners::elite_memory(&b, "pocl"),
+        planners::mppi(&b, "pocl"),
+    ];
+    for c in cases.iter().flatten() {
+        let worst = assert_close(&c.what, &c.got, &c.want, c.atol, c.rtol);
+        eprintln!("{}: worst {worst:e}", c.what);
+    }
 }
 
 #[test]

@@ -494,7 +494,7 @@ fn cem_sample_should_match_cpu() {
             len: len as u32,
             act_dim: a,
             dist,
-            _pad: 0,
+            beta: 0.0,
         };
         let want = sample_on(&cpu, &p, &mean, &var);
         let got = sample_on(g, &p, &mean, &var);
@@ -503,6 +503,22 @@ fn cem_sample_should_match_cpu() {
         // the device sqrt's 2.5 ULP.
         let tol = if dist == 1 { 3e-7 } else { 2e-6 };
         assert_close(&format!("cem_sample dist {dist}"), &got, &want, tol, 0.0);
+    }
+}
+
+#[test]
+fn icem_and_mppi_ops_should_match_cpu() {
+    let Some(g) = gpu("icem_and_mppi_ops_should_match_cpu") else {
+        return;
+    };
+    use common::planners;
+    let cases = [
+        planners::colored_sample(g, "wgpu"),
+        planners::elite_memory(g, "wgpu"),
+        planners::mppi(g, "wgpu"),
+    ];
+    for c in cases.iter().flatten() {
+        assert_close(&c.what, &c.got, &c.want, c.atol, c.rtol);
     }
 }
 
@@ -1004,7 +1020,7 @@ impl<B: Backend> PlanBackend for B {
                 len: len as u32,
                 act_dim: 1,
                 dist: 0,
-                _pad: 0,
+                beta: 0.0,
             };
             self.cem_sample(&sp, &mean, &var, &lo, &hi, &mut population)
                 .unwrap();

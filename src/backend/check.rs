@@ -1,8 +1,8 @@
 //! Argument checks shared by every backend, so that each op rejects the same bad input with
 //! the same sentence whatever device it would have run on. Each takes buffer lengths.
 use super::{
-    AdamParams, EnsembleShape, InitParams, LossConfig, RolloutParams, SampleParams, UpdateParams,
-    MAX_ELITES,
+    AdamParams, EliteParams, EnsembleShape, InitParams, LossConfig, MppiParams, RolloutParams,
+    SampleParams, UpdateParams, MAX_ELITES,
 };
 use crate::env::{task, EnvId, EnvSpec};
 use crate::{invalid, Error, Result};
@@ -69,11 +69,116 @@ pub fn sample(p: &SampleParams, lens: [usize; 5]) -> Result<()> {
             p.act_dim
         )));
     }
+    if p.dist > 2 {
+        return Err(invalid!(
+            "sampling distribution {} is not 0, 1 or 2",
+            p.dist
+        ));
+    }
+    if !(p.beta.is_finite() && p.beta >= 0.0) {
+        return Err(invalid!(
+            "the coloured-noise exponent must be finite and ≥ 0, got {}",
+            p.beta
+        ));
+    }
     need("mean", lens[0], len)?;
     need("var", lens[1], len)?;
     need("lower bounds", lens[2], p.act_dim as usize)?;
     need("upper bounds", lens[3], p.act_dim as usize)?;
-    need("population", lens[4], p.population as usize * len)
+    need("population", lens[4], p.population as usize * len)?;
+    if p.dist == 2 {
+        // Philox elements of the noise: (c·A + a)·(H + 2) + 2f + part.
+        let seqs = p.population as u64 * u64::from(p.act_dim);
+        let per = (len / p.act_dim as usize) as u64 + 2;
+        if seqs * per > u64::from(u32::MAX) {
+            return Err(invalid!(
+                "{seqs} noise sequences of {per} coefficients exceed the 32-bit Philox element counter"
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn whole_actions(len: usize, act_dim: u32) -> Result<()> {
+    if act_dim == 0 || !len.is_multiple_of(act_dim as usize) {
+        return Err(Error::Shape(format!(
+            "plan length {len} is not a whole number of actions of dimension {act_dim}"
+        )));
+    }
+    Ok(())
+}
+
+/// Lengths of `cem_select`'s buffers: population, returns, elites, elite returns.
+pub fn select(p: &EliteParams, lens: [usize; 4]) -> Result<()> {
+    let len = p.len as usize;
+    whole_actions(len, p.act_dim)?;
+    if p.num_elites == 0 || p.num_elites > p.population {
+        return Err(invalid!(
+            "elite count {} must be in 1..={} (the population)",
+            p.num_elites,
+            p.population
+        ));
+    }
+    need("population", lens[0], p.population as usize * len)?;
+    need("returns", lens[1], p.population as usize)?;
+    need("elites", lens[2], p.num_elites as usize * len)?;
+    need("elite returns", lens[3], p.num_elites as usize)
+}
+
+/// Lengths of `cem_keep`'s buffers: elites, mean, population.
+pub fn keep(p: &EliteParams, lens: [usize; 3]) -> Result<()> {
+    let len = p.len as usize;
+    whole_actions(len, p.act_dim)?;
+    if p.shift > 1 {
+        return Err(invalid!("shift must be 0 or 1, got {}", p.shift));
+    }
+    need("elites", lens[0], p.num_elites as usize * len)?;
+    need("mean", lens[1], len)?;
+    need(
+        "population",
+        lens[2],
+        (p.dst_row as usize + p.num_elites as usize) * len,
+    )
+}
+
+/// Lengths of `mppi_sample`'s buffers: mean, chol, lower, upper, out.
+pub fn mppi_sample(p: &MppiParams, lens: [usize; 5]) -> Result<()> {
+    let (len, a) = (p.len as usize, p.act_dim as usize);
+    whole_actions(len, p.act_dim)?;
+    need("nominal plan", lens[0], len)?;
+    need("noise Cholesky factor", lens[1], a * a)?;
+    need("lower bounds", lens[2], a)?;
+    need("upper bounds", lens[3], a)?;
+    need("population", lens[4], p.population as usize * len)?;
+    if p.population as u64 * len as u64 >= u64::from(u32::MAX) {
+        return Err(invalid!(
+            "a population of {} values exceeds the 32-bit Philox element counter",
+            p.population as u64 * len as u64
+        ));
+    }
+    Ok(())
+}
+
+/// Lengths of `mppi_update`'s buffers: population, returns, precision, mean.
+pub fn mppi_update(p: &MppiParams, lens: [usize; 4]) -> Result<()> {
+    let (len, a) = (p.len as usize, p.act_dim as usize);
+    whole_actions(len, p.act_dim)?;
+    if !(p.lambda.is_finite() && p.lambda > 0.0) {
+        return Err(invalid!(
+            "the MPPI temperature λ must be finite and > 0, got {}",
+            p.lambda
+        ));
+    }
+    if !(0.0..=1.0).contains(&p.alpha) {
+        return Err(invalid!("α must be in [0, 1], got {}", p.alpha));
+    }
+    if p.population == 0 {
+        return Err(invalid!("MPPI needs at least one candidate"));
+    }
+    need("population", lens[0], p.population as usize * len)?;
+    need("returns", lens[1], p.population as usize)?;
+    need("noise precision", lens[2], a * a)?;
+    need("nominal plan", lens[3], len)
 }
 
 /// Lengths of `cem_init`'s buffers: lower, upper, prev, mean, var.

@@ -215,9 +215,53 @@ pub struct SampleParams {
     pub len: u32,
     pub act_dim: u32,
     /// 0: truncated normal around (mean, var) as CEM samples; 1: uniform in the bounds
-    /// (random shooting; mean and var are ignored).
+    /// (random shooting; mean and var are ignored); 2: iCEM's coloured noise (Pinneri et al.
+    /// 2020): `mean + √var · x` clipped to the bounds, where every action dimension of a
+    /// candidate is a Gaussian sequence over the horizon with power spectrum ∝ 1/f^β
+    /// (`backend::cpu::cem::colored_noise` specifies it).
     pub dist: u32,
-    pub _pad: u32,
+    /// Exponent β of the coloured noise (dist 2): 0 is white noise, 2 is Brownian-like.
+    pub beta: f32,
+}
+
+/// Parameters of `cem_select` and `cem_keep` (iCEM's elite memory).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct EliteParams {
+    /// `cem_select`: candidates ranked.
+    pub population: u32,
+    /// Elements per candidate: horizon · act_dim.
+    pub len: u32,
+    pub act_dim: u32,
+    /// `cem_select`: elites kept (K); `cem_keep`: elite rows copied into the population.
+    pub num_elites: u32,
+    /// `cem_keep`: the population row the first copied elite lands in.
+    pub dst_row: u32,
+    /// `cem_keep`: 1 shifts every elite one action earlier (a new control step), its last
+    /// action taken from `mean`; 0 copies it as it is (the next iteration of the same step).
+    pub shift: u32,
+    pub _pad: [u32; 2],
+}
+
+/// Parameters of `mppi_sample` and `mppi_update` (Williams et al. 2017, information-theoretic
+/// MPPI as pytorch_mppi and MPPI-Generic implement it). Candidate c, element j = t·act_dim + a:
+/// `V[c, j] = clip(U[j] + Σ_{b ≤ a} L[a, b] · z[c, t·act_dim + b])`, z the Philox `normal` of
+/// stream MPPI_SAMPLE at element `c·len + t·act_dim + b`, L the Cholesky factor of the noise
+/// covariance Σ.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct MppiParams {
+    pub seed_lo: u32,
+    pub seed_hi: u32,
+    /// Philox step: distinct for every (control step, iteration).
+    pub step: u32,
+    pub population: u32,
+    pub len: u32,
+    pub act_dim: u32,
+    /// Temperature λ > 0 of the weights exp(−(S − min S)/λ) and of the control cost.
+    pub lambda: f32,
+    /// Smoothing of the nominal plan: U ← α·U + (1−α)·Σ w·V / Σ w.
+    pub alpha: f32,
 }
 
 /// Parameters of `cem_init`.
@@ -357,6 +401,54 @@ pub trait Backend: Send + Sync {
         returns: &Self::Buf,
         mean: &mut Self::Buf,
         var: &mut Self::Buf,
+    ) -> Result<()>;
+
+    /// iCEM's elite memory, step 1: the `num_elites` candidates of highest return (the order
+    /// of `cem_update`) copied, best first, into `elites` [K, len] and their returns into
+    /// `elite_returns` [K].
+    fn cem_select(
+        &self,
+        p: &EliteParams,
+        population: &Self::Buf,
+        returns: &Self::Buf,
+        elites: &mut Self::Buf,
+        elite_returns: &mut Self::Buf,
+    ) -> Result<()>;
+
+    /// iCEM's elite memory, step 2: elite rows `0..num_elites` copied into population rows
+    /// `dst_row..`, shifted one action earlier when [`EliteParams::shift`] is 1 (their last
+    /// action then comes from `mean`, the start of the new plan).
+    fn cem_keep(
+        &self,
+        p: &EliteParams,
+        elites: &Self::Buf,
+        mean: &Self::Buf,
+        population: &mut Self::Buf,
+    ) -> Result<()>;
+
+    /// MPPI sampling (see [`MppiParams`]): `out` [P, len] around the nominal plan `mean`
+    /// [len], with `chol` [A·A] the row-major lower Cholesky factor of the noise covariance.
+    fn mppi_sample(
+        &self,
+        p: &MppiParams,
+        mean: &Self::Buf,
+        chol: &Self::Buf,
+        lower: &Self::Buf,
+        upper: &Self::Buf,
+        out: &mut Self::Buf,
+    ) -> Result<()>;
+
+    /// MPPI update of the nominal plan `mean` [len]: the cost of candidate c is
+    /// S_c = −R_c + λ Σ_t U_tᵀ Σ⁻¹ (V_{c,t} − U_t) (`precision` [A·A] = Σ⁻¹), its weight
+    /// w_c = exp(−(S_c − min S)/λ) (0 for a non-finite S_c), and
+    /// U ← α·U + (1−α)·Σ_c w_c V_c / Σ_c w_c. With no finite S_c, U is left as it is.
+    fn mppi_update(
+        &self,
+        p: &MppiParams,
+        population: &Self::Buf,
+        returns: &Self::Buf,
+        precision: &Self::Buf,
+        mean: &mut Self::Buf,
     ) -> Result<()>;
 
     /// Trajectory sampling through the learned ensemble: every candidate's action sequence

@@ -1,5 +1,5 @@
-//! Shooting planners (random shooting, CEM) over action sequences, the trajectory-sampling
-//! objectives they optimise, and model-predictive control.
+//! Shooting planners (random shooting, CEM, iCEM, MPPI) over action sequences, the
+//! trajectory-sampling objectives they optimise, and model-predictive control.
 //!
 //! A planner knows nothing of models (as in mbrl-lib): it optimises an [`Objective`] that
 //! scores a population of action sequences [P, H, A] held in device buffers. The objectives
@@ -10,12 +10,14 @@ pub mod mpc;
 pub use mpc::Mpc;
 
 use crate::backend::{
-    Backend, InitParams, Precision, Propagation, RolloutParams, SampleParams, UpdateParams,
+    Backend, EliteParams, InitParams, MppiParams, Precision, Propagation, RolloutParams,
+    SampleParams, UpdateParams,
 };
 use crate::backend::{EnsembleShape, MAX_ELITES};
 use crate::model::Ensemble;
 use crate::{invalid, setting, Result};
 use serde::{Deserialize, Serialize};
+use std::time::Instant;
 
 /// Which shooting method.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -25,6 +27,12 @@ pub enum Optimizer {
     Cem,
     /// Random shooting: one round of uniform samples, keep the best.
     RandomShooting,
+    /// MPPI (Williams et al. 2017): Gaussian perturbations of the nominal plan averaged with
+    /// weights exp(−cost/λ), as pytorch_mppi and MPPI-Generic do.
+    Mppi,
+    /// iCEM (Pinneri et al. 2020): CEM with coloured noise, elites kept across iterations and
+    /// control steps, a decaying population, and the best sequence executed.
+    Icem,
 }
 
 /// Planner settings (defaults: mbrl-lib 0.2.0 `pets_cartpole`).
@@ -51,6 +59,36 @@ pub struct PlannerConfig {
     /// (AMX tiles on CPUs that have them); the backend is built for it.
     #[serde(default)]
     pub precision: Precision,
+    /// MPPI temperature λ of the weights exp(−S/λ) and of the control cost.
+    #[serde(default = "default_lambda")]
+    pub lambda: f32,
+    /// MPPI noise covariance Σ: empty for diag((ub − lb)²/16) (CEM's initial variance),
+    /// act_dim values for a diagonal, act_dim² values (row-major) for a full matrix.
+    #[serde(default)]
+    pub noise_covariance: Vec<f32>,
+    /// iCEM coloured-noise exponent β (0: white noise; the paper uses 2–2.5).
+    #[serde(default = "default_beta")]
+    pub colored_noise_exponent: f32,
+    /// iCEM population decay γ ≥ 1: iteration i samples max(⌊P·γ^−i⌋, 2·elites) candidates.
+    #[serde(default = "default_decay")]
+    pub population_decay_factor: f32,
+    /// iCEM fraction of the elites carried into the next iteration (and, shifted, into the
+    /// next control step).
+    #[serde(default = "default_keep")]
+    pub keep_elite_frac: f32,
+}
+
+fn default_lambda() -> f32 {
+    1.0
+}
+fn default_beta() -> f32 {
+    2.0
+}
+fn default_decay() -> f32 {
+    1.25
+}
+fn default_keep() -> f32 {
+    0.3
 }
 
 impl PlannerConfig {
@@ -65,6 +103,38 @@ impl PlannerConfig {
             min_var: 1e-6,
             warm_start: true,
             precision: Precision::F32,
+            lambda: default_lambda(),
+            noise_covariance: vec![],
+            colored_noise_exponent: default_beta(),
+            population_decay_factor: default_decay(),
+            keep_elite_frac: default_keep(),
+        }
+    }
+
+    /// Candidates of iteration `i` (iCEM decays the population; the others keep it).
+    pub fn population_at(&self, i: usize) -> usize {
+        if self.optimizer != Optimizer::Icem {
+            return self.population;
+        }
+        let decayed = (self.population as f64
+            * f64::from(self.population_decay_factor).powi(-(i as i32)))
+        .floor() as usize;
+        decayed.max(2 * self.num_elites).min(self.population)
+    }
+
+    /// Elites iCEM carries over (0 for the other optimisers).
+    pub fn kept_elites(&self) -> usize {
+        if self.optimizer != Optimizer::Icem {
+            return 0;
+        }
+        ((self.num_elites as f32 * self.keep_elite_frac).floor() as usize).min(self.num_elites)
+    }
+
+    /// Rounds of sampling and scoring per action.
+    pub fn rounds(&self) -> usize {
+        match self.optimizer {
+            Optimizer::RandomShooting => 1,
+            _ => self.iterations,
         }
     }
 
@@ -76,18 +146,48 @@ impl PlannerConfig {
         if self.population == 0 {
             return Err(setting!("population", "must be at least 1"));
         }
-        if self.optimizer == Optimizer::Cem {
-            if self.num_elites == 0 || self.num_elites > self.population {
-                return Err(setting!(
-                    "num_elites",
-                    "is {}; it must be between 1 and the population ({})",
-                    self.num_elites,
-                    self.population
-                ));
-            }
-            if self.iterations == 0 {
-                return Err(setting!("iterations", "must be at least 1 for CEM"));
-            }
+        if matches!(self.optimizer, Optimizer::Cem | Optimizer::Icem)
+            && (self.num_elites == 0 || self.num_elites > self.population)
+        {
+            return Err(setting!(
+                "num_elites",
+                "is {}; it must be between 1 and the population ({})",
+                self.num_elites,
+                self.population
+            ));
+        }
+        if self.optimizer != Optimizer::RandomShooting && self.iterations == 0 {
+            return Err(setting!("iterations", "must be at least 1"));
+        }
+        if !(self.lambda.is_finite() && self.lambda > 0.0) {
+            return Err(setting!(
+                "lambda",
+                "must be finite and > 0, got {}",
+                self.lambda
+            ));
+        }
+        if !(self.colored_noise_exponent.is_finite()
+            && (0.0..=8.0).contains(&self.colored_noise_exponent))
+        {
+            return Err(setting!(
+                "colored_noise_exponent",
+                "must be in [0, 8], got {}",
+                self.colored_noise_exponent
+            ));
+        }
+        if !(self.population_decay_factor.is_finite() && self.population_decay_factor >= 1.0) {
+            return Err(setting!(
+                "population_decay_factor",
+                "must be finite and ≥ 1, got {}",
+                self.population_decay_factor
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.keep_elite_frac) {
+            return Err(setting!(
+                "keep_elite_frac",
+                "must be in [0, 1], got {}",
+                self.keep_elite_frac
+            ));
         }
         if !(0.0..=1.0).contains(&self.alpha) {
             return Err(setting!("alpha", "must be in [0, 1], got {}", self.alpha));
@@ -116,10 +216,25 @@ pub trait Objective<B: Backend> {
     ) -> Result<()>;
 }
 
-/// CEM / random shooting with its buffers on the device. A planning step uploads nothing
-/// itself (the objective uploads its start observation) and downloads the plan: the warm
-/// start and the variance reset run on the device (`cem_init`), alternating two mean
-/// buffers so the shift never reads what it writes.
+/// What one planning step did, for callers that must answer on time (the `serve` command).
+#[derive(Clone, Debug, PartialEq)]
+pub struct PlanOutcome {
+    /// The planned sequence [H·A]: CEM's and MPPI's mean, iCEM's best candidate, random
+    /// shooting's best candidate, or the fallback below.
+    pub plan: Vec<f32>,
+    /// Sample-score-update rounds that ran.
+    pub iterations: usize,
+    /// The deadline passed: fewer rounds ran than configured, or the last one ended late.
+    pub deadline_hit: bool,
+    /// No candidate of the last round had a finite return (checked only with
+    /// [`Planner::check_returns`]); the plan is the previous one shifted by one step.
+    pub fallback: bool,
+}
+
+/// Random shooting, CEM, iCEM and MPPI with their buffers on the device. A planning step
+/// uploads nothing itself (the objective uploads its start observation) and downloads the
+/// plan: the warm start and the variance reset run on the device (`cem_init`), alternating
+/// two mean buffers so the shift never reads what it writes.
 pub struct Planner<B: Backend> {
     pub cfg: PlannerConfig,
     act_dim: usize,
@@ -131,12 +246,102 @@ pub struct Planner<B: Backend> {
     mean: B::Buf,
     prev: B::Buf,
     var: B::Buf,
+    /// Candidates [P + kept elites, H·A] and their returns.
     population: B::Buf,
     returns: B::Buf,
+    /// MPPI: the Cholesky factor and the inverse of the noise covariance [A·A].
+    chol: B::Buf,
+    precision: B::Buf,
+    /// iCEM: the elites of the last round, best first [K, H·A], and their returns [K].
+    elites: B::Buf,
+    elite_returns: B::Buf,
+    /// Whether `elites` holds a previous round's elites (false after `reset`).
+    have_elites: bool,
     /// Whether the next plan starts from the previous one shifted (false after `reset`).
     warm: bool,
+    /// The last plan returned, on the host: the fallback's source.
+    last_plan: Vec<f32>,
+    /// Download the last round's returns and fall back when none is finite.
+    pub check_returns: bool,
     seed: u64,
     counter: u32,
+}
+
+/// The Cholesky factor L (row-major, lower) and the inverse of the MPPI noise covariance
+/// `cov` (empty: diag((ub − lb)²/16); A values: diagonal; A² values: full, symmetric).
+pub fn noise_factors(cov: &[f32], lower: &[f32], upper: &[f32]) -> Result<(Vec<f32>, Vec<f32>)> {
+    let a = lower.len();
+    let mut full = vec![0.0f64; a * a];
+    match cov.len() {
+        0 => {
+            for d in 0..a {
+                full[d * a + d] = f64::from((upper[d] - lower[d]).powi(2) / 16.0);
+            }
+        }
+        n if n == a => {
+            for d in 0..a {
+                full[d * a + d] = f64::from(cov[d]);
+            }
+        }
+        n if n == a * a => {
+            for (f, c) in full.iter_mut().zip(cov) {
+                *f = f64::from(*c);
+            }
+        }
+        n => {
+            return Err(setting!(
+                "noise_covariance",
+                "has {n} values; give none, {a} (a diagonal) or {} (a full matrix)",
+                a * a
+            ))
+        }
+    }
+    for d in 0..a {
+        for b in 0..a {
+            let (x, y) = (full[d * a + b], full[b * a + d]);
+            if !x.is_finite() || (x - y).abs() > 1e-6 * x.abs().max(y.abs()).max(1.0) {
+                return Err(setting!(
+                    "noise_covariance",
+                    "must be finite and symmetric; entries ({d}, {b}) and ({b}, {d}) are {x} and {y}"
+                ));
+            }
+        }
+    }
+    // Cholesky–Banachiewicz in f64; a non-positive pivot means Σ is not positive definite.
+    let mut l = vec![0.0f64; a * a];
+    for i in 0..a {
+        for j in 0..=i {
+            let s: f64 = (0..j).map(|k| l[i * a + k] * l[j * a + k]).sum();
+            if i == j {
+                let pivot = full[i * a + i] - s;
+                if pivot.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
+                    return Err(setting!(
+                        "noise_covariance",
+                        "must be positive definite (pivot {i} is {pivot})"
+                    ));
+                }
+                l[i * a + i] = pivot.sqrt();
+            } else {
+                l[i * a + j] = (full[i * a + j] - s) / l[j * a + j];
+            }
+        }
+    }
+    // Σ⁻¹ = L⁻ᵀ L⁻¹, column by column: solve L y = e_k, then Lᵀ x = y.
+    let mut inv = vec![0.0f64; a * a];
+    for k in 0..a {
+        let mut y = vec![0.0f64; a];
+        for i in 0..a {
+            let e = if i == k { 1.0 } else { 0.0 };
+            let s: f64 = (0..i).map(|j| l[i * a + j] * y[j]).sum();
+            y[i] = (e - s) / l[i * a + i];
+        }
+        for i in (0..a).rev() {
+            let s: f64 = (i + 1..a).map(|j| l[j * a + i] * inv[j * a + k]).sum();
+            inv[i * a + k] = (y[i] - s) / l[i * a + i];
+        }
+    }
+    let to32 = |v: Vec<f64>| v.into_iter().map(|x| x as f32).collect::<Vec<f32>>();
+    Ok((to32(l), to32(inv)))
 }
 
 impl<B: Backend> Planner<B> {
@@ -172,6 +377,17 @@ impl<B: Backend> Planner<B> {
         }
         let a = lower.len();
         let len = cfg.horizon * a;
+        let (chol, precision) = if cfg.optimizer == Optimizer::Mppi {
+            noise_factors(&cfg.noise_covariance, lower, upper)?
+        } else {
+            (vec![0.0; a * a], vec![0.0; a * a])
+        };
+        let rows = cfg.population + cfg.kept_elites();
+        let k = if cfg.optimizer == Optimizer::Icem {
+            cfg.num_elites
+        } else {
+            1
+        };
         Ok(Self {
             act_dim: a,
             lower_buf: backend.upload(lower)?,
@@ -179,11 +395,18 @@ impl<B: Backend> Planner<B> {
             mean: backend.zeros(len)?,
             prev: backend.zeros(len)?,
             var: backend.zeros(len)?,
-            population: backend.zeros(cfg.population * len)?,
-            returns: backend.zeros(cfg.population)?,
+            population: backend.zeros(rows * len)?,
+            returns: backend.zeros(rows)?,
+            chol: backend.upload(&chol)?,
+            precision: backend.upload(&precision)?,
+            elites: backend.zeros(k * len)?,
+            elite_returns: backend.zeros(k)?,
+            have_elites: false,
             lower: lower.to_vec(),
             upper: upper.to_vec(),
             warm: false,
+            last_plan: vec![],
+            check_returns: false,
             seed,
             counter: 0,
             cfg,
@@ -202,17 +425,31 @@ impl<B: Backend> Planner<B> {
     /// middle of the bounds.
     pub fn reset(&mut self, _backend: &B) -> Result<()> {
         self.warm = false;
+        self.have_elites = false;
+        self.last_plan.clear();
         Ok(())
     }
 
     /// Optimise the objective; returns the whole planned sequence [H·A].
     pub fn plan(&mut self, backend: &B, objective: &mut impl Objective<B>) -> Result<Vec<f32>> {
-        let len = (self.cfg.horizon * self.act_dim) as u32;
-        let pop = self.cfg.population as u32;
+        Ok(self.plan_until(backend, objective, None)?.plan)
+    }
+
+    /// Optimise the objective, stopping after the round during which `deadline` passes (the
+    /// first round always runs: there is no plan without it).
+    pub fn plan_until(
+        &mut self,
+        backend: &B,
+        objective: &mut impl Objective<B>,
+        deadline: Option<Instant>,
+    ) -> Result<PlanOutcome> {
+        let a = self.act_dim;
+        let len = (self.cfg.horizon * a) as u32;
+        let shift = self.warm && self.cfg.warm_start;
         let init = InitParams {
             len,
-            act_dim: self.act_dim as u32,
-            shift: u32::from(self.warm && self.cfg.warm_start),
+            act_dim: a as u32,
+            shift: u32::from(shift),
             _pad: 0,
         };
         backend.cem_init(
@@ -223,28 +460,105 @@ impl<B: Backend> Planner<B> {
             &mut self.mean,
             &mut self.var,
         )?;
-        let (dist, iterations, elites, alpha) = match self.cfg.optimizer {
-            Optimizer::Cem => (0, self.cfg.iterations, self.cfg.num_elites, self.cfg.alpha),
-            // One uniform round; the update with one elite and α = 0 copies the best
-            // candidate into the mean.
-            Optimizer::RandomShooting => (1, 1, 1, 0.0),
-        };
-        for _ in 0..iterations {
+        let rounds = self.cfg.rounds();
+        let mut done = 0;
+        let mut last_rows = 0;
+        for i in 0..rounds {
+            if i > 0 && deadline.is_some_and(|d| Instant::now() >= d) {
+                break;
+            }
             self.counter = self.counter.wrapping_add(1);
-            let sp = SampleParams {
-                seed_lo: self.seed as u32,
-                seed_hi: (self.seed >> 32) as u32,
-                step: self.counter,
-                population: pop,
+            last_rows = self.round(backend, objective, i, shift)?;
+            done += 1;
+        }
+        if self.cfg.optimizer == Optimizer::Icem {
+            // Execute the best sequence found (iCEM §3): the update with one elite and α = 0
+            // copies elite 0 into the mean.
+            let k = self.cfg.num_elites as u32;
+            let up = UpdateParams {
+                population: k,
                 len,
-                act_dim: self.act_dim as u32,
-                dist,
+                num_elites: 1,
                 _pad: 0,
+                alpha: 0.0,
+                min_var: self.cfg.min_var,
+                _pad2: [0; 2],
             };
-            backend.cem_sample(
-                &sp,
+            backend.cem_update(
+                &up,
+                &self.elites,
+                &self.elite_returns,
+                &mut self.mean,
+                &mut self.var,
+            )?;
+            self.have_elites = true;
+        }
+        let mut fallback = false;
+        if self.check_returns {
+            let r = backend.download(&self.returns)?;
+            fallback = !r[..last_rows].iter().any(|v| v.is_finite());
+        }
+        let solution = if fallback {
+            let f = self.shifted_last_plan();
+            backend.write(&mut self.mean, &f)?;
+            f
+        } else {
+            backend.download(&self.mean)?
+        };
+        // This plan is the next step's starting point.
+        std::mem::swap(&mut self.mean, &mut self.prev);
+        self.warm = true;
+        self.last_plan.clone_from(&solution);
+        Ok(PlanOutcome {
+            plan: solution,
+            iterations: done,
+            deadline_hit: done < rounds || deadline.is_some_and(|d| Instant::now() > d),
+            fallback,
+        })
+    }
+
+    /// The previous plan shifted one step earlier with the middle of the bounds appended, or
+    /// the middle of the bounds everywhere after a reset.
+    fn shifted_last_plan(&self) -> Vec<f32> {
+        let a = self.act_dim;
+        let len = self.cfg.horizon * a;
+        (0..len)
+            .map(|j| {
+                if self.last_plan.len() == len && j + a < len {
+                    self.last_plan[j + a]
+                } else {
+                    0.5 * (self.lower[j % a] + self.upper[j % a])
+                }
+            })
+            .collect()
+    }
+
+    /// One sample → score → update round (iteration `i` of a step); returns the rows scored.
+    fn round(
+        &mut self,
+        backend: &B,
+        objective: &mut impl Objective<B>,
+        i: usize,
+        shift: bool,
+    ) -> Result<usize> {
+        let a = self.act_dim as u32;
+        let len = self.cfg.horizon as u32 * a;
+        let (seed_lo, seed_hi) = (self.seed as u32, (self.seed >> 32) as u32);
+        if self.cfg.optimizer == Optimizer::Mppi {
+            let mp = MppiParams {
+                seed_lo,
+                seed_hi,
+                step: self.counter,
+                population: self.cfg.population as u32,
+                len,
+                act_dim: a,
+                lambda: self.cfg.lambda,
+                alpha: self.cfg.alpha,
+            };
+            backend.mppi_sample(
+                &mp,
                 &self.mean,
-                &self.var,
+                &self.chol,
                 &self.lower_buf,
                 &self.upper_buf,
                 &mut self.population,
@@ -256,8 +570,51 @@ impl<B: Backend> Planner<B> {
                 self.counter,
                 &mut self.returns,
             )?;
+            backend.mppi_update(
+                &mp,
+                &self.population,
+                &self.returns,
+                &self.precision,
+                &mut self.mean,
+            )?;
+            return Ok(self.cfg.population);
+        }
+        let n = self.cfg.population_at(i);
+        let (dist, elites, alpha) = match self.cfg.optimizer {
+            Optimizer::RandomShooting => (1, 1, 0.0),
+            Optimizer::Icem => (2, self.cfg.num_elites, self.cfg.alpha),
+            _ => (0, self.cfg.num_elites, self.cfg.alpha),
+        };
+        let sp = SampleParams {
+            seed_lo,
+            seed_hi,
+            step: self.counter,
+            population: n as u32,
+            len,
+            act_dim: a,
+            dist,
+            beta: self.cfg.colored_noise_exponent,
+        };
+        backend.cem_sample(
+            &sp,
+            &self.mean,
+            &self.var,
+            &self.lower_buf,
+            &self.upper_buf,
+            &mut self.population,
+        )?;
+        if self.cfg.optimizer != Optimizer::Icem {
+            objective.evaluate(
+                backend,
+                &self.population,
+                n,
+                self.counter,
+                &mut self.returns,
+            )?;
+            // Random shooting: one uniform round; the update with one elite and α = 0 copies
+            // the best candidate into the mean.
             let up = UpdateParams {
-                population: pop,
+                population: n as u32,
                 len,
                 num_elites: elites as u32,
                 _pad: 0,
@@ -272,12 +629,67 @@ impl<B: Backend> Planner<B> {
                 &mut self.mean,
                 &mut self.var,
             )?;
+            return Ok(n);
         }
-        let solution = backend.download(&self.mean)?;
-        // This plan is the next step's starting point.
-        std::mem::swap(&mut self.mean, &mut self.prev);
-        self.warm = true;
-        Ok(solution)
+        // iCEM: the kept elites join the sampled candidates (shifted at a new step).
+        let keep = self.cfg.kept_elites();
+        let mut rows = n;
+        if keep > 0 && self.have_elites && (i > 0 || shift) {
+            let kp = EliteParams {
+                population: 0,
+                len,
+                act_dim: a,
+                num_elites: keep as u32,
+                dst_row: n as u32,
+                shift: u32::from(i == 0),
+                _pad: [0; 2],
+            };
+            backend.cem_keep(&kp, &self.elites, &self.mean, &mut self.population)?;
+            rows += keep;
+        }
+        objective.evaluate(
+            backend,
+            &self.population,
+            rows,
+            self.counter,
+            &mut self.returns,
+        )?;
+        let ep = EliteParams {
+            population: rows as u32,
+            len,
+            act_dim: a,
+            num_elites: elites as u32,
+            dst_row: 0,
+            shift: 0,
+            _pad: [0; 2],
+        };
+        backend.cem_select(
+            &ep,
+            &self.population,
+            &self.returns,
+            &mut self.elites,
+            &mut self.elite_returns,
+        )?;
+        self.have_elites = true;
+        // The elites are already ranked: the CEM update over exactly them is their mean and
+        // variance, smoothed by α.
+        let up = UpdateParams {
+            population: elites as u32,
+            len,
+            num_elites: elites as u32,
+            _pad: 0,
+            alpha,
+            min_var: self.cfg.min_var,
+            _pad2: [0; 2],
+        };
+        backend.cem_update(
+            &up,
+            &self.elites,
+            &self.elite_returns,
+            &mut self.mean,
+            &mut self.var,
+        )?;
+        Ok(rows)
     }
 
     /// Plan and return the first action, finite and inside the bounds whatever the objective

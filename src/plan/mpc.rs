@@ -155,13 +155,12 @@ impl<B: Backend> Mpc<B> {
     /// Model rows (one member evaluation of one row) per `act` call.
     pub fn rows_per_action(&self) -> usize {
         let c = &self.planner.cfg;
-        let iters = match c.optimizer {
-            super::Optimizer::Cem => c.iterations,
-            super::Optimizer::RandomShooting => 1,
-        };
+        let candidates: usize = (0..c.rounds())
+            .map(|i| c.population_at(i) + if i > 0 { c.kept_elites() } else { 0 })
+            .sum();
         match &self.dynamics {
-            Dynamics::Model(o) => o.rows_per_eval(c.population) * iters,
-            _ => c.population * c.horizon * iters,
+            Dynamics::Model(o) => o.rows_per_eval(candidates),
+            _ => candidates * c.horizon,
         }
     }
 }

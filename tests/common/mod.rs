@@ -1,4 +1,5 @@
 //! Fixtures shared by the device parity tests (`wgpu_parity.rs`, `cuda_pocl.rs`).
+pub mod planners;
 use mbrl_gpu::backend::Propagation;
 use mbrl_gpu::env::EnvId;
 use mbrl_gpu::model::{Ensemble, ModelConfig};

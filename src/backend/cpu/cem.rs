@@ -1,8 +1,11 @@
-//! CEM and random-shooting sampling and the CEM update — the specification of `cem.cu` and
-//! `cem.wgsl`. Sampling follows mbrl-lib's `CEMOptimizer` (PETS appendix): the variance is
-//! constrained so that ±2σ stays inside the bounds, samples are truncated normals at ±2σ.
-use crate::backend::{InitParams, SampleParams, UpdateParams};
-use crate::rng::{stream, truncated_normal, uniform};
+//! CEM, random-shooting and iCEM sampling, the CEM update and iCEM's elite memory — the
+//! specification of `cem.cu` and `cem.wgsl`. CEM sampling follows mbrl-lib's `CEMOptimizer`
+//! (PETS appendix): the variance is constrained so that ±2σ stays inside the bounds, samples
+//! are truncated normals at ±2σ. iCEM (Pinneri et al. 2020) samples coloured noise
+//! ([`colored_noise`]) and keeps a fraction of its elites ([`select`], [`keep`]).
+use crate::backend::{EliteParams, InitParams, SampleParams, UpdateParams};
+use crate::fastmath::{cos_2pi_f32, exp_f32, ln_f32};
+use crate::rng::{normal, stream, truncated_normal, uniform};
 use rayon::prelude::*;
 
 /// Start of a planning step: `mean` = `prev` shifted by one action (or the middle of the
@@ -27,6 +30,64 @@ pub fn init(
     }
 }
 
+/// Amplitude of frequency f of the coloured noise: f^(−β/2), with the DC term given the
+/// amplitude of the lowest frequency (as the `colorednoise` package does, fmin = 1/H).
+#[inline]
+pub fn noise_amplitude(beta: f32, f: usize) -> f32 {
+    exp_f32(-0.5 * beta * ln_f32(f.max(1) as f32))
+}
+
+/// One unit-variance Gaussian sequence `out` [H] with power spectrum ∝ 1/f^β: sequence `s`
+/// (= candidate·act_dim + action dimension) draws its Fourier coefficients a_f, b_f as the
+/// Philox normals of stream ICEM_NOISE at elements s·(H+2) + 2f and s·(H+2) + 2f + 1, and
+///
+/// ```text
+/// x_t = ( A_0 a_0 + √2 Σ_{1 ≤ f < H/2} A_f (a_f cos 2πft/H − b_f sin 2πft/H)
+///         + [H even] A_{H/2} a_{H/2} (−1)^t ) / √(A_0² + 2 Σ A_f² + [H even] A_{H/2}²)
+/// ```
+///
+/// with A_f = [`noise_amplitude`]: the real inverse DFT of a spectrum with random phases,
+/// scaled so that every x_t has variance exactly 1 (for β = 0 the x_t are independent). The
+/// device kernels compute the same sum, in the same order, one element at a time.
+pub fn colored_noise(seed: u64, step: u32, beta: f32, s: u32, out: &mut [f32]) {
+    let h = out.len();
+    let base = s.wrapping_mul(h as u32 + 2);
+    let coef =
+        |f: usize, part: u32| normal(seed, stream::ICEM_NOISE, base + 2 * f as u32 + part, step);
+    let half = h.div_ceil(2) - 1; // frequencies with both a cosine and a sine
+    let nyquist = h.is_multiple_of(2) && h >= 2;
+    let a0 = noise_amplitude(beta, 0);
+    let mut norm = a0 * a0;
+    for f in 1..=half {
+        let af = noise_amplitude(beta, f);
+        norm += 2.0 * af * af;
+    }
+    let an = noise_amplitude(beta, h / 2);
+    if nyquist {
+        norm += an * an;
+    }
+    let inv = 1.0 / norm.sqrt();
+    let c0 = a0 * coef(0, 0);
+    let cn = if nyquist { an * coef(h / 2, 0) } else { 0.0 };
+    let terms: Vec<(f32, f32, f32)> = (1..=half)
+        .map(|f| {
+            let af = std::f32::consts::SQRT_2 * noise_amplitude(beta, f);
+            (af, af * coef(f, 0), af * coef(f, 1))
+        })
+        .collect();
+    for (t, o) in out.iter_mut().enumerate() {
+        let mut x = c0;
+        for (i, &(_, ca, cb)) in terms.iter().enumerate() {
+            let u = ((i + 1) * t % h) as f32 / h as f32;
+            x += ca * cos_2pi_f32(u) - cb * cos_2pi_f32(u - 0.25);
+        }
+        if nyquist {
+            x += if t % 2 == 0 { cn } else { -cn };
+        }
+        *o = x * inv;
+    }
+}
+
 /// Population [P, len] from (mean, var) [len] and bounds [act_dim].
 pub fn sample(
     p: &SampleParams,
@@ -39,6 +100,23 @@ pub fn sample(
     let seed = p.seed_lo as u64 | (p.seed_hi as u64) << 32;
     let len = p.len as usize;
     let a = p.act_dim as usize;
+    if p.dist == 2 {
+        let h = len / a;
+        out[..p.population as usize * len]
+            .par_chunks_mut(len)
+            .enumerate()
+            .for_each(|(c, cand)| {
+                let mut x = vec![0.0f32; h];
+                for d in 0..a {
+                    colored_noise(seed, p.step, p.beta, (c * a + d) as u32, &mut x);
+                    for (t, xt) in x.iter().enumerate() {
+                        let j = t * a + d;
+                        cand[j] = (mean[j] + var[j].max(0.0).sqrt() * xt).clamp(lower[d], upper[d]);
+                    }
+                }
+            });
+        return;
+    }
     out[..p.population as usize * len]
         .par_chunks_mut(len)
         .enumerate()
@@ -102,9 +180,78 @@ pub fn update(
     }
 }
 
+/// iCEM: the `num_elites` best candidates (the order of [`top_k`]) and their returns.
+pub fn select(
+    p: &EliteParams,
+    population: &[f32],
+    returns: &[f32],
+    elites: &mut [f32],
+    elite_returns: &mut [f32],
+) {
+    let len = p.len as usize;
+    let best = top_k(&returns[..p.population as usize], p.num_elites as usize);
+    for (r, &c) in best.iter().enumerate() {
+        elites[r * len..(r + 1) * len].copy_from_slice(&population[c * len..(c + 1) * len]);
+        elite_returns[r] = returns[c];
+    }
+}
+
+/// iCEM: elites `0..num_elites` into population rows `dst_row..`, shifted one action earlier
+/// (the last action from `mean`) when `shift` is 1.
+pub fn keep(p: &EliteParams, elites: &[f32], mean: &[f32], population: &mut [f32]) {
+    let (len, a) = (p.len as usize, p.act_dim as usize);
+    for r in 0..p.num_elites as usize {
+        let dst = &mut population[(p.dst_row as usize + r) * len..][..len];
+        let src = &elites[r * len..(r + 1) * len];
+        for j in 0..len {
+            dst[j] = if p.shift == 0 {
+                src[j]
+            } else if j + a < len {
+                src[j + a]
+            } else {
+                mean[j]
+            };
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Lag-k autocorrelation and variance of coloured noise over many sequences.
+    fn noise_stats(beta: f32, h: usize, lag: usize) -> (f32, f32) {
+        let (mut var, mut cov, mut n) = (0.0f64, 0.0f64, 0.0f64);
+        let mut x = vec![0.0f32; h];
+        for s in 0..4000u32 {
+            colored_noise(11, 2, beta, s, &mut x);
+            for t in 0..h - lag {
+                var += f64::from(x[t] * x[t]);
+                cov += f64::from(x[t] * x[t + lag]);
+                n += 1.0;
+            }
+        }
+        ((var / n) as f32, (cov / var) as f32)
+    }
+
+    #[test]
+    fn colored_noise_should_have_unit_variance_and_its_exponent_should_set_the_correlation() {
+        // β = 0: white, independent steps (the inverse DFT of a flat random spectrum).
+        let (v, r) = noise_stats(0.0, 30, 1);
+        assert!((v - 1.0).abs() < 0.03, "{v}");
+        assert!(r.abs() < 0.03, "{r}");
+        // β = 2 (Brownian-like, 1/f²): neighbouring steps strongly correlated, and the
+        // correlation falling with the lag.
+        let (v2, r1) = noise_stats(2.0, 30, 1);
+        let (_, r5) = noise_stats(2.0, 30, 5);
+        assert!((v2 - 1.0).abs() < 0.05, "{v2}");
+        assert!(r1 > 0.8 && r5 < r1 && r5 > 0.2, "{r1} {r5}");
+        // Odd and even horizons, and a horizon of one (a plain normal).
+        for h in [1usize, 2, 7] {
+            let (v, _) = noise_stats(2.5, h, 0);
+            assert!((v - 1.0).abs() < 0.06, "H={h}: {v}");
+        }
+    }
 
     #[test]
     fn top_k_should_rank_nan_last_and_break_ties_by_index() {
@@ -122,7 +269,7 @@ mod tests {
             len: 4,
             act_dim: 2,
             dist: 0,
-            _pad: 0,
+            beta: 0.0,
         };
         let mean = [0.5, -0.9, 0.0, 0.2];
         let var = [0.01, 1.0, 0.04, 0.0];

@@ -3,12 +3,13 @@
 //! very same code in f64.
 pub mod cem;
 pub mod ensemble;
+pub mod mppi;
 pub mod optim;
 pub mod rollout;
 
 use super::{
-    check, AdamParams, Backend, EnsembleShape, InitParams, LossConfig, RolloutParams, SampleParams,
-    UpdateParams,
+    check, AdamParams, Backend, EliteParams, EnsembleShape, InitParams, LossConfig, MppiParams,
+    RolloutParams, SampleParams, UpdateParams,
 };
 use crate::Result;
 use std::sync::Mutex;
@@ -286,6 +287,72 @@ impl Backend for CpuBackend {
     ) -> Result<()> {
         check::update(p, [population.len(), returns.len(), mean.len(), var.len()])?;
         cem::update(p, population, returns, mean, var);
+        Ok(())
+    }
+
+    fn cem_select(
+        &self,
+        p: &EliteParams,
+        population: &Vec<f32>,
+        returns: &Vec<f32>,
+        elites: &mut Vec<f32>,
+        elite_returns: &mut Vec<f32>,
+    ) -> Result<()> {
+        check::select(
+            p,
+            [
+                population.len(),
+                returns.len(),
+                elites.len(),
+                elite_returns.len(),
+            ],
+        )?;
+        cem::select(p, population, returns, elites, elite_returns);
+        Ok(())
+    }
+
+    fn cem_keep(
+        &self,
+        p: &EliteParams,
+        elites: &Vec<f32>,
+        mean: &Vec<f32>,
+        population: &mut Vec<f32>,
+    ) -> Result<()> {
+        check::keep(p, [elites.len(), mean.len(), population.len()])?;
+        cem::keep(p, elites, mean, population);
+        Ok(())
+    }
+
+    fn mppi_sample(
+        &self,
+        p: &MppiParams,
+        mean: &Vec<f32>,
+        chol: &Vec<f32>,
+        lower: &Vec<f32>,
+        upper: &Vec<f32>,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        check::mppi_sample(
+            p,
+            [mean.len(), chol.len(), lower.len(), upper.len(), out.len()],
+        )?;
+        mppi::sample(p, mean, chol, lower, upper, out);
+        Ok(())
+    }
+
+    fn mppi_update(
+        &self,
+        p: &MppiParams,
+        population: &Vec<f32>,
+        returns: &Vec<f32>,
+        precision: &Vec<f32>,
+        mean: &mut Vec<f32>,
+    ) -> Result<()> {
+        check::mppi_update(
+            p,
+            [population.len(), returns.len(), precision.len(), mean.len()],
+        )?;
+        mppi::update(p, population, returns, precision, mean);
         Ok(())
     }
 

@@ -3,7 +3,7 @@
 use super::host::{Arg, KernelHost, Launch};
 use super::source::{KernelFile, Program};
 use super::{stride_blocks, CudaBackend, DeviceBuf};
-use crate::backend::{check, InitParams, SampleParams, UpdateParams};
+use crate::backend::{check, EliteParams, InitParams, SampleParams, UpdateParams};
 use crate::{Error, Result};
 
 impl<H: KernelHost> CudaBackend<H> {
@@ -119,6 +119,97 @@ impl<H: KernelHost> CudaBackend<H> {
                 Arg::Mem(idx),
                 Arg::Mem(&mean.mem),
                 Arg::Mem(&var.mem),
+            ],
+        })
+    }
+
+    pub(super) fn select(
+        &self,
+        p: &EliteParams,
+        population: &DeviceBuf<H::Mem>,
+        returns: &DeviceBuf<H::Mem>,
+        elites: &mut DeviceBuf<H::Mem>,
+        elite_returns: &mut DeviceBuf<H::Mem>,
+    ) -> Result<()> {
+        check::select(
+            p,
+            [
+                population.len(),
+                returns.len(),
+                elites.len(),
+                elite_returns.len(),
+            ],
+        )?;
+        let mut sc = self.scratch();
+        self.ensure(&mut sc.elite_idx, p.num_elites as usize)?;
+        let idx = &sc.elite_idx.as_ref().expect("ensured").0;
+        let program = Program::plain(KernelFile::Cem);
+        // cem_rank reads only the population size and elite count of an UpdateParams.
+        let up = UpdateParams {
+            population: p.population,
+            len: p.len,
+            num_elites: p.num_elites,
+            _pad: 0,
+            alpha: 0.0,
+            min_var: 0.0,
+            _pad2: [0; 2],
+        };
+        self.host.launch(&Launch {
+            program,
+            entry: "cem_rank",
+            grid: [(p.population as usize).div_ceil(256) as u32, 1, 1],
+            block: 256,
+            dynamic_shared: None,
+            args: &[
+                Arg::Pod(bytemuck::bytes_of(&up)),
+                Arg::Mem(&returns.mem),
+                Arg::Mem(idx),
+            ],
+        })?;
+        let total = p.num_elites as usize * p.len as usize;
+        if total == 0 {
+            return Ok(());
+        }
+        self.host.launch(&Launch {
+            program,
+            entry: "cem_gather",
+            grid: [stride_blocks(total).min(4096), 1, 1],
+            block: 256,
+            dynamic_shared: None,
+            args: &[
+                Arg::Pod(bytemuck::bytes_of(p)),
+                Arg::Mem(&population.mem),
+                Arg::Mem(&returns.mem),
+                Arg::Mem(idx),
+                Arg::Mem(&elites.mem),
+                Arg::Mem(&elite_returns.mem),
+            ],
+        })
+    }
+
+    pub(super) fn keep(
+        &self,
+        p: &EliteParams,
+        elites: &DeviceBuf<H::Mem>,
+        mean: &DeviceBuf<H::Mem>,
+        population: &mut DeviceBuf<H::Mem>,
+    ) -> Result<()> {
+        check::keep(p, [elites.len(), mean.len(), population.len()])?;
+        let total = p.num_elites as usize * p.len as usize;
+        if total == 0 {
+            return Ok(());
+        }
+        self.host.launch(&Launch {
+            program: Program::plain(KernelFile::Cem),
+            entry: "cem_keep",
+            grid: [stride_blocks(total).min(4096), 1, 1],
+            block: 256,
+            dynamic_shared: None,
+            args: &[
+                Arg::Pod(bytemuck::bytes_of(p)),
+                Arg::Mem(&elites.mem),
+                Arg::Mem(&mean.mem),
+                Arg::Mem(&population.mem),
             ],
         })
     }

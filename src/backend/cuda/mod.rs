@@ -18,6 +18,7 @@ mod cem;
 mod driver;
 mod ensemble;
 pub mod host;
+mod mppi;
 mod optim;
 pub mod params;
 mod rollout;
@@ -27,8 +28,8 @@ pub use driver::CudaDriver;
 pub use host::{Arg, DeviceBuf, KernelHost, Launch};
 
 use super::{
-    AdamParams, Availability, Backend, EnsembleShape, InitParams, LossConfig, RolloutParams,
-    SampleParams, UpdateParams,
+    AdamParams, Availability, Backend, EliteParams, EnsembleShape, InitParams, LossConfig,
+    MppiParams, RolloutParams, SampleParams, UpdateParams,
 };
 use crate::{Error, Result};
 use std::sync::Mutex;
@@ -50,6 +51,7 @@ struct Scratch<M> {
     nll: Option<(M, usize)>,
     row_returns: Option<(M, usize)>,
     elite_idx: Option<(M, usize)>,
+    mppi_costs: Option<(M, usize)>,
     bf16: Option<(M, usize)>,
 }
 
@@ -59,6 +61,7 @@ impl<M> Default for Scratch<M> {
             nll: None,
             row_returns: None,
             elite_idx: None,
+            mppi_costs: None,
             bf16: None,
         }
     }
@@ -323,6 +326,50 @@ impl<H: KernelHost> Backend for CudaBackend<H> {
         var: &mut Self::Buf,
     ) -> Result<()> {
         self.update(p, population, returns, mean, var)
+    }
+
+    fn cem_select(
+        &self,
+        p: &EliteParams,
+        population: &Self::Buf,
+        returns: &Self::Buf,
+        elites: &mut Self::Buf,
+        elite_returns: &mut Self::Buf,
+    ) -> Result<()> {
+        self.select(p, population, returns, elites, elite_returns)
+    }
+
+    fn cem_keep(
+        &self,
+        p: &EliteParams,
+        elites: &Self::Buf,
+        mean: &Self::Buf,
+        population: &mut Self::Buf,
+    ) -> Result<()> {
+        self.keep(p, elites, mean, population)
+    }
+
+    fn mppi_sample(
+        &self,
+        p: &MppiParams,
+        mean: &Self::Buf,
+        chol: &Self::Buf,
+        lower: &Self::Buf,
+        upper: &Self::Buf,
+        out: &mut Self::Buf,
+    ) -> Result<()> {
+        self.mppi_sample_op(p, mean, chol, lower, upper, out)
+    }
+
+    fn mppi_update(
+        &self,
+        p: &MppiParams,
+        population: &Self::Buf,
+        returns: &Self::Buf,
+        precision: &Self::Buf,
+        mean: &mut Self::Buf,
+    ) -> Result<()> {
+        self.mppi_update_op(p, population, returns, precision, mean)
     }
 
     fn rollout(

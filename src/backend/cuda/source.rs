@@ -17,6 +17,7 @@ pub const MLP: &str = include_str!("../../../kernels/mlp.cuh");
 pub const ENSEMBLE: &str = include_str!("../../../kernels/ensemble.cu");
 pub const OPTIM: &str = include_str!("../../../kernels/optim.cu");
 pub const CEM: &str = include_str!("../../../kernels/cem.cu");
+pub const MPPI: &str = include_str!("../../../kernels/mppi.cu");
 pub const ROLLOUT: &str = include_str!("../../../kernels/rollout.cu");
 
 /// One `.cu` file of `kernels/`; the stems mirror `src/backend/cpu/` and `shaders/`.
@@ -25,14 +26,16 @@ pub enum KernelFile {
     Ensemble,
     Optim,
     Cem,
+    Mppi,
     Rollout,
 }
 
 impl KernelFile {
-    pub const ALL: [KernelFile; 4] = [
+    pub const ALL: [KernelFile; 5] = [
         KernelFile::Ensemble,
         KernelFile::Optim,
         KernelFile::Cem,
+        KernelFile::Mppi,
         KernelFile::Rollout,
     ];
 
@@ -42,6 +45,7 @@ impl KernelFile {
             KernelFile::Ensemble => "ensemble",
             KernelFile::Optim => "optim",
             KernelFile::Cem => "cem",
+            KernelFile::Mppi => "mppi",
             KernelFile::Rollout => "rollout",
         }
     }
@@ -57,7 +61,15 @@ impl KernelFile {
                 "ensemble_pack_bf16",
             ],
             KernelFile::Optim => &["adam_step"],
-            KernelFile::Cem => &["cem_init", "cem_sample", "cem_rank", "cem_update"],
+            KernelFile::Cem => &[
+                "cem_init",
+                "cem_sample",
+                "cem_rank",
+                "cem_update",
+                "cem_gather",
+                "cem_keep",
+            ],
+            KernelFile::Mppi => &["mppi_sample", "mppi_cost", "mppi_update"],
             KernelFile::Rollout => &["rollout", "rollout_reduce", "rollout_true"],
         }
     }
@@ -77,6 +89,7 @@ impl KernelFile {
             KernelFile::Ensemble => ENSEMBLE,
             KernelFile::Optim => OPTIM,
             KernelFile::Cem => CEM,
+            KernelFile::Mppi => MPPI,
             KernelFile::Rollout => ROLLOUT,
         }
     }

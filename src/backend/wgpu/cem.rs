@@ -4,7 +4,7 @@
 use super::device::Dispatch;
 use super::{kernels, word, WgpuBackend, WgpuBuf};
 use crate::backend::check;
-use crate::backend::{InitParams, SampleParams, UpdateParams};
+use crate::backend::{EliteParams, InitParams, SampleParams, UpdateParams};
 use crate::Result;
 
 pub(super) fn init(
@@ -114,5 +114,102 @@ pub(super) fn update(
         },
     ];
     st.rec.run(gpu, "cem_update", &ds);
+    Ok(())
+}
+
+pub(super) fn select(
+    be: &WgpuBackend,
+    p: &EliteParams,
+    population: &WgpuBuf,
+    returns: &WgpuBuf,
+    elites: &mut WgpuBuf,
+    elite_returns: &mut WgpuBuf,
+) -> Result<()> {
+    check::select(
+        p,
+        [population.len, returns.len, elites.len, elite_returns.len],
+    )?;
+    let (np, total) = (
+        p.population as usize,
+        p.num_elites as usize * p.len as usize,
+    );
+    word("population × length", np * p.len as usize)?;
+    let gpu = &be.gpu;
+    if np.div_ceil(256) > gpu.max_groups() as usize {
+        return Err(crate::invalid!(
+            "a population of {np} exceeds one ranking dispatch on this adapter"
+        ));
+    }
+    // cem_rank reads only the population size and elite count of an UpdateParams.
+    let up = UpdateParams {
+        population: p.population,
+        len: p.len,
+        num_elites: p.num_elites,
+        _pad: 0,
+        alpha: 0.0,
+        min_var: 0.0,
+        _pad2: [0; 2],
+    };
+    let mut st = be.lock();
+    let st = &mut *st;
+    let rank = st.cache.get(gpu, &kernels::CEM_RANK)?;
+    let gather = st.cache.get(gpu, &kernels::CEM_GATHER)?;
+    let idx = st.ws.get(gpu, "cem elites", 0, p.num_elites as usize);
+    st.rec.reserve(gpu, 2)?;
+    let rank_offset = st.rec.block(gpu, &up);
+    let offset = st.rec.block(gpu, p);
+    let ds = [
+        Dispatch {
+            group: rank.bind(gpu, &[&returns.buf, &idx]),
+            kernel: rank,
+            offset: rank_offset,
+            grid: [np.div_ceil(256) as u32, 1, 1],
+        },
+        Dispatch {
+            group: gather.bind(
+                gpu,
+                &[
+                    &population.buf,
+                    &returns.buf,
+                    &idx,
+                    &elites.buf,
+                    &elite_returns.buf,
+                ],
+            ),
+            kernel: gather,
+            offset,
+            grid: gpu.grid_1d(total)?,
+        },
+    ];
+    st.rec.run(gpu, "cem_select", &ds);
+    Ok(())
+}
+
+pub(super) fn keep(
+    be: &WgpuBackend,
+    p: &EliteParams,
+    elites: &WgpuBuf,
+    mean: &WgpuBuf,
+    population: &mut WgpuBuf,
+) -> Result<()> {
+    check::keep(p, [elites.len, mean.len, population.len])?;
+    let total = p.num_elites as usize * p.len as usize;
+    word("population × length", population.len)?;
+    if total == 0 {
+        return Ok(());
+    }
+    let gpu = &be.gpu;
+    let mut st = be.lock();
+    let st = &mut *st;
+    let k = st.cache.get(gpu, &kernels::CEM_KEEP)?;
+    st.rec.reserve(gpu, 1)?;
+    let offset = st.rec.block(gpu, p);
+    let d = Dispatch {
+        group: k.bind(gpu, &[&elites.buf, &mean.buf, &population.buf]),
+        kernel: k,
+        offset,
+        grid: gpu.grid_1d(total)?,
+    };
+    st.rec.run(gpu, "cem_keep", &[d]);
     Ok(())
 }

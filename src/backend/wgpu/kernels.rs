@@ -14,6 +14,7 @@ const COMMON: &str = include_str!("../../../shaders/common.wgsl");
 const ENSEMBLE: &str = include_str!("../../../shaders/ensemble.wgsl");
 const OPTIM: &str = include_str!("../../../shaders/optim.wgsl");
 const CEM: &str = include_str!("../../../shaders/cem.wgsl");
+const MPPI: &str = include_str!("../../../shaders/mppi.wgsl");
 const ROLLOUT: &str = include_str!("../../../shaders/rollout.wgsl");
 const RNG: &str = include_str!("../../../shaders/rng.wgsl");
 
@@ -24,6 +25,7 @@ pub(super) enum Module {
     EnsembleF16,
     Optim,
     Cem,
+    Mppi,
     Rollout,
     Rng,
 }
@@ -35,6 +37,7 @@ impl Module {
             Module::EnsembleF16 => ("enable f16;\nalias WeightT = f16;\n", ENSEMBLE),
             Module::Optim => ("", OPTIM),
             Module::Cem => ("", CEM),
+            Module::Mppi => ("", MPPI),
             Module::Rollout => ("", ROLLOUT),
             Module::Rng => ("", RNG),
         };
@@ -47,6 +50,7 @@ impl Module {
             Module::EnsembleF16 => "ensemble.wgsl (f16 weights)",
             Module::Optim => "optim.wgsl",
             Module::Cem => "cem.wgsl",
+            Module::Mppi => "mppi.wgsl",
             Module::Rollout => "rollout.wgsl",
             Module::Rng => "rng.wgsl",
         }
@@ -66,7 +70,7 @@ pub(super) struct Spec {
 }
 
 use super::params::*;
-use crate::backend::{AdamParams, InitParams, SampleParams, UpdateParams};
+use crate::backend::{AdamParams, EliteParams, InitParams, MppiParams, SampleParams, UpdateParams};
 use std::mem::size_of;
 
 // ensemble.wgsl
@@ -152,6 +156,43 @@ pub(super) const CEM_UPDATE: Spec = Spec {
     uniform: (1, size_of::<UpdateParams>()),
     // population, elite indices, mean, var
     storage: &[(7, RO), (8, RO), (9, RW), (10, RW)],
+};
+pub(super) const CEM_GATHER: Spec = Spec {
+    module: Module::Cem,
+    entry: "cem_gather",
+    uniform: (3, size_of::<EliteParams>()),
+    // population, returns, elite indices, elites, elite returns
+    storage: &[(14, RO), (15, RO), (16, RO), (17, RW), (18, RW)],
+};
+pub(super) const CEM_KEEP: Spec = Spec {
+    module: Module::Cem,
+    entry: "cem_keep",
+    uniform: (3, size_of::<EliteParams>()),
+    // elites, mean, population
+    storage: &[(19, RO), (20, RO), (21, RW)],
+};
+
+// mppi.wgsl
+pub(super) const MPPI_SAMPLE: Spec = Spec {
+    module: Module::Mppi,
+    entry: "mppi_sample",
+    uniform: (0, size_of::<MppiParams>()),
+    // nominal, Cholesky factor, lower, upper, population
+    storage: &[(0, RO), (1, RO), (2, RO), (3, RO), (4, RW)],
+};
+pub(super) const MPPI_COST: Spec = Spec {
+    module: Module::Mppi,
+    entry: "mppi_cost",
+    uniform: (0, size_of::<MppiParams>()),
+    // population, returns, precision, nominal, costs
+    storage: &[(5, RO), (6, RO), (7, RO), (8, RO), (9, RW)],
+};
+pub(super) const MPPI_UPDATE: Spec = Spec {
+    module: Module::Mppi,
+    entry: "mppi_update",
+    uniform: (0, size_of::<MppiParams>()),
+    // population, costs, nominal
+    storage: &[(10, RO), (11, RO), (12, RW)],
 };
 
 // rollout.wgsl

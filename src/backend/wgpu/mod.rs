@@ -15,13 +15,14 @@ mod cem;
 pub mod device;
 mod ensemble;
 mod kernels;
+mod mppi;
 mod optim;
 pub mod params;
 mod rollout;
 
 use super::{
-    AdamParams, Availability, Backend, EnsembleShape, InitParams, LossConfig, RolloutParams,
-    SampleParams, UpdateParams,
+    AdamParams, Availability, Backend, EliteParams, EnsembleShape, InitParams, LossConfig,
+    MppiParams, RolloutParams, SampleParams, UpdateParams,
 };
 use crate::Result;
 pub use device::{list_adapters, AdapterSummary};
@@ -434,6 +435,50 @@ impl Backend for WgpuBackend {
         var: &mut WgpuBuf,
     ) -> Result<()> {
         cem::update(self, p, population, returns, mean, var)
+    }
+
+    fn cem_select(
+        &self,
+        p: &EliteParams,
+        population: &WgpuBuf,
+        returns: &WgpuBuf,
+        elites: &mut WgpuBuf,
+        elite_returns: &mut WgpuBuf,
+    ) -> Result<()> {
+        cem::select(self, p, population, returns, elites, elite_returns)
+    }
+
+    fn cem_keep(
+        &self,
+        p: &EliteParams,
+        elites: &WgpuBuf,
+        mean: &WgpuBuf,
+        population: &mut WgpuBuf,
+    ) -> Result<()> {
+        cem::keep(self, p, elites, mean, population)
+    }
+
+    fn mppi_sample(
+        &self,
+        p: &MppiParams,
+        mean: &WgpuBuf,
+        chol: &WgpuBuf,
+        lower: &WgpuBuf,
+        upper: &WgpuBuf,
+        out: &mut WgpuBuf,
+    ) -> Result<()> {
+        mppi::sample(self, p, mean, chol, lower, upper, out)
+    }
+
+    fn mppi_update(
+        &self,
+        p: &MppiParams,
+        population: &WgpuBuf,
+        returns: &WgpuBuf,
+        precision: &WgpuBuf,
+        mean: &mut WgpuBuf,
+    ) -> Result<()> {
+        mppi::update(self, p, population, returns, precision, mean)
     }
 
     fn rollout(
