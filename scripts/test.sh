@@ -41,6 +41,13 @@ if ! "$gym/bin/python" -c "import gymnasium, numpy, mujoco, gymnasium.envs.mujoc
     gymnasium==1.4.0 numpy==2.4.6 mujoco==3.17.0 imageio packaging
 fi
 export MBRL_GPU_PYTHON=$gym/bin/python
+# The serve client is a pip package (python/pyproject.toml, standard library only): install
+# it the way users do, then run its unit tests with that interpreter.
+if ! "$gym/bin/python" -c "import mbrl_gpu.client" >/dev/null 2>&1; then
+  echo "installing the mbrl-gpu Python client into $gym"
+  "$gym/bin/python" -m pip install --quiet --disable-pip-version-check ./python
+fi
+(cd "$root/python/tests" && "$gym/bin/python" -m unittest -q test_client)
 # mujoco-rs links MUJOCO_DYNAMIC_LINK_DIR/libmujoco.so; the wheel ships only the versioned
 # file, so a folder of our own holds the link (build.rs adds the rpath to the wheel).
 mjlib=$("$gym/bin/python" -c "import mujoco, os; print(os.path.join(os.path.dirname(mujoco.__file__), 'libmujoco.so.' + mujoco.__version__))")

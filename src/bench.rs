@@ -757,3 +757,137 @@ pub fn env_benches(
     }
     Ok(rows)
 }
+
+/// Planner overhead without matrix arithmetic: one action of true-dynamics Pendulum-v1
+/// planning at pytorch_mppi's benchmark size (K = 1000 candidates, horizon T = 30, one
+/// iteration), and the three parts of an MPPI action timed alone (sampling, the 30 000
+/// environment steps, the weighted update). `only`: one optimizer's rows.
+pub fn true_plan_benches<B: Backend>(
+    be: &B,
+    reps: usize,
+    only: Option<crate::plan::Optimizer>,
+) -> Result<Vec<BenchResult>> {
+    use crate::backend::{MppiParams, Propagation, RolloutParams, MAX_ELITES};
+    use crate::env::EnvId;
+    use crate::plan::{Mpc, Optimizer, PlannerConfig};
+    let (k, t) = (1000usize, 30usize);
+    let env = EnvId::Pendulum;
+    let state = [2.5f32, 0.3];
+    let obs = {
+        let mut o = [0.0f32; 3];
+        env.observe(&state, &mut o);
+        o
+    };
+    let mut rows = vec![];
+    for opt in [Optimizer::Mppi, Optimizer::Icem, Optimizer::Cem] {
+        if only.is_some_and(|o| o != opt) {
+            continue;
+        }
+        let cfg = PlannerConfig {
+            optimizer: opt,
+            horizon: t,
+            population: k,
+            num_elites: k / 10,
+            iterations: 1,
+            alpha: if opt == Optimizer::Mppi { 0.0 } else { 0.1 },
+            noise_covariance: if opt == Optimizer::Mppi {
+                vec![1.0]
+            } else {
+                vec![]
+            },
+            ..PlannerConfig::pets_cartpole()
+        };
+        let mut mpc = Mpc::with_true_dynamics(be, env, cfg, 0)?;
+        let mut failed = None;
+        let (med, min) = time_ms(reps, || {
+            if let Err(e) = mpc.act(be, &obs, &state) {
+                failed = Some(e);
+            }
+        });
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        let name = format!(
+            "{}_pendulum_true_k{k}_t{t}",
+            format!("{opt:?}").to_lowercase()
+        );
+        let mut r = result(
+            &name,
+            med,
+            min,
+            reps,
+            0.0,
+            0.0,
+            "one action, 1 iteration".into(),
+        );
+        r.backend = be.name().into();
+        rows.push(r);
+    }
+    if only.is_none_or(|o| o == Optimizer::Mppi) {
+        let len = t;
+        let p = MppiParams {
+            seed_lo: 1,
+            seed_hi: 0,
+            step: 1,
+            population: k as u32,
+            len: len as u32,
+            act_dim: 1,
+            lambda: 1.0,
+            alpha: 0.0,
+        };
+        let mean = be.zeros(len)?;
+        let mut mean_out = be.zeros(len)?;
+        let one = be.upload(&[1.0])?;
+        let (lo, hi) = (be.upload(&[-2.0])?, be.upload(&[2.0])?);
+        let mut pop = be.zeros(k * len)?;
+        let mut ret = be.zeros(k)?;
+        let start = be.upload(&state)?;
+        let rp = RolloutParams {
+            seed_lo: 0,
+            seed_hi: 0,
+            step: 0,
+            population: k as u32,
+            particles: 1,
+            horizon: t as u32,
+            obs_dim: 3,
+            act_dim: 1,
+            propagation: Propagation::Expectation as u32,
+            env: env.code(),
+            learn_reward: 0,
+            num_elites: 0,
+            elites: [0; MAX_ELITES],
+        };
+        let mut failed = None;
+        let mut part = |name: &str, f: &mut dyn FnMut() -> Result<()>| {
+            let (med, min) = time_ms(reps, || {
+                if let Err(e) = f() {
+                    failed = Some(e);
+                }
+            });
+            let mut r = result(
+                name,
+                med,
+                min,
+                reps,
+                0.0,
+                0.0,
+                "part of one MPPI action".into(),
+            );
+            r.backend = be.name().into();
+            rows.push(r);
+        };
+        part("mppi_part_sample_k1000_t30", &mut || {
+            be.mppi_sample(&p, &mean, &one, &lo, &hi, &mut pop)
+        });
+        part("mppi_part_rollout_true_k1000_t30", &mut || {
+            be.rollout_true(&rp, &start, &pop, &mut ret)
+        });
+        part("mppi_part_update_k1000_t30", &mut || {
+            be.mppi_update(&p, &pop, &ret, &one, &mut mean_out)
+        });
+        if let Some(e) = failed {
+            return Err(e);
+        }
+    }
+    Ok(rows)
+}

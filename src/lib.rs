@@ -23,5 +23,6 @@ pub mod model;
 pub mod plan;
 pub mod policy;
 pub mod rng;
+pub mod serve;
 
 pub use error::{Error, Result};

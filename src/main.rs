@@ -59,6 +59,8 @@ macro_rules! note {
 /// The policy-learning commands (`sac`, `mbpo`, `eval`).
 #[path = "cli/rl.rs"]
 mod rl;
+#[path = "cli/serve.rs"]
+mod serve_cli;
 
 #[derive(Parser)]
 #[command(
@@ -100,6 +102,9 @@ enum Cmd {
     Pets(PetsArgs),
     /// MPC episodes with a trained model or the true dynamics; returns and latency.
     Plan(PlanArgs),
+    /// A planning service for controllers (protocol: docs/serve_protocol.md): observations
+    /// in, actions out before a deadline, over loopback TCP or a Unix socket.
+    Serve(serve_cli::ServeArgs),
     /// SAC (soft actor-critic, automatic temperature) on a native environment.
     Sac(rl::SacArgs),
     /// MBPO: SAC on short branched rollouts of a probabilistic ensemble.
@@ -229,6 +234,8 @@ struct PlanArgs {
     /// Shooting method.
     #[arg(long, value_enum, default_value_t = Optimizer::Cem)]
     optimizer: Optimizer,
+    #[command(flatten)]
+    sampling: SamplingArgs,
     /// Arithmetic of the model rollouts: f32, or bf16 products with f32 sums (AMX tiles on
     /// CPUs that have them).
     #[arg(long, value_enum, default_value_t = Precision::F32)]
@@ -242,6 +249,47 @@ struct PlanArgs {
     /// One JSON object with returns, median_ms, p99_ms.
     #[arg(long)]
     json: bool,
+}
+
+/// MPPI's and iCEM's own settings (`plan`, `serve`).
+#[derive(Args, Clone)]
+struct SamplingArgs {
+    /// MPPI temperature λ [default: 1].
+    #[arg(long)]
+    lambda: Option<f32>,
+    /// MPPI noise covariance: one value per action dimension (a diagonal) or act_dim² values
+    /// (a full matrix, row-major), comma-separated [default: diag((high − low)²/16)].
+    #[arg(long, value_delimiter = ',')]
+    noise_covariance: Option<Vec<f32>>,
+    /// iCEM coloured-noise exponent β [default: 2].
+    #[arg(long)]
+    beta: Option<f32>,
+    /// iCEM population decay factor γ [default: 1.25].
+    #[arg(long)]
+    population_decay: Option<f32>,
+    /// iCEM fraction of elites kept between iterations and steps [default: 0.3].
+    #[arg(long)]
+    keep_elites: Option<f32>,
+}
+
+impl SamplingArgs {
+    fn apply(&self, cfg: &mut PlannerConfig) {
+        if let Some(v) = self.lambda {
+            cfg.lambda = v;
+        }
+        if let Some(v) = &self.noise_covariance {
+            cfg.noise_covariance.clone_from(v);
+        }
+        if let Some(v) = self.beta {
+            cfg.colored_noise_exponent = v;
+        }
+        if let Some(v) = self.population_decay {
+            cfg.population_decay_factor = v;
+        }
+        if let Some(v) = self.keep_elites {
+            cfg.keep_elite_frac = v;
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -364,6 +412,10 @@ struct BenchArgs {
     /// maac_path, mbpo_env_step); the GEMM peak is always measured.
     #[arg(long)]
     only: Option<String>,
+    /// `bench plan`: only the true-dynamics Pendulum-v1 rows (K = 1000, T = 30) of this
+    /// optimizer, e.g. mppi (next to pytorch_mppi: scripts/bench_mppi_peer.sh).
+    #[arg(long, value_enum)]
+    optimizer: Option<Optimizer>,
 }
 
 fn main() -> ExitCode {
@@ -471,7 +523,15 @@ fn run(cli: Cli) -> Result<()> {
                 note!("measuring (cart-pole and half-cheetah planning steps; GEMM peak on the cpu)...");
             }
             let be = pick_backend(a.backend)?;
-            let rs = with_backend!(&be, |b| mbrl_gpu::bench::plan_benches(b, a.reps))?;
+            let mut rs = match a.optimizer {
+                Some(_) => vec![],
+                None => with_backend!(&be, |b| mbrl_gpu::bench::plan_benches(b, a.reps))?,
+            };
+            rs.extend(with_backend!(&be, |b| mbrl_gpu::bench::true_plan_benches(
+                b,
+                a.reps,
+                a.optimizer
+            ))?);
             print_bench(&rs, a.json)
         }
         Cmd::Bench(BenchCmd::Policy(a)) => {
@@ -507,6 +567,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Pets(a) => run_pets(a),
         Cmd::Plan(a) => run_plan(a),
+        Cmd::Serve(a) => serve_cli::run(a),
         Cmd::Sac(a) => rl::run_sac(a),
         Cmd::Mbpo(a) => rl::run_mbpo(a),
         Cmd::Maac(a) => rl::run_maac(a),
@@ -747,6 +808,11 @@ fn plan_flag(key: &str) -> Option<String> {
         "num_elites" | "planner.num_elites" => "--elites",
         "iterations" | "planner.iterations" => "--iterations",
         "particles" => "--particles",
+        "lambda" => "--lambda",
+        "noise_covariance" => "--noise-covariance",
+        "colored_noise_exponent" => "--beta",
+        "population_decay_factor" => "--population-decay",
+        "keep_elite_frac" => "--keep-elites",
         "model.hidden" | "model.ensemble_size" => "--model",
         _ => return None,
     };
@@ -765,7 +831,7 @@ fn run_plan(a: PlanArgs) -> Result<()> {
     if a.steps == Some(0) {
         return Err(invalid!("--steps must be at least 1"));
     }
-    let cfg = PlannerConfig {
+    let mut cfg = PlannerConfig {
         optimizer: a.optimizer,
         horizon: a.horizon,
         population: a.population,
@@ -774,6 +840,11 @@ fn run_plan(a: PlanArgs) -> Result<()> {
         precision: a.precision,
         ..PlannerConfig::pets_cartpole()
     };
+    if a.optimizer == Optimizer::Mppi {
+        // pytorch_mppi's nominal update has no smoothing.
+        cfg.alpha = 0.0;
+    }
+    a.sampling.apply(&mut cfg);
     let ts = TsConfig {
         particles: a.particles.unwrap_or(20),
         propagation: a.propagation.unwrap_or(Propagation::Ts1),
@@ -783,28 +854,7 @@ fn run_plan(a: PlanArgs) -> Result<()> {
     }
     cfg.validate().map_err(|e| e.rename_setting(plan_flag))?;
     let model = match (&a.model, a.true_dynamics) {
-        (Some(path), false) => {
-            let model = io::checkpoint::load(path)?;
-            let (mo, ma) = (model.config.obs_dim, model.config.act_dim);
-            if (mo, ma) != (spec.obs_dim, spec.act_dim) {
-                return Err(Error::Shape(format!(
-                    "--model {} was trained on {mo} observation and {ma} action values, but \
-                     {} has {} and {}: it belongs to another environment",
-                    path.display(),
-                    env,
-                    spec.obs_dim,
-                    spec.act_dim
-                )));
-            }
-            if !mbrl_gpu::env::task::has_reward(env.task_code()) && !model.config.learn_reward {
-                return Err(invalid!(
-                    "--model {}: {env} has no reward function from observations here, so \
-                     planning needs a model that learned the reward (model.learn_reward)",
-                    path.display()
-                ));
-            }
-            Some(model)
-        }
+        (Some(path), false) => Some(load_plan_model(path, &env, &spec)?),
         (None, true) => None,
         _ => return Err(invalid!("give either --model PATH or --true-dynamics")),
     };
@@ -819,6 +869,35 @@ fn run_plan(a: PlanArgs) -> Result<()> {
     .map_err(|e| e.rename_setting(plan_flag))?;
     let be = pick_backend_for(a.backend, a.precision)?;
     with_backend!(&be, |b| plan_on(b, &a, &env, cfg, ts, model.as_ref()))
+}
+
+/// A trained ensemble for planning on `env`: its dimensions must be the environment's, and
+/// it must have learned the reward where the environment has no reward function here.
+fn load_plan_model(
+    path: &Path,
+    env: &mbrl_gpu::env::EnvName,
+    spec: &mbrl_gpu::env::EnvSpec,
+) -> Result<Ensemble> {
+    let model = io::checkpoint::load(path)?;
+    let (mo, ma) = (model.config.obs_dim, model.config.act_dim);
+    if (mo, ma) != (spec.obs_dim, spec.act_dim) {
+        return Err(Error::Shape(format!(
+            "--model {} was trained on {mo} observation and {ma} action values, but \
+             {} has {} and {}: it belongs to another environment",
+            path.display(),
+            env,
+            spec.obs_dim,
+            spec.act_dim
+        )));
+    }
+    if !mbrl_gpu::env::task::has_reward(env.task_code()) && !model.config.learn_reward {
+        return Err(invalid!(
+            "--model {}: {env} has no reward function from observations here, so \
+             planning needs a model that learned the reward (model.learn_reward)",
+            path.display()
+        ));
+    }
+    Ok(model)
 }
 
 fn plan_on<B: Backend>(

@@ -3,7 +3,9 @@
 //!
 //! The corpus in `tests/fuzz_corpus/{checkpoint,csv,json}/` holds small valid files and crafted
 //! hostile ones (`regenerate_corpus` below writes it; run it with `--ignored` after a format
-//! change). `hostile_corpus_should_give_these_errors` pins the message of each hostile file;
+//! change). `tests/fuzz_corpus/serve/` holds byte streams of `serve` frames (sessions, ADD
+//! batches, a lying transition count, lengths of 0 and 2³²−1, a truncated frame), also the
+//! seed corpus of the cargo-fuzz target in `fuzz/`. `hostile_corpus_should_give_these_errors` pins the message of each hostile file;
 //! `mutated_inputs_should_never_panic` feeds the corpus and thousands of deterministic
 //! mutations of it (bit flips, insertions, deletions, truncations, splices, number
 //! replacements, safetensors length-field edits) to the readers under `catch_unwind`.
@@ -38,6 +40,53 @@ fn corpus(kind: &str) -> Vec<(String, Vec<u8>)> {
 
 // ---------------------------------------------------------------------------------------------
 // The readers under test, and what an accepted input must satisfy.
+
+/// A byte stream as `serve` reads it: frames until the stream ends or a frame cannot be read,
+/// each decoded for Pendulum-v1's dimensions. An accepted request survives a re-encoding.
+fn check_frames(bytes: &[u8]) -> Outcome {
+    use mbrl_gpu::serve::protocol::{self, kind, Dims, ReadError, Request};
+    let dims = Dims { obs: 3, act: 1 };
+    let mut r = bytes;
+    let mut decoded = 0;
+    let mut refusal = String::from("empty stream");
+    loop {
+        match protocol::read_frame_blocking(&mut r) {
+            Ok(f) => match protocol::decode(f.kind, &f.body, dims) {
+                Ok(req) => {
+                    decoded += 1;
+                    match req {
+                        Request::Act { deadline_ms, obs } => {
+                            assert!(deadline_ms.is_finite() && obs.iter().all(|v| v.is_finite()));
+                            assert_eq!(protocol::act_body(deadline_ms, &obs), f.body);
+                        }
+                        Request::Add(ts) => {
+                            // Values survive a re-encoding (bytes may not: a terminated
+                            // flag of −0 reads as 0).
+                            let again = protocol::decode(kind::ADD, &protocol::add_body(&ts), dims);
+                            assert_eq!(again.unwrap(), Request::Add(ts));
+                        }
+                        _ => assert!(f.kind != kind::ACT && f.kind != kind::ADD),
+                    }
+                }
+                Err(e) => refusal = e.message,
+            },
+            Err(ReadError::Closed) => break,
+            Err(ReadError::Size(n)) => {
+                refusal = format!("frame length {n}");
+                break;
+            }
+            Err(ReadError::Truncated { .. }) => {
+                refusal = "truncated frame".into();
+                break;
+            }
+        }
+    }
+    if decoded > 0 {
+        Outcome::Accepted
+    } else {
+        Outcome::Refused(refusal)
+    }
+}
 
 /// SAC files (policy, critic, whole agent) and replay buffers: whatever loads re-serialises
 /// and reloads to the same values, and acts without panicking.
@@ -544,6 +593,7 @@ fn mutated_inputs_should_never_panic() {
     failures.extend(fuzz("csv", cases, seed, check_csv));
     failures.extend(fuzz("json", cases, seed, check_json));
     failures.extend(fuzz("policy", cases / 5, seed, check_policy));
+    failures.extend(fuzz("serve", cases, seed, check_frames));
     assert!(
         failures.is_empty(),
         "{} inputs panicked:\n{}",

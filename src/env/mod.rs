@@ -280,6 +280,16 @@ impl EnvId {
         }
     }
 
+    /// Internal state from an observation (the inverse of [`EnvId::observe`]): identity for
+    /// cart-pole and mountain car, θ = atan2(sin θ, cos θ) and θ̇ for the pendulum (θ is
+    /// recovered modulo 2π, which its dynamics and reward do not distinguish).
+    pub fn state_from_obs(self, obs: &[f32]) -> Vec<f32> {
+        match self {
+            EnvId::Pendulum => vec![obs[1].atan2(obs[0]), obs[2]],
+            _ => obs[..self.state_dim()].to_vec(),
+        }
+    }
+
     /// Observation from internal state (identity for cartpole / mountain car;
     /// `[cos, sin, thdot]` for pendulum).
     pub fn observe(self, state: &[f32], obs: &mut [f32]) {

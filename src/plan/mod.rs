@@ -417,6 +417,14 @@ impl<B: Backend> Planner<B> {
         self.act_dim
     }
 
+    pub fn lower(&self) -> &[f32] {
+        &self.lower
+    }
+
+    pub fn upper(&self) -> &[f32] {
+        &self.upper
+    }
+
     pub fn horizon(&self) -> usize {
         self.cfg.horizon
     }

@@ -128,24 +128,38 @@ impl<B: Backend> Mpc<B> {
     /// One control step from observation `obs` (model) or internal state `state` (true
     /// dynamics). The returned action is finite and inside the bounds.
     pub fn act(&mut self, backend: &B, obs: &[f32], state: &[f32]) -> Result<Vec<f32>> {
+        Ok(self.act_until(backend, obs, state, None)?.0)
+    }
+
+    /// [`Mpc::act`] that stops planning after the round during which `deadline` passes; also
+    /// returns what the planner did (rounds, deadline, fallback).
+    pub fn act_until(
+        &mut self,
+        backend: &B,
+        obs: &[f32],
+        state: &[f32],
+        deadline: Option<Instant>,
+    ) -> Result<(Vec<f32>, super::PlanOutcome)> {
         let t0 = Instant::now();
-        let action = match &mut self.dynamics {
+        let out = match &mut self.dynamics {
             Dynamics::Model(o) => {
                 o.set_start(backend, obs)?;
-                self.planner.act(backend, o)?
+                self.planner.plan_until(backend, o, deadline)?
             }
             Dynamics::True(o) => {
                 o.set_start(backend, state)?;
-                self.planner.act(backend, o)?
+                self.planner.plan_until(backend, o, deadline)?
             }
             #[cfg(feature = "mujoco")]
             Dynamics::Mujoco(o) => {
                 o.set_start(state);
-                self.planner.act(backend, o)?
+                self.planner.plan_until(backend, o, deadline)?
             }
         };
+        let a = self.planner.act_dim();
+        let action = super::safe_action(&out.plan[..a], self.planner.lower(), self.planner.upper());
         self.latencies.push(t0.elapsed().as_secs_f64());
-        Ok(action)
+        Ok((action, out))
     }
 
     pub fn take_latencies(&mut self) -> Vec<f64> {
