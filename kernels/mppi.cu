@@ -9,8 +9,9 @@
 //                +∞ where not finite.
 //   mppi_update  one thread per plan element j: the least cost (every thread reads all P
 //                costs; P·len reads in all, a few hundred kilobytes for P = 1000, H = 30),
-//                then Σ_c w_c V_{c,j} and Σ_c w_c in candidate order — the CPU's order, so the
-//                sums differ from the CPU's only through exp.
+//                then Σ_c w_c V_{c,j} and Σ_c w_c in candidate order (the CPU adds the
+//                numerator in 128-candidate partial sums): the results differ from the CPU's
+//                by exp and by rounding, a few ULP.
 
 // Identical to src/backend/mod.rs `MppiParams`.
 typedef struct {

@@ -105,7 +105,7 @@ def pytorch_mppi_times():
 def ours():
     """Our rows (dicts) whose name contains "mppi"; [] with a note when that fails."""
     cmd = [ARGS.mbrl_gpu, "bench", "plan", "--json", "--optimizer", "mppi",
-           "--backend", ARGS.backend]
+           "--backend", ARGS.backend, "--reps", str(ARGS.reps)]
     env = dict(os.environ, RAYON_NUM_THREADS=str(ARGS.threads))
     try:
         r = subprocess.run(cmd, capture_output=True, text=True, env=env)

@@ -6,7 +6,8 @@
 // mppi_cost: one thread per candidate: S_c = −R_c + λ Σ_t U_tᵀ Σ⁻¹ (V_{c,t} − U_t), +∞ where
 // not finite.
 // mppi_update: one thread per plan element: the least cost (every thread reads all costs),
-// then Σ_c w_c V_{c,j} and Σ_c w_c in candidate order, the CPU's order.
+// then Σ_c w_c V_{c,j} and Σ_c w_c in candidate order (the CPU adds the numerator in
+// 128-candidate partial sums: a rounding difference of a few ULP).
 
 struct MppiParams {
     seed_lo: u32,

@@ -142,17 +142,43 @@ pub fn normal(seed: u64, stream: u32, element: u32, step: u32) -> f32 {
     }
 }
 
-/// `out[i] = normal(seed, stream, first + i, step)` for every i, written as one branch-free
-/// loop so the compiler vectorises Philox and Box–Muller across elements.
+/// `out[i] = normal(seed, stream, first + i, step)` for every i. One Philox block feeds two
+/// consecutive elements (2k and 2k + 1), so the loop runs over blocks, computing each once,
+/// written branch-free so the compiler vectorises Philox and Box–Muller across blocks; an odd
+/// first element and an even last one are drawn alone.
 #[inline]
 pub fn normals(seed: u64, stream: u32, first: u32, step: u32, out: &mut [f32]) {
     let key = [seed as u32, (seed >> 32) as u32];
-    for (i, o) in out.iter_mut().enumerate() {
-        let e = first.wrapping_add(i as u32);
-        let w = philox4x32_10([e >> 1, step, stream, 0], key);
-        let odd = e & 1 == 1;
-        let (a, b) = if odd { (w[2], w[3]) } else { (w[0], w[1]) };
-        *o = box_muller(a, b);
+    let n = out.len();
+    let mut i = 0;
+    if n > 0 && first & 1 == 1 {
+        out[0] = normal(seed, stream, first, step);
+        i = 1;
+    }
+    let pairs = (n - i) / 2;
+    let base = first.wrapping_add(i as u32) >> 1;
+    // Blocks in groups: words into arrays first, the transforms after, so both loops are
+    // plain element-wise loops.
+    const G: usize = 64;
+    let (mut a, mut b) = ([0u32; 2 * G], [0u32; 2 * G]);
+    let mut done = 0;
+    while done < pairs {
+        let g = (pairs - done).min(G);
+        for k in 0..g {
+            let w = philox4x32_10([base.wrapping_add((done + k) as u32), step, stream, 0], key);
+            a[2 * k] = w[0];
+            b[2 * k] = w[1];
+            a[2 * k + 1] = w[2];
+            b[2 * k + 1] = w[3];
+        }
+        let dst = &mut out[i + 2 * done..i + 2 * (done + g)];
+        for (o, (x, y)) in dst.iter_mut().zip(a.iter().zip(&b)) {
+            *o = box_muller(*x, *y);
+        }
+        done += g;
+    }
+    if i + 2 * pairs < n {
+        out[n - 1] = normal(seed, stream, first.wrapping_add((n - 1) as u32), step);
     }
 }
 
@@ -304,10 +330,25 @@ mod tests {
 
     #[test]
     fn batched_normals_should_equal_the_scalar_ones() {
-        let mut v = vec![0.0f32; 37];
-        normals(9, 7, 11, 4, &mut v);
-        for (i, z) in v.iter().enumerate() {
-            assert_eq!(*z, normal(9, 7, 11 + i as u32, 4));
+        // Odd and even first elements and lengths, and more than one group of blocks.
+        for (first, n) in [
+            (11u32, 37usize),
+            (10, 37),
+            (10, 36),
+            (11, 36),
+            (3, 0),
+            (5, 1),
+            (0, 301),
+        ] {
+            let mut v = vec![f32::NAN; n];
+            normals(9, 7, first, 4, &mut v);
+            for (i, z) in v.iter().enumerate() {
+                assert_eq!(
+                    *z,
+                    normal(9, 7, first + i as u32, 4),
+                    "first {first}, i {i}"
+                );
+            }
         }
     }
 

@@ -5,7 +5,7 @@
 //! control-cost term λ Σ_t U_tᵀ Σ⁻¹ ε_t of the clipped noise ε = V − U; the new nominal is the
 //! average of the candidates weighted by exp(−(S − min S)/λ).
 use crate::backend::MppiParams;
-use crate::rng::{normal, stream};
+use crate::rng::{normals, stream};
 use rayon::prelude::*;
 
 /// Population [P, len]: `V[c, t·A + a] = clip(U[t·A + a] + Σ_{b ≤ a} L[a·A + b] z_b)`.
@@ -19,23 +19,29 @@ pub fn sample(
 ) {
     let seed = p.seed_lo as u64 | (p.seed_hi as u64) << 32;
     let (len, a) = (p.len as usize, p.act_dim as usize);
+    // Whole candidates in batches of about 4096 values, so that a rayon task is worth its
+    // dispatch at short horizons.
+    let per = len * (4096 / len.max(1)).max(1);
+    if per == 0 {
+        return;
+    }
     out[..p.population as usize * len]
-        .par_chunks_mut(len)
+        .par_chunks_mut(per)
         .enumerate()
-        .for_each(|(c, cand)| {
-            for (j, o) in cand.iter_mut().enumerate() {
-                let (t, d) = (j / a, j % a);
+        .for_each(|(b, rows)| {
+            let first = b * per;
+            // The standard normals z of these rows at once (`normals` vectorises Philox and
+            // Box–Muller): z[i] is element first + i, the element numbering of the spec.
+            let mut z = vec![0.0f32; rows.len()];
+            normals(seed, stream::MPPI_SAMPLE, first as u32, p.step, &mut z);
+            for (j, o) in rows.iter_mut().enumerate() {
+                let (k, d) = (j % len, j % a);
+                let t0 = j - d; // element of this time step's first action dimension
                 let mut eps = 0.0f32;
                 for b in 0..=d {
-                    let z = normal(
-                        seed,
-                        stream::MPPI_SAMPLE,
-                        (c * len + t * a + b) as u32,
-                        p.step,
-                    );
-                    eps += chol[d * a + b] * z;
+                    eps += chol[d * a + b] * z[t0 + b];
                 }
-                *o = (mean[j] + eps).clamp(lower[d], upper[d]);
+                *o = (mean[k] + eps).clamp(lower[d], upper[d]);
             }
         });
 }
@@ -51,6 +57,8 @@ pub fn costs(
 ) -> Vec<f32> {
     let (len, a) = (p.len as usize, p.act_dim as usize);
     (0..p.population as usize)
+        .into_par_iter()
+        .with_min_len(64)
         .map(|c| {
             let v = &population[c * len..(c + 1) * len];
             let mut quad = 0.0f32;
@@ -83,8 +91,10 @@ pub fn weight(s: f32, min: f32, lambda: f32) -> f32 {
     }
 }
 
-/// U ← α·U + (1−α)·Σ_c w_c V_c / Σ_c w_c, the sums in candidate order (the device kernels
-/// sum in the same order, one thread per element); U unchanged without a finite cost.
+/// U ← α·U + (1−α)·Σ_c w_c V_c / Σ_c w_c; U unchanged without a finite cost. Σ w is summed
+/// in candidate order as the device kernels do; the numerators in 128-candidate partial sums
+/// (so that the work spreads over threads), where the kernels sum each element's candidates
+/// in order: a rounding difference of a few ULP.
 pub fn update(
     p: &MppiParams,
     population: &[f32],
@@ -99,13 +109,27 @@ pub fn update(
         return;
     }
     let w: Vec<f32> = s.iter().map(|&sc| weight(sc, min, p.lambda)).collect();
-    for j in 0..len {
-        let (mut num, mut den) = (0.0f32, 0.0f32);
-        for (c, &wc) in w.iter().enumerate() {
-            num += wc * population[c * len + j];
-            den += wc;
-        }
-        mean[j] = p.alpha * mean[j] + (1.0 - p.alpha) * (num / den);
+    let den = w.iter().sum::<f32>();
+    // Every element's numerator in candidate order, candidates streamed row by row (the
+    // population's layout) into per-task partial sums that are added in task order: the
+    // order is fixed by the population size alone, so the result does not depend on threads.
+    const ROWS: usize = 128;
+    let partial: Vec<Vec<f32>> = population[..w.len() * len]
+        .par_chunks(ROWS * len)
+        .zip(w.par_chunks(ROWS))
+        .map(|(rows, ws)| {
+            let mut acc = vec![0.0f32; len];
+            for (row, &wc) in rows.chunks_exact(len).zip(ws) {
+                for (s, v) in acc.iter_mut().zip(row) {
+                    *s += wc * v;
+                }
+            }
+            acc
+        })
+        .collect();
+    for (j, m) in mean[..len].iter_mut().enumerate() {
+        let num = partial.iter().map(|acc| acc[j]).sum::<f32>();
+        *m = p.alpha * *m + (1.0 - p.alpha) * (num / den);
     }
 }
 
