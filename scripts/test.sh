@@ -47,7 +47,7 @@ if ! "$gym/bin/python" -c "import mbrl_gpu.client" >/dev/null 2>&1; then
   echo "installing the mbrl-gpu Python client into $gym"
   "$gym/bin/python" -m pip install --quiet --disable-pip-version-check ./python
 fi
-(cd "$root/python/tests" && "$gym/bin/python" -m unittest -q test_client)
+(cd "$root/python/tests" && PYTHONPATH="$root/python" "$gym/bin/python" -m unittest -q test_client)
 # mujoco-rs links MUJOCO_DYNAMIC_LINK_DIR/libmujoco.so; the wheel ships only the versioned
 # file, so a folder of our own holds the link (build.rs adds the rpath to the wheel).
 mjlib=$("$gym/bin/python" -c "import mujoco, os; print(os.path.join(os.path.dirname(mujoco.__file__), 'libmujoco.so.' + mujoco.__version__))")

@@ -381,6 +381,9 @@ enum BenchCmd {
     /// Environment steps per second for 1, 8 and 64 copies: native, through the Gymnasium
     /// bridge, and Gymnasium's own SyncVectorEnv (same interpreter, same run).
     Env(EnvBenchArgs),
+    /// `serve` in a closed loop with the Python client over loopback: round-trip p50/p99 and
+    /// deadline misses, with true dynamics and with a learned ensemble.
+    Serve(serve_cli::ServeBenchArgs),
 }
 
 #[derive(Args)]
@@ -568,6 +571,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Pets(a) => run_pets(a),
         Cmd::Plan(a) => run_plan(a),
         Cmd::Serve(a) => serve_cli::run(a),
+        Cmd::Bench(BenchCmd::Serve(a)) => serve_cli::bench(a),
         Cmd::Sac(a) => rl::run_sac(a),
         Cmd::Mbpo(a) => rl::run_mbpo(a),
         Cmd::Maac(a) => rl::run_maac(a),

@@ -51,6 +51,7 @@ fn config(planner: PlannerConfig, dynamics: ServeDynamics) -> ServeConfig {
         frame_timeout: Duration::from_millis(300),
         idle_timeout: Duration::from_secs(30),
         refit_every: 0,
+        max_transitions: 100,
         train: TrainConfig {
             epochs: 2,
             ..TrainConfig::default()
@@ -447,6 +448,12 @@ fn online_learning_should_swap_the_model_between_requests_and_save_it() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+    // The dataset is bounded (100 here): 60 more are refused, and the count stays.
+    let f = c.call(kind::ADD, &protocol::add_body(&ts));
+    assert_eq!(error_code(&f), code::NOT_SUPPORTED);
+    assert!(error_text(&f).contains("at most 100"), "{}", error_text(&f));
+    let f = c.call(kind::ADD, &protocol::add_body(&[]));
+    assert_eq!(u32::from_le_bytes(f.body[..4].try_into().unwrap()), 60);
     let summary = srv.finish();
     assert!(summary.refits >= 1 && summary.saves >= 1, "{summary:?}");
     let saved = mbrl_gpu::io::checkpoint::load(&save).unwrap();
@@ -611,7 +618,9 @@ fn the_python_client_should_drive_the_command_line_server() {
             break rest.split_whitespace().next().unwrap().parse().unwrap();
         }
     };
+    // This checkout's client, before any installed copy.
     let out = Command::new(&python)
+        .env("PYTHONPATH", concat!(env!("CARGO_MANIFEST_DIR"), "/python"))
         .args([
             concat!(
                 env!("CARGO_MANIFEST_DIR"),

@@ -145,7 +145,7 @@ def main():
         period = 1.0 / args.rate_hz
         ticks = max(1, round(args.seconds * args.rate_hz))
         latencies, plan_ms, returns = [], [], []
-        deadline_misses = late_ticks = fallbacks = 0
+        deadline_misses = deadline_cuts = late_ticks = fallbacks = 0
         ret = 0.0
         next_tick = time.perf_counter()
         try:
@@ -154,7 +154,10 @@ def main():
                 reply = client.act(obs, args.deadline_ms)
                 latencies.append((time.perf_counter() - t0) * 1e3)
                 plan_ms.append(reply.plan_ms)
-                deadline_misses += reply.deadline_hit
+                # A miss: the answer came after the deadline. A cut: fewer planner iterations
+                # ran so that it would not.
+                deadline_misses += reply.late
+                deadline_cuts += reply.deadline_hit
                 fallbacks += reply.fallback
                 next_obs, reward, terminated, truncated, _ = env.step(reply.action)
                 ret += reward
@@ -184,6 +187,7 @@ def main():
         "p99_ms": percentile(lat, 99),
         "max_ms": lat[-1] if lat else None,
         "deadline_misses": deadline_misses,
+        "deadline_cuts": deadline_cuts,
         "late_ticks": late_ticks,
         "fallbacks": fallbacks,
         "episodes": len(returns),
@@ -203,7 +207,7 @@ def main():
         print(f"{result['n']} actions at {args.rate_hz:g} Hz: round trip p50 "
               f"{result['p50_ms']:.3f} ms, p99 {result['p99_ms']:.3f} ms, max "
               f"{result['max_ms']:.3f} ms (server planning p50 {result['plan_p50_ms']:.3f} ms); "
-              f"{deadline_misses} deadline hits, {late_ticks} late ticks, {fallbacks} fallbacks; "
+              f"{deadline_misses} deadline misses ({deadline_cuts} cut short), {late_ticks} late ticks, {fallbacks} fallbacks; "
               f"{len(returns)} episodes, mean return {'-' if mean is None else f'{mean:.2f}'}")
 
 

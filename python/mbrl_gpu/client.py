@@ -39,6 +39,7 @@ _ERROR_HEAD = struct.Struct("<H")
 FLAG_DEADLINE_HIT = 1 << 0
 FLAG_FALLBACK = 1 << 1
 FLAG_OUT_OF_RANGE = 1 << 2
+FLAG_LATE = 1 << 3
 
 
 class ServerError(Exception):
@@ -74,6 +75,7 @@ class Reply(NamedTuple):
     iterations: int
     model_version: int
     plan_ms: float
+    late: bool = False  # bit 3: the answer was ready only after the deadline
 
 
 Transition = Tuple[Sequence[float], Sequence[float], float, Sequence[float], bool]
@@ -166,7 +168,7 @@ class Client:
         action = list(self._action_values.unpack_from(body, _ACTION_HEAD.size))
         return Reply(action, flags, bool(flags & FLAG_DEADLINE_HIT),
                      bool(flags & FLAG_FALLBACK), bool(flags & FLAG_OUT_OF_RANGE),
-                     iterations, model_version, plan_ms)
+                     iterations, model_version, plan_ms, bool(flags & FLAG_LATE))
 
     def add(self, transitions: Iterable[Transition]) -> int:
         """Sends transitions ``(obs, act, reward, next_obs, terminated)`` for online learning;

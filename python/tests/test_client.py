@@ -188,12 +188,13 @@ class ClientTest(unittest.TestCase):
 
     def test_flags(self):
         c = self.client()
-        for flags in range(8):
+        for flags in range(16):
             self.server.flags = flags
             r = c.act([0.0, 0.0, 0.0])
             self.assertEqual(r.flags, flags)
-            self.assertEqual((r.deadline_hit, r.fallback, r.out_of_range),
-                             (bool(flags & 1), bool(flags & 2), bool(flags & 4)))
+            self.assertEqual((r.deadline_hit, r.fallback, r.out_of_range, r.late),
+                             (bool(flags & 1), bool(flags & 2), bool(flags & 4),
+                              bool(flags & 8)))
 
     def test_wrong_observation_length_sends_nothing(self):
         c = self.client()

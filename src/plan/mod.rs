@@ -224,8 +224,11 @@ pub struct PlanOutcome {
     pub plan: Vec<f32>,
     /// Sample-score-update rounds that ran.
     pub iterations: usize,
-    /// The deadline passed: fewer rounds ran than configured, or the last one ended late.
+    /// The deadline cut the rounds: fewer ran than configured.
     pub deadline_hit: bool,
+    /// The plan was ready only after the deadline (the first round, which always runs, or
+    /// the last one, ended past it).
+    pub late: bool,
     /// No candidate of the last round had a finite return (checked only with
     /// [`Planner::check_returns`]); the plan is the previous one shifted by one step.
     pub fallback: bool,
@@ -471,12 +474,18 @@ impl<B: Backend> Planner<B> {
         let rounds = self.cfg.rounds();
         let mut done = 0;
         let mut last_rows = 0;
+        // The longest round so far: a round is started only if one a quarter longer would
+        // still end before the deadline (rounds vary with the machine's load), so that a cut
+        // answers on time instead of one round late.
+        let mut longest = std::time::Duration::ZERO;
         for i in 0..rounds {
-            if i > 0 && deadline.is_some_and(|d| Instant::now() >= d) {
+            if i > 0 && deadline.is_some_and(|d| Instant::now() + longest * 5 / 4 > d) {
                 break;
             }
+            let t0 = Instant::now();
             self.counter = self.counter.wrapping_add(1);
             last_rows = self.round(backend, objective, i, shift)?;
+            longest = longest.max(t0.elapsed());
             done += 1;
         }
         if self.cfg.optimizer == Optimizer::Icem {
@@ -520,7 +529,8 @@ impl<B: Backend> Planner<B> {
         Ok(PlanOutcome {
             plan: solution,
             iterations: done,
-            deadline_hit: done < rounds || deadline.is_some_and(|d| Instant::now() > d),
+            deadline_hit: done < rounds,
+            late: deadline.is_some_and(|d| Instant::now() > d),
             fallback,
         })
     }

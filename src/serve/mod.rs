@@ -91,6 +91,8 @@ pub struct ServeConfig {
     pub idle_timeout: Duration,
     /// Refit after this many new transitions (0: never).
     pub refit_every: usize,
+    /// Transitions held at most; an ADD beyond it is refused (memory stays bounded).
+    pub max_transitions: usize,
     pub train: TrainConfig,
     /// Save the model every this many refits (and at shutdown) to `save`.
     pub save_every: usize,
@@ -315,9 +317,15 @@ impl Server {
                 sh.clients.fetch_add(1, Ordering::SeqCst);
                 let n = sh.connections.fetch_add(1, Ordering::SeqCst);
                 s.spawn(move || {
-                    let mut c = Connection::new(sh, n);
-                    if let Err(e) = c.serve(backend, &mut stream) {
-                        eprintln!("serve: connection {n}: {e}");
+                    // A bug in one connection must not take the others down: its panic ends
+                    // that connection only.
+                    let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        Connection::new(sh, n).serve(backend, &mut stream)
+                    }));
+                    match served {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => eprintln!("serve: connection {n}: {e}"),
+                        Err(_) => eprintln!("serve: connection {n} failed (panic); closed it"),
                     }
                     sh.clients.fetch_sub(1, Ordering::SeqCst);
                 });
@@ -566,6 +574,17 @@ impl<'a, B: Backend> Connection<'a, B> {
                     ServeDynamics::Model { model, .. } if model.config.learn_reward
                 );
                 let mut g = self.sh.data.lock().unwrap_or_else(|p| p.into_inner());
+                if g.0.len() + ts.len() > self.sh.cfg.max_transitions {
+                    return e(
+                        code::NOT_SUPPORTED,
+                        &format!(
+                            "the dataset holds {} transitions and takes at most {} \
+                             (--max-transitions)",
+                            g.0.len(),
+                            self.sh.cfg.max_transitions
+                        ),
+                    );
+                }
                 for t in &ts {
                     g.0.push(
                         &t.obs,
@@ -643,6 +662,9 @@ impl<'a, B: Backend> Connection<'a, B> {
         let (action, outcome) = mpc.act_until(backend, obs, &state, Some(deadline))?;
         if outcome.deadline_hit {
             flags |= flag::DEADLINE;
+        }
+        if outcome.late {
+            flags |= flag::LATE;
         }
         if outcome.fallback {
             flags |= flag::FALLBACK;

@@ -39,6 +39,7 @@ pub mod flag {
     pub const DEADLINE: u32 = 1;
     pub const FALLBACK: u32 = 2;
     pub const OUT_OF_RANGE: u32 = 4;
+    pub const LATE: u32 = 8;
 }
 
 /// One frame as read from the wire.
