@@ -1276,6 +1276,7 @@ fn icem_and_mppi_ops_on_pocl_should_match_the_cpu() {
         planners::colored_sample(&b, "pocl"),
         planners::elite_memory(&b, "pocl"),
         planners::mppi(&b, "pocl"),
+        planners::mpc_steps(&b, "pocl"),
     ];
     for c in cases.iter().flatten() {
         let worst = assert_close(&c.what, &c.got, &c.want, c.atol, c.rtol);

@@ -516,6 +516,7 @@ fn icem_and_mppi_ops_should_match_cpu() {
         planners::colored_sample(g, "wgpu"),
         planners::elite_memory(g, "wgpu"),
         planners::mppi(g, "wgpu"),
+        planners::mpc_steps(g, "wgpu"),
     ];
     for c in cases.iter().flatten() {
         assert_close(&c.what, &c.got, &c.want, c.atol, c.rtol);

@@ -485,6 +485,11 @@ impl<B: Backend> Planner<B> {
             let t0 = Instant::now();
             self.counter = self.counter.wrapping_add(1);
             last_rows = self.round(backend, objective, i, shift)?;
+            if deadline.is_some() && backend.name() != "cpu" {
+                // Device operations are queued, not finished, when they return: wait for the
+                // round (a download of one value) so that its time is the device's.
+                backend.download(&self.elite_returns)?;
+            }
             longest = longest.max(t0.elapsed());
             done += 1;
         }

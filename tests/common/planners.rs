@@ -267,3 +267,41 @@ pub fn mppi<B: Backend>(dev: &B, label: &str) -> Vec<Compare> {
     }
     cases
 }
+
+/// MPPI and iCEM as controllers: three consecutive MPC steps of `super::mpc_case` (an
+/// untrained pendulum ensemble, TS∞ particles) on the device and on the CPU, so that the warm
+/// start, iCEM's kept and shifted elites, its decaying population and its best-sequence
+/// answer all run through the device operations; the device planner runs under a (distant)
+/// deadline, so its per-round wait for the device runs too. Actions agree to rounding: the
+/// ensemble's outputs differ by ~1e-5 and no ranking decision flips at these returns.
+pub fn mpc_steps<B: Backend>(dev: &B, label: &str) -> Vec<Compare> {
+    use mbrl_gpu::plan::{Mpc, Optimizer, PlannerConfig};
+    use std::time::{Duration, Instant};
+    let c = super::mpc_case();
+    let cpu = CpuBackend::new();
+    let mut cases = vec![];
+    for opt in [Optimizer::Mppi, Optimizer::Icem] {
+        let cfg = PlannerConfig {
+            optimizer: opt,
+            iterations: 3,
+            alpha: if opt == Optimizer::Mppi { 0.0 } else { 0.1 },
+            ..c.planner.clone()
+        };
+        let mut on_cpu = Mpc::with_model(&cpu, &c.model, c.env, cfg.clone(), c.ts, c.seed).unwrap();
+        let mut on_dev = Mpc::with_model(dev, &c.model, c.env, cfg, c.ts, c.seed).unwrap();
+        for (i, o) in c.observations.iter().enumerate() {
+            let deadline = Some(Instant::now() + Duration::from_secs(600));
+            let (a, out) = on_dev.act_until(dev, o, &[], deadline).unwrap();
+            assert_eq!(out.iterations, 3, "{label} {opt:?} step {i}: {out:?}");
+            let b = on_cpu.act(&cpu, o, &[]).unwrap();
+            cases.push(Compare {
+                what: format!("{label} {opt:?} mpc action, step {i}"),
+                got: a,
+                want: b,
+                atol: 1e-4,
+                rtol: 0.0,
+            });
+        }
+    }
+    cases
+}
