@@ -10,8 +10,8 @@ actions give different trajectories under other versions. Regenerate with
     /tmp/mjvenv/bin/python scripts/record_mujoco.py           # from the repository root
 
 Each episode starts with ``env.reset(seed=...)`` and records the (qpos, qvel) it reset to, so
-the native environment can start from the same state (it does not reproduce NumPy's PCG64
-reset noise). Actions are float32, uniform over 1.2 × the action bounds (a sixth outside them:
+the parity test can check that the native ``reset(seed)`` (NumPy's PCG64 stream, reproduced
+in ``src/env/np_random.rs``) reaches the same state bit for bit. Actions are float32, uniform over 1.2 × the action bounds (a sixth outside them:
 MuJoCo clamps the control, Gymnasium's control cost does not); in the later episodes of the
 hopper, walker and ant uniform over 0.2 × the bounds, and for the inverted pendulum a noisy
 stabilising feedback, so that episodes last. An episode ends at termination or after

@@ -673,3 +673,75 @@ fn bench_env_should_measure_all_three_ways() {
         assert!(r["note"].as_str().unwrap().ends_with("env steps/s"), "{r}");
     }
 }
+
+/// `env::np_random` (what the native MuJoCo resets draw from) against the installed NumPy:
+/// `Generator(PCG64(seed))`'s raw words, `standard_normal` and `uniform` streams bit for bit,
+/// for one- and two-word seeds, long enough that the ziggurat's rejection and tail branches
+/// are taken many times.
+#[test]
+fn numpy_generator_streams_should_match_bit_for_bit() {
+    use mbrl_gpu::env::np_random::Pcg64;
+    let Some(py) = python() else { return };
+    const N: usize = 200_000;
+    let seeds: [u64; 5] = [0, 1, 1000, (1 << 32) + 5, u64::MAX];
+    let script = format!(
+        "import sys, numpy as np\n\
+         for s in {seeds:?}:\n\
+         \x20   g = np.random.Generator(np.random.PCG64(s))\n\
+         \x20   raw = g.bit_generator.random_raw(5)\n\
+         \x20   n = g.standard_normal({N})\n\
+         \x20   u = g.uniform(-0.1, 0.1, 1000)\n\
+         \x20   print(raw.astype('<u8').tobytes().hex(), n.astype('<f8').tobytes().hex(),\n\
+         \x20         u.astype('<f8').tobytes().hex())\n"
+    );
+    let out = std::process::Command::new(&py)
+        .args(["-c", &script])
+        .output()
+        .expect("run python");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let words = |hex: &str| -> Vec<u64> {
+        (0..hex.len() / 16)
+            .map(|i| {
+                let b: Vec<u8> = (0..8)
+                    .map(|j| {
+                        u8::from_str_radix(&hex[i * 16 + 2 * j..i * 16 + 2 * j + 2], 16).unwrap()
+                    })
+                    .collect();
+                u64::from_le_bytes(b.try_into().unwrap())
+            })
+            .collect()
+    };
+    let mut tails = 0;
+    for (line, seed) in text.lines().zip(seeds) {
+        let parts: Vec<&str> = line.split(' ').collect();
+        assert_eq!(parts.len(), 3);
+        let mut g = Pcg64::new(seed);
+        let raw: Vec<u64> = (0..5).map(|_| g.next_u64()).collect();
+        assert_eq!(raw, words(parts[0]), "seed {seed}: raw words");
+        for (i, want) in words(parts[1]).into_iter().enumerate() {
+            let x = g.standard_normal();
+            assert!(
+                x.to_bits() == want,
+                "seed {seed}: standard_normal {i} is {x:e}, NumPy's {:e}",
+                f64::from_bits(want)
+            );
+            tails += usize::from(x.abs() > 3.654_152_885_361_009);
+        }
+        for (i, want) in words(parts[2]).into_iter().enumerate() {
+            let x = g.uniform(-0.1, 0.1);
+            assert!(x.to_bits() == want, "seed {seed}: uniform {i}");
+        }
+    }
+    assert_eq!(text.lines().count(), seeds.len());
+    // The tail beyond r has probability 2.6e-4: about 260 of the 1,000,000 draws.
+    assert!(tails > 100, "only {tails} tail draws were compared");
+    eprintln!(
+        "{} normals equal to NumPy's ({tails} from the tail)",
+        N * seeds.len()
+    );
+}

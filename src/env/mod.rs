@@ -27,14 +27,17 @@
 //! distribution with our own generator, SplitMix64 (Steele, Lea & Flood 2014), seeded with
 //! the given `u64`: `u = (next_u64() >> 11) · 2⁻⁵³`, `value = low + (high − low)·u`, one draw
 //! per random state component in order. It does not reproduce NumPy's PCG64 streams; parity
-//! with Gymnasium is checked from recorded start states instead.
+//! with Gymnasium is checked from recorded start states instead. (The MuJoCo tasks do
+//! reproduce them, through [`np_random`]: their published figures came later.)
 
 pub mod cartpole;
 pub mod gym;
 pub mod mountain_car;
 pub mod mujoco;
+pub mod np_random;
 pub mod pendulum;
 pub mod task;
+mod ziggurat;
 
 pub use mountain_car::StateWidth;
 

@@ -23,11 +23,10 @@
 //! observations and rewards bit for bit.
 //!
 //! # Resets
-//! Noise of Gymnasium's distributions (uniform ±scale on qpos; uniform or scale·N(0, 1) on
-//! qvel) from our own generator (SplitMix64 and Box–Muller), not NumPy's PCG64 stream: a seed
-//! gives the same start here on every run, not Gymnasium's start for that seed.
-//! [`MujocoEnv::set_state_f64`] starts from any recorded (qpos, qvel) exactly as Gymnasium's
-//! reset would have.
+//! Exactly Gymnasium's: `reset(seed)` draws the noise (uniform ±scale on qpos; uniform or
+//! scale·N(0, 1) on qvel) from NumPy's `Generator(PCG64(SeedSequence(seed)))`
+//! ([`super::np_random`]), so a seed gives the start Gymnasium gives for it, bit for bit.
+//! [`MujocoEnv::set_state_f64`] starts from any other (qpos, qvel) as Gymnasium's reset would.
 use super::{EnvError, EnvSpec};
 use std::path::PathBuf;
 
@@ -275,7 +274,8 @@ pub use sim::{MujocoEnv, Rollouts, StepF64};
 #[cfg(feature = "mujoco")]
 mod sim {
     use super::{assets_dir, control_cost, numpy_sum, MujocoTask, TaskInfo};
-    use crate::env::{Env, EnvError, EnvSpec, SplitMix64, Transition};
+    use crate::env::np_random::Pcg64;
+    use crate::env::{Env, EnvError, EnvSpec, Transition};
     use mujoco_rs::prelude::*;
     use rayon::prelude::*;
     use std::sync::Arc;
@@ -437,6 +437,30 @@ mod sim {
                 observe(self.task, d, &mut out);
             }
             out
+        }
+
+        /// The (qpos, qvel) of each copy that Gymnasium's `reset(seed=seeds[i])` starts from:
+        /// `reset_model`'s draws from NumPy's generator for that seed ([`Pcg64`]), qpos first,
+        /// in its order and arithmetic (`init_qvel` is zero in every task; adding it, as
+        /// Gymnasium does, turns a −0.0 draw into +0.0).
+        pub fn reset_states_f64(&self, seeds: &[u64]) -> Vec<f64> {
+            let (nq, nv, s) = (self.info.nq, self.info.nv, self.info.noise);
+            let mut states = Vec::with_capacity(seeds.len() * (nq + nv));
+            for seed in seeds {
+                let mut rng = Pcg64::new(*seed);
+                for q in &self.init_qpos {
+                    states.push(q + rng.uniform(-s, s));
+                }
+                for _ in 0..nv {
+                    let v = if self.info.qvel_normal {
+                        s * rng.standard_normal()
+                    } else {
+                        rng.uniform(-s, s)
+                    };
+                    states.push(0.0 + v);
+                }
+            }
+            states
         }
 
         /// One step of every copy in Gymnasium's f64 (what [`Env::step`] rounds to f32).
@@ -654,13 +678,6 @@ mod sim {
         }
     }
 
-    /// A normal draw by Box–Muller from two uniforms of `rng` (the reset noise only).
-    fn normal(rng: &mut SplitMix64) -> f64 {
-        let u1 = 1.0 - rng.uniform(0.0, 1.0); // (0, 1]
-        let u2 = rng.uniform(0.0, 1.0);
-        (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
-    }
-
     impl Env for MujocoEnv {
         fn spec(&self) -> &EnvSpec {
             &self.spec
@@ -670,25 +687,11 @@ mod sim {
             self.data.len()
         }
 
-        /// Gymnasium's reset noise from our generator: copy i from `seeds[i]`.
+        /// Gymnasium's `reset(seed=seeds[i])` for copy i, from the states of
+        /// [`MujocoEnv::reset_states_f64`].
         fn reset(&mut self, seeds: &[u64]) -> Result<Vec<f32>, EnvError> {
             crate::env::check_seeds(seeds, self.data.len())?;
-            let (nq, nv, s) = (self.info.nq, self.info.nv, self.info.noise);
-            let mut states = Vec::with_capacity(seeds.len() * (nq + nv));
-            for seed in seeds {
-                let mut rng = SplitMix64::new(*seed);
-                for q in &self.init_qpos {
-                    states.push(q + rng.uniform(-s, s));
-                }
-                for _ in 0..nv {
-                    let v = if self.info.qvel_normal {
-                        s * normal(&mut rng)
-                    } else {
-                        rng.uniform(-s, s)
-                    };
-                    states.push(v);
-                }
-            }
+            let states = self.reset_states_f64(seeds);
             self.set_state_f64(&states)?;
             Ok(self.observations_f64().iter().map(|v| *v as f32).collect())
         }
