@@ -7,7 +7,7 @@ use crate::env::EnvId;
 use crate::model::Ensemble;
 use crate::policy::path::{
     path_loss, ModelPath, PathDynamics, PathNoise, PathSettings, PathWorkspace, TrueCartPole,
-    TruePendulum,
+    TrueMountainCar, TruePendulum,
 };
 use crate::policy::Sac;
 use crate::{invalid, Result};
@@ -40,13 +40,7 @@ pub fn gradient_error(
     let mut truth: Box<dyn PathDynamics<f64>> = match env {
         EnvId::Pendulum => Box::new(TruePendulum::new()),
         EnvId::CartPole => Box::new(TrueCartPole::new()),
-        EnvId::MountainCar => {
-            return Err(invalid!(
-                "gradients through the true dynamics are written for pendulum and cartpole \
-                 (not {})",
-                env.name()
-            ))
-        }
+        EnvId::MountainCar => Box::new(TrueMountainCar::new()),
     };
     let spec = env.spec();
     if model.config.obs_dim != spec.obs_dim || agent.nets.obs_dim != spec.obs_dim {

@@ -490,7 +490,7 @@ pub fn run_eval(a: EvalArgs) -> Result<()> {
 
 #[derive(Args)]
 pub struct HorizonArgs {
-    /// Environment (true-dynamics gradients exist for pendulum and cartpole).
+    /// Environment: pendulum, cartpole or mountain-car (whose true dynamics are differentiated).
     #[arg(long, default_value = "pendulum")]
     env: String,
     /// MAAC preset of every run.
@@ -525,12 +525,6 @@ pub struct HorizonArgs {
 /// final policy against the true-dynamics gradient.
 pub fn run_horizons(a: HorizonArgs) -> Result<()> {
     let env = EnvId::parse(&a.env)?;
-    if env == EnvId::MountainCar {
-        return Err(invalid!(
-            "--env {}: gradients through the true dynamics are written for pendulum and cartpole",
-            env.name()
-        ));
-    }
     if a.horizons.is_empty() || a.horizons.iter().any(|h| *h > 100) {
         return Err(invalid!(
             "--horizons: give one or more horizons of at most 100"

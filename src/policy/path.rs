@@ -456,6 +456,82 @@ impl<T: Real> TrueStep<T> for CartPoleStep {
     }
 }
 
+/// MountainCarContinuous-v0 on observations `[p, v]` (= state):
+///
+/// ```text
+/// F = clip(a, −1, 1),  v₁ = clip(v + P·F − 0.0025·cos 3p, −v_max, v_max)
+/// p' = clip(p + v₁, p_min, p_max),  v' = 0 if p' = p_min and v₁ < 0, else v₁
+/// ```
+///
+/// Every clip is a constant where it binds, so the gradient flows only strictly inside each
+/// range, and not at all through a speed zeroed at the left wall.
+pub struct MountainCarStep;
+pub type TrueMountainCar<T> = TrueDynamics<T, MountainCarStep>;
+
+/// The mountain car's (power, gravity coefficient, max speed, min position, max position).
+fn mountain_car_consts<T: Real>() -> (T, T, T, T, T) {
+    use crate::env::mountain_car::{GRAVITY_COEF, MAX_POSITION, MAX_SPEED, MIN_POSITION, POWER};
+    (
+        T::c(POWER),
+        T::c(GRAVITY_COEF),
+        T::c(MAX_SPEED),
+        T::c(MIN_POSITION),
+        T::c(MAX_POSITION),
+    )
+}
+
+impl<T: Real> TrueStep<T> for MountainCarStep {
+    const OBS: usize = 2;
+
+    fn step(s: &[T], a: T, next: &mut [T]) {
+        let (power, grav, vmax, pmin, pmax) = mountain_car_consts::<T>();
+        let f = a.max(-T::one()).min(T::one());
+        let v1 = (s[1] + f * power - grav * (T::c(3.0) * s[0]).cos())
+            .max(-vmax)
+            .min(vmax);
+        let p = (s[0] + v1).max(pmin).min(pmax);
+        next[0] = p;
+        next[1] = if p == pmin && v1 < T::zero() {
+            T::zero()
+        } else {
+            v1
+        };
+    }
+
+    fn vjp(s: &[T], a: T, g: &[T], g_obs: &mut [T]) -> T {
+        let (power, grav, vmax, pmin, pmax) = mountain_car_consts::<T>();
+        let f = a.max(-T::one()).min(T::one());
+        let pre_v = s[1] + f * power - grav * (T::c(3.0) * s[0]).cos();
+        let v1 = pre_v.max(-vmax).min(vmax);
+        let pre_p = s[0] + v1;
+        let p = pre_p.max(pmin).min(pmax);
+        let g_pre_p = if pre_p > pmin && pre_p < pmax {
+            g[0]
+        } else {
+            T::zero()
+        };
+        let g_v1 = g_pre_p
+            + if p == pmin && v1 < T::zero() {
+                T::zero()
+            } else {
+                g[1]
+            };
+        let g_pre_v = if pre_v > -vmax && pre_v < vmax {
+            g_v1
+        } else {
+            T::zero()
+        };
+        // ∂(−0.0025·cos 3p)/∂p = 0.0075·sin 3p.
+        g_obs[0] = g_pre_p + g_pre_v * grav * T::c(3.0) * (T::c(3.0) * s[0]).sin();
+        g_obs[1] = g_pre_v;
+        if a > -T::one() && a < T::one() {
+            g_pre_v * power
+        } else {
+            T::zero()
+        }
+    }
+}
+
 /// The fixed noise of one path batch.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PathNoise<T> {
@@ -1152,6 +1228,40 @@ mod tests {
         for (x, y) in next.iter().zip(&state) {
             assert!((x - y).abs() < 1e-6, "{next:?} vs {state:?}");
         }
+    }
+
+    /// The hand-derived mountain-car Jacobian, through a whole path objective whose rows hit
+    /// the left wall, the speed limit and the goal (termination) inside the horizon, with
+    /// actions inside and outside the force range; its step equals the environment's own
+    /// (which rounds through float32 as NumPy does, hence the tolerance).
+    #[test]
+    fn true_mountain_car_path_gradient_should_match_central_differences() {
+        let start = [
+            -0.5, 0.0, // the valley
+            -1.15, -0.06, // rolling into the left wall
+            0.40, 0.068, // a step from the goal, near the speed limit
+            0.2, -0.03, // descending
+            -0.9, 0.01, 0.0, 0.0,
+        ];
+        let rep = check_true_path::<MountainCarStep>(EnvId::MountainCar, &start, 6, 1e-6);
+        assert!(rep.alive > 0.0 && rep.alive < 1.0, "alive {}", rep.alive);
+        for (row, a) in [(0, 0.4f32), (1, -0.8), (2, 1.7), (3, -0.2)] {
+            let mut next = vec![0.0; 2];
+            MountainCarStep::step(&start[2 * row..2 * row + 2], f64::from(a), &mut next);
+            let mut state = start[2 * row..2 * row + 2].to_vec();
+            crate::env::mountain_car::step(
+                &mut state,
+                crate::env::mountain_car::StateWidth::F64,
+                &[a],
+            );
+            for (x, y) in next.iter().zip(&state) {
+                assert!((x - y).abs() < 1e-7, "row {row}: {next:?} vs {state:?}");
+            }
+        }
+        // Where the wall binds, the step carries no gradient to the speed.
+        let mut g = [0.0; 2];
+        MountainCarStep::vjp(&[-1.19, -0.05], 0.0, &[0.0, 1.0], &mut g);
+        assert_eq!(g, [0.0, 0.0]);
     }
 
     #[test]
