@@ -326,8 +326,13 @@ fn plan_row<B: Backend>(be: &B, c: &PlanCase, reps: usize, peak: f64) -> Result<
 
 /// `bench plan`: one MPC planning step (CEM × trajectory sampling through an untrained
 /// ensemble) for each of [`plan_cases`], and on the CPU also with bf16 products; the GEMM
-/// peak is measured before and after (the best of both is the reference).
-pub fn plan_benches<B: Backend>(be: &B, reps: usize) -> Result<Vec<BenchResult>> {
+/// peak is measured before and after (the best of both is the reference). `only`: just the
+/// cases whose names contain it.
+pub fn plan_benches<B: Backend>(
+    be: &B,
+    reps: usize,
+    only: Option<&str>,
+) -> Result<Vec<BenchResult>> {
     let on_cpu = be.name() == "cpu";
     let mut peaks = vec![];
     if on_cpu {
@@ -335,7 +340,10 @@ pub fn plan_benches<B: Backend>(be: &B, reps: usize) -> Result<Vec<BenchResult>>
     }
     let mut rows = vec![];
     let bf16 = crate::backend::cpu::CpuBackend::with_bf16_planning();
-    for c in plan_cases()? {
+    for c in plan_cases()?
+        .into_iter()
+        .filter(|c| only.is_none_or(|o| c.name.contains(o)))
+    {
         rows.push((plan_row(be, &c, reps, 0.0)?, c.model.shape()));
         if on_cpu {
             rows.push((plan_row(&bf16, &c, reps, 0.0)?, c.model.shape()));

@@ -925,6 +925,9 @@ pub fn describe() -> &'static str {
     match Path::best() {
         Path::Amx => "bf16 on AMX tiles",
         Path::Avx512Bf16 => "bf16 with AVX512-BF16 vdpbf16ps",
+        Path::Portable if avx512::available() => {
+            "bf16 emulated in f32 (no AMX here; AVX512-BF16 with MBRL_BF16_PATH=avx512bf16)"
+        }
         Path::Portable => "bf16 emulated in f32 (no AMX or AVX512-BF16 here)",
     }
 }

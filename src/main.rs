@@ -412,7 +412,8 @@ struct BenchArgs {
     #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
     backend: BackendChoice,
     /// `bench policy`: only the groups whose row names contain this text (sac_update,
-    /// maac_path, mbpo_env_step); the GEMM peak is always measured.
+    /// maac_path, mbpo_env_step); `bench plan`: only the model planning rows whose names
+    /// contain it (cartpole, half_cheetah, small); the GEMM peak is always measured.
     #[arg(long)]
     only: Option<String>,
     /// `bench plan`: only the true-dynamics Pendulum-v1 rows (K = 1000, T = 30) of this
@@ -528,13 +529,19 @@ fn run(cli: Cli) -> Result<()> {
             let be = pick_backend(a.backend)?;
             let mut rs = match a.optimizer {
                 Some(_) => vec![],
-                None => with_backend!(&be, |b| mbrl_gpu::bench::plan_benches(b, a.reps))?,
+                None => with_backend!(&be, |b| mbrl_gpu::bench::plan_benches(
+                    b,
+                    a.reps,
+                    a.only.as_deref()
+                ))?,
             };
-            rs.extend(with_backend!(&be, |b| mbrl_gpu::bench::true_plan_benches(
-                b,
-                a.reps,
-                a.optimizer
-            ))?);
+            if a.only.is_none() || a.optimizer.is_some() {
+                rs.extend(with_backend!(&be, |b| mbrl_gpu::bench::true_plan_benches(
+                    b,
+                    a.reps,
+                    a.optimizer
+                ))?);
+            }
             print_bench(&rs, a.json)
         }
         Cmd::Bench(BenchCmd::Policy(a)) => {

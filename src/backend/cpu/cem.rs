@@ -5,7 +5,7 @@
 //! ([`colored_noise`]) and keeps a fraction of its elites ([`select`], [`keep`]).
 use crate::backend::{EliteParams, InitParams, SampleParams, UpdateParams};
 use crate::fastmath::{cos_2pi_f32, exp_f32, ln_f32};
-use crate::rng::{normal, stream, truncated_normal, uniform};
+use crate::rng::{normal, stream, truncated_normals, uniform};
 use rayon::prelude::*;
 
 /// Start of a planning step: `mean` = `prev` shifted by one action (or the middle of the
@@ -117,25 +117,39 @@ pub fn sample(
             });
         return;
     }
+    if p.dist == 1 {
+        out[..p.population as usize * len]
+            .par_chunks_mut(len)
+            .enumerate()
+            .for_each(|(c, cand)| {
+                for (j, o) in cand.iter_mut().enumerate() {
+                    let (lb, ub) = (lower[j % a], upper[j % a]);
+                    let element = (c * len + j) as u32;
+                    *o = lb + uniform(seed, stream::CEM_SAMPLE, element, p.step) * (ub - lb);
+                }
+            });
+        return;
+    }
+    // The standard deviation per position, once per call: min(var, ((m − lb)/2)²,
+    // ((ub − m)/2)²) is the largest variance whose ±2σ interval still fits in the bounds.
+    let sd: Vec<f32> = (0..len)
+        .map(|j| {
+            let (m, lb, ub) = (mean[j], lower[j % a], upper[j % a]);
+            var[j]
+                .min(((m - lb) * 0.5).powi(2))
+                .min(((ub - m) * 0.5).powi(2))
+                .sqrt()
+        })
+        .collect();
     out[..p.population as usize * len]
         .par_chunks_mut(len)
         .enumerate()
         .for_each(|(c, cand)| {
+            // Candidate c's draws are elements c·len … c·len + len − 1, drawn in one batch.
+            truncated_normals(seed, stream::CEM_SAMPLE, (c * len) as u32, p.step, cand);
             for (j, o) in cand.iter_mut().enumerate() {
                 let (lb, ub) = (lower[j % a], upper[j % a]);
-                let element = (c * len + j) as u32;
-                *o = if p.dist == 1 {
-                    lb + uniform(seed, stream::CEM_SAMPLE, element, p.step) * (ub - lb)
-                } else {
-                    let m = mean[j];
-                    // ((m − lb)/2)² and ((ub − m)/2)²: the largest variance whose ±2σ interval
-                    // still fits inside the bounds.
-                    let cv = var[j]
-                        .min(((m - lb) * 0.5).powi(2))
-                        .min(((ub - m) * 0.5).powi(2));
-                    let z = truncated_normal(seed, stream::CEM_SAMPLE, element, p.step);
-                    (m + z * cv.sqrt()).clamp(lb, ub)
-                };
+                *o = (mean[j] + *o * sd[j]).clamp(lb, ub);
             }
         });
 }

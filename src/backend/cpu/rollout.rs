@@ -300,8 +300,11 @@ fn run_tile(
             x[od..].copy_from_slice(action(r0 + i, step));
         }
         if prop == Propagation::Expectation {
-            // Mean over elites of each member's mean prediction; no sampling.
+            // Mean over elites of each member's mean prediction; no sampling. The mean is the
+            // first `dout` columns of the head's output: the bounded log-variance that
+            // `head_out` would also compute is not needed here.
             t.acc[..n * dout].fill(0.0);
+            let hd = shape.head_dim();
             for &m in elites {
                 let raw = model.forward(
                     m as usize,
@@ -311,9 +314,13 @@ fn run_tile(
                     &mut t.b,
                     &mut t.bf16,
                 );
-                head_out(shape, params, lay, raw, n, &mut t.mean, &mut t.logvar);
-                for (a, v) in t.acc[..n * dout].iter_mut().zip(&t.mean[..n * dout]) {
-                    *a += *v;
+                for (acc, row) in t.acc[..n * dout]
+                    .chunks_exact_mut(dout)
+                    .zip(raw.chunks_exact(hd))
+                {
+                    for (a, v) in acc.iter_mut().zip(&row[..dout]) {
+                        *a += *v;
+                    }
                 }
             }
             let inv = 1.0 / elites.len() as f32;
