@@ -496,23 +496,7 @@ impl<B: Backend> Planner<B> {
         if self.cfg.optimizer == Optimizer::Icem {
             // Execute the best sequence found (iCEM §3): the update with one elite and α = 0
             // copies elite 0 into the mean.
-            let k = self.cfg.num_elites as u32;
-            let up = UpdateParams {
-                population: k,
-                len,
-                num_elites: 1,
-                _pad: 0,
-                alpha: 0.0,
-                min_var: self.cfg.min_var,
-                _pad2: [0; 2],
-            };
-            backend.cem_update(
-                &up,
-                &self.elites,
-                &self.elite_returns,
-                &mut self.mean,
-                &mut self.var,
-            )?;
+            self.update_from_elites(backend, self.cfg.num_elites as u32, 1, len, 0.0)?;
             self.have_elites = true;
         }
         let mut fallback = false;
@@ -696,10 +680,24 @@ impl<B: Backend> Planner<B> {
         self.have_elites = true;
         // The elites are already ranked: the CEM update over exactly them is their mean and
         // variance, smoothed by α.
+        self.update_from_elites(backend, elites as u32, elites as u32, len, alpha)?;
+        Ok(rows)
+    }
+
+    /// The CEM update over the ranked elite memory: the first `num_elites` of its `kept` rows
+    /// give the new mean and variance, smoothed by `alpha`.
+    fn update_from_elites(
+        &mut self,
+        backend: &B,
+        kept: u32,
+        num_elites: u32,
+        len: u32,
+        alpha: f32,
+    ) -> Result<()> {
         let up = UpdateParams {
-            population: elites as u32,
+            population: kept,
             len,
-            num_elites: elites as u32,
+            num_elites,
             _pad: 0,
             alpha,
             min_var: self.cfg.min_var,
@@ -711,8 +709,7 @@ impl<B: Backend> Planner<B> {
             &self.elite_returns,
             &mut self.mean,
             &mut self.var,
-        )?;
-        Ok(rows)
+        )
     }
 
     /// Plan and return the first action, finite and inside the bounds whatever the objective
