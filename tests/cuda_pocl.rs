@@ -1515,3 +1515,148 @@ fn mpc_steps_on_pocl_should_match_the_cpu() {
         assert_close(&format!("mpc action, step {i}"), &a, &d, 1e-4, 0.0);
     }
 }
+
+/// The host code's cost per planning step, counted on PoCL through the production host code
+/// (`CountingHost`): one upload (the observation), one download (the plan — the step's
+/// only synchronisation), no allocation after the first step, and a fixed number of
+/// launches per CEM, MPPI and iCEM iteration. The counts are printed; a change that adds
+/// launches, copies or synchronisations to a step fails here.
+#[test]
+fn mpc_step_host_costs_on_pocl_should_stay_fixed() {
+    use mbrl_gpu::backend::cuda::host::CountingHost;
+    use mbrl_gpu::plan::{Mpc, Optimizer, PlannerConfig};
+    let Some(h) = pocl() else { return };
+    let c = common::mpc_case();
+    let b = CudaBackend::with_host(CountingHost::new(h), CudaOptions::default());
+    let it = c.planner.iterations as u64;
+    for opt in [Optimizer::Cem, Optimizer::Mppi, Optimizer::Icem] {
+        let cfg = PlannerConfig {
+            optimizer: opt,
+            ..c.planner.clone()
+        };
+        let mut mpc = Mpc::with_model(&b, &c.model, c.env, cfg, c.ts, c.seed).unwrap();
+        for (i, o) in c.observations.iter().enumerate() {
+            let before = b.host().counts();
+            mpc.act(&b, o, &[]).unwrap();
+            let d = b.host().counts().since(&before);
+            eprintln!("{opt:?} step {i}: {d}");
+            assert_eq!(d.uploads, 1, "{opt:?} step {i}: {d}");
+            assert_eq!(d.upload_bytes, 4 * o.len() as u64, "{opt:?} step {i}: {d}");
+            assert_eq!(d.downloads, 1, "{opt:?} step {i}: {d}");
+            // The whole plan (H × A values): its first action is executed and the host
+            // keeps it as the fallback of the next step.
+            let plan_bytes = 4 * c.planner.horizon as u64;
+            assert_eq!(d.download_bytes, plan_bytes, "{opt:?} step {i}: {d}");
+            if i > 0 {
+                assert_eq!(d.allocations, 0, "{opt:?} step {i}: {d}");
+            }
+            // cem_init, then per iteration: sample, rollout + its particle reduction, then
+            // rank and update (CEM) or costs and weighted update (MPPI). iCEM's iteration
+            // also selects the elites (rank, gather) and ranks them again in the update of
+            // the elite memory; the kept elites enter every iteration but the first of the
+            // first step (cem_keep), and the best sequence is copied out at the end (rank,
+            // update).
+            let expected = match opt {
+                Optimizer::Cem | Optimizer::Mppi => 1 + 5 * it,
+                Optimizer::Icem => 1 + 7 * it + 2 + if i == 0 { it - 1 } else { it },
+                Optimizer::RandomShooting => unreachable!(),
+            };
+            assert_eq!(d.total_launches(), expected, "{opt:?} step {i}: {d}");
+        }
+    }
+    // With bf16 weights, the weights are packed once per model update: on the first step,
+    // not again while the parameters keep their version; a write to them packs again.
+    let b = CudaBackend::with_host(
+        CountingHost::new(pocl().expect("PoCL was found above")),
+        CudaOptions {
+            bf16_weights: true,
+            tensor_cores: false,
+        },
+    );
+    let cfg = PlannerConfig {
+        precision: b.planning_precision(),
+        ..c.planner.clone()
+    };
+    let mut mpc = Mpc::with_model(&b, &c.model, c.env, cfg, c.ts, c.seed).unwrap();
+    for (i, o) in c.observations.iter().enumerate() {
+        let before = b.host().counts();
+        mpc.act(&b, o, &[]).unwrap();
+        let d = b.host().counts().since(&before);
+        eprintln!("Cem, bf16 weights, step {i}: {d}");
+        let packs = d.launches.get("ensemble_pack_bf16").copied().unwrap_or(0);
+        assert_eq!(packs, u64::from(i == 0), "step {i}: {d}");
+        assert_eq!(d.total_launches(), 1 + 5 * it + packs, "step {i}: {d}");
+    }
+    let before = b.host().counts();
+    mpc.update_model(&b, &c.model).unwrap();
+    mpc.act(&b, &c.observations[0], &[]).unwrap();
+    let d = b.host().counts().since(&before);
+    assert_eq!(
+        d.launches.get("ensemble_pack_bf16"),
+        Some(&1),
+        "after a model update: {d}"
+    );
+}
+
+/// The bf16 packing follows its source: after a `write` or an Adam step on the parameter
+/// buffer, the forward through the packed weights equals a forward from a fresh upload of
+/// the new parameters (bit for bit: the same device arithmetic), not the old ones.
+#[test]
+fn bf16_packs_should_follow_parameter_writes() {
+    use mbrl_gpu::backend::AdamParams;
+    use mbrl_gpu::model::{Ensemble, ModelConfig};
+    let Some(b) = pocl_backend(CudaOptions {
+        bf16_weights: true,
+        tensor_cores: false,
+    }) else {
+        return;
+    };
+    let mut cfg = ModelConfig::pets(3, 1);
+    cfg.hidden = 24;
+    cfg.num_layers = 2;
+    let (m1, m2) = (
+        Ensemble::new(cfg.clone(), 1).unwrap(),
+        Ensemble::new(cfg, 2).unwrap(),
+    );
+    let shape = m1.shape();
+    let rows = 9;
+    let x: Vec<f32> = (0..shape.ensemble * rows * shape.in_dim)
+        .map(|i| ((i * 37 % 23) as f32 - 11.0) / 7.0)
+        .collect();
+    let (norm, xb) = (b.upload(&m1.norm()).unwrap(), b.upload(&x).unwrap());
+    let n = shape.ensemble * rows * shape.out_dim;
+    let forward = |params: &<CudaBackend<PoclHost> as Backend>::Buf| {
+        let (mut mean, mut logvar) = (b.zeros(n).unwrap(), b.zeros(n).unwrap());
+        b.ensemble_forward(&shape, params, &norm, &xb, rows, &mut mean, &mut logvar)
+            .unwrap();
+        b.download(&mean).unwrap()
+    };
+    let mut params = b.upload(&m1.params).unwrap();
+    let first = forward(&params);
+    b.write(&mut params, &m2.params).unwrap();
+    let after_write = forward(&params);
+    assert_ne!(after_write, first, "the written parameters must be used");
+    assert_eq!(after_write, forward(&b.upload(&m2.params).unwrap()));
+    let grad = b.upload(&vec![0.5f32; m2.params.len()]).unwrap();
+    let (mut m, mut v) = (
+        b.zeros(m2.params.len()).unwrap(),
+        b.zeros(m2.params.len()).unwrap(),
+    );
+    let p = AdamParams {
+        lr: 1e-2,
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        step: 1,
+        len: m2.params.len() as u32,
+        _pad: [0; 2],
+    };
+    b.adam_step(&p, &mut params, &grad, &mut m, &mut v).unwrap();
+    let after_adam = forward(&params);
+    assert_ne!(
+        after_adam, after_write,
+        "the updated parameters must be used"
+    );
+    let stepped = b.download(&params).unwrap();
+    assert_eq!(after_adam, forward(&b.upload(&stepped).unwrap()));
+}

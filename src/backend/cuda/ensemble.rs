@@ -22,12 +22,22 @@ impl<H: KernelHost> CudaBackend<H> {
     pub(super) fn pack_weights(
         &self,
         slot: &mut Option<(H::Mem, usize)>,
+        source: &mut Option<u64>,
         params: &DeviceBuf<H::Mem>,
         total: usize,
     ) -> Result<()> {
         if !self.options.bf16_weights {
             return Ok(());
         }
+        // Packed once per model update: the same version is the same buffer with the same
+        // contents (every write through the backend takes a new one).
+        let fits = slot
+            .as_ref()
+            .is_some_and(|(_, cap)| *cap >= total.div_ceil(2));
+        if fits && *source == Some(params.version()) {
+            return Ok(());
+        }
+        *source = None;
         self.ensure(slot, total.div_ceil(2))?;
         let dst = &slot.as_ref().expect("ensured").0;
         self.host.launch(&Launch {
@@ -37,7 +47,9 @@ impl<H: KernelHost> CudaBackend<H> {
             block: 256,
             dynamic_shared: None,
             args: &[Arg::U32(total as u32), Arg::Mem(&params.mem), Arg::Mem(dst)],
-        })
+        })?;
+        *source = Some(params.version());
+        Ok(())
     }
 
     /// Beyond the shared checks: a valid shape, and sizes the kernels' 32-bit indices reach.
@@ -73,7 +85,13 @@ impl<H: KernelHost> CudaBackend<H> {
         }
         let shared = self.check_shared("the ensemble forward", 4 * ms.tile_floats())?;
         let mut sc = self.scratch();
-        self.pack_weights(&mut sc.bf16, params, shape.layout().total)?;
+        let sc = &mut *sc;
+        self.pack_weights(
+            &mut sc.bf16,
+            &mut sc.bf16_source,
+            params,
+            shape.layout().total,
+        )?;
         let wt = match &sc.bf16 {
             Some((m, _)) if self.options.bf16_weights => m,
             _ => &params.mem,
@@ -134,7 +152,7 @@ impl<H: KernelHost> CudaBackend<H> {
         )?;
         let mut sc = self.scratch();
         let sc = &mut *sc;
-        self.pack_weights(&mut sc.bf16, params, lay.total)?;
+        self.pack_weights(&mut sc.bf16, &mut sc.bf16_source, params, lay.total)?;
         self.ensure(&mut sc.nll, words.max(1))?;
         let scratch = &sc.nll.as_ref().expect("ensured").0;
         let wt = match &sc.bf16 {

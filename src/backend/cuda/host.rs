@@ -53,15 +53,38 @@ pub trait KernelHost: Send + Sync + 'static {
     fn max_dynamic_shared(&self) -> usize;
 }
 
+/// Versions of buffer contents: every new buffer and every mutation through the backend takes
+/// the next number, so equal versions mean the same buffer with the same contents.
+static NEXT_VERSION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+fn next_version() -> u64 {
+    NEXT_VERSION.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
 /// A buffer of f32 values resident on the device: the backend's `Buf`.
 pub struct DeviceBuf<M> {
     pub(crate) mem: M,
     len: usize,
+    version: u64,
 }
 
 impl<M> DeviceBuf<M> {
     pub(crate) fn new(mem: M, len: usize) -> Self {
-        DeviceBuf { mem, len }
+        DeviceBuf {
+            mem,
+            len,
+            version: next_version(),
+        }
+    }
+    /// The version of the contents (see [`DeviceBuf::touch`]).
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+    /// Marks the contents changed: every backend operation calls it on each buffer it may
+    /// write, before issuing the work, so that caches derived from a buffer (the bf16 weight
+    /// packing) know when to rebuild.
+    pub(crate) fn touch(&mut self) {
+        self.version = next_version();
     }
     /// Number of f32 values.
     pub fn len(&self) -> usize {
@@ -73,5 +96,141 @@ impl<M> DeviceBuf<M> {
     /// The underlying allocation (for hosts and tests).
     pub fn mem(&self) -> &M {
         &self.mem
+    }
+}
+
+/// What a [`CountingHost`] saw: the host-side cost of the work it forwarded.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HostCounts {
+    /// Kernel launches per entry point.
+    pub launches: std::collections::BTreeMap<&'static str, u64>,
+    pub uploads: u64,
+    pub upload_bytes: u64,
+    /// Each download waits for all issued work: a host synchronisation.
+    pub downloads: u64,
+    pub download_bytes: u64,
+    pub allocations: u64,
+    pub allocation_bytes: u64,
+}
+
+impl HostCounts {
+    pub fn total_launches(&self) -> u64 {
+        self.launches.values().sum()
+    }
+
+    /// What happened between `earlier` and `self` (both from the same host).
+    pub fn since(&self, earlier: &HostCounts) -> HostCounts {
+        let launches = self
+            .launches
+            .iter()
+            .map(|(k, v)| (*k, v - earlier.launches.get(k).copied().unwrap_or(0)))
+            .filter(|(_, v)| *v > 0)
+            .collect();
+        HostCounts {
+            launches,
+            uploads: self.uploads - earlier.uploads,
+            upload_bytes: self.upload_bytes - earlier.upload_bytes,
+            downloads: self.downloads - earlier.downloads,
+            download_bytes: self.download_bytes - earlier.download_bytes,
+            allocations: self.allocations - earlier.allocations,
+            allocation_bytes: self.allocation_bytes - earlier.allocation_bytes,
+        }
+    }
+}
+
+impl std::fmt::Display for HostCounts {
+    /// One line: launches (and per entry), copies with their bytes, allocations.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let per: Vec<String> = self
+            .launches
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
+        write!(
+            f,
+            "{} launches ({}); {} uploads ({} B); {} downloads = synchronisations ({} B); {} \
+             allocations ({} B)",
+            self.total_launches(),
+            per.join(", "),
+            self.uploads,
+            self.upload_bytes,
+            self.downloads,
+            self.download_bytes,
+            self.allocations,
+            self.allocation_bytes
+        )
+    }
+}
+
+/// A [`KernelHost`] that forwards everything to `H` and counts launches, copies and
+/// allocations, so that the host code's cost per planning step (launches, synchronisations,
+/// bytes moved, weight packs) is a number tests can pin, on PoCL as on a GPU.
+pub struct CountingHost<H> {
+    inner: H,
+    counts: std::sync::Mutex<HostCounts>,
+}
+
+impl<H: KernelHost> CountingHost<H> {
+    pub fn new(inner: H) -> Self {
+        CountingHost {
+            inner,
+            counts: Default::default(),
+        }
+    }
+
+    /// The counts so far.
+    pub fn counts(&self) -> HostCounts {
+        self.lock().clone()
+    }
+
+    pub fn inner(&self) -> &H {
+        &self.inner
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HostCounts> {
+        // Counting never panics while holding the lock; a poisoned lock still holds counts.
+        self.counts.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl<H: KernelHost> KernelHost for CountingHost<H> {
+    type Mem = H::Mem;
+
+    fn device_name(&self) -> String {
+        self.inner.device_name()
+    }
+
+    fn alloc_zeroed(&self, words: usize) -> Result<Self::Mem> {
+        let m = self.inner.alloc_zeroed(words)?;
+        let mut c = self.lock();
+        c.allocations += 1;
+        c.allocation_bytes += 4 * words as u64;
+        Ok(m)
+    }
+
+    fn upload(&self, dst: &mut Self::Mem, src: &[u32]) -> Result<()> {
+        self.inner.upload(dst, src)?;
+        let mut c = self.lock();
+        c.uploads += 1;
+        c.upload_bytes += 4 * src.len() as u64;
+        Ok(())
+    }
+
+    fn download(&self, src: &Self::Mem, dst: &mut [u32]) -> Result<()> {
+        self.inner.download(src, dst)?;
+        let mut c = self.lock();
+        c.downloads += 1;
+        c.download_bytes += 4 * dst.len() as u64;
+        Ok(())
+    }
+
+    fn launch(&self, launch: &Launch<'_, Self::Mem>) -> Result<()> {
+        self.inner.launch(launch)?;
+        *self.lock().launches.entry(launch.entry).or_insert(0) += 1;
+        Ok(())
+    }
+
+    fn max_dynamic_shared(&self) -> usize {
+        self.inner.max_dynamic_shared()
     }
 }

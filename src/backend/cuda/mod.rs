@@ -37,7 +37,8 @@ use std::sync::Mutex;
 /// Compile-time variants of the kernels the backend uses.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CudaOptions {
-    /// Store a bf16 copy of the weights (rounded to nearest even once per call) and read the
+    /// Store a bf16 copy of the weights (rounded to nearest even once per model update: the
+    /// copy is remade when the parameter buffer's version changes) and read the
     /// MLP weights from it; biases, bounds and all accumulation stay f32. Halves the weight
     /// traffic; tests/cuda_pocl.rs states the resulting tolerance.
     pub bf16_weights: bool,
@@ -53,6 +54,8 @@ struct Scratch<M> {
     elite_idx: Option<(M, usize)>,
     mppi_costs: Option<(M, usize)>,
     bf16: Option<(M, usize)>,
+    /// The version of the parameters `bf16` was packed from ([`DeviceBuf::version`]).
+    bf16_source: Option<u64>,
 }
 
 impl<M> Default for Scratch<M> {
@@ -63,6 +66,7 @@ impl<M> Default for Scratch<M> {
             elite_idx: None,
             mppi_costs: None,
             bf16: None,
+            bf16_source: None,
         }
     }
 }
@@ -262,6 +266,7 @@ impl<H: KernelHost> Backend for CudaBackend<H> {
 
     fn write(&self, buf: &mut Self::Buf, host: &[f32]) -> Result<()> {
         super::check::write(buf.len(), host.len())?;
+        buf.touch();
         self.host.upload(&mut buf.mem, bytemuck::cast_slice(host))
     }
 
@@ -275,6 +280,8 @@ impl<H: KernelHost> Backend for CudaBackend<H> {
         mean: &mut Self::Buf,
         logvar: &mut Self::Buf,
     ) -> Result<()> {
+        mean.touch();
+        logvar.touch();
         self.forward(shape, params, norm, x, rows, mean, logvar)
     }
 
@@ -290,6 +297,8 @@ impl<H: KernelHost> Backend for CudaBackend<H> {
         grad: &mut Self::Buf,
         losses: &mut Self::Buf,
     ) -> Result<()> {
+        grad.touch();
+        losses.touch();
         self.nll_backward(shape, loss, params, norm, x, target, rows, grad, losses)
     }
 
@@ -302,6 +311,8 @@ impl<H: KernelHost> Backend for CudaBackend<H> {
         mean: &mut Self::Buf,
         var: &mut Self::Buf,
     ) -> Result<()> {
+        mean.touch();
+        var.touch();
         self.init(p, lower, upper, prev, mean, var)
     }
 
@@ -314,6 +325,7 @@ impl<H: KernelHost> Backend for CudaBackend<H> {
         upper: &Self::Buf,
         out: &mut Self::Buf,
     ) -> Result<()> {
+        out.touch();
         self.sample(p, mean, var, lower, upper, out)
     }
 
@@ -325,6 +337,8 @@ impl<H: KernelHost> Backend for CudaBackend<H> {
         mean: &mut Self::Buf,
         var: &mut Self::Buf,
     ) -> Result<()> {
+        mean.touch();
+        var.touch();
         self.update(p, population, returns, mean, var)
     }
 
@@ -336,6 +350,8 @@ impl<H: KernelHost> Backend for CudaBackend<H> {
         elites: &mut Self::Buf,
         elite_returns: &mut Self::Buf,
     ) -> Result<()> {
+        elites.touch();
+        elite_returns.touch();
         self.select(p, population, returns, elites, elite_returns)
     }
 
@@ -346,6 +362,7 @@ impl<H: KernelHost> Backend for CudaBackend<H> {
         mean: &Self::Buf,
         population: &mut Self::Buf,
     ) -> Result<()> {
+        population.touch();
         self.keep(p, elites, mean, population)
     }
 
@@ -358,6 +375,7 @@ impl<H: KernelHost> Backend for CudaBackend<H> {
         upper: &Self::Buf,
         out: &mut Self::Buf,
     ) -> Result<()> {
+        out.touch();
         self.mppi_sample_op(p, mean, chol, lower, upper, out)
     }
 
@@ -369,6 +387,7 @@ impl<H: KernelHost> Backend for CudaBackend<H> {
         precision: &Self::Buf,
         mean: &mut Self::Buf,
     ) -> Result<()> {
+        mean.touch();
         self.mppi_update_op(p, population, returns, precision, mean)
     }
 
@@ -382,6 +401,7 @@ impl<H: KernelHost> Backend for CudaBackend<H> {
         actions: &Self::Buf,
         returns: &mut Self::Buf,
     ) -> Result<()> {
+        returns.touch();
         self.model_rollout(p, shape, params, norm, start, actions, returns)
     }
 
@@ -392,6 +412,7 @@ impl<H: KernelHost> Backend for CudaBackend<H> {
         actions: &Self::Buf,
         returns: &mut Self::Buf,
     ) -> Result<()> {
+        returns.touch();
         self.true_rollout(p, start, actions, returns)
     }
 
@@ -403,6 +424,9 @@ impl<H: KernelHost> Backend for CudaBackend<H> {
         m: &mut Self::Buf,
         v: &mut Self::Buf,
     ) -> Result<()> {
+        params.touch();
+        m.touch();
+        v.touch();
         self.adam(p, params, grad, m, v)
     }
 }

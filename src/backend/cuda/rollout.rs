@@ -44,7 +44,12 @@ impl<H: KernelHost> CudaBackend<H> {
         let shared = self.check_shared("the rollout", 4 * rollout_words(&ms, od))?;
         let mut sc = self.scratch();
         let sc = &mut *sc;
-        self.pack_weights(&mut sc.bf16, params, shape.layout().total)?;
+        self.pack_weights(
+            &mut sc.bf16,
+            &mut sc.bf16_source,
+            params,
+            shape.layout().total,
+        )?;
         self.ensure(&mut sc.row_returns, rows)?;
         let row_returns = &sc.row_returns.as_ref().expect("ensured").0;
         let wt = match &sc.bf16 {
