@@ -1542,7 +1542,7 @@ fn mpc_step_host_costs_on_pocl_should_stay_fixed() {
             eprintln!("{opt:?} step {i}: {d}");
             assert_eq!(d.uploads, 1, "{opt:?} step {i}: {d}");
             assert_eq!(d.upload_bytes, 4 * o.len() as u64, "{opt:?} step {i}: {d}");
-            assert_eq!(d.downloads, 1, "{opt:?} step {i}: {d}");
+            assert_eq!((d.downloads, d.syncs), (1, 1), "{opt:?} step {i}: {d}");
             // The whole plan (H × A values): its first action is executed and the host
             // keeps it as the fallback of the next step.
             let plan_bytes = 4 * c.planner.horizon as u64;
@@ -1659,4 +1659,49 @@ fn bf16_packs_should_follow_parameter_writes() {
     );
     let stepped = b.download(&params).unwrap();
     assert_eq!(after_adam, forward(&b.upload(&stepped).unwrap()));
+}
+
+/// Training keeps each minibatch's losses on the device until its epoch ends: the host waits
+/// for the device a fixed number of times per epoch (the epoch's losses, then the evaluation),
+/// however many minibatches the epoch has.
+#[test]
+fn training_should_synchronise_per_epoch_not_per_minibatch() {
+    use mbrl_gpu::backend::cuda::host::CountingHost;
+    use mbrl_gpu::model::train::{train, TrainConfig};
+    use mbrl_gpu::model::{Ensemble, ModelConfig, Transitions};
+    let Some(h) = pocl() else { return };
+    let b = CudaBackend::with_host(CountingHost::new(h), CudaOptions::default());
+    let mut data = Transitions::new(3, 1);
+    let mut g = Philox::new(3, 0, 0);
+    for _ in 0..96 {
+        let o: Vec<f32> = (0..3).map(|_| g.normal()).collect();
+        let a = [g.normal()];
+        let n: Vec<f32> = o.iter().map(|v| 0.9 * v + 0.1 * a[0]).collect();
+        data.push(&o, &a, &n, None);
+    }
+    let mut cfg = ModelConfig::pets(3, 1);
+    cfg.hidden = 16;
+    cfg.num_layers = 2;
+    let syncs = |batch_size: usize| {
+        let mut model = Ensemble::new(cfg.clone(), 5).unwrap();
+        let tc = TrainConfig {
+            epochs: 3,
+            batch_size,
+            holdout_ratio: 0.25,
+            patience: Some(10),
+            ..TrainConfig::default()
+        };
+        let before = b.host().counts();
+        train(&b, &mut model, &data, &tc, |_| {}).unwrap();
+        let d = b.host().counts().since(&before);
+        eprintln!("batch {batch_size}: {d}");
+        d
+    };
+    let (few, many) = (syncs(36), syncs(8));
+    let steps = |d: &mbrl_gpu::backend::cuda::host::HostCounts| d.launches["adam_step"];
+    assert!(steps(&many) >= 3 * steps(&few), "{few} / {many}");
+    // The holdout evaluation before the first epoch, then per epoch: the losses (after the
+    // epoch's last step; the parameters read after them wait for nothing) and the evaluation.
+    assert_eq!(few.syncs, many.syncs, "{few} / {many}");
+    assert_eq!(many.syncs, 1 + 2 * 3, "{many}");
 }

@@ -87,6 +87,9 @@ fn a_diverging_run_should_stop_with_an_error_and_keep_finite_weights() {
     };
     let e = train(&CpuBackend::new(), &mut m, &data, &cfg, |_| {}).unwrap_err();
     assert!(matches!(e, Error::Diverged(_)), "{e}");
+    // The first step's loss is finite (taken before it); the second minibatch's is not. The
+    // losses are read at the epoch's end, and the first non-finite one is named.
+    assert!(e.to_string().contains("epoch 1 (minibatch 2)"), "{e}");
     assert!(m.is_finite(), "NaN written into the model");
 }
 

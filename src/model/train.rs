@@ -252,8 +252,12 @@ pub fn train<B: Backend>(
     let mut grad = backend.zeros(total)?;
     let mut adam_m = backend.zeros(total)?;
     let mut adam_v = backend.zeros(total)?;
-    let mut losses = backend.zeros(e)?;
     let bs = cfg.batch_size.min(nt);
+    // Each minibatch's member losses stay on the device until the epoch ends (one buffer per
+    // minibatch): the host does not wait for the device between minibatches.
+    let mut losses: Vec<B::Buf> = (0..nt.div_ceil(bs.max(1)))
+        .map(|_| backend.zeros(e))
+        .collect::<Result<_>>()?;
     let mut bx_host = vec![0.0f32; e * bs * di];
     let mut by_host = vec![0.0f32; e * bs * dout];
     let mut bx = backend.zeros(e * bs * di)?;
@@ -331,22 +335,8 @@ pub fn train<B: Backend>(
                 &by,
                 rows,
                 &mut grad,
-                &mut losses,
+                &mut losses[batches],
             )?;
-            let l = backend.download(&losses)?;
-            if l.iter().any(|v| !v.is_finite()) {
-                model.params.copy_from_slice(&last_good);
-                return Err(Error::Diverged(format!(
-                    "non-finite loss at epoch {} (minibatch {}); likely causes: a learning \
-                     rate ({}) too large for this data, or targets of extreme magnitude \
-                     (largest |target| {max_target:e}); the parameters were restored to {}",
-                    epoch + 1,
-                    batches + 1,
-                    cfg.lr,
-                    restored(epoch)
-                )));
-            }
-            loss_sum += l.iter().map(|v| *v as f64).sum::<f64>() / e as f64;
             batches += 1;
             step += 1;
             let ap = AdamParams {
@@ -360,6 +350,24 @@ pub fn train<B: Backend>(
             };
             backend.adam_step(&ap, &mut params, &grad, &mut adam_m, &mut adam_v)?;
             start += rows;
+        }
+        // The epoch's losses, read once it is done: the first non-finite one names its
+        // minibatch (the steps after it ran on, but their parameters are discarded).
+        for (b, buf) in losses[..batches].iter().enumerate() {
+            let l = backend.download(buf)?;
+            if l.iter().any(|v| !v.is_finite()) {
+                model.params.copy_from_slice(&last_good);
+                return Err(Error::Diverged(format!(
+                    "non-finite loss at epoch {} (minibatch {}); likely causes: a learning \
+                     rate ({}) too large for this data, or targets of extreme magnitude \
+                     (largest |target| {max_target:e}); the parameters were restored to {}",
+                    epoch + 1,
+                    b + 1,
+                    cfg.lr,
+                    restored(epoch)
+                )));
+            }
+            loss_sum += l.iter().map(|v| *v as f64).sum::<f64>() / e as f64;
         }
         // Restore full-size batch buffers after a short last batch.
         if nt % bs != 0 {

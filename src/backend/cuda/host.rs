@@ -106,8 +106,10 @@ pub struct HostCounts {
     pub launches: std::collections::BTreeMap<&'static str, u64>,
     pub uploads: u64,
     pub upload_bytes: u64,
-    /// Each download waits for all issued work: a host synchronisation.
     pub downloads: u64,
+    /// Downloads issued after a launch (since the previous download): each makes the host
+    /// wait for the device's queued work. A download right after another waits for nothing.
+    pub syncs: u64,
     pub download_bytes: u64,
     pub allocations: u64,
     pub allocation_bytes: u64,
@@ -131,6 +133,7 @@ impl HostCounts {
             uploads: self.uploads - earlier.uploads,
             upload_bytes: self.upload_bytes - earlier.upload_bytes,
             downloads: self.downloads - earlier.downloads,
+            syncs: self.syncs - earlier.syncs,
             download_bytes: self.download_bytes - earlier.download_bytes,
             allocations: self.allocations - earlier.allocations,
             allocation_bytes: self.allocation_bytes - earlier.allocation_bytes,
@@ -148,7 +151,7 @@ impl std::fmt::Display for HostCounts {
             .collect();
         write!(
             f,
-            "{} launches ({}); {} uploads ({} B); {} downloads = synchronisations ({} B); {} \
+            "{} launches ({}); {} uploads ({} B); {} downloads ({} B, {} synchronisations); {} \
              allocations ({} B)",
             self.total_launches(),
             per.join(", "),
@@ -156,6 +159,7 @@ impl std::fmt::Display for HostCounts {
             self.upload_bytes,
             self.downloads,
             self.download_bytes,
+            self.syncs,
             self.allocations,
             self.allocation_bytes
         )
@@ -167,7 +171,8 @@ impl std::fmt::Display for HostCounts {
 /// bytes moved, weight packs) is a number tests can pin, on PoCL as on a GPU.
 pub struct CountingHost<H> {
     inner: H,
-    counts: std::sync::Mutex<HostCounts>,
+    /// The counts, and whether a launch was issued since the last download.
+    counts: std::sync::Mutex<(HostCounts, bool)>,
 }
 
 impl<H: KernelHost> CountingHost<H> {
@@ -180,14 +185,14 @@ impl<H: KernelHost> CountingHost<H> {
 
     /// The counts so far.
     pub fn counts(&self) -> HostCounts {
-        self.lock().clone()
+        self.lock().0.clone()
     }
 
     pub fn inner(&self) -> &H {
         &self.inner
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HostCounts> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (HostCounts, bool)> {
         // Counting never panics while holding the lock; a poisoned lock still holds counts.
         self.counts.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -202,7 +207,7 @@ impl<H: KernelHost> KernelHost for CountingHost<H> {
 
     fn alloc_zeroed(&self, words: usize) -> Result<Self::Mem> {
         let m = self.inner.alloc_zeroed(words)?;
-        let mut c = self.lock();
+        let c = &mut self.lock().0;
         c.allocations += 1;
         c.allocation_bytes += 4 * words as u64;
         Ok(m)
@@ -210,7 +215,7 @@ impl<H: KernelHost> KernelHost for CountingHost<H> {
 
     fn upload(&self, dst: &mut Self::Mem, src: &[u32]) -> Result<()> {
         self.inner.upload(dst, src)?;
-        let mut c = self.lock();
+        let c = &mut self.lock().0;
         c.uploads += 1;
         c.upload_bytes += 4 * src.len() as u64;
         Ok(())
@@ -218,15 +223,20 @@ impl<H: KernelHost> KernelHost for CountingHost<H> {
 
     fn download(&self, src: &Self::Mem, dst: &mut [u32]) -> Result<()> {
         self.inner.download(src, dst)?;
-        let mut c = self.lock();
+        let (c, launched) = &mut *self.lock();
         c.downloads += 1;
         c.download_bytes += 4 * dst.len() as u64;
+        if std::mem::take(launched) {
+            c.syncs += 1;
+        }
         Ok(())
     }
 
     fn launch(&self, launch: &Launch<'_, Self::Mem>) -> Result<()> {
         self.inner.launch(launch)?;
-        *self.lock().launches.entry(launch.entry).or_insert(0) += 1;
+        let (c, launched) = &mut *self.lock();
+        *c.launches.entry(launch.entry).or_insert(0) += 1;
+        *launched = true;
         Ok(())
     }
 
