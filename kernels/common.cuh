@@ -15,6 +15,9 @@
 //                     SM: that caps registers at 128 for 256 threads and overrides ptxas's own
 //                     occupancy heuristic, which without it held the rollout to 80 registers
 //                     and spilled
+//   BOUNDS_MIN(n, b)  the same with at least b resident blocks: the rollout asks for 3, which
+//                     caps it at 80 registers (it assembles without spills at that cap;
+//                     tests/cuda_compile.rs checks both)
 //   GLOBAL, SMEM      address spaces of pointers to device / shared memory
 //   SHARED            declaration of a kernel-scope shared array
 //   DYN_SMEM_PARAM    trailing kernel parameter of kernels that use dynamic shared memory
@@ -36,6 +39,7 @@ typedef ushort u16;
 typedef ulong u64;
 #define KERNEL __kernel
 #define BOUNDS(n) __attribute__((reqd_work_group_size(n, 1, 1)))
+#define BOUNDS_MIN(n, b) __attribute__((reqd_work_group_size(n, 1, 1)))
 #define GLOBAL __global
 #define SMEM __local
 #define SHARED __local
@@ -68,6 +72,7 @@ typedef unsigned short u16;
 typedef unsigned long long u64;
 #define KERNEL extern "C" __global__
 #define BOUNDS(n) __launch_bounds__(n, 2)
+#define BOUNDS_MIN(n, b) __launch_bounds__(n, b)
 #define GLOBAL
 #define SMEM
 #define SHARED __shared__

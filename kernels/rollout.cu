@@ -238,7 +238,7 @@ DEVFN void rollout_inputs(RolloutParams p, MlpShape s, GLOBAL const float* norm,
   }
 }
 
-KERNEL BOUNDS(256) void rollout(RolloutParams p, MlpShape s, GLOBAL const float* P,
+KERNEL BOUNDS_MIN(256, 3) void rollout(RolloutParams p, MlpShape s, GLOBAL const float* P,
                                 GLOBAL const wtype* Wt, GLOBAL const float* norm,
                                 GLOBAL const float* start, GLOBAL const float* actions,
                                 GLOBAL float* row_returns DYN_SMEM_PARAM) {

@@ -150,6 +150,20 @@ fn every_kernel_should_compile_with_nvrtc_and_assemble_with_ptxas_without_spills
                     r.stack,
                     r.spill_stores + r.spill_loads
                 );
+                // Issue 9's occupancy goal for the rollout: at most 80 registers, so that the
+                // register file (64 K per SM; allocated per thread in multiples of 8) holds at
+                // least 3 blocks of 256 threads.
+                if r.name == "rollout" {
+                    let per_block = r.registers.div_ceil(8) * 8 * 256;
+                    if r.registers > 80 || 65536 / per_block.max(1) < 3 {
+                        failures.push(format!(
+                            "{} sm_{sm} rollout: {} registers, {} blocks of 256 per SM",
+                            program.label(),
+                            r.registers,
+                            65536 / per_block.max(1)
+                        ));
+                    }
+                }
                 let hot = program.file.hot_entry_points().contains(&r.name.as_str());
                 if hot && r.spill_stores + r.spill_loads > 0 {
                     failures.push(format!(
@@ -182,9 +196,17 @@ fn every_kernel_should_compile_with_nvrtc_and_assemble_with_ptxas_without_spills
         4 * (ms.tile_floats() + REDUCE_FLOATS),
         4 * rollout_words(&ms, 4)
     );
+    // Blocks per SM the rollout's shared memory allows at that size (sm_80: 164 KiB per SM,
+    // sm_90: 228 KiB; 1 KiB per block is reserved).
+    let smem = 4 * rollout_words(&ms, 4) as u32 + 1024;
+    println!(
+        "rollout blocks per SM by shared memory at that size: sm_80 {}, sm_90 {}",
+        164 * 1024 / smem,
+        228 * 1024 / smem
+    );
     assert!(
         failures.is_empty(),
-        "register spills in hot kernels:\n{}",
+        "register spills or rollout occupancy in hot kernels:\n{}",
         failures.join("\n")
     );
 }
