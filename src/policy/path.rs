@@ -1243,7 +1243,9 @@ mod tests {
             0.2, -0.03, // descending
             -0.9, 0.01, 0.0, 0.0,
         ];
-        let rep = check_true_path::<MountainCarStep>(EnvId::MountainCar, &start, 6, 1e-6);
+        // A step of 1e-5: the goal's reward of 100 in the loss leaves cancellation noise that
+        // grows as 1/step (2e-4 relative at 1e-7, 2e-5 at 1e-6).
+        let rep = check_true_path::<MountainCarStep>(EnvId::MountainCar, &start, 6, 1e-5);
         assert!(rep.alive > 0.0 && rep.alive < 1.0, "alive {}", rep.alive);
         for (row, a) in [(0, 0.4f32), (1, -0.8), (2, 1.7), (3, -0.2)] {
             let mut next = vec![0.0; 2];

@@ -257,7 +257,7 @@ mod tests {
         let (c, m, r) = (
             s.find("philox4x32_10").unwrap(),
             s.find("DEVFN void tile_gemm").unwrap(),
-            s.find("KERNEL BOUNDS(256) void rollout(").unwrap(),
+            s.find("KERNEL BOUNDS_MIN(256, 3) void rollout(").unwrap(),
         );
         assert!(c < m && m < r, "common.cuh, then mlp.cuh, then the file");
         assert!(!source(&Program::plain(KernelFile::Cem)).contains("tile_gemm"));
