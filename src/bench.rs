@@ -5,6 +5,7 @@ use crate::linalg as gemm;
 use crate::model::{Ensemble, ModelConfig, TrainConfig, Transitions};
 use crate::rng::{normal, stream};
 use crate::Result;
+use rayon::prelude::*;
 use serde::Serialize;
 use std::time::Instant;
 
@@ -898,4 +899,157 @@ pub fn true_plan_benches<B: Backend>(
         }
     }
     Ok(rows)
+}
+
+/// `bench cpu`: the arithmetic ceilings of this CPU on all rayon threads, in one run: the
+/// f32 GEMM peak every other row is measured against, and the instruction peaks behind it —
+/// independent f32 FMAs and, where the CPU has AVX512-BF16, `vdpbf16ps` — from register-only
+/// loops (no memory traffic), so a goal can be checked against what the silicon issues.
+/// Each figure counts one multiply-add as 2 FLOP (a `vdpbf16ps` lane does two).
+pub fn cpu_peaks(reps: usize) -> Vec<BenchResult> {
+    let mut rows = vec![];
+    let gemm = gemm_peak(reps);
+    for (name, note, flop_per_iter, kernel) in peak_kernels() {
+        // 2²² iterations of 12 independent vector operations per thread: ~20 ms at the
+        // rates seen here, long enough to swamp the fork-join cost.
+        let iters = 1u64 << 22;
+        let threads = rayon::current_num_threads();
+        let (med, min) = time_ms(reps, || {
+            let s: f32 = (0..threads).into_par_iter().map(|_| kernel(iters)).sum();
+            std::hint::black_box(s);
+        });
+        let flop = flop_per_iter * iters as f64 * threads as f64;
+        rows.push(result(name, med, min, reps, flop, 0.0, note.into()));
+    }
+    let mut g = result(
+        "gemm_peak_square",
+        0.0,
+        0.0,
+        reps,
+        0.0,
+        0.0,
+        "f32 GEMM 1024³/1536³ on all threads (the reference of the other benches)".into(),
+    );
+    g.gflops = gemm;
+    rows.push(g);
+    // Shares of the f32 FMA ceiling.
+    if let Some(fma) = rows
+        .iter()
+        .find(|r| r.name == "fma_f32_peak")
+        .map(|r| r.gflops)
+    {
+        for r in &mut rows {
+            r.peak_gflops = fma;
+            r.fraction_of_peak = r.gflops / fma;
+        }
+    }
+    rows
+}
+
+type PeakKernel = (&'static str, &'static str, f64, fn(u64) -> f32);
+
+/// The register-only loops this CPU can run: (row name, note, FLOP per iteration, loop).
+fn peak_kernels() -> Vec<PeakKernel> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let mut k: Vec<PeakKernel> = vec![];
+        if is_x86_feature_detected!("avx512f") {
+            k.push((
+                "fma_f32_peak",
+                "12 independent 16-lane vfmadd231ps per iteration (f32 FMA issue ceiling)",
+                12.0 * 16.0 * 2.0,
+                peak_x86::fma512,
+            ));
+        } else if is_x86_feature_detected!("fma") {
+            k.push((
+                "fma_f32_peak",
+                "12 independent 8-lane vfmadd231ps per iteration (f32 FMA issue ceiling)",
+                12.0 * 8.0 * 2.0,
+                peak_x86::fma256,
+            ));
+        }
+        if is_x86_feature_detected!("avx512bf16") {
+            k.push((
+                "dpbf16_peak",
+                "12 independent vdpbf16ps per iteration: 16 lanes × 2 bf16 products (the \
+                 AVX512-BF16 ceiling of the bf16 path without AMX)",
+                12.0 * 32.0 * 2.0,
+                peak_x86::dpbf16,
+            ));
+        }
+        k
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        vec![]
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod peak_x86 {
+    use std::arch::x86_64::*;
+
+    pub fn fma512(iters: u64) -> f32 {
+        // SAFETY: chosen only where AVX-512F was detected.
+        unsafe { fma512_impl(iters) }
+    }
+
+    pub fn fma256(iters: u64) -> f32 {
+        // SAFETY: chosen only where FMA (and so AVX) was detected.
+        unsafe { fma256_impl(iters) }
+    }
+
+    pub fn dpbf16(iters: u64) -> f32 {
+        // SAFETY: chosen only where AVX512-BF16 was detected.
+        unsafe { dpbf16_impl(iters) }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    unsafe fn fma512_impl(iters: u64) -> f32 {
+        let mut acc = [_mm512_set1_ps(0.0); 12];
+        let (mut x, y) = (_mm512_set1_ps(1.0e-3), _mm512_set1_ps(0.999));
+        for _ in 0..iters {
+            for a in &mut acc {
+                *a = _mm512_fmadd_ps(x, y, *a);
+            }
+            // An opaque move keeps the multiplicand from being folded out of the loop.
+            std::arch::asm!("/* {0} */", inout(zmm_reg) x, options(nomem, nostack));
+        }
+        acc.iter().map(|&a| _mm512_reduce_add_ps(a)).sum()
+    }
+
+    #[target_feature(enable = "avx,fma")]
+    unsafe fn fma256_impl(iters: u64) -> f32 {
+        let mut acc = [_mm256_set1_ps(0.0); 12];
+        let (mut x, y) = (_mm256_set1_ps(1.0e-3), _mm256_set1_ps(0.999));
+        for _ in 0..iters {
+            for a in &mut acc {
+                *a = _mm256_fmadd_ps(x, y, *a);
+            }
+            std::arch::asm!("/* {0} */", inout(ymm_reg) x, options(nomem, nostack));
+        }
+        let mut out = [0.0f32; 8];
+        let s = acc
+            .iter()
+            .fold(_mm256_set1_ps(0.0), |s, &a| _mm256_add_ps(s, a));
+        _mm256_storeu_ps(out.as_mut_ptr(), s);
+        out.iter().sum()
+    }
+
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    unsafe fn dpbf16_impl(iters: u64) -> f32 {
+        let mut acc = [_mm512_set1_ps(0.0); 12];
+        // bf16 1.0 in every half-word.
+        let mut x = std::mem::transmute::<__m512i, __m512bh>(_mm512_set1_epi16(0x3f80));
+        let y = std::mem::transmute::<__m512i, __m512bh>(_mm512_set1_epi16(0x3f80));
+        for _ in 0..iters {
+            for a in &mut acc {
+                *a = _mm512_dpbf16_ps(*a, x, y);
+            }
+            let mut xi = std::mem::transmute::<__m512bh, __m512i>(x);
+            std::arch::asm!("/* {0} */", inout(zmm_reg) xi, options(nomem, nostack));
+            x = std::mem::transmute::<__m512i, __m512bh>(xi);
+        }
+        acc.iter().map(|&a| _mm512_reduce_add_ps(a)).sum()
+    }
 }

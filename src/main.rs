@@ -384,6 +384,19 @@ enum BenchCmd {
     /// `serve` in a closed loop with the Python client over loopback: round-trip p50/p99 and
     /// deadline misses, with true dynamics and with a learned ensemble.
     Serve(serve_cli::ServeBenchArgs),
+    /// The CPU's arithmetic ceilings on all threads: f32 GEMM, f32 FMA issue and (with
+    /// AVX512-BF16) `vdpbf16ps` issue, from register-only loops.
+    Cpu(CpuBenchArgs),
+}
+
+#[derive(Args)]
+struct CpuBenchArgs {
+    /// One JSON object per benchmark per line.
+    #[arg(long)]
+    json: bool,
+    /// Timed repetitions per figure (medians are reported).
+    #[arg(long, default_value_t = 5)]
+    reps: usize,
 }
 
 #[derive(Args)]
@@ -579,6 +592,14 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Plan(a) => run_plan(a),
         Cmd::Serve(a) => serve_cli::run(a),
         Cmd::Bench(BenchCmd::Serve(a)) => serve_cli::bench(a),
+        Cmd::Bench(BenchCmd::Cpu(a)) => {
+            if !a.json {
+                note!(
+                    "measuring (f32 GEMM, f32 FMA and bf16 dot-product ceilings on all threads)..."
+                );
+            }
+            print_bench(&mbrl_gpu::bench::cpu_peaks(a.reps), a.json)
+        }
         Cmd::Sac(a) => rl::run_sac(a),
         Cmd::Mbpo(a) => rl::run_mbpo(a),
         Cmd::Maac(a) => rl::run_maac(a),
