@@ -277,6 +277,32 @@ fn bench_model_json_should_have_the_documented_keys() {
     }
 }
 
+#[test]
+fn bench_cpu_should_report_the_arithmetic_ceilings() {
+    let o = mbrl(&["bench", "cpu", "--json", "--reps", "1"]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    let rows: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let names: Vec<&str> = rows.iter().map(|r| r["name"].as_str().unwrap()).collect();
+    assert!(names.contains(&"gemm_peak_square"), "{out}");
+    // The ceilings this CPU has are all measured (the shares are of the FMA one).
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("fma") {
+            assert!(names.contains(&"fma_f32_peak"), "{out}");
+        }
+        if std::is_x86_feature_detected!("avx512bf16") {
+            assert!(names.contains(&"dpbf16_peak"), "{out}");
+        }
+    }
+    for r in &rows {
+        assert!(r["gflops"].as_f64().unwrap() > 0.0, "{r}");
+    }
+}
+
 /// `mbrl(args)` with its stdout sent to `/dev/full`: a full disk must end in an error
 /// message, not a panic.
 fn mbrl_to_full_disk(args: &[&str]) -> Output {
@@ -668,6 +694,7 @@ fn help_should_describe_every_option() {
         vec!["svg"],
         vec!["eval"],
         vec!["bench", "policy"],
+        vec!["bench", "cpu"],
     ] {
         let mut args = cmd.clone();
         args.push("--help");
