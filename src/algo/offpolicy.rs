@@ -165,7 +165,8 @@ struct Manifest<C, S> {
 /// The views a user reads, besides the metrics.
 pub struct Views {
     pub policy: Vec<u8>,
-    pub critic: Vec<u8>,
+    /// None for SVG(∞), which learns no critic (so no untrained critic file is written).
+    pub critic: Option<Vec<u8>>,
     pub model: Option<Vec<u8>>,
     pub title: &'static str,
 }
@@ -206,7 +207,9 @@ pub fn commit<C: Serialize, S: Serialize>(
 /// report a row whose policy is not on disk yet.
 pub fn write_views(dir: &RunDir, rows: &[Row], v: &Views) -> Result<()> {
     dir.write("policy.safetensors", &v.policy)?;
-    dir.write("critic.safetensors", &v.critic)?;
+    if let Some(c) = &v.critic {
+        dir.write("critic.safetensors", c)?;
+    }
     if let Some(m) = &v.model {
         dir.write("model.safetensors", m)?;
     }

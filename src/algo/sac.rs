@@ -280,7 +280,7 @@ pub(crate) fn record(
 pub(crate) fn views(agent: &Sac) -> Result<Views> {
     Ok(Views {
         policy: ckpt::policy_bytes(agent)?,
-        critic: ckpt::critic_bytes(agent)?,
+        critic: Some(ckpt::critic_bytes(agent)?),
         model: None,
         title: "SAC learning curve",
     })

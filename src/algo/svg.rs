@@ -562,6 +562,9 @@ pub fn run<B: Backend>(
 fn views(agent: &Sac, model: &Ensemble) -> Result<Views> {
     let mut v = super::sac::views(agent)?;
     v.model = Some(io::checkpoint::to_bytes(model)?);
+    // SVG(∞) learns no critic: an untrained one on disk would only mislead (e.g. as a
+    // planner's terminal value).
+    v.critic = None;
     v.title = "SVG(∞) learning curve";
     Ok(v)
 }
