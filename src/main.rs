@@ -236,6 +236,12 @@ struct PlanArgs {
     optimizer: Optimizer,
     #[command(flatten)]
     sampling: SamplingArgs,
+    /// Close each model path with a learned value, as LOOP and TD-MPC do: a run directory
+    /// of `sac`, `mbpo` or `maac` (its policy.safetensors and critic.safetensors). A path
+    /// then scores Σ γ^t r_t + γ^H·min Q(s_H, ā(s_H)) with the agent's γ and deterministic
+    /// action ā, so a short horizon sees past its end. CPU backend.
+    #[arg(long, value_name = "RUN_DIR", conflicts_with = "true_dynamics")]
+    terminal_value: Option<PathBuf>,
     /// Arithmetic of the model rollouts: f32, or bf16 products with f32 sums (AMX tiles on
     /// CPUs that have them).
     #[arg(long, value_enum, default_value_t = Precision::F32)]
@@ -899,8 +905,77 @@ fn run_plan(a: PlanArgs) -> Result<()> {
         particles,
     )
     .map_err(|e| e.rename_setting(plan_flag))?;
+    let terminal = match &a.terminal_value {
+        Some(dir) => Some(load_terminal_value(dir, &env, &spec)?),
+        None => None,
+    };
     let be = pick_backend_for(a.backend, a.precision)?;
-    with_backend!(&be, |b| plan_on(b, &a, &env, cfg, ts, model.as_ref()))
+    with_backend!(&be, |b| plan_on(
+        b,
+        &a,
+        &env,
+        cfg,
+        ts,
+        model.as_ref(),
+        terminal.clone()
+    ))
+}
+
+/// The terminal value of `plan --terminal-value DIR`: the agent's policy and critics from a
+/// `sac`/`mbpo`/`maac` run directory, checked against the environment's dimensions.
+fn load_terminal_value(
+    dir: &Path,
+    env: &mbrl_gpu::env::EnvName,
+    spec: &mbrl_gpu::env::EnvSpec,
+) -> Result<mbrl_gpu::backend::TerminalValue> {
+    use mbrl_gpu::policy::checkpoint;
+    if !dir.is_dir() {
+        return Err(invalid!(
+            "--terminal-value {}: not a directory; give the run directory of `sac`, `mbpo` \
+             or `maac` (it holds policy.safetensors and critic.safetensors)",
+            dir.display()
+        ));
+    }
+    let (pp, cp) = (
+        dir.join("policy.safetensors"),
+        dir.join("critic.safetensors"),
+    );
+    for f in [&pp, &cp] {
+        if !f.is_file() {
+            return Err(invalid!(
+                "--terminal-value {}: no {} there; it is written by `sac`, `mbpo` and `maac` \
+                 at their first evaluation",
+                dir.display(),
+                f.file_name().and_then(|n| n.to_str()).unwrap_or("file")
+            ));
+        }
+    }
+    let mut agent = checkpoint::load_policy(&pp)?;
+    let critic = checkpoint::load_critic(&cp)?;
+    if critic.nets != agent.nets {
+        return Err(Error::Shape(format!(
+            "--terminal-value {}: the critic's networks {:?} do not belong to the policy's {:?}",
+            dir.display(),
+            critic.nets,
+            agent.nets
+        )));
+    }
+    let (o, n) = (agent.nets.obs_dim, agent.nets.act_dim);
+    if (o, n) != (spec.obs_dim, spec.act_dim) {
+        return Err(Error::Shape(format!(
+            "--terminal-value {}: the agent was trained on {o} observation and {n} action \
+             values, but {env} has {} and {}: it belongs to another environment",
+            dir.display(),
+            spec.obs_dim,
+            spec.act_dim
+        )));
+    }
+    agent.critic = critic.critic;
+    let v = mbrl_gpu::policy::sac::CriticValue::from_agent(&agent);
+    Ok(mbrl_gpu::backend::TerminalValue {
+        gamma: v.gamma,
+        value: std::sync::Arc::new(v),
+    })
 }
 
 /// A trained ensemble for planning on `env`: its dimensions must be the environment's, and
@@ -939,6 +1014,7 @@ fn plan_on<B: Backend>(
     cfg: PlannerConfig,
     ts: TsConfig,
     model: Option<&Ensemble>,
+    terminal: Option<mbrl_gpu::backend::TerminalValue>,
 ) -> Result<()> {
     let mut envs = env.open(1)?;
     let spec = envs.spec().clone();
@@ -959,6 +1035,9 @@ fn plan_on<B: Backend>(
         }
         None => Mpc::with_true_dynamics(be, env.require_native("--true-dynamics")?, cfg, a.seed)?,
     };
+    if terminal.is_some() {
+        mpc.set_terminal_value(terminal)?;
+    }
     let steps = a.steps.unwrap_or(spec.max_episode_steps);
     let mut returns = vec![];
     let t0 = std::time::Instant::now();

@@ -1114,6 +1114,44 @@ fn maac_and_svg_should_write_runs_whose_policies_eval_replays() {
     }
     let svg = std::fs::read_to_string(svg_dir.join("learning_curve.svg")).unwrap();
     assert!(svg.contains("SVG"), "the curve is titled by its algorithm");
+    // MAAC's critic closes the planner's paths (`plan --terminal-value`); SVG(∞) has none.
+    let model = maac_dir.join("model.safetensors");
+    let plan = |tv: &std::path::Path| {
+        mbrl(&[
+            "plan",
+            "--env",
+            "pendulum",
+            "--model",
+            model.to_str().unwrap(),
+            "--terminal-value",
+            tv.to_str().unwrap(),
+            "--horizon",
+            "3",
+            "--population",
+            "20",
+            "--iterations",
+            "1",
+            "--particles",
+            "2",
+            "--steps",
+            "3",
+            "--backend",
+            "cpu",
+        ])
+    };
+    let o = plan(&maac_dir);
+    assert!(o.status.success(), "{}", text(&o).1);
+    assert!(text(&o).0.contains("returns"), "{}", text(&o).0);
+    for (dir, why) in [
+        (svg_dir.clone(), "no critic.safetensors"),
+        (maac_dir.join("policy.safetensors"), "not a directory"),
+        (t.path().join("absent"), "not a directory"),
+    ] {
+        let o = plan(&dir);
+        assert!(!o.status.success());
+        let err = text(&o).1;
+        assert!(err.contains(why), "{}: {err}", dir.display());
+    }
     fails_with(
         &["mbpo", "--resume", maac_dir.to_str().unwrap()],
         &["`mbrl-gpu maac` run"],

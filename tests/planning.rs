@@ -718,3 +718,218 @@ fn bf16_planning_should_pack_once_per_model_update_and_use_the_new_weights() {
         .to_string();
     assert!(e.contains("precision"), "{e}");
 }
+
+/// V(s) = s₀ − 2·s₂ + c: a value whose terminal term a hand loop can recompute.
+struct LinearValue {
+    obs: usize,
+    c: f32,
+}
+
+impl mbrl_gpu::backend::StateValue for LinearValue {
+    fn obs_dim(&self) -> usize {
+        self.obs
+    }
+    fn values(&self, states: &[f32], rows: usize, out: &mut [f32]) {
+        for (b, v) in out[..rows].iter_mut().enumerate() {
+            let s = &states[b * self.obs..(b + 1) * self.obs];
+            *v = s[0] - 2.0 * s[2] + self.c;
+        }
+    }
+}
+
+fn terminal(gamma: f32, obs: usize, c: f32) -> mbrl_gpu::backend::TerminalValue {
+    mbrl_gpu::backend::TerminalValue {
+        gamma,
+        value: std::sync::Arc::new(LinearValue { obs, c }),
+    }
+}
+
+#[test]
+fn terminal_value_should_add_the_discounted_value_of_the_last_state() {
+    // The hand loop of the expectation test, with Σ γ^t r_t + γ^H V(s_H).
+    let be = CpuBackend::new();
+    let env = EnvId::Pendulum;
+    let m = untrained(3, 1, false);
+    let (pop, h, gamma) = (5, 6, 0.9f32);
+    let actions: Vec<f32> = (0..pop * h)
+        .map(|i| ((i as f32) * 0.7).sin() * 2.0)
+        .collect();
+    let start = vec![0.3f32, -0.8, 0.5];
+    let p = params(pop, 3, h, Propagation::Expectation, env, &m.elites);
+    let mut ret = vec![f32::NAN; pop];
+    let tv = terminal(gamma, 3, 0.25);
+    be.rollout_with_value(
+        &p,
+        &m.shape(),
+        &m.params,
+        &m.norm(),
+        &start,
+        &actions,
+        &tv,
+        &mut ret,
+    )
+    .unwrap();
+    for c in 0..pop {
+        let mut s = start.clone();
+        let (mut total, mut disc) = (0.0f32, 1.0f32);
+        for t in 0..h {
+            let a = &actions[c * h + t..c * h + t + 1];
+            let (mean, _) = m.predict(&s, a).unwrap();
+            let mut next = vec![0.0f32; 3];
+            for &e in &m.elites {
+                for j in 0..3 {
+                    next[j] += mean[e * 3 + j] / m.elites.len() as f32;
+                }
+            }
+            total += disc * env.reward(&s, a, &next);
+            disc *= gamma;
+            s = next;
+        }
+        total += disc * (s[0] - 2.0 * s[2] + 0.25);
+        assert!(
+            (ret[c] - total).abs() <= 1e-4 * total.abs().max(1.0),
+            "{c}: {} vs {total}",
+            ret[c]
+        );
+    }
+    // γ = 1 and V ≡ 0 is the plain rollout, bit for bit.
+    let mut plain = vec![f32::NAN; pop];
+    be.rollout(
+        &p,
+        &m.shape(),
+        &m.params,
+        &m.norm(),
+        &start,
+        &actions,
+        &mut plain,
+    )
+    .unwrap();
+    let zero = mbrl_gpu::backend::TerminalValue {
+        gamma: 1.0,
+        value: std::sync::Arc::new(ZeroValue),
+    };
+    be.rollout_with_value(
+        &p,
+        &m.shape(),
+        &m.params,
+        &m.norm(),
+        &start,
+        &actions,
+        &zero,
+        &mut ret,
+    )
+    .unwrap();
+    assert_eq!(ret, plain);
+}
+
+struct ZeroValue;
+
+impl mbrl_gpu::backend::StateValue for ZeroValue {
+    fn obs_dim(&self) -> usize {
+        3
+    }
+    fn values(&self, _: &[f32], rows: usize, out: &mut [f32]) {
+        out[..rows].fill(0.0);
+    }
+}
+
+struct NanValue;
+
+impl mbrl_gpu::backend::StateValue for NanValue {
+    fn obs_dim(&self) -> usize {
+        4
+    }
+    fn values(&self, _: &[f32], rows: usize, out: &mut [f32]) {
+        out[..rows].fill(f32::NAN);
+    }
+}
+
+#[test]
+fn terminal_value_should_skip_terminated_paths_and_refuse_non_finite_values() {
+    let be = CpuBackend::new();
+    let env = EnvId::CartPole;
+    // Mean-only members: a different, noise-free step per member (TS1).
+    let m = untrained(4, 1, false);
+    let (pop, k, h) = (6, 3, 4);
+    let actions: Vec<f32> = (0..pop * h).map(|i| ((i as f32) * 0.3).cos()).collect();
+    let p = params(pop, k, h, Propagation::Ts1, env, &m.elites);
+    let run = |start: &[f32], tv: Option<&mbrl_gpu::backend::TerminalValue>| {
+        let start = start.to_vec();
+        let mut ret = vec![f32::NAN; pop];
+        let (sh, pr, no) = (m.shape(), &m.params, m.norm());
+        match tv {
+            Some(v) => be.rollout_with_value(&p, &sh, pr, &no, &start, &actions, v, &mut ret),
+            None => be.rollout(&p, &sh, pr, &no, &start, &actions, &mut ret),
+        }
+        .unwrap();
+        ret
+    };
+    let big = terminal(1.0, 4, 1000.0);
+    // Pole far past the 12° limit: every path ends at its first step, so the value of
+    // where it ended never counts.
+    let fallen = [0.0f32, 0.0, 1.2, 0.0];
+    assert_eq!(run(&fallen, Some(&big)), run(&fallen, None));
+    // Upright: every path survives the 4 steps and gains V(s_H) = 1000 + s₀ − 2·s₂.
+    let upright = [0.0f32, 0.0, 0.0, 0.0];
+    for (a, b) in run(&upright, Some(&big)).iter().zip(run(&upright, None)) {
+        assert!((a - b - 1000.0).abs() < 5.0, "{a} − {b}");
+    }
+    // Near the limit some particles fall: a candidate gains 1000 per surviving particle
+    // over K (plus the small state part), never a share of a fallen one.
+    let edge = [0.0f32, 0.0, 0.19, 0.0];
+    let mut counts = vec![];
+    for (a, b) in run(&edge, Some(&big)).iter().zip(run(&edge, None)) {
+        let alive = (a - b) * k as f32 / 1000.0;
+        assert!((alive - alive.round()).abs() < 0.02, "{a} − {b}");
+        assert!((0.0..=k as f32 + 0.02).contains(&alive), "{a} − {b}");
+        counts.push(alive.round() as usize);
+    }
+    assert!(
+        counts.contains(&k) && counts.iter().any(|&c| c < k),
+        "this start should end some paths early and not others: {counts:?}"
+    );
+    // A value that is not a number marks the candidate as diverged (−∞), never a NaN.
+    let nan = mbrl_gpu::backend::TerminalValue {
+        gamma: 0.99,
+        value: std::sync::Arc::new(NanValue),
+    };
+    for r in run(&upright, Some(&nan)) {
+        assert_eq!(r, f32::NEG_INFINITY);
+    }
+}
+
+#[test]
+fn mpc_should_refuse_a_terminal_value_that_cannot_fit() {
+    let be = CpuBackend::new();
+    let m = untrained(3, 1, true);
+    let ts = TsConfig {
+        particles: 2,
+        propagation: Propagation::Ts1,
+    };
+    let mut mpc = Mpc::with_model(&be, &m, EnvId::Pendulum, cem(4, 20, 2), ts, 0).unwrap();
+    let e = mpc.set_terminal_value(Some(terminal(0.99, 4, 0.0)));
+    assert!(e.unwrap_err().to_string().contains("observation values"));
+    let e = mpc.set_terminal_value(Some(terminal(0.0, 3, 0.0)));
+    assert!(e.unwrap_err().to_string().contains("discount"));
+    let e = mpc.set_terminal_value(Some(terminal(f32::NAN, 3, 0.0)));
+    assert!(e.is_err());
+    // A value changes the plan; removing it gives the plain planner back.
+    let obs = [1.0, 0.0, 0.0];
+    let plain = {
+        let mut a = Mpc::with_model(&be, &m, EnvId::Pendulum, cem(4, 20, 2), ts, 0).unwrap();
+        a.act(&be, &obs, &[]).unwrap()
+    };
+    mpc.set_terminal_value(Some(terminal(0.99, 3, 0.0)))
+        .unwrap();
+    let valued = mpc.act(&be, &obs, &[]).unwrap();
+    assert_ne!(valued, plain);
+    let mut again = Mpc::with_model(&be, &m, EnvId::Pendulum, cem(4, 20, 2), ts, 0).unwrap();
+    again
+        .set_terminal_value(Some(terminal(0.99, 3, 0.0)))
+        .unwrap();
+    again.set_terminal_value(None).unwrap();
+    assert_eq!(again.act(&be, &obs, &[]).unwrap(), plain);
+    let mut truth = Mpc::with_true_dynamics(&be, EnvId::Pendulum, cem(4, 20, 2), 0).unwrap();
+    let e = truth.set_terminal_value(Some(terminal(0.99, 3, 0.0)));
+    assert!(e.unwrap_err().to_string().contains("true dynamics"));
+}

@@ -318,6 +318,32 @@ pub struct RolloutParams {
     pub elites: [u32; MAX_ELITES],
 }
 
+/// A learned state value V(s) for closing planning paths (e.g. a SAC critic at its policy's
+/// action): `values(states [rows, obs], rows, out [rows])`.
+pub trait StateValue: Send + Sync {
+    /// The state width it takes.
+    fn obs_dim(&self) -> usize;
+    fn values(&self, states: &[f32], rows: usize, out: &mut [f32]);
+}
+
+/// A terminal value for model rollouts (as LOOP and TD-MPC close short horizons): a path's
+/// return becomes Σ_{t<H} γ^t r_t + γ^H V(s_H), the last term only for paths that did not
+/// terminate inside the horizon.
+#[derive(Clone)]
+pub struct TerminalValue {
+    /// Discount γ of the rewards and of the terminal value (the critic's own γ).
+    pub gamma: f32,
+    pub value: std::sync::Arc<dyn StateValue>,
+}
+
+impl std::fmt::Debug for TerminalValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TerminalValue")
+            .field("gamma", &self.gamma)
+            .finish_non_exhaustive()
+    }
+}
+
 /// The operations every backend provides. Buffers are the backend's own (`Vec<f32>` on the
 /// CPU, device allocations elsewhere); only `upload`/`download` cross to the host.
 pub trait Backend: Send + Sync {
@@ -466,6 +492,28 @@ pub trait Backend: Send + Sync {
         actions: &Self::Buf,
         returns: &mut Self::Buf,
     ) -> Result<()>;
+
+    /// [`Backend::rollout`] with a terminal value closing every path (see [`TerminalValue`]).
+    /// The value is a host-side network, so only the CPU backend runs it; the others say so.
+    #[allow(clippy::too_many_arguments)]
+    fn rollout_with_value(
+        &self,
+        p: &RolloutParams,
+        shape: &EnsembleShape,
+        params: &Self::Buf,
+        norm: &Self::Buf,
+        start: &Self::Buf,
+        actions: &Self::Buf,
+        value: &TerminalValue,
+        returns: &mut Self::Buf,
+    ) -> Result<()> {
+        let _ = (p, shape, params, norm, start, actions, value, returns);
+        Err(crate::Error::Unavailable(format!(
+            "a terminal value in planning runs on the CPU backend only; use --backend cpu \
+             (the {} backend has no critic on the device yet)",
+            self.name()
+        )))
+    }
 
     /// The same with the environment's true dynamics from its internal state `start`
     /// [state_dim]; deterministic, so one particle per candidate.

@@ -13,7 +13,7 @@ use crate::backend::{
     Backend, EliteParams, InitParams, MppiParams, Precision, Propagation, RolloutParams,
     SampleParams, UpdateParams,
 };
-use crate::backend::{EnsembleShape, MAX_ELITES};
+use crate::backend::{EnsembleShape, TerminalValue, MAX_ELITES};
 use crate::model::Ensemble;
 use crate::{invalid, setting, Result};
 use serde::{Deserialize, Serialize};
@@ -748,6 +748,8 @@ pub struct ModelObjective<B: Backend> {
     norm: B::Buf,
     start: B::Buf,
     template: RolloutParams,
+    /// A learned value closing each path (`plan --terminal-value`).
+    terminal: Option<TerminalValue>,
 }
 
 impl<B: Backend> ModelObjective<B> {
@@ -794,7 +796,29 @@ impl<B: Backend> ModelObjective<B> {
                 num_elites: model.elites.len() as u32,
                 elites,
             },
+            terminal: None,
         })
+    }
+
+    /// Close every rollout path with γ^H·V(s_H) (see [`TerminalValue`]); `None` removes it.
+    pub fn set_terminal_value(&mut self, value: Option<TerminalValue>) -> Result<()> {
+        if let Some(v) = &value {
+            let od = self.template.obs_dim as usize;
+            if v.value.obs_dim() != od {
+                return Err(crate::Error::Shape(format!(
+                    "the terminal value takes {} observation values, the model's states have {od}",
+                    v.value.obs_dim()
+                )));
+            }
+            if !(v.gamma > 0.0 && v.gamma <= 1.0) {
+                return Err(invalid!(
+                    "the terminal value's discount must be in (0, 1], got {}",
+                    v.gamma
+                ));
+            }
+        }
+        self.terminal = value;
+        Ok(())
     }
 
     /// Replace the parameters, normaliser and elites by those of a retrained model of the
@@ -852,15 +876,27 @@ impl<B: Backend> Objective<B> for ModelObjective<B> {
             population: population_size as u32,
             ..self.template
         };
-        backend.rollout(
-            &p,
-            &self.shape,
-            &self.params,
-            &self.norm,
-            &self.start,
-            population,
-            returns,
-        )
+        match &self.terminal {
+            None => backend.rollout(
+                &p,
+                &self.shape,
+                &self.params,
+                &self.norm,
+                &self.start,
+                population,
+                returns,
+            ),
+            Some(v) => backend.rollout_with_value(
+                &p,
+                &self.shape,
+                &self.params,
+                &self.norm,
+                &self.start,
+                population,
+                v,
+                returns,
+            ),
+        }
     }
 }
 

@@ -120,6 +120,21 @@ impl<B: Backend> Mpc<B> {
         }
     }
 
+    /// Close the model rollouts with a learned terminal value (see
+    /// [`crate::backend::TerminalValue`]); `None` removes it.
+    pub fn set_terminal_value(
+        &mut self,
+        value: Option<crate::backend::TerminalValue>,
+    ) -> Result<()> {
+        match &mut self.dynamics {
+            Dynamics::Model(o) => o.set_terminal_value(value),
+            _ => Err(crate::invalid!(
+                "a terminal value closes the paths of a learned model; this controller plans \
+                 with the true dynamics"
+            )),
+        }
+    }
+
     /// Start of an episode.
     pub fn reset(&mut self, backend: &B) -> Result<()> {
         self.planner.reset(backend)

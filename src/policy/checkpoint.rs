@@ -327,6 +327,13 @@ pub fn critic_from_bytes(bytes: &[u8]) -> std::result::Result<Sac, String> {
     Ok(sac)
 }
 
+pub fn load_critic(path: &Path) -> Result<Sac> {
+    critic_from_bytes(&read_file(path)?).map_err(|msg| Error::Checkpoint {
+        path: path.to_path_buf(),
+        msg,
+    })
+}
+
 /// The whole training state back.
 pub fn agent_from_bytes(bytes: &[u8]) -> std::result::Result<Sac, String> {
     let (mut sac, st, meta) = open(bytes, AGENT_FORMAT)?;

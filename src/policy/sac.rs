@@ -340,6 +340,82 @@ pub fn sample<T: Real>(
     }
 }
 
+/// A trained agent's value of a state, for closing planning horizons (LOOP, TD-MPC):
+/// V(s) = min_k Q_k(s, ā(s)) with ā = scale·tanh(μ(s)) + bias, the policy's deterministic
+/// action, through the online critics. A copy of the weights: the planner holds it while the
+/// agent may train on.
+#[derive(Clone, Debug)]
+pub struct CriticValue {
+    nets: Nets,
+    actor: Vec<f32>,
+    critic: Vec<f32>,
+    squash: Squash<f32>,
+    /// The agent's discount γ, which its critics' values are sums under.
+    pub gamma: f32,
+}
+
+impl CriticValue {
+    pub fn from_agent(sac: &Sac) -> Self {
+        Self {
+            nets: sac.nets,
+            actor: sac.actor.clone(),
+            critic: sac.critic.clone(),
+            squash: sac.squash.clone(),
+            gamma: sac.cfg.gamma,
+        }
+    }
+
+    pub fn obs_dim(&self) -> usize {
+        self.nets.obs_dim
+    }
+
+    pub fn act_dim(&self) -> usize {
+        self.nets.act_dim
+    }
+}
+
+impl crate::backend::StateValue for CriticValue {
+    fn obs_dim(&self) -> usize {
+        self.nets.obs_dim
+    }
+
+    fn values(&self, states: &[f32], rows: usize, out: &mut [f32]) {
+        let (o, a) = (self.nets.obs_dim, self.nets.act_dim);
+        let mut ws = SacWorkspace::<f32>::default();
+        let eps = vec![0.0f32; rows * a];
+        let mut act = vec![0.0f32; rows * a];
+        let mut logp = vec![0.0f32; rows];
+        sample(
+            &self.nets,
+            &self.actor,
+            &self.squash,
+            &states[..rows * o],
+            rows,
+            &eps,
+            &mut act,
+            &mut logp,
+            &mut ws.actor,
+        );
+        let (m, sd) = unit_norm(o + a);
+        let x = critic_input(&states[..rows * o], &act, rows, o, a);
+        let mut q = vec![0.0f32; 2 * rows];
+        engine::forward(
+            &self.nets.critic,
+            &self.critic,
+            &m,
+            &sd,
+            &x,
+            rows,
+            &mut q,
+            &mut [],
+            &mut ws.critic,
+        );
+        for (b, v) in out[..rows].iter_mut().enumerate() {
+            *v = q[b].min(q[rows + b]);
+        }
+    }
+}
+
 /// A minibatch of transitions, row-major.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Batch<T> {
@@ -1283,5 +1359,69 @@ mod tests {
             (sac.actor.clone(), sac.critic.clone(), sac.log_alpha)
         );
         assert_eq!(sac.updates, 0);
+    }
+
+    /// A plain f64 MLP over the flat layout: member `e` of `shape` on one input row.
+    fn mlp_row(shape: &EnsembleShape, params: &[f32], e: usize, x: &[f64]) -> Vec<f64> {
+        let lay = shape.layout();
+        let mut h = x.to_vec();
+        for (l, lo) in lay.layers.iter().enumerate() {
+            let (fi, fo) = (lo.fan_in, lo.fan_out);
+            let w = &params[lo.weight + e * fi * fo..][..fi * fo];
+            let b = &params[lo.bias + e * fo..][..fo];
+            let mut y: Vec<f64> = (0..fo)
+                .map(|j| b[j] as f64 + (0..fi).map(|i| h[i] * w[i * fo + j] as f64).sum::<f64>())
+                .collect();
+            if l < shape.num_layers {
+                y.iter_mut().for_each(|v| *v = v.max(0.0));
+            }
+            h = y;
+        }
+        h
+    }
+
+    #[test]
+    fn critic_value_should_be_the_smaller_q_at_the_mean_action() {
+        let (low, high) = ([-2.0f32, -0.5], [2.0f32, 1.5]);
+        let cfg = SacConfig {
+            hidden: 9,
+            ..SacConfig::default()
+        };
+        let mut agent = Sac::new(cfg, 3, &low, &high, 4).unwrap();
+        // Biases away from zero, so that the two critics and the squash are not symmetric.
+        for (i, w) in agent.critic.iter_mut().enumerate() {
+            *w += 0.05 * ((i % 7) as f32 - 3.0);
+        }
+        let v = CriticValue::from_agent(&agent);
+        let rows = 6;
+        let obs: Vec<f32> = rand_vec(rows * 3, 5, 1.5)
+            .iter()
+            .map(|x| *x as f32)
+            .collect();
+        let mut out = vec![f32::NAN; rows];
+        crate::backend::StateValue::values(&v, &obs, rows, &mut out);
+        for b in 0..rows {
+            let s: Vec<f64> = obs[b * 3..(b + 1) * 3].iter().map(|x| *x as f64).collect();
+            let head = mlp_row(&agent.nets.actor, &agent.actor, 0, &s);
+            let mut x = s.clone();
+            for j in 0..2 {
+                let (sc, bi) = (
+                    (high[j] - low[j]) as f64 / 2.0,
+                    (high[j] + low[j]) as f64 / 2.0,
+                );
+                x.push(sc * head[j].tanh() + bi);
+            }
+            let q: Vec<f64> = (0..2)
+                .map(|e| mlp_row(&agent.nets.critic, &agent.critic, e, &x)[0])
+                .collect();
+            let want = q[0].min(q[1]);
+            assert!(
+                (out[b] as f64 - want).abs() <= 1e-5 * want.abs().max(1.0),
+                "row {b}: {} vs {want}",
+                out[b]
+            );
+        }
+        assert_eq!(v.gamma, agent.cfg.gamma);
+        assert_eq!(crate::backend::StateValue::obs_dim(&v), 3);
     }
 }

@@ -9,7 +9,7 @@ pub mod rollout;
 
 use super::{
     check, AdamParams, Backend, EliteParams, EnsembleShape, InitParams, LossConfig, MppiParams,
-    RolloutParams, SampleParams, UpdateParams,
+    RolloutParams, SampleParams, TerminalValue, UpdateParams,
 };
 use crate::Result;
 use std::sync::Mutex;
@@ -388,6 +388,51 @@ impl Backend for CpuBackend {
             returns,
             &mut ws,
             self.bf16_planning,
+            None,
+        );
+        Ok(())
+    }
+
+    fn rollout_with_value(
+        &self,
+        p: &RolloutParams,
+        shape: &EnsembleShape,
+        params: &Vec<f32>,
+        norm: &Vec<f32>,
+        start: &Vec<f32>,
+        actions: &Vec<f32>,
+        value: &TerminalValue,
+        returns: &mut Vec<f32>,
+    ) -> Result<()> {
+        let lens = [
+            params.len(),
+            norm.len(),
+            start.len(),
+            actions.len(),
+            returns.len(),
+        ];
+        check::rollout(p, shape, lens)?;
+        if !(value.gamma > 0.0 && value.gamma <= 1.0) {
+            return Err(crate::invalid!(
+                "the terminal value's discount must be in (0, 1], got {}",
+                value.gamma
+            ));
+        }
+        let i = shape.in_dim;
+        let mut ws = self.rollout_ws.lock().unwrap_or_else(|p| p.into_inner());
+        let (m, s) = (&norm[..i], &norm[i..2 * i]);
+        rollout::rollout(
+            p,
+            shape,
+            params,
+            m,
+            s,
+            start,
+            actions,
+            returns,
+            &mut ws,
+            self.bf16_planning,
+            Some(value),
         );
         Ok(())
     }

@@ -11,7 +11,7 @@ use super::ensemble::{
     pack_member_f32,
 };
 use super::Real;
-use crate::backend::{EnsembleShape, ParamLayout, Propagation, RolloutParams};
+use crate::backend::{EnsembleShape, ParamLayout, Propagation, RolloutParams, TerminalValue};
 use crate::bf16::{ChainScratch, Packed};
 use crate::dense::PackedF32;
 use crate::env::{task, EnvId};
@@ -136,6 +136,7 @@ pub fn rollout(
     returns: &mut [f32],
     ws: &mut RolloutWorkspace,
     bf16: bool,
+    terminal: Option<&TerminalValue>,
 ) {
     let (np, k) = (p.population as usize, p.particles as usize);
     let rows = np * k;
@@ -170,7 +171,9 @@ pub fn rollout(
         .par_iter()
         .zip(ws.tiles.par_iter_mut())
         .zip(outs.into_par_iter())
-        .for_each(|((&(r0, n), tile), out)| run_tile(p, &model, start, actions, r0, n, tile, out));
+        .for_each(|((&(r0, n), tile), out)| {
+            run_tile(p, &model, start, actions, r0, n, tile, out, terminal)
+        });
     reduce_particles(&ws.row_returns[..rows], k, &mut returns[..np]);
 }
 
@@ -235,8 +238,12 @@ fn run_tile(
     n: usize,
     t: &mut Tile,
     out: &mut [f32],
+    terminal: Option<&TerminalValue>,
 ) {
     let seed = seed(p);
+    // Σ γ^t r_t with a terminal value (its critic's discount), the plain sum without.
+    let gamma = terminal.map_or(1.0, |v| v.gamma);
+    let mut discount = 1.0f32;
     let (shape, params, lay) = (model.shape, model.params, &model.lay);
     let (od, ad) = (p.obs_dim as usize, p.act_dim as usize);
     let (di, dout) = (shape.in_dim, shape.out_dim);
@@ -408,11 +415,27 @@ fn run_tile(
                 t.bad[i] = true;
             }
             if t.alive[i] {
-                *ret += r;
+                *ret += discount * r;
                 t.alive[i] = !task::terminated(p.env, nx);
             }
         }
+        discount *= gamma;
         std::mem::swap(&mut t.state, &mut t.next);
+    }
+    if let Some(tv) = terminal {
+        // + γ^H V(s_H) on the paths still alive; `discount` is γ^H here.
+        let v = &mut t.reward[..n];
+        tv.value.values(&t.state[..n * od], n, v);
+        for i in 0..n {
+            if t.bad[i] {
+                continue;
+            }
+            if !v[i].is_finite() {
+                t.bad[i] = true;
+            } else if t.alive[i] {
+                out[i] += discount * v[i];
+            }
+        }
     }
     for (ret, bad) in out.iter_mut().zip(&t.bad[..n]) {
         if *bad {
