@@ -751,13 +751,14 @@ fn run_pets(a: PetsArgs) -> Result<()> {
         (None, true) => Mode::Force,
         (None, false) => Mode::New,
     };
+    let be = pick_backend_for(a.backend, cfg.planner.precision)?;
+    cfg.check_backend(be.name())?;
     // Checked before any work: the directory is free (or resumable) and writable.
     let run_dir = RunDir::open(&dir, mode, &text)?;
     if mode == Mode::Resume {
         // A grown --trials is remembered for the next resume.
         run_dir.write(io::run::CONFIG, text.as_bytes())?;
     }
-    let be = pick_backend_for(a.backend, cfg.planner.precision)?;
     with_backend!(&be, |b| pets_on(b, &cfg, &run_dir))
 }
 
@@ -906,7 +907,13 @@ fn run_plan(a: PlanArgs) -> Result<()> {
     )
     .map_err(|e| e.rename_setting(plan_flag))?;
     let terminal = match &a.terminal_value {
-        Some(dir) => Some(load_terminal_value(dir, &env, &spec)?),
+        Some(dir) => Some(mbrl_gpu::policy::checkpoint::load_terminal_value(
+            "--terminal-value",
+            dir,
+            &env.to_string(),
+            spec.obs_dim,
+            spec.act_dim,
+        )?),
         None => None,
     };
     let be = pick_backend_for(a.backend, a.precision)?;
@@ -919,63 +926,6 @@ fn run_plan(a: PlanArgs) -> Result<()> {
         model.as_ref(),
         terminal.clone()
     ))
-}
-
-/// The terminal value of `plan --terminal-value DIR`: the agent's policy and critics from a
-/// `sac`/`mbpo`/`maac` run directory, checked against the environment's dimensions.
-fn load_terminal_value(
-    dir: &Path,
-    env: &mbrl_gpu::env::EnvName,
-    spec: &mbrl_gpu::env::EnvSpec,
-) -> Result<mbrl_gpu::backend::TerminalValue> {
-    use mbrl_gpu::policy::checkpoint;
-    if !dir.is_dir() {
-        return Err(invalid!(
-            "--terminal-value {}: not a directory; give the run directory of `sac`, `mbpo` \
-             or `maac` (it holds policy.safetensors and critic.safetensors)",
-            dir.display()
-        ));
-    }
-    let (pp, cp) = (
-        dir.join("policy.safetensors"),
-        dir.join("critic.safetensors"),
-    );
-    for f in [&pp, &cp] {
-        if !f.is_file() {
-            return Err(invalid!(
-                "--terminal-value {}: no {} there; it is written by `sac`, `mbpo` and `maac` \
-                 at their first evaluation",
-                dir.display(),
-                f.file_name().and_then(|n| n.to_str()).unwrap_or("file")
-            ));
-        }
-    }
-    let mut agent = checkpoint::load_policy(&pp)?;
-    let critic = checkpoint::load_critic(&cp)?;
-    if critic.nets != agent.nets {
-        return Err(Error::Shape(format!(
-            "--terminal-value {}: the critic's networks {:?} do not belong to the policy's {:?}",
-            dir.display(),
-            critic.nets,
-            agent.nets
-        )));
-    }
-    let (o, n) = (agent.nets.obs_dim, agent.nets.act_dim);
-    if (o, n) != (spec.obs_dim, spec.act_dim) {
-        return Err(Error::Shape(format!(
-            "--terminal-value {}: the agent was trained on {o} observation and {n} action \
-             values, but {env} has {} and {}: it belongs to another environment",
-            dir.display(),
-            spec.obs_dim,
-            spec.act_dim
-        )));
-    }
-    agent.critic = critic.critic;
-    let v = mbrl_gpu::policy::sac::CriticValue::from_agent(&agent);
-    Ok(mbrl_gpu::backend::TerminalValue {
-        gamma: v.gamma,
-        value: std::sync::Arc::new(v),
-    })
 }
 
 /// A trained ensemble for planning on `env`: its dimensions must be the environment's, and

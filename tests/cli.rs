@@ -1152,6 +1152,54 @@ fn maac_and_svg_should_write_runs_whose_policies_eval_replays() {
         let err = text(&o).1;
         assert!(err.contains(why), "{}: {err}", dir.display());
     }
+    // PETS takes the same critic as a setting, kept in its config.toml.
+    let pets = |tv: &std::path::Path, out: &std::path::Path| {
+        mbrl(&[
+            "pets",
+            "--env",
+            "pendulum",
+            "--preset",
+            "quick",
+            "--trials",
+            "1",
+            "--backend",
+            "cpu",
+            "--set",
+            "trial_length=8",
+            "--set",
+            "model.hidden=16",
+            "--set",
+            "train.epochs=2",
+            "--set",
+            "planner.population=20",
+            "--set",
+            "planner.num_elites=4",
+            "--set",
+            "planner.horizon=3",
+            "--set",
+            "particles=2",
+            "--set",
+            &format!("terminal_value={}", tv.display()),
+            "--out",
+            out.to_str().unwrap(),
+        ])
+    };
+    let pets_dir = t.path().join("pets");
+    let o = pets(&maac_dir, &pets_dir);
+    assert!(o.status.success(), "{}", text(&o).1);
+    let cfg = std::fs::read_to_string(pets_dir.join("config.toml")).unwrap();
+    assert!(cfg.contains("terminal_value"), "{cfg}");
+    let o = pets(&svg_dir, &t.path().join("pets-svg"));
+    assert!(!o.status.success());
+    let err = text(&o).1;
+    assert!(
+        err.contains("terminal_value") && err.contains("no critic"),
+        "{err}"
+    );
+    assert!(
+        !t.path().join("pets-svg").exists(),
+        "a refused critic must not leave a run directory behind"
+    );
     fails_with(
         &["mbpo", "--resume", maac_dir.to_str().unwrap()],
         &["`mbrl-gpu maac` run"],

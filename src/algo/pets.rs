@@ -45,6 +45,10 @@ pub struct PetsConfig {
     /// Retrain the model every this many environment steps within a trial as well as at its
     /// start (mbrl-lib's `freq_train_model`); 0 trains once per trial.
     pub train_every: usize,
+    /// A `sac`/`mbpo`/`maac` run directory whose critic closes every planned path with
+    /// γ^H·V(s_H) (`plan --terminal-value`); unset by default. CPU backend.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub terminal_value: Option<std::path::PathBuf>,
 }
 
 /// Preset names accepted by `--preset`.
@@ -201,7 +205,38 @@ impl PetsConfig {
             particles,
             propagation: Propagation::Ts1,
             train_every,
+            terminal_value: None,
         })
+    }
+
+    /// The critic of `terminal_value`, if set (see
+    /// [`crate::policy::checkpoint::load_terminal_value`]).
+    pub fn load_terminal_value(&self) -> Result<Option<crate::backend::TerminalValue>> {
+        let Some(dir) = &self.terminal_value else {
+            return Ok(None);
+        };
+        let env = self.env_name()?;
+        let spec = self.model.check_env(&env)?;
+        crate::policy::checkpoint::load_terminal_value(
+            "terminal_value",
+            dir,
+            &env.to_string(),
+            spec.obs_dim,
+            spec.act_dim,
+        )
+        .map(Some)
+    }
+
+    /// Whether the run can plan on backend `name`: a terminal value needs the CPU.
+    pub fn check_backend(&self, name: &str) -> Result<()> {
+        if self.terminal_value.is_some() && name != "cpu" {
+            return Err(setting!(
+                "terminal_value",
+                "runs on the CPU backend only (the critic is a host-side network); use \
+                 --backend cpu, or unset it to plan on {name}"
+            ));
+        }
+        Ok(())
     }
 
     pub fn env_name(&self) -> Result<EnvName> {
@@ -235,7 +270,9 @@ impl PetsConfig {
             spec.act_dim,
             spec.obs_dim,
             self.particles,
-        )
+        )?;
+        // A missing or mismatched critic is refused before a run directory is made.
+        self.load_terminal_value().map(|_| ())
     }
 }
 
@@ -295,6 +332,9 @@ pub fn run<B: Backend>(
     let env_name = cfg.env_name()?;
     let mut env = env_name.open(1)?;
     let spec = env.spec().clone();
+    // Loaded (and refused) before any work, not at the first planned trial.
+    cfg.check_backend(backend.name())?;
+    let terminal = cfg.load_terminal_value()?;
     let resumed = match out {
         Some(dir) => load_checkpoint(dir, cfg)?,
         None => None,
@@ -355,6 +395,9 @@ pub fn run<B: Backend>(
                 ts,
                 seed,
             )?);
+            if let (Some(m), Some(tv)) = (mpc.as_mut(), &terminal) {
+                m.set_terminal_value(Some(tv.clone()))?;
+            }
         }
         let reset_seed = |episode: u64| {
             cfg.seed

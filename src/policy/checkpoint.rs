@@ -334,6 +334,64 @@ pub fn load_critic(path: &Path) -> Result<Sac> {
     })
 }
 
+/// A planner's terminal value from the run directory `dir` of `sac`, `mbpo` or `maac`: its
+/// policy (for the deterministic action) and critics, checked to belong together and to an
+/// environment of `obs_dim` observations and `act_dim` actions. `what` names the flag or
+/// setting in messages (`--terminal-value`, `terminal_value`).
+pub fn load_terminal_value(
+    what: &str,
+    dir: &Path,
+    env: &str,
+    obs_dim: usize,
+    act_dim: usize,
+) -> Result<crate::backend::TerminalValue> {
+    if !dir.is_dir() {
+        return Err(crate::invalid!(
+            "{what} {}: not a directory; give the run directory of `sac`, `mbpo` or `maac` \
+             (it holds policy.safetensors and critic.safetensors)",
+            dir.display()
+        ));
+    }
+    let (pp, cp) = (
+        dir.join("policy.safetensors"),
+        dir.join("critic.safetensors"),
+    );
+    for f in [&pp, &cp] {
+        if !f.is_file() {
+            return Err(crate::invalid!(
+                "{what} {}: no {} there; `sac`, `mbpo` and `maac` write it at their first \
+                 evaluation (`svg` learns no critic)",
+                dir.display(),
+                f.file_name().and_then(|n| n.to_str()).unwrap_or("file")
+            ));
+        }
+    }
+    let mut agent = load_policy(&pp)?;
+    let critic = load_critic(&cp)?;
+    if critic.nets != agent.nets {
+        return Err(Error::Shape(format!(
+            "{what} {}: the critic's networks {:?} do not belong to the policy's {:?}",
+            dir.display(),
+            critic.nets,
+            agent.nets
+        )));
+    }
+    let (o, a) = (agent.nets.obs_dim, agent.nets.act_dim);
+    if (o, a) != (obs_dim, act_dim) {
+        return Err(Error::Shape(format!(
+            "{what} {}: the agent was trained on {o} observation and {a} action values, but \
+             {env} has {obs_dim} and {act_dim}: it belongs to another environment",
+            dir.display()
+        )));
+    }
+    agent.critic = critic.critic;
+    let v = super::sac::CriticValue::from_agent(&agent);
+    Ok(crate::backend::TerminalValue {
+        gamma: v.gamma,
+        value: std::sync::Arc::new(v),
+    })
+}
+
 /// The whole training state back.
 pub fn agent_from_bytes(bytes: &[u8]) -> std::result::Result<Sac, String> {
     let (mut sac, st, meta) = open(bytes, AGENT_FORMAT)?;
