@@ -363,6 +363,7 @@ fn model_dynamics(model: Ensemble) -> ServeDynamics {
             propagation: Propagation::Ts1,
         },
         data: Transitions::new(3, 1),
+        terminal: None,
     }
 }
 
@@ -380,6 +381,53 @@ fn a_model_that_outputs_nan_should_answer_the_fallback_inside_the_bounds() {
         assert_eq!(r.action, vec![0.0]);
     }
     srv.finish();
+}
+
+/// A terminal value that is a constant, or not a number.
+struct ConstValue(f32);
+
+impl mbrl_gpu::backend::StateValue for ConstValue {
+    fn obs_dim(&self) -> usize {
+        3
+    }
+    fn values(&self, _: &[f32], rows: usize, out: &mut [f32]) {
+        out[..rows].fill(self.0);
+    }
+}
+
+#[test]
+fn a_terminal_value_should_close_the_served_plans() {
+    // A finite value plans as usual; a value that is not a number leaves no finite
+    // candidate, which the reply must show as the fallback — so the value is in the loop.
+    for (v, fallback) in [(0.5f32, false), (f32::NAN, true)] {
+        let ServeDynamics::Model {
+            model,
+            task,
+            ts,
+            data,
+            ..
+        } = model_dynamics(pendulum_model(4))
+        else {
+            unreachable!()
+        };
+        let dynamics = ServeDynamics::Model {
+            model,
+            task,
+            ts,
+            data,
+            terminal: Some(mbrl_gpu::backend::TerminalValue {
+                gamma: 0.99,
+                value: std::sync::Arc::new(ConstValue(v)),
+            }),
+        };
+        let srv = start(config(planner(Optimizer::Cem, 30, 5, 2), dynamics));
+        let mut c = Client::connect(srv.addr);
+        c.hello();
+        let r = c.act(0.0, &[0.3, 0.9, -1.0]);
+        assert_eq!(r.flags & flag::FALLBACK != 0, fallback, "value {v}: {r:?}");
+        assert!(in_bounds(&r.action));
+        srv.finish();
+    }
 }
 
 #[test]

@@ -23,6 +23,11 @@ pub struct ServeArgs {
     /// its state).
     #[arg(long)]
     true_dynamics: bool,
+    /// Close each model path with the critic of a `sac`/`mbpo`/`maac` run directory
+    /// (γ^H·min Q at the policy's action), so a short horizon plans like a long one; CPU
+    /// backend.
+    #[arg(long, value_name = "RUN_DIR", conflicts_with = "true_dynamics")]
+    terminal_value: Option<PathBuf>,
     /// HOST:PORT (loopback unless --allow-remote) or unix:PATH.
     #[arg(long, default_value = "127.0.0.1:5555")]
     listen: String,
@@ -145,6 +150,16 @@ pub fn run(a: ServeArgs) -> Result<()> {
                 }
                 None => Transitions::new(spec.obs_dim, spec.act_dim),
             };
+            let terminal = match &a.terminal_value {
+                Some(dir) => Some(mbrl_gpu::policy::checkpoint::load_terminal_value(
+                    "--terminal-value",
+                    dir,
+                    &env.to_string(),
+                    spec.obs_dim,
+                    spec.act_dim,
+                )?),
+                None => None,
+            };
             ServeDynamics::Model {
                 model,
                 task: env.task_code(),
@@ -153,6 +168,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
                     propagation: a.propagation,
                 },
                 data,
+                terminal,
             }
         }
         (None, true) => ServeDynamics::True(env.require_native("serve --true-dynamics")?),
@@ -181,6 +197,12 @@ pub fn run(a: ServeArgs) -> Result<()> {
         seed: a.seed,
     };
     let be = pick_backend_for(a.backend, Precision::F32)?;
+    if a.terminal_value.is_some() && be.name() != "cpu" {
+        return Err(invalid!(
+            "--terminal-value runs on the CPU backend only (the critic is a host-side \
+             network); use --backend cpu"
+        ));
+    }
     let server = Server::bind(&address, cfg)?;
     let shown = server
         .local_addr()
@@ -318,6 +340,7 @@ pub fn bench(a: ServeBenchArgs) -> Result<()> {
                 propagation: Propagation::Ts1,
             },
             data: Transitions::new(spec.obs_dim, spec.act_dim),
+            terminal: None,
         };
         configs.push(("model_5x3x64_cem", cfg, dynamics));
     }

@@ -73,6 +73,8 @@ pub enum ServeDynamics {
         task: u32,
         ts: TsConfig,
         data: Transitions,
+        /// A learned value closing each planned path (`serve --terminal-value`; CPU).
+        terminal: Option<crate::backend::TerminalValue>,
     },
     /// A native environment's own dynamics; observations are mapped back to its state.
     True(EnvId),
@@ -625,16 +627,25 @@ impl<'a, B: Backend> Connection<'a, B> {
         if self.mpc.is_none() {
             let seed = cfg.seed.wrapping_add(self.index as u64);
             let mpc = match (&cfg.dynamics, &model) {
-                (ServeDynamics::Model { task, ts, .. }, Some((m, _))) => Mpc::with_model_task(
-                    backend,
-                    m,
-                    *task,
-                    &cfg.spec.act_low,
-                    &cfg.spec.act_high,
-                    cfg.planner.clone(),
-                    *ts,
-                    seed,
-                )?,
+                (
+                    ServeDynamics::Model {
+                        task, ts, terminal, ..
+                    },
+                    Some((m, _)),
+                ) => {
+                    let mut mpc = Mpc::with_model_task(
+                        backend,
+                        m,
+                        *task,
+                        &cfg.spec.act_low,
+                        &cfg.spec.act_high,
+                        cfg.planner.clone(),
+                        *ts,
+                        seed,
+                    )?;
+                    mpc.set_terminal_value(terminal.clone())?;
+                    mpc
+                }
                 (ServeDynamics::True(env), _) => {
                     Mpc::with_true_dynamics(backend, *env, cfg.planner.clone(), seed)?
                 }
