@@ -917,6 +917,9 @@ fn run_plan(a: PlanArgs) -> Result<()> {
         None => None,
     };
     let be = pick_backend_for(a.backend, a.precision)?;
+    if terminal.is_some() {
+        terminal_value_backend(be.name())?;
+    }
     with_backend!(&be, |b| plan_on(
         b,
         &a,
@@ -926,6 +929,17 @@ fn run_plan(a: PlanArgs) -> Result<()> {
         model.as_ref(),
         terminal.clone()
     ))
+}
+
+/// `--terminal-value` needs the CPU backend: its critic is a host-side network.
+fn terminal_value_backend(backend: &str) -> Result<()> {
+    if backend != "cpu" {
+        return Err(invalid!(
+            "--terminal-value runs on the CPU backend only (the critic is a host-side \
+             network), not on {backend}; use --backend cpu"
+        ));
+    }
+    Ok(())
 }
 
 /// A trained ensemble for planning on `env`: its dimensions must be the environment's, and

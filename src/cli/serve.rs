@@ -1,5 +1,5 @@
 //! `serve`: the planning service's command line; the service is `mbrl_gpu::serve`.
-use super::{load_plan_model, pick_backend_for, plan_flag, SamplingArgs};
+use super::{load_plan_model, pick_backend_for, plan_flag, terminal_value_backend, SamplingArgs};
 use clap::Args;
 use mbrl_gpu::backend::{BackendChoice, Precision, Propagation};
 use mbrl_gpu::env::EnvName;
@@ -197,11 +197,8 @@ pub fn run(a: ServeArgs) -> Result<()> {
         seed: a.seed,
     };
     let be = pick_backend_for(a.backend, Precision::F32)?;
-    if a.terminal_value.is_some() && be.name() != "cpu" {
-        return Err(invalid!(
-            "--terminal-value runs on the CPU backend only (the critic is a host-side \
-             network); use --backend cpu"
-        ));
+    if a.terminal_value.is_some() {
+        terminal_value_backend(be.name())?;
     }
     let server = Server::bind(&address, cfg)?;
     let shown = server

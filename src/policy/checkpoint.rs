@@ -369,11 +369,18 @@ pub fn load_terminal_value(
     let mut agent = load_policy(&pp)?;
     let critic = load_critic(&cp)?;
     if critic.nets != agent.nets {
+        let nets = |n: &Nets| {
+            format!(
+                "{} observations, {} actions, {}×{} {:?}",
+                n.obs_dim, n.act_dim, n.critic.num_layers, n.critic.hidden, n.critic.activation
+            )
+        };
         return Err(Error::Shape(format!(
-            "{what} {}: the critic's networks {:?} do not belong to the policy's {:?}",
+            "{what} {}: critic.safetensors ({}) and policy.safetensors ({}) are not of one \
+             agent",
             dir.display(),
-            critic.nets,
-            agent.nets
+            nets(&critic.nets),
+            nets(&agent.nets)
         )));
     }
     let (o, a) = (agent.nets.obs_dim, agent.nets.act_dim);
@@ -574,5 +581,31 @@ mod tests {
         let mut nan = s.clone();
         nan.actor[0] = f32::NAN;
         assert!(policy_bytes(&nan).is_err());
+    }
+
+    #[test]
+    fn terminal_values_should_come_only_from_one_agents_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |sub: &str, policy: &Sac, critic: &Sac| {
+            let d = dir.path().join(sub);
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join("policy.safetensors"), policy_bytes(policy).unwrap()).unwrap();
+            std::fs::write(d.join("critic.safetensors"), critic_bytes(critic).unwrap()).unwrap();
+            d
+        };
+        let a = agent();
+        let tv = load_terminal_value("t", &write("good", &a, &a), "e", 3, 2).unwrap();
+        assert_eq!(tv.gamma, a.cfg.gamma);
+        assert_eq!(tv.value.obs_dim(), 3);
+        let wide = Sac::new(SacConfig::default(), 3, &[-2.0, 0.0], &[2.0, 1.0], 5).unwrap();
+        let e = load_terminal_value("t", &write("mixed", &a, &wide), "e", 3, 2).unwrap_err();
+        assert!(e.to_string().contains("not of one agent"), "{e}");
+        let e = load_terminal_value("t", &write("other", &a, &a), "e", 4, 2).unwrap_err();
+        assert!(e.to_string().contains("another environment"), "{e}");
+        let only = dir.path().join("only-policy");
+        std::fs::create_dir_all(&only).unwrap();
+        std::fs::write(only.join("policy.safetensors"), policy_bytes(&a).unwrap()).unwrap();
+        let e = load_terminal_value("t", &only, "e", 3, 2).unwrap_err();
+        assert!(e.to_string().contains("no critic.safetensors"), "{e}");
     }
 }
