@@ -869,6 +869,12 @@ fn terminal_value_should_skip_terminated_paths_and_refuse_non_finite_values() {
     // where it ended never counts.
     let fallen = [0.0f32, 0.0, 1.2, 0.0];
     assert_eq!(run(&fallen, Some(&big)), run(&fallen, None));
+    // Not even when it is not a number: a terminated path is not valued at all.
+    let nan = mbrl_gpu::backend::TerminalValue {
+        gamma: 0.99,
+        value: std::sync::Arc::new(NanValue),
+    };
+    assert_eq!(run(&fallen, Some(&nan)), run(&fallen, None));
     // Upright: every path survives the 4 steps and gains V(s_H) = 1000 + s₀ − 2·s₂.
     let upright = [0.0f32, 0.0, 0.0, 0.0];
     for (a, b) in run(&upright, Some(&big)).iter().zip(run(&upright, None)) {
@@ -888,11 +894,7 @@ fn terminal_value_should_skip_terminated_paths_and_refuse_non_finite_values() {
         counts.contains(&k) && counts.iter().any(|&c| c < k),
         "this start should end some paths early and not others: {counts:?}"
     );
-    // A value that is not a number marks the candidate as diverged (−∞), never a NaN.
-    let nan = mbrl_gpu::backend::TerminalValue {
-        gamma: 0.99,
-        value: std::sync::Arc::new(NanValue),
-    };
+    // A value that is not a number on a live path marks the candidate as diverged (−∞).
     for r in run(&upright, Some(&nan)) {
         assert_eq!(r, f32::NEG_INFINITY);
     }

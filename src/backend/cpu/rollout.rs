@@ -427,13 +427,15 @@ fn run_tile(
         let v = &mut t.reward[..n];
         tv.value.values(&t.state[..n * od], n, v);
         for i in 0..n {
-            if t.bad[i] {
+            // A terminated path's last state is never valued (the model keeps stepping it,
+            // so it may be anywhere): neither its value nor its finiteness counts.
+            if t.bad[i] || !t.alive[i] {
                 continue;
             }
-            if !v[i].is_finite() {
-                t.bad[i] = true;
-            } else if t.alive[i] {
+            if v[i].is_finite() {
                 out[i] += discount * v[i];
+            } else {
+                t.bad[i] = true;
             }
         }
     }
