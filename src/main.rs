@@ -906,16 +906,7 @@ fn run_plan(a: PlanArgs) -> Result<()> {
         particles,
     )
     .map_err(|e| e.rename_setting(plan_flag))?;
-    let terminal = match &a.terminal_value {
-        Some(dir) => Some(mbrl_gpu::policy::checkpoint::load_terminal_value(
-            "--terminal-value",
-            dir,
-            &env.to_string(),
-            spec.obs_dim,
-            spec.act_dim,
-        )?),
-        None => None,
-    };
+    let terminal = terminal_value_flag(a.terminal_value.as_deref(), &env, &spec)?;
     let be = pick_backend_for(a.backend, a.precision)?;
     if terminal.is_some() {
         terminal_value_backend(be.name())?;
@@ -929,6 +920,24 @@ fn run_plan(a: PlanArgs) -> Result<()> {
         model.as_ref(),
         terminal.clone()
     ))
+}
+
+/// The critic of `--terminal-value RUN_DIR`, if given, for planning on `env`.
+fn terminal_value_flag(
+    dir: Option<&Path>,
+    env: &mbrl_gpu::env::EnvName,
+    spec: &mbrl_gpu::env::EnvSpec,
+) -> Result<Option<mbrl_gpu::backend::TerminalValue>> {
+    dir.map(|d| {
+        mbrl_gpu::policy::checkpoint::load_terminal_value(
+            "--terminal-value",
+            d,
+            &env.to_string(),
+            spec.obs_dim,
+            spec.act_dim,
+        )
+    })
+    .transpose()
 }
 
 /// `--terminal-value` needs the CPU backend: its critic is a host-side network.

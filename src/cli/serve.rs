@@ -1,5 +1,8 @@
 //! `serve`: the planning service's command line; the service is `mbrl_gpu::serve`.
-use super::{load_plan_model, pick_backend_for, plan_flag, terminal_value_backend, SamplingArgs};
+use super::{
+    load_plan_model, pick_backend_for, plan_flag, terminal_value_backend, terminal_value_flag,
+    SamplingArgs,
+};
 use clap::Args;
 use mbrl_gpu::backend::{BackendChoice, Precision, Propagation};
 use mbrl_gpu::env::EnvName;
@@ -150,16 +153,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
                 }
                 None => Transitions::new(spec.obs_dim, spec.act_dim),
             };
-            let terminal = match &a.terminal_value {
-                Some(dir) => Some(mbrl_gpu::policy::checkpoint::load_terminal_value(
-                    "--terminal-value",
-                    dir,
-                    &env.to_string(),
-                    spec.obs_dim,
-                    spec.act_dim,
-                )?),
-                None => None,
-            };
+            let terminal = terminal_value_flag(a.terminal_value.as_deref(), &env, &spec)?;
             ServeDynamics::Model {
                 model,
                 task: env.task_code(),

@@ -140,6 +140,46 @@ pub struct CpuBackend {
 }
 
 impl CpuBackend {
+    /// `rollout`, closed by `value` when given (checked arguments, shared workspace).
+    #[allow(clippy::too_many_arguments)]
+    fn rollout_valued(
+        &self,
+        p: &RolloutParams,
+        shape: &EnsembleShape,
+        params: &[f32],
+        norm: &[f32],
+        start: &[f32],
+        actions: &[f32],
+        value: Option<&TerminalValue>,
+        returns: &mut [f32],
+    ) -> Result<()> {
+        let lens = [
+            params.len(),
+            norm.len(),
+            start.len(),
+            actions.len(),
+            returns.len(),
+        ];
+        check::rollout(p, shape, lens)?;
+        let i = shape.in_dim;
+        let mut ws = self.rollout_ws.lock().unwrap_or_else(|p| p.into_inner());
+        let (m, s) = (&norm[..i], &norm[i..2 * i]);
+        rollout::rollout(
+            p,
+            shape,
+            params,
+            m,
+            s,
+            start,
+            actions,
+            returns,
+            &mut ws,
+            self.bf16_planning,
+            value,
+        );
+        Ok(())
+    }
+
     pub fn new() -> Self {
         Self::default()
     }
@@ -366,31 +406,7 @@ impl Backend for CpuBackend {
         actions: &Vec<f32>,
         returns: &mut Vec<f32>,
     ) -> Result<()> {
-        let lens = [
-            params.len(),
-            norm.len(),
-            start.len(),
-            actions.len(),
-            returns.len(),
-        ];
-        check::rollout(p, shape, lens)?;
-        let i = shape.in_dim;
-        let mut ws = self.rollout_ws.lock().unwrap_or_else(|p| p.into_inner());
-        let (m, s) = (&norm[..i], &norm[i..2 * i]);
-        rollout::rollout(
-            p,
-            shape,
-            params,
-            m,
-            s,
-            start,
-            actions,
-            returns,
-            &mut ws,
-            self.bf16_planning,
-            None,
-        );
-        Ok(())
+        self.rollout_valued(p, shape, params, norm, start, actions, None, returns)
     }
 
     fn rollout_with_value(
@@ -404,37 +420,13 @@ impl Backend for CpuBackend {
         value: &TerminalValue,
         returns: &mut Vec<f32>,
     ) -> Result<()> {
-        let lens = [
-            params.len(),
-            norm.len(),
-            start.len(),
-            actions.len(),
-            returns.len(),
-        ];
-        check::rollout(p, shape, lens)?;
         if !(value.gamma > 0.0 && value.gamma <= 1.0) {
             return Err(crate::invalid!(
                 "the terminal value's discount must be in (0, 1], got {}",
                 value.gamma
             ));
         }
-        let i = shape.in_dim;
-        let mut ws = self.rollout_ws.lock().unwrap_or_else(|p| p.into_inner());
-        let (m, s) = (&norm[..i], &norm[i..2 * i]);
-        rollout::rollout(
-            p,
-            shape,
-            params,
-            m,
-            s,
-            start,
-            actions,
-            returns,
-            &mut ws,
-            self.bf16_planning,
-            Some(value),
-        );
-        Ok(())
+        self.rollout_valued(p, shape, params, norm, start, actions, Some(value), returns)
     }
 
     fn rollout_true(
