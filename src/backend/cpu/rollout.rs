@@ -423,19 +423,27 @@ fn run_tile(
         std::mem::swap(&mut t.state, &mut t.next);
     }
     if let Some(tv) = terminal {
-        // + γ^H V(s_H) on the paths still alive; `discount` is γ^H here.
-        let v = &mut t.reward[..n];
-        tv.value.values(&t.state[..n * od], n, v);
+        // + γ^H V(s_H) on the paths still alive; `discount` is γ^H here. A terminated path's
+        // last state is never valued (the model keeps stepping it, so it may be anywhere):
+        // only the live rows' states are gathered and passed to the value.
+        let mut live = 0;
         for i in 0..n {
-            // A terminated path's last state is never valued (the model keeps stepping it,
-            // so it may be anywhere): neither its value nor its finiteness counts.
-            if t.bad[i] || !t.alive[i] {
-                continue;
+            if t.alive[i] && !t.bad[i] {
+                t.order[live] = i as u32;
+                t.next[live * od..(live + 1) * od].copy_from_slice(&t.state[i * od..(i + 1) * od]);
+                live += 1;
             }
-            if v[i].is_finite() {
-                out[i] += discount * v[i];
-            } else {
-                t.bad[i] = true;
+        }
+        if live > 0 {
+            let v = &mut t.reward[..live];
+            tv.value.values(&t.next[..live * od], live, v);
+            for (&i, &vi) in t.order[..live].iter().zip(v.iter()) {
+                let i = i as usize;
+                if vi.is_finite() {
+                    out[i] += discount * vi;
+                } else {
+                    t.bad[i] = true;
+                }
             }
         }
     }
