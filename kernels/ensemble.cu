@@ -58,7 +58,7 @@ KERNEL BOUNDS(256) void ensemble_forward(MlpShape s, GLOBAL const float* P,
     cur[r * ld + j] = (x[(row0 + (u32)r) * (u32)in + (u32)j] - norm[j]) / norm[in + j];
   }
   for (int l = 0; l <= (int)s.num_layers; ++l) {
-    mlp_layer(s, P, Wt, l, e, cur, oth, ws, 0, n, mean, 0, 0u);
+    mlp_layer(s, P, Wt, l, e, cur, oth, ws, 0, n, mean, 0, 0u, NO_CTR);
     SMEM float* t = cur;
     cur = oth;
     oth = t;
@@ -99,7 +99,7 @@ KERNEL BOUNDS(256) void ensemble_nll_backward(MlpShape s, NllParams q, GLOBAL co
   }
   for (int l = 0; l <= L; ++l) {
     mlp_layer(s, P, Wt, l, e, cur, oth, ws, 0, n, scratch, 1,
-              q.z_off + (u32)l * layer_z + row0 * (u32)H);
+              q.z_off + (u32)l * layer_z + row0 * (u32)H, NO_CTR);
     SMEM float* t = cur;
     cur = oth;
     oth = t;
@@ -159,7 +159,7 @@ KERNEL BOUNDS(256) void ensemble_nll_backward(MlpShape s, NllParams q, GLOBAL co
     const int fi = mlp_fan_in(s, l), fo = mlp_fan_out(s, l);
     const u32 w_off = mlp_weight_off(s, l) + (u32)e * (u32)fi * (u32)fo;
     tile_gemm(dz, da, ld, Wt, w_off, fo, 1, fo, fi, P, 0u, 0, ACT_NONE, scratch, 0, 0u, 0, 0, n,
-              ws);
+              ws, NO_CTR);
     const u32 zl = q.z_off + (u32)(l - 1) * layer_z;
     const u32 dzl = nll_dz_off(s, q, l - 1);
     for (int i = LID; i < n * H; i += TILE_THREADS) {

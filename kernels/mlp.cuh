@@ -12,9 +12,19 @@
 // - Each layer is a [32 × K] · [K × N] product. Weights are staged through shared memory in
 //   chunks of TILE_KC = 16 input rows × TILE_NT = 128 output columns (8 KB, coalesced 512 B
 //   rows from global/L2, where the whole ensemble lives: 5 × 200 × 200 × 4 B = 0.8 MB).
-// - Every thread accumulates a 4 × 4 register tile: rows ty + 8i (ty = warp), columns
-//   tx·4 + j (tx = lane). Activation reads are warp broadcasts, weight reads are one
-//   conflict-free 16-byte load per lane: 5 shared loads per 16 FMAs.
+// - Every thread accumulates a 4 × 4 register tile: rows rg + 8i, columns cg·4 + j, where a
+//   chunk of w ≤ 128 output columns has g = ⌈w/4⌉ column groups and thread LID is
+//   (rg, cg) = (LID / g, LID % g); threads from 8g on sit the chunk out, so whole warps are
+//   idle and issue nothing. A 200-wide layer is a 128-column chunk on all 8 warps, then a
+//   72-column chunk on 4.5 warps (5 issue), instead of two full 128-column chunks: issued /
+//   useful multiply-adds 1.04 rather than 1.28, and the 10-wide head of the cart-pole model
+//   runs on one warp. With g = 32 a warp is one row group: activation reads are warp
+//   broadcasts, weight reads one conflict-free 16-byte load per lane; a warp spanning two row
+//   groups reads two rows, which sit 4 banks apart (ld ≡ 4 mod 32).
+// - MBRL_COUNTERS (a debug variant, CudaOptions::counters): thread 0 adds per staged weight
+//   chunk the rows it served, and the multiply-adds issued (32 lanes per issuing warp) and
+//   useful, to 64-bit counters in global memory (ctr; null: not counted). The CUDA host reads
+//   them back as KernelCounters; tests/cuda_pocl.rs holds them to the goals.
 // - ld ≡ 4 (mod 32) so that the tensor-core path's fragment loads (8 rows × 4 columns per
 //   warp) hit 32 distinct banks.
 // - MBRL_TENSOR_CORES (CUDA only, sm_80+): the same tile product on mma.sync.m16n8k8 TF32
@@ -127,6 +137,31 @@ DEVFN void mma_tf32(float* c, u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
 }
 #endif
 
+// The counter pointer of launches that count nothing.
+#define NO_CTR ((GLOBAL u32*)0)
+
+#ifdef MBRL_COUNTERS
+#if MBRL_CUDA
+#define ATOMIC_ADD_U32(p, v) atomicAdd((p), (v))
+#else
+#define ATOMIC_ADD_U32(p, v) atomic_add((volatile GLOBAL u32*)(p), (v))
+#endif
+#define CTR_STAGES 0
+#define CTR_ROWS 1
+#define CTR_ISSUED 2
+#define CTR_USEFUL 3
+#define CTR_COUNT 4
+// Counter i is the 64-bit sum of words 2i (low) and 2i+1 (high); the carry out of the low
+// word is detected from the value the atomic returns.
+DEVFN void ctr_add(GLOBAL u32* ctr, int i, u64 v) {
+  const u32 lo = (u32)v;
+  u32 hi = (u32)(v >> 32);
+  const u32 old = ATOMIC_ADD_U32(ctr + 2 * i, lo);
+  if (old + lo < old) hi += 1u;
+  if (hi) ATOMIC_ADD_U32(ctr + 2 * i + 1, hi);
+}
+#endif
+
 // out[s][c] = epilogue( Σ_k in[s][k] · B(k, c) ) for slots s ∈ [s0, s1) and c ∈ [0, N), where
 // B(k, c) = W[w_off + k·ldw + c], or W[w_off + c·ldw + k] when `trans` (Wᵀ, for the backward
 // data path). `in` and `out` are distinct shared tiles of TILE_ROWS × ld; `ws` holds
@@ -134,16 +169,17 @@ DEVFN void mma_tf32(float* c, u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
 DEVFN void tile_gemm(SMEM const float* in, SMEM float* out, int ld, GLOBAL const wtype* W,
                      u32 w_off, int ldw, int trans, int K, int N, GLOBAL const float* P,
                      u32 b_off, int has_bias, int act, GLOBAL float* zout, int store_z,
-                     u32 z_base, int z_ld, int s0, int s1, SMEM float* ws) {
-  const int lane = LID & 31;
-  const int warp = LID >> 5;
+                     u32 z_base, int z_ld, int s0, int s1, SMEM float* ws, GLOBAL u32* ctr) {
   const int cnt = s1 - s0;
   for (int c0 = 0; c0 < N; c0 += TILE_NT) {
 #if MBRL_CUDA && defined(MBRL_TENSOR_CORES)
+    const int lane = LID & 31;
+    const int warp = LID >> 5;
     // Warp tile: 16 rows (absolute slots mb..mb+15) × 32 columns as four n8 tiles.
     const int mb = (warp & 1) * 16;
     const int nb = (warp >> 1) * 32;
     const int g = lane >> 2, t = lane & 3;
+    const int wcols = TILE_NT;
     float acc[4][4];
     UNROLL
     for (int q = 0; q < 4; ++q) {
@@ -151,6 +187,11 @@ DEVFN void tile_gemm(SMEM const float* in, SMEM float* out, int ld, GLOBAL const
       for (int r = 0; r < 4; ++r) acc[q][r] = 0.0f;
     }
 #else
+    // Column groups of this chunk and this thread's place in it (see the header).
+    const int ng = (imin(TILE_NT, N - c0) + TILE_CPT - 1) / TILE_CPT;
+    const int wcols = ng * TILE_CPT;
+    const int rg = LID / ng, cg = LID % ng;
+    const int active = LID < 8 * ng;
     float acc[TILE_RPT][TILE_CPT];
     UNROLL
     for (int i = 0; i < TILE_RPT; ++i) {
@@ -161,14 +202,15 @@ DEVFN void tile_gemm(SMEM const float* in, SMEM float* out, int ld, GLOBAL const
     for (int k0 = 0; k0 < K; k0 += TILE_KC) {
       const int kc = imin(TILE_KC, K - k0);
       SYNC();
-      for (int e = LID; e < TILE_KC * TILE_NT; e += TILE_THREADS) {
+      // Only the chunk's wcols columns are staged (zero beyond N).
+      for (int e = LID; e < TILE_KC * wcols; e += TILE_THREADS) {
         int kk, cc;
         if (trans) {
           kk = e % TILE_KC;
           cc = e / TILE_KC;
         } else {
-          kk = e / TILE_NT;
-          cc = e % TILE_NT;
+          kk = e / wcols;
+          cc = e % wcols;
         }
         const int k = k0 + kk, c = c0 + cc;
         float v = 0.0f;
@@ -177,6 +219,28 @@ DEVFN void tile_gemm(SMEM const float* in, SMEM float* out, int ld, GLOBAL const
         ws[kk * TILE_NT + cc] = v;
       }
       SYNC();
+#ifdef MBRL_COUNTERS
+      if (LID == 0 && ctr) {
+        const u64 w = (u64)imin(TILE_NT, N - c0);
+        ctr_add(ctr, CTR_STAGES, 1u);
+        ctr_add(ctr, CTR_ROWS, (u64)cnt);
+        ctr_add(ctr, CTR_USEFUL, (u64)cnt * (u64)kc * w);
+#if MBRL_CUDA && defined(MBRL_TENSOR_CORES)
+        // Every warp issues its m16n8k8 products on the whole 16 × 32 warp tile.
+        ctr_add(ctr, CTR_ISSUED, (u64)TILE_ROWS * (u64)TILE_NT * (u64)(((kc + 7) / 8) * 8));
+#else
+        // A warp issues row step i when any of its active threads has a row there: its
+        // first thread's row group is the smallest.
+        u64 issued = 0u;
+        for (int wi = 0; wi < TILE_THREADS / 32 && 32 * wi < 8 * ng; ++wi) {
+          const int rg0 = (32 * wi) / ng;
+          for (int i = 0; i < TILE_RPT; ++i)
+            if (rg0 + 8 * i < cnt) issued += (u64)(32 * TILE_CPT * kc);
+        }
+        ctr_add(ctr, CTR_ISSUED, issued);
+#endif
+      }
+#endif
 #if MBRL_CUDA && defined(MBRL_TENSOR_CORES)
       UNROLL
       for (int ks = 0; ks < TILE_KC; ks += 8) {
@@ -198,15 +262,15 @@ DEVFN void tile_gemm(SMEM const float* in, SMEM float* out, int ld, GLOBAL const
         }
       }
 #else
-      if (warp < cnt) {
+      if (active && rg < cnt) {
         for (int kk = 0; kk < kc; ++kk) {
           float b[TILE_CPT];
           UNROLL
-          for (int j = 0; j < TILE_CPT; ++j) b[j] = ws[kk * TILE_NT + lane * TILE_CPT + j];
+          for (int j = 0; j < TILE_CPT; ++j) b[j] = ws[kk * TILE_NT + cg * TILE_CPT + j];
           UNROLL
           for (int i = 0; i < TILE_RPT; ++i) {
-            if (warp + 8 * i < cnt) {
-              const float a = in[(s0 + warp + 8 * i) * ld + k0 + kk];
+            if (rg + 8 * i < cnt) {
+              const float a = in[(s0 + rg + 8 * i) * ld + k0 + kk];
               UNROLL
               for (int j = 0; j < TILE_CPT; ++j) acc[i][j] += a * b[j];
             }
@@ -227,16 +291,18 @@ DEVFN void tile_gemm(SMEM const float* in, SMEM float* out, int ld, GLOBAL const
       }
     }
 #else
-    UNROLL
-    for (int i = 0; i < TILE_RPT; ++i) {
-      const int r = warp + 8 * i;
-      if (r < cnt) {
-        UNROLL
-        for (int j = 0; j < TILE_CPT; ++j) {
-          const int c = c0 + lane * TILE_CPT + j;
-          if (c < N)
-            gemm_store(acc[i][j], s0 + r, c, out, ld, P, b_off, has_bias, act, zout, store_z,
-                       z_base, z_ld);
+    if (active) {
+      UNROLL
+      for (int i = 0; i < TILE_RPT; ++i) {
+        const int r = rg + 8 * i;
+        if (r < cnt) {
+          UNROLL
+          for (int j = 0; j < TILE_CPT; ++j) {
+            const int c = c0 + cg * TILE_CPT + j;
+            if (c < N)
+              gemm_store(acc[i][j], s0 + r, c, out, ld, P, b_off, has_bias, act, zout, store_z,
+                         z_base, z_ld);
+          }
         }
       }
     }
@@ -249,14 +315,14 @@ DEVFN void tile_gemm(SMEM const float* in, SMEM float* out, int ld, GLOBAL const
 // the head). With store_z, hidden pre-activations go to zout[z_base + s·hidden + c].
 DEVFN void mlp_layer(MlpShape s, GLOBAL const float* P, GLOBAL const wtype* Wt, int l, int m,
                      SMEM const float* in, SMEM float* out, SMEM float* ws, int s0, int s1,
-                     GLOBAL float* zout, int store_z, u32 z_base) {
+                     GLOBAL float* zout, int store_z, u32 z_base, GLOBAL u32* ctr) {
   const int fi = mlp_fan_in(s, l), fo = mlp_fan_out(s, l);
   const int hidden_layer = l < (int)s.num_layers;
   const u32 w_off = mlp_weight_off(s, l) + (u32)m * (u32)fi * (u32)fo;
   const u32 b_off = mlp_weight_off(s, l) + s.ensemble * (u32)fi * (u32)fo + (u32)m * (u32)fo;
   tile_gemm(in, out, (int)s.ld, Wt, w_off, fo, 0, fi, fo, P, b_off, 1,
             hidden_layer ? (int)s.activation : ACT_NONE, zout, store_z && hidden_layer, z_base,
-            (int)s.hidden, s0, s1, ws);
+            (int)s.hidden, s0, s1, ws, ctr);
 }
 
 // Dynamic shared memory of the forward tile: two activation tiles and the weight stage.

@@ -3,21 +3,16 @@
 // Compiled after common.cuh and mlp.cuh (the Rust side prepends them).
 //
 // Entry points (block = 256 threads):
-//   rollout         grid ⌈P·K/32⌉: one block owns 32 consecutive rows (row = candidate·K +
-//                   particle) for the *whole horizon*, so there is one launch per rollout and
-//                   the particle states never leave shared memory. Each step: draw every row's
-//                   elite member (Philox, as the CPU), counting-sort the tile's rows by member
-//                   (stable, members ascending: the grouping the CPU uses), then run each
-//                   layer once per member present on that member's contiguous slots (mlp.cuh's
-//                   tile engine, weights streamed from L2); sample the next state from the
-//                   predicted Gaussian; reward, termination and finiteness per row. Writes one
-//                   return per row.
-//                   Why rows are not regrouped across blocks: under TS1 members change every
-//                   step, and a grid-wide regrouping needs a grid barrier per step (cooperative
-//                   launch, not portable). With 5 elites a 32-row tile runs ≤ 5 member passes;
-//                   the FMAs of a pass are predicated per warp on the member's row count, so
-//                   the arithmetic done stays ≈ the useful arithmetic and the extra cost is
-//                   the re-staging of each member's weights.
+//   rollout_group   grid H (TS1) or 1 (TS∞): the slot tables that group rows by member
+//                   across the whole population, each member's run padded to whole tiles.
+//   rollout         one launch for the horizon (TS∞, expectation) or one per step (TS1):
+//                   a block of 256 threads serves one tile of up to 32 rows of one member
+//                   (TS1/TS∞) or runs every elite on its 32 rows (expectation), through
+//                   mlp.cuh's tile engine with weights streamed from L2; samples the next
+//                   state from the predicted Gaussian; reward, termination and finiteness per
+//                   row. Why grouped across the population: a tile of 32 consecutive rows
+//                   holds ≈ 5 members, and re-staging each member's weights for ≈ 6 rows
+//                   made the weight traffic 5× the tile engine's design (issue 9).
 //   rollout_reduce  grid ⌈P/256⌉: mean over each candidate's K particle returns (−∞ if any
 //                   particle left the finite numbers), in particle order like the CPU.
 //   rollout_true    grid ⌈P/128⌉ (blocks of 128): one thread per candidate steps the native
@@ -213,41 +208,158 @@ DEVFN void env_observe(u32 env, const float* s, float* o) {
 // ---- learned-model rollout ----------------------------------------------------------------
 #define ROLL_INTS 192
 
-// Dynamic shared memory of `rollout`, in 4-byte words (src/backend/cuda/rollout.rs mirrors it).
+// Identical to src/backend/cuda/params.rs `RolloutSpan`: the steps [t0, t1) one launch of
+// `rollout` runs, and the blocks of its grid (the slot table's blocks per step).
+typedef struct {
+  u32 t0, t1, blocks, pad;
+} RolloutSpan;
+
+// Row flags kept in global memory between the launches of a TS1 rollout.
+#define ROW_ALIVE 1u
+#define ROW_BAD 2u
+
+// Dynamic shared memory of `rollout`, in 4-byte words (src/backend/cuda/params.rs mirrors it).
 DEVFN int rollout_words(MlpShape s, RolloutParams p) {
   return mlp_tile_floats(s) + 2 * TILE_ROWS * (int)p.obs_dim + TILE_ROWS * (int)s.out_dim +
          2 * TILE_ROWS + ROLL_INTS;
 }
 
-// Model input of a slot: [state of row r, action of row r at step t], normalised.
+// The elite drawn for `row` at Philox coordinate `coord` (the CPU's draw).
+DEVFN int ts_member(RolloutParams p, SMEM const int* elist, u32 row, u32 coord) {
+  return elist[philox_below(p.seed_lo, p.seed_hi, STREAM_TS_MEMBER, row, coord, p.num_elites)];
+}
+
+// The distinct elites in ascending order into uniq; returns how many. Thread 0 only.
+DEVFN int distinct_elites(RolloutParams p, SMEM int* elist, SMEM int* uniq) {
+  // Constant indices only: a thread-indexed read would copy the parameter block to local memory.
+  UNROLL
+  for (int q = 0; q < 16; ++q) elist[q] = (int)p.elites[q];
+  int nu = 0;
+  for (int q = 0; q < (int)p.num_elites; ++q) {
+    const int m = elist[q];
+    int pos = 0;
+    while (pos < nu && uniq[pos] < m) ++pos;
+    if (pos < nu && uniq[pos] == m) continue;
+    for (int k = nu; k > pos; --k) uniq[k] = uniq[k - 1];
+    uniq[pos] = m;
+    ++nu;
+  }
+  return nu;
+}
+
+// rollout_group, grid = the number of member draws (H under TS1, 1 under TS∞), one block
+// each: the slot table of draw g. Rows are counting-sorted by member (members ascending, rows
+// ascending within a member) and each member's run is padded to whole tiles of TILE_ROWS
+// slots, so that a block of `rollout` serves one member: every staged weight chunk serves a
+// full tile of rows but the last of each member. slot_rows[(g·blocks + b)·TILE_ROWS + i] is
+// the row in slot i of block b (−1: padding; a block's rows are a prefix of its slots), and
+// block_member[g·blocks + b] its member (−1: an empty block, which returns at once).
+// blocks = ⌈rows / TILE_ROWS⌉ + distinct elites bounds the padded total. Each of the 256
+// threads counts a contiguous chunk of rows, the chunks' counts are scanned per member, and
+// the threads place their rows again in the same order.
+KERNEL BOUNDS(256) void rollout_group(RolloutParams p, u32 blocks, GLOBAL int* slot_rows,
+                                      GLOBAL int* block_member) {
+  SHARED int cnt[256 * 16];
+  SHARED int elist[16];
+  SHARED int uniq[16];
+  SHARED int seg[17];
+  SHARED int tot[16];
+  SHARED int meta[1];
+  const int rows = (int)(p.population * p.particles);
+  const u32 coord = p.step * p.horizon + (p.propagation == PROP_TS1 ? (u32)GRP_X : 0u);
+  const u32 base = (u32)GRP_X * blocks;
+  if (LID == 0) meta[0] = distinct_elites(p, elist, uniq);
+  for (int u = 0; u < 16; ++u) cnt[LID * 16 + u] = 0;
+  SYNC();
+  const int nu = meta[0];
+  const int chunk = (rows + TILE_THREADS - 1) / TILE_THREADS;
+  const int lo = imin(rows, LID * chunk), hi = imin(rows, lo + chunk);
+  for (int r = lo; r < hi; ++r) {
+    const int m = ts_member(p, elist, (u32)r, coord);
+    int u = 0;
+    while (uniq[u] != m) ++u;
+    cnt[LID * 16 + u] += 1;
+  }
+  SYNC();
+  // Per member: the total, and each chunk's exclusive offset within the member's run.
+  if (LID < nu) {
+    int run = 0;
+    for (int i = 0; i < TILE_THREADS; ++i) {
+      const int c = cnt[i * 16 + LID];
+      cnt[i * 16 + LID] = run;
+      run += c;
+    }
+    tot[LID] = run;
+  }
+  SYNC();
+  if (LID == 0) {
+    seg[0] = 0;
+    for (int u = 0; u < nu; ++u)
+      seg[u + 1] = seg[u] + (tot[u] + TILE_ROWS - 1) / TILE_ROWS * TILE_ROWS;
+  }
+  SYNC();
+  for (int r = lo; r < hi; ++r) {
+    const int m = ts_member(p, elist, (u32)r, coord);
+    int u = 0;
+    while (uniq[u] != m) ++u;
+    const int slot = seg[u] + cnt[LID * 16 + u];
+    cnt[LID * 16 + u] += 1;
+    slot_rows[base * TILE_ROWS + (u32)slot] = r;
+  }
+  // Padding slots (disjoint from the rows' slots above) and the blocks' members.
+  for (int i = LID; i < (int)blocks * TILE_ROWS; i += TILE_THREADS) {
+    int u = 0;
+    while (u < nu && seg[u + 1] <= i) ++u;
+    if (u == nu || i >= seg[u] + tot[u]) slot_rows[base * TILE_ROWS + (u32)i] = -1;
+  }
+  for (int b = LID; b < (int)blocks; b += TILE_THREADS) {
+    int u = 0;
+    while (u < nu && seg[u + 1] <= b * TILE_ROWS) ++u;
+    block_member[base + (u32)b] = u < nu ? uniq[u] : -1;
+  }
+}
+
+// Model input of a slot: [state of the slot's row, its action at step t], normalised.
 DEVFN void rollout_inputs(RolloutParams p, MlpShape s, GLOBAL const float* norm,
                           GLOBAL const float* actions, SMEM const float* st, SMEM float* cur,
-                          SMEM const int* order, int use_order, int r0, int n, int t) {
+                          SMEM const int* rowid, int n, int t) {
   const int in = (int)s.in_dim, od = (int)p.obs_dim, ld = (int)s.ld;
   for (int i = LID; i < n * in; i += TILE_THREADS) {
     const int sl = i / in, j = i % in;
-    const int r = use_order ? order[sl] : sl;
     float v;
     if (j < od) {
-      v = st[r * od + j];
+      v = st[sl * od + j];
     } else {
-      const u32 c = (u32)(r0 + r) / p.particles;
+      const u32 c = (u32)rowid[sl] / p.particles;
       v = actions[(c * p.horizon + (u32)t) * p.act_dim + (u32)(j - od)];
     }
     cur[sl * ld + j] = (v - norm[j]) / norm[in + j];
   }
 }
 
-KERNEL BOUNDS_MIN(256, 3) void rollout(RolloutParams p, MlpShape s, GLOBAL const float* P,
-                                GLOBAL const wtype* Wt, GLOBAL const float* norm,
-                                GLOBAL const float* start, GLOBAL const float* actions,
-                                GLOBAL float* row_returns DYN_SMEM_PARAM) {
+// rollout: steps [sp.t0, sp.t1) of up to TILE_ROWS rows (row = candidate·K + particle).
+// TS1 and TS∞: block b serves the rows of slot table entry b (rollout_group), all of one
+// member, so each layer is one tile product with that member's weights. TS∞'s member is fixed
+// for the horizon: one launch runs all H steps and the states never leave shared memory. TS1
+// draws anew each step, and the rows regroup across the whole population through global
+// memory: one launch per step, states and flags carried in `state` and `flags`. Expectation:
+// block b owns rows 32b.. and runs every elite on them, one launch. Each step: the model's
+// Gaussian next state (PETS eq. 2), reward, termination and finiteness per row.
+KERNEL BOUNDS_MIN(256, 3) void rollout(RolloutParams p, MlpShape s, RolloutSpan sp,
+                                       GLOBAL const float* P, GLOBAL const wtype* Wt,
+                                       GLOBAL const float* norm, GLOBAL const float* start,
+                                       GLOBAL const float* actions, GLOBAL const int* slot_rows,
+                                       GLOBAL const int* block_member, GLOBAL float* state,
+                                       GLOBAL u32* flags, GLOBAL float* row_returns,
+                                       GLOBAL u32* ctr DYN_SMEM_PARAM) {
   DYN_SMEM_DECL
   const int ld = (int)s.ld, D = (int)s.out_dim, od = (int)p.obs_dim, ad = (int)p.act_dim;
   const int L = (int)s.num_layers, ne = (int)p.num_elites, H = (int)p.horizon;
   const int rows = (int)(p.population * p.particles);
-  const int r0 = GRP_X * TILE_ROWS;
-  const int n = imin(TILE_ROWS, rows - r0);
+  const int grouped = p.propagation != PROP_EXPECTATION;
+  const u32 entry = (p.propagation == PROP_TS1 ? sp.t0 : 0u) * sp.blocks + (u32)GRP_X;
+  const int member = grouped ? block_member[entry] : -1;
+  if (grouped && member < 0) return;  // an empty block of the slot table: the whole block
   SMEM float* cur = dyn_smem;
   SMEM float* oth = cur + TILE_ROWS * ld;
   SMEM float* ws = oth + TILE_ROWS * ld;
@@ -258,54 +370,43 @@ KERNEL BOUNDS_MIN(256, 3) void rollout(RolloutParams p, MlpShape s, GLOBAL const
   SMEM float* ret = rew + TILE_ROWS;
   SMEM int* alive = (SMEM int*)(ret + TILE_ROWS);
   SMEM int* bad = alive + 32;
-  SMEM int* member = alive + 64;
-  SMEM int* order = alive + 96;
-  SMEM int* seg = alive + 128;     // 17 segment starts
-  SMEM int* uniq = alive + 145;    // distinct elites, ascending
-  SMEM int* elist = alive + 161;   // elites in the given order
-  SMEM int* meta = alive + 177;    // [0]: number of distinct elites
+  SMEM int* rowid = alive + 64;
+  SMEM int* elist = alive + 96;
   const u32 bo = mlp_bounds_off(s);
 
   if (LID == 0) {
-    // Constant indices only: a thread-indexed read would copy the parameter block to local memory.
     UNROLL
     for (int q = 0; q < 16; ++q) elist[q] = (int)p.elites[q];
   }
-  for (int i = LID; i < n * od; i += TILE_THREADS) st[i] = start[i % od];
+  if (LID < TILE_ROWS) {
+    int r = GRP_X * TILE_ROWS + LID;
+    if (grouped) r = slot_rows[entry * TILE_ROWS + (u32)LID];
+    rowid[LID] = r < rows ? r : -1;
+  }
+  SYNC();
+  int n = 0;
+  while (n < TILE_ROWS && rowid[n] >= 0) ++n;
+  for (int i = LID; i < n * od; i += TILE_THREADS) {
+    const int sl = i / od, j = i % od;
+    st[i] = sp.t0 == 0u ? start[j] : state[(u32)rowid[sl] * (u32)od + (u32)j];
+  }
   if (LID < n) {
-    alive[LID] = 1;
-    bad[LID] = 0;
-    ret[LID] = 0.0f;
+    const u32 f = sp.t0 == 0u ? ROW_ALIVE : flags[rowid[LID]];
+    alive[LID] = (f & ROW_ALIVE) != 0u;
+    bad[LID] = (f & ROW_BAD) != 0u;
+    ret[LID] = sp.t0 == 0u ? 0.0f : row_returns[rowid[LID]];
   }
   SYNC();
-  if (LID == 0) {
-    int nu = 0;
-    for (int q = 0; q < ne; ++q) {
-      const int m = elist[q];
-      int pos = 0;
-      while (pos < nu && uniq[pos] < m) ++pos;
-      if (pos < nu && uniq[pos] == m) continue;
-      for (int k = nu; k > pos; --k) uniq[k] = uniq[k - 1];
-      uniq[pos] = m;
-      ++nu;
-    }
-    meta[0] = nu;
-  }
-  if (p.propagation == PROP_TSINF && LID < n)
-    member[LID] = elist[philox_below(p.seed_lo, p.seed_hi, STREAM_TS_MEMBER, (u32)(r0 + LID),
-                                     p.step * p.horizon, (u32)ne)];
-  SYNC();
-  const int nu = meta[0];
 
-  for (int t = 0; t < H; ++t) {
+  for (int t = (int)sp.t0; t < (int)sp.t1; ++t) {
     const u32 coord = p.step * p.horizon + (u32)t;
-    if (p.propagation == PROP_EXPECTATION) {
+    if (!grouped) {
       // Mean over the elites (in list order) of each member's mean prediction.
       for (int i = LID; i < n * D; i += TILE_THREADS) acc[i] = 0.0f;
       for (int q = 0; q < ne; ++q) {
-        rollout_inputs(p, s, norm, actions, st, cur, order, 0, r0, n, t);
+        rollout_inputs(p, s, norm, actions, st, cur, rowid, n, t);
         for (int l = 0; l <= L; ++l) {
-          mlp_layer(s, P, Wt, l, elist[q], cur, oth, ws, 0, n, row_returns, 0, 0u);
+          mlp_layer(s, P, Wt, l, elist[q], cur, oth, ws, 0, n, row_returns, 0, 0u, ctr);
           SMEM float* tmp = cur;
           cur = oth;
           oth = tmp;
@@ -323,67 +424,37 @@ KERNEL BOUNDS_MIN(256, 3) void rollout(RolloutParams p, MlpShape s, GLOBAL const
       }
       if (p.learn_reward && LID < n) rew[LID] = acc[LID * D + od] * inv;
     } else {
-      if (p.propagation == PROP_TS1 && LID < n)
-        member[LID] = elist[philox_below(p.seed_lo, p.seed_hi, STREAM_TS_MEMBER, (u32)(r0 + LID),
-                                         coord, (u32)ne)];
-      SYNC();
-      // Stable counting sort of the tile's rows by member, members ascending: row i goes
-      // after every row of a smaller member and every earlier row of its own member; the
-      // segment of uniq[u] starts after every row of a smaller member. One pass over the 32
-      // members per thread, in parallel.
-      if (LID < n) {
-        const int m = member[LID];
-        int pos = 0;
-        for (int j = 0; j < n; ++j) {
-          const int mj = member[j];
-          pos += (mj < m || (mj == m && j < LID)) ? 1 : 0;
-        }
-        order[pos] = LID;
-      }
-      if (LID <= nu) {
-        int start = n;
-        if (LID < nu) {
-          start = 0;
-          for (int j = 0; j < n; ++j) start += member[j] < uniq[LID] ? 1 : 0;
-        }
-        seg[LID] = start;
-      }
-      SYNC();
-      rollout_inputs(p, s, norm, actions, st, cur, order, 1, r0, n, t);
+      rollout_inputs(p, s, norm, actions, st, cur, rowid, n, t);
       for (int l = 0; l <= L; ++l) {
-        for (int u = 0; u < nu; ++u) {
-          const int a = seg[u], b = seg[u + 1];
-          if (b > a) mlp_layer(s, P, Wt, l, uniq[u], cur, oth, ws, a, b, row_returns, 0, 0u);
-        }
+        mlp_layer(s, P, Wt, l, member, cur, oth, ws, 0, n, row_returns, 0, 0u, ctr);
         SMEM float* tmp = cur;
         cur = oth;
         oth = tmp;
       }
-      // next = state + (μ + σ·ε) (PETS eq. 2), per (slot, output).
+      // next = state + (μ + σ·ε) (PETS eq. 2), per (slot, output); the noise is the row's.
       for (int i = LID; i < n * D; i += TILE_THREADS) {
         const int sl = i / D, j = i % D;
-        const int r = order[sl];
         const float mu = cur[sl * ld + j];
         float eps = 0.0f;
         if (s.probabilistic) {
           const float lv = bounded_logvar(cur[sl * ld + D + j], P[bo + (u32)j],
                                           P[bo + (u32)D + (u32)j]);
           const float z = philox_normal(p.seed_lo, p.seed_hi, STREAM_TS_NOISE,
-                                        (u32)(r0 + r) * (u32)D + (u32)j, coord);
+                                        (u32)rowid[sl] * (u32)D + (u32)j, coord);
           eps = FMUL(EXPF(FMUL(0.5f, lv)), z);
         }
         const float d = mu + eps;
         if (j < od) {
-          nx[r * od + j] = st[r * od + j] + d;
+          nx[sl * od + j] = st[sl * od + j] + d;
         } else {
-          rew[r] = d;
+          rew[sl] = d;
         }
       }
     }
     SYNC();
     if (LID < n) {
       const int r = LID;
-      const u32 c = (u32)(r0 + r) / p.particles;
+      const u32 c = (u32)rowid[r] / p.particles;
       GLOBAL const float* act = actions + (c * p.horizon + (u32)t) * p.act_dim;
       float o[4], a[4], no[4];
       for (int j = 0; j < 4; ++j) {
@@ -409,7 +480,18 @@ KERNEL BOUNDS_MIN(256, 3) void rollout(RolloutParams p, MlpShape s, GLOBAL const
     st = nx;
     nx = tmp;
   }
-  if (LID < n) row_returns[r0 + LID] = bad[LID] ? NEG_INF_F32 : ret[LID];
+  if (sp.t1 == (u32)H) {
+    if (LID < n) row_returns[rowid[LID]] = bad[LID] ? NEG_INF_F32 : ret[LID];
+  } else {
+    for (int i = LID; i < n * od; i += TILE_THREADS) {
+      const int sl = i / od, j = i % od;
+      state[(u32)rowid[sl] * (u32)od + (u32)j] = st[i];
+    }
+    if (LID < n) {
+      flags[rowid[LID]] = (alive[LID] ? ROW_ALIVE : 0u) | (bad[LID] ? ROW_BAD : 0u);
+      row_returns[rowid[LID]] = ret[LID];
+    }
+  }
 }
 
 KERNEL BOUNDS(256) void rollout_reduce(RolloutParams p, GLOBAL const float* row_returns,

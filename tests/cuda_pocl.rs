@@ -1375,6 +1375,7 @@ fn bf16_weights_on_pocl_should_match_the_cpu_within_the_stated_tolerance() {
         CudaOptions {
             bf16_weights: true,
             tensor_cores: false,
+            counters: false,
         },
     );
     let cpu = CpuBackend::new();
@@ -1490,6 +1491,7 @@ fn cuda_device_should_match_the_cpu_when_present() {
     match CudaBackend::with_options(CudaOptions {
         bf16_weights: false,
         tensor_cores: true,
+        counters: false,
     }) {
         Ok(tc) => check_forward(&tc, "cuda tf32", 2e-2),
         Err(e) => eprintln!("tensor cores not checked: {e}"),
@@ -1524,7 +1526,7 @@ fn mpc_steps_on_pocl_should_match_the_cpu() {
 #[test]
 fn mpc_step_host_costs_on_pocl_should_stay_fixed() {
     use mbrl_gpu::backend::cuda::host::CountingHost;
-    use mbrl_gpu::plan::{Mpc, Optimizer, PlannerConfig};
+    use mbrl_gpu::plan::{Mpc, Optimizer, PlannerConfig, TsConfig};
     let Some(h) = pocl() else { return };
     let c = common::mpc_case();
     let b = CudaBackend::with_host(CountingHost::new(h), CudaOptions::default());
@@ -1550,20 +1552,42 @@ fn mpc_step_host_costs_on_pocl_should_stay_fixed() {
             if i > 0 {
                 assert_eq!(d.allocations, 0, "{opt:?} step {i}: {d}");
             }
-            // cem_init, then per iteration: sample, rollout + its particle reduction, then
-            // rank and update (CEM) or costs and weighted update (MPPI). iCEM's iteration
+            // cem_init, then per iteration: sample, the rollout (the slot table that groups
+            // rows by member, the TS∞ rollout, its particle reduction), then rank and update (CEM) or costs and weighted update (MPPI). iCEM's iteration
             // also selects the elites (rank, gather) and ranks them again in the update of
             // the elite memory; the kept elites enter every iteration but the first of the
             // first step (cem_keep), and the best sequence is copied out at the end (rank,
             // update).
             let expected = match opt {
-                Optimizer::Cem | Optimizer::Mppi => 1 + 5 * it,
-                Optimizer::Icem => 1 + 7 * it + 2 + if i == 0 { it - 1 } else { it },
+                Optimizer::Cem | Optimizer::Mppi => 1 + 6 * it,
+                Optimizer::Icem => 1 + 8 * it + 2 + if i == 0 { it - 1 } else { it },
                 Optimizer::RandomShooting => unreachable!(),
             };
             assert_eq!(d.total_launches(), expected, "{opt:?} step {i}: {d}");
         }
     }
+    // TS1 regroups the rows every step: one rollout launch per step of the horizon, and one
+    // slot-table launch per iteration that groups all H steps.
+    let mut mpc = Mpc::with_model(
+        &b,
+        &c.model,
+        c.env,
+        c.planner.clone(),
+        TsConfig {
+            propagation: Propagation::Ts1,
+            ..c.ts
+        },
+        c.seed,
+    )
+    .unwrap();
+    let before = b.host().counts();
+    mpc.act(&b, &c.observations[0], &[]).unwrap();
+    let d = b.host().counts().since(&before);
+    let h = c.planner.horizon as u64;
+    assert_eq!(d.launches.get("rollout"), Some(&(it * h)), "TS1: {d}");
+    assert_eq!(d.launches.get("rollout_group"), Some(&it), "TS1: {d}");
+    assert_eq!(d.total_launches(), 1 + (5 + h) * it, "TS1: {d}");
+    assert_eq!((d.downloads, d.syncs), (1, 1), "TS1: {d}");
     // With bf16 weights, the weights are packed once per model update: on the first step,
     // not again while the parameters keep their version; a write to them packs again.
     let b = CudaBackend::with_host(
@@ -1571,6 +1595,7 @@ fn mpc_step_host_costs_on_pocl_should_stay_fixed() {
         CudaOptions {
             bf16_weights: true,
             tensor_cores: false,
+            counters: false,
         },
     );
     let cfg = PlannerConfig {
@@ -1585,7 +1610,7 @@ fn mpc_step_host_costs_on_pocl_should_stay_fixed() {
         eprintln!("Cem, bf16 weights, step {i}: {d}");
         let packs = d.launches.get("ensemble_pack_bf16").copied().unwrap_or(0);
         assert_eq!(packs, u64::from(i == 0), "step {i}: {d}");
-        assert_eq!(d.total_launches(), 1 + 5 * it + packs, "step {i}: {d}");
+        assert_eq!(d.total_launches(), 1 + 6 * it + packs, "step {i}: {d}");
     }
     let before = b.host().counts();
     mpc.update_model(&b, &c.model).unwrap();
@@ -1598,6 +1623,111 @@ fn mpc_step_host_costs_on_pocl_should_stay_fixed() {
     );
 }
 
+/// Issue 9's efficiency goals at mbrl-lib's cart-pole configuration (5 members of 4 × 200
+/// SiLU, 350 candidates × 20 particles; two steps of the 15 suffice, the figures are per
+/// layer product), from the tile engine's debug counters on PoCL: rows served per staged
+/// weight chunk ≥ 31 of the 32 a tile holds (the rows of one member fill whole tiles but the
+/// last: 7000 / 5 members ≈ 1400 rows = 43.75 tiles), issued / useful multiply-adds ≤ 1.15
+/// (200-wide layers as a 128- and a 72-column chunk). Before rows were grouped by member
+/// across the population a tile of 32 consecutive rows held ≈ 5 members (≈ 6.4 rows per
+/// staged chunk) and every chunk was 128 columns wide (1.47). The returns still match the
+/// CPU (tolerance of `check_rollout`), here with many tiles per member and a repeated elite.
+#[test]
+fn rollout_tiles_should_serve_full_tiles_of_one_member() {
+    let Some(b) = pocl_backend(CudaOptions {
+        counters: true,
+        ..CudaOptions::default()
+    }) else {
+        return;
+    };
+    let cpu = CpuBackend::new();
+    let env = EnvId::CartPole;
+    let spec = env.spec();
+    let mut state = vec![0.0f32; spec.state_dim];
+    let mut start = vec![0.0f32; spec.obs_dim];
+    env.reset_state(79, &mut state);
+    env.observe(&state, &mut start);
+    let ds = b.upload(&start).unwrap();
+    // Cart-pole's reward is 1 per step; a learned reward makes the returns depend on every
+    // layer's arithmetic (the repeated-elite case).
+    for (prop, elites, learn_reward) in [
+        (Propagation::TsInf, &[0u32, 1, 2, 3, 4][..], false),
+        (Propagation::Ts1, &[0, 1, 2, 3, 4][..], false),
+        (Propagation::Ts1, &[3, 0, 3, 1][..], true),
+        (Propagation::Expectation, &[0, 1, 2, 3, 4][..], false),
+    ] {
+        let shape = EnsembleShape {
+            ensemble: 5,
+            in_dim: spec.obs_dim + spec.act_dim,
+            out_dim: spec.obs_dim + learn_reward as usize,
+            hidden: 200,
+            num_layers: 4,
+            activation: Activation::Silu,
+            probabilistic: true,
+        };
+        let mut params = random_params(&shape, 77);
+        let head = shape.layout().layers[shape.num_layers];
+        for w in &mut params[head.weight..head.bias + shape.ensemble * head.fan_out] {
+            *w *= 0.02;
+        }
+        let norm = norm_stats(shape.in_dim, 78);
+        let (dp, dn) = (b.upload(&params).unwrap(), b.upload(&norm).unwrap());
+        let mut p = rollout_params(env, prop, learn_reward, elites);
+        p.population = 350;
+        p.particles = 20;
+        p.horizon = 2;
+        let n_act = (p.population * p.horizon) as usize * spec.act_dim;
+        let actions = uniforms(80, n_act, -1.0, 1.0);
+        let mut want = unwritten(p.population as usize);
+        cpu.rollout(&p, &shape, &params, &norm, &start, &actions, &mut want)
+            .unwrap();
+        let da = b.upload(&actions).unwrap();
+        let mut out = poisoned(&b, p.population as usize);
+        b.reset_kernel_counters().unwrap();
+        b.rollout(&p, &shape, &dp, &dn, &ds, &da, &mut out).unwrap();
+        let got = b.download(&out).unwrap();
+        let what = format!("cart-pole configuration {prop:?} elites {elites:?}");
+        let e = assert_close(&what, &got, &want, 2e-5, 2e-5);
+        let mut distinct: Vec<u32> = want.iter().map(|v| v.to_bits()).collect();
+        distinct.sort_unstable();
+        distinct.dedup();
+        eprintln!("{what}: {} distinct returns", distinct.len());
+        let c = b.kernel_counters().unwrap().expect("a counting backend");
+        let (rows, ratio) = (c.rows_per_stage(), c.issued_per_useful());
+        eprintln!(
+            "{what}: worst {e:e}; {rows:.2} rows per staged weight chunk, issued / useful \
+             multiply-adds {ratio:.3} ({c:?})"
+        );
+        // Every row's every layer product, counted once: rows × steps × (members per row)
+        // × Σ fan_in · fan_out.
+        let per_row: usize = shape
+            .layout()
+            .layers
+            .iter()
+            .map(|l| l.fan_in * l.fan_out)
+            .sum();
+        let members = if prop == Propagation::Expectation {
+            elites.len()
+        } else {
+            1
+        };
+        let rows_total = (p.population * p.particles * p.horizon) as usize;
+        assert_eq!(
+            c.useful_macs,
+            (rows_total * members * per_row) as u64,
+            "{what}"
+        );
+        assert!(
+            rows >= 31.0,
+            "{what}: {rows:.2} rows per staged weight chunk"
+        );
+        assert!(ratio <= 1.15, "{what}: issued / useful {ratio:.3}");
+    }
+    // Without the debug variant there is nothing to read.
+    let plain = pocl_backend(CudaOptions::default()).expect("PoCL was found above");
+    assert_eq!(plain.kernel_counters().unwrap(), None);
+}
+
 /// The bf16 packing follows its source: after a `write` or an Adam step on the parameter
 /// buffer, the forward through the packed weights equals a forward from a fresh upload of
 /// the new parameters (bit for bit: the same device arithmetic), not the old ones.
@@ -1608,6 +1738,7 @@ fn bf16_packs_should_follow_parameter_writes() {
     let Some(b) = pocl_backend(CudaOptions {
         bf16_weights: true,
         tensor_cores: false,
+        counters: false,
     }) else {
         return;
     };

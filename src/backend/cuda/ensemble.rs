@@ -14,6 +14,7 @@ impl<H: KernelHost> CudaBackend<H> {
             file,
             bf16_weights: self.options.bf16_weights,
             tensor_cores: self.options.tensor_cores,
+            counters: self.options.counters,
         }
     }
 

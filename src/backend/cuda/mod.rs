@@ -5,9 +5,12 @@
 //!   there; [`CudaBackend::new`] never panics (a missing driver, device or NVRTC is an error).
 //! - Buffers live on the device ([`DeviceBuf`]); scratch memory (training caches, per-row
 //!   returns, elite indices, bf16 weights) is allocated once and grown, never per call. A
-//!   planning step uploads one observation and downloads the result; the horizon loop runs
-//!   inside the rollout kernel, so a CEM iteration is five launches (sample, rollout, particle
-//!   reduction, rank, update) on one stream.
+//!   planning step uploads one observation and downloads the result. Rollouts group rows by
+//!   ensemble member across the population first (`rollout_group`), so each tile of rows
+//!   runs on one member's weights; under TS∞ the horizon loop then runs inside one rollout
+//!   launch, so a CEM iteration is six launches (sample, group, rollout, particle reduction,
+//!   rank, update) on one stream; under TS1 the rows regroup every step, one rollout launch
+//!   per step.
 //! - The host code is generic over [`KernelHost`]: [`CudaDriver`] on a GPU, and in the parity
 //!   tests an OpenCL queue on PoCL, which builds the same kernel text as OpenCL C and runs it
 //!   on the CPU. Everything above the launch (checks, scratch layout, launch geometry, launch
@@ -45,7 +48,39 @@ pub struct CudaOptions {
     /// TF32 `mma.sync` tensor-core tile products (CUDA, compute capability ≥ 8.0). TF32 keeps
     /// 10 mantissa bits, so results differ from the f32 specification at the 1e-3 level.
     pub tensor_cores: bool,
+    /// Debug counters in the tile engine (`MBRL_COUNTERS`): weight chunks staged, the rows
+    /// they served, multiply-adds issued and useful, read with
+    /// [`CudaBackend::kernel_counters`]. Costs a few global atomics per staged chunk.
+    pub counters: bool,
 }
+
+/// What the tile engine's debug counters saw (a backend built with
+/// [`CudaOptions::counters`]): the efficiency issue 9 asks to make visible without a GPU.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelCounters {
+    /// Weight chunks (TILE_KC × up to TILE_NT) staged into shared memory.
+    pub weight_stages: u64,
+    /// Rows the tile products served, summed over the staged chunks.
+    pub rows_served: u64,
+    /// Multiply-adds issued (32 lanes for every issuing warp instruction).
+    pub issued_macs: u64,
+    /// Multiply-adds the products needed (rows × K × N).
+    pub useful_macs: u64,
+}
+
+impl KernelCounters {
+    /// Rows served per staged weight chunk (at most TILE_ROWS = 32).
+    pub fn rows_per_stage(&self) -> f64 {
+        self.rows_served as f64 / self.weight_stages.max(1) as f64
+    }
+    /// Issued over useful multiply-adds (1 is perfect).
+    pub fn issued_per_useful(&self) -> f64 {
+        self.issued_macs as f64 / self.useful_macs.max(1) as f64
+    }
+}
+
+/// Words of the counter buffer: four 64-bit counters (CTR_COUNT in mlp.cuh).
+const COUNTER_WORDS: usize = 8;
 
 /// Scratch allocations, grown on demand and kept between calls.
 struct Scratch<M> {
@@ -56,6 +91,14 @@ struct Scratch<M> {
     bf16: Option<(M, usize)>,
     /// The version of the parameters `bf16` was packed from ([`DeviceBuf::version`]).
     bf16_source: Option<u64>,
+    /// The rollout's slot tables (rollout_group): rows per slot, member per block.
+    slot_rows: Option<(M, usize)>,
+    block_member: Option<(M, usize)>,
+    /// TS1's per-row states and flags between the per-step launches.
+    row_state: Option<(M, usize)>,
+    row_flags: Option<(M, usize)>,
+    /// The tile engine's counters (always allocated, written only by `counters` programs).
+    counters: Option<(M, usize)>,
 }
 
 impl<M> Default for Scratch<M> {
@@ -67,6 +110,11 @@ impl<M> Default for Scratch<M> {
             mppi_costs: None,
             bf16: None,
             bf16_source: None,
+            slot_rows: None,
+            block_member: None,
+            row_state: None,
+            row_flags: None,
+            counters: None,
         }
     }
 }
@@ -203,6 +251,36 @@ impl<H: KernelHost> CudaBackend<H> {
         self.host.device_name()
     }
 
+    /// The tile engine's counters since the last [`Self::reset_kernel_counters`]; `None`
+    /// unless the backend was built with [`CudaOptions::counters`]. Waits for the device.
+    pub fn kernel_counters(&self) -> Result<Option<KernelCounters>> {
+        if !self.options.counters {
+            return Ok(None);
+        }
+        let mut sc = self.scratch();
+        self.ensure(&mut sc.counters, COUNTER_WORDS)?;
+        let mut w = [0u32; COUNTER_WORDS];
+        self.host
+            .download(&sc.counters.as_ref().expect("ensured").0, &mut w)?;
+        let c = |i: usize| u64::from(w[2 * i]) | (u64::from(w[2 * i + 1]) << 32);
+        Ok(Some(KernelCounters {
+            weight_stages: c(0),
+            rows_served: c(1),
+            issued_macs: c(2),
+            useful_macs: c(3),
+        }))
+    }
+
+    /// Zero the tile engine's counters.
+    pub fn reset_kernel_counters(&self) -> Result<()> {
+        let mut sc = self.scratch();
+        self.ensure(&mut sc.counters, COUNTER_WORDS)?;
+        self.host.upload(
+            &mut sc.counters.as_mut().expect("ensured").0,
+            &[0; COUNTER_WORDS],
+        )
+    }
+
     fn scratch(&self) -> std::sync::MutexGuard<'_, Scratch<H::Mem>> {
         self.scratch.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -227,6 +305,11 @@ impl<H: KernelHost> CudaBackend<H> {
         }
         Ok(bytes as u32)
     }
+}
+
+/// The allocation of a scratch slot after [`CudaBackend::ensure`].
+fn ensured<M>(slot: &Option<(M, usize)>) -> &M {
+    &slot.as_ref().expect("ensured before use").0
 }
 
 /// Blocks for a grid-stride loop over `n` elements with 256-thread blocks.

@@ -102,6 +102,17 @@ impl NllParams {
     }
 }
 
+/// `RolloutSpan` of rollout.cu: the steps `[t0, t1)` one launch of `rollout` runs and the
+/// blocks of its grid (the slot table's blocks per member draw).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct RolloutSpan {
+    pub t0: u32,
+    pub t1: u32,
+    pub blocks: u32,
+    pub _pad: u32,
+}
+
 /// Dynamic shared words of `rollout` (`rollout_words` in rollout.cu).
 pub fn rollout_words(shape: &MlpShape, obs_dim: usize) -> usize {
     shape.tile_floats()

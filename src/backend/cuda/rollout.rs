@@ -1,10 +1,11 @@
-//! Host side of `kernels/rollout.cu`: the fused model rollout (one launch for the whole
-//! horizon, then the particle reduction) and the true-dynamics rollout.
+//! Host side of `kernels/rollout.cu`: the model rollout (the slot tables that group rows by
+//! member, then one launch for the whole horizon, or one per step under TS1, then the
+//! particle reduction) and the true-dynamics rollout.
 use super::host::{Arg, KernelHost, Launch};
-use super::params::{rollout_words, MlpShape, TILE_ROWS, TILE_THREADS};
+use super::params::{rollout_words, MlpShape, RolloutSpan, TILE_ROWS, TILE_THREADS};
 use super::source::KernelFile;
-use super::{CudaBackend, DeviceBuf};
-use crate::backend::{check, EnsembleShape, RolloutParams};
+use super::{ensured, CudaBackend, DeviceBuf, COUNTER_WORDS};
+use crate::backend::{check, EnsembleShape, Propagation, RolloutParams};
 use crate::{Error, Result};
 
 impl<H: KernelHost> CudaBackend<H> {
@@ -42,6 +43,22 @@ impl<H: KernelHost> CudaBackend<H> {
         }
         let ms = MlpShape::new(shape, TILE_ROWS);
         let shared = self.check_shared("the rollout", 4 * rollout_words(&ms, od))?;
+        // Slot tables: rows grouped by member across the population (rollout_group), each
+        // member's run padded to whole tiles; TS1 draws anew each step, so one table per step.
+        let ts1 = p.propagation == Propagation::Ts1 as u32;
+        let grouped = p.propagation != Propagation::Expectation as u32;
+        let mut distinct = p.elites[..p.num_elites as usize].to_vec();
+        distinct.sort_unstable();
+        distinct.dedup();
+        let blocks = rows.div_ceil(TILE_ROWS) + if grouped { distinct.len() } else { 0 };
+        let draws = if ts1 { h.max(1) } else { 1 };
+        let slots = draws * blocks * TILE_ROWS;
+        if slots >= i32::MAX as usize {
+            return Err(Error::Invalid(format!(
+                "{rows} rows over {draws} member draws need {slots} slots, beyond the \
+                 kernels' 32-bit indexing: use fewer candidates, particles or steps"
+            )));
+        }
         let mut sc = self.scratch();
         let sc = &mut *sc;
         self.pack_weights(
@@ -51,31 +68,81 @@ impl<H: KernelHost> CudaBackend<H> {
             shape.layout().total,
         )?;
         self.ensure(&mut sc.row_returns, rows)?;
-        let row_returns = &sc.row_returns.as_ref().expect("ensured").0;
+        self.ensure(&mut sc.slot_rows, if grouped { slots } else { 1 })?;
+        self.ensure(
+            &mut sc.block_member,
+            if grouped { draws * blocks } else { 1 },
+        )?;
+        self.ensure(&mut sc.row_state, if ts1 { rows * od } else { 1 })?;
+        self.ensure(&mut sc.row_flags, if ts1 { rows } else { 1 })?;
+        self.ensure(&mut sc.counters, COUNTER_WORDS)?;
+        let row_returns = ensured(&sc.row_returns);
+        let (slot_rows, block_member) = (ensured(&sc.slot_rows), ensured(&sc.block_member));
+        let (row_state, row_flags, counters) = (
+            ensured(&sc.row_state),
+            ensured(&sc.row_flags),
+            ensured(&sc.counters),
+        );
         let wt = match &sc.bf16 {
             Some((m, _)) if self.options.bf16_weights => m,
             _ => &params.mem,
         };
         let pb = bytemuck::bytes_of(p);
+        let program = self.mlp_program(KernelFile::Rollout);
+        if grouped {
+            self.host.launch(&Launch {
+                program,
+                entry: "rollout_group",
+                grid: [draws as u32, 1, 1],
+                block: TILE_THREADS,
+                dynamic_shared: None,
+                args: &[
+                    Arg::Pod(pb),
+                    Arg::U32(blocks as u32),
+                    Arg::Mem(slot_rows),
+                    Arg::Mem(block_member),
+                ],
+            })?;
+        }
+        // TS1: one launch per step (the rows regroup between them); otherwise one for all.
+        let spans: Vec<(u32, u32)> = if ts1 && h > 0 {
+            (0..h as u32).map(|t| (t, t + 1)).collect()
+        } else {
+            vec![(0, h as u32)]
+        };
+        for (t0, t1) in spans {
+            let span = RolloutSpan {
+                t0,
+                t1,
+                blocks: blocks as u32,
+                _pad: 0,
+            };
+            self.host.launch(&Launch {
+                program,
+                entry: "rollout",
+                grid: [blocks as u32, 1, 1],
+                block: TILE_THREADS,
+                dynamic_shared: Some(shared),
+                args: &[
+                    Arg::Pod(pb),
+                    Arg::Pod(bytemuck::bytes_of(&ms)),
+                    Arg::Pod(bytemuck::bytes_of(&span)),
+                    Arg::Mem(&params.mem),
+                    Arg::Mem(wt),
+                    Arg::Mem(&norm.mem),
+                    Arg::Mem(&start.mem),
+                    Arg::Mem(&actions.mem),
+                    Arg::Mem(slot_rows),
+                    Arg::Mem(block_member),
+                    Arg::Mem(row_state),
+                    Arg::Mem(row_flags),
+                    Arg::Mem(row_returns),
+                    Arg::Mem(counters),
+                ],
+            })?;
+        }
         self.host.launch(&Launch {
-            program: self.mlp_program(KernelFile::Rollout),
-            entry: "rollout",
-            grid: [rows.div_ceil(TILE_ROWS) as u32, 1, 1],
-            block: TILE_THREADS,
-            dynamic_shared: Some(shared),
-            args: &[
-                Arg::Pod(pb),
-                Arg::Pod(bytemuck::bytes_of(&ms)),
-                Arg::Mem(&params.mem),
-                Arg::Mem(wt),
-                Arg::Mem(&norm.mem),
-                Arg::Mem(&start.mem),
-                Arg::Mem(&actions.mem),
-                Arg::Mem(row_returns),
-            ],
-        })?;
-        self.host.launch(&Launch {
-            program: self.mlp_program(KernelFile::Rollout),
+            program,
             entry: "rollout_reduce",
             grid: [np.div_ceil(256) as u32, 1, 1],
             block: 256,

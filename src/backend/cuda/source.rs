@@ -70,7 +70,7 @@ impl KernelFile {
                 "cem_keep",
             ],
             KernelFile::Mppi => &["mppi_sample", "mppi_cost", "mppi_update"],
-            KernelFile::Rollout => &["rollout", "rollout_reduce", "rollout_true"],
+            KernelFile::Rollout => &["rollout_group", "rollout", "rollout_reduce", "rollout_true"],
         }
     }
 
@@ -108,6 +108,9 @@ pub struct Program {
     /// TF32 `mma.sync` tile products (`MBRL_TENSOR_CORES`, CUDA sm_80+ only; ignored by
     /// OpenCL, where the portable path is compiled).
     pub tensor_cores: bool,
+    /// Debug counters of the tile engine (`MBRL_COUNTERS`): staged weight chunks, rows they
+    /// served, issued and useful multiply-adds ([`super::KernelCounters`]).
+    pub counters: bool,
 }
 
 impl Program {
@@ -116,6 +119,7 @@ impl Program {
             file,
             bf16_weights: false,
             tensor_cores: false,
+            counters: false,
         }
     }
 
@@ -127,6 +131,9 @@ impl Program {
         }
         if self.tensor_cores {
             s.push_str("+tc");
+        }
+        if self.counters {
+            s.push_str("+ctr");
         }
         s
     }
@@ -142,6 +149,9 @@ pub fn source(program: &Program) -> String {
     }
     if program.tensor_cores {
         s.push_str("#define MBRL_TENSOR_CORES 1\n");
+    }
+    if program.counters {
+        s.push_str("#define MBRL_COUNTERS 1\n");
     }
     s.push_str(COMMON);
     if f.uses_mlp() {
@@ -250,6 +260,7 @@ mod tests {
             file: KernelFile::Rollout,
             bf16_weights: true,
             tensor_cores: false,
+            counters: false,
         };
         let s = source(&p);
         assert!(s.contains("#define MBRL_BF16_WEIGHTS 1"));
