@@ -393,6 +393,17 @@ enum BenchCmd {
     /// The CPU's arithmetic ceilings on all threads: f32 GEMM, f32 FMA issue and (with
     /// AVX512-BF16) `vdpbf16ps` issue, from register-only loops.
     Cpu(CpuBenchArgs),
+    /// What each CUDA kernel costs a GPU, read without one: NVRTC + `ptxas -v` per program
+    /// variant for sm_80 and sm_90 (registers, shared memory, stack, spills, resident blocks
+    /// per SM; the rollout's at mbrl-lib's cart-pole model).
+    Kernels(KernelBenchArgs),
+}
+
+#[derive(Args)]
+struct KernelBenchArgs {
+    /// One JSON object per kernel per line.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -606,6 +617,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             print_bench(&mbrl_gpu::bench::cpu_peaks(a.reps), a.json)
         }
+        Cmd::Bench(BenchCmd::Kernels(a)) => bench_kernels(&a),
         Cmd::Sac(a) => rl::run_sac(a),
         Cmd::Mbpo(a) => rl::run_mbpo(a),
         Cmd::Maac(a) => rl::run_maac(a),
@@ -650,6 +662,77 @@ fn say(pb: &ProgressBar, line: String) {
 fn fmt_vec(v: &[f32]) -> String {
     let parts: Vec<String> = v.iter().map(|x| format!("{x}")).collect();
     parts.join(",")
+}
+
+fn bench_kernels(a: &KernelBenchArgs) -> Result<()> {
+    use mbrl_gpu::backend::cuda::{ptxas, source};
+    if !source::nvrtc_present() {
+        return Err(Error::Unavailable(
+            "NVRTC (libnvrtc.so.13) could not be loaded: install the nvidia-cuda-nvrtc wheel \
+             (scripts/test.sh puts it under .tools/cuda) and put its lib folder on \
+             LD_LIBRARY_PATH"
+                .into(),
+        ));
+    }
+    let tool = ptxas::ptxas_path()?;
+    // A private scratch folder for the PTX and cubins, removed when done.
+    let dir = std::env::temp_dir().join(format!("mbrl-gpu-ptxas-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| invalid!("creating {}: {e}", dir.display()))?;
+    let result = kernel_table(a, &tool, &dir);
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+fn kernel_table(a: &KernelBenchArgs, tool: &std::path::Path, dir: &std::path::Path) -> Result<()> {
+    use mbrl_gpu::backend::cuda::ptxas;
+    let model = ptxas::cartpole_model();
+    if !a.json {
+        out!(
+            "{:<18} {:<6} {:<24} {:>5} {:>8} {:>7} {:>7} {:>12}",
+            "program",
+            "arch",
+            "kernel",
+            "regs",
+            "smem B",
+            "stack B",
+            "spill B",
+            "blocks/SM"
+        );
+    }
+    for program in ptxas::programs(false) {
+        for sm in [80, 90] {
+            let (_, reports) = ptxas::assemble(&program, sm, tool, dir)?;
+            for r in reports {
+                // Blocks of 256 threads (every MLP kernel's size), with the dynamic shared
+                // memory the host gives the cart-pole model.
+                let dyn_smem = ptxas::dynamic_smem(&r.name, &model, 4);
+                let blocks = r.blocks_per_sm(256, dyn_smem);
+                if a.json {
+                    let mut v = serde_json::to_value(&r).map_err(|e| invalid!("JSON: {e}"))?;
+                    v["blocks_per_sm"] = blocks.into();
+                    v["dynamic_smem"] = dyn_smem.into();
+                    out!("{v}");
+                } else {
+                    out!(
+                        "{:<18} sm_{:<3} {:<24} {:>5} {:>8} {:>7} {:>7} {:>12}",
+                        r.program,
+                        r.sm,
+                        r.name,
+                        r.registers,
+                        r.smem,
+                        r.stack,
+                        r.spill_stores + r.spill_loads,
+                        if dyn_smem > 0 {
+                            format!("{blocks} (+{dyn_smem} B)")
+                        } else {
+                            blocks.to_string()
+                        }
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 fn print_bench(rs: &[BenchResult], json: bool) -> Result<()> {

@@ -303,6 +303,25 @@ fn bench_cpu_should_report_the_arithmetic_ceilings() {
     }
 }
 
+/// `bench kernels` without ptxas says where it looked and how to get one (the table itself
+/// is checked through the same library calls in tests/cuda_compile.rs).
+#[test]
+fn bench_kernels_without_ptxas_should_say_what_is_missing() {
+    let o = Command::new(env!("CARGO_BIN_EXE_mbrl-gpu"))
+        .args(["bench", "kernels"])
+        .env("MBRL_CUDA_TOOLS", "/nonexistent/cuda-tools")
+        .output()
+        .expect("run mbrl-gpu");
+    let (_, err) = text(&o);
+    assert!(!o.status.success());
+    // Either NVRTC is absent (no LD_LIBRARY_PATH to the wheel) or ptxas is: both are named.
+    assert!(
+        err.contains("no ptxas at /nonexistent/cuda-tools/bin/ptxas") || err.contains("NVRTC"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+}
+
 /// `mbrl(args)` with its stdout sent to `/dev/full`: a full disk must end in an error
 /// message, not a panic.
 fn mbrl_to_full_disk(args: &[&str]) -> Output {

@@ -24,6 +24,7 @@ pub mod host;
 mod mppi;
 mod optim;
 pub mod params;
+pub mod ptxas;
 mod rollout;
 pub mod source;
 
