@@ -6,7 +6,8 @@
 // The code is therefore written in the common subset: C-style, no templates or references,
 // address spaces spelled through the macros below, block-level reductions through shared
 // memory. Code only CUDA can express (warp shuffles, tensor-core mma.sync) sits behind
-// `#if MBRL_CUDA` (and MBRL_TENSOR_CORES) with a portable fallback next to it.
+// `#if MBRL_CUDA` with a portable fallback next to it (the tensor-core product's fallback
+// emulates it, see mlp.cuh).
 //
 // Vendor macros
 //   KERNEL            entry-point qualifier (extern "C" __global__ / __kernel)

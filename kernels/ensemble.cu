@@ -87,7 +87,7 @@ KERNEL BOUNDS(256) void ensemble_nll_backward(MlpShape s, NllParams q, GLOBAL co
   SMEM float* cur = dyn_smem;
   SMEM float* oth = dyn_smem + TILE_ROWS * ld;
   SMEM float* ws = dyn_smem + 2 * TILE_ROWS * ld;
-  SMEM float* red = ws + TILE_KC * TILE_NT;
+  SMEM float* red = ws + TILE_KC * WS_LD;
 
   // Forward, caching xn and the hidden pre-activations.
   for (int i = LID; i < n * in; i += TILE_THREADS) {

@@ -25,12 +25,20 @@
 //   chunk the rows it served, and the multiply-adds issued (32 lanes per issuing warp) and
 //   useful, to 64-bit counters in global memory (ctr; null: not counted). The CUDA host reads
 //   them back as KernelCounters; tests/cuda_pocl.rs holds them to the goals.
-// - ld ≡ 4 (mod 32) so that the tensor-core path's fragment loads (8 rows × 4 columns per
-//   warp) hit 32 distinct banks.
-// - MBRL_TENSOR_CORES (CUDA only, sm_80+): the same tile product on mma.sync.m16n8k8 TF32
-//   tensor cores, warp w computing rows 16·(w&1).. and columns 32·(w>>1).. of each 128-column
-//   chunk; the staging, epilogue and shared layout are unchanged. TF32 keeps 10 mantissa
-//   bits, so it is opt-in (CudaOptions::tensor_cores) and off in parity runs.
+// - ld ≡ 4 (mod 32) so that the tensor-core path's A-fragment loads (8 rows × 4 columns per
+//   warp) hit 32 distinct banks; the weight stage's row stride is WS_LD = TILE_NT + 8 ≡ 8
+//   (mod 32) so that its B-fragment loads (4 rows × 8 columns) do too (a stride of 128 put
+//   the 4 rows in one bank: a 4-way conflict on every B load).
+// - MBRL_TENSOR_CORES: the same tile product on mma.m16n8k8 TF32 tensor cores, warp w
+//   computing rows 16·(w&1).. and columns 32·(w>>1).. of each chunk (warps with no rows or
+//   no columns there sit it out); the staging, epilogue and shared layout are unchanged.
+//   TF32 keeps 10 mantissa bits. On CUDA (sm_80+) it is cvt.rna.tf32 and mma.sync; in
+//   OpenCL C (PoCL) both are emulated: the rounding bit for bit, and the product from the
+//   PTX ISA's fragment layout (§ "Matrix Fragments for mma.m16n8k8": a_i of lane 4g + t
+//   holds A[g + 8·(i&1)][t + 4·(i>>1)], b_i holds B[t + 4i][g], c_i is D[g + 8·(i>>1)]
+//   [2t + (i&1)]), where lane L reads the operands that lanes 4·row + (k&3) load, through
+//   the same fragment-load functions. So the fragment indexing is checked on PoCL against
+//   the CPU; only the hardware's summation order is not.
 // - MBRL_BF16_WEIGHTS: weights are read from a bf16 copy (u16, converted with a shift while
 //   staging, so OpenCL C can do it); biases, bounds and all accumulation stay f32.
 
@@ -38,6 +46,8 @@
 #define TILE_THREADS 256
 #define TILE_KC 16
 #define TILE_NT 128
+// Row stride of the weight stage (≡ 8 mod 32: conflict-free B fragments).
+#define WS_LD (TILE_NT + 8)
 #define TILE_RPT 4
 #define TILE_CPT 4
 
@@ -122,12 +132,33 @@ DEVFN void gemm_store(float v, int s, int c, SMEM float* out, int ld, GLOBAL con
   out[s * ld + c] = v;
 }
 
-#if MBRL_CUDA && defined(MBRL_TENSOR_CORES)
+#ifdef MBRL_TENSOR_CORES
+// f32 → TF32 bits, rounded to nearest with ties away from zero (cvt.rna.tf32.f32).
 DEVFN u32 to_tf32(float x) {
+#if MBRL_CUDA
   u32 r;
   asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));
   return r;
+#else
+  const u32 u = AS_U32(x);
+  if ((u & 0x7f800000u) == 0x7f800000u) return u;  // inf and NaN unchanged
+  return (u + 0x1000u) & 0xffffe000u;
+#endif
 }
+// Fragment loads of the tile product (see the header), as functions of the lane so that the
+// emulation can evaluate them for the lanes whose registers a real mma would read.
+// A: rows mb.. of `in`, columns k0 + ks..; columns ≥ kc may hold stale values: masked.
+DEVFN float tc_a(SMEM const float* in, int ld, int mb, int k0, int ks, int kc, int lane, int i) {
+  const int g = lane >> 2, t = lane & 3;
+  const int row = mb + g + 8 * (i & 1), k = ks + t + 4 * (i >> 1);
+  return k < kc ? in[row * ld + k0 + k] : 0.0f;
+}
+// B: rows ks.. of the weight stage, columns nb + 8q.. (zero beyond N).
+DEVFN float tc_b(SMEM const float* ws, int ks, int col0, int lane, int i) {
+  const int g = lane >> 2, t = lane & 3;
+  return ws[(ks + t + 4 * i) * WS_LD + col0 + g];
+}
+#if MBRL_CUDA
 DEVFN void mma_tf32(float* c, u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
   asm volatile(
       "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 "
@@ -135,6 +166,25 @@ DEVFN void mma_tf32(float* c, u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
       : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
       : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
+#else
+// D = A·B + C for this lane's four accumulators, reading A[row][k] and B[k][col] from the
+// lanes that hold them in a real mma.sync.
+DEVFN void mma_tf32_emulated(float* c, SMEM const float* in, int ld, int mb, int k0, int ks,
+                             int kc, SMEM const float* ws, int col0, int lane) {
+  const int g = lane >> 2, t = lane & 3;
+  for (int r = 0; r < 4; ++r) {
+    const int row = g + 8 * (r >> 1), col = 2 * t + (r & 1);
+    float d = 0.0f;
+    for (int k = 0; k < 8; ++k) {
+      const float a = AS_F32(to_tf32(tc_a(in, ld, mb, k0, ks, kc, 4 * (row & 7) + (k & 3),
+                                          (row >> 3) + 2 * (k >> 2))));
+      const float b = AS_F32(to_tf32(tc_b(ws, ks, col0, 4 * col + (k & 3), k >> 2)));
+      d += a * b;
+    }
+    c[r] += d;
+  }
+}
+#endif
 #endif
 
 // The counter pointer of launches that count nothing.
@@ -165,21 +215,24 @@ DEVFN void ctr_add(GLOBAL u32* ctr, int i, u64 v) {
 // out[s][c] = epilogue( Σ_k in[s][k] · B(k, c) ) for slots s ∈ [s0, s1) and c ∈ [0, N), where
 // B(k, c) = W[w_off + k·ldw + c], or W[w_off + c·ldw + k] when `trans` (Wᵀ, for the backward
 // data path). `in` and `out` are distinct shared tiles of TILE_ROWS × ld; `ws` holds
-// TILE_KC × TILE_NT floats. Every thread of the block must call (it synchronises).
+// TILE_KC × WS_LD floats. Every thread of the block must call (it synchronises).
 DEVFN void tile_gemm(SMEM const float* in, SMEM float* out, int ld, GLOBAL const wtype* W,
                      u32 w_off, int ldw, int trans, int K, int N, GLOBAL const float* P,
                      u32 b_off, int has_bias, int act, GLOBAL float* zout, int store_z,
                      u32 z_base, int z_ld, int s0, int s1, SMEM float* ws, GLOBAL u32* ctr) {
   const int cnt = s1 - s0;
   for (int c0 = 0; c0 < N; c0 += TILE_NT) {
-#if MBRL_CUDA && defined(MBRL_TENSOR_CORES)
+#ifdef MBRL_TENSOR_CORES
     const int lane = LID & 31;
     const int warp = LID >> 5;
-    // Warp tile: 16 rows (absolute slots mb..mb+15) × 32 columns as four n8 tiles.
+    // Warp tile: 16 rows (absolute slots mb..mb+15) × 32 columns as four n8 tiles. The
+    // chunk stages whole n8 tiles; a warp with no rows or columns idles, and a warp skips
+    // its n8 tiles past the chunk (a 200-wide layer issues 200 columns, the 8-wide head 8).
     const int mb = (warp & 1) * 16;
     const int nb = (warp >> 1) * 32;
     const int g = lane >> 2, t = lane & 3;
-    const int wcols = TILE_NT;
+    const int wcols = (imin(TILE_NT, N - c0) + 7) / 8 * 8;
+    const int busy = mb < s1 && mb + 16 > s0 && nb < wcols;
     float acc[4][4];
     UNROLL
     for (int q = 0; q < 4; ++q) {
@@ -216,7 +269,7 @@ DEVFN void tile_gemm(SMEM const float* in, SMEM float* out, int ld, GLOBAL const
         float v = 0.0f;
         if (k < K && c < N)
           v = load_w(W, w_off + (trans ? (u32)c * (u32)ldw + (u32)k : (u32)k * (u32)ldw + (u32)c));
-        ws[kk * TILE_NT + cc] = v;
+        ws[kk * WS_LD + cc] = v;
       }
       SYNC();
 #ifdef MBRL_COUNTERS
@@ -225,9 +278,14 @@ DEVFN void tile_gemm(SMEM const float* in, SMEM float* out, int ld, GLOBAL const
         ctr_add(ctr, CTR_STAGES, 1u);
         ctr_add(ctr, CTR_ROWS, (u64)cnt);
         ctr_add(ctr, CTR_USEFUL, (u64)cnt * (u64)kc * w);
-#if MBRL_CUDA && defined(MBRL_TENSOR_CORES)
-        // Every warp issues its m16n8k8 products on the whole 16 × 32 warp tile.
-        ctr_add(ctr, CTR_ISSUED, (u64)TILE_ROWS * (u64)TILE_NT * (u64)(((kc + 7) / 8) * 8));
+#ifdef MBRL_TENSOR_CORES
+        // A busy warp issues an m16n8k8 product per n8 tile inside the chunk.
+        u64 issued = 0u;
+        for (int wi = 0; wi < TILE_THREADS / 32; ++wi)
+          if ((wi & 1) * 16 < s1 && (wi & 1) * 16 + 16 > s0)
+            for (int q = 0; q < 4; ++q)
+              if ((wi >> 1) * 32 + q * 8 < wcols) issued += (u64)(16 * 8 * ((kc + 7) / 8 * 8));
+        ctr_add(ctr, CTR_ISSUED, issued);
 #else
         // A warp issues row step i when any of its active threads has a row there: its
         // first thread's row group is the smallest.
@@ -241,23 +299,29 @@ DEVFN void tile_gemm(SMEM const float* in, SMEM float* out, int ld, GLOBAL const
 #endif
       }
 #endif
-#if MBRL_CUDA && defined(MBRL_TENSOR_CORES)
-      UNROLL
-      for (int ks = 0; ks < TILE_KC; ks += 8) {
-        if (ks < kc) {
-          // Columns k ≥ kc of `in` may hold stale values: mask them (ws is zero there).
-          const int ka = k0 + ks + t, kb = ka + 4;
-          const int okA = ks + t < kc, okB = ks + t + 4 < kc;
-          const u32 a0 = to_tf32(okA ? in[(mb + g) * ld + ka] : 0.0f);
-          const u32 a1 = to_tf32(okA ? in[(mb + g + 8) * ld + ka] : 0.0f);
-          const u32 a2 = to_tf32(okB ? in[(mb + g) * ld + kb] : 0.0f);
-          const u32 a3 = to_tf32(okB ? in[(mb + g + 8) * ld + kb] : 0.0f);
-          UNROLL
-          for (int q = 0; q < 4; ++q) {
-            const int col = nb + q * 8 + g;
-            const u32 b0 = to_tf32(ws[(ks + t) * TILE_NT + col]);
-            const u32 b1 = to_tf32(ws[(ks + t + 4) * TILE_NT + col]);
-            mma_tf32(acc[q], a0, a1, a2, a3, b0, b1);
+#ifdef MBRL_TENSOR_CORES
+      if (busy) {
+        UNROLL
+        for (int ks = 0; ks < TILE_KC; ks += 8) {
+          if (ks < kc) {
+#if MBRL_CUDA
+            const u32 a0 = to_tf32(tc_a(in, ld, mb, k0, ks, kc, lane, 0));
+            const u32 a1 = to_tf32(tc_a(in, ld, mb, k0, ks, kc, lane, 1));
+            const u32 a2 = to_tf32(tc_a(in, ld, mb, k0, ks, kc, lane, 2));
+            const u32 a3 = to_tf32(tc_a(in, ld, mb, k0, ks, kc, lane, 3));
+            UNROLL
+            for (int q = 0; q < 4; ++q) {
+              if (nb + q * 8 < wcols) {
+                const u32 b0 = to_tf32(tc_b(ws, ks, nb + q * 8, lane, 0));
+                const u32 b1 = to_tf32(tc_b(ws, ks, nb + q * 8, lane, 1));
+                mma_tf32(acc[q], a0, a1, a2, a3, b0, b1);
+              }
+            }
+#else
+            for (int q = 0; q < 4; ++q)
+              if (nb + q * 8 < wcols)
+                mma_tf32_emulated(acc[q], in, ld, mb, k0, ks, kc, ws, nb + q * 8, lane);
+#endif
           }
         }
       }
@@ -266,7 +330,7 @@ DEVFN void tile_gemm(SMEM const float* in, SMEM float* out, int ld, GLOBAL const
         for (int kk = 0; kk < kc; ++kk) {
           float b[TILE_CPT];
           UNROLL
-          for (int j = 0; j < TILE_CPT; ++j) b[j] = ws[kk * TILE_NT + cg * TILE_CPT + j];
+          for (int j = 0; j < TILE_CPT; ++j) b[j] = ws[kk * WS_LD + cg * TILE_CPT + j];
           UNROLL
           for (int i = 0; i < TILE_RPT; ++i) {
             if (rg + 8 * i < cnt) {
@@ -279,7 +343,7 @@ DEVFN void tile_gemm(SMEM const float* in, SMEM float* out, int ld, GLOBAL const
       }
 #endif
     }
-#if MBRL_CUDA && defined(MBRL_TENSOR_CORES)
+#ifdef MBRL_TENSOR_CORES
     UNROLL
     for (int q = 0; q < 4; ++q) {
       UNROLL
@@ -326,4 +390,4 @@ DEVFN void mlp_layer(MlpShape s, GLOBAL const float* P, GLOBAL const wtype* Wt, 
 }
 
 // Dynamic shared memory of the forward tile: two activation tiles and the weight stage.
-DEVFN int mlp_tile_floats(MlpShape s) { return 2 * TILE_ROWS * (int)s.ld + TILE_KC * TILE_NT; }
+DEVFN int mlp_tile_floats(MlpShape s) { return 2 * TILE_ROWS * (int)s.ld + TILE_KC * WS_LD; }

@@ -363,7 +363,7 @@ KERNEL BOUNDS_MIN(256, 3) void rollout(RolloutParams p, MlpShape s, RolloutSpan 
   SMEM float* cur = dyn_smem;
   SMEM float* oth = cur + TILE_ROWS * ld;
   SMEM float* ws = oth + TILE_ROWS * ld;
-  SMEM float* st = ws + TILE_KC * TILE_NT;
+  SMEM float* st = ws + TILE_KC * WS_LD;
   SMEM float* nx = st + TILE_ROWS * od;
   SMEM float* acc = nx + TILE_ROWS * od;
   SMEM float* rew = acc + TILE_ROWS * D;

@@ -1166,6 +1166,9 @@ fn pick_backend_for(choice: BackendChoice, precision: Precision) -> Result<AnyBa
         note!("backend: passed over {s}");
     }
     let arith = match (precision, b.name()) {
+        (Precision::F32, _) if b.planning_on_tensor_cores() => {
+            " (TF32 tensor cores in planning; MBRL_GPU_FP32_PLANNING=1 keeps f32)".into()
+        }
         (Precision::F32, _) => String::new(),
         (Precision::Bf16, "cpu") => format!(" (planning {})", mbrl_gpu::bf16::describe()),
         (Precision::Bf16, _) => " (bf16 weights in planning)".into(),

@@ -1375,7 +1375,7 @@ fn bf16_weights_on_pocl_should_match_the_cpu_within_the_stated_tolerance() {
         CudaOptions {
             bf16_weights: true,
             tensor_cores: false,
-            counters: false,
+            ..CudaOptions::default()
         },
     );
     let cpu = CpuBackend::new();
@@ -1465,7 +1465,11 @@ fn cuda_device_should_match_the_cpu_when_present() {
         eprintln!("skipped: no CUDA driver library on this machine (not a failure: CI has no GPU)");
         return;
     }
-    let b = match CudaBackend::new() {
+    // The f32 specification first: planning would take TF32 tensor cores by default.
+    let b = match CudaBackend::with_options(CudaOptions {
+        fp32_planning: true,
+        ..CudaOptions::default()
+    }) {
         Ok(b) => b,
         Err(e) => {
             eprintln!("skipped: {e} (not a failure: CI has no GPU)");
@@ -1489,13 +1493,21 @@ fn cuda_device_should_match_the_cpu_when_present() {
     // The TF32 tensor-core tile products: inputs keep 10 mantissa bits, so each product is off
     // by ≤ 2⁻¹¹ relative and a 200-term sum by ≤ 2⁻¹¹·Σ|a·w|; through four layers 2e-2·(1 + |ref|).
     match CudaBackend::with_options(CudaOptions {
-        bf16_weights: false,
         tensor_cores: true,
-        counters: false,
+        ..CudaOptions::default()
     }) {
         Ok(tc) => check_forward(&tc, "cuda tf32", 2e-2),
         Err(e) => eprintln!("tensor cores not checked: {e}"),
     }
+    // The default backend plans on TF32 where the device has tensor cores: one planning
+    // step's first action within 5e-2 of the f32 plan (the same elites up to near-ties).
+    let default = CudaBackend::new().expect("the device was usable above");
+    eprintln!(
+        "default planning on {}: tensor cores {}",
+        default.device_name(),
+        default.planning_tensor_cores()
+    );
+    check_tf32_cartpole_rollout(&default, "cuda default planning");
 }
 
 #[test]
@@ -1595,7 +1607,7 @@ fn mpc_step_host_costs_on_pocl_should_stay_fixed() {
         CudaOptions {
             bf16_weights: true,
             tensor_cores: false,
-            counters: false,
+            ..CudaOptions::default()
         },
     );
     let cfg = PlannerConfig {
@@ -1621,6 +1633,258 @@ fn mpc_step_host_costs_on_pocl_should_stay_fixed() {
         Some(&1),
         "after a model update: {d}"
     );
+}
+
+/// Per-output bound on |computed − exact| of the ensemble forward, from an f64 forward that
+/// carries Σ|a·w| and the input errors through the layers. A layer z = b + Σ_k a_k·w_k with
+/// inputs known to ±Ea_k, operands rounded to `u` (TF32: 2⁻¹¹; f32 operands: 0) and summed in
+/// f32 in any order is off by at most
+///   Σ_k |w_k|·Ea_k + (2u + u²)·Σ_k (|a_k| + Ea_k)|w_k| + γ(K+1)·(Σ_k (|a_k| + Ea_k)|w_k| + |b|),
+/// γ(n) = n·2⁻²⁴ / (1 − n·2⁻²⁴) (Higham, Accuracy and Stability, §3.1); the activation adds its
+/// Lipschitz constant (SiLU 1.1, ReLU and tanh 1) times that, plus 8 ulps of its value for the
+/// libm calls; the soft log-variance bounds are 1-Lipschitz in the raw head output. Returns
+/// (mean bounds, logvar bounds) for rows × members in the forward's output order.
+fn forward_error_bounds(
+    shape: &EnsembleShape,
+    params: &[f32],
+    norm: &[f32],
+    x: &[f32],
+    rows: usize,
+    u: f64,
+) -> (Vec<f64>, Vec<f64>) {
+    let ulp = 2f64.powi(-24);
+    let gamma = |n: usize| n as f64 * ulp / (1.0 - n as f64 * ulp);
+    let lay = shape.layout();
+    let (din, d) = (shape.in_dim, shape.out_dim);
+    let lip = match shape.activation {
+        Activation::Silu => 1.1,
+        Activation::Relu | Activation::Tanh => 1.0,
+    };
+    let act = |z: f64| match shape.activation {
+        Activation::Silu => z / (1.0 + (-z).exp()),
+        Activation::Relu => z.max(0.0),
+        Activation::Tanh => z.tanh(),
+    };
+    let (mut mb, mut lb) = (
+        vec![0.0; shape.ensemble * rows * d],
+        vec![0.0; shape.ensemble * rows * d],
+    );
+    for e in 0..shape.ensemble {
+        for r in 0..rows {
+            let row = &x[(e * rows + r) * din..(e * rows + r + 1) * din];
+            // The normalised input as both sides compute it (one f32 rounding each way).
+            let mut a: Vec<f64> = (0..din)
+                .map(|j| ((row[j] - norm[j]) / norm[din + j]) as f64)
+                .collect();
+            let mut ea: Vec<f64> = a.iter().map(|v| 2.0 * ulp * v.abs()).collect();
+            for (l, lo) in lay.layers.iter().enumerate() {
+                let (fi, fo) = (lo.fan_in, lo.fan_out);
+                let w = |k: usize, j: usize| params[lo.weight + e * fi * fo + k * fo + j] as f64;
+                let mut z = vec![0.0; fo];
+                let mut ez = vec![0.0; fo];
+                for j in 0..fo {
+                    let bias = params[lo.bias + e * fo + j] as f64;
+                    let (mut sum, mut prop, mut mag) = (bias, 0.0, 0.0);
+                    for k in 0..fi {
+                        sum += a[k] * w(k, j);
+                        prop += w(k, j).abs() * ea[k];
+                        mag += (a[k].abs() + ea[k]) * w(k, j).abs();
+                    }
+                    z[j] = sum;
+                    ez[j] = prop + (2.0 * u + u * u) * mag + gamma(fi + 1) * (mag + bias.abs());
+                }
+                if l < shape.num_layers {
+                    a = z.iter().map(|&v| act(v)).collect();
+                    ea = ez
+                        .iter()
+                        .zip(&a)
+                        .map(|(e, v)| lip * e + 8.0 * ulp * v.abs())
+                        .collect();
+                } else {
+                    for j in 0..d {
+                        let o = (e * rows + r) * d + j;
+                        mb[o] = ez[j];
+                        if shape.probabilistic {
+                            let (hi, lo) = (
+                                params[lay.max_logvar + j] as f64,
+                                params[lay.min_logvar + j] as f64,
+                            );
+                            lb[o] = ez[d + j] + 8.0 * ulp * (hi.abs() + lo.abs() + z[d + j].abs());
+                        }
+                    }
+                }
+            }
+        }
+    }
+    (mb, lb)
+}
+
+/// The TF32 tensor-core tile products (`CudaOptions::tensor_cores`) on PoCL, where the
+/// rounding and the mma's fragment layout are emulated (mlp.cuh): every output of the
+/// ensemble forward lies within the TF32 bound of `forward_error_bounds` plus the f32
+/// bound of the CPU result, on awkward sizes (37 rows: a second tile of 5; widths 13 and
+/// 200: partial n8 tiles and chunks), and the products really are TF32 (some output differs
+/// from the f32 result by more than f32 rounding could). The cart-pole configuration's
+/// rollout on these products serves the same full tiles, with issued / useful ≤ 1.15 (the
+/// mma's k8 steps pad the 5-wide input layer to 8).
+#[test]
+fn tensor_core_products_on_pocl_should_stay_within_the_tf32_bound() {
+    let Some(b) = pocl_backend(CudaOptions {
+        tensor_cores: true,
+        counters: true,
+        ..CudaOptions::default()
+    }) else {
+        return;
+    };
+    let plain = pocl_backend(CudaOptions::default()).expect("PoCL was found above");
+    let cpu = CpuBackend::new();
+    let rows = 37;
+    let shapes = [
+        (5, 4, 200, 4, Activation::Silu, true),
+        (7, 3, 13, 2, Activation::Tanh, false),
+        (4, 9, 64, 3, Activation::Relu, true),
+        (6, 5, 50, 1, Activation::Relu, true),
+    ];
+    for (si, &(din, dout, hidden, layers, activation, probabilistic)) in shapes.iter().enumerate() {
+        let shape = EnsembleShape {
+            ensemble: 3,
+            in_dim: din,
+            out_dim: dout,
+            hidden,
+            num_layers: layers,
+            activation,
+            probabilistic,
+        };
+        let params = random_params(&shape, 300 + si as u64);
+        let norm = norm_stats(din, 310 + si as u64);
+        let x = normals(320 + si as u64, shape.ensemble * rows * din, 1.5);
+        let n = shape.ensemble * rows * dout;
+        let (mut cm, mut cl) = (unwritten(n), unwritten(n));
+        cpu.ensemble_forward(&shape, &params, &norm, &x, rows, &mut cm, &mut cl)
+            .unwrap();
+        let (dp, dn, dx) = (
+            b.upload(&params).unwrap(),
+            b.upload(&norm).unwrap(),
+            b.upload(&x).unwrap(),
+        );
+        let (mut dm, mut dl) = (poisoned(&b, n), poisoned(&b, n));
+        b.ensemble_forward(&shape, &dp, &dn, &dx, rows, &mut dm, &mut dl)
+            .unwrap();
+        let (gm, gl) = (b.download(&dm).unwrap(), b.download(&dl).unwrap());
+        // The same forward on the f32 tile products, to tell TF32's rounding from f32's.
+        let (pp, pn, px) = (
+            plain.upload(&params).unwrap(),
+            plain.upload(&norm).unwrap(),
+            plain.upload(&x).unwrap(),
+        );
+        let (mut pm, mut pl) = (poisoned(&plain, n), poisoned(&plain, n));
+        plain
+            .ensemble_forward(&shape, &pp, &pn, &px, rows, &mut pm, &mut pl)
+            .unwrap();
+        let (fm32, fl32) = (plain.download(&pm).unwrap(), plain.download(&pl).unwrap());
+        let (tm, tl) = forward_error_bounds(&shape, &params, &norm, &x, rows, 2f64.powi(-11));
+        let (fm, fl) = forward_error_bounds(&shape, &params, &norm, &x, rows, 0.0);
+        let mut outputs = vec![(&gm, &cm, &tm, &fm, &fm32, "mean")];
+        if probabilistic {
+            outputs.push((&gl, &cl, &tl, &fl, &fl32, "logvar"));
+        }
+        for (got, want, tb, fb, f32_dev, what) in outputs {
+            let (mut worst_ratio, mut worst_rel, mut worst_f32) = (0.0f64, 0.0f64, 0.0f64);
+            for i in 0..n {
+                let diff = (got[i] as f64 - want[i] as f64).abs();
+                let bound = tb[i] + fb[i];
+                assert!(
+                    diff <= bound,
+                    "{shape:?} {what}[{i}]: TF32 {} vs f32 {}: |diff| {diff:e} above the bound \
+                     {bound:e}",
+                    got[i],
+                    want[i]
+                );
+                worst_ratio = worst_ratio.max(diff / bound);
+                worst_rel = worst_rel.max(diff / (1.0 + want[i].abs() as f64));
+                let d32 = (f32_dev[i] as f64 - want[i] as f64).abs();
+                worst_f32 = worst_f32.max(d32 / (1.0 + want[i].abs() as f64));
+            }
+            eprintln!(
+                "tf32 forward {layers} × {hidden} {activation:?} {what}: worst |diff| / bound \
+                 {worst_ratio:.2e}, worst |diff| / (1 + |f32|) {worst_rel:.2e} (f32 tiles: \
+                 {worst_f32:.2e})"
+            );
+            assert!(
+                worst_rel > 10.0 * worst_f32.max(1e-7),
+                "{shape:?} {what}: as close to the CPU as the f32 tiles: TF32 not in use?"
+            );
+        }
+    }
+    // The rollout on tensor cores at the cart-pole configuration, with the counters.
+    b.reset_kernel_counters().unwrap();
+    check_tf32_cartpole_rollout(&b, "PoCL tf32");
+    let c = b.kernel_counters().unwrap().expect("counting");
+    eprintln!(
+        "tf32 rollout at the cart-pole configuration: {:.2} rows per staged chunk, issued / \
+         useful {:.3}",
+        c.rows_per_stage(),
+        c.issued_per_useful()
+    );
+    assert!(c.rows_per_stage() >= 31.0, "{c:?}");
+    assert!(c.issued_per_useful() <= 1.15, "{c:?}");
+}
+
+/// A TS∞ rollout at mbrl-lib's cart-pole configuration (5 × 4×200, 350 × 20 rows, two
+/// steps) on a backend planning with TF32 products, against the f32 CPU: cart-pole returns
+/// count the steps alive, and TF32 may move a particle across the angle threshold, not more
+/// than a few of a candidate's 20 (mean ≤ 0.25 steps off).
+fn check_tf32_cartpole_rollout<B: Backend>(b: &B, label: &str) {
+    let cpu = CpuBackend::new();
+    let env = EnvId::CartPole;
+    let spec = env.spec();
+    let shape = EnsembleShape {
+        ensemble: 5,
+        in_dim: spec.obs_dim + spec.act_dim,
+        out_dim: spec.obs_dim,
+        hidden: 200,
+        num_layers: 4,
+        activation: Activation::Silu,
+        probabilistic: true,
+    };
+    let mut p = rollout_params(env, Propagation::TsInf, false, &[0, 1, 2, 3, 4]);
+    p.population = 350;
+    p.particles = 20;
+    p.horizon = 2;
+    let mut params = random_params(&shape, 77);
+    let head = shape.layout().layers[shape.num_layers];
+    for w in &mut params[head.weight..head.bias + shape.ensemble * head.fan_out] {
+        *w *= 0.02;
+    }
+    let norm = norm_stats(shape.in_dim, 78);
+    let mut state = vec![0.0f32; spec.state_dim];
+    let mut start = vec![0.0f32; spec.obs_dim];
+    env.reset_state(79, &mut state);
+    env.observe(&state, &mut start);
+    let actions = uniforms(80, (p.population * p.horizon) as usize, -1.0, 1.0);
+    let mut want = unwritten(p.population as usize);
+    cpu.rollout(&p, &shape, &params, &norm, &start, &actions, &mut want)
+        .unwrap();
+    let mut out = poisoned(b, p.population as usize);
+    b.rollout(
+        &p,
+        &shape,
+        &b.upload(&params).unwrap(),
+        &b.upload(&norm).unwrap(),
+        &b.upload(&start).unwrap(),
+        &b.upload(&actions).unwrap(),
+        &mut out,
+    )
+    .unwrap();
+    let got = b.download(&out).unwrap();
+    let e = assert_close(
+        &format!("{label} cart-pole rollout"),
+        &got,
+        &want,
+        0.25,
+        0.0,
+    );
+    eprintln!("{label} cart-pole rollout: worst return difference {e}");
 }
 
 /// Issue 9's efficiency goals at mbrl-lib's cart-pole configuration (5 members of 4 × 200
@@ -1738,7 +2002,7 @@ fn bf16_packs_should_follow_parameter_writes() {
     let Some(b) = pocl_backend(CudaOptions {
         bf16_weights: true,
         tensor_cores: false,
-        counters: false,
+        ..CudaOptions::default()
     }) else {
         return;
     };

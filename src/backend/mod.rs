@@ -639,6 +639,7 @@ impl AnyBackend {
             "cuda" => AnyBackend::Cuda(Box::new(cuda::CudaBackend::with_options(
                 cuda::CudaOptions {
                     bf16_weights: bf16,
+                    fp32_planning: std::env::var("MBRL_GPU_FP32_PLANNING").is_ok_and(|v| v == "1"),
                     ..Default::default()
                 },
             )?)),
@@ -661,6 +662,11 @@ impl AnyBackend {
             AnyBackend::Wgpu(b) => b.name(),
             AnyBackend::Cuda(b) => b.name(),
         }
+    }
+
+    /// Whether planning rollouts run on TF32 tensor cores (CUDA on sm_80+, by default).
+    pub fn planning_on_tensor_cores(&self) -> bool {
+        matches!(self, AnyBackend::Cuda(b) if b.planning_tensor_cores())
     }
 }
 

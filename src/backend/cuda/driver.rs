@@ -218,4 +218,8 @@ impl KernelHost for CudaDriver {
     fn max_dynamic_shared(&self) -> usize {
         self.max_shared_optin
     }
+
+    fn has_tensor_cores(&self) -> bool {
+        self.cc >= (8, 0)
+    }
 }

@@ -10,10 +10,16 @@ use crate::{Error, Result};
 impl<H: KernelHost> CudaBackend<H> {
     /// The program of an MLP kernel file in the backend's variant.
     pub(super) fn mlp_program(&self, file: KernelFile) -> Program {
+        // Planning (the rollout) takes tensor cores by default where they exist; the
+        // ensemble's training and prediction only when asked.
+        let tensor_cores = match file {
+            KernelFile::Rollout => self.planning_tensor_cores(),
+            _ => self.options.tensor_cores,
+        };
         Program {
             file,
             bf16_weights: self.options.bf16_weights,
-            tensor_cores: self.options.tensor_cores,
+            tensor_cores,
             counters: self.options.counters,
         }
     }

@@ -51,6 +51,11 @@ pub trait KernelHost: Send + Sync + 'static {
     fn launch(&self, launch: &Launch<'_, Self::Mem>) -> Result<()>;
     /// The most dynamic shared memory one block may use, in bytes.
     fn max_dynamic_shared(&self) -> usize;
+    /// Whether the device runs the TF32 `mma.sync` tile products (compute capability ≥ 8.0),
+    /// which planning then uses by default ([`super::CudaOptions::fp32_planning`]).
+    fn has_tensor_cores(&self) -> bool {
+        false
+    }
 }
 
 /// Versions of buffer contents: every new buffer and every mutation through the backend takes
@@ -242,5 +247,9 @@ impl<H: KernelHost> KernelHost for CountingHost<H> {
 
     fn max_dynamic_shared(&self) -> usize {
         self.inner.max_dynamic_shared()
+    }
+
+    fn has_tensor_cores(&self) -> bool {
+        self.inner.has_tensor_cores()
     }
 }

@@ -46,9 +46,15 @@ pub struct CudaOptions {
     /// MLP weights from it; biases, bounds and all accumulation stay f32. Halves the weight
     /// traffic; tests/cuda_pocl.rs states the resulting tolerance.
     pub bf16_weights: bool,
-    /// TF32 `mma.sync` tensor-core tile products (CUDA, compute capability ≥ 8.0). TF32 keeps
-    /// 10 mantissa bits, so results differ from the f32 specification at the 1e-3 level.
+    /// TF32 `mma.sync` tensor-core tile products in every MLP kernel, training included
+    /// (CUDA, compute capability ≥ 8.0). TF32 keeps 10 mantissa bits, so results differ
+    /// from the f32 specification at the 1e-4 to 1e-3 level.
     pub tensor_cores: bool,
+    /// Keep planning rollouts on f32 CUDA cores. By default (false) they run on TF32 tensor
+    /// cores wherever the device has them (sm_80+; [`KernelHost::has_tensor_cores`]), as
+    /// PyTorch's `allow_tf32` does for convolutions; training stays f32 unless
+    /// `tensor_cores`. The CLI sets this from `MBRL_GPU_FP32_PLANNING=1`.
+    pub fp32_planning: bool,
     /// Debug counters in the tile engine (`MBRL_COUNTERS`): weight chunks staged, the rows
     /// they served, multiply-adds issued and useful, read with
     /// [`CudaBackend::kernel_counters`]. Costs a few global atomics per staged chunk.
@@ -245,6 +251,12 @@ impl<H: KernelHost> CudaBackend<H> {
 
     pub fn options(&self) -> CudaOptions {
         self.options
+    }
+
+    /// Whether planning rollouts run on TF32 tensor cores: asked for everywhere
+    /// (`tensor_cores`), or by default where the device has them (unless `fp32_planning`).
+    pub fn planning_tensor_cores(&self) -> bool {
+        self.options.tensor_cores || (!self.options.fp32_planning && self.host.has_tensor_cores())
     }
 
     /// The device, in words.
@@ -536,5 +548,128 @@ mod tests {
             ),
             Err(e) => assert!(!a.available || matches!(e, Error::Unavailable(_)), "{e}"),
         }
+    }
+
+    /// A host that runs nothing and records which program variant each launch used.
+    struct Recorder {
+        tensor_cores: bool,
+        seen: Mutex<Vec<(&'static str, String)>>,
+    }
+
+    impl KernelHost for Recorder {
+        type Mem = Vec<u32>;
+        fn device_name(&self) -> String {
+            "recorder".into()
+        }
+        fn alloc_zeroed(&self, words: usize) -> Result<Vec<u32>> {
+            Ok(vec![0; words.max(1)])
+        }
+        fn upload(&self, dst: &mut Vec<u32>, src: &[u32]) -> Result<()> {
+            dst[..src.len()].copy_from_slice(src);
+            Ok(())
+        }
+        fn download(&self, src: &Vec<u32>, dst: &mut [u32]) -> Result<()> {
+            dst.copy_from_slice(&src[..dst.len()]);
+            Ok(())
+        }
+        fn launch(&self, l: &Launch<'_, Vec<u32>>) -> Result<()> {
+            let mut seen = self.seen.lock().unwrap();
+            seen.push((l.entry, l.program.label()));
+            Ok(())
+        }
+        fn max_dynamic_shared(&self) -> usize {
+            227 * 1024
+        }
+        fn has_tensor_cores(&self) -> bool {
+            self.tensor_cores
+        }
+    }
+
+    /// Planning takes TF32 tensor cores by default where the device has them, training and
+    /// prediction only when asked; `fp32_planning` keeps planning on f32.
+    #[test]
+    fn planning_should_default_to_tensor_cores_where_the_device_has_them() {
+        use crate::backend::{Activation, Propagation, MAX_ELITES};
+        let shape = EnsembleShape {
+            ensemble: 2,
+            in_dim: 4,
+            out_dim: 3,
+            hidden: 8,
+            num_layers: 1,
+            activation: Activation::Relu,
+            probabilistic: true,
+        };
+        let mut elites = [0u32; MAX_ELITES];
+        elites[1] = 1;
+        let p = RolloutParams {
+            seed_lo: 1,
+            seed_hi: 2,
+            step: 0,
+            population: 3,
+            particles: 2,
+            horizon: 2,
+            obs_dim: 3,
+            act_dim: 1,
+            propagation: Propagation::TsInf as u32,
+            env: crate::env::EnvId::Pendulum.code(),
+            learn_reward: 0,
+            num_elites: 2,
+            elites,
+        };
+        let variants = |tensor_cores: bool, options: CudaOptions| {
+            let b = CudaBackend::with_host(
+                Recorder {
+                    tensor_cores,
+                    seen: Mutex::new(vec![]),
+                },
+                options,
+            );
+            let params = b.zeros(shape.layout().total).unwrap();
+            let norm = b.upload(&[0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0]).unwrap();
+            let (start, actions) = (b.zeros(3).unwrap(), b.zeros(6).unwrap());
+            let mut returns = b.zeros(3).unwrap();
+            b.rollout(&p, &shape, &params, &norm, &start, &actions, &mut returns)
+                .unwrap();
+            let x = b.zeros(2 * 5 * 4).unwrap();
+            let (mut mean, mut logvar) = (b.zeros(2 * 5 * 3).unwrap(), b.zeros(2 * 5 * 3).unwrap());
+            b.ensemble_forward(&shape, &params, &norm, &x, 5, &mut mean, &mut logvar)
+                .unwrap();
+            let seen = b.host().seen.lock().unwrap().clone();
+            let of = |entry: &str| {
+                seen.iter()
+                    .find(|(e, _)| *e == entry)
+                    .map(|(_, l)| l.clone())
+                    .unwrap()
+            };
+            (
+                b.planning_tensor_cores(),
+                of("rollout"),
+                of("ensemble_forward"),
+            )
+        };
+        assert_eq!(
+            variants(true, CudaOptions::default()),
+            (true, "rollout+tc".into(), "ensemble".into())
+        );
+        assert_eq!(
+            variants(false, CudaOptions::default()),
+            (false, "rollout".into(), "ensemble".into())
+        );
+        let fp32 = CudaOptions {
+            fp32_planning: true,
+            ..CudaOptions::default()
+        };
+        assert_eq!(
+            variants(true, fp32),
+            (false, "rollout".into(), "ensemble".into())
+        );
+        let all = CudaOptions {
+            tensor_cores: true,
+            ..CudaOptions::default()
+        };
+        assert_eq!(
+            variants(false, all),
+            (true, "rollout+tc".into(), "ensemble+tc".into())
+        );
     }
 }

@@ -9,6 +9,9 @@ pub const TILE_ROWS: usize = 32;
 /// Weight stage: input rows × output columns (`TILE_KC`, `TILE_NT`).
 pub const TILE_KC: usize = 16;
 pub const TILE_NT: usize = 128;
+/// Row stride of the weight stage (`WS_LD`): ≡ 8 (mod 32), so the tensor-core B fragments
+/// are free of bank conflicts.
+pub const WS_LD: usize = TILE_NT + 8;
 /// Integer words at the end of the rollout's shared memory (`ROLL_INTS` in rollout.cu).
 pub const ROLL_INTS: usize = 192;
 /// Shared floats of the NLL tile's block reduction (`BLOCK_REDUCE_THREADS`).
@@ -60,7 +63,7 @@ impl MlpShape {
 
     /// Dynamic shared floats of the forward tile (`mlp_tile_floats`).
     pub fn tile_floats(&self) -> usize {
-        2 * TILE_ROWS * self.ld as usize + TILE_KC * TILE_NT
+        2 * TILE_ROWS * self.ld as usize + TILE_KC * WS_LD
     }
 }
 

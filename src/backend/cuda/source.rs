@@ -105,8 +105,8 @@ pub struct Program {
     pub file: KernelFile,
     /// Weights read from a bf16 copy (`MBRL_BF16_WEIGHTS`).
     pub bf16_weights: bool,
-    /// TF32 `mma.sync` tile products (`MBRL_TENSOR_CORES`, CUDA sm_80+ only; ignored by
-    /// OpenCL, where the portable path is compiled).
+    /// TF32 `mma.sync` tile products (`MBRL_TENSOR_CORES`, CUDA sm_80+; OpenCL C emulates
+    /// the TF32 rounding and the fragment layout, so PoCL checks the indexing).
     pub tensor_cores: bool,
     /// Debug counters of the tile engine (`MBRL_COUNTERS`): staged weight chunks, rows they
     /// served, issued and useful multiply-adds ([`super::KernelCounters`]).
