@@ -66,6 +66,7 @@ typedef ulong u64;
 #define COSPIF(x) cospi((float)(x))
 #define TANHF(x) tanh((float)(x))
 #define UNROLL
+#define NOUNROLL
 #else
 #define MBRL_CUDA 1
 typedef unsigned int u32;
@@ -99,6 +100,7 @@ typedef unsigned long long u64;
 #define COSPIF(x) cospif(x)
 #define TANHF(x) tanhf(x)
 #define UNROLL _Pragma("unroll")
+#define NOUNROLL _Pragma("unroll 1")
 #endif
 
 #define NEG_INF_F32 AS_F32(0xff800000u)

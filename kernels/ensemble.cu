@@ -87,7 +87,7 @@ KERNEL BOUNDS(256) void ensemble_nll_backward(MlpShape s, NllParams q, GLOBAL co
   SMEM float* cur = dyn_smem;
   SMEM float* oth = dyn_smem + TILE_ROWS * ld;
   SMEM float* ws = dyn_smem + 2 * TILE_ROWS * ld;
-  SMEM float* red = ws + TILE_KC * WS_LD;
+  SMEM float* red = ws + WS_FLOATS;
 
   // Forward, caching xn and the hidden pre-activations.
   for (int i = LID; i < n * in; i += TILE_THREADS) {
@@ -165,7 +165,7 @@ KERNEL BOUNDS(256) void ensemble_nll_backward(MlpShape s, NllParams q, GLOBAL co
     for (int i = LID; i < n * H; i += TILE_THREADS) {
       const int r = i / H, c = i % H;
       const u32 o = (row0 + (u32)r) * (u32)H + (u32)c;
-      const float g = da[r * ld + c] * act_grad((int)s.activation, scratch[zl + o]);
+      const float g = da[r * ld + c] * act_grad(HIDDEN_ACT(s), scratch[zl + o]);
       da[r * ld + c] = g;
       scratch[dzl + o] = g;
     }
@@ -199,7 +199,7 @@ KERNEL BOUNDS(256) void ensemble_nll_weight_grad(MlpShape s, NllParams q, u32 la
       if (r < rows) {
         if (k < fi) {
           a = l == 0 ? scratch[q.xn_off + (base + (u32)r) * (u32)in + (u32)k]
-                     : act_fwd((int)s.activation,
+                     : act_fwd(HIDDEN_ACT(s),
                                scratch[zprev + (base + (u32)r) * (u32)H + (u32)k]);
         } else if (k == fi) {
           a = 1.0f;

@@ -8,10 +8,19 @@
 // - A block of 256 threads (8 warps) owns a tile of TILE_ROWS = 32 rows of one member and runs
 //   the *whole network* on it: the activations of the tile never leave shared memory (two
 //   ping-pong buffers of 32 × ld floats, ld ≥ the widest layer). For PETS' 200-wide networks
-//   that is 58 KB, so an H100 SM (228 KB) keeps three such blocks resident, 24 warps.
+//   that is 52 KB (+ 17 KB of weight stage), so an H100 SM (228 KB) keeps three such blocks
+//   resident, 24 warps.
 // - Each layer is a [32 × K] · [K × N] product. Weights are staged through shared memory in
-//   chunks of TILE_KC = 16 input rows × TILE_NT = 128 output columns (8 KB, coalesced 512 B
-//   rows from global/L2, where the whole ensemble lives: 5 × 200 × 200 × 4 B = 0.8 MB).
+//   chunks of TILE_KC = 16 input rows × up to TILE_NT = 128 output columns (coalesced rows
+//   from global/L2, where the whole ensemble lives: 5 × 200 × 200 × 4 B = 0.8 MB), double
+//   buffered: on CUDA with f32 weights the next chunk is copied with cp.async while the
+//   current one is multiplied, and one barrier per chunk both publishes a chunk and retires
+//   the buffer the next copy overwrites (before: a synchronous copy between two barriers).
+//   That is the tensor-core path (the default for planning on sm_80+, where cp.async
+//   exists). bf16 weights are converted while staging, which cp.async cannot do: they keep
+//   a synchronous copy, into the same two buffers; OpenCL C (PoCL) runs that too, so the
+//   buffer alternation is checked there. The CUDA-core path keeps one buffer and two
+//   barriers per chunk: double buffering pushed its rollout past 80 registers (spills).
 // - Every thread accumulates a 4 × 4 register tile: rows rg + 8i, columns cg·4 + j, where a
 //   chunk of w ≤ 128 output columns has g = ⌈w/4⌉ column groups and thread LID is
 //   (rg, cg) = (LID / g, LID % g); threads from 8g on sit the chunk out, so whole warps are
@@ -20,12 +29,12 @@
 //   useful multiply-adds 1.04 rather than 1.28, and the 10-wide head of the cart-pole model
 //   runs on one warp. With g = 32 a warp is one row group: activation reads are warp
 //   broadcasts, weight reads one conflict-free 16-byte load per lane; a warp spanning two row
-//   groups reads two rows, which sit 4 banks apart (ld ≡ 4 mod 32).
+//   groups reads two rows, which sit 4, 12, 20 or 28 banks apart (ld ≡ 4 mod 8).
 // - MBRL_COUNTERS (a debug variant, CudaOptions::counters): thread 0 adds per staged weight
 //   chunk the rows it served, and the multiply-adds issued (32 lanes per issuing warp) and
 //   useful, to 64-bit counters in global memory (ctr; null: not counted). The CUDA host reads
 //   them back as KernelCounters; tests/cuda_pocl.rs holds them to the goals.
-// - ld ≡ 4 (mod 32) so that the tensor-core path's A-fragment loads (8 rows × 4 columns per
+// - ld ≡ 4 (mod 8) so that the tensor-core path's A-fragment loads (8 rows × 4 columns per
 //   warp) hit 32 distinct banks; the weight stage's row stride is WS_LD = TILE_NT + 8 ≡ 8
 //   (mod 32) so that its B-fragment loads (4 rows × 8 columns) do too (a stride of 128 put
 //   the 4 rows in one bank: a 4-way conflict on every B load).
@@ -48,6 +57,8 @@
 #define TILE_NT 128
 // Row stride of the weight stage (≡ 8 mod 32: conflict-free B fragments).
 #define WS_LD (TILE_NT + 8)
+// The double-buffered weight stage, in floats.
+#define WS_FLOATS (2 * TILE_KC * WS_LD)
 #define TILE_RPT 4
 #define TILE_CPT 4
 
@@ -55,7 +66,7 @@
 typedef struct {
   u32 ensemble, in_dim, out_dim, hidden;
   u32 num_layers, activation, probabilistic, rows;
-  // Row stride of the shared activation tiles (≥ every layer's width, ≡ 4 mod 32).
+  // Row stride of the shared activation tiles (≥ every layer's width, ≡ 4 mod 8).
   u32 ld;
   u32 pad0, pad1, pad2;
 } MlpShape;
@@ -99,6 +110,17 @@ DEVFN float softplus_f(float x) {
   return (x > 0.0f ? x : 0.0f) + LOG1PF(EXPF(-ax));
 }
 
+// MBRL_ACT: the hidden activation fixed at compile time (the program variant of the
+// network's activation, src/backend/cuda/source.rs): the epilogue's choice among SiLU, ReLU
+// and tanh folds away. Without it (programs that serve any network), the runtime code.
+#ifdef MBRL_ACT
+#define HIDDEN_ACT(s) MBRL_ACT
+#define ACT_OF(a) MBRL_ACT
+#else
+#define HIDDEN_ACT(s) ((int)(s).activation)
+#define ACT_OF(a) (a)
+#endif
+
 DEVFN float act_fwd(int a, float z) {
   if (a == ACT_SILU) return z / (1.0f + EXPF(-z));
   if (a == ACT_RELU) return z > 0.0f ? z : 0.0f;
@@ -128,7 +150,8 @@ DEVFN void gemm_store(float v, int s, int c, SMEM float* out, int ld, GLOBAL con
                       u32 z_base, int z_ld) {
   if (has_bias) v += P[b_off + (u32)c];
   if (store_z) zout[z_base + (u32)s * (u32)z_ld + (u32)c] = v;
-  if (act >= 0) v = act_fwd(act, v);
+  // act is ACT_NONE (the head, the backward's products) or the hidden activation.
+  if (act >= 0) v = act_fwd(ACT_OF(act), v);
   out[s * ld + c] = v;
 }
 
@@ -212,10 +235,59 @@ DEVFN void ctr_add(GLOBAL u32* ctr, int i, u64 v) {
 }
 #endif
 
+// Weight staging: chunk (k0, c0) of B into `buf` (TILE_KC rows × wcols columns, zero
+// beyond K and N). With cp.async each thread issues 4-byte asynchronous copies (src-size 0
+// zero-fills) and commits them as one group; stage_wait() waits for the thread's groups.
+#if MBRL_CUDA && defined(MBRL_TENSOR_CORES) && !defined(MBRL_BF16_WEIGHTS) && \
+    (!defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800)
+#define MBRL_ASYNC_STAGE 1
+DEVFN void stage_copy(SMEM float* dst, GLOBAL const float* src, int ok) {
+  const u32 d = (u32)__cvta_generic_to_shared(dst);
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(d), "l"(src),
+               "r"(ok ? 4 : 0));
+}
+DEVFN void stage_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+DEVFN void stage_wait() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
+#else
+DEVFN void stage_commit() {}
+DEVFN void stage_wait() {}
+#endif
+
+DEVFN void stage_one(SMEM float* buf, GLOBAL const wtype* W, u32 w_off, int ldw, int trans,
+                     int K, int N, int k0, int c0, int kk, int cc) {
+  const int k = k0 + kk, c = c0 + cc;
+  const int ok = k < K && c < N;
+  const u32 i = ok ? w_off + (trans ? (u32)c * (u32)ldw + (u32)k : (u32)k * (u32)ldw + (u32)c)
+                   : w_off;
+#ifdef MBRL_ASYNC_STAGE
+  stage_copy(&buf[kk * WS_LD + cc], W + i, ok);
+#else
+  buf[kk * WS_LD + cc] = ok ? load_w(W, i) : 0.0f;
+#endif
+}
+
+// Thread → element maps with constant divisors (a runtime division by the chunk width cost
+// the rollout registers): W row-major, consecutive threads take consecutive columns of two
+// rows at a time; Wᵀ, consecutive threads take consecutive k of sixteen columns at a time,
+// so global reads stay coalesced either way.
+DEVFN void tile_stage(SMEM float* buf, GLOBAL const wtype* W, u32 w_off, int ldw, int trans,
+                      int K, int N, int k0, int c0, int wcols) {
+  if (trans) {
+    NOUNROLL
+    for (int cc = LID / TILE_KC; cc < wcols; cc += TILE_THREADS / TILE_KC)
+      stage_one(buf, W, w_off, ldw, 1, K, N, k0, c0, LID % TILE_KC, cc);
+  } else if (LID % TILE_NT < wcols) {
+    NOUNROLL
+    for (int kk = LID / TILE_NT; kk < TILE_KC; kk += TILE_THREADS / TILE_NT)
+      stage_one(buf, W, w_off, ldw, 0, K, N, k0, c0, kk, LID % TILE_NT);
+  }
+  stage_commit();
+}
+
 // out[s][c] = epilogue( Σ_k in[s][k] · B(k, c) ) for slots s ∈ [s0, s1) and c ∈ [0, N), where
 // B(k, c) = W[w_off + k·ldw + c], or W[w_off + c·ldw + k] when `trans` (Wᵀ, for the backward
 // data path). `in` and `out` are distinct shared tiles of TILE_ROWS × ld; `ws` holds
-// TILE_KC × WS_LD floats. Every thread of the block must call (it synchronises).
+// WS_FLOATS floats (two chunk buffers). Every thread of the block must call (it synchronises).
 DEVFN void tile_gemm(SMEM const float* in, SMEM float* out, int ld, GLOBAL const wtype* W,
                      u32 w_off, int ldw, int trans, int K, int N, GLOBAL const float* P,
                      u32 b_off, int has_bias, int act, GLOBAL float* zout, int store_z,
@@ -252,26 +324,33 @@ DEVFN void tile_gemm(SMEM const float* in, SMEM float* out, int ld, GLOBAL const
       for (int j = 0; j < TILE_CPT; ++j) acc[i][j] = 0.0f;
     }
 #endif
+#ifdef MBRL_TENSOR_CORES
+    // Double-buffered chunks (see the header): the barrier at the top of step i publishes
+    // chunk i (every thread waited for its own copies) and retires buffer (i+1)&1, which
+    // step i−1 read, so chunk i+1 is copied there while chunk i is multiplied. The barrier
+    // before the first copy retires both buffers from the previous column chunk.
+    const int nk = (K + TILE_KC - 1) / TILE_KC;
+    SYNC();
+    if (nk > 0) tile_stage(ws, W, w_off, ldw, trans, K, N, 0, c0, wcols);
+    for (int ki = 0; ki < nk; ++ki) {
+      const int k0 = ki * TILE_KC;
+      const int kc = imin(TILE_KC, K - k0);
+      SMEM float* wsb = ws + (ki & 1) * (TILE_KC * WS_LD);
+      stage_wait();
+      SYNC();
+      if (ki + 1 < nk)
+        tile_stage(ws + ((ki + 1) & 1) * (TILE_KC * WS_LD), W, w_off, ldw, trans, K, N,
+                   k0 + TILE_KC, c0, wcols);
+#else
+    // The CUDA-core path stages synchronously into one buffer between two barriers: with a
+    // second buffer in flight its 16 accumulators no longer fit the rollout's 80 registers.
     for (int k0 = 0; k0 < K; k0 += TILE_KC) {
       const int kc = imin(TILE_KC, K - k0);
+      SMEM float* wsb = ws;
       SYNC();
-      // Only the chunk's wcols columns are staged (zero beyond N).
-      for (int e = LID; e < TILE_KC * wcols; e += TILE_THREADS) {
-        int kk, cc;
-        if (trans) {
-          kk = e % TILE_KC;
-          cc = e / TILE_KC;
-        } else {
-          kk = e / wcols;
-          cc = e % wcols;
-        }
-        const int k = k0 + kk, c = c0 + cc;
-        float v = 0.0f;
-        if (k < K && c < N)
-          v = load_w(W, w_off + (trans ? (u32)c * (u32)ldw + (u32)k : (u32)k * (u32)ldw + (u32)c));
-        ws[kk * WS_LD + cc] = v;
-      }
+      tile_stage(ws, W, w_off, ldw, trans, K, N, k0, c0, wcols);
       SYNC();
+#endif
 #ifdef MBRL_COUNTERS
       if (LID == 0 && ctr) {
         const u64 w = (u64)imin(TILE_NT, N - c0);
@@ -312,29 +391,32 @@ DEVFN void tile_gemm(SMEM const float* in, SMEM float* out, int ld, GLOBAL const
             UNROLL
             for (int q = 0; q < 4; ++q) {
               if (nb + q * 8 < wcols) {
-                const u32 b0 = to_tf32(tc_b(ws, ks, nb + q * 8, lane, 0));
-                const u32 b1 = to_tf32(tc_b(ws, ks, nb + q * 8, lane, 1));
+                const u32 b0 = to_tf32(tc_b(wsb, ks, nb + q * 8, lane, 0));
+                const u32 b1 = to_tf32(tc_b(wsb, ks, nb + q * 8, lane, 1));
                 mma_tf32(acc[q], a0, a1, a2, a3, b0, b1);
               }
             }
 #else
             for (int q = 0; q < 4; ++q)
               if (nb + q * 8 < wcols)
-                mma_tf32_emulated(acc[q], in, ld, mb, k0, ks, kc, ws, nb + q * 8, lane);
+                mma_tf32_emulated(acc[q], in, ld, mb, k0, ks, kc, wsb, nb + q * 8, lane);
 #endif
           }
         }
       }
 #else
       if (active && rg < cnt) {
+        // One base pointer per operand: rows rg + 8i of `in` sit 8·ld apart.
+        SMEM const float* ap = in + (s0 + rg) * ld + k0;
+        SMEM const float* bp = wsb + cg * TILE_CPT;
         for (int kk = 0; kk < kc; ++kk) {
           float b[TILE_CPT];
           UNROLL
-          for (int j = 0; j < TILE_CPT; ++j) b[j] = ws[kk * WS_LD + cg * TILE_CPT + j];
+          for (int j = 0; j < TILE_CPT; ++j) b[j] = bp[kk * WS_LD + j];
           UNROLL
           for (int i = 0; i < TILE_RPT; ++i) {
             if (rg + 8 * i < cnt) {
-              const float a = in[(s0 + rg + 8 * i) * ld + k0 + kk];
+              const float a = ap[i * 8 * ld + kk];
               UNROLL
               for (int j = 0; j < TILE_CPT; ++j) acc[i][j] += a * b[j];
             }
@@ -385,9 +467,9 @@ DEVFN void mlp_layer(MlpShape s, GLOBAL const float* P, GLOBAL const wtype* Wt, 
   const u32 w_off = mlp_weight_off(s, l) + (u32)m * (u32)fi * (u32)fo;
   const u32 b_off = mlp_weight_off(s, l) + s.ensemble * (u32)fi * (u32)fo + (u32)m * (u32)fo;
   tile_gemm(in, out, (int)s.ld, Wt, w_off, fo, 0, fi, fo, P, b_off, 1,
-            hidden_layer ? (int)s.activation : ACT_NONE, zout, store_z && hidden_layer, z_base,
+            hidden_layer ? HIDDEN_ACT(s) : ACT_NONE, zout, store_z && hidden_layer, z_base,
             (int)s.hidden, s0, s1, ws, ctr);
 }
 
 // Dynamic shared memory of the forward tile: two activation tiles and the weight stage.
-DEVFN int mlp_tile_floats(MlpShape s) { return 2 * TILE_ROWS * (int)s.ld + TILE_KC * WS_LD; }
+DEVFN int mlp_tile_floats(MlpShape s) { return 2 * TILE_ROWS * (int)s.ld + WS_FLOATS; }

@@ -360,18 +360,20 @@ KERNEL BOUNDS_MIN(256, 3) void rollout(RolloutParams p, MlpShape s, RolloutSpan 
   const u32 entry = (p.propagation == PROP_TS1 ? sp.t0 : 0u) * sp.blocks + (u32)GRP_X;
   const int member = grouped ? block_member[entry] : -1;
   if (grouped && member < 0) return;  // an empty block of the slot table: the whole block
-  SMEM float* cur = dyn_smem;
-  SMEM float* oth = cur + TILE_ROWS * ld;
-  SMEM float* ws = oth + TILE_ROWS * ld;
-  SMEM float* st = ws + TILE_KC * WS_LD;
-  SMEM float* nx = st + TILE_ROWS * od;
-  SMEM float* acc = nx + TILE_ROWS * od;
-  SMEM float* rew = acc + TILE_ROWS * D;
+  // Fixed-size arrays first, at constant offsets (no registers held for their addresses
+  // across the layer products), then the tiles sized by the network.
+  SMEM float* rew = dyn_smem;
   SMEM float* ret = rew + TILE_ROWS;
   SMEM int* alive = (SMEM int*)(ret + TILE_ROWS);
   SMEM int* bad = alive + 32;
   SMEM int* rowid = alive + 64;
   SMEM int* elist = alive + 96;
+  SMEM float* cur = dyn_smem + 2 * TILE_ROWS + ROLL_INTS;
+  SMEM float* oth = cur + TILE_ROWS * ld;
+  SMEM float* ws = oth + TILE_ROWS * ld;
+  SMEM float* st = ws + WS_FLOATS;
+  SMEM float* nx = st + TILE_ROWS * od;
+  SMEM float* acc = nx + TILE_ROWS * od;
   const u32 bo = mlp_bounds_off(s);
 
   if (LID == 0) {

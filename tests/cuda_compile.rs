@@ -47,12 +47,21 @@ fn every_kernel_should_compile_with_nvrtc_and_assemble_with_ptxas_without_spills
         for sm in [80, 90] {
             let (ptx, reports) =
                 assemble(&program, sm, &ptxas, dir.path()).unwrap_or_else(|e| panic!("{e}"));
-            // Static checks on the PTX: the tensor-core variants issue mma.sync; no program
+            // Static checks on the PTX: the tensor-core variants issue mma.sync and cp.async; no program
             // branches through a jump table or calls through a pointer (the activation and
             // the task are chosen by predicated code, not by indirect branches).
             if program.tensor_cores && !ptx.contains("mma.sync.aligned.m16n8k8") {
                 failures.push(format!(
                     "{} sm_{sm}: no mma.sync in the PTX",
+                    program.label()
+                ));
+            }
+            // The tensor-core tiles stage f32 weights with cp.async (bf16 is converted while
+            // staging, so synchronously).
+            let staged = program.tensor_cores && !program.bf16_weights;
+            if staged && !ptx.contains("cp.async.ca.shared.global") {
+                failures.push(format!(
+                    "{} sm_{sm}: no cp.async in the PTX",
                     program.label()
                 ));
             }

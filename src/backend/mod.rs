@@ -12,7 +12,7 @@ use crate::Result;
 use serde::{Deserialize, Serialize};
 
 /// Hidden-layer activation of the ensemble MLP.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Activation {
     /// x·σ(x), the PETS/mbrl-lib default.

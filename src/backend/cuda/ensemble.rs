@@ -4,12 +4,12 @@ use super::host::{Arg, KernelHost, Launch};
 use super::params::{MlpShape, NllParams, REDUCE_FLOATS, TILE_ROWS, TILE_THREADS};
 use super::source::{KernelFile, Program};
 use super::{stride_blocks, CudaBackend, DeviceBuf};
-use crate::backend::{check, EnsembleShape, LossConfig};
+use crate::backend::{check, Activation, EnsembleShape, LossConfig};
 use crate::{Error, Result};
 
 impl<H: KernelHost> CudaBackend<H> {
     /// The program of an MLP kernel file in the backend's variant.
-    pub(super) fn mlp_program(&self, file: KernelFile) -> Program {
+    pub(super) fn mlp_program(&self, file: KernelFile, activation: Activation) -> Program {
         // Planning (the rollout) takes tensor cores by default where they exist; the
         // ensemble's training and prediction only when asked.
         let tensor_cores = match file {
@@ -21,6 +21,7 @@ impl<H: KernelHost> CudaBackend<H> {
             bf16_weights: self.options.bf16_weights,
             tensor_cores,
             counters: self.options.counters,
+            activation: Some(activation),
         }
     }
 
@@ -104,7 +105,7 @@ impl<H: KernelHost> CudaBackend<H> {
             _ => &params.mem,
         };
         self.host.launch(&Launch {
-            program: self.mlp_program(KernelFile::Ensemble),
+            program: self.mlp_program(KernelFile::Ensemble, shape.activation),
             entry: "ensemble_forward",
             grid: [rows.div_ceil(TILE_ROWS) as u32, e as u32, 1],
             block: TILE_THREADS,
@@ -169,7 +170,7 @@ impl<H: KernelHost> CudaBackend<H> {
         let msb = bytemuck::bytes_of(&ms);
         let qb = bytemuck::bytes_of(&q);
         self.host.launch(&Launch {
-            program: self.mlp_program(KernelFile::Ensemble),
+            program: self.mlp_program(KernelFile::Ensemble, shape.activation),
             entry: "ensemble_nll_backward",
             grid: [q.ntiles, e as u32, 1],
             block: TILE_THREADS,

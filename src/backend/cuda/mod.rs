@@ -649,11 +649,11 @@ mod tests {
         };
         assert_eq!(
             variants(true, CudaOptions::default()),
-            (true, "rollout+tc".into(), "ensemble".into())
+            (true, "rollout+tc+relu".into(), "ensemble+relu".into())
         );
         assert_eq!(
             variants(false, CudaOptions::default()),
-            (false, "rollout".into(), "ensemble".into())
+            (false, "rollout+relu".into(), "ensemble+relu".into())
         );
         let fp32 = CudaOptions {
             fp32_planning: true,
@@ -661,7 +661,7 @@ mod tests {
         };
         assert_eq!(
             variants(true, fp32),
-            (false, "rollout".into(), "ensemble".into())
+            (false, "rollout+relu".into(), "ensemble+relu".into())
         );
         let all = CudaOptions {
             tensor_cores: true,
@@ -669,7 +669,7 @@ mod tests {
         };
         assert_eq!(
             variants(false, all),
-            (true, "rollout+tc".into(), "ensemble+tc".into())
+            (true, "rollout+tc+relu".into(), "ensemble+tc+relu".into())
         );
     }
 }

@@ -12,6 +12,8 @@ pub const TILE_NT: usize = 128;
 /// Row stride of the weight stage (`WS_LD`): ≡ 8 (mod 32), so the tensor-core B fragments
 /// are free of bank conflicts.
 pub const WS_LD: usize = TILE_NT + 8;
+/// The double-buffered weight stage, in floats (`WS_FLOATS`).
+pub const WS_FLOATS: usize = 2 * TILE_KC * WS_LD;
 /// Integer words at the end of the rollout's shared memory (`ROLL_INTS` in rollout.cu).
 pub const ROLL_INTS: usize = 192;
 /// Shared floats of the NLL tile's block reduction (`BLOCK_REDUCE_THREADS`).
@@ -29,18 +31,23 @@ pub struct MlpShape {
     pub activation: u32,
     pub probabilistic: u32,
     pub rows: u32,
-    /// Row stride of the shared activation tiles: ≥ every layer's width, ≡ 4 (mod 32) so
+    /// Row stride of the shared activation tiles: ≥ every layer's width, ≡ 4 (mod 8) so
     /// that the tensor-core fragment loads are free of bank conflicts.
     pub ld: u32,
     pub _pad: [u32; 3],
 }
 
-/// Smallest stride ≥ `width` that is ≡ 4 (mod 32).
+/// Smallest stride ≥ `width` that is ≡ 4 (mod 8), i.e. 4, 12, 20 or 28 (mod 32): the eight
+/// rows g·ld of a tensor-core A-fragment load then start in eight disjoint groups of four
+/// banks (g·ld mod 32 for g < 8 is a permutation of 0, 4, …, 28), so the 32 lanes (row g,
+/// column t < 4) hit 32 distinct banks. A 200-wide layer gets 204 (it had 228 when only
+/// 4 mod 32 was used), which keeps 3 rollout blocks per sm_90 SM with a double-buffered
+/// weight stage.
 pub fn tile_ld(width: usize) -> usize {
     if width <= 4 {
         4
     } else {
-        4 + 32 * (width - 4).div_ceil(32)
+        4 + 8 * (width - 4).div_ceil(8)
     }
 }
 
@@ -63,7 +70,7 @@ impl MlpShape {
 
     /// Dynamic shared floats of the forward tile (`mlp_tile_floats`).
     pub fn tile_floats(&self) -> usize {
-        2 * TILE_ROWS * self.ld as usize + TILE_KC * WS_LD
+        2 * TILE_ROWS * self.ld as usize + WS_FLOATS
     }
 }
 
@@ -131,11 +138,17 @@ mod tests {
     use crate::backend::Activation;
 
     #[test]
-    fn tile_stride_should_cover_the_width_and_be_4_mod_32() {
+    fn tile_stride_should_cover_the_width_and_spread_fragment_rows_over_all_banks() {
         for w in 1..600 {
             let ld = tile_ld(w);
-            assert!(ld >= w && ld % 32 == 4 && ld < w + 36, "{w} -> {ld}");
+            assert!(ld >= w && ld % 8 == 4 && ld < w + 12, "{w} -> {ld}");
+            // Lane (g, t) of an A-fragment load reads word g·ld + t: 32 distinct banks.
+            let mut banks: Vec<usize> = (0..32).map(|l| ((l >> 2) * ld + (l & 3)) % 32).collect();
+            banks.sort_unstable();
+            banks.dedup();
+            assert_eq!(banks.len(), 32, "{w} -> {ld}");
         }
+        assert_eq!(tile_ld(200), 204);
     }
 
     #[test]

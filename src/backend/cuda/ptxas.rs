@@ -77,30 +77,36 @@ pub fn ptxas_path() -> Result<PathBuf> {
     })
 }
 
-/// Every program variant the backend can launch: each file, and for the MLP files the bf16
-/// weight and tensor-core variants (the debug counters with `counters`).
+/// Every program variant the backend can launch: each file as it serves any network, and
+/// for the MLP files the f32, bf16-weight and tensor-core variants compiled for each hidden
+/// activation (the debug counters' with `counters`, for SiLU).
 pub fn programs(counters: bool) -> Vec<Program> {
     let mut v = vec![];
     for f in KernelFile::ALL {
         v.push(Program::plain(f));
-        if matches!(f, KernelFile::Ensemble | KernelFile::Rollout) {
-            for (bf16, tc) in [(true, false), (false, true), (true, true)] {
+        if !matches!(f, KernelFile::Ensemble | KernelFile::Rollout) {
+            continue;
+        }
+        for activation in [Activation::Silu, Activation::Relu, Activation::Tanh] {
+            for (bf16, tc) in [(false, false), (true, false), (false, true), (true, true)] {
                 v.push(Program {
                     file: f,
                     bf16_weights: bf16,
                     tensor_cores: tc,
                     counters: false,
+                    activation: Some(activation),
                 });
             }
-            if counters {
-                for tc in [false, true] {
-                    v.push(Program {
-                        file: f,
-                        bf16_weights: false,
-                        tensor_cores: tc,
-                        counters: true,
-                    });
-                }
+        }
+        if counters {
+            for tc in [false, true] {
+                v.push(Program {
+                    file: f,
+                    bf16_weights: false,
+                    tensor_cores: tc,
+                    counters: true,
+                    activation: Some(Activation::Silu),
+                });
             }
         }
     }

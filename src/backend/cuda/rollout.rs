@@ -3,7 +3,7 @@
 //! particle reduction) and the true-dynamics rollout.
 use super::host::{Arg, KernelHost, Launch};
 use super::params::{rollout_words, MlpShape, RolloutSpan, TILE_ROWS, TILE_THREADS};
-use super::source::KernelFile;
+use super::source::{KernelFile, Program};
 use super::{ensured, CudaBackend, DeviceBuf, COUNTER_WORDS};
 use crate::backend::{check, EnsembleShape, Propagation, RolloutParams};
 use crate::{Error, Result};
@@ -88,7 +88,7 @@ impl<H: KernelHost> CudaBackend<H> {
             _ => &params.mem,
         };
         let pb = bytemuck::bytes_of(p);
-        let program = self.mlp_program(KernelFile::Rollout);
+        let program = self.mlp_program(KernelFile::Rollout, shape.activation);
         if grouped {
             self.host.launch(&Launch {
                 program,
@@ -164,7 +164,7 @@ impl<H: KernelHost> CudaBackend<H> {
             return Ok(());
         }
         self.host.launch(&Launch {
-            program: self.mlp_program(KernelFile::Rollout),
+            program: Program::plain(KernelFile::Rollout),
             entry: "rollout_true",
             grid: [np.div_ceil(128) as u32, 1, 1],
             block: 128,

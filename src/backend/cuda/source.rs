@@ -9,6 +9,7 @@
 //! NVRTC output (PTX) is cached on disk under `$XDG_CACHE_HOME/mbrl-gpu/ptx` (or
 //! `~/.cache/mbrl-gpu/ptx`), keyed by a hash of the source and the target architecture; a
 //! second process on the same machine loads the PTX without compiling.
+use crate::backend::Activation;
 use crate::{Error, Result};
 use std::path::PathBuf;
 
@@ -111,6 +112,9 @@ pub struct Program {
     /// Debug counters of the tile engine (`MBRL_COUNTERS`): staged weight chunks, rows they
     /// served, issued and useful multiply-adds ([`super::KernelCounters`]).
     pub counters: bool,
+    /// The hidden activation compiled in (`MBRL_ACT`); `None`: chosen at run time from the
+    /// shape (the programs that serve every network: the gradient kernels, the others).
+    pub activation: Option<Activation>,
 }
 
 impl Program {
@@ -120,6 +124,7 @@ impl Program {
             bf16_weights: false,
             tensor_cores: false,
             counters: false,
+            activation: None,
         }
     }
 
@@ -134,6 +139,12 @@ impl Program {
         }
         if self.counters {
             s.push_str("+ctr");
+        }
+        match self.activation {
+            Some(Activation::Silu) => s.push_str("+silu"),
+            Some(Activation::Relu) => s.push_str("+relu"),
+            Some(Activation::Tanh) => s.push_str("+tanh"),
+            None => {}
         }
         s
     }
@@ -152,6 +163,9 @@ pub fn source(program: &Program) -> String {
     }
     if program.counters {
         s.push_str("#define MBRL_COUNTERS 1\n");
+    }
+    if let Some(a) = program.activation {
+        s.push_str(&format!("#define MBRL_ACT {}\n", a.code()));
     }
     s.push_str(COMMON);
     if f.uses_mlp() {
@@ -261,8 +275,11 @@ mod tests {
             bf16_weights: true,
             tensor_cores: false,
             counters: false,
+            activation: Some(Activation::Relu),
         };
         let s = source(&p);
+        assert!(s.contains("#define MBRL_ACT 1"));
+        assert_eq!(p.label(), "rollout+bf16+relu");
         assert!(s.contains("#define MBRL_BF16_WEIGHTS 1"));
         assert!(!s.contains("#define MBRL_TENSOR_CORES"));
         let (c, m, r) = (
@@ -272,7 +289,6 @@ mod tests {
         );
         assert!(c < m && m < r, "common.cuh, then mlp.cuh, then the file");
         assert!(!source(&Program::plain(KernelFile::Cem)).contains("tile_gemm"));
-        assert_eq!(p.label(), "rollout+bf16");
     }
 
     #[test]
