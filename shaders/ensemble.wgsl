@@ -47,7 +47,8 @@ struct GemmParams {
     epilogue: u32,
     activation: u32,
     scale: f32,
-    _pad0: u32,
+    // Grouped mode: first entry of the tile table (TS1 has one table per horizon step).
+    tiles_off: u32,
     _pad1: u32,
 }
 
@@ -188,7 +189,7 @@ fn gemm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     if (li == 0u) {
         var b = wg.z;
         if (gp.grouped != 0u) {
-            b = gemm_tiles[wg.y];
+            b = gemm_tiles[gp.tiles_off + wg.y];
         }
         tile_batch = b;
     }

@@ -4,7 +4,7 @@
 //
 // Rows r = c·particles + k. One rollout is recorded by src/backend/wgpu/rollout.rs as a single
 // compute pass, with no host round-trip: rollout_init, then per horizon step t
-//     rollout_group   (TS1 every step; TS∞ and expectation once)   rows → member-sorted slots
+//     rollout_group   (once, before the steps: H tables under TS1)   rows → member-sorted slots
 //     rollout_gather  model inputs [state, action_t], normalised, in slot order
 //     gemm × (layers + 1)   ensemble.wgsl's GEMM in grouped mode: one member per 64-row tile
 //     rollout_step    next state = state + μ + σ·ε, reward, termination, return
@@ -16,9 +16,10 @@
 // it every row would fetch its own member's weights (hidden² loads per row and layer).
 // Slots are padded to 64 rows, so there are at most ⌈rows/64⌉ + elites tiles.
 //
-// rollout_group runs as one 256-thread workgroup: it histograms the members with workgroup
-// atomics and scatters rows; its cost is 2·⌈rows/256⌉ Philox draws per thread (80 for 10⁴
-// rows), small next to the GEMMs. The other kernels are one thread per row / position, 256-thread workgroups.
+// rollout_group builds a slot table per 256-thread workgroup: it histograms the members
+// with workgroup atomics and scatters rows, 2·⌈rows/256⌉ Philox draws per thread (80 for
+// 10⁴ rows). TS1 needs one table per step: one dispatch of H workgroups builds them all
+// before the steps (they were H single-workgroup dispatches, one per step, in series). The other kernels are one thread per row / position, 256-thread workgroups.
 //
 // Rewards and terminations are those of src/env/task.rs by task code: the native
 // environments (0–2) and half-cheetah's planning reward (3). The environments' dynamics run
@@ -61,6 +62,9 @@ struct RolloutStep {
     max_off: u32,
     min_off: u32,
     state_dim: u32,
+    // The slot table this step reads: TS1 draws members anew each step, and all H tables
+    // are built by one rollout_group dispatch of H workgroups; TS∞ and expectation use 0.
+    table: u32,
 }
 
 @group(0) @binding(0) var<uniform> rs: RolloutStep;
@@ -265,12 +269,12 @@ fn elite(s: u32) -> u32 {
     return rs.p.elites[s / 4u][s % 4u];
 }
 
-// Elite slot of a row: Philox `below` of stream TS_MEMBER at (row, step·horizon + t) for
-// TS1, at (row, step·horizon) for TS∞.
-fn member_slot(row: u32) -> u32 {
+// Elite slot of a row in slot table g: Philox `below` of stream TS_MEMBER at (row,
+// step·horizon + g) for TS1 (table g is step g's), at (row, step·horizon) for TS∞.
+fn member_slot(row: u32, g: u32) -> u32 {
     var coord = rs.p.step * rs.p.horizon;
     if (rs.p.propagation == 0u) {
-        coord = coord + rs.t;
+        coord = coord + g;
     }
     return rng_below(ro_seed(), STREAM_TS_MEMBER, row, coord, rs.p.num_elites);
 }
@@ -293,23 +297,30 @@ fn rollout_init(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) n
 var<workgroup> grp_count: array<atomic<u32>, 16>;
 var<workgroup> grp_base: array<u32, 17>;
 
-// Rows → positions grouped by elite slot, each slot padded to a whole 64-row tile:
-// grp_perm[position] = row (NONE for padding), grp_inv[row] = position, and
-// grp_tiles[tile] = the member whose weights the tile uses (NONE past the last tile).
+// Rows → positions grouped by elite slot, each slot padded to a whole 64-row tile, for slot
+// table g = the workgroup's x index: grp_perm[g·positions + position] = row (NONE for
+// padding), grp_inv[g·rows + row] = position, and grp_tiles[g·tiles + tile] = the member
+// whose weights the tile uses (NONE past the last tile). Under TS1 one dispatch of H
+// workgroups builds every step's table at once (the draws do not depend on the states), so
+// the H groupings run side by side instead of one single-workgroup dispatch per step.
 @compute @workgroup_size(256)
-fn rollout_group(@builtin(local_invocation_index) li: u32) {
+fn rollout_group(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     let n = rs.rows;
     let slots = rs.p.num_elites;
+    let g = wg.x;
+    let pb = g * rs.positions;
+    let ib = g * n;
+    let tb = g * rs.tiles;
     if (rs.p.propagation == 2u) {
         // Expectation: every row under every elite, slot s at [s·stride, s·stride + n).
         for (var p = li; p < rs.positions; p += 256u) {
             let s = p / rs.slot_stride;
             let r = p % rs.slot_stride;
-            grp_perm[p] = select(NONE, r, s < slots && r < n);
+            grp_perm[pb + p] = select(NONE, r, s < slots && r < n);
         }
         for (var t = li; t < rs.tiles; t += 256u) {
             let s = t * TILE_ROWS / rs.slot_stride;
-            grp_tiles[t] = select(NONE, elite(min(s, 15u)), s < slots);
+            grp_tiles[tb + t] = select(NONE, elite(min(s, 15u)), s < slots);
         }
         return;
     }
@@ -317,11 +328,11 @@ fn rollout_group(@builtin(local_invocation_index) li: u32) {
         atomicStore(&grp_count[li], 0u);
     }
     for (var p = li; p < rs.positions; p += 256u) {
-        grp_perm[p] = NONE;
+        grp_perm[pb + p] = NONE;
     }
     workgroupBarrier();
     for (var r = li; r < n; r += 256u) {
-        atomicAdd(&grp_count[member_slot(r)], 1u);
+        atomicAdd(&grp_count[member_slot(r, g)], 1u);
     }
     workgroupBarrier();
     if (li == 0u) {
@@ -341,7 +352,7 @@ fn rollout_group(@builtin(local_invocation_index) li: u32) {
                 m = elite(s);
             }
         }
-        grp_tiles[t] = m;
+        grp_tiles[tb + t] = m;
     }
     if (li < 16u) {
         atomicStore(&grp_count[li], 0u);
@@ -350,10 +361,10 @@ fn rollout_group(@builtin(local_invocation_index) li: u32) {
     storageBarrier();
     workgroupBarrier();
     for (var r = li; r < n; r += 256u) {
-        let s = member_slot(r);
+        let s = member_slot(r, g);
         let p = grp_base[s] + atomicAdd(&grp_count[s], 1u);
-        grp_perm[p] = r;
-        grp_inv[r] = p;
+        grp_perm[pb + p] = r;
+        grp_inv[ib + r] = p;
     }
 }
 
@@ -368,7 +379,7 @@ fn rollout_gather(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups)
     let di = rs.in_dim;
     let od = rs.p.obs_dim;
     let ad = rs.p.act_dim;
-    let row = gat_perm[p];
+    let row = gat_perm[rs.table * rs.positions + p];
     if (row == NONE) {
         for (var j = 0u; j < di; j++) {
             gat_xn[p * di + j] = 0.0;
@@ -402,7 +413,7 @@ fn rollout_step(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) n
     let inv_elites = 1.0 / f32(rs.p.num_elites);
     var p = 0u;
     if (!expectation) {
-        p = stp_inv[r];
+        p = stp_inv[rs.table * rs.rows + r];
     }
     let coord = rs.p.step * rs.p.horizon + rs.t;
     var s4 = vec4<f32>(0.0);

@@ -58,7 +58,8 @@ pub(super) fn layer_gemm(lo: &LayerOffsets, rows: usize, epilogue: u32, act: u32
         epilogue,
         activation: act,
         scale: 0.0,
-        _pad: [0; 2],
+        tiles_off: 0,
+        _pad: 0,
     }
 }
 

@@ -32,7 +32,10 @@ pub struct GemmParams {
     pub epilogue: u32,
     pub activation: u32,
     pub scale: f32,
-    pub _pad: [u32; 2],
+    /// Grouped mode: the first entry of the tile table this GEMM reads (TS1 keeps one table
+    /// per horizon step).
+    pub tiles_off: u32,
+    pub _pad: u32,
 }
 
 /// Epilogue codes of `gemm` (ensemble.wgsl's EPI_* constants).
@@ -112,6 +115,8 @@ pub struct RolloutStep {
     pub max_off: u32,
     pub min_off: u32,
     pub state_dim: u32,
+    /// The slot table of this step (TS1: one per step, all grouped by one dispatch; else 0).
+    pub table: u32,
 }
 
 /// `RngParams` of rng.wgsl.

@@ -26,6 +26,7 @@ fn step_block(p: &RolloutParams, t: u32) -> RolloutStep {
         max_off: 0,
         min_off: 0,
         state_dim: 0,
+        table: 0,
     }
 }
 
@@ -69,6 +70,10 @@ pub(super) fn rollout(
         ((rows + (TILE_M - 1) * slots).next_multiple_of(TILE_M), 1)
     };
     let tiles = positions / TILE_M;
+    // TS1 draws members anew every step: one slot table per step, all built up front.
+    let regroup_each_step = p.propagation == 0;
+    let tables = if regroup_each_step { h.max(1) } else { 1 };
+    word("rollout slot tables", tables * positions)?;
     let width = max_width(shape);
     let hd = shape.head_dim();
     word("rollout activations", positions * width)?;
@@ -79,7 +84,7 @@ pub(super) fn rollout(
     let mut st = be.lock();
     let st = &mut *st;
     let nl = lay.layers.len();
-    st.rec.reserve(gpu, h + nl + 1)?;
+    st.rec.reserve(gpu, h + tables * nl + 1)?;
     let mut ds = Vec::with_capacity(3 + h * (nl + 3));
     let (gemm, weights) = weights_for_forward(be, st, params, lay.total, &mut ds)?;
     let init = st.cache.get(gpu, &kernels::ROLLOUT_INIT)?;
@@ -90,9 +95,9 @@ pub(super) fn rollout(
     let state = st.ws.get(gpu, "rollout state", 0, rows * od);
     let ret = st.ws.get(gpu, "rollout row returns", 0, rows);
     let flags = st.ws.get(gpu, "rollout row flags", 0, rows);
-    let perm = st.ws.get(gpu, "rollout perm", 0, positions);
-    let inv = st.ws.get(gpu, "rollout inverse perm", 0, rows);
-    let tile_members = st.ws.get(gpu, "rollout tiles", 0, tiles);
+    let perm = st.ws.get(gpu, "rollout perm", 0, tables * positions);
+    let inv = st.ws.get(gpu, "rollout inverse perm", 0, tables * rows);
+    let tile_members = st.ws.get(gpu, "rollout tiles", 0, tables * tiles);
     let acts = [
         st.ws.get(gpu, "rollout activations", 0, positions * width),
         st.ws.get(gpu, "rollout activations", 1, positions * width),
@@ -113,17 +118,18 @@ pub(super) fn rollout(
                 probabilistic: u32::from(shape.probabilistic),
                 max_off: lay.max_logvar as u32,
                 min_off: lay.min_logvar as u32,
+                table: if regroup_each_step { t } else { 0 },
                 ..step_block(p, t)
             };
             st.rec.block(gpu, &b)
         })
         .collect();
     let act = shape.activation.code();
-    let layer_blocks: Vec<u32> = lay
-        .layers
-        .iter()
-        .enumerate()
-        .map(|(l, lo)| {
+    // One parameter block per (slot table, layer): the GEMMs of TS1's step t read table t.
+    let layer_blocks: Vec<u32> = (0..tables * nl)
+        .map(|i| {
+            let (table, l) = (i / nl, i % nl);
+            let lo = &lay.layers[l];
             let (fi, fo) = (lo.fan_in as u32, lo.fan_out as u32);
             let g = GemmParams {
                 m: positions as u32,
@@ -146,6 +152,7 @@ pub(super) fn rollout(
                     epi::BIAS
                 },
                 activation: act,
+                tiles_off: (table * tiles) as u32,
                 ..Default::default()
             };
             st.rec.block(gpu, &g)
@@ -186,24 +193,14 @@ pub(super) fn rollout(
         offset: blocks[0],
         grid: rows_grid,
     });
-    let regroup_each_step = p.propagation == 0;
-    if !regroup_each_step {
-        ds.push(Dispatch {
-            group: group_bg.clone(),
-            kernel: group.clone(),
-            offset: blocks[0],
-            grid: [1, 1, 1],
-        });
-    }
-    for &block in &blocks {
-        if regroup_each_step {
-            ds.push(Dispatch {
-                group: group_bg.clone(),
-                kernel: group.clone(),
-                offset: block,
-                grid: [1, 1, 1],
-            });
-        }
+    ds.push(Dispatch {
+        group: group_bg.clone(),
+        kernel: group.clone(),
+        offset: blocks[0],
+        grid: [tables as u32, 1, 1],
+    });
+    for (t, &block) in blocks.iter().enumerate() {
+        let table = if regroup_each_step { t } else { 0 };
         ds.push(Dispatch {
             group: gather_bg.clone(),
             kernel: gather.clone(),
@@ -214,7 +211,7 @@ pub(super) fn rollout(
             ds.push(Dispatch {
                 group: layer_groups[l].clone(),
                 kernel: gemm.clone(),
-                offset: layer_blocks[l],
+                offset: layer_blocks[table * nl + l],
                 grid: layer_grids[l],
             });
         }
