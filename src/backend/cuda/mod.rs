@@ -585,6 +585,57 @@ mod tests {
         }
     }
 
+    /// A TS1 rollout whose per-step slot tables would pass the kernels' 32-bit indexing is
+    /// refused with a message that says what to shrink, before anything is launched.
+    #[test]
+    fn oversized_slot_tables_should_be_refused_before_launching() {
+        use crate::backend::{Activation, Propagation, MAX_ELITES};
+        let shape = EnsembleShape {
+            ensemble: 1,
+            in_dim: 4,
+            out_dim: 3,
+            hidden: 4,
+            num_layers: 1,
+            activation: Activation::Relu,
+            probabilistic: false,
+        };
+        let (population, horizon) = (3_000u32, 40_000u32);
+        let p = RolloutParams {
+            seed_lo: 1,
+            seed_hi: 2,
+            step: 0,
+            population,
+            particles: 20,
+            horizon,
+            obs_dim: 3,
+            act_dim: 1,
+            propagation: Propagation::Ts1 as u32,
+            env: crate::env::EnvId::Pendulum.code(),
+            learn_reward: 0,
+            num_elites: 1,
+            elites: [0; MAX_ELITES],
+        };
+        let b = CudaBackend::with_host(
+            Recorder {
+                tensor_cores: false,
+                seen: Mutex::new(vec![]),
+            },
+            CudaOptions::default(),
+        );
+        // Zeroed allocations are lazy: the 480 MB of actions cost no memory until touched.
+        let actions = b.zeros((population * horizon) as usize).unwrap();
+        let params = b.zeros(shape.layout().total).unwrap();
+        let norm = b.upload(&[0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0]).unwrap();
+        let start = b.zeros(3).unwrap();
+        let mut returns = b.zeros(population as usize).unwrap();
+        let e = b
+            .rollout(&p, &shape, &params, &norm, &start, &actions, &mut returns)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("32-bit indexing") && e.contains("fewer"), "{e}");
+        assert!(b.host().seen.lock().unwrap().is_empty(), "launched before refusing");
+    }
+
     /// Planning takes TF32 tensor cores by default where the device has them, training and
     /// prediction only when asked; `fp32_planning` keeps planning on f32.
     #[test]
