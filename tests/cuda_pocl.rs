@@ -885,7 +885,6 @@ fn check_rollout_mujoco_tasks<B: Backend>(b: &B, label: &str) {
 /// A model whose predictions overflow: every candidate's return is −∞ on both backends, and
 /// the poison is overwritten.
 fn check_rollout_divergence<B: Backend>(b: &B, label: &str) {
-    let cpu = CpuBackend::new();
     let env = EnvId::MountainCar;
     let spec = env.spec();
     let shape = EnsembleShape {
@@ -903,24 +902,15 @@ fn check_rollout_divergence<B: Backend>(b: &B, label: &str) {
         *w *= 1e37;
     }
     let p = rollout_params(env, Propagation::Ts1, false, &[0, 1]);
-    let norm = norm_stats(shape.in_dim, 301);
-    let start = vec![-0.5f32, 0.0];
-    let actions = uniforms(302, (p.population * p.horizon) as usize, -1.0, 1.0);
-    let mut want = unwritten(p.population as usize);
-    cpu.rollout(&p, &shape, &params, &norm, &start, &actions, &mut want)
-        .unwrap();
-    let mut out = poisoned(b, p.population as usize);
-    b.rollout(
-        &p,
-        &shape,
-        &b.upload(&params).unwrap(),
-        &b.upload(&norm).unwrap(),
-        &b.upload(&start).unwrap(),
-        &b.upload(&actions).unwrap(),
-        &mut out,
-    )
-    .unwrap();
-    let got = b.download(&out).unwrap();
+    let c = RolloutCase {
+        norm: norm_stats(shape.in_dim, 301),
+        start: vec![-0.5f32, 0.0],
+        actions: uniforms(302, (p.population * p.horizon) as usize, -1.0, 1.0),
+        p,
+        shape,
+        params,
+    };
+    let (got, want) = (device_rollout(b, &c), cpu_rollout(&c));
     let dead = want.iter().filter(|v| **v == f32::NEG_INFINITY).count();
     assert!(
         dead > 0,
@@ -1830,24 +1820,59 @@ fn tensor_core_products_on_pocl_should_stay_within_the_tf32_bound() {
     assert!(c.issued_per_useful() <= 1.15, "{c:?}");
 }
 
-/// A TS∞ rollout at mbrl-lib's cart-pole configuration (5 × 4×200, 350 × 20 rows, two
-/// steps) on a backend planning with TF32 products, against the f32 CPU: cart-pole returns
-/// count the steps alive, and TF32 may move a particle across the angle threshold, not more
-/// than a few of a candidate's 20 (mean ≤ 0.25 steps off).
-fn check_tf32_cartpole_rollout<B: Backend>(b: &B, label: &str) {
-    let cpu = CpuBackend::new();
+/// A model rollout on `b` from host arrays: uploaded, into a poisoned output, downloaded.
+fn device_rollout<B: Backend>(b: &B, c: &RolloutCase) -> Vec<f32> {
+    let mut out = poisoned(b, c.p.population as usize);
+    b.rollout(
+        &c.p,
+        &c.shape,
+        &b.upload(&c.params).unwrap(),
+        &b.upload(&c.norm).unwrap(),
+        &b.upload(&c.start).unwrap(),
+        &b.upload(&c.actions).unwrap(),
+        &mut out,
+    )
+    .unwrap();
+    b.download(&out).unwrap()
+}
+
+/// The same rollout on the CPU specification.
+fn cpu_rollout(c: &RolloutCase) -> Vec<f32> {
+    let mut want = unwritten(c.p.population as usize);
+    CpuBackend::new()
+        .rollout(
+            &c.p, &c.shape, &c.params, &c.norm, &c.start, &c.actions, &mut want,
+        )
+        .unwrap();
+    want
+}
+
+/// A model rollout's inputs on the host.
+struct RolloutCase {
+    p: RolloutParams,
+    shape: EnsembleShape,
+    params: Vec<f32>,
+    norm: Vec<f32>,
+    start: Vec<f32>,
+    actions: Vec<f32>,
+}
+
+/// mbrl-lib's cart-pole configuration: 5 members of 4 × 200 SiLU, 350 candidates × 20
+/// particles (two steps of the 15: the kernels' figures are per layer product), a head
+/// scaled down so that the particles stay alive, actions uniform in [−1, 1].
+fn cartpole_configuration(prop: Propagation, elites: &[u32], learn_reward: bool) -> RolloutCase {
     let env = EnvId::CartPole;
     let spec = env.spec();
     let shape = EnsembleShape {
         ensemble: 5,
         in_dim: spec.obs_dim + spec.act_dim,
-        out_dim: spec.obs_dim,
+        out_dim: spec.obs_dim + learn_reward as usize,
         hidden: 200,
         num_layers: 4,
         activation: Activation::Silu,
         probabilistic: true,
     };
-    let mut p = rollout_params(env, Propagation::TsInf, false, &[0, 1, 2, 3, 4]);
+    let mut p = rollout_params(env, prop, learn_reward, elites);
     p.population = 350;
     p.particles = 20;
     p.horizon = 2;
@@ -1856,27 +1881,32 @@ fn check_tf32_cartpole_rollout<B: Backend>(b: &B, label: &str) {
     for w in &mut params[head.weight..head.bias + shape.ensemble * head.fan_out] {
         *w *= 0.02;
     }
-    let norm = norm_stats(shape.in_dim, 78);
     let mut state = vec![0.0f32; spec.state_dim];
     let mut start = vec![0.0f32; spec.obs_dim];
     env.reset_state(79, &mut state);
     env.observe(&state, &mut start);
-    let actions = uniforms(80, (p.population * p.horizon) as usize, -1.0, 1.0);
-    let mut want = unwritten(p.population as usize);
-    cpu.rollout(&p, &shape, &params, &norm, &start, &actions, &mut want)
-        .unwrap();
-    let mut out = poisoned(b, p.population as usize);
-    b.rollout(
-        &p,
-        &shape,
-        &b.upload(&params).unwrap(),
-        &b.upload(&norm).unwrap(),
-        &b.upload(&start).unwrap(),
-        &b.upload(&actions).unwrap(),
-        &mut out,
-    )
-    .unwrap();
-    let got = b.download(&out).unwrap();
+    RolloutCase {
+        norm: norm_stats(shape.in_dim, 78),
+        actions: uniforms(
+            80,
+            (p.population * p.horizon) as usize * spec.act_dim,
+            -1.0,
+            1.0,
+        ),
+        p,
+        shape,
+        params,
+        start,
+    }
+}
+
+/// A TS∞ rollout at mbrl-lib's cart-pole configuration (5 × 4×200, 350 × 20 rows, two
+/// steps) on a backend planning with TF32 products, against the f32 CPU: cart-pole returns
+/// count the steps alive, and TF32 may move a particle across the angle threshold, not more
+/// than a few of a candidate's 20 (mean ≤ 0.25 steps off).
+fn check_tf32_cartpole_rollout<B: Backend>(b: &B, label: &str) {
+    let c = cartpole_configuration(Propagation::TsInf, &[0, 1, 2, 3, 4], false);
+    let (got, want) = (device_rollout(b, &c), cpu_rollout(&c));
     let e = assert_close(
         &format!("{label} cart-pole rollout"),
         &got,
@@ -1904,14 +1934,6 @@ fn rollout_tiles_should_serve_full_tiles_of_one_member() {
     }) else {
         return;
     };
-    let cpu = CpuBackend::new();
-    let env = EnvId::CartPole;
-    let spec = env.spec();
-    let mut state = vec![0.0f32; spec.state_dim];
-    let mut start = vec![0.0f32; spec.obs_dim];
-    env.reset_state(79, &mut state);
-    env.observe(&state, &mut start);
-    let ds = b.upload(&start).unwrap();
     // Cart-pole's reward is 1 per step; a learned reward makes the returns depend on every
     // layer's arithmetic (the repeated-elite case).
     for (prop, elites, learn_reward) in [
@@ -1920,47 +1942,22 @@ fn rollout_tiles_should_serve_full_tiles_of_one_member() {
         (Propagation::Ts1, &[3, 0, 3, 1][..], true),
         (Propagation::Expectation, &[0, 1, 2, 3, 4][..], false),
     ] {
-        let shape = EnsembleShape {
-            ensemble: 5,
-            in_dim: spec.obs_dim + spec.act_dim,
-            out_dim: spec.obs_dim + learn_reward as usize,
-            hidden: 200,
-            num_layers: 4,
-            activation: Activation::Silu,
-            probabilistic: true,
-        };
-        let mut params = random_params(&shape, 77);
-        let head = shape.layout().layers[shape.num_layers];
-        for w in &mut params[head.weight..head.bias + shape.ensemble * head.fan_out] {
-            *w *= 0.02;
-        }
-        let norm = norm_stats(shape.in_dim, 78);
-        let (dp, dn) = (b.upload(&params).unwrap(), b.upload(&norm).unwrap());
-        let mut p = rollout_params(env, prop, learn_reward, elites);
-        p.population = 350;
-        p.particles = 20;
-        p.horizon = 2;
-        let n_act = (p.population * p.horizon) as usize * spec.act_dim;
-        let actions = uniforms(80, n_act, -1.0, 1.0);
-        let mut want = unwritten(p.population as usize);
-        cpu.rollout(&p, &shape, &params, &norm, &start, &actions, &mut want)
-            .unwrap();
-        let da = b.upload(&actions).unwrap();
-        let mut out = poisoned(&b, p.population as usize);
+        let c = cartpole_configuration(prop, elites, learn_reward);
+        let want = cpu_rollout(&c);
         b.reset_kernel_counters().unwrap();
-        b.rollout(&p, &shape, &dp, &dn, &ds, &da, &mut out).unwrap();
-        let got = b.download(&out).unwrap();
+        let got = device_rollout(&b, &c);
+        let (p, shape) = (c.p, c.shape);
         let what = format!("cart-pole configuration {prop:?} elites {elites:?}");
         let e = assert_close(&what, &got, &want, 2e-5, 2e-5);
         let mut distinct: Vec<u32> = want.iter().map(|v| v.to_bits()).collect();
         distinct.sort_unstable();
         distinct.dedup();
         eprintln!("{what}: {} distinct returns", distinct.len());
-        let c = b.kernel_counters().unwrap().expect("a counting backend");
-        let (rows, ratio) = (c.rows_per_stage(), c.issued_per_useful());
+        let k = b.kernel_counters().unwrap().expect("a counting backend");
+        let (rows, ratio) = (k.rows_per_stage(), k.issued_per_useful());
         eprintln!(
             "{what}: worst {e:e}; {rows:.2} rows per staged weight chunk, issued / useful \
-             multiply-adds {ratio:.3} ({c:?})"
+             multiply-adds {ratio:.3} ({k:?})"
         );
         // Every row's every layer product, counted once: rows × steps × (members per row)
         // × Σ fan_in · fan_out.
@@ -1977,7 +1974,7 @@ fn rollout_tiles_should_serve_full_tiles_of_one_member() {
         };
         let rows_total = (p.population * p.particles * p.horizon) as usize;
         assert_eq!(
-            c.useful_macs,
+            k.useful_macs,
             (rows_total * members * per_row) as u64,
             "{what}"
         );

@@ -585,21 +585,15 @@ mod tests {
         }
     }
 
-    /// A TS1 rollout whose per-step slot tables would pass the kernels' 32-bit indexing is
-    /// refused with a message that says what to shrink, before anything is launched.
-    #[test]
-    fn oversized_slot_tables_should_be_refused_before_launching() {
-        use crate::backend::{Activation, Propagation, MAX_ELITES};
-        let shape = EnsembleShape {
-            ensemble: 1,
-            in_dim: 4,
-            out_dim: 3,
-            hidden: 4,
-            num_layers: 1,
-            activation: Activation::Relu,
-            probabilistic: false,
-        };
-        let (population, horizon) = (3_000u32, 40_000u32);
+    /// A pendulum rollout's parameters and a small ReLU ensemble for the recording host.
+    fn recorded_case(
+        propagation: crate::backend::Propagation,
+        population: u32,
+        horizon: u32,
+        probabilistic: bool,
+    ) -> (RolloutParams, EnsembleShape) {
+        let mut elites = [0u32; crate::backend::MAX_ELITES];
+        elites[1] = 1;
         let p = RolloutParams {
             seed_lo: 1,
             seed_hi: 2,
@@ -609,19 +603,42 @@ mod tests {
             horizon,
             obs_dim: 3,
             act_dim: 1,
-            propagation: Propagation::Ts1 as u32,
+            propagation: propagation as u32,
             env: crate::env::EnvId::Pendulum.code(),
             learn_reward: 0,
-            num_elites: 1,
-            elites: [0; MAX_ELITES],
+            num_elites: 2,
+            elites,
         };
-        let b = CudaBackend::with_host(
+        let shape = EnsembleShape {
+            ensemble: 2,
+            in_dim: 4,
+            out_dim: 3,
+            hidden: 8,
+            num_layers: 1,
+            activation: crate::backend::Activation::Relu,
+            probabilistic,
+        };
+        (p, shape)
+    }
+
+    fn recorder(tensor_cores: bool, options: CudaOptions) -> CudaBackend<Recorder> {
+        CudaBackend::with_host(
             Recorder {
-                tensor_cores: false,
+                tensor_cores,
                 seen: Mutex::new(vec![]),
             },
-            CudaOptions::default(),
-        );
+            options,
+        )
+    }
+
+    /// A TS1 rollout whose per-step slot tables would pass the kernels' 32-bit indexing is
+    /// refused with a message that says what to shrink, before anything is launched.
+    #[test]
+    fn oversized_slot_tables_should_be_refused_before_launching() {
+        let (population, horizon) = (3_000u32, 40_000u32);
+        let (p, shape) =
+            recorded_case(crate::backend::Propagation::Ts1, population, horizon, false);
+        let b = recorder(false, CudaOptions::default());
         // Zeroed allocations are lazy: the 480 MB of actions cost no memory until touched.
         let actions = b.zeros((population * horizon) as usize).unwrap();
         let params = b.zeros(shape.layout().total).unwrap();
@@ -633,48 +650,19 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("32-bit indexing") && e.contains("fewer"), "{e}");
-        assert!(b.host().seen.lock().unwrap().is_empty(), "launched before refusing");
+        assert!(
+            b.host().seen.lock().unwrap().is_empty(),
+            "launched before refusing"
+        );
     }
 
     /// Planning takes TF32 tensor cores by default where the device has them, training and
     /// prediction only when asked; `fp32_planning` keeps planning on f32.
     #[test]
     fn planning_should_default_to_tensor_cores_where_the_device_has_them() {
-        use crate::backend::{Activation, Propagation, MAX_ELITES};
-        let shape = EnsembleShape {
-            ensemble: 2,
-            in_dim: 4,
-            out_dim: 3,
-            hidden: 8,
-            num_layers: 1,
-            activation: Activation::Relu,
-            probabilistic: true,
-        };
-        let mut elites = [0u32; MAX_ELITES];
-        elites[1] = 1;
-        let p = RolloutParams {
-            seed_lo: 1,
-            seed_hi: 2,
-            step: 0,
-            population: 3,
-            particles: 2,
-            horizon: 2,
-            obs_dim: 3,
-            act_dim: 1,
-            propagation: Propagation::TsInf as u32,
-            env: crate::env::EnvId::Pendulum.code(),
-            learn_reward: 0,
-            num_elites: 2,
-            elites,
-        };
+        let (p, shape) = recorded_case(crate::backend::Propagation::TsInf, 3, 2, true);
         let variants = |tensor_cores: bool, options: CudaOptions| {
-            let b = CudaBackend::with_host(
-                Recorder {
-                    tensor_cores,
-                    seen: Mutex::new(vec![]),
-                },
-                options,
-            );
+            let b = recorder(tensor_cores, options);
             let params = b.zeros(shape.layout().total).unwrap();
             let norm = b.upload(&[0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0]).unwrap();
             let (start, actions) = (b.zeros(3).unwrap(), b.zeros(6).unwrap());
