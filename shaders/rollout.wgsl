@@ -65,6 +65,9 @@ struct RolloutStep {
     // The slot table this step reads: TS1 draws members anew each step, and all H tables
     // are built by one rollout_group dispatch of H workgroups; TS∞ and expectation use 0.
     table: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> rs: RolloutStep;

@@ -117,6 +117,8 @@ pub struct RolloutStep {
     pub state_dim: u32,
     /// The slot table of this step (TS1: one per step, all grouped by one dispatch; else 0).
     pub table: u32,
+    /// To the WGSL struct's size, a multiple of its 16-byte alignment.
+    pub _pad: [u32; 3],
 }
 
 /// `RngParams` of rng.wgsl.
@@ -146,7 +148,7 @@ mod tests {
         assert_eq!(size_of::<ReduceParams>(), 48);
         assert_eq!(size_of::<ConvertParams>(), 16);
         assert_eq!(size_of::<RolloutParams>(), 112);
-        assert_eq!(size_of::<RolloutStep>(), 160);
+        assert_eq!(size_of::<RolloutStep>(), 176);
         assert_eq!(size_of::<RngParams>(), 32);
     }
 }

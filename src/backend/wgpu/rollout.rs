@@ -27,6 +27,7 @@ fn step_block(p: &RolloutParams, t: u32) -> RolloutStep {
         min_off: 0,
         state_dim: 0,
         table: 0,
+        _pad: [0; 3],
     }
 }
 
