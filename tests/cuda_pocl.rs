@@ -33,6 +33,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
 mod common;
+use common::{poisoned, rollout_on, POISON, REF_FILL};
 
 // ---------------------------------------------------------------------------------------
 // The OpenCL runtime as a KernelHost
@@ -265,15 +266,6 @@ fn pocl_backend(options: CudaOptions) -> Option<CudaBackend<PoclHost>> {
 // Comparison helpers
 // ---------------------------------------------------------------------------------------
 
-/// The device poison: a quiet NaN with a payload that no arithmetic produces (computed NaNs
-/// carry the canonical payload), so an element a kernel never wrote is told apart from a NaN it
-/// computed.
-const POISON: u32 = 0x7fc0_dead;
-
-/// The CPU reference's pre-fill: finite, far outside every output, and unlike the device
-/// poison, so an element that neither backend writes can never compare equal.
-const REF_FILL: f32 = -7.77e30;
-
 /// A CPU reference output, pre-filled with [`REF_FILL`].
 fn unwritten(n: usize) -> Vec<f32> {
     vec![REF_FILL; n]
@@ -335,17 +327,6 @@ fn uniforms(seed: u64, n: usize, lo: f32, hi: f32) -> Vec<f32> {
 fn normals(seed: u64, n: usize, scale: f32) -> Vec<f32> {
     let mut g = Philox::new(seed, 98, 0);
     (0..n).map(|_| scale * g.normal()).collect()
-}
-
-/// An output buffer pre-filled so that an element nobody writes fails the comparison: a
-/// device's with [`POISON`], the CPU reference's with [`REF_FILL`].
-fn poisoned<B: Backend>(b: &B, n: usize) -> B::Buf {
-    let fill = if b.name() == "cpu" {
-        REF_FILL
-    } else {
-        f32::from_bits(POISON)
-    };
-    b.upload(&vec![fill; n]).unwrap()
 }
 
 /// Parameters with every tensor random (biases and log-variance bounds too, so that the soft
@@ -910,7 +891,7 @@ fn check_rollout_divergence<B: Backend>(b: &B, label: &str) {
         shape,
         params,
     };
-    let (got, want) = (device_rollout(b, &c), cpu_rollout(&c));
+    let (got, want) = (run_case(b, &c), run_case(&CpuBackend::new(), &c));
     let dead = want.iter().filter(|v| **v == f32::NEG_INFINITY).count();
     assert!(
         dead > 0,
@@ -1820,31 +1801,9 @@ fn tensor_core_products_on_pocl_should_stay_within_the_tf32_bound() {
     assert!(c.issued_per_useful() <= 1.15, "{c:?}");
 }
 
-/// A model rollout on `b` from host arrays: uploaded, into a poisoned output, downloaded.
-fn device_rollout<B: Backend>(b: &B, c: &RolloutCase) -> Vec<f32> {
-    let mut out = poisoned(b, c.p.population as usize);
-    b.rollout(
-        &c.p,
-        &c.shape,
-        &b.upload(&c.params).unwrap(),
-        &b.upload(&c.norm).unwrap(),
-        &b.upload(&c.start).unwrap(),
-        &b.upload(&c.actions).unwrap(),
-        &mut out,
-    )
-    .unwrap();
-    b.download(&out).unwrap()
-}
-
-/// The same rollout on the CPU specification.
-fn cpu_rollout(c: &RolloutCase) -> Vec<f32> {
-    let mut want = unwritten(c.p.population as usize);
-    CpuBackend::new()
-        .rollout(
-            &c.p, &c.shape, &c.params, &c.norm, &c.start, &c.actions, &mut want,
-        )
-        .unwrap();
-    want
+/// `c` on `b` (the CPU reference or a device), through `common::rollout_on`.
+fn run_case<B: Backend>(b: &B, c: &RolloutCase) -> Vec<f32> {
+    rollout_on(b, &c.p, &c.shape, &c.params, &c.norm, &c.start, &c.actions)
 }
 
 /// A model rollout's inputs on the host.
@@ -1906,7 +1865,7 @@ fn cartpole_configuration(prop: Propagation, elites: &[u32], learn_reward: bool)
 /// than a few of a candidate's 20 (mean ≤ 0.25 steps off).
 fn check_tf32_cartpole_rollout<B: Backend>(b: &B, label: &str) {
     let c = cartpole_configuration(Propagation::TsInf, &[0, 1, 2, 3, 4], false);
-    let (got, want) = (device_rollout(b, &c), cpu_rollout(&c));
+    let (got, want) = (run_case(b, &c), run_case(&CpuBackend::new(), &c));
     let e = assert_close(
         &format!("{label} cart-pole rollout"),
         &got,
@@ -1943,9 +1902,9 @@ fn rollout_tiles_should_serve_full_tiles_of_one_member() {
         (Propagation::Expectation, &[0, 1, 2, 3, 4][..], false),
     ] {
         let c = cartpole_configuration(prop, elites, learn_reward);
-        let want = cpu_rollout(&c);
+        let want = run_case(&CpuBackend::new(), &c);
         b.reset_kernel_counters().unwrap();
-        let got = device_rollout(&b, &c);
+        let got = run_case(&b, &c);
         let (p, shape) = (c.p, c.shape);
         let what = format!("cart-pole configuration {prop:?} elites {elites:?}");
         let e = assert_close(&what, &got, &want, 2e-5, 2e-5);

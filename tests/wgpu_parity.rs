@@ -23,6 +23,7 @@ use mbrl_gpu::rng::{self, stream};
 use std::sync::OnceLock;
 
 mod common;
+use common::{poisoned, rollout_on, POISON, REF_FILL};
 
 fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
@@ -67,26 +68,6 @@ fn rand_uniform(seed: u64, step: u32, n: usize, lo: f32, hi: f32) -> Vec<f32> {
     (0..n as u32)
         .map(|i| lo + rng::uniform(seed, stream::DATA, i, step) * (hi - lo))
         .collect()
-}
-
-/// The device poison: a quiet NaN with a payload that no arithmetic produces (computed NaNs
-/// carry the canonical payload), so an element a kernel never wrote is told apart from a NaN it
-/// computed, and never matches a reference.
-const POISON: u32 = 0x7fc0_dead;
-
-/// The CPU reference's pre-fill: finite, far outside every output, and unlike the device
-/// poison, so an element that neither backend writes can never compare equal.
-const REF_FILL: f32 = -7.77e30;
-
-/// An output buffer pre-filled so that an element nobody writes fails the comparison: a
-/// device's with [`POISON`], the CPU reference's with [`REF_FILL`].
-fn poison<B: Backend>(b: &B, n: usize) -> B::Buf {
-    let fill = if b.name() == "cpu" {
-        REF_FILL
-    } else {
-        f32::from_bits(POISON)
-    };
-    b.upload(&vec![fill; n]).unwrap()
 }
 
 /// |got − want| ≤ atol + rtol·|want| wherever the reference is finite, and the device value
@@ -273,7 +254,7 @@ fn forward_case(g: &WgpuBackend, shape: EnsembleShape, rows: usize, seed: u64, a
             cpu.upload(&norm).unwrap(),
             cpu.upload(&x).unwrap(),
         );
-        let (mut m, mut lv) = (poison(&cpu, e * rows * o), poison(&cpu, e * rows * o));
+        let (mut m, mut lv) = (poisoned(&cpu, e * rows * o), poisoned(&cpu, e * rows * o));
         cpu.ensemble_forward(&shape, &p, &n, &xx, rows, &mut m, &mut lv)
             .unwrap();
         (cpu.download(&m).unwrap(), cpu.download(&lv).unwrap())
@@ -284,7 +265,7 @@ fn forward_case(g: &WgpuBackend, shape: EnsembleShape, rows: usize, seed: u64, a
             g.upload(&norm).unwrap(),
             g.upload(&x).unwrap(),
         );
-        let (mut m, mut lv) = (poison(g, e * rows * o), poison(g, e * rows * o));
+        let (mut m, mut lv) = (poisoned(g, e * rows * o), poisoned(g, e * rows * o));
         g.ensemble_forward(&shape, &p, &n, &xx, rows, &mut m, &mut lv)
             .unwrap();
         (g.download(&m).unwrap(), g.download(&lv).unwrap())
@@ -353,7 +334,7 @@ fn nll_on<B: Backend>(b: &B, d: &TrainData) -> (Vec<f32>, Vec<f32>) {
         b.upload(&d.x).unwrap(),
         b.upload(&d.y).unwrap(),
     );
-    let (mut grad, mut losses) = (poison(b, total), poison(b, d.shape.ensemble));
+    let (mut grad, mut losses) = (poisoned(b, total), poisoned(b, d.shape.ensemble));
     b.ensemble_nll_backward(
         &d.shape,
         &d.loss,
@@ -466,7 +447,7 @@ fn sample_on<B: Backend>(b: &B, p: &SampleParams, mean: &[f32], var: &[f32]) -> 
         b.upload(&lo).unwrap(),
         b.upload(&hi).unwrap(),
     );
-    let mut out = poison(b, (p.population * p.len) as usize);
+    let mut out = poisoned(b, (p.population * p.len) as usize);
     b.cem_sample(p, &m, &v, &l, &h, &mut out).unwrap();
     b.download(&out).unwrap()
 }
@@ -530,7 +511,7 @@ fn init_on<B: Backend>(b: &B, p: &InitParams, prev: &[f32]) -> (Vec<f32>, Vec<f3
         b.upload(&hi).unwrap(),
         b.upload(prev).unwrap(),
     );
-    let (mut m, mut v) = (poison(b, p.len as usize), poison(b, p.len as usize));
+    let (mut m, mut v) = (poisoned(b, p.len as usize), poisoned(b, p.len as usize));
     b.cem_init(p, &l, &h, &pr, &mut m, &mut v).unwrap();
     (b.download(&m).unwrap(), b.download(&v).unwrap())
 }
@@ -664,27 +645,6 @@ fn rollout_params(
         num_elites: 3,
         elites,
     }
-}
-
-#[allow(clippy::too_many_arguments)]
-fn rollout_on<B: Backend>(
-    b: &B,
-    p: &RolloutParams,
-    shape: &EnsembleShape,
-    params: &[f32],
-    norm: &[f32],
-    start: &[f32],
-    actions: &[f32],
-) -> Vec<f32> {
-    let (pp, nn, ss, aa) = (
-        b.upload(params).unwrap(),
-        b.upload(norm).unwrap(),
-        b.upload(start).unwrap(),
-        b.upload(actions).unwrap(),
-    );
-    let mut ret = poison(b, p.population as usize);
-    b.rollout(p, shape, &pp, &nn, &ss, &aa, &mut ret).unwrap();
-    b.download(&ret).unwrap()
 }
 
 #[test]
@@ -908,13 +868,13 @@ fn rollout_true_should_match_cpu() {
         let run = |b: &dyn Fn() -> Vec<f32>| b();
         let want = run(&|| {
             let (s, a) = (cpu.upload(&start).unwrap(), cpu.upload(&actions).unwrap());
-            let mut r = poison(&cpu, pop as usize);
+            let mut r = poisoned(&cpu, pop as usize);
             cpu.rollout_true(&p, &s, &a, &mut r).unwrap();
             cpu.download(&r).unwrap()
         });
         let got = run(&|| {
             let (s, a) = (g.upload(&start).unwrap(), g.upload(&actions).unwrap());
-            let mut r = poison(g, pop as usize);
+            let mut r = poisoned(g, pop as usize);
             g.rollout_true(&p, &s, &a, &mut r).unwrap();
             g.download(&r).unwrap()
         });
@@ -1008,8 +968,8 @@ impl<B: Backend> PlanBackend for B {
         let hi = self.upload(&spec.act_high).unwrap();
         let mut mean = self.upload(&vec![0.0; len]).unwrap();
         let mut var = self.upload(&vec![1.0; len]).unwrap();
-        let mut population = poison(self, pop as usize * len);
-        let mut returns = poison(self, pop as usize);
+        let mut population = poisoned(self, pop as usize * len);
+        let mut returns = poisoned(self, pop as usize);
         let mut rp = rollout_params(env, Propagation::TsInf, pop, particles, h);
         rp.step = 0;
         for it in 0..iters {
@@ -1221,8 +1181,8 @@ impl<B: Backend> TrainBackend for B {
         let x = self.upload(&d.x).unwrap();
         let y = self.upload(&d.y).unwrap();
         let (mut m, mut v) = (self.upload(&s.m).unwrap(), self.upload(&s.v).unwrap());
-        let mut grad = poison(self, total);
-        let mut losses = poison(self, d.shape.ensemble);
+        let mut grad = poisoned(self, total);
+        let mut losses = poisoned(self, d.shape.ensemble);
         self.ensemble_nll_backward(
             &d.shape,
             &d.loss,

@@ -1,6 +1,6 @@
 //! Fixtures shared by the device parity tests (`wgpu_parity.rs`, `cuda_pocl.rs`).
 pub mod planners;
-use mbrl_gpu::backend::Propagation;
+use mbrl_gpu::backend::{Backend, EnsembleShape, Propagation, RolloutParams};
 use mbrl_gpu::env::EnvId;
 use mbrl_gpu::model::{Ensemble, ModelConfig};
 use mbrl_gpu::plan::{PlannerConfig, TsConfig};
@@ -119,4 +119,47 @@ pub fn mujoco_task_cases() -> Vec<TaskCase> {
             start: start(4, &[(1, 0.17)]),
         },
     ]
+}
+
+/// The device poison: a quiet NaN with a payload that no arithmetic produces (computed NaNs
+/// carry the canonical payload), so an element a kernel never wrote is told apart from a NaN it
+/// computed, and never matches a reference.
+pub const POISON: u32 = 0x7fc0_dead;
+
+/// The CPU reference's pre-fill: finite, far outside every output, and unlike the device
+/// poison, so an element that neither backend writes can never compare equal.
+pub const REF_FILL: f32 = -7.77e30;
+
+/// An output buffer pre-filled so that an element nobody writes fails the comparison: a
+/// device's with [`POISON`], the CPU reference's with [`REF_FILL`].
+pub fn poisoned<B: Backend>(b: &B, n: usize) -> B::Buf {
+    let fill = if b.name() == "cpu" {
+        REF_FILL
+    } else {
+        f32::from_bits(POISON)
+    };
+    b.upload(&vec![fill; n]).unwrap()
+}
+
+/// A model rollout on any backend from host arrays: uploaded, into a poisoned output,
+/// downloaded (the CPU reference and the device run the same call).
+#[allow(clippy::too_many_arguments)]
+pub fn rollout_on<B: Backend>(
+    b: &B,
+    p: &RolloutParams,
+    shape: &EnsembleShape,
+    params: &[f32],
+    norm: &[f32],
+    start: &[f32],
+    actions: &[f32],
+) -> Vec<f32> {
+    let (pp, nn, ss, aa) = (
+        b.upload(params).unwrap(),
+        b.upload(norm).unwrap(),
+        b.upload(start).unwrap(),
+        b.upload(actions).unwrap(),
+    );
+    let mut ret = poisoned(b, p.population as usize);
+    b.rollout(p, shape, &pp, &nn, &ss, &aa, &mut ret).unwrap();
+    b.download(&ret).unwrap()
 }

@@ -47,11 +47,14 @@ impl<H: KernelHost> CudaBackend<H> {
         // member's run padded to whole tiles; TS1 draws anew each step, so one table per step.
         let ts1 = p.propagation == Propagation::Ts1 as u32;
         let grouped = p.propagation != Propagation::Expectation as u32;
-        let mut distinct = p.elites[..p.num_elites as usize].to_vec();
-        distinct.sort_unstable();
-        distinct.dedup();
-        let blocks = rows.div_ceil(TILE_ROWS) + if grouped { distinct.len() } else { 0 };
-        let draws = if ts1 { h.max(1) } else { 1 };
+        // Distinct elites: each member's run may end in a partial tile (no allocation: this
+        // runs every planning iteration).
+        let elites = &p.elites[..p.num_elites as usize];
+        let distinct = (0..elites.len())
+            .filter(|&i| !elites[..i].contains(&elites[i]))
+            .count();
+        let blocks = rows.div_ceil(TILE_ROWS) + if grouped { distinct } else { 0 };
+        let draws = if ts1 { h } else { 1 };
         let slots = draws * blocks * TILE_ROWS;
         if slots >= i32::MAX as usize {
             return Err(Error::Invalid(format!(
@@ -104,13 +107,11 @@ impl<H: KernelHost> CudaBackend<H> {
                 ],
             })?;
         }
-        // TS1: one launch per step (the rows regroup between them); otherwise one for all.
-        let spans: Vec<(u32, u32)> = if ts1 && h > 0 {
-            (0..h as u32).map(|t| (t, t + 1)).collect()
-        } else {
-            vec![(0, h as u32)]
-        };
-        for (t0, t1) in spans {
+        // TS1: one launch per step (the rows regroup between them); otherwise one for all
+        // (check::rollout refuses a horizon of 0).
+        let (launches, per) = if ts1 { (h as u32, 1) } else { (1, h as u32) };
+        for i in 0..launches {
+            let (t0, t1) = (i * per, (i + 1) * per);
             let span = RolloutSpan {
                 t0,
                 t1,

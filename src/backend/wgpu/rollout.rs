@@ -73,7 +73,7 @@ pub(super) fn rollout(
     let tiles = positions / TILE_M;
     // TS1 draws members anew every step: one slot table per step, all built up front.
     let regroup_each_step = p.propagation == 0;
-    let tables = if regroup_each_step { h.max(1) } else { 1 };
+    let tables = if regroup_each_step { h } else { 1 };
     word("rollout slot tables", tables * positions)?;
     let width = max_width(shape);
     let hd = shape.head_dim();
