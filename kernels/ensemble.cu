@@ -12,6 +12,11 @@
 //                             dZ_{l−1} = (dZ_l · W_lᵀ) ⊙ act′(z_{l−1}) for every layer while
 //                             the tile is still in shared memory; writes each dZ_l to scratch and
 //                             per-tile partial sums of the loss and of ∂L/∂(max, min logvar).
+//                             With NLL_VJP in `flags` the head's upstream gradients are read
+//                             from `target` (∂/∂mean) and `dlv` (∂/∂logvar) instead of formed
+//                             from a loss: the vector–Jacobian product of `ensemble_vjp`; with
+//                             NLL_DX the data path continues through layer 0 into
+//                             dx = (dZ_0 · W_0ᵀ) / σ_in.
 //   ensemble_nll_weight_grad  grid (⌈fan_out/32⌉, ⌈(fan_in+1)/32⌉, E), one launch per layer:
 //                             dW_l = A_{l−1}ᵀ · dZ_l and db_l = Σ_rows dZ_l (the bias is input
 //                             row fan_in, a row of ones) plus weight decay. Each block owns a
@@ -33,7 +38,12 @@ typedef struct {
   u32 db_off;    // per-tile bound-gradient partials [E, ntiles, 2·out]
   float scale;   // 1 / (rows · out_dim)
   float logvar_penalty;
+  u32 flags;     // NLL_VJP, NLL_DX
+  u32 pad;
 } NllParams;
+
+#define NLL_VJP 1u
+#define NLL_DX 2u
 
 DEVFN u32 nll_dz_off(MlpShape s, NllParams q, int l) {
   u32 off = q.dz_off;
@@ -76,6 +86,7 @@ KERNEL BOUNDS(256) void ensemble_forward(MlpShape s, GLOBAL const float* P,
 KERNEL BOUNDS(256) void ensemble_nll_backward(MlpShape s, NllParams q, GLOBAL const float* P,
                                               GLOBAL const wtype* Wt, GLOBAL const float* norm,
                                               GLOBAL const float* x, GLOBAL const float* target,
+                                              GLOBAL const float* dlv_in, GLOBAL float* dx,
                                               GLOBAL float* scratch DYN_SMEM_PARAM) {
   DYN_SMEM_DECL
   const int ld = (int)s.ld, in = (int)s.in_dim, D = (int)s.out_dim, H = (int)s.hidden;
@@ -106,22 +117,30 @@ KERNEL BOUNDS(256) void ensemble_nll_backward(MlpShape s, NllParams q, GLOBAL co
   }
 
   // Loss and ∂L/∂raw head (into oth); the bound-gradient contributions of (r, j) overwrite the
-  // raw values of (r, j) and (r, D + j) in cur, which only this thread reads.
+  // raw values of (r, j) and (r, D + j) in cur, which only this thread reads. A VJP reads the
+  // upstream ∂/∂mean and ∂/∂logvar instead of forming them from the loss.
   const u32 bo = mlp_bounds_off(s);
+  const int vjp = (q.flags & NLL_VJP) != 0u;
   float part = 0.0f;
   for (int i = LID; i < n * D; i += TILE_THREADS) {
     const int r = i / D, j = i % D;
+    const u32 o = (row0 + (u32)r) * (u32)D + (u32)j;
     const float mu = cur[r * ld + j];
-    const float y = target[(row0 + (u32)r) * (u32)D + (u32)j];
-    const float diff = mu - y;
+    const float diff = mu - target[o];
     if (s.probabilistic) {
       const float raw = cur[r * ld + D + j];
       const float mx = P[bo + (u32)j], mn = P[bo + (u32)D + (u32)j];
       const float lv = bounded_logvar(raw, mx, mn);
       const float inv = EXPF(-lv);
-      part += diff * diff * inv + lv;
-      const float dmean = 2.0f * diff * inv * q.scale;
-      const float dlv = (1.0f - diff * diff * inv) * q.scale;
+      float dmean, dlv;
+      if (vjp) {
+        dmean = target[o];
+        dlv = dlv_in[o];
+      } else {
+        part += diff * diff * inv + lv;
+        dmean = 2.0f * diff * inv * q.scale;
+        dlv = (1.0f - diff * diff * inv) * q.scale;
+      }
       // Chain rule through the soft bounds (cpu::ensemble::head_backward_row).
       const float u = mx - raw;
       const float lv1 = mx - softplus_f(u);
@@ -132,6 +151,8 @@ KERNEL BOUNDS(256) void ensemble_nll_backward(MlpShape s, NllParams q, GLOBAL co
       oth[r * ld + D + j] = dlv1 * su;
       cur[r * ld + j] = dlv1 * (1.0f - su);  // ∂/∂max_logvar[j]
       cur[r * ld + D + j] = dlv * (1.0f - sw);  // ∂/∂min_logvar[j]
+    } else if (vjp) {
+      oth[r * ld + j] = target[o];
     } else {
       part += diff * diff;
       oth[r * ld + j] = 2.0f * diff * q.scale;
@@ -172,6 +193,17 @@ KERNEL BOUNDS(256) void ensemble_nll_backward(MlpShape s, NllParams q, GLOBAL co
     SMEM float* t = dz;
     dz = da;
     da = t;
+  }
+  if ((q.flags & NLL_DX) != 0u) {
+    // xn = (x − μ)/σ  ⇒  dx = (dZ_0 · W_0ᵀ) / σ.
+    const int fo = mlp_fan_out(s, 0);
+    const u32 w_off = mlp_weight_off(s, 0) + (u32)e * (u32)in * (u32)fo;
+    tile_gemm(dz, da, ld, Wt, w_off, fo, 1, fo, in, P, 0u, 0, ACT_NONE, scratch, 0, 0u, 0, 0, n,
+              ws, NO_CTR);
+    for (int i = LID; i < n * in; i += TILE_THREADS) {
+      const int r = i / in, c = i % in;
+      dx[(row0 + (u32)r) * (u32)in + (u32)c] = da[r * ld + c] / norm[in + c];
+    }
   }
 }
 
@@ -239,7 +271,7 @@ KERNEL BOUNDS(256) void ensemble_nll_weight_grad(MlpShape s, NllParams q, u32 la
 KERNEL BOUNDS(256) void ensemble_nll_finish(MlpShape s, NllParams q, GLOBAL const float* scratch,
                                             GLOBAL float* grad, GLOBAL float* losses) {
   const int E = (int)s.ensemble, D = (int)s.out_dim, T = (int)q.ntiles;
-  for (int e = LID; e < E; e += TILE_THREADS) {
+  for (int e = LID; e < E && (q.flags & NLL_VJP) == 0u; e += TILE_THREADS) {
     float acc = 0.0f;
     for (int t = 0; t < T; ++t) acc += scratch[q.loss_off + (u32)(e * T + t)];
     losses[e] = acc * q.scale;

@@ -59,6 +59,7 @@ const EPI_BIAS_ACT: u32 = 2u;     // C = act(acc + X)
 const EPI_BIAS_ACT_PRE: u32 = 3u; // P = acc + X (pre-activation, kept for backward); C = act(P)
 const EPI_DECAY: u32 = 4u;        // C = acc + scale·X      (X = weights: coupled L2)
 const EPI_ACT_GRAD: u32 = 5u;     // C = acc · act'(X)      (X = pre-activations)
+const EPI_DIV: u32 = 6u;          // C = acc / X            (X = σ_in: x_rs = 0; the input gradient)
 
 struct NormParams {
     count: u32,
@@ -137,6 +138,9 @@ struct ConvertParams {
 @group(1) @binding(19) var<storage, read> cvt_in: array<f32>;
 @group(1) @binding(20) var<storage, read_write> cvt_out: array<WeightT>;
 
+@group(1) @binding(21) var<storage, read> vjp_dmean: array<f32>;
+@group(1) @binding(22) var<storage, read> vjp_dlogvar: array<f32>;
+
 const BM: u32 = 64u;
 const BN: u32 = 32u;
 const BK: u32 = 16u;
@@ -177,6 +181,9 @@ fn gemm_store(batch: u32, gm: u32, gn: u32, acc: f32) {
         }
         case 5u: {
             v = v * activate_grad(gp.activation, gemm_x[xi]);
+        }
+        case 6u: {
+            v = v / gemm_x[xi];
         }
         default: {}
     }
@@ -343,6 +350,35 @@ fn nll_head(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: 
         }
     }
     nll_row_loss[i] = sum;
+}
+
+// The vector–Jacobian product's head for probabilistic ensembles: from upstream gradients on
+// the mean and the soft-bounded log-variance (vjp_dmean, vjp_dlogvar [count, out]) to the raw
+// head (nll_dhead) and each row's contribution to d max_logvar / d min_logvar (nll_row_db);
+// the same chain rule as nll_head, without a loss (cpu::ensemble::backward).
+@compute @workgroup_size(256)
+fn vjp_head(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+            @builtin(local_invocation_index) li: u32) {
+    let i = flat_index(wg, nwg, li);
+    if (i >= hd.count) {
+        return;
+    }
+    let d = hd.out_dim;
+    let h = hd.head_dim;
+    for (var j = 0u; j < d; j++) {
+        let hi = head_params[hd.max_off + j];
+        let lo = head_params[hd.min_off + j];
+        let u = hi - head_raw[i * h + d + j];
+        let w = hi - softplus_f(u) - lo;
+        let dlv = vjp_dlogvar[i * d + j];
+        let sw = sigmoid_f(w);
+        let dlv1 = dlv * sw;
+        let su = sigmoid_f(u);
+        nll_dhead[i * h + j] = vjp_dmean[i * d + j];
+        nll_dhead[i * h + d + j] = dlv1 * su;
+        nll_row_db[i * 2u * d + j] = dlv1 * (1.0 - su);
+        nll_row_db[i * 2u * d + d + j] = dlv * (1.0 - sw);
+    }
 }
 
 var<workgroup> red_scratch: array<f32, 256>;

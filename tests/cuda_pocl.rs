@@ -1220,6 +1220,17 @@ fn ensemble_nll_backward_on_pocl_should_match_the_cpu() {
 }
 
 #[test]
+fn ensemble_vjp_on_pocl_should_match_the_cpu() {
+    let Some(b) = pocl_backend(CudaOptions::default()) else {
+        return;
+    };
+    for c in common::dense::vjp(&b, "pocl") {
+        let worst = assert_close(&c.what, &c.got, &c.want, c.atol, c.rtol);
+        eprintln!("{}: worst {worst:e}", c.what);
+    }
+}
+
+#[test]
 fn adam_on_pocl_should_match_the_cpu_bit_for_bit() {
     let Some(b) = pocl_backend(CudaOptions::default()) else {
         return;

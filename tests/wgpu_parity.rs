@@ -488,6 +488,16 @@ fn cem_sample_should_match_cpu() {
 }
 
 #[test]
+fn ensemble_vjp_should_match_cpu() {
+    let Some(g) = gpu("ensemble_vjp_should_match_cpu") else {
+        return;
+    };
+    for c in common::dense::vjp(g, "wgpu") {
+        assert_close(&c.what, &c.got, &c.want, c.atol, c.rtol);
+    }
+}
+
+#[test]
 fn icem_and_mppi_ops_should_match_cpu() {
     let Some(g) = gpu("icem_and_mppi_ops_should_match_cpu") else {
         return;

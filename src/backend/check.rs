@@ -60,6 +60,33 @@ pub fn nll_backward(
     Ok(())
 }
 
+/// Lengths of `ensemble_vjp`'s buffers: params, norm, x, d_mean, d_logvar, and grad and dx
+/// where asked for (`None`: not written, not checked).
+pub fn vjp(
+    shape: &EnsembleShape,
+    rows: usize,
+    lens: [usize; 5],
+    grad: Option<usize>,
+    dx: Option<usize>,
+) -> Result<()> {
+    let (e, i, o) = (shape.ensemble, shape.in_dim, shape.out_dim);
+    let total = shape.layout().total;
+    need("params", lens[0], total)?;
+    need("norm", lens[1], 2 * i)?;
+    need("x", lens[2], e * rows * i)?;
+    need("d_mean", lens[3], e * rows * o)?;
+    if shape.probabilistic {
+        need("d_logvar", lens[4], e * rows * o)?;
+    }
+    if let Some(g) = grad {
+        need("grad", g, total)?;
+    }
+    if let Some(d) = dx {
+        need("dx", d, e * rows * i)?;
+    }
+    Ok(())
+}
+
 /// Lengths of `cem_sample`'s buffers: mean, var, lower, upper, out.
 pub fn sample(p: &SampleParams, lens: [usize; 5]) -> Result<()> {
     let len = p.len as usize;

@@ -391,6 +391,27 @@ pub trait Backend: Send + Sync {
         losses: &mut Self::Buf,
     ) -> Result<()>;
 
+    /// Vector–Jacobian product of the ensemble at `x` [E, rows, in]: given upstream
+    /// gradients on the predicted mean `d_mean` and log-variance `d_logvar` [E, rows, out]
+    /// (`d_logvar` is not read for deterministic ensembles), write ∂/∂params (flat layout,
+    /// overwriting every entry; the log-variance bounds' too) into `grad` and ∂/∂x
+    /// [E, rows, in] into `dx`, each only when given. The forward is recomputed inside. This
+    /// is the dense-layer engine's backward for losses formed outside it: SAC's critics and
+    /// actor, and paths through a learned model (MAAC, SVG).
+    #[allow(clippy::too_many_arguments)]
+    fn ensemble_vjp(
+        &self,
+        shape: &EnsembleShape,
+        params: &Self::Buf,
+        norm: &Self::Buf,
+        x: &Self::Buf,
+        rows: usize,
+        d_mean: &Self::Buf,
+        d_logvar: &Self::Buf,
+        grad: Option<&mut Self::Buf>,
+        dx: Option<&mut Self::Buf>,
+    ) -> Result<()>;
+
     /// Sample a population [P, H·A] for CEM (truncated normal, see [`SampleParams`]) or
     /// random shooting (uniform). `lower`/`upper` are the action bounds [act_dim].
     fn cem_sample(

@@ -1,4 +1,5 @@
 //! Fixtures shared by the device parity tests (`wgpu_parity.rs`, `cuda_pocl.rs`).
+pub mod dense;
 pub mod planners;
 use mbrl_gpu::backend::{Backend, EnsembleShape, Propagation, RolloutParams};
 use mbrl_gpu::env::EnvId;

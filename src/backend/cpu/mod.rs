@@ -283,6 +283,57 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
+    fn ensemble_vjp(
+        &self,
+        shape: &EnsembleShape,
+        params: &Vec<f32>,
+        norm: &Vec<f32>,
+        x: &Vec<f32>,
+        rows: usize,
+        d_mean: &Vec<f32>,
+        d_logvar: &Vec<f32>,
+        grad: Option<&mut Vec<f32>>,
+        dx: Option<&mut Vec<f32>>,
+    ) -> Result<()> {
+        let lens = [
+            params.len(),
+            norm.len(),
+            x.len(),
+            d_mean.len(),
+            d_logvar.len(),
+        ];
+        let (gl, dl) = (grad.as_ref().map(|g| g.len()), dx.as_ref().map(|d| d.len()));
+        check::vjp(shape, rows, lens, gl, dl)?;
+        let (e, i, o) = (shape.ensemble, shape.in_dim, shape.out_dim);
+        let total = shape.layout().total;
+        let grad = grad.map(|g| &mut g[..total]);
+        if rows == 0 {
+            // The gradient of an empty sum.
+            if let Some(g) = grad {
+                g.iter_mut().for_each(|v| *v = 0.0);
+            }
+            return Ok(());
+        }
+        let mut ws = self.ws.lock().unwrap_or_else(|p| p.into_inner());
+        let (m, s) = (&norm[..i], &norm[i..2 * i]);
+        let mut mean = vec![0.0f32; e * rows * o];
+        let lv_len = if shape.probabilistic { e * rows * o } else { 0 };
+        let mut lv = vec![0.0f32; lv_len];
+        ensemble::forward_cached(shape, params, m, s, x, rows, &mut mean, &mut lv, &mut ws);
+        ensemble::backward(
+            shape,
+            params,
+            s,
+            rows,
+            &d_mean[..e * rows * o],
+            &d_logvar[..lv_len],
+            grad,
+            dx.map(|d| &mut d[..e * rows * i]),
+            &mut ws,
+        );
+        Ok(())
+    }
+
     fn cem_sample(
         &self,
         p: &SampleParams,

@@ -144,10 +144,93 @@ impl<H: KernelHost> CudaBackend<H> {
             losses.len(),
         ];
         check::nll_backward(shape, loss, rows, lens)?;
+        self.backward(
+            shape,
+            loss.logvar_penalty,
+            &loss.weight_decay,
+            0,
+            [params, norm, x, target, target],
+            rows,
+            Some(grad),
+            None,
+            Some(losses),
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn vjp(
+        &self,
+        shape: &EnsembleShape,
+        params: &DeviceBuf<H::Mem>,
+        norm: &DeviceBuf<H::Mem>,
+        x: &DeviceBuf<H::Mem>,
+        rows: usize,
+        d_mean: &DeviceBuf<H::Mem>,
+        d_logvar: &DeviceBuf<H::Mem>,
+        grad: Option<&mut DeviceBuf<H::Mem>>,
+        dx: Option<&mut DeviceBuf<H::Mem>>,
+    ) -> Result<()> {
+        let lens = [
+            params.len(),
+            norm.len(),
+            x.len(),
+            d_mean.len(),
+            d_logvar.len(),
+        ];
+        let (gl, dl) = (grad.as_ref().map(|g| g.len()), dx.as_ref().map(|d| d.len()));
+        check::vjp(shape, rows, lens, gl, dl)?;
+        if rows == 0 {
+            if let Some(g) = grad {
+                let zeros = vec![0.0f32; g.len()];
+                crate::backend::Backend::write(self, g, &zeros)?;
+            }
+            return Ok(());
+        }
+        if grad.is_none() && dx.is_none() {
+            return Ok(());
+        }
+        let flags = NllParams::VJP | if dx.is_some() { NllParams::DX } else { 0 };
+        // A deterministic ensemble's d_logvar is never read: any buffer will do.
+        let dlv = if shape.probabilistic {
+            d_logvar
+        } else {
+            d_mean
+        };
+        self.backward(
+            shape,
+            0.0,
+            &[],
+            flags,
+            [params, norm, x, d_mean, dlv],
+            rows,
+            grad,
+            dx,
+            None,
+        )
+    }
+
+    /// `ensemble_nll_backward` (a loss's or, with [`NllParams::VJP`], given head gradients),
+    /// then with `grad` the per-layer weight gradients and the bound gradients, with `losses`
+    /// the members' losses. `bufs`: params, norm, x, target or ∂/∂mean, ∂/∂logvar.
+    #[allow(clippy::too_many_arguments)]
+    fn backward(
+        &self,
+        shape: &EnsembleShape,
+        logvar_penalty: f32,
+        weight_decay: &[f32],
+        flags: u32,
+        bufs: [&DeviceBuf<H::Mem>; 5],
+        rows: usize,
+        grad: Option<&mut DeviceBuf<H::Mem>>,
+        dx: Option<&mut DeviceBuf<H::Mem>>,
+        losses: Option<&mut DeviceBuf<H::Mem>>,
+    ) -> Result<()> {
+        let [params, norm, x, target, dlv] = bufs;
         let ms = self.model_shape(shape, rows)?;
         let e = shape.ensemble;
         let lay = shape.layout();
-        let (q, words) = NllParams::layout(shape, rows, loss.logvar_penalty);
+        let (mut q, words) = NllParams::layout(shape, rows, logvar_penalty);
+        q.flags = flags;
         if words >= u32::MAX as usize {
             return Err(Error::Invalid(format!(
                 "a training batch of {rows} rows needs {words} scratch values, more than the \
@@ -183,9 +266,14 @@ impl<H: KernelHost> CudaBackend<H> {
                 Arg::Mem(&norm.mem),
                 Arg::Mem(&x.mem),
                 Arg::Mem(&target.mem),
+                Arg::Mem(&dlv.mem),
+                Arg::Mem(dx.as_ref().map_or(scratch, |d| &d.mem)),
                 Arg::Mem(scratch),
             ],
         })?;
+        let Some(grad) = grad else {
+            return Ok(());
+        };
         // The gradient kernels never read weights through `wt`: plain f32 program.
         let plain = Program::plain(KernelFile::Ensemble);
         for (l, lo) in lay.layers.iter().enumerate() {
@@ -203,13 +291,16 @@ impl<H: KernelHost> CudaBackend<H> {
                     Arg::Pod(msb),
                     Arg::Pod(qb),
                     Arg::U32(l as u32),
-                    Arg::F32(loss.weight_decay[l]),
+                    Arg::F32(weight_decay.get(l).copied().unwrap_or(0.0)),
                     Arg::Mem(&params.mem),
                     Arg::Mem(scratch),
                     Arg::Mem(&grad.mem),
                 ],
             })?;
         }
+        // Without losses (a VJP) the kernel writes none: the gradient stands in for the
+        // pointer.
+        let losses = losses.map_or(&grad.mem, |l| &l.mem);
         self.host.launch(&Launch {
             program: plain,
             entry: "ensemble_nll_finish",
@@ -221,7 +312,7 @@ impl<H: KernelHost> CudaBackend<H> {
                 Arg::Pod(qb),
                 Arg::Mem(scratch),
                 Arg::Mem(&grad.mem),
-                Arg::Mem(&losses.mem),
+                Arg::Mem(losses),
             ],
         })
     }

@@ -398,6 +398,27 @@ impl<H: KernelHost> Backend for CudaBackend<H> {
         self.nll_backward(shape, loss, params, norm, x, target, rows, grad, losses)
     }
 
+    fn ensemble_vjp(
+        &self,
+        shape: &EnsembleShape,
+        params: &Self::Buf,
+        norm: &Self::Buf,
+        x: &Self::Buf,
+        rows: usize,
+        d_mean: &Self::Buf,
+        d_logvar: &Self::Buf,
+        mut grad: Option<&mut Self::Buf>,
+        mut dx: Option<&mut Self::Buf>,
+    ) -> Result<()> {
+        if let Some(g) = grad.as_deref_mut() {
+            g.touch();
+        }
+        if let Some(d) = dx.as_deref_mut() {
+            d.touch();
+        }
+        self.vjp(shape, params, norm, x, rows, d_mean, d_logvar, grad, dx)
+    }
+
     fn cem_init(
         &self,
         p: &InitParams,

@@ -86,9 +86,17 @@ pub struct NllParams {
     pub db_off: u32,
     pub scale: f32,
     pub logvar_penalty: f32,
+    /// [`NllParams::VJP`], [`NllParams::DX`].
+    pub flags: u32,
+    pub _pad: u32,
 }
 
 impl NllParams {
+    /// The head's gradients are read (∂/∂mean, ∂/∂logvar) rather than formed from a loss.
+    pub const VJP: u32 = 1;
+    /// The data path continues into the raw-input gradient.
+    pub const DX: u32 = 2;
+
     /// Scratch layout for `rows` rows per member; returns the block and the floats needed.
     pub fn layout(s: &EnsembleShape, rows: usize, logvar_penalty: f32) -> (Self, usize) {
         let e = s.ensemble;
@@ -107,6 +115,8 @@ impl NllParams {
             db_off: (xn + z + dz + loss) as u32,
             scale: 1.0 / (rows * s.out_dim) as f32,
             logvar_penalty,
+            flags: 0,
+            _pad: 0,
         };
         (p, xn + z + dz + loss + db)
     }

@@ -261,47 +261,32 @@ fn reduce_dispatch(
     })
 }
 
+/// What a cached forward keeps for the backward: every layer's input (`acts[0]` = the
+/// normalised x), the hidden pre-activations (layer l at l·E·rows·H) and the raw head.
+struct Cached {
+    acts: Vec<wgpu::Buffer>,
+    pre: wgpu::Buffer,
+    head: wgpu::Buffer,
+}
+
+/// Dispatches of the forward that keeps what the backward reads (f32 weights: the backward's
+/// products must see the parameters they differentiate).
 #[allow(clippy::too_many_arguments)]
-pub(super) fn nll_backward(
-    be: &WgpuBackend,
+fn forward_cached(
+    gpu: &Gpu,
+    st: &mut State,
+    gemm: &Arc<Kernel>,
     shape: &EnsembleShape,
-    loss: &LossConfig,
     params: &WgpuBuf,
     norm: &WgpuBuf,
     x: &WgpuBuf,
-    target: &WgpuBuf,
     rows: usize,
-    grad: &mut WgpuBuf,
-    losses: &mut WgpuBuf,
-) -> Result<()> {
-    let (e, i, d) = (shape.ensemble, shape.in_dim, shape.out_dim);
-    check::nll_backward(
-        shape,
-        loss,
-        rows,
-        [
-            params.len, norm.len, x.len, target.len, grad.len, losses.len,
-        ],
-    )?;
-    check_shape(shape, rows)?;
+    ds: &mut Vec<Dispatch>,
+) -> Result<Cached> {
     let lay = shape.layout();
-    if rows == 0 {
-        return Err(crate::invalid!(
-            "the NLL of zero rows is undefined (it is normalised by rows × outputs)"
-        ));
-    }
-    let gpu = &be.gpu;
-    let mut st = be.lock();
-    let st = &mut *st;
-    let nl = lay.layers.len();
-    let (h, hd) = (shape.hidden, shape.head_dim());
-    let count = e * rows;
-    let gemm = st.cache.get(gpu, &kernels::GEMM)?;
+    let count = shape.ensemble * rows;
+    let h = shape.hidden;
     let normalize = st.cache.get(gpu, &kernels::NORMALIZE)?;
-    let nll = st.cache.get(gpu, &kernels::NLL_HEAD)?;
-    let reduce = st.cache.get(gpu, &kernels::REDUCE_ROWS)?;
-    // Layer inputs (acts[0] = normalised x), pre-activations of the hidden layers (one
-    // buffer, layer l at l·E·rows·H), the raw head and its gradient, two dz buffers.
     let acts: Vec<wgpu::Buffer> = lay
         .layers
         .iter()
@@ -311,26 +296,18 @@ pub(super) fn nll_backward(
     let pre = st
         .ws
         .get(gpu, "pre-activations", 0, shape.num_layers * count * h);
-    let head = st.ws.get(gpu, "head", 0, count * hd);
-    let dhead = st.ws.get(gpu, "d head", 0, count * hd);
-    let dz = [
-        st.ws.get(gpu, "dz", 0, count * h),
-        st.ws.get(gpu, "dz", 1, count * h),
-    ];
-    let row_loss = st.ws.get(gpu, "row loss", 0, count);
-    let row_db = if shape.probabilistic {
-        st.ws.get(gpu, "row d-bounds", 0, count * 2 * d)
-    } else {
-        gpu.dummy_rw.clone()
-    };
-    // Blocks: normalize, nl forward GEMMs, nll head, 2 reductions, and per layer dW, db, dz.
-    st.rec.reserve(gpu, 4 + 4 * nl)?;
-    let mut ds = Vec::with_capacity(4 + 4 * nl);
+    let head = st.ws.get(gpu, "head", 0, count * shape.head_dim());
     ds.push(normalize_dispatch(
-        gpu, st, normalize, x, norm, &acts[0], count, i,
+        gpu,
+        st,
+        normalize,
+        x,
+        norm,
+        &acts[0],
+        count,
+        shape.in_dim,
     )?);
     let act = shape.activation.code();
-    // Forward, keeping every layer's input and pre-activation.
     for (l, lo) in lay.layers.iter().enumerate() {
         let hidden = l < shape.num_layers;
         let mut p = layer_gemm(
@@ -357,27 +334,263 @@ pub(super) fn nll_backward(
             ),
             kernel: gemm.clone(),
             offset,
-            grid: gemm_grid(gpu, rows, lo.fan_out, e)?,
+            grid: gemm_grid(gpu, rows, lo.fan_out, shape.ensemble)?,
         });
     }
-    // Loss terms and d head.
-    let offset = st.rec.block(
+    Ok(Cached { acts, pre, head })
+}
+
+/// The head's parameters for `nll_head`, `vjp_head` and `head_split`.
+fn head_params(shape: &EnsembleShape, rows: usize, scale: f32) -> HeadParams {
+    let lay = shape.layout();
+    HeadParams {
+        count: (shape.ensemble * rows) as u32,
+        out_dim: shape.out_dim as u32,
+        head_dim: shape.head_dim() as u32,
+        probabilistic: u32::from(shape.probabilistic),
+        max_off: lay.max_logvar as u32,
+        min_off: lay.min_logvar as u32,
+        scale,
+        _pad: 0,
+    }
+}
+
+/// d max_logvar = Σ_rows bound terms + penalty, d min_logvar = Σ − penalty, into `grad`.
+#[allow(clippy::too_many_arguments)]
+fn bounds_grad_dispatch(
+    gpu: &Gpu,
+    st: &mut State,
+    reduce: &Arc<Kernel>,
+    shape: &EnsembleShape,
+    rows: usize,
+    row_db: &wgpu::Buffer,
+    grad: &wgpu::Buffer,
+    penalty: f32,
+) -> Result<Dispatch> {
+    let d = shape.out_dim;
+    reduce_dispatch(
         gpu,
-        &HeadParams {
-            count: count as u32,
-            out_dim: d as u32,
-            head_dim: hd as u32,
-            probabilistic: u32::from(shape.probabilistic),
-            max_off: lay.max_logvar as u32,
-            min_off: lay.min_logvar as u32,
-            scale: 1.0 / (rows * d) as f32,
-            _pad: 0,
+        st,
+        reduce,
+        row_db,
+        grad,
+        ReduceParams {
+            rows: (shape.ensemble * rows) as u32,
+            cols: (2 * d) as u32,
+            in_off: 0,
+            in_rs: (2 * d) as u32,
+            in_bs: 0,
+            out_off: shape.layout().max_logvar as u32,
+            out_bs: 0,
+            split: d as u32,
+            scale: 1.0,
+            add_lo: penalty,
+            add_hi: -penalty,
+            cols_per: 1,
         },
-    );
+        1,
+    )
+}
+
+/// Dispatches of the backward from `d_head` (∂/∂raw head [E, rows, head]) through the cached
+/// layers, head first: with `grad`, dW = aᵀ·dz (+ wd·W) and db = Σ_rows dz; dz' = (dz·Wᵀ) ⊙
+/// act'(z'); with `dx`, the raw-input gradient (dz₀·W₀ᵀ) / σ_in.
+#[allow(clippy::too_many_arguments)]
+fn backward_layers(
+    gpu: &Gpu,
+    st: &mut State,
+    gemm: &Arc<Kernel>,
+    shape: &EnsembleShape,
+    params: &WgpuBuf,
+    norm: &WgpuBuf,
+    rows: usize,
+    cached: &Cached,
+    d_head: &wgpu::Buffer,
+    weight_decay: &[f32],
+    grad: Option<&wgpu::Buffer>,
+    dx: Option<&wgpu::Buffer>,
+    ds: &mut Vec<Dispatch>,
+) -> Result<()> {
+    let lay = shape.layout();
+    let (e, h) = (shape.ensemble, shape.hidden);
+    let count = e * rows;
+    let reduce = st.cache.get(gpu, &kernels::REDUCE_ROWS)?;
+    let dz = [
+        st.ws.get(gpu, "dz", 0, count * h),
+        st.ws.get(gpu, "dz", 1, count * h),
+    ];
+    let act = shape.activation.code();
+    let r = rows as u32;
+    let mut cur: &wgpu::Buffer = d_head;
+    for l in (0..lay.layers.len()).rev() {
+        let lo = lay.layers[l];
+        let (fi, fo) = (lo.fan_in as u32, lo.fan_out as u32);
+        if let Some(grad) = grad {
+            let wd = weight_decay.get(l).copied().unwrap_or(0.0);
+            let p = GemmParams {
+                m: fi,
+                n: fo,
+                k: r,
+                a_off: 0,
+                a_rs: 1,
+                a_cs: fi,
+                a_bs: r * fi,
+                b_off: 0,
+                b_rs: fo,
+                b_cs: 1,
+                b_bs: r * fo,
+                c_off: lo.weight as u32,
+                c_rs: fo,
+                c_bs: fi * fo,
+                x_off: lo.weight as u32,
+                x_rs: fo,
+                x_bs: fi * fo,
+                epilogue: if wd == 0.0 { epi::STORE } else { epi::DECAY },
+                scale: wd,
+                ..Default::default()
+            };
+            let offset = st.rec.block(gpu, &p);
+            ds.push(Dispatch {
+                group: gemm.bind(
+                    gpu,
+                    &[
+                        &cached.acts[l],
+                        cur,
+                        grad,
+                        &params.buf,
+                        &gpu.dummy_rw,
+                        &gpu.dummy_ro,
+                    ],
+                ),
+                kernel: gemm.clone(),
+                offset,
+                grid: gemm_grid(gpu, lo.fan_in, lo.fan_out, e)?,
+            });
+            ds.push(reduce_dispatch(
+                gpu,
+                st,
+                &reduce,
+                cur,
+                grad,
+                ReduceParams {
+                    rows: r,
+                    cols: fo,
+                    in_off: 0,
+                    in_rs: fo,
+                    in_bs: r * fo,
+                    out_off: lo.bias as u32,
+                    out_bs: fo,
+                    split: 0,
+                    scale: 1.0,
+                    add_lo: 0.0,
+                    add_hi: 0.0,
+                    cols_per: 1,
+                },
+                e,
+            )?);
+        }
+        // dz' = (dz·Wᵀ) ⊙ act'(z') below the first layer; at the first, dx = (dz·Wᵀ) / σ.
+        let (next, x, x_off, x_rs, x_bs, epilogue) = if l > 0 {
+            let x_off = ((l - 1) * count * h) as u32;
+            (&dz[l % 2], &cached.pre, x_off, fi, r * fi, epi::ACT_GRAD)
+        } else if let Some(dx) = dx {
+            (dx, &norm.buf, fi, 0, 0, epi::DIV)
+        } else {
+            break;
+        };
+        let p = GemmParams {
+            m: r,
+            n: fi,
+            k: fo,
+            a_off: 0,
+            a_rs: fo,
+            a_cs: 1,
+            a_bs: r * fo,
+            b_off: lo.weight as u32,
+            b_rs: 1,
+            b_cs: fo,
+            b_bs: fi * fo,
+            c_off: 0,
+            c_rs: fi,
+            c_bs: r * fi,
+            x_off,
+            x_rs,
+            x_bs,
+            epilogue,
+            activation: act,
+            ..Default::default()
+        };
+        let offset = st.rec.block(gpu, &p);
+        ds.push(Dispatch {
+            group: gemm.bind(
+                gpu,
+                &[cur, &params.buf, next, x, &gpu.dummy_rw, &gpu.dummy_ro],
+            ),
+            kernel: gemm.clone(),
+            offset,
+            grid: gemm_grid(gpu, rows, lo.fan_in, e)?,
+        });
+        cur = next;
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(super) fn nll_backward(
+    be: &WgpuBackend,
+    shape: &EnsembleShape,
+    loss: &LossConfig,
+    params: &WgpuBuf,
+    norm: &WgpuBuf,
+    x: &WgpuBuf,
+    target: &WgpuBuf,
+    rows: usize,
+    grad: &mut WgpuBuf,
+    losses: &mut WgpuBuf,
+) -> Result<()> {
+    let (e, d) = (shape.ensemble, shape.out_dim);
+    check::nll_backward(
+        shape,
+        loss,
+        rows,
+        [
+            params.len, norm.len, x.len, target.len, grad.len, losses.len,
+        ],
+    )?;
+    check_shape(shape, rows)?;
+    let nl = shape.num_layers + 1;
+    let gpu = &be.gpu;
+    let mut st = be.lock();
+    let st = &mut *st;
+    let count = e * rows;
+    let gemm = st.cache.get(gpu, &kernels::GEMM)?;
+    let nll = st.cache.get(gpu, &kernels::NLL_HEAD)?;
+    let reduce = st.cache.get(gpu, &kernels::REDUCE_ROWS)?;
+    let dhead = st.ws.get(gpu, "d head", 0, count * shape.head_dim());
+    let row_loss = st.ws.get(gpu, "row loss", 0, count);
+    let row_db = if shape.probabilistic {
+        st.ws.get(gpu, "row d-bounds", 0, count * 2 * d)
+    } else {
+        gpu.dummy_rw.clone()
+    };
+    // Blocks: normalize, nl forward GEMMs, nll head, 2 reductions, and per layer dW, db, dz.
+    st.rec.reserve(gpu, 4 + 4 * nl)?;
+    let mut ds = Vec::with_capacity(4 + 4 * nl);
+    let cached = forward_cached(gpu, st, &gemm, shape, params, norm, x, rows, &mut ds)?;
+    // Loss terms and d head.
+    let scale = 1.0 / (rows * d) as f32;
+    let offset = st.rec.block(gpu, &head_params(shape, rows, scale));
     ds.push(Dispatch {
         group: nll.bind(
             gpu,
-            &[&head, &params.buf, &target.buf, &dhead, &row_loss, &row_db],
+            &[
+                &cached.head,
+                &params.buf,
+                &target.buf,
+                &dhead,
+                &row_loss,
+                &row_db,
+            ],
         ),
         kernel: nll,
         offset,
@@ -399,145 +612,134 @@ pub(super) fn nll_backward(
             out_off: 0,
             out_bs: 1,
             split: 1,
-            scale: 1.0 / (rows * d) as f32,
+            scale,
             add_lo: 0.0,
             add_hi: 0.0,
             cols_per: 1,
         },
         e,
     )?);
-    // d max_logvar = Σ bound terms + penalty, d min_logvar = Σ − penalty.
     if shape.probabilistic {
-        let pen = loss.logvar_penalty;
-        ds.push(reduce_dispatch(
+        ds.push(bounds_grad_dispatch(
             gpu,
             st,
             &reduce,
+            shape,
+            rows,
             &row_db,
             &grad.buf,
-            ReduceParams {
-                rows: count as u32,
-                cols: (2 * d) as u32,
-                in_off: 0,
-                in_rs: (2 * d) as u32,
-                in_bs: 0,
-                out_off: lay.max_logvar as u32,
-                out_bs: 0,
-                split: d as u32,
-                scale: 1.0,
-                add_lo: pen,
-                add_hi: -pen,
-                cols_per: 1,
-            },
-            1,
+            loss.logvar_penalty,
         )?);
     }
-    // Backward, head first: dW = aᵀ·dz (+ wd·W), db = Σ_rows dz, dz' = (dz·Wᵀ) ⊙ act'(z').
-    let mut cur: &wgpu::Buffer = &dhead;
-    for l in (0..nl).rev() {
-        let lo = lay.layers[l];
-        let (fi, fo) = (lo.fan_in as u32, lo.fan_out as u32);
-        let r = rows as u32;
-        let wd = loss.weight_decay[l];
-        let p = GemmParams {
-            m: fi,
-            n: fo,
-            k: r,
-            a_off: 0,
-            a_rs: 1,
-            a_cs: fi,
-            a_bs: r * fi,
-            b_off: 0,
-            b_rs: fo,
-            b_cs: 1,
-            b_bs: r * fo,
-            c_off: lo.weight as u32,
-            c_rs: fo,
-            c_bs: fi * fo,
-            x_off: lo.weight as u32,
-            x_rs: fo,
-            x_bs: fi * fo,
-            epilogue: if wd == 0.0 { epi::STORE } else { epi::DECAY },
-            scale: wd,
-            ..Default::default()
-        };
-        let offset = st.rec.block(gpu, &p);
+    backward_layers(
+        gpu,
+        st,
+        &gemm,
+        shape,
+        params,
+        norm,
+        rows,
+        &cached,
+        &dhead,
+        &loss.weight_decay,
+        Some(&grad.buf),
+        None,
+        &mut ds,
+    )?;
+    st.rec.run(gpu, "ensemble_nll_backward", &ds);
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(super) fn vjp(
+    be: &WgpuBackend,
+    shape: &EnsembleShape,
+    params: &WgpuBuf,
+    norm: &WgpuBuf,
+    x: &WgpuBuf,
+    rows: usize,
+    d_mean: &WgpuBuf,
+    d_logvar: &WgpuBuf,
+    grad: Option<&mut WgpuBuf>,
+    dx: Option<&mut WgpuBuf>,
+) -> Result<()> {
+    let (e, d) = (shape.ensemble, shape.out_dim);
+    check::vjp(
+        shape,
+        rows,
+        [params.len, norm.len, x.len, d_mean.len, d_logvar.len],
+        grad.as_ref().map(|g| g.len),
+        dx.as_ref().map(|g| g.len),
+    )?;
+    check_shape(shape, rows)?;
+    if rows == 0 {
+        if let Some(g) = grad {
+            let zeros = vec![0.0f32; g.len];
+            crate::backend::Backend::write(be, g, &zeros)?;
+        }
+        return Ok(());
+    }
+    if grad.is_none() && dx.is_none() {
+        return Ok(());
+    }
+    let nl = shape.num_layers + 1;
+    let gpu = &be.gpu;
+    let mut st = be.lock();
+    let st = &mut *st;
+    let count = e * rows;
+    let gemm = st.cache.get(gpu, &kernels::GEMM)?;
+    // Blocks: normalize, nl forward GEMMs, the head, its reduction, per layer dW, db, dz.
+    st.rec.reserve(gpu, 4 + 4 * nl)?;
+    let mut ds = Vec::with_capacity(4 + 4 * nl);
+    let cached = forward_cached(gpu, st, &gemm, shape, params, norm, x, rows, &mut ds)?;
+    let grad = grad.map(|g| &g.buf);
+    // A deterministic head is the mean itself; a probabilistic one goes through the bounds.
+    let dhead = if shape.probabilistic {
+        let head = st.cache.get(gpu, &kernels::VJP_HEAD)?;
+        let reduce = st.cache.get(gpu, &kernels::REDUCE_ROWS)?;
+        let dhead = st.ws.get(gpu, "d head", 0, count * shape.head_dim());
+        let row_db = st.ws.get(gpu, "row d-bounds", 0, count * 2 * d);
+        let offset = st.rec.block(gpu, &head_params(shape, rows, 1.0));
         ds.push(Dispatch {
-            group: gemm.bind(
+            group: head.bind(
                 gpu,
                 &[
-                    &acts[l],
-                    cur,
-                    &grad.buf,
+                    &cached.head,
                     &params.buf,
-                    &gpu.dummy_rw,
-                    &gpu.dummy_ro,
+                    &d_mean.buf,
+                    &d_logvar.buf,
+                    &dhead,
+                    &row_db,
                 ],
             ),
-            kernel: gemm.clone(),
+            kernel: head,
             offset,
-            grid: gemm_grid(gpu, lo.fan_in, lo.fan_out, e)?,
+            grid: gpu.grid_1d(count)?,
         });
-        ds.push(reduce_dispatch(
-            gpu,
-            st,
-            &reduce,
-            cur,
-            &grad.buf,
-            ReduceParams {
-                rows: r,
-                cols: fo,
-                in_off: 0,
-                in_rs: fo,
-                in_bs: r * fo,
-                out_off: lo.bias as u32,
-                out_bs: fo,
-                split: 0,
-                scale: 1.0,
-                add_lo: 0.0,
-                add_hi: 0.0,
-                cols_per: 1,
-            },
-            e,
-        )?);
-        if l == 0 {
-            break;
+        if let Some(g) = grad {
+            ds.push(bounds_grad_dispatch(
+                gpu, st, &reduce, shape, rows, &row_db, g, 0.0,
+            )?);
         }
-        let next = &dz[l % 2];
-        let p = GemmParams {
-            m: r,
-            n: fi,
-            k: fo,
-            a_off: 0,
-            a_rs: fo,
-            a_cs: 1,
-            a_bs: r * fo,
-            b_off: lo.weight as u32,
-            b_rs: 1,
-            b_cs: fo,
-            b_bs: fi * fo,
-            c_off: 0,
-            c_rs: fi,
-            c_bs: r * fi,
-            x_off: ((l - 1) * count * h) as u32,
-            x_rs: fi,
-            x_bs: r * fi,
-            epilogue: epi::ACT_GRAD,
-            activation: act,
-            ..Default::default()
-        };
-        let offset = st.rec.block(gpu, &p);
-        ds.push(Dispatch {
-            group: gemm.bind(
-                gpu,
-                &[cur, &params.buf, next, &pre, &gpu.dummy_rw, &gpu.dummy_ro],
-            ),
-            kernel: gemm.clone(),
-            offset,
-            grid: gemm_grid(gpu, rows, lo.fan_in, e)?,
-        });
-        cur = next;
-    }
-    st.rec.run(gpu, "ensemble_nll_backward", &ds);
+        dhead
+    } else {
+        d_mean.buf.clone()
+    };
+    backward_layers(
+        gpu,
+        st,
+        &gemm,
+        shape,
+        params,
+        norm,
+        rows,
+        &cached,
+        &dhead,
+        &[],
+        grad,
+        dx.map(|d| &d.buf),
+        &mut ds,
+    )?;
+    st.rec.run(gpu, "ensemble_vjp", &ds);
     Ok(())
 }

@@ -106,6 +106,13 @@ pub(super) const NLL_HEAD: Spec = Spec {
     // raw head, params, target, d head, row loss, row d-bounds
     storage: &[(9, RO), (10, RO), (13, RO), (14, RW), (15, RW), (16, RW)],
 };
+pub(super) const VJP_HEAD: Spec = Spec {
+    module: Module::Ensemble,
+    entry: "vjp_head",
+    uniform: (2, size_of::<HeadParams>()),
+    // raw head, params, d mean, d logvar, d head, row d-bounds
+    storage: &[(9, RO), (10, RO), (21, RO), (22, RO), (14, RW), (16, RW)],
+};
 pub(super) const REDUCE_ROWS: Spec = Spec {
     module: Module::Ensemble,
     entry: "reduce_rows",

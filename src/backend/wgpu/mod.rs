@@ -402,6 +402,23 @@ impl Backend for WgpuBackend {
         )
     }
 
+    fn ensemble_vjp(
+        &self,
+        shape: &EnsembleShape,
+        params: &WgpuBuf,
+        norm: &WgpuBuf,
+        x: &WgpuBuf,
+        rows: usize,
+        d_mean: &WgpuBuf,
+        d_logvar: &WgpuBuf,
+        grad: Option<&mut WgpuBuf>,
+        dx: Option<&mut WgpuBuf>,
+    ) -> Result<()> {
+        ensemble::vjp(
+            self, shape, params, norm, x, rows, d_mean, d_logvar, grad, dx,
+        )
+    }
+
     fn cem_init(
         &self,
         p: &InitParams,

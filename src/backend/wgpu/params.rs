@@ -46,6 +46,7 @@ pub mod epi {
     pub const BIAS_ACT_PRE: u32 = 3;
     pub const DECAY: u32 = 4;
     pub const ACT_GRAD: u32 = 5;
+    pub const DIV: u32 = 6;
 }
 
 /// `NormParams` of ensemble.wgsl.
