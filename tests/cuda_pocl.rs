@@ -1231,6 +1231,17 @@ fn ensemble_vjp_on_pocl_should_match_the_cpu() {
 }
 
 #[test]
+fn sac_steps_on_pocl_should_match_the_cpu() {
+    let Some(b) = pocl_backend(CudaOptions::default()) else {
+        return;
+    };
+    for c in common::sac::step(&b, "pocl") {
+        let worst = assert_close(&c.what, &c.got, &c.want, c.atol, c.rtol);
+        eprintln!("{}: worst {worst:e}", c.what);
+    }
+}
+
+#[test]
 fn adam_on_pocl_should_match_the_cpu_bit_for_bit() {
     let Some(b) = pocl_backend(CudaOptions::default()) else {
         return;

@@ -498,6 +498,16 @@ fn ensemble_vjp_should_match_cpu() {
 }
 
 #[test]
+fn sac_steps_should_match_cpu() {
+    let Some(g) = gpu("sac_steps_should_match_cpu") else {
+        return;
+    };
+    for c in common::sac::step(g, "wgpu") {
+        assert_close(&c.what, &c.got, &c.want, c.atol, c.rtol);
+    }
+}
+
+#[test]
 fn icem_and_mppi_ops_should_match_cpu() {
     let Some(g) = gpu("icem_and_mppi_ops_should_match_cpu") else {
         return;

@@ -1,8 +1,8 @@
 //! Argument checks shared by every backend, so that each op rejects the same bad input with
 //! the same sentence whatever device it would have run on. Each takes buffer lengths.
 use super::{
-    AdamParams, EliteParams, EnsembleShape, InitParams, LossConfig, MppiParams, RolloutParams,
-    SampleParams, UpdateParams, MAX_ELITES,
+    sac_stats, AdamParams, EliteParams, EnsembleShape, InitParams, LossConfig, MppiParams,
+    RolloutParams, SacParams, SampleParams, UpdateParams, MAX_ELITES,
 };
 use crate::env::{task, EnvId, EnvSpec};
 use crate::{invalid, Error, Result};
@@ -357,4 +357,80 @@ pub fn write(buf_len: usize, host_len: usize) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// SAC stages: the sizes are sane and fit the kernels' 32-bit indices.
+fn sac_sizes(p: &SacParams) -> Result<(usize, usize, usize)> {
+    let (b, o, a) = (p.rows as usize, p.obs_dim as usize, p.act_dim as usize);
+    if b == 0 || o == 0 || a == 0 {
+        return Err(invalid!(
+            "a SAC stage needs at least one row, observation and action (got {b}, {o}, {a})"
+        ));
+    }
+    if 2 * b * (o + a) >= u32::MAX as usize {
+        return Err(invalid!(
+            "a SAC minibatch of {b} rows of {o} + {a} values exceeds 32-bit indexing"
+        ));
+    }
+    Ok((b, o, a))
+}
+
+/// Lengths of `sac_squash`'s buffers: head, eps, obs, sb, act_in, logp, x.
+pub fn sac_squash(p: &SacParams, lens: [usize; 7]) -> Result<()> {
+    let (b, o, a) = sac_sizes(p)?;
+    if p.given == 0 {
+        need("actor head", lens[0], b * 2 * a)?;
+        need("eps", lens[1], b * a)?;
+        need("log π", lens[5], b)?;
+    } else {
+        need("actions", lens[4], b * a)?;
+    }
+    need("obs", lens[2], b * o)?;
+    need("squash [scale, bias]", lens[3], 2 * a)?;
+    need("critic input", lens[6], 2 * b * (o + a))
+}
+
+/// Lengths of `sac_critic_grad`'s buffers: q_next, logp_next, reward, mask, log_alpha, q,
+/// dq, stats.
+pub fn sac_critic_grad(p: &SacParams, lens: [usize; 8]) -> Result<()> {
+    let (b, _, _) = sac_sizes(p)?;
+    need("target Q", lens[0], 2 * b)?;
+    need("log π(s')", lens[1], b)?;
+    need("reward", lens[2], b)?;
+    need("mask", lens[3], b)?;
+    need("log α", lens[4], 1)?;
+    need("Q", lens[5], 2 * b)?;
+    need("dQ", lens[6], 2 * b)?;
+    need("stats", lens[7], sac_stats::LEN)
+}
+
+/// Lengths of `sac_actor_grad`'s buffers: q, logp, log_alpha, dq, alpha_grad, stats.
+pub fn sac_actor_grad(p: &SacParams, lens: [usize; 6]) -> Result<()> {
+    let (b, _, _) = sac_sizes(p)?;
+    need("Q", lens[0], 2 * b)?;
+    need("log π", lens[1], b)?;
+    need("log α", lens[2], 1)?;
+    need("dQ", lens[3], 2 * b)?;
+    need("α gradient", lens[4], 1)?;
+    need("stats", lens[5], sac_stats::LEN)
+}
+
+/// Lengths of `sac_squash_backward`'s buffers: head, eps, sb, dx, log_alpha, d_head.
+pub fn sac_squash_backward(p: &SacParams, lens: [usize; 6]) -> Result<()> {
+    let (b, o, a) = sac_sizes(p)?;
+    need("actor head", lens[0], b * 2 * a)?;
+    need("eps", lens[1], b * a)?;
+    need("squash [scale, bias]", lens[2], 2 * a)?;
+    need("critic input gradient", lens[3], 2 * b * (o + a))?;
+    need("log α", lens[4], 1)?;
+    need("d head", lens[5], b * 2 * a)
+}
+
+/// Lengths of `polyak`'s buffers: target, online.
+pub fn polyak(p: &SacParams, lens: [usize; 2]) -> Result<()> {
+    if !(0.0..=1.0).contains(&p.tau) {
+        return Err(invalid!("Polyak τ must lie in [0, 1] (got {})", p.tau));
+    }
+    need("target", lens[0], p.len as usize)?;
+    need("online", lens[1], p.len as usize)
 }

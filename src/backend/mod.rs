@@ -173,6 +173,36 @@ pub struct AdamParams {
     pub _pad: [u32; 2],
 }
 
+/// Sizes and constants of the SAC device stages (`cpu/sac.rs`, `shaders/sac.wgsl`,
+/// `kernels/sac.cu`), laid out as a kernel's uniform block.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct SacParams {
+    /// Minibatch rows B.
+    pub rows: u32,
+    pub obs_dim: u32,
+    pub act_dim: u32,
+    /// `sac_squash`: 1 = the critic input's actions are `act_in` (the batch's), 0 = sampled.
+    pub given: u32,
+    pub gamma: f32,
+    pub target_entropy: f32,
+    /// `polyak`: θ̄ ← τ·θ + (1 − τ)·θ̄ over `len` values.
+    pub tau: f32,
+    pub len: u32,
+}
+
+/// Slots of the SAC statistics buffer, sums over the updates since it was cleared.
+pub mod sac_stats {
+    pub const CRITIC_LOSS: usize = 0;
+    pub const Q_MEAN: usize = 1;
+    pub const ACTOR_LOSS: usize = 2;
+    pub const ALPHA_LOSS: usize = 3;
+    pub const ENTROPY: usize = 4;
+    /// Updates counted (by the actor stage).
+    pub const COUNT: usize = 5;
+    pub const LEN: usize = 8;
+}
+
 /// Arithmetic of the planning rollouts.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -545,6 +575,77 @@ pub trait Backend: Send + Sync {
         actions: &Self::Buf,
         returns: &mut Self::Buf,
     ) -> Result<()>;
+
+    /// SAC's policy sample (Haarnoja et al. 2018, eq. 26 with the tanh change of variables
+    /// of appendix C): per row b, from the actor's raw head [B, 2A] = [μ, log σ] and noise
+    /// `eps` [B, A], the action `scale·tanh(μ + σ·ε) + bias` (`sb` = [scale (A), bias (A)])
+    /// and its log π into `logp` [B]; the critics' input `x` [2, B, O + A] = [obs, action]
+    /// once per critic. With `p.given` the actions are `act_in` [B, A] and `logp` is not
+    /// written.
+    #[allow(clippy::too_many_arguments)]
+    fn sac_squash(
+        &self,
+        p: &SacParams,
+        head: &Self::Buf,
+        eps: &Self::Buf,
+        obs: &Self::Buf,
+        sb: &Self::Buf,
+        act_in: &Self::Buf,
+        logp: &mut Self::Buf,
+        x: &mut Self::Buf,
+    ) -> Result<()>;
+
+    /// The critics' TD loss gradient: y = r + γ·mask·(min(Q̄₁, Q̄₂)(s', ã') − α·log π(ã'|s'))
+    /// from the target critics' `q_next` [2, B] and `logp_next` [B] (α = exp(log_alpha[0])),
+    /// then `dq` [2, B] = ∂/∂Q of Σ_k Σ_b (Q_k − y_b)² / B at the critics' `q` [2, B]; adds
+    /// the loss and the mean Q to `stats` ([`sac_stats`]).
+    #[allow(clippy::too_many_arguments)]
+    fn sac_critic_grad(
+        &self,
+        p: &SacParams,
+        q_next: &Self::Buf,
+        logp_next: &Self::Buf,
+        reward: &Self::Buf,
+        mask: &Self::Buf,
+        log_alpha: &Self::Buf,
+        q: &Self::Buf,
+        dq: &mut Self::Buf,
+        stats: &mut Self::Buf,
+    ) -> Result<()>;
+
+    /// The actor loss Σ_b (α·log π_b − min(Q₁, Q₂)_b) / B at the sampled actions: `dq`
+    /// [2, B] = −1/B on the smaller critic (half each on a tie, as torch.min), the
+    /// temperature's gradient −(mean log π + H̄) into `alpha_grad` [1]; adds the actor loss,
+    /// the temperature loss, the entropy estimate and one update to `stats`.
+    #[allow(clippy::too_many_arguments)]
+    fn sac_actor_grad(
+        &self,
+        p: &SacParams,
+        q: &Self::Buf,
+        logp: &Self::Buf,
+        log_alpha: &Self::Buf,
+        dq: &mut Self::Buf,
+        alpha_grad: &mut Self::Buf,
+        stats: &mut Self::Buf,
+    ) -> Result<()>;
+
+    /// Back through [`Backend::sac_squash`]: from the critics' input gradients `dx`
+    /// [2, B, O + A] (their action columns, summed over both critics) and α/B on each log π,
+    /// the gradient with respect to the actor's raw head, `d_head` [B, 2A].
+    #[allow(clippy::too_many_arguments)]
+    fn sac_squash_backward(
+        &self,
+        p: &SacParams,
+        head: &Self::Buf,
+        eps: &Self::Buf,
+        sb: &Self::Buf,
+        dx: &Self::Buf,
+        log_alpha: &Self::Buf,
+        d_head: &mut Self::Buf,
+    ) -> Result<()>;
+
+    /// Polyak averaging of `p.len` values: target ← τ·online + (1 − τ)·target.
+    fn polyak(&self, p: &SacParams, target: &mut Self::Buf, online: &Self::Buf) -> Result<()>;
 
     /// One Adam step over the flat parameters (coupled L2 lives in the loss).
     fn adam_step(

@@ -1,6 +1,7 @@
 //! Policies learned from data: SAC's actor and twin critics with hand-written backprop
 //! ([`sac`]) and the replay buffers they learn from ([`replay`]).
 pub mod checkpoint;
+pub mod device;
 pub mod path;
 pub mod replay;
 pub mod sac;

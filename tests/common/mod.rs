@@ -1,6 +1,7 @@
 //! Fixtures shared by the device parity tests (`wgpu_parity.rs`, `cuda_pocl.rs`).
 pub mod dense;
 pub mod planners;
+pub mod sac;
 use mbrl_gpu::backend::{Backend, EnsembleShape, Propagation, RolloutParams};
 use mbrl_gpu::env::EnvId;
 use mbrl_gpu::model::{Ensemble, ModelConfig};

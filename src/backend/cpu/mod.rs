@@ -6,10 +6,11 @@ pub mod ensemble;
 pub mod mppi;
 pub mod optim;
 pub mod rollout;
+pub mod sac;
 
 use super::{
     check, AdamParams, Backend, EliteParams, EnsembleShape, InitParams, LossConfig, MppiParams,
-    RolloutParams, SampleParams, TerminalValue, UpdateParams,
+    RolloutParams, SacParams, SampleParams, TerminalValue, UpdateParams,
 };
 use crate::Result;
 use std::sync::Mutex;
@@ -489,6 +490,120 @@ impl Backend for CpuBackend {
     ) -> Result<()> {
         check::rollout_true(p, [start.len(), actions.len(), returns.len()])?;
         rollout::rollout_true(p, start, actions, returns);
+        Ok(())
+    }
+
+    fn sac_squash(
+        &self,
+        p: &SacParams,
+        head: &Vec<f32>,
+        eps: &Vec<f32>,
+        obs: &Vec<f32>,
+        sb: &Vec<f32>,
+        act_in: &Vec<f32>,
+        logp: &mut Vec<f32>,
+        x: &mut Vec<f32>,
+    ) -> Result<()> {
+        let lens = [
+            head.len(),
+            eps.len(),
+            obs.len(),
+            sb.len(),
+            act_in.len(),
+            logp.len(),
+            x.len(),
+        ];
+        check::sac_squash(p, lens)?;
+        sac::squash(p, head, eps, obs, sb, act_in, logp, x);
+        Ok(())
+    }
+
+    fn sac_critic_grad(
+        &self,
+        p: &SacParams,
+        q_next: &Vec<f32>,
+        logp_next: &Vec<f32>,
+        reward: &Vec<f32>,
+        mask: &Vec<f32>,
+        log_alpha: &Vec<f32>,
+        q: &Vec<f32>,
+        dq: &mut Vec<f32>,
+        stats: &mut Vec<f32>,
+    ) -> Result<()> {
+        let lens = [
+            q_next.len(),
+            logp_next.len(),
+            reward.len(),
+            mask.len(),
+            log_alpha.len(),
+            q.len(),
+            dq.len(),
+            stats.len(),
+        ];
+        check::sac_critic_grad(p, lens)?;
+        sac::critic_grad(
+            p,
+            q_next,
+            logp_next,
+            reward,
+            mask,
+            log_alpha[0],
+            q,
+            dq,
+            stats,
+        );
+        Ok(())
+    }
+
+    fn sac_actor_grad(
+        &self,
+        p: &SacParams,
+        q: &Vec<f32>,
+        logp: &Vec<f32>,
+        log_alpha: &Vec<f32>,
+        dq: &mut Vec<f32>,
+        alpha_grad: &mut Vec<f32>,
+        stats: &mut Vec<f32>,
+    ) -> Result<()> {
+        let lens = [
+            q.len(),
+            logp.len(),
+            log_alpha.len(),
+            dq.len(),
+            alpha_grad.len(),
+            stats.len(),
+        ];
+        check::sac_actor_grad(p, lens)?;
+        sac::actor_grad(p, q, logp, log_alpha[0], dq, alpha_grad, stats);
+        Ok(())
+    }
+
+    fn sac_squash_backward(
+        &self,
+        p: &SacParams,
+        head: &Vec<f32>,
+        eps: &Vec<f32>,
+        sb: &Vec<f32>,
+        dx: &Vec<f32>,
+        log_alpha: &Vec<f32>,
+        d_head: &mut Vec<f32>,
+    ) -> Result<()> {
+        let lens = [
+            head.len(),
+            eps.len(),
+            sb.len(),
+            dx.len(),
+            log_alpha.len(),
+            d_head.len(),
+        ];
+        check::sac_squash_backward(p, lens)?;
+        sac::squash_backward(p, head, eps, sb, dx, log_alpha[0], d_head);
+        Ok(())
+    }
+
+    fn polyak(&self, p: &SacParams, target: &mut Vec<f32>, online: &Vec<f32>) -> Result<()> {
+        check::polyak(p, [target.len(), online.len()])?;
+        sac::polyak(p, target, online);
         Ok(())
     }
 

@@ -26,6 +26,7 @@ mod optim;
 pub mod params;
 pub mod ptxas;
 mod rollout;
+mod sac;
 pub mod source;
 
 pub use driver::CudaDriver;
@@ -33,7 +34,7 @@ pub use host::{Arg, DeviceBuf, KernelHost, Launch};
 
 use super::{
     AdamParams, Availability, Backend, EliteParams, EnsembleShape, InitParams, LossConfig,
-    MppiParams, RolloutParams, SampleParams, UpdateParams,
+    MppiParams, RolloutParams, SacParams, SampleParams, UpdateParams,
 };
 use crate::{Error, Result};
 use std::sync::Mutex;
@@ -531,6 +532,79 @@ impl<H: KernelHost> Backend for CudaBackend<H> {
     ) -> Result<()> {
         returns.touch();
         self.true_rollout(p, start, actions, returns)
+    }
+
+    fn sac_squash(
+        &self,
+        p: &SacParams,
+        head: &Self::Buf,
+        eps: &Self::Buf,
+        obs: &Self::Buf,
+        sb: &Self::Buf,
+        act_in: &Self::Buf,
+        logp: &mut Self::Buf,
+        x: &mut Self::Buf,
+    ) -> Result<()> {
+        if p.given == 0 {
+            logp.touch();
+        }
+        x.touch();
+        self.squash(p, head, eps, obs, sb, act_in, logp, x)
+    }
+
+    fn sac_critic_grad(
+        &self,
+        p: &SacParams,
+        q_next: &Self::Buf,
+        logp_next: &Self::Buf,
+        reward: &Self::Buf,
+        mask: &Self::Buf,
+        log_alpha: &Self::Buf,
+        q: &Self::Buf,
+        dq: &mut Self::Buf,
+        stats: &mut Self::Buf,
+    ) -> Result<()> {
+        dq.touch();
+        stats.touch();
+        self.critic_grad(
+            p,
+            [q_next, logp_next, reward, mask, log_alpha, q, dq, stats],
+        )
+    }
+
+    fn sac_actor_grad(
+        &self,
+        p: &SacParams,
+        q: &Self::Buf,
+        logp: &Self::Buf,
+        log_alpha: &Self::Buf,
+        dq: &mut Self::Buf,
+        alpha_grad: &mut Self::Buf,
+        stats: &mut Self::Buf,
+    ) -> Result<()> {
+        dq.touch();
+        alpha_grad.touch();
+        stats.touch();
+        self.actor_grad(p, [q, logp, log_alpha, dq, alpha_grad, stats])
+    }
+
+    fn sac_squash_backward(
+        &self,
+        p: &SacParams,
+        head: &Self::Buf,
+        eps: &Self::Buf,
+        sb: &Self::Buf,
+        dx: &Self::Buf,
+        log_alpha: &Self::Buf,
+        d_head: &mut Self::Buf,
+    ) -> Result<()> {
+        d_head.touch();
+        self.squash_backward(p, [head, eps, sb, dx, log_alpha, d_head])
+    }
+
+    fn polyak(&self, p: &SacParams, target: &mut Self::Buf, online: &Self::Buf) -> Result<()> {
+        target.touch();
+        self.polyak_avg(p, target, online)
     }
 
     fn adam_step(

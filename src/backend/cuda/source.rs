@@ -20,6 +20,7 @@ pub const OPTIM: &str = include_str!("../../../kernels/optim.cu");
 pub const CEM: &str = include_str!("../../../kernels/cem.cu");
 pub const MPPI: &str = include_str!("../../../kernels/mppi.cu");
 pub const ROLLOUT: &str = include_str!("../../../kernels/rollout.cu");
+pub const SAC: &str = include_str!("../../../kernels/sac.cu");
 
 /// One `.cu` file of `kernels/`; the stems mirror `src/backend/cpu/` and `shaders/`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -29,15 +30,17 @@ pub enum KernelFile {
     Cem,
     Mppi,
     Rollout,
+    Sac,
 }
 
 impl KernelFile {
-    pub const ALL: [KernelFile; 5] = [
+    pub const ALL: [KernelFile; 6] = [
         KernelFile::Ensemble,
         KernelFile::Optim,
         KernelFile::Cem,
         KernelFile::Mppi,
         KernelFile::Rollout,
+        KernelFile::Sac,
     ];
 
     /// File stem, as in `src/backend/cpu/<stem>.rs`.
@@ -48,6 +51,7 @@ impl KernelFile {
             KernelFile::Cem => "cem",
             KernelFile::Mppi => "mppi",
             KernelFile::Rollout => "rollout",
+            KernelFile::Sac => "sac",
         }
     }
 
@@ -72,6 +76,13 @@ impl KernelFile {
             ],
             KernelFile::Mppi => &["mppi_sample", "mppi_cost", "mppi_update"],
             KernelFile::Rollout => &["rollout_group", "rollout", "rollout_reduce", "rollout_true"],
+            KernelFile::Sac => &[
+                "sac_squash",
+                "sac_critic_grad",
+                "sac_actor_grad",
+                "sac_squash_backward",
+                "polyak",
+            ],
         }
     }
 
@@ -92,6 +103,7 @@ impl KernelFile {
             KernelFile::Cem => CEM,
             KernelFile::Mppi => MPPI,
             KernelFile::Rollout => ROLLOUT,
+            KernelFile::Sac => SAC,
         }
     }
 

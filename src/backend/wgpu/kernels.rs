@@ -17,6 +17,7 @@ const CEM: &str = include_str!("../../../shaders/cem.wgsl");
 const MPPI: &str = include_str!("../../../shaders/mppi.wgsl");
 const ROLLOUT: &str = include_str!("../../../shaders/rollout.wgsl");
 const RNG: &str = include_str!("../../../shaders/rng.wgsl");
+const SAC: &str = include_str!("../../../shaders/sac.wgsl");
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(super) enum Module {
@@ -28,6 +29,7 @@ pub(super) enum Module {
     Mppi,
     Rollout,
     Rng,
+    Sac,
 }
 
 impl Module {
@@ -40,6 +42,7 @@ impl Module {
             Module::Mppi => ("", MPPI),
             Module::Rollout => ("", ROLLOUT),
             Module::Rng => ("", RNG),
+            Module::Sac => ("", SAC),
         };
         format!("{prelude}{COMMON}\n{body}")
     }
@@ -53,6 +56,7 @@ impl Module {
             Module::Mppi => "mppi.wgsl",
             Module::Rollout => "rollout.wgsl",
             Module::Rng => "rng.wgsl",
+            Module::Sac => "sac.wgsl",
         }
     }
 }
@@ -70,7 +74,9 @@ pub(super) struct Spec {
 }
 
 use super::params::*;
-use crate::backend::{AdamParams, EliteParams, InitParams, MppiParams, SampleParams, UpdateParams};
+use crate::backend::{
+    AdamParams, EliteParams, InitParams, MppiParams, SacParams, SampleParams, UpdateParams,
+};
 use std::mem::size_of;
 
 // ensemble.wgsl
@@ -124,6 +130,60 @@ pub(super) const WEIGHTS_CONVERT_F16: Spec = Spec {
     entry: "weights_convert",
     uniform: (4, size_of::<ConvertParams>()),
     storage: &[(19, RO), (20, RW)],
+};
+
+// sac.wgsl
+pub(super) const SAC_SQUASH: Spec = Spec {
+    module: Module::Sac,
+    entry: "sac_squash",
+    uniform: (0, size_of::<SacParams>()),
+    // head, eps, obs, [scale, bias], given actions, log π, critic input
+    storage: &[
+        (0, RO),
+        (1, RO),
+        (2, RO),
+        (3, RO),
+        (4, RO),
+        (5, RW),
+        (6, RW),
+    ],
+};
+pub(super) const SAC_CRITIC_GRAD: Spec = Spec {
+    module: Module::Sac,
+    entry: "sac_critic_grad",
+    uniform: (0, size_of::<SacParams>()),
+    // target Q, log π(s'), reward, mask, log α, Q, dQ, stats
+    storage: &[
+        (7, RO),
+        (8, RO),
+        (9, RO),
+        (10, RO),
+        (11, RO),
+        (12, RO),
+        (13, RW),
+        (14, RW),
+    ],
+};
+pub(super) const SAC_ACTOR_GRAD: Spec = Spec {
+    module: Module::Sac,
+    entry: "sac_actor_grad",
+    uniform: (0, size_of::<SacParams>()),
+    // Q, log π, log α, dQ, α gradient, stats
+    storage: &[(12, RO), (8, RO), (11, RO), (13, RW), (15, RW), (14, RW)],
+};
+pub(super) const SAC_SQUASH_BACKWARD: Spec = Spec {
+    module: Module::Sac,
+    entry: "sac_squash_backward",
+    uniform: (0, size_of::<SacParams>()),
+    // head, eps, [scale, bias], critic input gradient, log α, d head
+    storage: &[(0, RO), (1, RO), (3, RO), (16, RO), (11, RO), (17, RW)],
+};
+pub(super) const POLYAK: Spec = Spec {
+    module: Module::Sac,
+    entry: "polyak",
+    uniform: (0, size_of::<SacParams>()),
+    // target, online
+    storage: &[(18, RW), (19, RO)],
 };
 
 // optim.wgsl

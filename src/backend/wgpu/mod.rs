@@ -19,10 +19,11 @@ mod mppi;
 mod optim;
 pub mod params;
 mod rollout;
+mod sac;
 
 use super::{
     AdamParams, Availability, Backend, EliteParams, EnsembleShape, InitParams, LossConfig,
-    MppiParams, RolloutParams, SampleParams, UpdateParams,
+    MppiParams, RolloutParams, SacParams, SampleParams, UpdateParams,
 };
 use crate::Result;
 pub use device::{list_adapters, AdapterSummary};
@@ -519,6 +520,67 @@ impl Backend for WgpuBackend {
         returns: &mut WgpuBuf,
     ) -> Result<()> {
         rollout::rollout_true(self, p, start, actions, returns)
+    }
+
+    fn sac_squash(
+        &self,
+        p: &SacParams,
+        head: &WgpuBuf,
+        eps: &WgpuBuf,
+        obs: &WgpuBuf,
+        sb: &WgpuBuf,
+        act_in: &WgpuBuf,
+        logp: &mut WgpuBuf,
+        x: &mut WgpuBuf,
+    ) -> Result<()> {
+        sac::squash(self, p, head, eps, obs, sb, act_in, logp, x)
+    }
+
+    fn sac_critic_grad(
+        &self,
+        p: &SacParams,
+        q_next: &WgpuBuf,
+        logp_next: &WgpuBuf,
+        reward: &WgpuBuf,
+        mask: &WgpuBuf,
+        log_alpha: &WgpuBuf,
+        q: &WgpuBuf,
+        dq: &mut WgpuBuf,
+        stats: &mut WgpuBuf,
+    ) -> Result<()> {
+        sac::critic_grad(
+            self, p, q_next, logp_next, reward, mask, log_alpha, q, dq, stats,
+        )
+    }
+
+    fn sac_actor_grad(
+        &self,
+        p: &SacParams,
+        q: &WgpuBuf,
+        logp: &WgpuBuf,
+        log_alpha: &WgpuBuf,
+        dq: &mut WgpuBuf,
+        alpha_grad: &mut WgpuBuf,
+        stats: &mut WgpuBuf,
+    ) -> Result<()> {
+        sac::actor_grad(self, p, q, logp, log_alpha, dq, alpha_grad, stats)
+    }
+
+    fn sac_squash_backward(
+        &self,
+        p: &SacParams,
+        head: &WgpuBuf,
+        eps: &WgpuBuf,
+        sb: &WgpuBuf,
+        dx: &WgpuBuf,
+        log_alpha: &WgpuBuf,
+        d_head: &mut WgpuBuf,
+    ) -> Result<()> {
+        sac::squash_backward(self, p, head, eps, sb, dx, log_alpha, d_head)
+    }
+
+    fn polyak(&self, p: &SacParams, target: &mut WgpuBuf, online: &WgpuBuf) -> Result<()> {
+        sac::polyak(self, p, target, online)
     }
 
     fn adam_step(

@@ -1,0 +1,84 @@
+//! Host side of `kernels/sac.cu`: the SAC stages, one launch each.
+use super::host::{Arg, KernelHost, Launch};
+use super::source::{KernelFile, Program};
+use super::{stride_blocks, CudaBackend, DeviceBuf};
+use crate::backend::{check, SacParams};
+use crate::Result;
+
+impl<H: KernelHost> CudaBackend<H> {
+    /// One launch of a `sac.cu` entry with the parameter block first, then `bufs`.
+    fn sac_launch(
+        &self,
+        entry: &'static str,
+        p: &SacParams,
+        grid: u32,
+        bufs: &[&DeviceBuf<H::Mem>],
+    ) -> Result<()> {
+        let mut args = vec![Arg::Pod(bytemuck::bytes_of(p))];
+        args.extend(bufs.iter().map(|b| Arg::Mem(&b.mem)));
+        self.host.launch(&Launch {
+            program: Program::plain(KernelFile::Sac),
+            entry,
+            grid: [grid, 1, 1],
+            block: 256,
+            dynamic_shared: None,
+            args: &args,
+        })
+    }
+
+    fn row_blocks(p: &SacParams) -> u32 {
+        (p.rows as usize).div_ceil(256) as u32
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn squash(
+        &self,
+        p: &SacParams,
+        head: &DeviceBuf<H::Mem>,
+        eps: &DeviceBuf<H::Mem>,
+        obs: &DeviceBuf<H::Mem>,
+        sb: &DeviceBuf<H::Mem>,
+        act_in: &DeviceBuf<H::Mem>,
+        logp: &DeviceBuf<H::Mem>,
+        x: &DeviceBuf<H::Mem>,
+    ) -> Result<()> {
+        let all = [head, eps, obs, sb, act_in, logp, x];
+        check::sac_squash(p, all.map(|b| b.len()))?;
+        self.sac_launch("sac_squash", p, Self::row_blocks(p), &all)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn critic_grad(&self, p: &SacParams, all: [&DeviceBuf<H::Mem>; 8]) -> Result<()> {
+        check::sac_critic_grad(p, all.map(|b| b.len()))?;
+        self.sac_launch("sac_critic_grad", p, 1, &all)
+    }
+
+    pub(super) fn actor_grad(&self, p: &SacParams, all: [&DeviceBuf<H::Mem>; 6]) -> Result<()> {
+        check::sac_actor_grad(p, all.map(|b| b.len()))?;
+        self.sac_launch("sac_actor_grad", p, 1, &all)
+    }
+
+    pub(super) fn squash_backward(
+        &self,
+        p: &SacParams,
+        all: [&DeviceBuf<H::Mem>; 6],
+    ) -> Result<()> {
+        check::sac_squash_backward(p, all.map(|b| b.len()))?;
+        self.sac_launch("sac_squash_backward", p, Self::row_blocks(p), &all)
+    }
+
+    pub(super) fn polyak_avg(
+        &self,
+        p: &SacParams,
+        target: &DeviceBuf<H::Mem>,
+        online: &DeviceBuf<H::Mem>,
+    ) -> Result<()> {
+        check::polyak(p, [target.len(), online.len()])?;
+        let n = p.len as usize;
+        if n == 0 {
+            return Ok(());
+        }
+        let grid = stride_blocks(n).min(2048);
+        self.sac_launch("polyak", p, grid, &[target, online])
+    }
+}

@@ -1,0 +1,139 @@
+//! The SAC stages on the device (`shaders/sac.wgsl`); the specification is
+//! `backend/cpu/sac.rs`. Each stage is one dispatch.
+use super::device::Dispatch;
+use super::kernels::{self, Spec};
+use super::{word, WgpuBackend, WgpuBuf};
+use crate::backend::{check, SacParams};
+use crate::Result;
+
+/// Record and run one dispatch of `spec` over `bufs` with grid `grid` (None: ⌈rows/64⌉).
+fn run(
+    be: &WgpuBackend,
+    spec: &Spec,
+    p: &SacParams,
+    bufs: &[&wgpu::Buffer],
+    grid: Option<[u32; 3]>,
+) -> Result<()> {
+    word(
+        "SAC minibatch values",
+        2 * p.rows as usize * (p.obs_dim + p.act_dim) as usize,
+    )?;
+    let gpu = &be.gpu;
+    let mut st = be.lock();
+    let st = &mut *st;
+    let k = st.cache.get(gpu, spec)?;
+    st.rec.reserve(gpu, 1)?;
+    let offset = st.rec.block(gpu, p);
+    let grid = grid.unwrap_or([(p.rows as usize).div_ceil(64) as u32, 1, 1]);
+    let d = Dispatch {
+        group: k.bind(gpu, bufs),
+        kernel: k,
+        offset,
+        grid,
+    };
+    st.rec.run(gpu, spec.entry, &[d]);
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(super) fn squash(
+    be: &WgpuBackend,
+    p: &SacParams,
+    head: &WgpuBuf,
+    eps: &WgpuBuf,
+    obs: &WgpuBuf,
+    sb: &WgpuBuf,
+    act_in: &WgpuBuf,
+    logp: &mut WgpuBuf,
+    x: &mut WgpuBuf,
+) -> Result<()> {
+    let lens = [
+        head.len, eps.len, obs.len, sb.len, act_in.len, logp.len, x.len,
+    ];
+    check::sac_squash(p, lens)?;
+    let bufs = [
+        &head.buf,
+        &eps.buf,
+        &obs.buf,
+        &sb.buf,
+        &act_in.buf,
+        &logp.buf,
+        &x.buf,
+    ];
+    run(be, &kernels::SAC_SQUASH, p, &bufs, None)
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(super) fn critic_grad(
+    be: &WgpuBackend,
+    p: &SacParams,
+    q_next: &WgpuBuf,
+    logp_next: &WgpuBuf,
+    reward: &WgpuBuf,
+    mask: &WgpuBuf,
+    log_alpha: &WgpuBuf,
+    q: &WgpuBuf,
+    dq: &mut WgpuBuf,
+    stats: &mut WgpuBuf,
+) -> Result<()> {
+    let all = [q_next, logp_next, reward, mask, log_alpha, q, &*dq, &*stats];
+    check::sac_critic_grad(p, all.map(|b| b.len))?;
+    let bufs = all.map(|b| &b.buf);
+    run(be, &kernels::SAC_CRITIC_GRAD, p, &bufs, Some([1, 1, 1]))
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(super) fn actor_grad(
+    be: &WgpuBackend,
+    p: &SacParams,
+    q: &WgpuBuf,
+    logp: &WgpuBuf,
+    log_alpha: &WgpuBuf,
+    dq: &mut WgpuBuf,
+    alpha_grad: &mut WgpuBuf,
+    stats: &mut WgpuBuf,
+) -> Result<()> {
+    let all = [q, logp, log_alpha, &*dq, &*alpha_grad, &*stats];
+    check::sac_actor_grad(p, all.map(|b| b.len))?;
+    let bufs = all.map(|b| &b.buf);
+    run(be, &kernels::SAC_ACTOR_GRAD, p, &bufs, Some([1, 1, 1]))
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(super) fn squash_backward(
+    be: &WgpuBackend,
+    p: &SacParams,
+    head: &WgpuBuf,
+    eps: &WgpuBuf,
+    sb: &WgpuBuf,
+    dx: &WgpuBuf,
+    log_alpha: &WgpuBuf,
+    d_head: &mut WgpuBuf,
+) -> Result<()> {
+    let all = [head, eps, sb, dx, log_alpha, &*d_head];
+    check::sac_squash_backward(p, all.map(|b| b.len))?;
+    let bufs = all.map(|b| &b.buf);
+    run(be, &kernels::SAC_SQUASH_BACKWARD, p, &bufs, None)
+}
+
+pub(super) fn polyak(
+    be: &WgpuBackend,
+    p: &SacParams,
+    target: &mut WgpuBuf,
+    online: &WgpuBuf,
+) -> Result<()> {
+    check::polyak(p, [target.len, online.len])?;
+    let n = p.len as usize;
+    word("parameter count", n)?;
+    if n == 0 {
+        return Ok(());
+    }
+    let grid = be.gpu.grid_1d(n)?;
+    run(
+        be,
+        &kernels::POLYAK,
+        p,
+        &[&target.buf, &online.buf],
+        Some(grid),
+    )
+}

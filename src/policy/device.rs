@@ -1,0 +1,569 @@
+//! SAC's gradient step on any backend, composed of the dense-layer engine's products
+//! (`ensemble_forward`, `ensemble_vjp`), the SAC stages (`sac_*`), Adam and Polyak: the same
+//! step as [`Sac::update`] (the CPU specification, checked against finite differences),
+//! with every parameter, moment, activation and statistic kept on the device. Per update the
+//! host writes the minibatch and its noise and launches; nothing is read back until
+//! [`DeviceSac::sync`], which copies the agent to the host at evaluation points.
+//!
+//! A diverged update cannot be refused one at a time without reading every gradient back;
+//! instead [`DeviceSac::sync`] checks the whole agent and, if anything is non-finite, leaves
+//! the host agent at its last good values and resets the device copy to them.
+use super::sac::{Batch, Nets, Sac};
+use crate::backend::{sac_stats, AdamParams, Backend, Precision, SacParams};
+use crate::rng::{normals, stream};
+use crate::{Error, Result};
+
+/// Means of the update statistics since the last [`DeviceSac::sync`].
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct DeviceStats {
+    pub updates: u64,
+    pub critic_loss: f64,
+    pub actor_loss: f64,
+    pub alpha_loss: f64,
+    pub q_mean: f64,
+    pub entropy: f64,
+}
+
+/// Per-minibatch buffers, sized for `rows`.
+struct Scratch<Buf> {
+    rows: usize,
+    obs: Buf,
+    act: Buf,
+    reward: Buf,
+    next_obs: Buf,
+    mask: Buf,
+    eps_next: Buf,
+    eps_pi: Buf,
+    head: Buf,
+    logp: Buf,
+    x: Buf,
+    q: Buf,
+    q_next: Buf,
+    dq: Buf,
+    dx: Buf,
+    d_head: Buf,
+}
+
+/// Adam state of one parameter vector on the device.
+struct Moments<Buf> {
+    m: Buf,
+    v: Buf,
+    step: u32,
+}
+
+/// A SAC agent's trainable state on backend `B`.
+pub struct DeviceSac<'b, B: Backend> {
+    be: &'b B,
+    nets: Nets,
+    seed: u64,
+    lr: f32,
+    gamma: f32,
+    tau: f32,
+    interval: u64,
+    auto_alpha: bool,
+    target_entropy: f32,
+    /// Gradient steps taken (the Philox step of their noise).
+    pub updates: u64,
+    actor: B::Buf,
+    critic: B::Buf,
+    target: B::Buf,
+    log_alpha: B::Buf,
+    actor_opt: Moments<B::Buf>,
+    critic_opt: Moments<B::Buf>,
+    alpha_opt: Moments<B::Buf>,
+    g_actor: B::Buf,
+    g_critic: B::Buf,
+    g_alpha: B::Buf,
+    norm_obs: B::Buf,
+    norm_critic: B::Buf,
+    squash: B::Buf,
+    dummy: B::Buf,
+    stats: B::Buf,
+    scratch: Option<Scratch<B::Buf>>,
+}
+
+impl<'b, B: Backend> DeviceSac<'b, B> {
+    /// The device copy of `agent` (parameters, targets, Adam moments, temperature).
+    pub fn new(be: &'b B, agent: &Sac) -> Result<Self> {
+        if agent.cfg.precision != Precision::F32 {
+            return Err(crate::setting!(
+                "sac.precision",
+                "bf16 gradient steps run on the cpu backend only; on {} SAC trains in f32 \
+                 (set sac.precision = \"f32\" or choose --backend cpu)",
+                be.name()
+            ));
+        }
+        let nets = agent.nets;
+        let (o, a) = (nets.obs_dim, nets.act_dim);
+        let unit = |n: usize| {
+            let mut v = vec![0.0f32; n];
+            v.extend(std::iter::repeat_n(1.0f32, n));
+            v
+        };
+        let mut sb = agent.squash.scale.clone();
+        sb.extend_from_slice(&agent.squash.bias);
+        let moments = |s: &super::sac::AdamState| -> Result<Moments<B::Buf>> {
+            Ok(Moments {
+                m: be.upload(&s.m)?,
+                v: be.upload(&s.v)?,
+                step: s.step,
+            })
+        };
+        Ok(Self {
+            be,
+            nets,
+            seed: agent.seed,
+            lr: agent.cfg.lr,
+            gamma: agent.cfg.gamma,
+            tau: agent.cfg.tau,
+            interval: agent.cfg.target_update_interval as u64,
+            auto_alpha: agent.cfg.automatic_entropy_tuning,
+            target_entropy: agent.target_entropy(),
+            updates: agent.updates,
+            actor: be.upload(&agent.actor)?,
+            critic: be.upload(&agent.critic)?,
+            target: be.upload(&agent.critic_target)?,
+            log_alpha: be.upload(&[agent.log_alpha])?,
+            actor_opt: moments(&agent.actor_opt)?,
+            critic_opt: moments(&agent.critic_opt)?,
+            alpha_opt: moments(&agent.alpha_opt)?,
+            g_actor: be.zeros(agent.actor.len())?,
+            g_critic: be.zeros(agent.critic.len())?,
+            g_alpha: be.zeros(1)?,
+            norm_obs: be.upload(&unit(o))?,
+            norm_critic: be.upload(&unit(o + a))?,
+            squash: be.upload(&sb)?,
+            dummy: be.zeros(1)?,
+            stats: be.zeros(sac_stats::LEN)?,
+            scratch: None,
+        })
+    }
+
+    fn scratch(&mut self, rows: usize) -> Result<()> {
+        if self.scratch.as_ref().is_some_and(|s| s.rows == rows) {
+            return Ok(());
+        }
+        let (o, a) = (self.nets.obs_dim, self.nets.act_dim);
+        let z = |n: usize| self.be.zeros(n.max(1));
+        self.scratch = Some(Scratch {
+            rows,
+            obs: z(rows * o)?,
+            act: z(rows * a)?,
+            reward: z(rows)?,
+            next_obs: z(rows * o)?,
+            mask: z(rows)?,
+            eps_next: z(rows * a)?,
+            eps_pi: z(rows * a)?,
+            head: z(rows * 2 * a)?,
+            logp: z(rows)?,
+            x: z(2 * rows * (o + a))?,
+            q: z(2 * rows)?,
+            q_next: z(2 * rows)?,
+            dq: z(2 * rows)?,
+            dx: z(2 * rows * (o + a))?,
+            d_head: z(rows * 2 * a)?,
+        });
+        Ok(())
+    }
+
+    fn adam(
+        be: &B,
+        lr: f32,
+        params: &mut B::Buf,
+        grad: &B::Buf,
+        opt: &mut Moments<B::Buf>,
+        len: usize,
+    ) -> Result<()> {
+        opt.step += 1;
+        let p = AdamParams {
+            lr,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            step: opt.step,
+            len: len as u32,
+            _pad: [0; 2],
+        };
+        be.adam_step(&p, params, grad, &mut opt.m, &mut opt.v)
+    }
+
+    /// One gradient step of critics, actor and temperature on `batch`, then the Polyak update
+    /// when due: [`Sac::update`]'s order, noise and expressions.
+    pub fn update(&mut self, batch: &Batch<f32>) -> Result<()> {
+        let rows = batch.rows;
+        let (o, a) = (self.nets.obs_dim, self.nets.act_dim);
+        if rows == 0 {
+            return Err(crate::invalid!(
+                "a SAC update needs at least one transition"
+            ));
+        }
+        self.scratch(rows)?;
+        let be = self.be;
+        let s = self.scratch.as_mut().expect("sized above");
+        let step = self.updates as u32;
+        let mut eps = vec![0.0f32; 2 * rows * a];
+        normals(self.seed, stream::SAC_NOISE, 0, step, &mut eps);
+        let (eps_next, eps_pi) = eps.split_at(rows * a);
+        be.write(&mut s.obs, &batch.obs)?;
+        be.write(&mut s.act, &batch.act)?;
+        be.write(&mut s.reward, &batch.reward)?;
+        be.write(&mut s.next_obs, &batch.next_obs)?;
+        be.write(&mut s.mask, &batch.mask)?;
+        be.write(&mut s.eps_next, eps_next)?;
+        be.write(&mut s.eps_pi, eps_pi)?;
+        let (actor, critic) = (&self.nets.actor, &self.nets.critic);
+        let sampled = SacParams {
+            rows: rows as u32,
+            obs_dim: o as u32,
+            act_dim: a as u32,
+            given: 0,
+            gamma: self.gamma,
+            target_entropy: self.target_entropy,
+            tau: self.tau,
+            len: 0,
+        };
+        let given = SacParams {
+            given: 1,
+            ..sampled
+        };
+
+        // Critics: y from the target critics at (s', ã' ~ π(s')), then ∂J_Q.
+        be.ensemble_forward(
+            actor,
+            &self.actor,
+            &self.norm_obs,
+            &s.next_obs,
+            rows,
+            &mut s.head,
+            &mut self.dummy,
+        )?;
+        be.sac_squash(
+            &sampled,
+            &s.head,
+            &s.eps_next,
+            &s.next_obs,
+            &self.squash,
+            &self.dummy,
+            &mut s.logp,
+            &mut s.x,
+        )?;
+        be.ensemble_forward(
+            critic,
+            &self.target,
+            &self.norm_critic,
+            &s.x,
+            rows,
+            &mut s.q_next,
+            &mut self.dummy,
+        )?;
+        be.sac_squash(
+            &given,
+            &self.dummy,
+            &self.dummy,
+            &s.obs,
+            &self.squash,
+            &s.act,
+            &mut s.logp,
+            &mut s.x,
+        )?;
+        be.ensemble_forward(
+            critic,
+            &self.critic,
+            &self.norm_critic,
+            &s.x,
+            rows,
+            &mut s.q,
+            &mut self.dummy,
+        )?;
+        be.sac_critic_grad(
+            &sampled,
+            &s.q_next,
+            &s.logp,
+            &s.reward,
+            &s.mask,
+            &self.log_alpha,
+            &s.q,
+            &mut s.dq,
+            &mut self.stats,
+        )?;
+        be.ensemble_vjp(
+            critic,
+            &self.critic,
+            &self.norm_critic,
+            &s.x,
+            rows,
+            &s.dq,
+            &s.dq,
+            Some(&mut self.g_critic),
+            None,
+        )?;
+        let nc = critic.layout().total;
+        Self::adam(
+            be,
+            self.lr,
+            &mut self.critic,
+            &self.g_critic,
+            &mut self.critic_opt,
+            nc,
+        )?;
+
+        // Actor: ã ~ π(s) through the updated critics, back through min Q and the squash.
+        be.ensemble_forward(
+            actor,
+            &self.actor,
+            &self.norm_obs,
+            &s.obs,
+            rows,
+            &mut s.head,
+            &mut self.dummy,
+        )?;
+        be.sac_squash(
+            &sampled,
+            &s.head,
+            &s.eps_pi,
+            &s.obs,
+            &self.squash,
+            &self.dummy,
+            &mut s.logp,
+            &mut s.x,
+        )?;
+        be.ensemble_forward(
+            critic,
+            &self.critic,
+            &self.norm_critic,
+            &s.x,
+            rows,
+            &mut s.q,
+            &mut self.dummy,
+        )?;
+        be.sac_actor_grad(
+            &sampled,
+            &s.q,
+            &s.logp,
+            &self.log_alpha,
+            &mut s.dq,
+            &mut self.g_alpha,
+            &mut self.stats,
+        )?;
+        be.ensemble_vjp(
+            critic,
+            &self.critic,
+            &self.norm_critic,
+            &s.x,
+            rows,
+            &s.dq,
+            &s.dq,
+            None,
+            Some(&mut s.dx),
+        )?;
+        be.sac_squash_backward(
+            &sampled,
+            &s.head,
+            &s.eps_pi,
+            &self.squash,
+            &s.dx,
+            &self.log_alpha,
+            &mut s.d_head,
+        )?;
+        be.ensemble_vjp(
+            actor,
+            &self.actor,
+            &self.norm_obs,
+            &s.obs,
+            rows,
+            &s.d_head,
+            &s.d_head,
+            Some(&mut self.g_actor),
+            None,
+        )?;
+        let na = actor.layout().total;
+        Self::adam(
+            be,
+            self.lr,
+            &mut self.actor,
+            &self.g_actor,
+            &mut self.actor_opt,
+            na,
+        )?;
+        if self.auto_alpha {
+            Self::adam(
+                be,
+                self.lr,
+                &mut self.log_alpha,
+                &self.g_alpha,
+                &mut self.alpha_opt,
+                1,
+            )?;
+        }
+        if self.updates.is_multiple_of(self.interval) {
+            let p = SacParams {
+                len: nc as u32,
+                ..sampled
+            };
+            be.polyak(&p, &mut self.target, &self.critic)?;
+        }
+        self.updates += 1;
+        Ok(())
+    }
+
+    /// The last update's gradients (actor, critics, log α), read back: for tests and
+    /// debugging.
+    pub fn gradients(&self) -> Result<(Vec<f32>, Vec<f32>, f32)> {
+        let be = self.be;
+        Ok((
+            be.download(&self.g_actor)?,
+            be.download(&self.g_critic)?,
+            be.download(&self.g_alpha)?[0],
+        ))
+    }
+
+    /// Copy the device agent into `agent` and return the statistics' means since the last
+    /// sync. If anything on the device is non-finite, `agent` keeps its values, the device
+    /// copy is reset to them, and the error says so.
+    pub fn sync(&mut self, agent: &mut Sac) -> Result<DeviceStats> {
+        let be = self.be;
+        let st = be.download(&self.stats)?;
+        be.write(&mut self.stats, &[0.0; sac_stats::LEN])?;
+        let n = st[sac_stats::COUNT] as f64;
+        let mean = |i: usize| if n > 0.0 { st[i] as f64 / n } else { 0.0 };
+        let stats = DeviceStats {
+            updates: n as u64,
+            critic_loss: mean(sac_stats::CRITIC_LOSS),
+            actor_loss: mean(sac_stats::ACTOR_LOSS),
+            alpha_loss: mean(sac_stats::ALPHA_LOSS),
+            q_mean: mean(sac_stats::Q_MEAN),
+            entropy: mean(sac_stats::ENTROPY),
+        };
+        let take = |b: &B::Buf| be.download(b);
+        let actor = take(&self.actor)?;
+        let critic = take(&self.critic)?;
+        let target = take(&self.target)?;
+        let log_alpha = take(&self.log_alpha)?[0];
+        let opts = [&self.actor_opt, &self.critic_opt, &self.alpha_opt]
+            .map(|o| Ok::<_, Error>((take(&o.m)?, take(&o.v)?, o.step)));
+        let [ao, co, lo] = opts;
+        let (ao, co, lo) = (ao?, co?, lo?);
+        let finite = |v: &[f32]| v.iter().all(|x| x.is_finite());
+        let ok = log_alpha.is_finite()
+            && [&actor, &critic, &target, &ao.0, &ao.1, &co.0, &co.1]
+                .iter()
+                .all(|v| finite(v))
+            && finite(&lo.0)
+            && finite(&lo.1);
+        if !ok {
+            let updates = self.updates - agent.updates;
+            *self = Self::new(be, agent)?;
+            return Err(Error::Diverged(format!(
+                "SAC on {} became non-finite within the last {updates} updates; the agent \
+                 was reset to its values before them",
+                be.name()
+            )));
+        }
+        agent.actor = actor;
+        agent.critic = critic;
+        agent.critic_target = target;
+        agent.log_alpha = log_alpha;
+        for (dst, (m, v, step)) in [
+            (&mut agent.actor_opt, ao),
+            (&mut agent.critic_opt, co),
+            (&mut agent.alpha_opt, lo),
+        ] {
+            dst.m = m;
+            dst.v = v;
+            dst.step = step;
+        }
+        agent.updates = self.updates;
+        Ok(stats)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::cpu::CpuBackend;
+    use crate::backend::Activation;
+    use crate::policy::sac::SacConfig;
+    use crate::policy::Replay;
+
+    /// An agent of awkward sizes and a replay of random transitions, some terminal.
+    fn case() -> (Sac, Replay) {
+        let cfg = SacConfig {
+            hidden: 37,
+            num_layers: 2,
+            activation: Activation::Relu,
+            batch_size: 29,
+            target_update_interval: 2,
+            ..SacConfig::default()
+        };
+        let agent = Sac::new(cfg, 3, &[-2.0, -0.5], &[2.0, 1.5], 5).unwrap();
+        let mut replay = Replay::new(3, 2, 100);
+        let mut g = crate::rng::Philox::new(9, 99, 0);
+        for i in 0..60 {
+            let mut v = |n: usize| (0..n).map(|_| g.normal()).collect::<Vec<f32>>();
+            let (o, a, n) = (v(3), v(2), v(3));
+            replay.push(&o, &a, 0.1 * i as f32 - 2.0, &n, i % 7 == 3);
+        }
+        (agent, replay)
+    }
+
+    #[test]
+    fn device_steps_on_the_cpu_backend_should_equal_the_agents_own_bit_for_bit() {
+        let (mut host, replay) = case();
+        let be = CpuBackend::new();
+        let mut synced = Sac::new(host.cfg.clone(), 3, &[-2.0, -0.5], &[2.0, 1.5], 5).unwrap();
+        let mut dev = DeviceSac::new(&be, &synced).unwrap();
+        let (mut critic_loss, mut entropy) = (0.0, 0.0);
+        for k in 0..5u32 {
+            let batch = replay.sample(1, 2, k, host.cfg.batch_size);
+            let s = host.update(&batch).unwrap();
+            critic_loss += s.critic_loss / 5.0;
+            entropy += s.entropy / 5.0;
+            dev.update(&batch).unwrap();
+        }
+        let stats = dev.sync(&mut synced).unwrap();
+        assert_eq!(synced.actor, host.actor);
+        assert_eq!(synced.critic, host.critic);
+        assert_eq!(synced.critic_target, host.critic_target);
+        assert_eq!(synced.log_alpha, host.log_alpha);
+        assert_eq!(synced.actor_opt, host.actor_opt);
+        assert_eq!(synced.critic_opt, host.critic_opt);
+        assert_eq!(synced.alpha_opt, host.alpha_opt);
+        assert_eq!(synced.updates, 5);
+        assert_eq!(stats.updates, 5);
+        assert!((stats.critic_loss - critic_loss).abs() <= 1e-6 * critic_loss.abs().max(1.0));
+        assert!((stats.entropy - entropy).abs() <= 1e-6 * entropy.abs().max(1.0));
+        // The statistics restart after a sync.
+        assert_eq!(dev.sync(&mut synced).unwrap().updates, 0);
+    }
+
+    #[test]
+    fn a_diverged_device_agent_should_be_reset_to_the_last_synced_values() {
+        let (host, replay) = case();
+        let be = CpuBackend::new();
+        let mut synced = host.clone();
+        let mut dev = DeviceSac::new(&be, &synced).unwrap();
+        let mut batch = replay.sample(1, 2, 0, host.cfg.batch_size);
+        batch.reward[3] = f32::NAN;
+        dev.update(&batch).unwrap();
+        let err = dev.sync(&mut synced).unwrap_err();
+        assert!(matches!(err, Error::Diverged(_)), "{err}");
+        assert!(err.to_string().contains("non-finite"), "{err}");
+        assert_eq!(synced.actor, host.actor);
+        assert_eq!(synced.critic, host.critic);
+        assert_eq!(synced.updates, 0);
+        // The device copy holds the good values again and trains on.
+        let good = replay.sample(1, 2, 1, host.cfg.batch_size);
+        dev.update(&good).unwrap();
+        dev.sync(&mut synced).unwrap();
+        assert!(synced.is_finite());
+        assert_eq!(synced.updates, 1);
+    }
+
+    #[test]
+    fn bf16_agents_should_be_refused_by_name() {
+        let (mut host, _) = case();
+        host.cfg.precision = Precision::Bf16;
+        let err = DeviceSac::new(&CpuBackend::new(), &host).err().unwrap();
+        assert!(err.to_string().contains("sac.precision"), "{err}");
+    }
+}
