@@ -121,6 +121,7 @@ KERNEL BOUNDS(256) void sac_actor_grad(SacParams p, GLOBAL const float* q,
     stats[3] += FMUL(-la, lp_mean + h);
     stats[4] -= lp_mean;
     stats[5] += 1.0f;
+    stats[6] += alpha;
   }
 }
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPU checks issue 9 asks for whenever a GPU is at hand, as one prepared script: the CUDA
-# parity test against the CPU specification, then `bench plan` and `bench model` on the CUDA
+# parity test against the CPU specification, then `bench plan`, `bench model` and SAC's
+# `bench policy --only sac_update` on the CUDA
 # backend (tensor-core planning, the default on sm_80+, and f32 planning for comparison).
 #
 # The GPU machine this project is sometimes lent has no Rust toolchain and no network, so the
@@ -73,6 +74,7 @@ run() {
     step plan_tf32 150 sh -c ".gpu/mbrl-gpu bench plan --backend cuda --json --reps 5 > '$out/bench_plan_tf32.json'"
     step plan_f32 150 sh -c "MBRL_GPU_FP32_PLANNING=1 .gpu/mbrl-gpu bench plan --backend cuda --json --reps 5 > '$out/bench_plan_f32.json'"
     step model 120 sh -c ".gpu/mbrl-gpu bench model --backend cuda --json --reps 5 > '$out/bench_model.json'"
+    step sac 90 sh -c ".gpu/mbrl-gpu bench policy --only sac_update --backend cuda --json --reps 5 > '$out/bench_sac.json'"
     cat "$out"/bench_*.json >>"$log" 2>/dev/null
     tail -n 60 "$log"
 }

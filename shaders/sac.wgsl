@@ -177,6 +177,7 @@ fn sac_actor_grad(@builtin(local_invocation_index) li: u32) {
         cg_stats[3] = cg_stats[3] + (-log_alpha * (logp_mean + h));
         cg_stats[4] = cg_stats[4] - logp_mean;
         cg_stats[5] = cg_stats[5] + 1.0;
+        cg_stats[6] = cg_stats[6] + alpha;
     }
 }
 

@@ -396,8 +396,9 @@ fn finish_with_peak(mut rows: Vec<BenchResult>, peaks: &[f64]) -> Vec<BenchResul
 
 /// `bench policy`: SAC gradient steps (batch 256, 2×256 networks) at Pendulum-v1 and
 /// HalfCheetah sizes, and MBPO env steps at mbrl-lib's `mbpo_cartpole` values, next to the
-/// CPU's GEMM peak. SAC and the policy side of MBPO run on the CPU specification; MBPO's model
-/// training and rollouts run on `be`.
+/// CPU's GEMM peak. The `sac_update` rows time the CPU specification, and on a device backend
+/// also its device step; MBPO's model training, rollouts and (on a device) SAC steps run on
+/// `be`.
 /// With `only`, just the groups whose row names contain it.
 pub fn policy_benches<B: Backend>(
     be: &B,
@@ -444,13 +445,43 @@ pub fn policy_benches<B: Backend>(
             );
         }
         let batch = replay.sample(0, stream::REPLAY, 0, cfg.batch_size);
+        let flop = 2.0 * agent.nets.macs_per_update(cfg.batch_size) as f64;
+        if be.name() != "cpu" && precision == Precision::F32 {
+            // The device step (`DeviceSac`): the minibatch written and every stage launched
+            // per update; timed to completion by reading the statistics back after 20.
+            let mut dev = crate::policy::device::DeviceSac::new(be, &agent)?;
+            let n = 20;
+            dev.update(&batch)?;
+            dev.wait()?;
+            let (med, min) = time_ms(reps, || {
+                for _ in 0..n {
+                    dev.update(&batch).expect("finite synthetic batch");
+                }
+                dev.wait().expect("device reachable");
+            });
+            let (med, min) = (med / n as f64, min / n as f64);
+            rows.push(result(
+                &format!("sac_update_{name}_b256_2x256_{}", be.name()),
+                med,
+                min,
+                reps,
+                flop,
+                0.0,
+                format!(
+                    "one SAC gradient step on {} (7 writes of the minibatch and noise, 18 operations launched, \
+                     nothing read back): {:.0} steps/s; {:.2} GFLOP per step",
+                    be.name(),
+                    1e3 / med,
+                    flop / 1e9
+                ),
+            ));
+        }
         let n = 10;
         let (med, min) = time_ms(reps, || {
             for _ in 0..n {
                 agent.update(&batch).expect("finite synthetic batch");
             }
         });
-        let flop = 2.0 * agent.nets.macs_per_update(cfg.batch_size) as f64;
         let (med, min) = (med / n as f64, min / n as f64);
         rows.push(result(
             &format!("sac_update_{name}_b256_2x256{suffix}"),

@@ -1061,6 +1061,7 @@ fn check_errors<B: Backend>(b: &B) {
     assert!(b.rollout_true(&p, &s, &s, &mut r).is_err());
     let mut buf = b.zeros(3).unwrap();
     assert!(b.write(&mut buf, &[1.0, 2.0]).is_err());
+    common::sac::misuse_is_refused(b);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1472,6 +1473,13 @@ fn cuda_device_should_match_the_cpu_when_present() {
     eprintln!("CUDA parity on {}", b.device_name());
     check_forward(&b, "cuda", 5e-6);
     check_nll(&b, "cuda");
+    for c in common::dense::vjp(&b, "cuda")
+        .into_iter()
+        .chain(common::sac::step(&b, "cuda"))
+    {
+        let worst = assert_close(&c.what, &c.got, &c.want, c.atol, c.rtol);
+        eprintln!("{}: worst {worst:e}", c.what);
+    }
     check_adam(&b, "cuda");
     check_init(&b, "cuda");
     check_sample(&b, "cuda");

@@ -20,7 +20,7 @@ fn sac_should_learn_to_swing_up_the_pendulum() {
     let mut cfg = SacRunConfig::preset(&EnvId::Pendulum.into(), "default").unwrap();
     cfg.steps = 5_000;
     cfg.eval_episodes = 5;
-    let (_, rows) = sac::run(&cfg, None, |_| {}).unwrap();
+    let (_, rows) = sac::run(&CpuBackend::new(), &cfg, None, |_| {}).unwrap();
     let returns: Vec<f64> = rows.iter().map(|r| r.eval_return).collect();
     eprintln!("SAC pendulum returns every 1000 steps: {returns:?}");
     assert!(
@@ -90,25 +90,47 @@ fn sac_resumed_should_equal_uninterrupted() {
     let full = tiny_sac(600);
     let text = toml::to_string(&full).unwrap();
     let a = t.path().join("a");
-    sac::run(&full, Some(&open(&a, Mode::New, &text)), |_| {}).unwrap();
+    sac::run(
+        &CpuBackend::new(),
+        &full,
+        Some(&open(&a, Mode::New, &text)),
+        |_| {},
+    )
+    .unwrap();
     // Stopped after 400 steps (a checkpoint at an episode end), then continued to 600.
     let b = t.path().join("b");
     let part = tiny_sac(400);
-    sac::run(&part, Some(&open(&b, Mode::New, &text)), |_| {}).unwrap();
+    sac::run(
+        &CpuBackend::new(),
+        &part,
+        Some(&open(&b, Mode::New, &text)),
+        |_| {},
+    )
+    .unwrap();
     let mut resumed = false;
-    sac::run(&full, Some(&open(&b, Mode::Resume, &text)), |e| {
-        if let sac::Event::Resumed { env_steps } = e {
-            assert_eq!(env_steps, 400);
-            resumed = true;
-        }
-    })
+    sac::run(
+        &CpuBackend::new(),
+        &full,
+        Some(&open(&b, Mode::Resume, &text)),
+        |e| {
+            if let sac::Event::Resumed { env_steps } = e {
+                assert_eq!(env_steps, 400);
+                resumed = true;
+            }
+        },
+    )
     .unwrap();
     assert!(resumed);
     assert_same_files(&a, &b, &SAME);
     // Resuming with other settings is refused, naming the setting.
     let mut other = full.clone();
     other.sac.lr = 0.5;
-    let Err(e) = sac::run(&other, Some(&open(&b, Mode::Resume, &text)), |_| {}) else {
+    let Err(e) = sac::run(
+        &CpuBackend::new(),
+        &other,
+        Some(&open(&b, Mode::Resume, &text)),
+        |_| {},
+    ) else {
         panic!("resumed with another learning rate");
     };
     assert!(e.to_string().contains("sac.lr"), "{e}");

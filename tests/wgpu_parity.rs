@@ -1275,9 +1275,11 @@ fn f16_weights_should_stay_within_half_precision_of_cpu() {
 
 #[test]
 fn misuse_should_be_an_error_not_a_panic() {
+    common::sac::misuse_is_refused(&CpuBackend::new());
     let Some(g) = gpu("misuse_should_be_an_error_not_a_panic") else {
         return;
     };
+    common::sac::misuse_is_refused(g);
     let sh = shape(13, 2, Activation::Silu, true);
     let p = g.upload(&params_for(&sh, 1)).unwrap();
     let small = g.upload(&[0.0; 3]).unwrap();

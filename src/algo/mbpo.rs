@@ -24,9 +24,9 @@
 //! Every env step counts, the initial exploration included: `steps` is the number of real
 //! transitions the run may collect.
 use super::offpolicy::{
-    self, episode_seed, evaluate, random_action, transitions, Row, Stats, Views,
+    self, episode_seed, evaluate, random_action, transitions, Row, Stats, Trainer, Views,
 };
-use super::sac::{check_counts, record, update};
+use super::sac::{check_counts, record};
 use crate::backend::{Backend, EnsembleShape};
 use crate::env::{task, EnvId, EnvName};
 use crate::io::run::RunDir;
@@ -804,6 +804,11 @@ pub fn run<B: Backend>(
         c.episodes += 1;
     }
     let mut stats = Stats::default();
+    // MAAC's actor steps are the CPU's path gradients: its agent stays on the host.
+    let mut trainer = match cfg.maac {
+        Some(_) => Trainer::Host,
+        None => Trainer::new(backend, &agent)?,
+    };
     // MAAC's copy of the elites, refreshed at every model training.
     let mut path_model =
         (cfg.maac.is_some() && c.trainings > 0).then(|| PathModelView::new(&model));
@@ -826,6 +831,7 @@ pub fn run<B: Backend>(
             }
             let step = c.env_steps as u32;
             let noise = cfg.explore_with_samples.then_some(step);
+            trainer.refresh_actor(&mut agent)?;
             let action = agent.act(&obs, 1, noise);
             let tr = env.step(&action)?.remove(0);
             env_data.push(&obs, &action, tr.reward, &tr.obs, tr.terminated);
@@ -869,7 +875,7 @@ pub fn run<B: Backend>(
                             &mut stats,
                         )?,
                         // Before the first model exists: SAC's gradient (H = 0).
-                        _ => update(&mut agent, &batch, &mut stats)?,
+                        _ => trainer.update(&mut agent, &batch, &mut stats)?,
                     }
                 }
             }
@@ -879,6 +885,7 @@ pub fn run<B: Backend>(
                 env_steps: c.env_steps,
             });
         }
+        trainer.sync(&mut agent, &mut stats)?;
         let ret = evaluate(&mut agent, &mut *eval_env, cfg.eval_episodes, cfg.seed)?;
         let mut row = stats.take_row(c.env_steps, ret, agent.updates);
         row.model_loss = c.model_loss;

@@ -6,11 +6,13 @@
 //! then the views a user reads (`policy.safetensors`, `critic.safetensors`, `metrics.csv`,
 //! `timings.csv`, `learning_curve.svg`, and for MBPO `model.safetensors`) are rewritten
 //! from the state, and finally the previous state files are removed.
+use crate::backend::{Backend, Precision};
 use crate::env::Env;
 use crate::io::run::{RunDir, MANIFEST, STATE_DIR};
-use crate::policy::sac::UpdateStats;
+use crate::policy::device::{DeviceSac, DeviceStats};
+use crate::policy::sac::{Batch, UpdateStats};
 use crate::policy::Sac;
-use crate::{invalid, io, Result};
+use crate::{invalid, io, Error, Result};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -146,6 +148,90 @@ impl Stats {
         };
         *self = Stats::default();
         row
+    }
+}
+
+impl Stats {
+    /// Add a device agent's statistics since its last sync.
+    fn add_device(&mut self, s: &DeviceStats) {
+        let n = s.updates as f64;
+        self.n += s.updates;
+        self.sum.critic_loss += s.critic_loss * n;
+        self.sum.actor_loss += s.actor_loss * n;
+        self.sum.alpha += s.alpha * n;
+        self.sum.entropy += s.entropy * n;
+        self.sum.q_mean += s.q_mean * n;
+        self.diverged += s.diverged;
+    }
+}
+
+/// Where SAC's gradient steps run. On the CPU backend, and for bf16 products (which only the
+/// CPU runs), the host agent steps itself and refuses non-finite steps one at a time
+/// ([`super::sac::update`]). On a device its copy there steps ([`DeviceSac`]), and the host
+/// agent is refreshed from it: the actor before every action (exploration and model
+/// rollouts act with the current policy), everything at evaluation points, where a
+/// non-finite copy is rolled back to the last evaluation's values.
+pub(crate) enum Trainer<'b, B: Backend> {
+    Host,
+    Device {
+        sac: Box<DeviceSac<'b, B>>,
+        /// Consecutive syncs that rolled back.
+        rollbacks: u32,
+    },
+}
+
+impl<'b, B: Backend> Trainer<'b, B> {
+    pub fn new(be: &'b B, agent: &Sac) -> Result<Self> {
+        if be.name() == "cpu" || agent.cfg.precision != Precision::F32 {
+            return Ok(Trainer::Host);
+        }
+        Ok(Trainer::Device {
+            sac: Box::new(DeviceSac::new(be, agent)?),
+            rollbacks: 0,
+        })
+    }
+
+    /// One gradient step on `batch`.
+    pub fn update(&mut self, agent: &mut Sac, batch: &Batch<f32>, stats: &mut Stats) -> Result<()> {
+        match self {
+            Trainer::Host => super::sac::update(agent, batch, stats),
+            Trainer::Device { sac, .. } => {
+                sac.update(batch)?;
+                agent.updates = sac.updates;
+                Ok(())
+            }
+        }
+    }
+
+    /// The host agent's actor made current, before it acts.
+    pub fn refresh_actor(&mut self, agent: &mut Sac) -> Result<()> {
+        match self {
+            Trainer::Host => Ok(()),
+            Trainer::Device { sac, .. } => sac.read_actor(&mut agent.actor),
+        }
+    }
+
+    /// The host agent made current (before evaluating and checkpointing), the statistics
+    /// since the last sync added to `stats`. Two rollbacks in a row stop the run.
+    pub fn sync(&mut self, agent: &mut Sac, stats: &mut Stats) -> Result<()> {
+        let Trainer::Device { sac, rollbacks } = self else {
+            return Ok(());
+        };
+        let s = sac.sync(agent)?;
+        stats.add_device(&s);
+        if s.diverged == 0 {
+            *rollbacks = 0;
+            return Ok(());
+        }
+        *rollbacks += 1;
+        if *rollbacks >= 2 {
+            return Err(Error::Diverged(format!(
+                "SAC's parameters became non-finite twice in a row on the device ({} updates \
+                 rolled back last time); the last good agent is kept",
+                s.diverged
+            )));
+        }
+        Ok(())
     }
 }
 

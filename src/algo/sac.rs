@@ -7,7 +7,8 @@
 //! after the episode in which `eval_every` more steps were reached: evaluate, checkpoint
 //! ```
 //! Truncation (the time limit) is not termination: the critic target bootstraps through it.
-use super::offpolicy::{self, episode_seed, evaluate, random_action, Row, Stats, Views};
+use super::offpolicy::{self, episode_seed, evaluate, random_action, Row, Stats, Trainer, Views};
+use crate::backend::Backend;
 use crate::env::EnvName;
 use crate::io::run::RunDir;
 use crate::policy::checkpoint as ckpt;
@@ -129,7 +130,8 @@ pub use super::offpolicy::Event;
 
 /// Run SAC; with a run directory, every row is checkpointed there and a directory holding a
 /// checkpoint is continued from it (ending as an uninterrupted run would).
-pub fn run(
+pub fn run<B: Backend>(
+    backend: &B,
     cfg: &SacRunConfig,
     out: Option<&RunDir>,
     mut progress: impl FnMut(Event),
@@ -184,6 +186,7 @@ pub fn run(
         }
     }
     let mut stats = Stats::default();
+    let mut trainer = Trainer::new(backend, &agent)?;
     let mut t0 = Instant::now();
     while c.env_steps < cfg.steps {
         let mut obs = env.reset(&[episode_seed(cfg.seed, c.episodes)])?;
@@ -192,6 +195,7 @@ pub fn run(
             let action = if c.env_steps < cfg.learning_starts {
                 random_action(cfg.seed, &spec.act_low, &spec.act_high, step)
             } else {
+                trainer.refresh_actor(&mut agent)?;
                 agent.act(&obs, 1, Some(step))
             };
             let tr = env.step(&action)?.remove(0);
@@ -205,7 +209,7 @@ pub fn run(
                         agent.updates as u32,
                         cfg.sac.batch_size,
                     );
-                    update(&mut agent, &batch, &mut stats)?;
+                    trainer.update(&mut agent, &batch, &mut stats)?;
                 }
             }
             progress(Event::Step {
@@ -221,6 +225,7 @@ pub fn run(
             while c.next_eval <= c.env_steps {
                 c.next_eval += cfg.eval_every;
             }
+            trainer.sync(&mut agent, &mut stats)?;
             let ret = evaluate(&mut agent, &mut *eval_env, cfg.eval_episodes, cfg.seed)?;
             let mut row = stats.take_row(c.env_steps, ret, agent.updates);
             row.seconds = t0.elapsed().as_secs_f64();

@@ -200,6 +200,8 @@ pub mod sac_stats {
     pub const ENTROPY: usize = 4;
     /// Updates counted (by the actor stage).
     pub const COUNT: usize = 5;
+    /// α = exp(log α) as each update's actor stage read it (before its temperature step).
+    pub const ALPHA_BEFORE: usize = 6;
     pub const LEN: usize = 8;
 }
 
@@ -616,7 +618,7 @@ pub trait Backend: Send + Sync {
     /// The actor loss Σ_b (α·log π_b − min(Q₁, Q₂)_b) / B at the sampled actions: `dq`
     /// [2, B] = −1/B on the smaller critic (half each on a tie, as torch.min), the
     /// temperature's gradient −(mean log π + H̄) into `alpha_grad` [1]; adds the actor loss,
-    /// the temperature loss, the entropy estimate and one update to `stats`.
+    /// the temperature loss, the entropy estimate, α and one update to `stats`.
     #[allow(clippy::too_many_arguments)]
     fn sac_actor_grad(
         &self,

@@ -61,6 +61,10 @@ pub struct RunArgs {
 pub struct SacArgs {
     #[command(flatten)]
     run: RunArgs,
+    /// Backend of the gradient steps (cpu: the specification; wgpu, cuda: the agent's
+    /// parameters and optimiser state live on the device, read back at evaluations).
+    #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
+    backend: BackendChoice,
 }
 
 impl SacArgs {
@@ -85,7 +89,8 @@ impl EvalArgs {
 pub struct MbpoArgs {
     #[command(flatten)]
     run: RunArgs,
-    /// Backend of the model training and branched rollouts.
+    /// Backend of the model training, branched rollouts and SAC's gradient steps (MAAC's
+    /// path gradients and bf16 SAC steps run on the CPU).
     #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
     backend: BackendChoice,
 }
@@ -343,8 +348,9 @@ pub fn run_sac(a: SacArgs) -> Result<()> {
         cfg.sac.lr,
         dir.path().display()
     );
+    let be = super::pick_backend(a.backend)?;
     let pb = bar(cfg.steps);
-    let (_, rows) = sac::run(&cfg, Some(&dir), progress(&pb, &dir))?;
+    let (_, rows) = with_backend!(&be, |b| sac::run(b, &cfg, Some(&dir), progress(&pb, &dir)))?;
     finish(&pb, &rows, &dir)
 }
 
@@ -516,7 +522,8 @@ pub struct HorizonArgs {
     /// where it stopped), horizons.csv and two plots [default: runs/maac-horizons-ENV-PRESET-sSEED].
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
-    /// Backend of the model training and branched rollouts.
+    /// Backend of the model training, branched rollouts and SAC's gradient steps (MAAC's
+    /// path gradients and bf16 SAC steps run on the CPU).
     #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
     backend: BackendChoice,
 }

@@ -17,11 +17,15 @@ use crate::{Error, Result};
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct DeviceStats {
     pub updates: u64,
+    /// Updates rolled back because the agent became non-finite (then the others are 0).
+    pub diverged: u64,
     pub critic_loss: f64,
     pub actor_loss: f64,
     pub alpha_loss: f64,
     pub q_mean: f64,
     pub entropy: f64,
+    /// Mean α after each update (as [`crate::policy::sac::UpdateStats::alpha`]).
+    pub alpha: f64,
 }
 
 /// Per-minibatch buffers, sized for `rows`.
@@ -64,6 +68,10 @@ pub struct DeviceSac<'b, B: Backend> {
     target_entropy: f32,
     /// Gradient steps taken (the Philox step of their noise).
     pub updates: u64,
+    /// `updates` at the last sync.
+    synced: u64,
+    /// Whether the host has the current actor (no update since it was read).
+    actor_read: bool,
     actor: B::Buf,
     critic: B::Buf,
     target: B::Buf,
@@ -120,6 +128,8 @@ impl<'b, B: Backend> DeviceSac<'b, B> {
             auto_alpha: agent.cfg.automatic_entropy_tuning,
             target_entropy: agent.target_entropy(),
             updates: agent.updates,
+            synced: agent.updates,
+            actor_read: true,
             actor: be.upload(&agent.actor)?,
             critic: be.upload(&agent.critic)?,
             target: be.upload(&agent.critic_target)?,
@@ -403,7 +413,24 @@ impl<'b, B: Backend> DeviceSac<'b, B> {
             be.polyak(&p, &mut self.target, &self.critic)?;
         }
         self.updates += 1;
+        self.actor_read = false;
         Ok(())
+    }
+
+    /// The current actor into `actor` (for acting between syncs), read only if an update
+    /// changed it since the last read.
+    pub fn read_actor(&mut self, actor: &mut Vec<f32>) -> Result<()> {
+        if !self.actor_read {
+            *actor = self.be.download(&self.actor)?;
+            self.actor_read = true;
+        }
+        Ok(())
+    }
+
+    /// Block until every launched update has finished (reads the statistics back: a few
+    /// bytes), for timing.
+    pub fn wait(&self) -> Result<()> {
+        self.be.download(&self.stats).map(drop)
     }
 
     /// The last update's gradients (actor, critics, log α), read back: for tests and
@@ -418,21 +445,25 @@ impl<'b, B: Backend> DeviceSac<'b, B> {
     }
 
     /// Copy the device agent into `agent` and return the statistics' means since the last
-    /// sync. If anything on the device is non-finite, `agent` keeps its values, the device
-    /// copy is reset to them, and the error says so.
+    /// sync. If anything on the device is non-finite, `agent` keeps its parameters, the
+    /// device copy is reset to them, the updates since the last sync are counted as
+    /// `diverged`, and the update counter (the minibatch and noise draws) moves on past them.
     pub fn sync(&mut self, agent: &mut Sac) -> Result<DeviceStats> {
         let be = self.be;
+        let before = agent.alpha() as f64;
         let st = be.download(&self.stats)?;
         be.write(&mut self.stats, &[0.0; sac_stats::LEN])?;
         let n = st[sac_stats::COUNT] as f64;
         let mean = |i: usize| if n > 0.0 { st[i] as f64 / n } else { 0.0 };
         let stats = DeviceStats {
             updates: n as u64,
+            diverged: 0,
             critic_loss: mean(sac_stats::CRITIC_LOSS),
             actor_loss: mean(sac_stats::ACTOR_LOSS),
             alpha_loss: mean(sac_stats::ALPHA_LOSS),
             q_mean: mean(sac_stats::Q_MEAN),
             entropy: mean(sac_stats::ENTROPY),
+            alpha: 0.0,
         };
         let take = |b: &B::Buf| be.download(b);
         let actor = take(&self.actor)?;
@@ -451,13 +482,14 @@ impl<'b, B: Backend> DeviceSac<'b, B> {
             && finite(&lo.0)
             && finite(&lo.1);
         if !ok {
-            let updates = self.updates - agent.updates;
+            let (updates, rolled_back) = (self.updates, self.updates - self.synced);
+            agent.updates = updates;
             *self = Self::new(be, agent)?;
-            return Err(Error::Diverged(format!(
-                "SAC on {} became non-finite within the last {updates} updates; the agent \
-                 was reset to its values before them",
-                be.name()
-            )));
+            return Ok(DeviceStats {
+                updates: 0,
+                diverged: rolled_back,
+                ..DeviceStats::default()
+            });
         }
         agent.actor = actor;
         agent.critic = critic;
@@ -472,8 +504,18 @@ impl<'b, B: Backend> DeviceSac<'b, B> {
             dst.v = v;
             dst.step = step;
         }
+        // The stages summed α before each update's temperature step; after update k it is
+        // what update k + 1 read, and after the last one it is the value read back now.
+        let now = log_alpha.exp() as f64;
+        let alpha = if n > 0.0 {
+            (st[sac_stats::ALPHA_BEFORE] as f64 - before + now) / n
+        } else {
+            0.0
+        };
         agent.updates = self.updates;
-        Ok(stats)
+        self.synced = self.updates;
+        self.actor_read = true;
+        Ok(DeviceStats { alpha, ..stats })
     }
 }
 
@@ -512,12 +554,13 @@ mod tests {
         let be = CpuBackend::new();
         let mut synced = Sac::new(host.cfg.clone(), 3, &[-2.0, -0.5], &[2.0, 1.5], 5).unwrap();
         let mut dev = DeviceSac::new(&be, &synced).unwrap();
-        let (mut critic_loss, mut entropy) = (0.0, 0.0);
+        let (mut critic_loss, mut entropy, mut alpha) = (0.0, 0.0, 0.0);
         for k in 0..5u32 {
             let batch = replay.sample(1, 2, k, host.cfg.batch_size);
             let s = host.update(&batch).unwrap();
             critic_loss += s.critic_loss / 5.0;
             entropy += s.entropy / 5.0;
+            alpha += s.alpha / 5.0;
             dev.update(&batch).unwrap();
         }
         let stats = dev.sync(&mut synced).unwrap();
@@ -532,6 +575,11 @@ mod tests {
         assert_eq!(stats.updates, 5);
         assert!((stats.critic_loss - critic_loss).abs() <= 1e-6 * critic_loss.abs().max(1.0));
         assert!((stats.entropy - entropy).abs() <= 1e-6 * entropy.abs().max(1.0));
+        assert!(
+            (stats.alpha - alpha).abs() <= 1e-6 * alpha,
+            "{} vs {alpha}",
+            stats.alpha
+        );
         // The statistics restart after a sync.
         assert_eq!(dev.sync(&mut synced).unwrap().updates, 0);
     }
@@ -545,18 +593,21 @@ mod tests {
         let mut batch = replay.sample(1, 2, 0, host.cfg.batch_size);
         batch.reward[3] = f32::NAN;
         dev.update(&batch).unwrap();
-        let err = dev.sync(&mut synced).unwrap_err();
-        assert!(matches!(err, Error::Diverged(_)), "{err}");
-        assert!(err.to_string().contains("non-finite"), "{err}");
+        dev.update(&batch).unwrap();
+        let stats = dev.sync(&mut synced).unwrap();
+        assert_eq!((stats.diverged, stats.updates), (2, 0));
         assert_eq!(synced.actor, host.actor);
         assert_eq!(synced.critic, host.critic);
-        assert_eq!(synced.updates, 0);
+        // The draws move on past the rolled-back updates.
+        assert_eq!(synced.updates, 2);
         // The device copy holds the good values again and trains on.
         let good = replay.sample(1, 2, 1, host.cfg.batch_size);
         dev.update(&good).unwrap();
-        dev.sync(&mut synced).unwrap();
+        let stats = dev.sync(&mut synced).unwrap();
+        assert_eq!((stats.diverged, stats.updates), (0, 1));
         assert!(synced.is_finite());
-        assert_eq!(synced.updates, 1);
+        assert_eq!(synced.updates, 3);
+        assert_ne!(synced.actor, host.actor);
     }
 
     #[test]

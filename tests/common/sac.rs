@@ -101,3 +101,96 @@ pub fn step<B: Backend>(dev: &B, label: &str) -> Vec<Compare> {
     }
     out
 }
+
+/// Wrong sizes and absurd settings are errors naming the problem, never panics, on every
+/// backend (the checks are shared: `backend/check.rs`).
+pub fn misuse_is_refused<B: Backend>(b: &B) {
+    use mbrl_gpu::backend::{EnsembleShape, SacParams};
+    let sh = EnsembleShape {
+        ensemble: 2,
+        in_dim: 5,
+        out_dim: 1,
+        hidden: 8,
+        num_layers: 2,
+        activation: Activation::Relu,
+        probabilistic: false,
+    };
+    let total = sh.layout().total;
+    let p = b.upload(&vec![0.1; total]).unwrap();
+    let norm = b
+        .upload(&[0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0])
+        .unwrap();
+    let x = b.upload(&[0.5; 2 * 4 * 5]).unwrap();
+    let d = b.upload(&[1.0; 2 * 4]).unwrap();
+    let short = b.upload(&[1.0; 3]).unwrap();
+    let (mut g, mut dx) = (b.zeros(total).unwrap(), b.zeros(2 * 4 * 5).unwrap());
+    let mut tiny = b.zeros(3).unwrap();
+    let err = |r: mbrl_gpu::Result<()>, what: &str| {
+        let e = r.expect_err(what).to_string();
+        assert!(
+            e.contains(what),
+            "expected an error naming {what:?}, got {e:?}"
+        );
+    };
+    err(
+        b.ensemble_vjp(&sh, &p, &norm, &x, 4, &short, &d, Some(&mut g), None),
+        "d_mean",
+    );
+    err(
+        b.ensemble_vjp(&sh, &p, &norm, &x, 4, &d, &d, None, Some(&mut tiny)),
+        "dx",
+    );
+    err(
+        b.ensemble_vjp(&sh, &p, &norm, &x, 4, &d, &d, Some(&mut tiny), None),
+        "grad",
+    );
+    // Zero rows: the gradient of an empty sum is zero, written over whatever was there.
+    b.write(&mut g, &vec![7.0; total]).unwrap();
+    b.ensemble_vjp(&sh, &p, &norm, &x, 0, &d, &d, Some(&mut g), Some(&mut dx))
+        .unwrap();
+    assert!(b.download(&g).unwrap().iter().all(|v| *v == 0.0));
+    let sp = SacParams {
+        rows: 4,
+        obs_dim: 3,
+        act_dim: 2,
+        given: 0,
+        gamma: 0.99,
+        target_entropy: -2.0,
+        tau: 0.005,
+        len: 3,
+    };
+    let (head, sb) = (b.upload(&[0.0; 16]).unwrap(), b.upload(&[1.0; 4]).unwrap());
+    let (mut logp, mut xo) = (b.zeros(4).unwrap(), b.zeros(2 * 4 * 5).unwrap());
+    err(
+        b.sac_squash(&sp, &head, &short, &x, &sb, &short, &mut logp, &mut xo),
+        "eps",
+    );
+    err(
+        b.sac_squash(&sp, &head, &x, &x, &sb, &short, &mut logp, &mut tiny),
+        "critic input",
+    );
+    let none = SacParams { rows: 0, ..sp };
+    err(
+        b.sac_squash(&none, &head, &x, &x, &sb, &short, &mut logp, &mut xo),
+        "at least one row",
+    );
+    let (mut dq, mut ag, mut st) = (
+        b.zeros(8).unwrap(),
+        b.zeros(1).unwrap(),
+        b.zeros(8).unwrap(),
+    );
+    err(
+        b.sac_actor_grad(&sp, &short, &logp, &short, &mut dq, &mut ag, &mut st),
+        "Q",
+    );
+    err(
+        b.sac_critic_grad(&sp, &d, &logp, &logp, &logp, &short, &d, &mut dq, &mut tiny),
+        "stats",
+    );
+    let mut t = b.zeros(3).unwrap();
+    err(b.polyak(&SacParams { tau: 1.5, ..sp }, &mut t, &short), "τ");
+    err(
+        b.polyak(&SacParams { len: 9, ..sp }, &mut t, &short),
+        "target",
+    );
+}

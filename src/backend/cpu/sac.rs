@@ -115,6 +115,7 @@ pub fn actor_grad(
     stats[sac_stats::ALPHA_LOSS] += -log_alpha * (logp_mean + h);
     stats[sac_stats::ENTROPY] += -logp_mean;
     stats[sac_stats::COUNT] += 1.0;
+    stats[sac_stats::ALPHA_BEFORE] += alpha;
 }
 
 /// See [`crate::backend::Backend::sac_squash_backward`].
