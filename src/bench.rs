@@ -368,7 +368,9 @@ fn finish_with_peak(mut rows: Vec<BenchResult>, peaks: &[f64]) -> Vec<BenchResul
     }
     let best = peaks.iter().cloned().fold(0.0, f64::max);
     let worst = peaks.iter().cloned().fold(f64::INFINITY, f64::min);
-    for r in &mut rows {
+    // The CPU's peak measures the CPU's rows only: a device row's share of it would mean
+    // nothing.
+    for r in rows.iter_mut().filter(|r| r.backend == "cpu") {
         r.peak_gflops = best;
         r.fraction_of_peak = r.gflops / best;
     }
@@ -460,7 +462,7 @@ pub fn policy_benches<B: Backend>(
                 dev.wait().expect("device reachable");
             });
             let (med, min) = (med / n as f64, min / n as f64);
-            rows.push(result(
+            let mut row = result(
                 &format!("sac_update_{name}_b256_2x256_{}", be.name()),
                 med,
                 min,
@@ -468,13 +470,16 @@ pub fn policy_benches<B: Backend>(
                 flop,
                 0.0,
                 format!(
-                    "one SAC gradient step on {} (7 writes of the minibatch and noise, 18 operations launched, \
-                     nothing read back): {:.0} steps/s; {:.2} GFLOP per step",
+                    "one SAC gradient step on {} (7 writes of the minibatch and noise, 18 \
+                     operations launched, nothing read back): {:.0} steps/s; {:.2} GFLOP per \
+                     step",
                     be.name(),
                     1e3 / med,
                     flop / 1e9
                 ),
-            ));
+            );
+            row.backend = be.name().into();
+            rows.push(row);
         }
         let n = 10;
         let (med, min) = time_ms(reps, || {
@@ -609,7 +614,7 @@ pub fn policy_benches<B: Backend>(
             * cfg.rollout_batch() as f64
             * (nets.actor.macs_per_row() as f64
                 + member_macs * cfg.model.ensemble_size as f64 / cfg.model.num_elites as f64);
-        rows.push(result(
+        let mut row = result(
             &format!(
                 "mbpo_env_step_cartpole{}",
                 if precision == Precision::Bf16 {
@@ -632,7 +637,9 @@ pub fn policy_benches<B: Backend>(
                 cfg.num_sac_updates_per_step * cfg.epoch_length,
                 cfg.rollout_batch()
             ),
-        ));
+        );
+        row.backend = be.name().into();
+        rows.push(row);
     }
     peaks.push(gemm_peak(reps));
     Ok(finish_with_peak(rows, &peaks))
