@@ -11,6 +11,9 @@
 //                        temperature's gradient and the statistics.
 //   sac_squash_backward  grid ⌈B/256⌉: squash_row's backward to the actor's raw head.
 //   polyak               grid-stride elementwise: θ̄ ← θ̄ + τ·(θ − θ̄).
+//   sac_noise            grid ⌈B·A/256⌉: the update's ε (Philox normals, stream p.stream).
+//   sac_minibatch        grid ⌈B/256⌉: row b from replay slot below(len) of (p.stream, b,
+//                        p.step), unpacked from the ring's [obs, act, r, next_obs, term].
 // A SAC minibatch is small (B = 256 rows of a few dozen values): these stages are a few
 // microseconds each, next to the network products in ensemble.cu.
 
@@ -19,6 +22,7 @@ typedef struct {
   u32 rows, obs_dim, act_dim, given;
   float gamma, target_entropy, tau;
   u32 len;
+  u32 seed_lo, seed_hi, stream, step;
 } SacParams;
 
 // policy::sac::{LOG_STD_MIN, LOG_STD_MAX, TANH_EPS} and ½·ln 2π.
@@ -159,4 +163,29 @@ KERNEL BOUNDS(256) void polyak(SacParams p, GLOBAL float* target, GLOBAL const f
     const float t = target[i];
     target[i] = t + FMUL(p.tau, online[i] - t);
   }
+}
+
+KERNEL BOUNDS(256) void sac_noise(SacParams p, GLOBAL float* eps_next, GLOBAL float* eps_pi) {
+  const u32 i = (u32)GRP_X * 256u + (u32)LID;
+  const u32 n = p.rows * p.act_dim;
+  if (i >= n) return;
+  eps_next[i] = philox_normal(p.seed_lo, p.seed_hi, p.stream, i, p.step);
+  eps_pi[i] = philox_normal(p.seed_lo, p.seed_hi, p.stream, n + i, p.step);
+}
+
+KERNEL BOUNDS(256) void sac_minibatch(SacParams p, GLOBAL const float* ring, GLOBAL float* obs,
+                                      GLOBAL float* act, GLOBAL float* reward,
+                                      GLOBAL float* next_obs, GLOBAL float* mask) {
+  const u32 r = (u32)GRP_X * 256u + (u32)LID;
+  if (r >= p.rows) return;
+  const u32 o = p.obs_dim, a = p.act_dim, w = 2u * o + a + 2u;
+  const u32 s = philox_below(p.seed_lo, p.seed_hi, p.stream, r, p.step, p.len);
+  GLOBAL const float* row = ring + s * w;
+  for (u32 j = 0; j < o; ++j) {
+    obs[r * o + j] = row[j];
+    next_obs[r * o + j] = row[o + a + 1u + j];
+  }
+  for (u32 j = 0; j < a; ++j) act[r * a + j] = row[o + j];
+  reward[r] = row[o + a];
+  mask[r] = 1.0f - row[2u * o + a + 1u];
 }

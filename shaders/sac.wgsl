@@ -18,6 +18,10 @@ struct SacParams {
     target_entropy: f32,
     tau: f32,
     len: u32,
+    seed_lo: u32,
+    seed_hi: u32,
+    stream: u32,
+    step: u32,
 }
 
 @group(0) @binding(0) var<uniform> sp: SacParams;
@@ -45,6 +49,16 @@ struct SacParams {
 
 @group(1) @binding(18) var<storage, read_write> pk_target: array<f32>;
 @group(1) @binding(19) var<storage, read> pk_online: array<f32>;
+
+@group(1) @binding(20) var<storage, read_write> nz_next: array<f32>;
+@group(1) @binding(21) var<storage, read_write> nz_pi: array<f32>;
+
+@group(1) @binding(22) var<storage, read> mb_ring: array<f32>;
+@group(1) @binding(23) var<storage, read_write> mb_obs: array<f32>;
+@group(1) @binding(24) var<storage, read_write> mb_act: array<f32>;
+@group(1) @binding(25) var<storage, read_write> mb_reward: array<f32>;
+@group(1) @binding(26) var<storage, read_write> mb_next: array<f32>;
+@group(1) @binding(27) var<storage, read_write> mb_mask: array<f32>;
 
 // policy::sac::{LOG_STD_MIN, LOG_STD_MAX, TANH_EPS} and ½·ln 2π.
 const LOG_STD_MIN: f32 = -20.0;
@@ -225,4 +239,42 @@ fn polyak(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: ve
     }
     let t = pk_target[i];
     pk_target[i] = t + sp.tau * (pk_online[i] - t);
+}
+
+// SAC's noise of one update: element i < B·A of eps_next and B·A + i of eps_pi.
+@compute @workgroup_size(256)
+fn sac_noise(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+             @builtin(local_invocation_index) li: u32) {
+    let i = flat_index(wg, nwg, li);
+    let n = sp.rows * sp.act_dim;
+    if (i >= n) {
+        return;
+    }
+    let seed = vec2<u32>(sp.seed_lo, sp.seed_hi);
+    nz_next[i] = rng_normal(seed, sp.stream, i, sp.step);
+    nz_pi[i] = rng_normal(seed, sp.stream, n + i, sp.step);
+}
+
+// Per row b: the replay slot below(len) of (stream, b, step), unpacked.
+@compute @workgroup_size(64)
+fn sac_minibatch(@builtin(workgroup_id) wg: vec3<u32>,
+                 @builtin(local_invocation_index) li: u32) {
+    let r = wg.x * 64u + li;
+    if (r >= sp.rows) {
+        return;
+    }
+    let o = sp.obs_dim;
+    let a = sp.act_dim;
+    let w = 2u * o + a + 2u;
+    let s = rng_below(vec2<u32>(sp.seed_lo, sp.seed_hi), sp.stream, r, sp.step, sp.len);
+    let base = s * w;
+    for (var j = 0u; j < o; j++) {
+        mb_obs[r * o + j] = mb_ring[base + j];
+        mb_next[r * o + j] = mb_ring[base + o + a + 1u + j];
+    }
+    for (var j = 0u; j < a; j++) {
+        mb_act[r * a + j] = mb_ring[base + o + j];
+    }
+    mb_reward[r] = mb_ring[base + o + a];
+    mb_mask[r] = 1.0 - mb_ring[base + 2u * o + a + 1u];
 }

@@ -168,7 +168,7 @@ impl KernelHost for PoclHost {
         Ok(ClBuf(b))
     }
 
-    fn upload(&self, dst: &mut ClBuf, src: &[u32]) -> mbrl_gpu::Result<()> {
+    fn upload(&self, dst: &mut ClBuf, offset: usize, src: &[u32]) -> mbrl_gpu::Result<()> {
         if src.is_empty() {
             return Ok(());
         }
@@ -176,7 +176,7 @@ impl KernelHost for PoclHost {
         unsafe {
             self.0
                 .queue
-                .enqueue_write_buffer(&mut dst.0, CL_BLOCKING, 0, src, &[])
+                .enqueue_write_buffer(&mut dst.0, CL_BLOCKING, 4 * offset, src, &[])
         }
         .map(|_| ())
         .map_err(|e| mbrl_gpu::Error::Unavailable(format!("write: {e}")))
@@ -1124,7 +1124,7 @@ KERNEL void philox_probe(u32 n, GLOBAL const u32* ctr, GLOBAL const u32* key,
     key[..6].copy_from_slice(&[0, 0, u32::MAX, u32::MAX, 0xa409_3822, 0x299f_31d0]);
     let buf = |v: &[u32]| {
         let mut m = host.alloc_zeroed(v.len()).unwrap();
-        host.upload(&mut m, v).unwrap();
+        host.upload(&mut m, 0, v).unwrap();
         m
     };
     let (dc, dk) = (buf(&ctr), buf(&key));
@@ -1346,7 +1346,8 @@ fn bf16_weights_on_pocl_should_match_the_cpu_within_the_stated_tolerance() {
         1e-40,
     ]);
     let mut src = host.alloc_zeroed(vals.len()).unwrap();
-    host.upload(&mut src, bytemuck::cast_slice(&vals)).unwrap();
+    host.upload(&mut src, 0, bytemuck::cast_slice(&vals))
+        .unwrap();
     let dst = host.alloc_zeroed(vals.len().div_ceil(2)).unwrap();
     host.launch(&Launch {
         program: Program::plain(KernelFile::Ensemble),

@@ -863,19 +863,26 @@ pub fn run<B: Backend>(
                     if buf.len() < cfg.sac.batch_size {
                         break;
                     }
-                    let batch = buf.sample(cfg.seed, stream::REPLAY, u, cfg.sac.batch_size);
+                    let (draw, rows) = ((cfg.seed, stream::REPLAY, u), cfg.sac.batch_size);
                     match (&cfg.maac, &path_model) {
                         (Some(m), Some(view)) => path_update(
                             &mut agent,
                             view,
                             m.horizon,
                             env_name.task_code(),
-                            &batch,
+                            &buf.sample(draw.0, draw.1, draw.2, rows),
                             &mut path_ws,
                             &mut stats,
                         )?,
                         // Before the first model exists: SAC's gradient (H = 0).
-                        _ => trainer.update(&mut agent, &batch, &mut stats)?,
+                        _ => trainer.update_from(
+                            &mut agent,
+                            usize::from(!real),
+                            buf,
+                            draw,
+                            rows,
+                            &mut stats,
+                        )?,
                     }
                 }
             }

@@ -9,9 +9,9 @@
 use crate::backend::{Backend, Precision};
 use crate::env::Env;
 use crate::io::run::{RunDir, MANIFEST, STATE_DIR};
-use crate::policy::device::{DeviceSac, DeviceStats};
-use crate::policy::sac::{Batch, UpdateStats};
-use crate::policy::Sac;
+use crate::policy::device::{DeviceReplay, DeviceSac, DeviceStats};
+use crate::policy::sac::UpdateStats;
+use crate::policy::{Replay, Sac};
 use crate::{invalid, io, Error, Result};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -175,6 +175,8 @@ pub(crate) enum Trainer<'b, B: Backend> {
     Host,
     Device {
         sac: Box<DeviceSac<'b, B>>,
+        /// Device mirrors of the replay buffers updates draw from (MBPO: real, model).
+        rings: Vec<DeviceReplay<B::Buf>>,
         /// Consecutive syncs that rolled back.
         rollbacks: u32,
     },
@@ -187,16 +189,36 @@ impl<'b, B: Backend> Trainer<'b, B> {
         }
         Ok(Trainer::Device {
             sac: Box::new(DeviceSac::new(be, agent)?),
+            rings: vec![],
             rollbacks: 0,
         })
     }
 
-    /// One gradient step on `batch`.
-    pub fn update(&mut self, agent: &mut Sac, batch: &Batch<f32>, stats: &mut Stats) -> Result<()> {
+    /// One gradient step on the minibatch `replay.sample(seed, stream, step, rows)`; on a
+    /// device it is drawn there, from mirror `ring` of `replay` (updated first with the rows
+    /// written since).
+    #[allow(clippy::too_many_arguments)]
+    pub fn update_from(
+        &mut self,
+        agent: &mut Sac,
+        ring: usize,
+        replay: &Replay,
+        (seed, stream, step): (u64, u32, u32),
+        rows: usize,
+        stats: &mut Stats,
+    ) -> Result<()> {
         match self {
-            Trainer::Host => super::sac::update(agent, batch, stats),
-            Trainer::Device { sac, .. } => {
-                sac.update(batch)?;
+            Trainer::Host => {
+                let batch = replay.sample(seed, stream, step, rows);
+                super::sac::update(agent, &batch, stats)
+            }
+            Trainer::Device { sac, rings, .. } => {
+                let be = sac.backend();
+                while rings.len() <= ring {
+                    rings.push(DeviceReplay::empty(be)?);
+                }
+                rings[ring].sync(be, replay)?;
+                sac.update_from(&rings[ring], seed, stream, step, rows)?;
                 agent.updates = sac.updates;
                 Ok(())
             }
@@ -214,7 +236,7 @@ impl<'b, B: Backend> Trainer<'b, B> {
     /// The host agent made current (before evaluating and checkpointing), the statistics
     /// since the last sync added to `stats`. Two rollbacks in a row stop the run.
     pub fn sync(&mut self, agent: &mut Sac, stats: &mut Stats) -> Result<()> {
-        let Trainer::Device { sac, rollbacks } = self else {
+        let Trainer::Device { sac, rollbacks, .. } = self else {
             return Ok(());
         };
         let s = sac.sync(agent)?;

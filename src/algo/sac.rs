@@ -203,13 +203,9 @@ pub fn run<B: Backend>(
             c.env_steps += 1;
             if c.env_steps >= cfg.learning_starts {
                 for _ in 0..cfg.updates_per_step {
-                    let batch = replay.sample(
-                        cfg.seed,
-                        stream::REPLAY,
-                        agent.updates as u32,
-                        cfg.sac.batch_size,
-                    );
-                    trainer.update(&mut agent, &batch, &mut stats)?;
+                    let draw = (cfg.seed, stream::REPLAY, agent.updates as u32);
+                    let rows = cfg.sac.batch_size;
+                    trainer.update_from(&mut agent, 0, &replay, draw, rows, &mut stats)?;
                 }
             }
             progress(Event::Step {

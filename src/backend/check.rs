@@ -359,6 +359,16 @@ pub fn write(buf_len: usize, host_len: usize) -> Result<()> {
     Ok(())
 }
 
+/// `write_at` stays inside the buffer.
+pub fn write_at(buf_len: usize, offset: usize, host_len: usize) -> Result<()> {
+    if offset.checked_add(host_len).is_none_or(|end| end > buf_len) {
+        return Err(Error::Shape(format!(
+            "{host_len} values written at {offset} into a buffer of {buf_len}"
+        )));
+    }
+    Ok(())
+}
+
 /// SAC stages: the sizes are sane and fit the kernels' 32-bit indices.
 fn sac_sizes(p: &SacParams) -> Result<(usize, usize, usize)> {
     let (b, o, a) = (p.rows as usize, p.obs_dim as usize, p.act_dim as usize);
@@ -424,6 +434,34 @@ pub fn sac_squash_backward(p: &SacParams, lens: [usize; 6]) -> Result<()> {
     need("critic input gradient", lens[3], 2 * b * (o + a))?;
     need("log α", lens[4], 1)?;
     need("d head", lens[5], b * 2 * a)
+}
+
+/// Lengths of `sac_noise`'s buffers: eps_next, eps_pi.
+pub fn sac_noise(p: &SacParams, lens: [usize; 2]) -> Result<()> {
+    let (b, _, a) = sac_sizes(p)?;
+    need("eps (next states)", lens[0], b * a)?;
+    need("eps (policy)", lens[1], b * a)
+}
+
+/// Lengths of `sac_minibatch`'s buffers: ring, obs, act, reward, next_obs, mask.
+pub fn sac_minibatch(p: &SacParams, lens: [usize; 6]) -> Result<()> {
+    let (b, o, a) = sac_sizes(p)?;
+    let n = p.len as usize;
+    if n == 0 {
+        return Err(invalid!("a minibatch from an empty replay buffer"));
+    }
+    let w = p.replay_width();
+    if n.checked_mul(w).is_none_or(|v| v >= u32::MAX as usize) {
+        return Err(invalid!(
+            "a replay ring of {n} rows of {w} values exceeds 32-bit indexing"
+        ));
+    }
+    need("replay ring", lens[0], n * w)?;
+    need("obs", lens[1], b * o)?;
+    need("act", lens[2], b * a)?;
+    need("reward", lens[3], b)?;
+    need("next obs", lens[4], b * o)?;
+    need("mask", lens[5], b)
 }
 
 /// Lengths of `polyak`'s buffers: target, online.

@@ -186,9 +186,23 @@ pub struct SacParams {
     pub given: u32,
     pub gamma: f32,
     pub target_entropy: f32,
-    /// `polyak`: θ̄ ← τ·θ + (1 − τ)·θ̄ over `len` values.
+    /// `polyak`: θ̄ ← τ·θ + (1 − τ)·θ̄ over `len` values; `sac_minibatch`: the replay rows
+    /// held (`len`).
     pub tau: f32,
     pub len: u32,
+    /// Philox key and counter of `sac_noise` and `sac_minibatch` (the CPU's
+    /// `rng::normals` / `Replay::sample` draws).
+    pub seed_lo: u32,
+    pub seed_hi: u32,
+    pub stream: u32,
+    pub step: u32,
+}
+
+impl SacParams {
+    /// Values per packed replay row: [obs, act, reward, next_obs, terminated].
+    pub fn replay_width(&self) -> usize {
+        2 * self.obs_dim as usize + self.act_dim as usize + 2
+    }
 }
 
 /// Slots of the SAC statistics buffer, sums over the updates since it was cleared.
@@ -391,6 +405,8 @@ pub trait Backend: Send + Sync {
     fn zeros(&self, len: usize) -> Result<Self::Buf>;
     /// Overwrite a buffer from the host (same length).
     fn write(&self, buf: &mut Self::Buf, host: &[f32]) -> Result<()>;
+    /// Overwrite values `offset .. offset + host.len()` of a buffer from the host.
+    fn write_at(&self, buf: &mut Self::Buf, offset: usize, host: &[f32]) -> Result<()>;
 
     /// Ensemble forward: `x` [E, rows, in] (raw inputs; normalised inside with
     /// `norm` = [mean (in), std (in)]) → `mean`, `logvar` [E, rows, out]. For deterministic
@@ -644,6 +660,32 @@ pub trait Backend: Send + Sync {
         dx: &Self::Buf,
         log_alpha: &Self::Buf,
         d_head: &mut Self::Buf,
+    ) -> Result<()>;
+
+    /// SAC's noise of one update: `eps_next`[i] = normal(seed, p.stream, i, p.step) and
+    /// `eps_pi`[i] = normal(…, B·A + i, …) for i < B·A (the CPU's `rng::normals` over 2·B·A
+    /// values, split).
+    fn sac_noise(
+        &self,
+        p: &SacParams,
+        eps_next: &mut Self::Buf,
+        eps_pi: &mut Self::Buf,
+    ) -> Result<()>;
+
+    /// A minibatch drawn from a packed replay ring `ring` [capacity, 2O + A + 2] holding
+    /// `p.len` rows: row b is slot below(seed, p.stream, b, p.step, len) (the CPU's
+    /// `Replay::sample`), written to `obs`, `act`, `reward`, `next_obs` and `mask`
+    /// (1 − terminated).
+    #[allow(clippy::too_many_arguments)]
+    fn sac_minibatch(
+        &self,
+        p: &SacParams,
+        ring: &Self::Buf,
+        obs: &mut Self::Buf,
+        act: &mut Self::Buf,
+        reward: &mut Self::Buf,
+        next_obs: &mut Self::Buf,
+        mask: &mut Self::Buf,
     ) -> Result<()>;
 
     /// Polyak averaging of `p.len` values: target ← τ·online + (1 − τ)·target.

@@ -10,7 +10,8 @@
 //! the host agent at its last good values and resets the device copy to them.
 use super::sac::{Batch, Nets, Sac};
 use crate::backend::{sac_stats, AdamParams, Backend, Precision, SacParams};
-use crate::rng::{normals, stream};
+use crate::policy::Replay;
+use crate::rng::stream;
 use crate::{Error, Result};
 
 /// Means of the update statistics since the last [`DeviceSac::sync`].
@@ -53,6 +54,57 @@ struct Moments<Buf> {
     m: Buf,
     v: Buf,
     step: u32,
+}
+
+/// A device mirror of a host [`Replay`]: its slots packed as rows of
+/// [obs, act, reward, next_obs, terminated], updated with the rows written since the last
+/// [`DeviceReplay::sync`] (one or two ranged writes), so minibatches are drawn on the device.
+pub struct DeviceReplay<Buf> {
+    ring: Buf,
+    capacity: usize,
+    /// The host buffer's `written()` at the last sync.
+    uploaded: usize,
+    /// Rows held (the draws' range).
+    len: usize,
+}
+
+impl<Buf> DeviceReplay<Buf> {
+    /// An empty mirror, allocated at the first sync.
+    pub fn empty<B: Backend<Buf = Buf>>(be: &B) -> Result<Self> {
+        Ok(Self {
+            ring: be.zeros(1)?,
+            capacity: 0,
+            uploaded: 0,
+            len: 0,
+        })
+    }
+
+    /// Bring the mirror up to `host`'s contents.
+    pub fn sync<B: Backend<Buf = Buf>>(&mut self, be: &B, host: &Replay) -> Result<()> {
+        let (cap, written) = (host.capacity(), host.written());
+        let w = host.packed_width();
+        let fresh = written < self.uploaded || cap != self.capacity;
+        if fresh {
+            self.ring = be.zeros(cap * w)?;
+            self.capacity = cap;
+            self.uploaded = 0;
+        }
+        let new = written - self.uploaded;
+        if new >= cap || (fresh && written > 0) {
+            let n = host.len();
+            be.write_at(&mut self.ring, 0, &host.packed(0..n))?;
+        } else if new > 0 {
+            let first = self.uploaded % cap;
+            let end = first + new;
+            be.write_at(&mut self.ring, first * w, &host.packed(first..end.min(cap)))?;
+            if end > cap {
+                be.write_at(&mut self.ring, 0, &host.packed(0..end - cap))?;
+            }
+        }
+        self.uploaded = written;
+        self.len = host.len();
+        Ok(())
+    }
 }
 
 /// A SAC agent's trainable state on backend `B`.
@@ -201,7 +253,6 @@ impl<'b, B: Backend> DeviceSac<'b, B> {
     /// when due: [`Sac::update`]'s order, noise and expressions.
     pub fn update(&mut self, batch: &Batch<f32>) -> Result<()> {
         let rows = batch.rows;
-        let (o, a) = (self.nets.obs_dim, self.nets.act_dim);
         if rows == 0 {
             return Err(crate::invalid!(
                 "a SAC update needs at least one transition"
@@ -210,32 +261,81 @@ impl<'b, B: Backend> DeviceSac<'b, B> {
         self.scratch(rows)?;
         let be = self.be;
         let s = self.scratch.as_mut().expect("sized above");
-        let step = self.updates as u32;
-        let mut eps = vec![0.0f32; 2 * rows * a];
-        normals(self.seed, stream::SAC_NOISE, 0, step, &mut eps);
-        let (eps_next, eps_pi) = eps.split_at(rows * a);
         be.write(&mut s.obs, &batch.obs)?;
         be.write(&mut s.act, &batch.act)?;
         be.write(&mut s.reward, &batch.reward)?;
         be.write(&mut s.next_obs, &batch.next_obs)?;
         be.write(&mut s.mask, &batch.mask)?;
-        be.write(&mut s.eps_next, eps_next)?;
-        be.write(&mut s.eps_pi, eps_pi)?;
-        let (actor, critic) = (&self.nets.actor, &self.nets.critic);
-        let sampled = SacParams {
+        self.step(rows)
+    }
+
+    /// [`DeviceSac::update`] on the minibatch `Replay::sample(seed, stream, step, rows)` would
+    /// draw from the host buffer `ring` mirrors, drawn on the device: no host transfer at all.
+    pub fn update_from(
+        &mut self,
+        ring: &DeviceReplay<B::Buf>,
+        seed: u64,
+        stream: u32,
+        step: u32,
+        rows: usize,
+    ) -> Result<()> {
+        if rows == 0 || ring.len == 0 {
+            return Err(crate::invalid!(
+                "a SAC update needs at least one transition (asked for {rows} of {})",
+                ring.len
+            ));
+        }
+        self.scratch(rows)?;
+        let p = SacParams {
+            len: ring.len as u32,
+            seed_lo: seed as u32,
+            seed_hi: (seed >> 32) as u32,
+            stream,
+            step,
+            ..self.params(rows)
+        };
+        let s = self.scratch.as_mut().expect("sized above");
+        self.be.sac_minibatch(
+            &p,
+            &ring.ring,
+            &mut s.obs,
+            &mut s.act,
+            &mut s.reward,
+            &mut s.next_obs,
+            &mut s.mask,
+        )?;
+        self.step(rows)
+    }
+
+    /// The stages' parameters for `rows` (noise: SAC_NOISE at the update's step).
+    fn params(&self, rows: usize) -> SacParams {
+        SacParams {
             rows: rows as u32,
-            obs_dim: o as u32,
-            act_dim: a as u32,
+            obs_dim: self.nets.obs_dim as u32,
+            act_dim: self.nets.act_dim as u32,
             given: 0,
             gamma: self.gamma,
             target_entropy: self.target_entropy,
             tau: self.tau,
             len: 0,
-        };
+            seed_lo: self.seed as u32,
+            seed_hi: (self.seed >> 32) as u32,
+            stream: stream::SAC_NOISE,
+            step: self.updates as u32,
+        }
+    }
+
+    /// One update on the minibatch in the scratch buffers.
+    fn step(&mut self, rows: usize) -> Result<()> {
+        let be = self.be;
+        let sampled = self.params(rows);
         let given = SacParams {
             given: 1,
             ..sampled
         };
+        let s = self.scratch.as_mut().expect("sized by the caller");
+        be.sac_noise(&sampled, &mut s.eps_next, &mut s.eps_pi)?;
+        let (actor, critic) = (&self.nets.actor, &self.nets.critic);
 
         // Critics: y from the target critics at (s', ã' ~ π(s')), then ∂J_Q.
         be.ensemble_forward(
@@ -427,6 +527,11 @@ impl<'b, B: Backend> DeviceSac<'b, B> {
         Ok(())
     }
 
+    /// The backend the agent lives on.
+    pub fn backend(&self) -> &'b B {
+        self.be
+    }
+
     /// Block until every launched update has finished (reads the statistics back: a few
     /// bytes), for timing.
     pub fn wait(&self) -> Result<()> {
@@ -582,6 +687,38 @@ mod tests {
         );
         // The statistics restart after a sync.
         assert_eq!(dev.sync(&mut synced).unwrap().updates, 0);
+    }
+
+    #[test]
+    fn minibatches_drawn_on_the_device_should_be_the_host_buffers_own() {
+        // A ring of 100 filled past its capacity between updates (pushes of 7, 93 and 150
+        // rows: a partial sync, one that wraps, one that replaces everything).
+        let (mut host, mut replay) = case();
+        let be = CpuBackend::new();
+        let mut synced = host.clone();
+        let mut dev = DeviceSac::new(&be, &synced).unwrap();
+        let mut ring = DeviceReplay::empty(&be).unwrap();
+        let mut g = crate::rng::Philox::new(10, 99, 0);
+        for (k, more) in [0usize, 7, 93, 150].into_iter().enumerate() {
+            for i in 0..more {
+                let mut v = |n: usize| (0..n).map(|_| g.normal()).collect::<Vec<f32>>();
+                let (o, a, n) = (v(3), v(2), v(3));
+                replay.push(&o, &a, 0.01 * i as f32, &n, i % 5 == 1);
+            }
+            ring.sync(&be, &replay).unwrap();
+            let n = replay.len();
+            assert_eq!(ring.ring[..n * 10], replay.packed(0..n)[..]);
+            let step = k as u32 + 3;
+            let batch = replay.sample(1, 2, step, host.cfg.batch_size);
+            host.update(&batch).unwrap();
+            dev.update_from(&ring, 1, 2, step, host.cfg.batch_size)
+                .unwrap();
+        }
+        dev.sync(&mut synced).unwrap();
+        assert_eq!(synced.actor, host.actor);
+        assert_eq!(synced.critic, host.critic);
+        assert_eq!(synced.critic_target, host.critic_target);
+        assert_eq!(synced.log_alpha, host.log_alpha);
     }
 
     #[test]

@@ -89,6 +89,25 @@ impl Replay {
         out
     }
 
+    /// Values per packed row: [obs, act, reward, next_obs, terminated].
+    pub fn packed_width(&self) -> usize {
+        2 * self.obs_dim + self.act_dim + 2
+    }
+
+    /// Storage slots `slots` (not insertion order: the order the draws index) as packed rows.
+    pub fn packed(&self, slots: std::ops::Range<usize>) -> Vec<f32> {
+        let (o, a) = (self.obs_dim, self.act_dim);
+        let mut out = Vec::with_capacity(slots.len() * self.packed_width());
+        for s in slots {
+            out.extend_from_slice(&self.obs[s * o..(s + 1) * o]);
+            out.extend_from_slice(&self.act[s * a..(s + 1) * a]);
+            out.push(self.reward[s]);
+            out.extend_from_slice(&self.next_obs[s * o..(s + 1) * o]);
+            out.push(self.terminated[s]);
+        }
+        out
+    }
+
     /// Row i in insertion order: (obs, act, reward, next_obs, terminated).
     pub fn row(&self, i: usize) -> (Vec<f32>, Vec<f32>, f32, Vec<f32>, bool) {
         let (o, a) = (self.obs_dim, self.act_dim);

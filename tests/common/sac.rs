@@ -3,11 +3,11 @@
 //! bit for bit (a unit test in `policy/device.rs`), so it is the reference here. Each case
 //! starts both backends from the same agent state (after 0, 1 and 2 CPU updates, so the Adam
 //! moments and the Polyak schedule are non-trivial) and compares one update's gradients,
-//! then the parameters it leaves.
+//! then the parameters it leaves; the middle step draws its minibatch on the device.
 use super::planners::Compare;
 use mbrl_gpu::backend::cpu::CpuBackend;
 use mbrl_gpu::backend::{Activation, Backend};
-use mbrl_gpu::policy::device::DeviceSac;
+use mbrl_gpu::policy::device::{DeviceReplay, DeviceSac};
 use mbrl_gpu::policy::sac::{Sac, SacConfig};
 use mbrl_gpu::policy::Replay;
 
@@ -22,11 +22,18 @@ fn replay(seed: u64) -> Replay {
     replay
 }
 
-/// (gradients, then parameters after the update) of one device step from `agent`.
+/// (gradients, then parameters after the update) of one device step from `agent`, on a
+/// minibatch drawn on the device from a mirror of `replay` (odd k) or written from the host.
 fn one_step<B: Backend>(be: &B, agent: &Sac, replay: &Replay, k: u32) -> Vec<Vec<f32>> {
     let mut dev = DeviceSac::new(be, agent).unwrap();
-    let batch = replay.sample(1, 2, k, agent.cfg.batch_size);
-    dev.update(&batch).unwrap();
+    let rows = agent.cfg.batch_size;
+    if k % 2 == 1 {
+        let mut ring = DeviceReplay::empty(be).unwrap();
+        ring.sync(be, replay).unwrap();
+        dev.update_from(&ring, 1, 2, k, rows).unwrap();
+    } else {
+        dev.update(&replay.sample(1, 2, k, rows)).unwrap();
+    }
     let (ga, gc, gl) = dev.gradients().unwrap();
     let mut after = agent.clone();
     dev.sync(&mut after).unwrap();
@@ -158,6 +165,7 @@ pub fn misuse_is_refused<B: Backend>(b: &B) {
         target_entropy: -2.0,
         tau: 0.005,
         len: 3,
+        ..SacParams::default()
     };
     let (head, sb) = (b.upload(&[0.0; 16]).unwrap(), b.upload(&[1.0; 4]).unwrap());
     let (mut logp, mut xo) = (b.zeros(4).unwrap(), b.zeros(2 * 4 * 5).unwrap());
@@ -187,6 +195,35 @@ pub fn misuse_is_refused<B: Backend>(b: &B) {
         b.sac_critic_grad(&sp, &d, &logp, &logp, &logp, &short, &d, &mut dq, &mut tiny),
         "stats",
     );
+    let (mut o4, mut o8) = (b.zeros(12).unwrap(), b.zeros(8).unwrap());
+    let (mut r4, mut m4) = (b.zeros(4).unwrap(), b.zeros(4).unwrap());
+    let mut n12 = b.zeros(12).unwrap();
+    err(
+        b.sac_minibatch(
+            &SacParams { len: 0, ..sp },
+            &x,
+            &mut o4,
+            &mut o8,
+            &mut r4,
+            &mut n12,
+            &mut m4,
+        ),
+        "empty replay",
+    );
+    err(
+        b.sac_minibatch(
+            &SacParams { len: 5, ..sp },
+            &x,
+            &mut o4,
+            &mut o8,
+            &mut r4,
+            &mut n12,
+            &mut m4,
+        ),
+        "replay ring",
+    );
+    err(b.sac_noise(&sp, &mut o8, &mut tiny), "eps (policy)");
+    err(b.write_at(&mut o4, 10, &[1.0; 3]), "written at 10");
     let mut t = b.zeros(3).unwrap();
     err(b.polyak(&SacParams { tau: 1.5, ..sp }, &mut t, &short), "τ");
     err(

@@ -235,6 +235,12 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
+    fn write_at(&self, buf: &mut Vec<f32>, offset: usize, host: &[f32]) -> Result<()> {
+        check::write_at(buf.len(), offset, host.len())?;
+        buf[offset..offset + host.len()].copy_from_slice(host);
+        Ok(())
+    }
+
     fn ensemble_forward(
         &self,
         shape: &EnsembleShape,
@@ -598,6 +604,40 @@ impl Backend for CpuBackend {
         ];
         check::sac_squash_backward(p, lens)?;
         sac::squash_backward(p, head, eps, sb, dx, log_alpha[0], d_head);
+        Ok(())
+    }
+
+    fn sac_noise(
+        &self,
+        p: &SacParams,
+        eps_next: &mut Vec<f32>,
+        eps_pi: &mut Vec<f32>,
+    ) -> Result<()> {
+        check::sac_noise(p, [eps_next.len(), eps_pi.len()])?;
+        sac::noise(p, eps_next, eps_pi);
+        Ok(())
+    }
+
+    fn sac_minibatch(
+        &self,
+        p: &SacParams,
+        ring: &Vec<f32>,
+        obs: &mut Vec<f32>,
+        act: &mut Vec<f32>,
+        reward: &mut Vec<f32>,
+        next_obs: &mut Vec<f32>,
+        mask: &mut Vec<f32>,
+    ) -> Result<()> {
+        let lens = [
+            ring.len(),
+            obs.len(),
+            act.len(),
+            reward.len(),
+            next_obs.len(),
+            mask.len(),
+        ];
+        check::sac_minibatch(p, lens)?;
+        sac::minibatch(p, ring, obs, act, reward, next_obs, mask);
         Ok(())
     }
 

@@ -148,6 +148,43 @@ pub fn squash_backward(
     }
 }
 
+fn seed(p: &SacParams) -> u64 {
+    p.seed_lo as u64 | (p.seed_hi as u64) << 32
+}
+
+/// See [`crate::backend::Backend::sac_noise`].
+pub fn noise(p: &SacParams, eps_next: &mut [f32], eps_pi: &mut [f32]) {
+    let n = p.rows as usize * p.act_dim as usize;
+    let mut eps = vec![0.0f32; 2 * n];
+    crate::rng::normals(seed(p), p.stream, 0, p.step, &mut eps);
+    eps_next[..n].copy_from_slice(&eps[..n]);
+    eps_pi[..n].copy_from_slice(&eps[n..]);
+}
+
+/// See [`crate::backend::Backend::sac_minibatch`]; `Replay::sample`'s draws.
+#[allow(clippy::too_many_arguments)]
+pub fn minibatch(
+    p: &SacParams,
+    ring: &[f32],
+    obs: &mut [f32],
+    act: &mut [f32],
+    reward: &mut [f32],
+    next_obs: &mut [f32],
+    mask: &mut [f32],
+) {
+    let (o, a) = (p.obs_dim as usize, p.act_dim as usize);
+    let w = p.replay_width();
+    for r in 0..p.rows as usize {
+        let s = crate::rng::below(seed(p), p.stream, r as u32, p.step, p.len) as usize;
+        let row = &ring[s * w..(s + 1) * w];
+        obs[r * o..(r + 1) * o].copy_from_slice(&row[..o]);
+        act[r * a..(r + 1) * a].copy_from_slice(&row[o..o + a]);
+        reward[r] = row[o + a];
+        next_obs[r * o..(r + 1) * o].copy_from_slice(&row[o + a + 1..2 * o + a + 1]);
+        mask[r] = 1.0 - row[2 * o + a + 1];
+    }
+}
+
 /// θ̄ ← τ·θ + (1 − τ)·θ̄ (`policy::sac::polyak`).
 pub fn polyak(p: &SacParams, target: &mut [f32], online: &[f32]) {
     let n = p.len as usize;

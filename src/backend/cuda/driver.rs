@@ -143,11 +143,11 @@ impl KernelHost for CudaDriver {
             .map_err(|e| driver_err("allocating device memory", e))
     }
 
-    fn upload(&self, dst: &mut CudaSlice<u32>, src: &[u32]) -> Result<()> {
+    fn upload(&self, dst: &mut CudaSlice<u32>, offset: usize, src: &[u32]) -> Result<()> {
         if src.is_empty() {
             return Ok(());
         }
-        let mut view = dst.slice_mut(0..src.len());
+        let mut view = dst.slice_mut(offset..offset + src.len());
         self.stream
             .memcpy_htod(src, &mut view)
             .map_err(|e| driver_err("copying to the device", e))

@@ -43,8 +43,8 @@ pub trait KernelHost: Send + Sync + 'static {
     fn device_name(&self) -> String;
     /// A zero-filled allocation of `words` 32-bit words (at least one).
     fn alloc_zeroed(&self, words: usize) -> Result<Self::Mem>;
-    /// Copy `src` into the first `src.len()` words of `dst`.
-    fn upload(&self, dst: &mut Self::Mem, src: &[u32]) -> Result<()>;
+    /// Copy `src` into words `offset .. offset + src.len()` of `dst`.
+    fn upload(&self, dst: &mut Self::Mem, offset: usize, src: &[u32]) -> Result<()>;
     /// Copy the first `dst.len()` words of `src` to the host, after all issued work.
     fn download(&self, src: &Self::Mem, dst: &mut [u32]) -> Result<()>;
     /// Issue one kernel launch.
@@ -218,8 +218,8 @@ impl<H: KernelHost> KernelHost for CountingHost<H> {
         Ok(m)
     }
 
-    fn upload(&self, dst: &mut Self::Mem, src: &[u32]) -> Result<()> {
-        self.inner.upload(dst, src)?;
+    fn upload(&self, dst: &mut Self::Mem, offset: usize, src: &[u32]) -> Result<()> {
+        self.inner.upload(dst, offset, src)?;
         let c = &mut self.lock().0;
         c.uploads += 1;
         c.upload_bytes += 4 * src.len() as u64;

@@ -291,6 +291,7 @@ impl<H: KernelHost> CudaBackend<H> {
         self.ensure(&mut sc.counters, COUNTER_WORDS)?;
         self.host.upload(
             &mut sc.counters.as_mut().expect("ensured").0,
+            0,
             &[0; COUNTER_WORDS],
         )
     }
@@ -347,7 +348,7 @@ impl<H: KernelHost> Backend for CudaBackend<H> {
 
     fn upload(&self, host: &[f32]) -> Result<Self::Buf> {
         let mut mem = self.host.alloc_zeroed(host.len())?;
-        self.host.upload(&mut mem, bytemuck::cast_slice(host))?;
+        self.host.upload(&mut mem, 0, bytemuck::cast_slice(host))?;
         Ok(DeviceBuf::new(mem, host.len()))
     }
 
@@ -363,8 +364,14 @@ impl<H: KernelHost> Backend for CudaBackend<H> {
 
     fn write(&self, buf: &mut Self::Buf, host: &[f32]) -> Result<()> {
         super::check::write(buf.len(), host.len())?;
+        self.write_at(buf, 0, host)
+    }
+
+    fn write_at(&self, buf: &mut Self::Buf, offset: usize, host: &[f32]) -> Result<()> {
+        super::check::write_at(buf.len(), offset, host.len())?;
         buf.touch();
-        self.host.upload(&mut buf.mem, bytemuck::cast_slice(host))
+        self.host
+            .upload(&mut buf.mem, offset, bytemuck::cast_slice(host))
     }
 
     fn ensemble_forward(
@@ -602,6 +609,39 @@ impl<H: KernelHost> Backend for CudaBackend<H> {
         self.squash_backward(p, [head, eps, sb, dx, log_alpha, d_head])
     }
 
+    fn sac_noise(
+        &self,
+        p: &SacParams,
+        eps_next: &mut Self::Buf,
+        eps_pi: &mut Self::Buf,
+    ) -> Result<()> {
+        eps_next.touch();
+        eps_pi.touch();
+        self.noise(p, [eps_next, eps_pi])
+    }
+
+    fn sac_minibatch(
+        &self,
+        p: &SacParams,
+        ring: &Self::Buf,
+        obs: &mut Self::Buf,
+        act: &mut Self::Buf,
+        reward: &mut Self::Buf,
+        next_obs: &mut Self::Buf,
+        mask: &mut Self::Buf,
+    ) -> Result<()> {
+        for b in [
+            &mut *obs,
+            &mut *act,
+            &mut *reward,
+            &mut *next_obs,
+            &mut *mask,
+        ] {
+            b.touch();
+        }
+        self.minibatch(p, [ring, obs, act, reward, next_obs, mask])
+    }
+
     fn polyak(&self, p: &SacParams, target: &mut Self::Buf, online: &Self::Buf) -> Result<()> {
         target.touch();
         self.polyak_avg(p, target, online)
@@ -659,8 +699,8 @@ mod tests {
         fn alloc_zeroed(&self, words: usize) -> Result<Vec<u32>> {
             Ok(vec![0; words.max(1)])
         }
-        fn upload(&self, dst: &mut Vec<u32>, src: &[u32]) -> Result<()> {
-            dst[..src.len()].copy_from_slice(src);
+        fn upload(&self, dst: &mut Vec<u32>, offset: usize, src: &[u32]) -> Result<()> {
+            dst[offset..offset + src.len()].copy_from_slice(src);
             Ok(())
         }
         fn download(&self, src: &Vec<u32>, dst: &mut [u32]) -> Result<()> {

@@ -67,6 +67,17 @@ impl<H: KernelHost> CudaBackend<H> {
         self.sac_launch("sac_squash_backward", p, Self::row_blocks(p), &all)
     }
 
+    pub(super) fn noise(&self, p: &SacParams, all: [&DeviceBuf<H::Mem>; 2]) -> Result<()> {
+        check::sac_noise(p, all.map(|b| b.len()))?;
+        let blocks = (p.rows as usize * p.act_dim as usize).div_ceil(256) as u32;
+        self.sac_launch("sac_noise", p, blocks, &all)
+    }
+
+    pub(super) fn minibatch(&self, p: &SacParams, all: [&DeviceBuf<H::Mem>; 6]) -> Result<()> {
+        check::sac_minibatch(p, all.map(|b| b.len()))?;
+        self.sac_launch("sac_minibatch", p, Self::row_blocks(p), &all)
+    }
+
     pub(super) fn polyak_avg(
         &self,
         p: &SacParams,

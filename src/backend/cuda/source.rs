@@ -82,6 +82,8 @@ impl KernelFile {
                 "sac_actor_grad",
                 "sac_squash_backward",
                 "polyak",
+                "sac_noise",
+                "sac_minibatch",
             ],
         }
     }

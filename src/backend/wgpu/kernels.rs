@@ -178,6 +178,20 @@ pub(super) const SAC_SQUASH_BACKWARD: Spec = Spec {
     // head, eps, [scale, bias], critic input gradient, log α, d head
     storage: &[(0, RO), (1, RO), (3, RO), (16, RO), (11, RO), (17, RW)],
 };
+pub(super) const SAC_NOISE: Spec = Spec {
+    module: Module::Sac,
+    entry: "sac_noise",
+    uniform: (0, size_of::<SacParams>()),
+    // eps (next states), eps (policy)
+    storage: &[(20, RW), (21, RW)],
+};
+pub(super) const SAC_MINIBATCH: Spec = Spec {
+    module: Module::Sac,
+    entry: "sac_minibatch",
+    uniform: (0, size_of::<SacParams>()),
+    // ring, obs, act, reward, next obs, mask
+    storage: &[(22, RO), (23, RW), (24, RW), (25, RW), (26, RW), (27, RW)],
+};
 pub(super) const POLYAK: Spec = Spec {
     module: Module::Sac,
     entry: "polyak",

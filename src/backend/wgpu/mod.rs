@@ -359,6 +359,11 @@ impl Backend for WgpuBackend {
 
     fn write(&self, buf: &mut WgpuBuf, host: &[f32]) -> Result<()> {
         super::check::write(buf.len, host.len())?;
+        self.write_at(buf, 0, host)
+    }
+
+    fn write_at(&self, buf: &mut WgpuBuf, offset: usize, host: &[f32]) -> Result<()> {
+        super::check::write_at(buf.len, offset, host.len())?;
         let mut st = self.lock();
         // Commands recorded before this write must see the old contents: submit them first
         // (the queue orders the write after them).
@@ -368,7 +373,7 @@ impl Backend for WgpuBackend {
         if !host.is_empty() {
             self.gpu
                 .queue
-                .write_buffer(&buf.buf, 0, bytemuck::cast_slice(host));
+                .write_buffer(&buf.buf, 4 * offset as u64, bytemuck::cast_slice(host));
         }
         Ok(())
     }
@@ -577,6 +582,23 @@ impl Backend for WgpuBackend {
         d_head: &mut WgpuBuf,
     ) -> Result<()> {
         sac::squash_backward(self, p, head, eps, sb, dx, log_alpha, d_head)
+    }
+
+    fn sac_noise(&self, p: &SacParams, eps_next: &mut WgpuBuf, eps_pi: &mut WgpuBuf) -> Result<()> {
+        sac::noise(self, p, eps_next, eps_pi)
+    }
+
+    fn sac_minibatch(
+        &self,
+        p: &SacParams,
+        ring: &WgpuBuf,
+        obs: &mut WgpuBuf,
+        act: &mut WgpuBuf,
+        reward: &mut WgpuBuf,
+        next_obs: &mut WgpuBuf,
+        mask: &mut WgpuBuf,
+    ) -> Result<()> {
+        sac::minibatch(self, p, ring, obs, act, reward, next_obs, mask)
     }
 
     fn polyak(&self, p: &SacParams, target: &mut WgpuBuf, online: &WgpuBuf) -> Result<()> {

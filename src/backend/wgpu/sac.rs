@@ -116,6 +116,40 @@ pub(super) fn squash_backward(
     run(be, &kernels::SAC_SQUASH_BACKWARD, p, &bufs, None)
 }
 
+pub(super) fn noise(
+    be: &WgpuBackend,
+    p: &SacParams,
+    eps_next: &mut WgpuBuf,
+    eps_pi: &mut WgpuBuf,
+) -> Result<()> {
+    check::sac_noise(p, [eps_next.len, eps_pi.len])?;
+    let grid = be.gpu.grid_1d(p.rows as usize * p.act_dim as usize)?;
+    run(
+        be,
+        &kernels::SAC_NOISE,
+        p,
+        &[&eps_next.buf, &eps_pi.buf],
+        Some(grid),
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(super) fn minibatch(
+    be: &WgpuBackend,
+    p: &SacParams,
+    ring: &WgpuBuf,
+    obs: &mut WgpuBuf,
+    act: &mut WgpuBuf,
+    reward: &mut WgpuBuf,
+    next_obs: &mut WgpuBuf,
+    mask: &mut WgpuBuf,
+) -> Result<()> {
+    let all = [ring, &*obs, &*act, &*reward, &*next_obs, &*mask];
+    check::sac_minibatch(p, all.map(|b| b.len))?;
+    let bufs = all.map(|b| &b.buf);
+    run(be, &kernels::SAC_MINIBATCH, p, &bufs, None)
+}
+
 pub(super) fn polyak(
     be: &WgpuBackend,
     p: &SacParams,
