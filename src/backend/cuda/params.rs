@@ -185,7 +185,9 @@ mod tests {
     #[test]
     fn parameter_blocks_should_have_the_kernels_sizes() {
         assert_eq!(std::mem::size_of::<MlpShape>(), 48);
-        assert_eq!(std::mem::size_of::<NllParams>(), 32);
+        // ensemble.cu's NllParams; sac.cu's SacParams (12 words).
+        assert_eq!(std::mem::size_of::<NllParams>(), 40);
+        assert_eq!(std::mem::size_of::<crate::backend::SacParams>(), 48);
         assert_eq!(std::mem::size_of::<crate::backend::RolloutParams>(), 112);
         assert!(
             std::mem::size_of::<crate::backend::RolloutParams>()

@@ -151,5 +151,7 @@ mod tests {
         assert_eq!(size_of::<RolloutParams>(), 112);
         assert_eq!(size_of::<RolloutStep>(), 176);
         assert_eq!(size_of::<RngParams>(), 32);
+        // sac.wgsl's SacParams: 12 scalars, a multiple of the uniform alignment.
+        assert_eq!(size_of::<crate::backend::SacParams>(), 48);
     }
 }
