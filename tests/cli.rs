@@ -1263,3 +1263,22 @@ fn maac_and_svg_settings_errors_should_name_the_setting() {
         "{out}"
     );
 }
+
+#[test]
+fn a_backend_that_cannot_start_should_leave_no_run_directory() {
+    // SAFETY: only tries to dlopen libcuda.
+    if unsafe { cudarc::driver::sys::is_culib_present() } {
+        eprintln!("skipped: this machine has a CUDA driver, so `--backend cuda` would start");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    for cmd in ["sac", "mbpo", "svg"] {
+        let out = dir.path().join(cmd);
+        let o = out.to_str().unwrap();
+        fails_with(
+            &[cmd, "--env", "pendulum", "--backend", "cuda", "--out", o],
+            &["cuda", "libcuda"],
+        );
+        assert!(!out.exists(), "{cmd} left {o} behind");
+    }
+}

@@ -4,7 +4,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use mbrl_gpu::algo::offpolicy::{Event, Row};
 use mbrl_gpu::algo::{mbpo, sac, svg};
-use mbrl_gpu::backend::BackendChoice;
+use mbrl_gpu::backend::{AnyBackend, BackendChoice};
 use mbrl_gpu::env::{EnvId, EnvName};
 use mbrl_gpu::io::config::{self as conf, Origin};
 use mbrl_gpu::io::run::{Mode, RunDir};
@@ -324,7 +324,17 @@ fn finish(pb: &ProgressBar, rows: &[Row], dir: &RunDir) -> Result<()> {
     Ok(())
 }
 
+/// The backend, resolved before anything is written: a backend that cannot start leaves no
+/// run directory behind (none at all with `--print-config`, which needs none).
+fn early_backend(run: &RunArgs, choice: BackendChoice) -> Result<Option<AnyBackend>> {
+    if run.print_config {
+        return Ok(None);
+    }
+    super::pick_backend(choice).map(Some)
+}
+
 pub fn run_sac(a: SacArgs) -> Result<()> {
+    let be = early_backend(&a.run, a.backend)?;
     let Some((cfg, dir)) = prepare(
         &a.run,
         "sac",
@@ -348,7 +358,7 @@ pub fn run_sac(a: SacArgs) -> Result<()> {
         cfg.sac.lr,
         dir.path().display()
     );
-    let be = super::pick_backend(a.backend)?;
+    let be = be.expect("resolved unless printing the configuration");
     let pb = bar(cfg.steps);
     let (_, rows) = with_backend!(&be, |b| sac::run(b, &cfg, Some(&dir), progress(&pb, &dir)))?;
     finish(&pb, &rows, &dir)
@@ -386,6 +396,7 @@ fn run_model_based(a: MbpoArgs, maac: bool) -> Result<()> {
         }
         c.validate()
     };
+    let be = early_backend(&a.run, a.backend)?;
     let Some((cfg, dir)) = prepare(
         &a.run,
         cmd,
@@ -416,13 +427,14 @@ fn run_model_based(a: MbpoArgs, maac: bool) -> Result<()> {
         cfg.num_sac_updates_per_step,
         dir.path().display()
     );
-    let be = super::pick_backend(a.backend)?;
+    let be = be.expect("resolved unless printing the configuration");
     let pb = bar(cfg.steps);
     let (_, rows) = with_backend!(&be, |b| mbpo::run(b, &cfg, Some(&dir), progress(&pb, &dir)))?;
     finish(&pb, &rows, &dir)
 }
 
 pub fn run_svg(a: MbpoArgs) -> Result<()> {
+    let be = early_backend(&a.run, a.backend)?;
     let Some((cfg, dir)) = prepare(
         &a.run,
         "svg",
@@ -447,7 +459,7 @@ pub fn run_svg(a: MbpoArgs) -> Result<()> {
         cfg.episodes_per_update,
         dir.path().display()
     );
-    let be = super::pick_backend(a.backend)?;
+    let be = be.expect("resolved unless printing the configuration");
     let pb = bar(cfg.steps);
     let (_, rows) = with_backend!(&be, |b| svg::run(b, &cfg, Some(&dir), progress(&pb, &dir)))?;
     finish(&pb, &rows, &dir)
