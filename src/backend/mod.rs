@@ -219,6 +219,22 @@ pub mod sac_stats {
     pub const LEN: usize = 8;
 }
 
+impl AdamParams {
+    /// `torch.optim.Adam`'s defaults (β = (0.9, 0.999), ε = 1e-8) at learning rate `lr`, for
+    /// the 1-based step `step` over `len` parameters.
+    pub fn torch(lr: f32, step: u32, len: usize) -> Self {
+        Self {
+            lr,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            step,
+            len: len as u32,
+            _pad: [0; 2],
+        }
+    }
+}
+
 /// Arithmetic of the planning rollouts.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]

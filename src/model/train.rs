@@ -339,15 +339,7 @@ pub fn train<B: Backend>(
             )?;
             batches += 1;
             step += 1;
-            let ap = AdamParams {
-                lr: cfg.lr,
-                beta1: 0.9,
-                beta2: 0.999,
-                eps: 1e-8,
-                step,
-                len: total as u32,
-                _pad: [0; 2],
-            };
+            let ap = AdamParams::torch(cfg.lr, step, total);
             backend.adam_step(&ap, &mut params, &grad, &mut adam_m, &mut adam_v)?;
             start += rows;
         }

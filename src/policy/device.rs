@@ -237,15 +237,7 @@ impl<'b, B: Backend> DeviceSac<'b, B> {
         len: usize,
     ) -> Result<()> {
         opt.step += 1;
-        let p = AdamParams {
-            lr,
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            step: opt.step,
-            len: len as u32,
-            _pad: [0; 2],
-        };
+        let p = AdamParams::torch(lr, opt.step, len);
         be.adam_step(&p, params, grad, &mut opt.m, &mut opt.v)
     }
 

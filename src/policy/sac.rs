@@ -764,15 +764,7 @@ impl AdamState {
     /// One `torch.optim.Adam` step (default betas and eps).
     pub fn step(&mut self, lr: f32, params: &mut [f32], grad: &[f32]) {
         self.step += 1;
-        let p = AdamParams {
-            lr,
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            step: self.step,
-            len: params.len() as u32,
-            _pad: [0; 2],
-        };
+        let p = AdamParams::torch(lr, self.step, params.len());
         optim::adam(&p, params, grad, &mut self.m, &mut self.v);
     }
 }
