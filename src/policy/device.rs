@@ -1,9 +1,11 @@
 //! SAC's gradient step on any backend, composed of the dense-layer engine's products
 //! (`ensemble_forward`, `ensemble_vjp`), the SAC stages (`sac_*`), Adam and Polyak: the same
 //! step as [`Sac::update`] (the CPU specification, checked against finite differences),
-//! with every parameter, moment, activation and statistic kept on the device. Per update the
-//! host writes the minibatch and its noise and launches; nothing is read back until
-//! [`DeviceSac::sync`], which copies the agent to the host at evaluation points.
+//! with every parameter, moment, activation and statistic kept on the device. The minibatch
+//! is drawn on the device from a mirror of the replay buffer ([`DeviceReplay`],
+//! [`DeviceSac::update_from`]) or written from the host ([`DeviceSac::update`]); the noise is
+//! drawn on the device. Nothing is read back until [`DeviceSac::sync`], which copies the agent
+//! to the host at evaluation points (and [`DeviceSac::read_actor`], before the host acts).
 //!
 //! A diverged update cannot be refused one at a time without reading every gradient back;
 //! instead [`DeviceSac::sync`] checks the whole agent and, if anything is non-finite, leaves
