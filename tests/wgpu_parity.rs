@@ -1431,3 +1431,57 @@ fn a_sac_run_on_the_device_should_follow_the_cpu_run() {
     eprintln!("actor parameters: largest difference {diff:e}");
     assert!(diff < 1e-2, "{diff}");
 }
+
+/// `mbpo::run` with its model and SAC steps on the device (two replay mirrors: real and model
+/// data, the model buffer refilled and resized as the rollout length grows from 1 to 3): it
+/// takes the CPU run's updates without a rollback and follows its returns and losses.
+#[test]
+fn an_mbpo_run_on_the_device_should_train_sac_there() {
+    let Some(g) = gpu("an_mbpo_run_on_the_device_should_train_sac_there") else {
+        return;
+    };
+    use mbrl_gpu::algo::mbpo::{self, MbpoConfig};
+    let mut c = MbpoConfig::preset(&EnvId::Pendulum.into(), "quick").unwrap();
+    c.steps = 400;
+    c.epoch_length = 100;
+    c.freq_train_model = 50;
+    c.initial_exploration_steps = 100;
+    c.effective_model_rollouts_per_step = 4;
+    c.num_sac_updates_per_step = 2;
+    c.rollout_schedule = [1, 3, 1, 3];
+    c.eval_episodes = 1;
+    c.model.hidden = 16;
+    c.model.num_layers = 2;
+    c.train.epochs = 3;
+    c.train.patience = None;
+    c.sac.hidden = 16;
+    c.sac.batch_size = 32;
+    let (cpu_agent, want) = mbpo::run(&CpuBackend::new(), &c, None, |_| {}).unwrap();
+    let (dev_agent, got) = mbpo::run(g, &c, None, |_| {}).unwrap();
+    assert_eq!(got.len(), want.len());
+    assert_eq!(dev_agent.updates, cpu_agent.updates);
+    assert!(dev_agent.is_finite());
+    for (g, w) in got.iter().zip(&want) {
+        eprintln!(
+            "{} steps (k = {}): return {} vs {}, critic loss {} vs {}, updates {} vs {}",
+            w.env_steps,
+            w.rollout_length,
+            g.eval_return,
+            w.eval_return,
+            g.critic_loss,
+            w.critic_loss,
+            g.updates,
+            w.updates
+        );
+        assert_eq!(
+            (g.env_steps, g.updates, g.diverged),
+            (w.env_steps, w.updates, 0)
+        );
+        // The model's training and the rollouts' member draws are the CPU's up to float
+        // rounding too (lavapipe: returns and losses equal to 1e-6 relative); a stale actor,
+        // a wrong mirror or the wrong buffer moves them by far more than 1 %.
+        let close = |a: f64, b: f64| (a - b).abs() <= 0.01 * b.abs();
+        assert!(close(g.eval_return, w.eval_return));
+        assert!(close(g.critic_loss, w.critic_loss));
+    }
+}
