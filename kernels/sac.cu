@@ -34,6 +34,31 @@ typedef struct {
 // Rust's f32::min for finite values.
 DEVFN float min_f32(float a, float b) { return b < a ? b : a; }
 
+// squash_row's shared terms of row r, action j.
+typedef struct {
+  float raw;    // the head's log σ before the clamp
+  float ls;     // log σ, clamped to [LOG_STD_MIN, LOG_STD_MAX]
+  float sigma;
+  float e;      // ε
+  float t;      // tanh(μ + σ·ε)
+  float scale;
+  float det;    // scale·(1 − t²) + TANH_EPS
+} SquashTerms;
+
+DEVFN SquashTerms squash_terms(SacParams p, GLOBAL const float* head, GLOBAL const float* eps,
+                               GLOBAL const float* sb, u32 r, u32 j) {
+  const u32 a = p.act_dim;
+  SquashTerms q;
+  q.raw = head[r * 2u * a + a + j];
+  q.ls = clamp_f32(q.raw, SAC_LOG_STD_MIN, SAC_LOG_STD_MAX);
+  q.sigma = EXPF(q.ls);
+  q.e = eps[r * a + j];
+  q.t = TANHF(head[r * 2u * a + j] + FMUL(q.sigma, q.e));
+  q.scale = sb[j];
+  q.det = FMUL(q.scale, 1.0f - FMUL(q.t, q.t)) + SAC_TANH_EPS;
+  return q;
+}
+
 KERNEL BOUNDS(256) void sac_squash(SacParams p, GLOBAL const float* head,
                                    GLOBAL const float* eps, GLOBAL const float* obs,
                                    GLOBAL const float* sb, GLOBAL const float* act_in,
@@ -56,16 +81,11 @@ KERNEL BOUNDS(256) void sac_squash(SacParams p, GLOBAL const float* head,
   }
   float lp = 0.0f;
   for (u32 j = 0; j < a; ++j) {
-    const float mu = head[r * 2u * a + j];
-    const float ls = clamp_f32(head[r * 2u * a + a + j], SAC_LOG_STD_MIN, SAC_LOG_STD_MAX);
-    const float e = eps[r * a + j];
-    const float t = TANHF(mu + FMUL(EXPF(ls), e));
-    const float scale = sb[j];
-    const float det = FMUL(scale, 1.0f - FMUL(t, t)) + SAC_TANH_EPS;
-    const float act = FMUL(scale, t) + sb[a + j];
+    const SquashTerms q = squash_terms(p, head, eps, sb, r, j);
+    const float act = FMUL(q.scale, q.t) + sb[a + j];
     x[r * w + o + j] = act;
     x[(p.rows + r) * w + o + j] = act;
-    lp += FMUL(FMUL(-0.5f, e), e) - ls - SAC_HALF_LN_2PI - LOGF(det);
+    lp += FMUL(FMUL(-0.5f, q.e), q.e) - q.ls - SAC_HALF_LN_2PI - LOGF(q.det);
   }
   logp[r] = lp;
 }
@@ -140,20 +160,13 @@ KERNEL BOUNDS(256) void sac_squash_backward(SacParams p, GLOBAL const float* hea
   const float g_logp = FMUL(EXPF(log_alpha[0]), 1.0f / (float)p.rows);
   for (u32 j = 0; j < a; ++j) {
     const float g_a = dx[r * w + o + j] + dx[(p.rows + r) * w + o + j];
-    const float mu = head[r * 2u * a + j];
-    const float raw = head[r * 2u * a + a + j];
-    const float ls = clamp_f32(raw, SAC_LOG_STD_MIN, SAC_LOG_STD_MAX);
-    const float sigma = EXPF(ls);
-    const float e = eps[r * a + j];
-    const float t = TANHF(mu + FMUL(sigma, e));
-    const float scale = sb[j];
-    const float omt = 1.0f - FMUL(t, t);
-    const float det = FMUL(scale, omt) + SAC_TANH_EPS;
-    const float du = FMUL(FMUL(g_a, scale), omt) +
-                     FMUL(FMUL(FMUL(FMUL(g_logp, 2.0f), t), scale), omt) / det;
+    const SquashTerms q = squash_terms(p, head, eps, sb, r, j);
+    const float omt = 1.0f - FMUL(q.t, q.t);
+    const float du = FMUL(FMUL(g_a, q.scale), omt) +
+                     FMUL(FMUL(FMUL(FMUL(g_logp, 2.0f), q.t), q.scale), omt) / q.det;
     d_head[r * 2u * a + j] = du;
-    const int inside = raw >= SAC_LOG_STD_MIN && raw <= SAC_LOG_STD_MAX;
-    d_head[r * 2u * a + a + j] = inside ? FMUL(FMUL(du, sigma), e) - g_logp : 0.0f;
+    const int inside = q.raw >= SAC_LOG_STD_MIN && q.raw <= SAC_LOG_STD_MAX;
+    d_head[r * 2u * a + a + j] = inside ? FMUL(FMUL(du, q.sigma), q.e) - g_logp : 0.0f;
   }
 }
 

@@ -66,6 +66,30 @@ const LOG_STD_MAX: f32 = 2.0;
 const TANH_EPS: f32 = 1e-6;
 const HALF_LN_2PI: f32 = 0.9189385332046727;
 
+// squash_row's shared terms of row r, action j.
+struct SquashTerms {
+    raw: f32,   // the head's log σ before the clamp
+    ls: f32,    // log σ, clamped to [LOG_STD_MIN, LOG_STD_MAX]
+    sigma: f32,
+    e: f32,     // ε
+    t: f32,     // tanh(μ + σ·ε)
+    scale: f32,
+    det: f32,   // scale·(1 − t²) + TANH_EPS
+}
+
+fn squash_terms(r: u32, j: u32) -> SquashTerms {
+    let a = sp.act_dim;
+    var q: SquashTerms;
+    q.raw = sq_head[r * 2u * a + a + j];
+    q.ls = min(max(q.raw, LOG_STD_MIN), LOG_STD_MAX);
+    q.sigma = exp_f(q.ls);
+    q.e = sq_eps[r * a + j];
+    q.t = tanh_f(sq_head[r * 2u * a + j] + q.sigma * q.e);
+    q.scale = sq_sb[j];
+    q.det = q.scale * (1.0 - q.t * q.t) + TANH_EPS;
+    return q;
+}
+
 // One row of squash_row (forward): the action into sq_x's two critic rows, log π returned.
 fn squash_forward(r: u32) -> f32 {
     let a = sp.act_dim;
@@ -73,13 +97,11 @@ fn squash_forward(r: u32) -> f32 {
     let w = o + a;
     var logp = 0.0;
     for (var j = 0u; j < a; j++) {
-        let mu = sq_head[r * 2u * a + j];
-        let ls = min(max(sq_head[r * 2u * a + a + j], LOG_STD_MIN), LOG_STD_MAX);
-        let e = sq_eps[r * a + j];
-        let t = tanh_f(mu + exp_f(ls) * e);
-        let scale = sq_sb[j];
-        let det = scale * (1.0 - t * t) + TANH_EPS;
-        let act = scale * t + sq_sb[a + j];
+        let q = squash_terms(r, j);
+        let e = q.e;
+        let ls = q.ls;
+        let det = q.det;
+        let act = q.scale * q.t + sq_sb[a + j];
         sq_x[r * w + o + j] = act;
         sq_x[(sp.rows + r) * w + o + j] = act;
         logp = logp + (-0.5 * e * e - ls - HALF_LN_2PI - ln_f(det));
@@ -210,20 +232,13 @@ fn sac_squash_backward(@builtin(workgroup_id) wg: vec3<u32>,
     let g_logp = exp_f(cg_log_alpha[0]) * (1.0 / f32(sp.rows));
     for (var j = 0u; j < a; j++) {
         let g_a = sb_dx[r * w + o + j] + sb_dx[(sp.rows + r) * w + o + j];
-        let mu = sq_head[r * 2u * a + j];
-        let raw = sq_head[r * 2u * a + a + j];
-        let ls = min(max(raw, LOG_STD_MIN), LOG_STD_MAX);
-        let sigma = exp_f(ls);
-        let e = sq_eps[r * a + j];
-        let t = tanh_f(mu + sigma * e);
-        let scale = sq_sb[j];
-        let omt = 1.0 - t * t;
-        let det = scale * omt + TANH_EPS;
-        let du = g_a * scale * omt + g_logp * 2.0 * t * scale * omt / det;
+        let q = squash_terms(r, j);
+        let omt = 1.0 - q.t * q.t;
+        let du = g_a * q.scale * omt + g_logp * 2.0 * q.t * q.scale * omt / q.det;
         sb_dhead[r * 2u * a + j] = du;
         var dls = 0.0;
-        if (raw >= LOG_STD_MIN && raw <= LOG_STD_MAX) {
-            dls = du * sigma * e - g_logp;
+        if (q.raw >= LOG_STD_MIN && q.raw <= LOG_STD_MAX) {
+            dls = du * q.sigma * q.e - g_logp;
         }
         sb_dhead[r * 2u * a + a + j] = dls;
     }

@@ -149,9 +149,7 @@ impl Stats {
         *self = Stats::default();
         row
     }
-}
 
-impl Stats {
     /// Add a device agent's statistics since its last sync.
     fn add_device(&mut self, s: &DeviceStats) {
         let n = s.updates as f64;

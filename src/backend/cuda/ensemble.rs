@@ -237,10 +237,12 @@ impl<H: KernelHost> CudaBackend<H> {
                  kernels' 32-bit indexing allows"
             )));
         }
-        let shared = self.check_shared(
-            "the ensemble NLL backward",
-            4 * (ms.tile_floats() + REDUCE_FLOATS),
-        )?;
+        let what = if flags & NllParams::VJP != 0 {
+            "the ensemble vector–Jacobian product"
+        } else {
+            "the ensemble NLL backward"
+        };
+        let shared = self.check_shared(what, 4 * (ms.tile_floats() + REDUCE_FLOATS))?;
         let mut sc = self.scratch();
         let sc = &mut *sc;
         self.pack_weights(&mut sc.bf16, &mut sc.bf16_source, params, lay.total)?;
