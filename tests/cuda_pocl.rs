@@ -2087,3 +2087,56 @@ fn training_should_synchronise_per_epoch_not_per_minibatch() {
     assert_eq!(few.syncs, many.syncs, "{few} / {many}");
     assert_eq!(many.syncs, 1 + 2 * 3, "{many}");
 }
+
+/// What a SAC update on the device costs the host, counted on PoCL through the production host
+/// code: no upload, download or allocation once the replay mirror is current, and a fixed
+/// number of launches.
+#[test]
+fn sac_update_host_costs_on_pocl_should_stay_fixed() {
+    use mbrl_gpu::backend::cuda::host::CountingHost;
+    use mbrl_gpu::policy::device::{DeviceReplay, DeviceSac};
+    use mbrl_gpu::policy::sac::{Sac, SacConfig};
+    use mbrl_gpu::policy::Replay;
+    let Some(h) = pocl() else { return };
+    let b = CudaBackend::with_host(CountingHost::new(h), CudaOptions::default());
+    let cfg = SacConfig {
+        hidden: 16,
+        batch_size: 32,
+        ..SacConfig::default()
+    };
+    let agent = Sac::new(cfg, 3, &[-2.0], &[2.0], 1).unwrap();
+    let mut replay = Replay::new(3, 1, 100);
+    for i in 0..50 {
+        let v = i as f32 * 0.01;
+        replay.push(&[v, -v, 0.5], &[v], v, &[v, v, v], i % 9 == 4);
+    }
+    let mut dev = DeviceSac::new(&b, &agent).unwrap();
+    let mut ring = DeviceReplay::empty(&b).unwrap();
+    ring.sync(&b, &replay).unwrap();
+    dev.update_from(&ring, 1, 2, 0, 32).unwrap();
+    for k in 1..4u32 {
+        let before = b.host().counts();
+        ring.sync(&b, &replay).unwrap();
+        dev.update_from(&ring, 1, 2, k, 32).unwrap();
+        let d = b.host().counts().since(&before);
+        eprintln!("update {k}: {d}");
+        assert_eq!(
+            (d.uploads, d.downloads, d.allocations),
+            (0, 0, 0),
+            "update {k}: {d}"
+        );
+        // minibatch and noise (2); critics: actor forward at s', squash, target forward,
+        // the batch's critic input, critic forward, TD gradient, the VJP with weight
+        // gradients (backward + 3 layers' weight gradients + finish = 5), Adam (12 so far);
+        // actor: forward, squash, critic forward, min-Q gradient, the input-only VJP (1),
+        // squash backward, the actor's VJP (5), Adam; temperature Adam; Polyak (every update
+        // at the default interval 1).
+        assert_eq!(d.total_launches(), 2 + 12 + 12 + 1 + 1, "update {k}: {d}");
+    }
+    // A new transition costs one ranged upload of one packed row.
+    replay.push(&[0.1, 0.2, 0.3], &[0.4], 0.5, &[0.6, 0.7, 0.8], false);
+    let before = b.host().counts();
+    ring.sync(&b, &replay).unwrap();
+    let d = b.host().counts().since(&before);
+    assert_eq!((d.uploads, d.upload_bytes), (1, 4 * 9), "{d}");
+}
