@@ -544,3 +544,158 @@ KERNEL BOUNDS(128) void rollout_true(RolloutParams p, GLOBAL const float* start,
   }
   returns[c] = bad ? NEG_INF_F32 : total;
 }
+
+// ---- MBPO's branched rollout (src/algo/mbpo.rs), one step at a time ---------------------
+// The policy's actions and the model's predictions come from the dense-layer engine
+// (ensemble.cu) and sac.cu between these two kernels; the composition is
+// src/policy/device.rs. Both kernels run as one block: branch_route ranks each row among the
+// rows of its member and branch_step appends transitions in row order, and both orders come
+// from a block-wide exclusive scan over contiguous row chunks (one chunk per thread), which
+// keeps the ring's contents identical to the CPU's.
+
+// Identical to src/backend/mod.rs `BranchParams`.
+typedef struct {
+  u32 rows, obs_dim, act_dim, out_dim;
+  u32 members, per, task, learn_reward;
+  u32 seed_lo, seed_hi, step, capacity;
+  u32 base, member_stream, noise_stream, pad;
+} BranchParams;
+
+// src/backend/mod.rs MAX_ELITES: the route's per-thread member counts live in shared memory.
+#define BRANCH_MAX_MEMBERS 16u
+
+DEVFN u32 min_u32(u32 a, u32 b) { return a < b ? a : b; }
+
+DEVFN u32 branch_member(BranchParams p, u32 r) {
+  return philox_below(p.seed_lo, p.seed_hi, p.member_stream, r, p.step, p.members);
+}
+
+KERNEL BOUNDS(256) void branch_route(BranchParams p, GLOBAL const float* x, GLOBAL float* route,
+                                     GLOBAL float* xg) {
+  // counts[m·256 + t]: rows of thread t's chunk drawing member m, then their first rank.
+  SHARED u32 counts[BRANCH_MAX_MEMBERS * 256u];
+  const u32 t = (u32)LID, chunk = (p.rows + 255u) / 256u;
+  const u32 r0 = min_u32(t * chunk, p.rows), r1 = min_u32(r0 + chunk, p.rows);
+  const u32 din = p.obs_dim + p.act_dim;
+  for (u32 m = 0; m < BRANCH_MAX_MEMBERS; ++m) counts[m * 256u + t] = 0u;
+  for (u32 r = r0; r < r1; ++r) counts[branch_member(p, r) * 256u + t] += 1u;
+  SYNC();
+  if (t < p.members) {
+    u32 acc = 0u;
+    for (u32 i = 0; i < 256u; ++i) {
+      const u32 v = counts[t * 256u + i];
+      counts[t * 256u + i] = acc;
+      acc += v;
+    }
+  }
+  SYNC();
+  for (u32 r = r0; r < r1; ++r) {
+    const u32 m = branch_member(p, r);
+    const u32 q = counts[m * 256u + t];
+    counts[m * 256u + t] = q + 1u;
+    if (q >= p.per) {
+      route[r] = AS_F32(0xffffffffu);
+      continue;
+    }
+    const u32 slot = m * p.per + q;
+    route[r] = AS_F32(slot);
+    for (u32 j = 0; j < din; ++j) xg[slot * din + j] = x[r * din + j];
+  }
+}
+
+// Output j of row r's Gaussian sample (PETS eq. 2): μ + exp(½·log σ²)·ε.
+DEVFN float branch_sample(BranchParams p, GLOBAL const float* mean, GLOBAL const float* logvar,
+                          u32 slot, u32 r, u32 j) {
+  const u32 i = slot * p.out_dim + j;
+  const float z = philox_normal(p.seed_lo, p.seed_hi, p.noise_stream, r * p.out_dim + j, p.step);
+  return mean[i] + FMUL(EXPF(FMUL(0.5f, logvar[i])), z);
+}
+
+typedef struct {
+  int record;  // live, and the transition is finite: it goes into the ring
+  int term;
+  float reward;
+} BranchRow;
+
+DEVFN BranchRow branch_row(BranchParams p, GLOBAL const float* route, GLOBAL const float* mean,
+                           GLOBAL const float* logvar, GLOBAL const float* x,
+                           GLOBAL const float* obs, GLOBAL const float* alive, u32 r) {
+  BranchRow b;
+  b.record = 0;
+  b.term = 0;
+  b.reward = 0.0f;
+  const u32 slot = AS_U32(route[r]);
+  if (alive[r] == 0.0f || slot >= p.members * p.per) return b;
+  const u32 od = p.obs_dim, din = od + p.act_dim;
+  float o4[4] = {0.0f, 0.0f, 0.0f, 0.0f}, n4[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+  float a4[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+  int finite = 1, big = 0;
+  for (u32 j = 0; j < od; ++j) {
+    const float s = obs[r * od + j];
+    const float n = s + branch_sample(p, mean, logvar, slot, r, j);
+    if (j < 4u) {
+      o4[j] = s;
+      n4[j] = n;
+    }
+    finite = finite && finite_f32(n);
+    big = big || (j >= 1u && FABSF(n) >= 100.0f);
+  }
+  GLOBAL const float* act = x + r * din + od;
+  for (u32 j = 0; j < p.act_dim && j < 4u; ++j) a4[j] = act[j];
+  b.reward = p.learn_reward != 0u ? branch_sample(p, mean, logvar, slot, r, od)
+                                  : env_reward(p.task, o4, a4, act, (int)p.act_dim, n4);
+  b.record = finite && finite_f32(b.reward);
+  b.term = b.record && env_terminated(p.task, n4, big);
+  return b;
+}
+
+KERNEL BOUNDS(256) void branch_step(BranchParams p, GLOBAL const float* route,
+                                    GLOBAL const float* mean, GLOBAL const float* logvar,
+                                    GLOBAL const float* x, GLOBAL float* obs,
+                                    GLOBAL float* alive, GLOBAL float* count,
+                                    GLOBAL float* ring) {
+  SHARED u32 first[256];
+  const u32 t = (u32)LID, chunk = (p.rows + 255u) / 256u;
+  const u32 r0 = min_u32(t * chunk, p.rows), r1 = min_u32(r0 + chunk, p.rows);
+  const u32 od = p.obs_dim, ad = p.act_dim, din = od + ad, w = 2u * od + ad + 2u;
+  u32 mine = 0u;
+  for (u32 r = r0; r < r1; ++r)
+    mine += (u32)branch_row(p, route, mean, logvar, x, obs, alive, r).record;
+  first[t] = mine;
+  SYNC();
+  if (t == 0u) {
+    u32 acc = AS_U32(count[0]);
+    for (u32 i = 0; i < 256u; ++i) {
+      const u32 v = first[i];
+      first[i] = acc;
+      acc += v;
+    }
+  }
+  SYNC();
+  u32 n = first[t];
+  for (u32 r = r0; r < r1; ++r) {
+    const BranchRow b = branch_row(p, route, mean, logvar, x, obs, alive, r);
+    const int live = b.record && !b.term;
+    GLOBAL float* row = ring;
+    if (b.record) {
+      row = ring + (u32)(((u64)p.base + (u64)n) % (u64)p.capacity) * w;
+      for (u32 j = 0; j < ad; ++j) row[od + j] = x[r * din + od + j];
+      row[din] = b.reward;
+      row[w - 1u] = b.term ? 1.0f : 0.0f;
+      ++n;
+    }
+    const u32 slot = AS_U32(route[r]);
+    for (u32 j = 0; j < od; ++j) {
+      const float s = obs[r * od + j];
+      float next = 0.0f;
+      if (b.record) {
+        next = s + branch_sample(p, mean, logvar, slot, r, j);
+        row[j] = s;
+        row[din + 1u + j] = next;
+      }
+      obs[r * od + j] = live ? next : 0.0f;
+    }
+    alive[r] = live ? 1.0f : 0.0f;
+  }
+  if (t == 255u) count[0] = AS_F32(n);
+}

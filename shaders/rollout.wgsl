@@ -219,11 +219,11 @@ const TASK_INVERTED_PENDULUM: u32 = 7u;
 
 // Planning reward of a transition under task `code`: the native environment's, or
 // mbrl-lib's half-cheetah reward next_obs[0] − 0.1·‖a‖². `s` and `nx` hold the first four
-// observation components, the action is read from ro_actions at `abase`.
-fn task_reward(code: u32, s: vec4<f32>, abase: u32, nx: vec4<f32>) -> f32 {
+// observation components, the action (`ad` values) is read from ro_actions at `abase`.
+fn task_reward(code: u32, s: vec4<f32>, abase: u32, ad: u32, nx: vec4<f32>) -> f32 {
     if (code == TASK_HALF_CHEETAH) {
         var sq = 0.0;
-        for (var i = 0u; i < rs.p.act_dim; i++) {
+        for (var i = 0u; i < ad; i++) {
             let a = ro_actions[abase + i];
             sq = sq + a * a;
         }
@@ -459,7 +459,7 @@ fn rollout_step(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) n
     }
     let c = r / rs.p.particles;
     if (rs.p.learn_reward == 0u) {
-        rew = task_reward(rs.p.env, s4, (c * rs.p.horizon + rs.t) * rs.p.act_dim, n4);
+        rew = task_reward(rs.p.env, s4, (c * rs.p.horizon + rs.t) * rs.p.act_dim, rs.p.act_dim, n4);
     }
     bad = bad || !is_finite_f(rew);
     var flags = ro_flags[r];
@@ -536,4 +536,209 @@ fn rollout_true(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) n
         o = no;
     }
     ro_returns[c] = select(total, neg_inf(), bad);
+}
+
+// ---------------------------------------------------------------------------------------
+// MBPO's branched rollout (src/algo/mbpo.rs), one step at a time: the twin of
+// branch_route / branch_step in src/backend/cpu/rollout.rs and kernels/rollout.cu. The
+// policy's actions and the model's predictions come from ensemble.wgsl and sac.wgsl between
+// the two kernels (src/policy/device.rs composes them). Both run as one workgroup: ranks
+// within a member and the ring's append order come from a workgroup-wide exclusive scan
+// over contiguous row chunks, one chunk per invocation, so the ring holds the CPU's rows in
+// the CPU's order. The model input (obs, action per row) is bound as ro_actions, which the
+// task reward reads.
+// ---------------------------------------------------------------------------------------
+
+// Identical to src/backend/mod.rs `BranchParams`.
+struct BranchParams {
+    rows: u32,
+    obs_dim: u32,
+    act_dim: u32,
+    out_dim: u32,
+    members: u32,
+    per: u32,
+    task: u32,
+    learn_reward: u32,
+    seed_lo: u32,
+    seed_hi: u32,
+    step: u32,
+    capacity: u32,
+    base: u32,
+    member_stream: u32,
+    noise_stream: u32,
+    _pad: u32,
+}
+
+@group(0) @binding(1) var<uniform> bp: BranchParams;
+
+@group(1) @binding(15) var<storage, read_write> br_route: array<f32>;
+@group(1) @binding(16) var<storage, read_write> br_xg: array<f32>;
+@group(1) @binding(17) var<storage, read> br_mean: array<f32>;
+@group(1) @binding(18) var<storage, read> br_logvar: array<f32>;
+@group(1) @binding(19) var<storage, read_write> br_obs: array<f32>;
+@group(1) @binding(20) var<storage, read_write> br_alive: array<f32>;
+@group(1) @binding(21) var<storage, read_write> br_count: array<f32>;
+@group(1) @binding(22) var<storage, read_write> br_ring: array<f32>;
+
+// src/backend/mod.rs MAX_ELITES.
+const BRANCH_MAX_MEMBERS: u32 = 16u;
+
+// br_counts[m·256 + t]: rows of invocation t's chunk drawing member m, then their first rank.
+var<workgroup> br_counts: array<u32, 4096>;
+var<workgroup> br_first: array<u32, 256>;
+
+fn br_seed() -> vec2<u32> {
+    return vec2<u32>(bp.seed_lo, bp.seed_hi);
+}
+
+fn br_member(r: u32) -> u32 {
+    return rng_below(br_seed(), bp.member_stream, r, bp.step, bp.members);
+}
+
+// Rows [first, end) of invocation t.
+fn br_chunk(t: u32) -> vec2<u32> {
+    let c = (bp.rows + 255u) / 256u;
+    let r0 = min(t * c, bp.rows);
+    return vec2<u32>(r0, min(r0 + c, bp.rows));
+}
+
+@compute @workgroup_size(256)
+fn branch_route(@builtin(local_invocation_index) t: u32) {
+    let ch = br_chunk(t);
+    let din = bp.obs_dim + bp.act_dim;
+    for (var m = 0u; m < BRANCH_MAX_MEMBERS; m++) {
+        br_counts[m * 256u + t] = 0u;
+    }
+    for (var r = ch.x; r < ch.y; r++) {
+        let m = br_member(r);
+        br_counts[m * 256u + t] = br_counts[m * 256u + t] + 1u;
+    }
+    workgroupBarrier();
+    if (t < bp.members) {
+        var acc = 0u;
+        for (var i = 0u; i < 256u; i++) {
+            let v = br_counts[t * 256u + i];
+            br_counts[t * 256u + i] = acc;
+            acc += v;
+        }
+    }
+    workgroupBarrier();
+    for (var r = ch.x; r < ch.y; r++) {
+        let m = br_member(r);
+        let q = br_counts[m * 256u + t];
+        br_counts[m * 256u + t] = q + 1u;
+        if (q >= bp.per) {
+            br_route[r] = bitcast<f32>(NONE);
+            continue;
+        }
+        let slot = m * bp.per + q;
+        br_route[r] = bitcast<f32>(slot);
+        for (var j = 0u; j < din; j++) {
+            br_xg[slot * din + j] = ro_actions[r * din + j];
+        }
+    }
+}
+
+// Output j of row r's Gaussian sample (PETS eq. 2): μ + exp(½·log σ²)·ε.
+fn br_sample(slot: u32, r: u32, j: u32) -> f32 {
+    let i = slot * bp.out_dim + j;
+    let z = rng_normal(br_seed(), bp.noise_stream, r * bp.out_dim + j, bp.step);
+    return br_mean[i] + exp_f(0.5 * br_logvar[i]) * z;
+}
+
+struct BranchRow {
+    // Live, and the transition is finite: it goes into the ring.
+    record: bool,
+    term: bool,
+    reward: f32,
+}
+
+fn br_row(r: u32) -> BranchRow {
+    var b = BranchRow(false, false, 0.0);
+    let slot = bitcast<u32>(br_route[r]);
+    if (br_alive[r] == 0.0 || slot >= bp.members * bp.per) {
+        return b;
+    }
+    let od = bp.obs_dim;
+    let din = od + bp.act_dim;
+    var s4 = vec4<f32>(0.0);
+    var n4 = vec4<f32>(0.0);
+    var finite = true;
+    var big = false;
+    for (var j = 0u; j < od; j++) {
+        let s = br_obs[r * od + j];
+        let n = s + br_sample(slot, r, j);
+        if (j < 4u) {
+            s4[j] = s;
+            n4[j] = n;
+        }
+        finite = finite && is_finite_f(n);
+        big = big || (j >= 1u && abs(n) >= 100.0);
+    }
+    if (bp.learn_reward != 0u) {
+        b.reward = br_sample(slot, r, od);
+    } else {
+        b.reward = task_reward(bp.task, s4, r * din + od, bp.act_dim, n4);
+    }
+    b.record = finite && is_finite_f(b.reward);
+    b.term = b.record && task_terminated(bp.task, n4, big);
+    return b;
+}
+
+@compute @workgroup_size(256)
+fn branch_step(@builtin(local_invocation_index) t: u32) {
+    let ch = br_chunk(t);
+    let od = bp.obs_dim;
+    let ad = bp.act_dim;
+    let din = od + ad;
+    let w = 2u * od + ad + 2u;
+    var mine = 0u;
+    for (var r = ch.x; r < ch.y; r++) {
+        if (br_row(r).record) {
+            mine += 1u;
+        }
+    }
+    br_first[t] = mine;
+    workgroupBarrier();
+    if (t == 0u) {
+        var acc = bitcast<u32>(br_count[0]);
+        for (var i = 0u; i < 256u; i++) {
+            let v = br_first[i];
+            br_first[i] = acc;
+            acc += v;
+        }
+    }
+    workgroupBarrier();
+    var n = br_first[t];
+    for (var r = ch.x; r < ch.y; r++) {
+        let b = br_row(r);
+        let live = b.record && !b.term;
+        let slot = bitcast<u32>(br_route[r]);
+        var base = 0u;
+        if (b.record) {
+            // (base + n) mod capacity without overflowing 32 bits: base < capacity.
+            let k = (bp.base + n % bp.capacity) % bp.capacity;
+            base = k * w;
+            for (var j = 0u; j < ad; j++) {
+                br_ring[base + od + j] = ro_actions[r * din + od + j];
+            }
+            br_ring[base + din] = b.reward;
+            br_ring[base + w - 1u] = select(0.0, 1.0, b.term);
+            n += 1u;
+        }
+        for (var j = 0u; j < od; j++) {
+            let s = br_obs[r * od + j];
+            var next = 0.0;
+            if (b.record) {
+                next = s + br_sample(slot, r, j);
+                br_ring[base + j] = s;
+                br_ring[base + din + 1u + j] = next;
+            }
+            br_obs[r * od + j] = select(0.0, next, live);
+        }
+        br_alive[r] = select(0.0, 1.0, live);
+    }
+    if (t == 255u) {
+        br_count[0] = bitcast<f32>(n);
+    }
 }

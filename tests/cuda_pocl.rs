@@ -1062,6 +1062,7 @@ fn check_errors<B: Backend>(b: &B) {
     let mut buf = b.zeros(3).unwrap();
     assert!(b.write(&mut buf, &[1.0, 2.0]).is_err());
     common::sac::misuse_is_refused(b);
+    common::branch::misuse_is_refused(b);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1237,6 +1238,17 @@ fn sac_steps_on_pocl_should_match_the_cpu() {
         return;
     };
     for c in common::sac::step(&b, "pocl") {
+        let worst = assert_close(&c.what, &c.got, &c.want, c.atol, c.rtol);
+        eprintln!("{}: worst {worst:e}", c.what);
+    }
+}
+
+#[test]
+fn branched_rollouts_on_pocl_should_match_the_cpu() {
+    let Some(b) = pocl_backend(CudaOptions::default()) else {
+        return;
+    };
+    for c in common::branch::parity(&b, "pocl") {
         let worst = assert_close(&c.what, &c.got, &c.want, c.atol, c.rtol);
         eprintln!("{}: worst {worst:e}", c.what);
     }

@@ -507,6 +507,45 @@ fn sac_steps_should_match_cpu() {
     }
 }
 
+/// The CPU backend's device path of MBPO's branched rollout (`DeviceSac::branch`: the
+/// actor through `ensemble_forward` and `sac_squash`, `branch_route`, `branch_step`) is the
+/// specification (`mbpo::branched_rollout`) bit for bit, so the device parity below compares
+/// against the specification itself.
+#[test]
+fn a_branched_rollout_through_the_device_path_on_the_cpu_should_equal_the_specification() {
+    let cpu = CpuBackend::new();
+    for (name, c) in common::branch::cases() {
+        let want = common::branch::rollout(&cpu, &c, false);
+        let got = common::branch::rollout(&cpu, &c, true);
+        let added = want.written() - c.model_data.written();
+        assert!(added > 100, "{name}");
+        if name == "cart-pole" {
+            // Terminations stop rows inside the rollout.
+            assert!(added < c.cfg.rollout_batch() * c.k, "{name}: {added}");
+        }
+        assert_eq!(got.written(), want.written(), "{name}");
+        let fields = ["obs", "act", "reward", "next_obs", "terminated"];
+        for (f, (g, w)) in fields
+            .iter()
+            .zip(got.to_arrays().into_iter().zip(want.to_arrays()))
+        {
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            let first = bits(&g).iter().zip(bits(&w)).position(|(a, b)| *a != b);
+            assert_eq!(first, None, "{name}: {f} first differs at that index");
+        }
+    }
+}
+
+#[test]
+fn branched_rollouts_should_match_cpu() {
+    let Some(g) = gpu("branched_rollouts_should_match_cpu") else {
+        return;
+    };
+    for c in common::branch::parity(g, "wgpu") {
+        assert_close(&c.what, &c.got, &c.want, c.atol, c.rtol);
+    }
+}
+
 #[test]
 fn icem_and_mppi_ops_should_match_cpu() {
     let Some(g) = gpu("icem_and_mppi_ops_should_match_cpu") else {
@@ -1276,10 +1315,12 @@ fn f16_weights_should_stay_within_half_precision_of_cpu() {
 #[test]
 fn misuse_should_be_an_error_not_a_panic() {
     common::sac::misuse_is_refused(&CpuBackend::new());
+    common::branch::misuse_is_refused(&CpuBackend::new());
     let Some(g) = gpu("misuse_should_be_an_error_not_a_panic") else {
         return;
     };
     common::sac::misuse_is_refused(g);
+    common::branch::misuse_is_refused(g);
     let sh = shape(13, 2, Activation::Silu, true);
     let p = g.upload(&params_for(&sh, 1)).unwrap();
     let small = g.upload(&[0.0; 3]).unwrap();

@@ -17,9 +17,11 @@
 //! ```
 //!
 //! The branched rollout (policy sample → random elite member per row and step (TS1) →
-//! Gaussian sample of Δs and r → termination → D_model, terminated rows stopped) runs its
-//! model step through `Backend::ensemble_forward`, rows grouped by member, so the model
-//! part runs on any backend; the policy and SAC run on the CPU specification.
+//! Gaussian sample of Δs and r → termination → D_model, terminated rows stopped):
+//! [`branched_rollout`] is its specification, which the CPU backend runs; on a device the
+//! same draws and expressions run there ([`crate::policy::device::DeviceSac::branch`]),
+//! from the device's mirror of D_env into its mirror of D_model, with the actor SAC trains
+//! there, and D_model is read back once per rollout for the host's copy.
 //!
 //! Every env step counts, the initial exploration included: `steps` is the number of real
 //! transitions the run may collect.
@@ -32,6 +34,7 @@ use crate::env::{task, EnvId, EnvName};
 use crate::io::run::RunDir;
 use crate::model::{train::train, Ensemble, ModelConfig, TrainConfig};
 use crate::policy::checkpoint as ckpt;
+use crate::policy::device::BranchSpec;
 use crate::policy::path::{path_loss, ModelPath, PathNoise, PathSettings, PathWorkspace};
 use crate::policy::sac::Batch;
 use crate::policy::{Replay, Sac, SacConfig};
@@ -518,7 +521,7 @@ const FORMAT: &str = "mbrl-gpu/mbpo-run/1";
 pub use super::offpolicy::Event;
 
 /// The elite members alone, as an ensemble of `num_elites` members.
-pub(crate) fn elite_view(model: &Ensemble) -> (EnsembleShape, Vec<f32>) {
+pub fn elite_view(model: &Ensemble) -> (EnsembleShape, Vec<f32>) {
     let full = model.shape();
     let lay = full.layout();
     let shape = EnsembleShape {
@@ -842,16 +845,32 @@ pub fn run<B: Backend>(
                 tc.seed = cfg.seed.wrapping_mul(1000).wrapping_add(c.trainings);
                 let rep = train(backend, &mut model, &transitions(&env_data), &tc, |_| {})?;
                 c.model_loss = rep.history.last().map_or(f64::NAN, |h| h.train_loss);
-                branched_rollout(
-                    backend,
-                    cfg,
-                    &mut agent,
-                    &model,
-                    &env_data,
-                    c.trainings as u32,
+                let spec = BranchSpec {
+                    seed: cfg.seed,
+                    batch: c.trainings as u32,
                     k,
-                    &mut model_data,
-                )?;
+                    rows: cfg.rollout_batch(),
+                    task: env_name.task_code(),
+                    learn_reward: cfg.model.learn_reward,
+                    sample_actions: cfg.sac_samples_action,
+                };
+                // On a device the rollout runs there with the current actor; on the host,
+                // the CPU specification.
+                if trainer
+                    .branch(&spec, &model, &env_data, &mut model_data)?
+                    .is_none()
+                {
+                    branched_rollout(
+                        backend,
+                        cfg,
+                        &mut agent,
+                        &model,
+                        &env_data,
+                        c.trainings as u32,
+                        k,
+                        &mut model_data,
+                    )?;
+                }
                 c.trainings += 1;
                 path_model = cfg.maac.is_some().then(|| PathModelView::new(&model));
             }

@@ -9,7 +9,7 @@
 use crate::backend::{Backend, Precision};
 use crate::env::Env;
 use crate::io::run::{RunDir, MANIFEST, STATE_DIR};
-use crate::policy::device::{DeviceReplay, DeviceSac, DeviceStats};
+use crate::policy::device::{BranchModel, BranchSpec, DeviceReplay, DeviceSac, DeviceStats};
 use crate::policy::sac::UpdateStats;
 use crate::policy::{Replay, Sac};
 use crate::{invalid, io, Error, Result};
@@ -221,6 +221,39 @@ impl<'b, B: Backend> Trainer<'b, B> {
                 Ok(())
             }
         }
+    }
+
+    /// MBPO's branched rollout on the device ([`DeviceSac::branch`]) from the mirror of
+    /// `env_data` into the mirror of `model_data` (rings 0 and 1), `model_data` brought level
+    /// with it. `None` on the host, where the caller runs the CPU specification
+    /// ([`super::mbpo::branched_rollout`]).
+    pub fn branch(
+        &mut self,
+        spec: &BranchSpec,
+        model: &crate::model::Ensemble,
+        env_data: &Replay,
+        model_data: &mut Replay,
+    ) -> Result<Option<usize>> {
+        let Trainer::Device { sac, rings, .. } = self else {
+            return Ok(None);
+        };
+        let be = sac.backend();
+        while rings.len() < 2 {
+            rings.push(DeviceReplay::empty(be)?);
+        }
+        rings[0].sync(be, env_data)?;
+        rings[1].sync(be, model_data)?;
+        let (shape, params) = super::mbpo::elite_view(model);
+        let params = be.upload(&params)?;
+        let norm = be.upload(&model.norm())?;
+        let view = BranchModel {
+            shape,
+            params: &params,
+            norm: &norm,
+        };
+        let (start, out) = rings.split_at_mut(1);
+        sac.branch(spec, &view, &start[0], &mut out[0], model_data)
+            .map(Some)
     }
 
     /// The host agent's actor made current, before it acts.

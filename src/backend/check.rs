@@ -1,8 +1,8 @@
 //! Argument checks shared by every backend, so that each op rejects the same bad input with
 //! the same sentence whatever device it would have run on. Each takes buffer lengths.
 use super::{
-    sac_stats, AdamParams, EliteParams, EnsembleShape, InitParams, LossConfig, MppiParams,
-    RolloutParams, SacParams, SampleParams, UpdateParams, MAX_ELITES,
+    sac_stats, AdamParams, BranchParams, EliteParams, EnsembleShape, InitParams, LossConfig,
+    MppiParams, RolloutParams, SacParams, SampleParams, UpdateParams, MAX_ELITES,
 };
 use crate::env::{task, EnvId, EnvSpec};
 use crate::{invalid, Error, Result};
@@ -471,4 +471,91 @@ pub fn polyak(p: &SacParams, lens: [usize; 2]) -> Result<()> {
     }
     need("target", lens[0], p.len as usize)?;
     need("online", lens[1], p.len as usize)
+}
+
+/// Sizes of a branched-rollout step: (rows, O, A, out, members · per), refused when a
+/// task without a reward function is asked for one or any index would pass 32 bits.
+fn branch_sizes(p: &BranchParams) -> Result<(usize, usize, usize, usize, usize)> {
+    let (b, o, a) = (p.rows as usize, p.obs_dim as usize, p.act_dim as usize);
+    let d = p.out_dim as usize;
+    if b == 0 || o == 0 || a == 0 || p.members == 0 || p.per == 0 {
+        return Err(invalid!(
+            "a branched rollout needs rows, an observation, an action and a member (got {b} \
+             rows, obs {o}, act {a}, {} members of {} rows)",
+            p.members,
+            p.per
+        ));
+    }
+    if p.members as usize > MAX_ELITES {
+        return Err(invalid!(
+            "a branched rollout routes rows among at most {MAX_ELITES} members (got {})",
+            p.members
+        ));
+    }
+    if d != o + p.learn_reward as usize {
+        return Err(Error::Shape(format!(
+            "the model predicts {d} values; a branched rollout over obs {o} needs {}",
+            o + p.learn_reward as usize
+        )));
+    }
+    if p.learn_reward == 0 {
+        let needed = match EnvId::from_code(p.task) {
+            Some(e) => e.obs_dim(),
+            None if p.task == task::NONE => {
+                return Err(invalid!(
+                    "this task has no reward function: the model must learn the reward \
+                     (model.learn_reward = true)"
+                ))
+            }
+            None => 2,
+        };
+        if o < needed {
+            return Err(Error::Shape(format!(
+                "task {} reads {needed} observation components; the rollout has {o}",
+                p.task
+            )));
+        }
+    }
+    let slots = p.members as usize * p.per as usize;
+    let big = [b * (o + a), slots * (o + a), slots * d, b * d];
+    if big.iter().any(|&v| v >= u32::MAX as usize) {
+        return Err(invalid!(
+            "a branched rollout of {b} rows over {} members exceeds 32-bit indexing",
+            p.members
+        ));
+    }
+    Ok((b, o, a, d, slots))
+}
+
+/// Lengths of `branch_route`'s buffers: x, route, grouped x.
+pub fn branch_route(p: &BranchParams, lens: [usize; 3]) -> Result<()> {
+    let (b, o, a, _, slots) = branch_sizes(p)?;
+    need("model input", lens[0], b * (o + a))?;
+    need("route", lens[1], b)?;
+    need("grouped model input", lens[2], slots * (o + a))
+}
+
+/// Lengths of `branch_step`'s buffers: route, mean, logvar, x, obs, alive, count, ring.
+pub fn branch_step(p: &BranchParams, lens: [usize; 8]) -> Result<()> {
+    let (b, o, a, d, slots) = branch_sizes(p)?;
+    let (cap, w) = (p.capacity as usize, p.replay_width());
+    if cap < b || p.base as usize >= cap {
+        return Err(invalid!(
+            "a replay ring of {cap} rows cannot take a step of {b} rollouts from slot {}",
+            p.base
+        ));
+    }
+    if cap.checked_mul(w).is_none_or(|v| v >= u32::MAX as usize) {
+        return Err(invalid!(
+            "a replay ring of {cap} rows of {w} values exceeds 32-bit indexing"
+        ));
+    }
+    need("route", lens[0], b)?;
+    need("mean", lens[1], slots * d)?;
+    need("logvar", lens[2], slots * d)?;
+    need("model input", lens[3], b * (o + a))?;
+    need("obs", lens[4], b * o)?;
+    need("alive", lens[5], b)?;
+    need("count", lens[6], 1)?;
+    need("replay ring", lens[7], cap * w)
 }

@@ -205,6 +205,49 @@ impl SacParams {
     }
 }
 
+/// Sizes and Philox coordinates of one step of MBPO's branched rollout on the device
+/// (`branch_route`, `branch_step`: `cpu/rollout.rs`, `shaders/rollout.wgsl`,
+/// `kernels/rollout.cu`), laid out as a kernel's uniform block.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct BranchParams {
+    /// Rollout rows.
+    pub rows: u32,
+    pub obs_dim: u32,
+    pub act_dim: u32,
+    /// The model's outputs: obs_dim (+ 1 with a learned reward).
+    pub out_dim: u32,
+    /// Elite members the rows are routed among (the grouped input is [members, per, O + A]).
+    pub members: u32,
+    /// Rows per member slot: at least the most rows any member draws this step.
+    pub per: u32,
+    /// The task's reward and termination functions (`env::task` codes).
+    pub task: u32,
+    /// 1: the reward is the model's last output.
+    pub learn_reward: u32,
+    pub seed_lo: u32,
+    pub seed_hi: u32,
+    /// Philox step of this rollout step's member and noise draws.
+    pub step: u32,
+    /// Rows of the replay ring the transitions are appended to.
+    pub capacity: u32,
+    /// Ring slot of the rollout's first transition (later ones follow it, modulo capacity).
+    pub base: u32,
+    /// Streams of the member draw (row r: below(seed, member_stream, r, step, members)) and
+    /// of the model noise (output j of row r: normal(seed, noise_stream, r·out_dim + j,
+    /// step)).
+    pub member_stream: u32,
+    pub noise_stream: u32,
+    pub _pad: u32,
+}
+
+impl BranchParams {
+    /// Values per packed replay row: [obs, act, reward, next_obs, terminated].
+    pub fn replay_width(&self) -> usize {
+        2 * self.obs_dim as usize + self.act_dim as usize + 2
+    }
+}
+
 /// Slots of the SAC statistics buffer, sums over the updates since it was cleared.
 pub mod sac_stats {
     pub const CRITIC_LOSS: usize = 0;
@@ -702,6 +745,42 @@ pub trait Backend: Send + Sync {
         reward: &mut Self::Buf,
         next_obs: &mut Self::Buf,
         mask: &mut Self::Buf,
+    ) -> Result<()>;
+
+    /// MBPO's TS1 routing of a branched-rollout step: row r of the model input `x`
+    /// [rows, O + A] (the first rows of `sac_squash`'s output) goes to member
+    /// m = below(seed, member_stream, r, step, members), at position q (its rank among the
+    /// rows drawing m, in row order) of the grouped input `xg` [members, per, O + A];
+    /// `route` [rows] ← the slot m·per + q as u32 bits (`u32::MAX` if q ≥ per, which the
+    /// caller's `per` rules out).
+    fn branch_route(
+        &self,
+        p: &BranchParams,
+        x: &Self::Buf,
+        route: &mut Self::Buf,
+        xg: &mut Self::Buf,
+    ) -> Result<()>;
+
+    /// MBPO's branched-rollout step after the model: row r's next state
+    /// s' = s + μ + exp(½·log σ²)·ε from its slot of `mean`/`logvar` [members, per, out]
+    /// (ε from noise_stream), the reward (the task's, or the model's last output) and
+    /// termination; a live row with a finite transition appends [s, a, r, s', term] to the
+    /// packed `ring` [capacity, 2O + A + 2] at slot (base + n) mod capacity, n counting the
+    /// transitions appended so far (`count` [1], u32 bits, row order); a row stays alive
+    /// until it terminates or leaves the finite numbers. `obs` [rows, O] ← s' for live rows,
+    /// 0 for the others; `alive` [rows] holds 1/0.
+    #[allow(clippy::too_many_arguments)]
+    fn branch_step(
+        &self,
+        p: &BranchParams,
+        route: &Self::Buf,
+        mean: &Self::Buf,
+        logvar: &Self::Buf,
+        x: &Self::Buf,
+        obs: &mut Self::Buf,
+        alive: &mut Self::Buf,
+        count: &mut Self::Buf,
+        ring: &mut Self::Buf,
     ) -> Result<()>;
 
     /// Polyak averaging of `p.len` values: target ← τ·online + (1 − τ)·target.

@@ -109,6 +109,80 @@ impl<Buf> DeviceReplay<Buf> {
     }
 }
 
+impl<Buf> DeviceReplay<Buf> {
+    /// Rows held on the device.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// After `added` rows were appended on the device from the ring slot `host.written()`
+    /// (a branched rollout), bring `host` level with the mirror: the ring is read back once
+    /// and the rows pushed in order, so the host buffer (checkpoints, the CPU's draws) and
+    /// the mirror agree without uploading anything.
+    pub fn pull<B: Backend<Buf = Buf>>(
+        &mut self,
+        be: &B,
+        added: usize,
+        host: &mut Replay,
+    ) -> Result<()> {
+        if added == 0 {
+            return Ok(());
+        }
+        let cap = self.capacity;
+        if self.uploaded != host.written() || cap != host.capacity() || added > cap {
+            return Err(crate::invalid!(
+                "the replay mirror ({} rows written, capacity {cap}) does not extend the host \
+                 buffer ({} written, capacity {}) by {added} rows",
+                self.uploaded,
+                host.written(),
+                host.capacity()
+            ));
+        }
+        let (o, a, w) = (host.obs_dim, host.act_dim, host.packed_width());
+        let ring = be.download(&self.ring)?;
+        for _ in 0..added {
+            let row = &ring[(host.written() % cap) * w..][..w];
+            host.push(
+                &row[..o],
+                &row[o..o + a],
+                row[o + a],
+                &row[o + a + 1..2 * o + a + 1],
+                row[w - 1] != 0.0,
+            );
+        }
+        self.uploaded = host.written();
+        self.len = host.len();
+        Ok(())
+    }
+}
+
+/// The elite members a branched rollout steps, on the device: their shape as an ensemble of
+/// `shape.ensemble` members, parameters and input normalisation ([mean, std]).
+pub struct BranchModel<'m, Buf> {
+    pub shape: crate::backend::EnsembleShape,
+    pub params: &'m Buf,
+    pub norm: &'m Buf,
+}
+
+/// One branched rollout's sizes and draws (algo::mbpo::branched_rollout's): `rows` start
+/// states from stream MBPO_START at step `batch`; at rollout step t (Philox step
+/// batch·1024 + t) the policy's noise from MBPO_ROLLOUT (if `sample_actions`), each row's
+/// elite from MBPO_MEMBER and the model's noise from MBPO_NOISE.
+#[derive(Clone, Copy, Debug)]
+pub struct BranchSpec {
+    pub seed: u64,
+    pub batch: u32,
+    pub k: usize,
+    pub rows: usize,
+    pub task: u32,
+    pub learn_reward: bool,
+    pub sample_actions: bool,
+}
+
 /// A SAC agent's trainable state on backend `B`.
 pub struct DeviceSac<'b, B: Backend> {
     be: &'b B,
@@ -519,6 +593,162 @@ impl<'b, B: Backend> DeviceSac<'b, B> {
             self.actor_read = true;
         }
         Ok(())
+    }
+
+    /// MBPO's branched rollout with the current actor, entirely on the device: start states
+    /// drawn from `start` (a mirror of D_env), k steps of policy sample → TS1 elite →
+    /// Gaussian step → reward and termination, every live row's finite transition appended
+    /// to `out` (a mirror of D_model, which must have room for rows·k transitions) in the
+    /// CPU's order; `host_out` is then brought level with it ([`DeviceReplay::pull`]).
+    /// Per step: the actor's forward, its noise and squash, the route, the elites' forward
+    /// and the step (6 operations); the host computes only how many rows each elite draws
+    /// (to size the grouped input) and reads back the count and the ring at the end.
+    /// Returns the transitions added.
+    pub fn branch(
+        &mut self,
+        spec: &BranchSpec,
+        model: &BranchModel<'_, B::Buf>,
+        start: &DeviceReplay<B::Buf>,
+        out: &mut DeviceReplay<B::Buf>,
+        host_out: &mut Replay,
+    ) -> Result<usize> {
+        use crate::backend::cpu::rollout::branch_per;
+        use crate::backend::BranchParams;
+        let be = self.be;
+        let (o, a) = (self.nets.obs_dim, self.nets.act_dim);
+        let din = o + a;
+        let (rows, ne, d) = (spec.rows, model.shape.ensemble, model.shape.out_dim);
+        if rows == 0 || start.len == 0 || spec.k == 0 {
+            return Ok(0);
+        }
+        if host_out.obs_dim != o || host_out.act_dim != a {
+            return Err(crate::Error::Shape(format!(
+                "a branched rollout of obs {o} and act {a} into a buffer of obs {} and act {}",
+                host_out.obs_dim, host_out.act_dim
+            )));
+        }
+        if rows.saturating_mul(spec.k) > out.capacity || out.uploaded != host_out.written() {
+            return Err(crate::invalid!(
+                "a branched rollout of {rows} rows × {} steps needs a synced model buffer of \
+                 at least {} rows (it has {})",
+                spec.k,
+                rows.saturating_mul(spec.k),
+                out.capacity
+            ));
+        }
+        let step_of = |t: usize| spec.batch.wrapping_mul(1024).wrapping_add(t as u32);
+        let pers: Vec<usize> = (0..spec.k)
+            .map(|t| branch_per(spec.seed, stream::MBPO_MEMBER, step_of(t), rows, ne))
+            .collect();
+        let per_max = pers.iter().copied().max().unwrap_or(1);
+        let z = |n: usize| be.zeros(n.max(1));
+        // Start states are the run's draws (spec.seed), the policy's noise the agent's own
+        // (`Sac::act_with`).
+        let sac = |seed: u64, stream: u32, step: u32, len: usize| SacParams {
+            rows: rows as u32,
+            obs_dim: o as u32,
+            act_dim: a as u32,
+            given: 0,
+            gamma: 0.0,
+            target_entropy: 0.0,
+            tau: 0.0,
+            len: len as u32,
+            seed_lo: seed as u32,
+            seed_hi: (seed >> 32) as u32,
+            stream,
+            step,
+        };
+        // Start states: the rows Replay::sample_obs draws (sac_minibatch's draw).
+        let mut obs = z(rows * o)?;
+        {
+            let (mut act, mut rew, mut next, mut mask) =
+                (z(rows * a)?, z(rows)?, z(rows * o)?, z(rows)?);
+            let p = sac(spec.seed, stream::MBPO_START, spec.batch, start.len);
+            be.sac_minibatch(
+                &p,
+                &start.ring,
+                &mut obs,
+                &mut act,
+                &mut rew,
+                &mut next,
+                &mut mask,
+            )?;
+        }
+        let (mut head, mut eps, mut eps_pi) = (z(rows * 2 * a)?, z(rows * a)?, z(rows * a)?);
+        let (mut logp, mut x, mut route) = (z(rows)?, z(2 * rows * din)?, z(rows)?);
+        let mut xg = z(ne * per_max * din)?;
+        let (mut mean, mut logvar) = (z(ne * per_max * d)?, z(ne * per_max * d)?);
+        let mut alive = be.upload(&vec![1.0f32; rows])?;
+        let mut count = z(1)?;
+        let cap = out.capacity;
+        for (t, &per) in pers.iter().enumerate() {
+            let step = step_of(t);
+            be.ensemble_forward(
+                &self.nets.actor,
+                &self.actor,
+                &self.norm_obs,
+                &obs,
+                rows,
+                &mut head,
+                &mut self.dummy,
+            )?;
+            if spec.sample_actions {
+                let p = sac(self.seed, stream::MBPO_ROLLOUT, step, 0);
+                be.sac_noise(&p, &mut eps, &mut eps_pi)?;
+            }
+            be.sac_squash(
+                &sac(self.seed, stream::MBPO_ROLLOUT, step, 0),
+                &head,
+                &eps,
+                &obs,
+                &self.squash,
+                &self.dummy,
+                &mut logp,
+                &mut x,
+            )?;
+            let p = BranchParams {
+                rows: rows as u32,
+                obs_dim: o as u32,
+                act_dim: a as u32,
+                out_dim: d as u32,
+                members: ne as u32,
+                per: per as u32,
+                task: spec.task,
+                learn_reward: spec.learn_reward as u32,
+                seed_lo: spec.seed as u32,
+                seed_hi: (spec.seed >> 32) as u32,
+                step,
+                capacity: cap as u32,
+                base: (out.uploaded % cap) as u32,
+                member_stream: stream::MBPO_MEMBER,
+                noise_stream: stream::MBPO_NOISE,
+                _pad: 0,
+            };
+            be.branch_route(&p, &x, &mut route, &mut xg)?;
+            be.ensemble_forward(
+                &model.shape,
+                model.params,
+                model.norm,
+                &xg,
+                per,
+                &mut mean,
+                &mut logvar,
+            )?;
+            be.branch_step(
+                &p,
+                &route,
+                &mean,
+                &logvar,
+                &x,
+                &mut obs,
+                &mut alive,
+                &mut count,
+                &mut out.ring,
+            )?;
+        }
+        let added = be.download(&count)?[0].to_bits() as usize;
+        out.pull(be, added, host_out)?;
+        Ok(added)
     }
 
     /// The backend the agent lives on.

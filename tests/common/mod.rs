@@ -1,4 +1,5 @@
 //! Fixtures shared by the device parity tests (`wgpu_parity.rs`, `cuda_pocl.rs`).
+pub mod branch;
 pub mod dense;
 pub mod planners;
 pub mod sac;

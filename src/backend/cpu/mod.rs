@@ -9,8 +9,8 @@ pub mod rollout;
 pub mod sac;
 
 use super::{
-    check, AdamParams, Backend, EliteParams, EnsembleShape, InitParams, LossConfig, MppiParams,
-    RolloutParams, SacParams, SampleParams, TerminalValue, UpdateParams,
+    check, AdamParams, Backend, BranchParams, EliteParams, EnsembleShape, InitParams, LossConfig,
+    MppiParams, RolloutParams, SacParams, SampleParams, TerminalValue, UpdateParams,
 };
 use crate::Result;
 use std::sync::Mutex;
@@ -638,6 +638,45 @@ impl Backend for CpuBackend {
         ];
         check::sac_minibatch(p, lens)?;
         sac::minibatch(p, ring, obs, act, reward, next_obs, mask);
+        Ok(())
+    }
+
+    fn branch_route(
+        &self,
+        p: &BranchParams,
+        x: &Vec<f32>,
+        route: &mut Vec<f32>,
+        xg: &mut Vec<f32>,
+    ) -> Result<()> {
+        check::branch_route(p, [x.len(), route.len(), xg.len()])?;
+        rollout::branch_route(p, x, route, xg);
+        Ok(())
+    }
+
+    fn branch_step(
+        &self,
+        p: &BranchParams,
+        route: &Vec<f32>,
+        mean: &Vec<f32>,
+        logvar: &Vec<f32>,
+        x: &Vec<f32>,
+        obs: &mut Vec<f32>,
+        alive: &mut Vec<f32>,
+        count: &mut Vec<f32>,
+        ring: &mut Vec<f32>,
+    ) -> Result<()> {
+        let lens = [
+            route.len(),
+            mean.len(),
+            logvar.len(),
+            x.len(),
+            obs.len(),
+            alive.len(),
+            count.len(),
+            ring.len(),
+        ];
+        check::branch_step(p, lens)?;
+        rollout::branch_step(p, route, mean, logvar, x, obs, alive, count, ring);
         Ok(())
     }
 

@@ -15,7 +15,7 @@ use crate::backend::{EnsembleShape, ParamLayout, Propagation, RolloutParams, Ter
 use crate::bf16::{ChainScratch, Packed};
 use crate::dense::PackedF32;
 use crate::env::{task, EnvId};
-use crate::rng::{below, normals, stream};
+use crate::rng::{below, normal, normals, stream};
 use rayon::prelude::*;
 
 /// Rows per tile at most (~200 rows per member and step with 5 elites). Measured with
@@ -556,6 +556,112 @@ pub fn rollout_true_reference(
             }
             *ret = if bad { f32::NEG_INFINITY } else { total };
         });
+}
+
+// ---- MBPO's branched rollout (algo/mbpo.rs), one step at a time ------------------------
+
+/// Rows per member slot a branched-rollout step needs: the most rows any of the `members`
+/// draws at `step` (the route's draws, counted on the host so the grouped model input can
+/// be sized before the device routes the rows).
+pub fn branch_per(seed: u64, member_stream: u32, step: u32, rows: usize, members: usize) -> usize {
+    let mut count = vec![0usize; members];
+    for r in 0..rows {
+        count[below(seed, member_stream, r as u32, step, members as u32) as usize] += 1;
+    }
+    count.into_iter().max().unwrap_or(0).max(1)
+}
+
+/// `Backend::branch_route`: rows grouped by their TS1 member, in row order within a member.
+pub fn branch_route(
+    p: &crate::backend::BranchParams,
+    x: &[f32],
+    route: &mut [f32],
+    xg: &mut [f32],
+) {
+    let din = (p.obs_dim + p.act_dim) as usize;
+    let seed = p.seed_lo as u64 | (p.seed_hi as u64) << 32;
+    let mut count = vec![0u32; p.members as usize];
+    for r in 0..p.rows as usize {
+        let m = below(seed, p.member_stream, r as u32, p.step, p.members);
+        let q = count[m as usize];
+        count[m as usize] += 1;
+        if q >= p.per {
+            route[r] = f32::from_bits(u32::MAX);
+            continue;
+        }
+        let slot = (m * p.per + q) as usize;
+        route[r] = f32::from_bits(slot as u32);
+        xg[slot * din..][..din].copy_from_slice(&x[r * din..][..din]);
+    }
+}
+
+/// `Backend::branch_step`: the model's Gaussian step, reward and termination of every row,
+/// live rows' finite transitions appended to the ring in row order.
+#[allow(clippy::too_many_arguments)]
+pub fn branch_step(
+    p: &crate::backend::BranchParams,
+    route: &[f32],
+    mean: &[f32],
+    logvar: &[f32],
+    x: &[f32],
+    obs: &mut [f32],
+    alive: &mut [f32],
+    count: &mut [f32],
+    ring: &mut [f32],
+) {
+    let (o, a, d) = (p.obs_dim as usize, p.act_dim as usize, p.out_dim as usize);
+    let (din, w) = (o + a, p.replay_width());
+    let seed = p.seed_lo as u64 | (p.seed_hi as u64) << 32;
+    let slots = p.members * p.per;
+    let mut added = count[0].to_bits();
+    let mut next = vec![0.0f32; o];
+    for r in 0..p.rows as usize {
+        let slot = route[r].to_bits();
+        let mut live = alive[r] != 0.0 && slot < slots;
+        if live {
+            let i = slot as usize * d;
+            // PETS eq. 2: a sample of the predicted Gaussian over the state change (and
+            // the reward, when it is learned).
+            let sample = |j: usize| {
+                let z = normal(seed, p.noise_stream, (r * d + j) as u32, p.step);
+                mean[i + j] + (0.5 * logvar[i + j]).exp() * z
+            };
+            let s = &obs[r * o..][..o];
+            let act = &x[r * din + o..][..a];
+            for (j, n) in next.iter_mut().enumerate() {
+                *n = s[j] + sample(j);
+            }
+            let reward = if p.learn_reward != 0 {
+                sample(o)
+            } else {
+                task::reward(p.task, s, act, &next)
+            };
+            // A row whose prediction left the finite numbers stops, unrecorded: the SAC
+            // buffers never hold a NaN.
+            live = reward.is_finite() && next.iter().all(|v| v.is_finite());
+            if live {
+                let term = task::terminated(p.task, &next);
+                let k = ((p.base as u64 + added as u64) % p.capacity as u64) as usize;
+                let row = &mut ring[k * w..][..w];
+                row[..o].copy_from_slice(s);
+                row[o..din].copy_from_slice(act);
+                row[din] = reward;
+                row[din + 1..din + 1 + o].copy_from_slice(&next);
+                row[w - 1] = if term { 1.0 } else { 0.0 };
+                added += 1;
+                live = !term;
+            }
+        }
+        alive[r] = if live { 1.0 } else { 0.0 };
+        let s = &mut obs[r * o..][..o];
+        if live {
+            s.copy_from_slice(&next);
+        } else {
+            // Keeps dead rows' values finite; they are never recorded again.
+            s.iter_mut().for_each(|v| *v = 0.0);
+        }
+    }
+    count[0] = f32::from_bits(added);
 }
 
 #[cfg(test)]

@@ -33,8 +33,8 @@ pub use driver::CudaDriver;
 pub use host::{Arg, DeviceBuf, KernelHost, Launch};
 
 use super::{
-    AdamParams, Availability, Backend, EliteParams, EnsembleShape, InitParams, LossConfig,
-    MppiParams, RolloutParams, SacParams, SampleParams, UpdateParams,
+    AdamParams, Availability, Backend, BranchParams, EliteParams, EnsembleShape, InitParams,
+    LossConfig, MppiParams, RolloutParams, SacParams, SampleParams, UpdateParams,
 };
 use crate::{Error, Result};
 use std::sync::Mutex;
@@ -618,6 +618,36 @@ impl<H: KernelHost> Backend for CudaBackend<H> {
         eps_next.touch();
         eps_pi.touch();
         self.noise(p, [eps_next, eps_pi])
+    }
+
+    fn branch_route(
+        &self,
+        p: &BranchParams,
+        x: &Self::Buf,
+        route: &mut Self::Buf,
+        xg: &mut Self::Buf,
+    ) -> Result<()> {
+        route.touch();
+        xg.touch();
+        self.route(p, [x, route, xg])
+    }
+
+    fn branch_step(
+        &self,
+        p: &BranchParams,
+        route: &Self::Buf,
+        mean: &Self::Buf,
+        logvar: &Self::Buf,
+        x: &Self::Buf,
+        obs: &mut Self::Buf,
+        alive: &mut Self::Buf,
+        count: &mut Self::Buf,
+        ring: &mut Self::Buf,
+    ) -> Result<()> {
+        for b in [&mut *obs, &mut *alive, &mut *count, &mut *ring] {
+            b.touch();
+        }
+        self.branch(p, [route, mean, logvar, x, obs, alive, count, ring])
     }
 
     fn sac_minibatch(

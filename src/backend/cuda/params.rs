@@ -188,6 +188,8 @@ mod tests {
         // ensemble.cu's NllParams; sac.cu's SacParams (12 words).
         assert_eq!(std::mem::size_of::<NllParams>(), 40);
         assert_eq!(std::mem::size_of::<crate::backend::SacParams>(), 48);
+        // rollout.cu's BranchParams (16 words).
+        assert_eq!(std::mem::size_of::<crate::backend::BranchParams>(), 64);
         assert_eq!(std::mem::size_of::<crate::backend::RolloutParams>(), 112);
         assert!(
             std::mem::size_of::<crate::backend::RolloutParams>()

@@ -179,3 +179,43 @@ impl<H: KernelHost> CudaBackend<H> {
         })
     }
 }
+
+/// MBPO's branched-rollout steps (`branch_route`, `branch_step`): one block each, see
+/// `kernels/rollout.cu`.
+impl<H: KernelHost> CudaBackend<H> {
+    fn branch_launch(
+        &self,
+        entry: &'static str,
+        p: &crate::backend::BranchParams,
+        bufs: &[&DeviceBuf<H::Mem>],
+    ) -> Result<()> {
+        let mut args = vec![Arg::Pod(bytemuck::bytes_of(p))];
+        args.extend(bufs.iter().map(|b| Arg::Mem(&b.mem)));
+        self.host.launch(&Launch {
+            program: Program::plain(KernelFile::Rollout),
+            entry,
+            grid: [1, 1, 1],
+            block: 256,
+            dynamic_shared: None,
+            args: &args,
+        })
+    }
+
+    pub(super) fn route(
+        &self,
+        p: &crate::backend::BranchParams,
+        all: [&DeviceBuf<H::Mem>; 3],
+    ) -> Result<()> {
+        check::branch_route(p, all.map(|b| b.len()))?;
+        self.branch_launch("branch_route", p, &all)
+    }
+
+    pub(super) fn branch(
+        &self,
+        p: &crate::backend::BranchParams,
+        all: [&DeviceBuf<H::Mem>; 8],
+    ) -> Result<()> {
+        check::branch_step(p, all.map(|b| b.len()))?;
+        self.branch_launch("branch_step", p, &all)
+    }
+}

@@ -75,7 +75,14 @@ impl KernelFile {
                 "cem_keep",
             ],
             KernelFile::Mppi => &["mppi_sample", "mppi_cost", "mppi_update"],
-            KernelFile::Rollout => &["rollout_group", "rollout", "rollout_reduce", "rollout_true"],
+            KernelFile::Rollout => &[
+                "rollout_group",
+                "rollout",
+                "rollout_reduce",
+                "rollout_true",
+                "branch_route",
+                "branch_step",
+            ],
             KernelFile::Sac => &[
                 "sac_squash",
                 "sac_critic_grad",

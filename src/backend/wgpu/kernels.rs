@@ -75,7 +75,8 @@ pub(super) struct Spec {
 
 use super::params::*;
 use crate::backend::{
-    AdamParams, EliteParams, InitParams, MppiParams, SacParams, SampleParams, UpdateParams,
+    AdamParams, BranchParams, EliteParams, InitParams, MppiParams, SacParams, SampleParams,
+    UpdateParams,
 };
 use std::mem::size_of;
 
@@ -326,6 +327,30 @@ pub(super) const ROLLOUT_TRUE: Spec = Spec {
     uniform: (0, size_of::<RolloutStep>()),
     // start, actions, returns
     storage: &[(0, RO), (9, RO), (14, RW)],
+};
+
+pub(super) const BRANCH_ROUTE: Spec = Spec {
+    module: Module::Rollout,
+    entry: "branch_route",
+    uniform: (1, size_of::<BranchParams>()),
+    // model input (bound as the actions), route, grouped model input
+    storage: &[(9, RO), (15, RW), (16, RW)],
+};
+pub(super) const BRANCH_STEP: Spec = Spec {
+    module: Module::Rollout,
+    entry: "branch_step",
+    uniform: (1, size_of::<BranchParams>()),
+    // route, mean, logvar, model input (bound as the actions), obs, alive, count, ring
+    storage: &[
+        (15, RW),
+        (17, RO),
+        (18, RO),
+        (9, RO),
+        (19, RW),
+        (20, RW),
+        (21, RW),
+        (22, RW),
+    ],
 };
 
 // rng.wgsl

@@ -22,8 +22,8 @@ mod rollout;
 mod sac;
 
 use super::{
-    AdamParams, Availability, Backend, EliteParams, EnsembleShape, InitParams, LossConfig,
-    MppiParams, RolloutParams, SacParams, SampleParams, UpdateParams,
+    AdamParams, Availability, Backend, BranchParams, EliteParams, EnsembleShape, InitParams,
+    LossConfig, MppiParams, RolloutParams, SacParams, SampleParams, UpdateParams,
 };
 use crate::Result;
 pub use device::{list_adapters, AdapterSummary};
@@ -586,6 +586,35 @@ impl Backend for WgpuBackend {
 
     fn sac_noise(&self, p: &SacParams, eps_next: &mut WgpuBuf, eps_pi: &mut WgpuBuf) -> Result<()> {
         sac::noise(self, p, eps_next, eps_pi)
+    }
+
+    fn branch_route(
+        &self,
+        p: &BranchParams,
+        x: &WgpuBuf,
+        route: &mut WgpuBuf,
+        xg: &mut WgpuBuf,
+    ) -> Result<()> {
+        rollout::branch_route(self, p, x, route, xg)
+    }
+
+    fn branch_step(
+        &self,
+        p: &BranchParams,
+        route: &WgpuBuf,
+        mean: &WgpuBuf,
+        logvar: &WgpuBuf,
+        x: &WgpuBuf,
+        obs: &mut WgpuBuf,
+        alive: &mut WgpuBuf,
+        count: &mut WgpuBuf,
+        ring: &mut WgpuBuf,
+    ) -> Result<()> {
+        rollout::branch_step(
+            self,
+            p,
+            [route, mean, logvar, x, &*obs, &*alive, &*count, &*ring],
+        )
     }
 
     fn sac_minibatch(

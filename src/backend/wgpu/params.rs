@@ -153,5 +153,7 @@ mod tests {
         assert_eq!(size_of::<RngParams>(), 32);
         // sac.wgsl's SacParams: 12 scalars, a multiple of the uniform alignment.
         assert_eq!(size_of::<crate::backend::SacParams>(), 48);
+        // rollout.wgsl's BranchParams: 16 scalars.
+        assert_eq!(size_of::<crate::backend::BranchParams>(), 64);
     }
 }

@@ -8,7 +8,7 @@ use super::device::Dispatch;
 use super::ensemble::{gemm_grid, max_width, weights_for_forward, TILE_M};
 use super::params::{epi, GemmParams, RolloutStep};
 use super::{kernels, word, WgpuBackend, WgpuBuf};
-use crate::backend::{check, EnsembleShape, RolloutParams};
+use crate::backend::{check, BranchParams, EnsembleShape, RolloutParams};
 use crate::Result;
 
 fn step_block(p: &RolloutParams, t: u32) -> RolloutStep {
@@ -270,4 +270,52 @@ pub(super) fn rollout_true(
     };
     st.rec.run(gpu, "rollout_true", &[d]);
     Ok(())
+}
+
+/// One single-workgroup dispatch of a branched-rollout kernel.
+fn branch_run(
+    be: &WgpuBackend,
+    spec: &kernels::Spec,
+    p: &BranchParams,
+    bufs: &[&wgpu::Buffer],
+) -> Result<()> {
+    let gpu = &be.gpu;
+    let mut st = be.lock();
+    let st = &mut *st;
+    let k = st.cache.get(gpu, spec)?;
+    st.rec.reserve(gpu, 1)?;
+    let offset = st.rec.block(gpu, p);
+    let d = Dispatch {
+        group: k.bind(gpu, bufs),
+        kernel: k,
+        offset,
+        grid: [1, 1, 1],
+    };
+    st.rec.run(gpu, spec.entry, &[d]);
+    Ok(())
+}
+
+/// MBPO's TS1 routing of one branched-rollout step (`branch_route` in the shader).
+pub(super) fn branch_route(
+    be: &WgpuBackend,
+    p: &BranchParams,
+    x: &WgpuBuf,
+    route: &mut WgpuBuf,
+    xg: &mut WgpuBuf,
+) -> Result<()> {
+    check::branch_route(p, [x.len, route.len, xg.len])?;
+    branch_run(
+        be,
+        &kernels::BRANCH_ROUTE,
+        p,
+        &[&x.buf, &route.buf, &xg.buf],
+    )
+}
+
+/// The model's step, reward, termination and ring append of one branched-rollout step.
+pub(super) fn branch_step(be: &WgpuBackend, p: &BranchParams, all: [&WgpuBuf; 8]) -> Result<()> {
+    check::branch_step(p, all.map(|b| b.len))?;
+    let [route, mean, logvar, x, obs, alive, count, ring] = all;
+    let bufs = [route, mean, logvar, x, obs, alive, count, ring].map(|b| &b.buf);
+    branch_run(be, &kernels::BRANCH_STEP, p, &bufs)
 }
