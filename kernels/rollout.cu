@@ -619,13 +619,13 @@ typedef struct {
 
 DEVFN BranchRow branch_row(BranchParams p, GLOBAL const float* route, GLOBAL const float* mean,
                            GLOBAL const float* logvar, GLOBAL const float* x,
-                           GLOBAL const float* obs, GLOBAL const float* alive, u32 r) {
+                           GLOBAL const float* obs, GLOBAL const float* stopped, u32 r) {
   BranchRow b;
   b.record = 0;
   b.term = 0;
   b.reward = 0.0f;
   const u32 slot = AS_U32(route[r]);
-  if (alive[r] == 0.0f || slot >= p.members * p.per) return b;
+  if (stopped[r] != 0.0f || slot >= p.members * p.per) return b;
   const u32 od = p.obs_dim, din = od + p.act_dim;
   float o4[4] = {0.0f, 0.0f, 0.0f, 0.0f}, n4[4] = {0.0f, 0.0f, 0.0f, 0.0f};
   float a4[4] = {0.0f, 0.0f, 0.0f, 0.0f};
@@ -652,7 +652,7 @@ DEVFN BranchRow branch_row(BranchParams p, GLOBAL const float* route, GLOBAL con
 KERNEL BOUNDS(256) void branch_step(BranchParams p, GLOBAL const float* route,
                                     GLOBAL const float* mean, GLOBAL const float* logvar,
                                     GLOBAL const float* x, GLOBAL float* obs,
-                                    GLOBAL float* alive, GLOBAL float* count,
+                                    GLOBAL float* stopped, GLOBAL float* count,
                                     GLOBAL float* ring) {
   SHARED u32 first[256];
   const u32 t = (u32)LID, chunk = (p.rows + 255u) / 256u;
@@ -660,7 +660,7 @@ KERNEL BOUNDS(256) void branch_step(BranchParams p, GLOBAL const float* route,
   const u32 od = p.obs_dim, ad = p.act_dim, din = od + ad, w = 2u * od + ad + 2u;
   u32 mine = 0u;
   for (u32 r = r0; r < r1; ++r)
-    mine += (u32)branch_row(p, route, mean, logvar, x, obs, alive, r).record;
+    mine += (u32)branch_row(p, route, mean, logvar, x, obs, stopped, r).record;
   first[t] = mine;
   SYNC();
   if (t == 0u) {
@@ -674,7 +674,7 @@ KERNEL BOUNDS(256) void branch_step(BranchParams p, GLOBAL const float* route,
   SYNC();
   u32 n = first[t];
   for (u32 r = r0; r < r1; ++r) {
-    const BranchRow b = branch_row(p, route, mean, logvar, x, obs, alive, r);
+    const BranchRow b = branch_row(p, route, mean, logvar, x, obs, stopped, r);
     const int live = b.record && !b.term;
     GLOBAL float* row = ring;
     if (b.record) {
@@ -695,7 +695,7 @@ KERNEL BOUNDS(256) void branch_step(BranchParams p, GLOBAL const float* route,
       }
       obs[r * od + j] = live ? next : 0.0f;
     }
-    alive[r] = live ? 1.0f : 0.0f;
+    stopped[r] = live ? 0.0f : 1.0f;
   }
   if (t == 255u) count[0] = AS_F32(n);
 }

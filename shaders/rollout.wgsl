@@ -576,7 +576,7 @@ struct BranchParams {
 @group(1) @binding(17) var<storage, read> br_mean: array<f32>;
 @group(1) @binding(18) var<storage, read> br_logvar: array<f32>;
 @group(1) @binding(19) var<storage, read_write> br_obs: array<f32>;
-@group(1) @binding(20) var<storage, read_write> br_alive: array<f32>;
+@group(1) @binding(20) var<storage, read_write> br_stopped: array<f32>;
 @group(1) @binding(21) var<storage, read_write> br_count: array<f32>;
 @group(1) @binding(22) var<storage, read_write> br_ring: array<f32>;
 
@@ -656,7 +656,7 @@ struct BranchRow {
 fn br_row(r: u32) -> BranchRow {
     var b = BranchRow(false, false, 0.0);
     let slot = bitcast<u32>(br_route[r]);
-    if (br_alive[r] == 0.0 || slot >= bp.members * bp.per) {
+    if (br_stopped[r] != 0.0 || slot >= bp.members * bp.per) {
         return b;
     }
     let od = bp.obs_dim;
@@ -736,7 +736,7 @@ fn branch_step(@builtin(local_invocation_index) t: u32) {
             }
             br_obs[r * od + j] = select(0.0, next, live);
         }
-        br_alive[r] = select(0.0, 1.0, live);
+        br_stopped[r] = select(1.0, 0.0, live);
     }
     if (t == 255u) {
         br_count[0] = bitcast<f32>(n);

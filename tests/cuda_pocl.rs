@@ -1490,6 +1490,7 @@ fn cuda_device_should_match_the_cpu_when_present() {
     for c in common::dense::vjp(&b, "cuda")
         .into_iter()
         .chain(common::sac::step(&b, "cuda"))
+        .chain(common::branch::parity(&b, "cuda"))
     {
         let worst = assert_close(&c.what, &c.got, &c.want, c.atol, c.rtol);
         eprintln!("{}: worst {worst:e}", c.what);
@@ -2152,4 +2153,54 @@ fn sac_update_host_costs_on_pocl_should_stay_fixed() {
     ring.sync(&b, &replay).unwrap();
     let d = b.host().counts().since(&before);
     assert_eq!((d.uploads, d.upload_bytes), (1, 4 * 9), "{d}");
+}
+
+/// What one branched rollout on the device costs the host, counted on PoCL through the
+/// production host code: no upload at all (start states and noise are drawn on the device,
+/// the stop flags start from zeros), two downloads (the count, then the ring for the host's
+/// copy of D_model), the minibatch draw of the start states and six launches per step.
+#[test]
+fn a_branched_rollout_on_pocl_should_upload_nothing() {
+    use mbrl_gpu::algo::mbpo::elite_view;
+    use mbrl_gpu::backend::cuda::host::CountingHost;
+    use mbrl_gpu::policy::device::{BranchModel, BranchSpec, DeviceReplay, DeviceSac};
+    let Some(h) = pocl() else { return };
+    let b = CudaBackend::with_host(CountingHost::new(h), CudaOptions::default());
+    let c = common::branch::case(EnvId::Pendulum, false, true);
+    let mut out = c.model_data.clone();
+    let mut sac = DeviceSac::new(&b, &c.agent).unwrap();
+    let (mut start, mut ring) = (
+        DeviceReplay::empty(&b).unwrap(),
+        DeviceReplay::empty(&b).unwrap(),
+    );
+    start.sync(&b, &c.env_data).unwrap();
+    ring.sync(&b, &out).unwrap();
+    let (shape, params) = elite_view(&c.model);
+    let (params, norm) = (
+        b.upload(&params).unwrap(),
+        b.upload(&c.model.norm()).unwrap(),
+    );
+    let view = BranchModel {
+        shape,
+        params: &params,
+        norm: &norm,
+    };
+    let spec = BranchSpec {
+        seed: 1,
+        batch: 0,
+        k: c.k,
+        rows: c.cfg.rollout_batch(),
+        task: EnvId::Pendulum.code(),
+        learn_reward: false,
+        sample_actions: true,
+    };
+    let before = b.host().counts();
+    let n = sac
+        .branch(&spec, &view, &start, &mut ring, &mut out)
+        .unwrap();
+    let d = b.host().counts().since(&before);
+    eprintln!("one rollout of {} rows × {} steps: {d}", spec.rows, c.k);
+    assert_eq!(n, spec.rows * c.k);
+    assert_eq!((d.uploads, d.downloads), (0, 2), "{d}");
+    assert_eq!(d.total_launches(), 1 + 6 * c.k as u64, "{d}");
 }

@@ -535,7 +535,7 @@ pub fn branch_route(p: &BranchParams, lens: [usize; 3]) -> Result<()> {
     need("grouped model input", lens[2], slots * (o + a))
 }
 
-/// Lengths of `branch_step`'s buffers: route, mean, logvar, x, obs, alive, count, ring.
+/// Lengths of `branch_step`'s buffers: route, mean, logvar, x, obs, stopped, count, ring.
 pub fn branch_step(p: &BranchParams, lens: [usize; 8]) -> Result<()> {
     let (b, o, a, d, slots) = branch_sizes(p)?;
     let (cap, w) = (p.capacity as usize, p.replay_width());
@@ -555,7 +555,7 @@ pub fn branch_step(p: &BranchParams, lens: [usize; 8]) -> Result<()> {
     need("logvar", lens[2], slots * d)?;
     need("model input", lens[3], b * (o + a))?;
     need("obs", lens[4], b * o)?;
-    need("alive", lens[5], b)?;
+    need("stopped", lens[5], b)?;
     need("count", lens[6], 1)?;
     need("replay ring", lens[7], cap * w)
 }

@@ -768,7 +768,8 @@ pub trait Backend: Send + Sync {
     /// packed `ring` [capacity, 2O + A + 2] at slot (base + n) mod capacity, n counting the
     /// transitions appended so far (`count` [1], u32 bits, row order); a row stays alive
     /// until it terminates or leaves the finite numbers. `obs` [rows, O] ← s' for live rows,
-    /// 0 for the others; `alive` [rows] holds 1/0.
+    /// 0 for the others; `stopped` [rows] holds 0 for a live row, 1 for a stopped one (so a
+    /// rollout starts from zeros, with nothing uploaded).
     #[allow(clippy::too_many_arguments)]
     fn branch_step(
         &self,
@@ -778,7 +779,7 @@ pub trait Backend: Send + Sync {
         logvar: &Self::Buf,
         x: &Self::Buf,
         obs: &mut Self::Buf,
-        alive: &mut Self::Buf,
+        stopped: &mut Self::Buf,
         count: &mut Self::Buf,
         ring: &mut Self::Buf,
     ) -> Result<()>;

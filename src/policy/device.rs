@@ -678,7 +678,7 @@ impl<'b, B: Backend> DeviceSac<'b, B> {
         let (mut logp, mut x, mut route) = (z(rows)?, z(2 * rows * din)?, z(rows)?);
         let mut xg = z(ne * per_max * din)?;
         let (mut mean, mut logvar) = (z(ne * per_max * d)?, z(ne * per_max * d)?);
-        let mut alive = be.upload(&vec![1.0f32; rows])?;
+        let mut stopped = z(rows)?;
         let mut count = z(1)?;
         let cap = out.capacity;
         for (t, &per) in pers.iter().enumerate() {
@@ -741,7 +741,7 @@ impl<'b, B: Backend> DeviceSac<'b, B> {
                 &logvar,
                 &x,
                 &mut obs,
-                &mut alive,
+                &mut stopped,
                 &mut count,
                 &mut out.ring,
             )?;

@@ -228,11 +228,19 @@ pub fn misuse_is_refused<B: Backend>(b: &B) {
     let wide = BranchParams { out_dim: 4, ..p };
     err(b.branch_route(&wide, &x, &mut route, &mut xg), "predicts 4");
     let (mean, lv) = (z(2 * 4 * 3), z(2 * 4 * 3));
-    let (mut obs, mut alive, mut count) = (z(15), z(5), z(1));
+    let (mut obs, mut stopped, mut count) = (z(15), z(5), z(1));
     let mut ring = z(8 * 9);
     let mut step = |p: &BranchParams, mean: &B::Buf, ring: &mut B::Buf| {
         b.branch_step(
-            p, &route, mean, &lv, &x, &mut obs, &mut alive, &mut count, ring,
+            p,
+            &route,
+            mean,
+            &lv,
+            &x,
+            &mut obs,
+            &mut stopped,
+            &mut count,
+            ring,
         )
     };
     step(&p, &mean, &mut ring).unwrap();

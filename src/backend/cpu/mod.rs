@@ -661,7 +661,7 @@ impl Backend for CpuBackend {
         logvar: &Vec<f32>,
         x: &Vec<f32>,
         obs: &mut Vec<f32>,
-        alive: &mut Vec<f32>,
+        stopped: &mut Vec<f32>,
         count: &mut Vec<f32>,
         ring: &mut Vec<f32>,
     ) -> Result<()> {
@@ -671,12 +671,12 @@ impl Backend for CpuBackend {
             logvar.len(),
             x.len(),
             obs.len(),
-            alive.len(),
+            stopped.len(),
             count.len(),
             ring.len(),
         ];
         check::branch_step(p, lens)?;
-        rollout::branch_step(p, route, mean, logvar, x, obs, alive, count, ring);
+        rollout::branch_step(p, route, mean, logvar, x, obs, stopped, count, ring);
         Ok(())
     }
 

@@ -605,7 +605,7 @@ pub fn branch_step(
     logvar: &[f32],
     x: &[f32],
     obs: &mut [f32],
-    alive: &mut [f32],
+    stopped: &mut [f32],
     count: &mut [f32],
     ring: &mut [f32],
 ) {
@@ -617,7 +617,7 @@ pub fn branch_step(
     let mut next = vec![0.0f32; o];
     for r in 0..p.rows as usize {
         let slot = route[r].to_bits();
-        let mut live = alive[r] != 0.0 && slot < slots;
+        let mut live = stopped[r] == 0.0 && slot < slots;
         if live {
             let i = slot as usize * d;
             // PETS eq. 2: a sample of the predicted Gaussian over the state change (and
@@ -652,7 +652,7 @@ pub fn branch_step(
                 live = !term;
             }
         }
-        alive[r] = if live { 1.0 } else { 0.0 };
+        stopped[r] = if live { 0.0 } else { 1.0 };
         let s = &mut obs[r * o..][..o];
         if live {
             s.copy_from_slice(&next);

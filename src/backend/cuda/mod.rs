@@ -640,14 +640,14 @@ impl<H: KernelHost> Backend for CudaBackend<H> {
         logvar: &Self::Buf,
         x: &Self::Buf,
         obs: &mut Self::Buf,
-        alive: &mut Self::Buf,
+        stopped: &mut Self::Buf,
         count: &mut Self::Buf,
         ring: &mut Self::Buf,
     ) -> Result<()> {
-        for b in [&mut *obs, &mut *alive, &mut *count, &mut *ring] {
+        for b in [&mut *obs, &mut *stopped, &mut *count, &mut *ring] {
             b.touch();
         }
-        self.branch(p, [route, mean, logvar, x, obs, alive, count, ring])
+        self.branch(p, [route, mean, logvar, x, obs, stopped, count, ring])
     }
 
     fn sac_minibatch(

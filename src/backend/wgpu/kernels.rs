@@ -340,7 +340,7 @@ pub(super) const BRANCH_STEP: Spec = Spec {
     module: Module::Rollout,
     entry: "branch_step",
     uniform: (1, size_of::<BranchParams>()),
-    // route, mean, logvar, model input (bound as the actions), obs, alive, count, ring
+    // route, mean, logvar, model input (bound as the actions), obs, stopped, count, ring
     storage: &[
         (15, RW),
         (17, RO),

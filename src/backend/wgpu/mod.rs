@@ -606,14 +606,14 @@ impl Backend for WgpuBackend {
         logvar: &WgpuBuf,
         x: &WgpuBuf,
         obs: &mut WgpuBuf,
-        alive: &mut WgpuBuf,
+        stopped: &mut WgpuBuf,
         count: &mut WgpuBuf,
         ring: &mut WgpuBuf,
     ) -> Result<()> {
         rollout::branch_step(
             self,
             p,
-            [route, mean, logvar, x, &*obs, &*alive, &*count, &*ring],
+            [route, mean, logvar, x, &*obs, &*stopped, &*count, &*ring],
         )
     }
 

@@ -315,7 +315,6 @@ pub(super) fn branch_route(
 /// The model's step, reward, termination and ring append of one branched-rollout step.
 pub(super) fn branch_step(be: &WgpuBackend, p: &BranchParams, all: [&WgpuBuf; 8]) -> Result<()> {
     check::branch_step(p, all.map(|b| b.len))?;
-    let [route, mean, logvar, x, obs, alive, count, ring] = all;
-    let bufs = [route, mean, logvar, x, obs, alive, count, ring].map(|b| &b.buf);
+    let bufs = all.map(|b| &b.buf);
     branch_run(be, &kernels::BRANCH_STEP, p, &bufs)
 }
