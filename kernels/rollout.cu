@@ -209,9 +209,13 @@ DEVFN void env_observe(u32 env, const float* s, float* o) {
 #define ROLL_INTS 192
 
 // Identical to src/backend/cuda/params.rs `RolloutSpan`: the steps [t0, t1) one launch of
-// `rollout` runs, and the blocks of its grid (the slot table's blocks per step).
+// `rollout` runs, and the blocks of its grid (the slot table's blocks per step); with a
+// terminal value (`value` = 1), the rewards' discount γ, and the last launch also leaves each
+// row's final state and flags for rollout_value. Without one γ = 1, and γ^t·r = r exactly.
 typedef struct {
-  u32 t0, t1, blocks, pad;
+  u32 t0, t1, blocks, value;
+  float gamma;
+  u32 pad0, pad1, pad2;
 } RolloutSpan;
 
 // Row flags kept in global memory between the launches of a TS1 rollout.
@@ -399,6 +403,9 @@ KERNEL BOUNDS_MIN(256, 3) void rollout(RolloutParams p, MlpShape s, RolloutSpan 
     ret[LID] = sp.t0 == 0u ? 0.0f : row_returns[rowid[LID]];
   }
   SYNC();
+  // γ^t as the CPU forms it: a running product from 1 (the CPU's run_tile).
+  float disc = 1.0f;
+  for (int t = 0; t < (int)sp.t0; ++t) disc = FMUL(disc, sp.gamma);
 
   for (int t = (int)sp.t0; t < (int)sp.t1; ++t) {
     const u32 coord = p.step * p.horizon + (u32)t;
@@ -473,16 +480,17 @@ KERNEL BOUNDS_MIN(256, 3) void rollout(RolloutParams p, MlpShape s, RolloutSpan 
       }
       if (!fin) bad[r] = 1;
       if (alive[r]) {
-        ret[r] += rr;
+        ret[r] += FMUL(disc, rr);
         alive[r] = !env_terminated(p.env, no, big);
       }
     }
+    disc = FMUL(disc, sp.gamma);
     SYNC();
     SMEM float* tmp = st;
     st = nx;
     nx = tmp;
   }
-  if (sp.t1 == (u32)H) {
+  if (sp.t1 == (u32)H && !sp.value) {
     if (LID < n) row_returns[rowid[LID]] = bad[LID] ? NEG_INF_F32 : ret[LID];
   } else {
     for (int i = LID; i < n * od; i += TILE_THREADS) {
@@ -494,6 +502,31 @@ KERNEL BOUNDS_MIN(256, 3) void rollout(RolloutParams p, MlpShape s, RolloutSpan 
       row_returns[rowid[LID]] = ret[LID];
     }
   }
+}
+
+// rollout_value: grid ⌈rows/256⌉. Closes each row's path with γ^H·min(Q₁, Q₂)(s_H, ā(s_H))
+// (`q` [2, rows], from the dense-layer engine on the final states) where it is still alive;
+// a non-finite value, like a non-finite step before it, makes the row's return −∞. Here
+// sp.gamma holds γ^H as the CPU forms it.
+KERNEL BOUNDS(256) void rollout_value(RolloutParams p, RolloutSpan sp, GLOBAL const u32* flags,
+                                      GLOBAL const float* q, GLOBAL float* row_returns) {
+  const u32 r = (u32)GRP_X * 256u + (u32)LID;
+  const u32 rows = p.population * p.particles;
+  if (r >= rows) return;
+  const u32 f = flags[r];
+  if ((f & ROW_BAD) != 0u) {
+    row_returns[r] = NEG_INF_F32;
+    return;
+  }
+  if ((f & ROW_ALIVE) == 0u) return;
+  // Rust's f32::min: the other operand where one is NaN (then the sum below is checked).
+  const float a = q[r], b = q[rows + r];
+  const float v = a != a ? b : (b != b ? a : (b < a ? b : a));
+  if (!finite_f32(v)) {
+    row_returns[r] = NEG_INF_F32;
+    return;
+  }
+  row_returns[r] += FMUL(sp.gamma, v);
 }
 
 KERNEL BOUNDS(256) void rollout_reduce(RolloutParams p, GLOBAL const float* row_returns,

@@ -65,7 +65,9 @@ struct RolloutStep {
     // The slot table this step reads: TS1 draws members anew each step, and all H tables
     // are built by one rollout_group dispatch of H workgroups; TS∞ and expectation use 0.
     table: u32,
-    _pad0: u32,
+    // The rewards' discount γ (1 without a terminal value: γ^t·r = r exactly);
+    // rollout_value: γ^H.
+    gamma: f32,
     _pad1: u32,
     _pad2: u32,
 }
@@ -87,6 +89,7 @@ struct RolloutStep {
 @group(1) @binding(12) var<storage, read> stp_head: array<f32>;
 @group(1) @binding(13) var<storage, read> stp_params: array<f32>;
 @group(1) @binding(14) var<storage, read_write> ro_returns: array<f32>;
+@group(1) @binding(23) var<storage, read> val_q: array<f32>;
 
 const TILE_ROWS: u32 = 64u;
 const FLAG_ALIVE: u32 = 1u;
@@ -467,12 +470,47 @@ fn rollout_step(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) n
         flags = flags | FLAG_BAD;
     }
     if ((flags & FLAG_ALIVE) != 0u) {
-        ro_ret[r] = ro_ret[r] + rew;
+        // γ^t as the CPU forms it: a running product from 1.
+        var disc = 1.0;
+        for (var i = 0u; i < rs.t; i++) {
+            disc = disc * rs.gamma;
+        }
+        ro_ret[r] = ro_ret[r] + disc * rew;
         if (task_terminated(rs.p.env, n4, big)) {
             flags = flags & ~FLAG_ALIVE;
         }
     }
     ro_flags[r] = flags;
+}
+
+// Closes each live row's path with γ^H·min(Q₁, Q₂)(s_H, ā(s_H)) (val_q [2, rows], from the
+// dense-layer engine on the final states); a non-finite value marks the row bad, as a
+// non-finite step does. rs.gamma holds γ^H here.
+@compute @workgroup_size(256)
+fn rollout_value(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                 @builtin(local_invocation_index) li: u32) {
+    let r = flat_index(wg, nwg, li);
+    if (r >= rs.rows) {
+        return;
+    }
+    let f = ro_flags[r];
+    if ((f & FLAG_BAD) != 0u || (f & FLAG_ALIVE) == 0u) {
+        return;
+    }
+    // Rust's f32::min: the other operand where one is NaN.
+    let a = val_q[r];
+    let b = val_q[rs.rows + r];
+    var v = min(a, b);
+    if (is_nan_f(a)) {
+        v = b;
+    } else if (is_nan_f(b)) {
+        v = a;
+    }
+    if (!is_finite_f(v)) {
+        ro_flags[r] = f | FLAG_BAD;
+        return;
+    }
+    ro_ret[r] = ro_ret[r] + rs.gamma * v;
 }
 
 // Mean over each candidate's particles; −∞ if any particle left the finite numbers.

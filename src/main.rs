@@ -239,7 +239,8 @@ struct PlanArgs {
     /// Close each model path with a learned value, as LOOP and TD-MPC do: a run directory
     /// of `sac`, `mbpo` or `maac` (its policy.safetensors and critic.safetensors). A path
     /// then scores Σ γ^t r_t + γ^H·min Q(s_H, ā(s_H)) with the agent's γ and deterministic
-    /// action ā, so a short horizon sees past its end. CPU backend.
+    /// action ā, so a short horizon sees past its end. On a device backend the actor and
+    /// critics run there, on the rollout's final states.
     #[arg(long, value_name = "RUN_DIR", conflicts_with = "true_dynamics")]
     terminal_value: Option<PathBuf>,
     /// Arithmetic of the model rollouts: f32, or bf16 products with f32 sums (AMX tiles on
@@ -835,7 +836,6 @@ fn run_pets(a: PetsArgs) -> Result<()> {
         (None, false) => Mode::New,
     };
     let be = pick_backend_for(a.backend, cfg.planner.precision)?;
-    cfg.check_backend(be.name())?;
     // Checked before any work: the directory is free (or resumable) and writable.
     let run_dir = RunDir::open(&dir, mode, &text)?;
     if mode == Mode::Resume {
@@ -991,9 +991,6 @@ fn run_plan(a: PlanArgs) -> Result<()> {
     .map_err(|e| e.rename_setting(plan_flag))?;
     let terminal = terminal_value_flag(a.terminal_value.as_deref(), &env, &spec)?;
     let be = pick_backend_for(a.backend, a.precision)?;
-    if terminal.is_some() {
-        terminal_value_backend(be.name())?;
-    }
     with_backend!(&be, |b| plan_on(
         b,
         &a,
@@ -1021,17 +1018,6 @@ fn terminal_value_flag(
         )
     })
     .transpose()
-}
-
-/// `--terminal-value` needs the CPU backend: its critic is a host-side network.
-fn terminal_value_backend(backend: &str) -> Result<()> {
-    if backend != "cpu" {
-        return Err(invalid!(
-            "--terminal-value runs on the CPU backend only (the critic is a host-side \
-             network), not on {backend}; use --backend cpu"
-        ));
-    }
-    Ok(())
 }
 
 /// A trained ensemble for planning on `env`: its dimensions must be the environment's, and

@@ -1256,6 +1256,17 @@ fn branched_rollouts_on_pocl_should_match_the_cpu() {
 }
 
 #[test]
+fn rollouts_closed_by_a_terminal_value_on_pocl_should_match_the_cpu() {
+    let Some(b) = pocl_backend(CudaOptions::default()) else {
+        return;
+    };
+    for c in common::value::parity(&b, "pocl") {
+        let worst = assert_close(&c.what, &c.got, &c.want, c.atol, c.rtol);
+        eprintln!("{}: worst {worst:e}", c.what);
+    }
+}
+
+#[test]
 fn adam_on_pocl_should_match_the_cpu_bit_for_bit() {
     let Some(b) = pocl_backend(CudaOptions::default()) else {
         return;
@@ -1491,6 +1502,7 @@ fn cuda_device_should_match_the_cpu_when_present() {
         .into_iter()
         .chain(common::sac::step(&b, "cuda"))
         .chain(common::branch::parity(&b, "cuda"))
+        .chain(common::value::parity(&b, "cuda"))
     {
         let worst = assert_close(&c.what, &c.got, &c.want, c.atol, c.rtol);
         eprintln!("{}: worst {worst:e}", c.what);

@@ -548,6 +548,16 @@ fn branched_rollouts_should_match_cpu() {
 }
 
 #[test]
+fn rollouts_closed_by_a_terminal_value_should_match_cpu() {
+    let Some(g) = gpu("rollouts_closed_by_a_terminal_value_should_match_cpu") else {
+        return;
+    };
+    for c in common::value::parity(g, "wgpu") {
+        assert_close(&c.what, &c.got, &c.want, c.atol, c.rtol);
+    }
+}
+
+#[test]
 fn icem_and_mppi_ops_should_match_cpu() {
     let Some(g) = gpu("icem_and_mppi_ops_should_match_cpu") else {
         return;

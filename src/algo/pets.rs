@@ -227,18 +227,6 @@ impl PetsConfig {
         .map(Some)
     }
 
-    /// Whether the run can plan on backend `name`: a terminal value needs the CPU.
-    pub fn check_backend(&self, name: &str) -> Result<()> {
-        if self.terminal_value.is_some() && name != "cpu" {
-            return Err(setting!(
-                "terminal_value",
-                "runs on the CPU backend only (the critic is a host-side network); use \
-                 --backend cpu, or unset it to plan on {name}"
-            ));
-        }
-        Ok(())
-    }
-
     pub fn env_name(&self) -> Result<EnvName> {
         Ok(EnvName::parse(&self.env)?)
     }
@@ -333,7 +321,6 @@ pub fn run<B: Backend>(
     let mut env = env_name.open(1)?;
     let spec = env.spec().clone();
     // Loaded (and refused) before any work, not at the first planned trial.
-    cfg.check_backend(backend.name())?;
     let terminal = cfg.load_terminal_value()?;
     let resumed = match out {
         Some(dir) => load_checkpoint(dir, cfg)?,

@@ -6,6 +6,7 @@
 pub mod check;
 pub mod cpu;
 pub mod cuda;
+pub(crate) mod value;
 pub mod wgpu;
 
 use crate::Result;
@@ -429,6 +430,26 @@ pub trait StateValue: Send + Sync {
     /// The state width it takes.
     fn obs_dim(&self) -> usize;
     fn values(&self, states: &[f32], rows: usize, out: &mut [f32]);
+    /// The networks behind it, for backends that evaluate it on the device; `None`: only the
+    /// CPU backend can use it.
+    fn nets(&self) -> Option<ValueNets<'_>> {
+        None
+    }
+}
+
+/// A value a device can evaluate itself: V(s) = min(Q₁, Q₂)(s, ā(s)) with
+/// ā = scale·tanh(μ(s)) + bias, the actor's deterministic action (SAC's networks, inputs
+/// unnormalised). `actor` maps obs → [μ, log σ] (one member), `critic` is the two critics as a
+/// 2-member ensemble on [obs, act].
+pub struct ValueNets<'a> {
+    pub actor: EnsembleShape,
+    pub critic: EnsembleShape,
+    pub obs_dim: usize,
+    pub act_dim: usize,
+    pub actor_params: &'a [f32],
+    pub critic_params: &'a [f32],
+    /// [scale (A), bias (A)].
+    pub squash: Vec<f32>,
 }
 
 /// A terminal value for model rollouts (as LOOP and TD-MPC close short horizons): a path's
@@ -622,7 +643,9 @@ pub trait Backend: Send + Sync {
     ) -> Result<()>;
 
     /// [`Backend::rollout`] with a terminal value closing every path (see [`TerminalValue`]).
-    /// The value is a host-side network, so only the CPU backend runs it; the others say so.
+    /// The CPU backend evaluates any [`StateValue`]; the device backends run the value's
+    /// networks ([`StateValue::nets`]) on the rollout's final states. A backend without it
+    /// says so.
     #[allow(clippy::too_many_arguments)]
     fn rollout_with_value(
         &self,

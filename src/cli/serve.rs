@@ -1,8 +1,5 @@
 //! `serve`: the planning service's command line; the service is `mbrl_gpu::serve`.
-use super::{
-    load_plan_model, pick_backend_for, plan_flag, terminal_value_backend, terminal_value_flag,
-    SamplingArgs,
-};
+use super::{load_plan_model, pick_backend_for, plan_flag, terminal_value_flag, SamplingArgs};
 use clap::Args;
 use mbrl_gpu::backend::{BackendChoice, Precision, Propagation};
 use mbrl_gpu::env::EnvName;
@@ -27,8 +24,8 @@ pub struct ServeArgs {
     #[arg(long)]
     true_dynamics: bool,
     /// Close each model path with the critic of a `sac`/`mbpo`/`maac` run directory
-    /// (γ^H·min Q at the policy's action), so a short horizon plans like a long one; CPU
-    /// backend.
+    /// (γ^H·min Q at the policy's action), so a short horizon plans like a long one; on
+    /// a device backend its networks run there.
     #[arg(long, value_name = "RUN_DIR", conflicts_with = "true_dynamics")]
     terminal_value: Option<PathBuf>,
     /// HOST:PORT (loopback unless --allow-remote) or unix:PATH.
@@ -191,9 +188,6 @@ pub fn run(a: ServeArgs) -> Result<()> {
         seed: a.seed,
     };
     let be = pick_backend_for(a.backend, Precision::F32)?;
-    if a.terminal_value.is_some() {
-        terminal_value_backend(be.name())?;
-    }
     let server = Server::bind(&address, cfg)?;
     let shown = server
         .local_addr()

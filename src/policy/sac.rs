@@ -414,6 +414,20 @@ impl crate::backend::StateValue for CriticValue {
             *v = q[b].min(q[rows + b]);
         }
     }
+
+    fn nets(&self) -> Option<crate::backend::ValueNets<'_>> {
+        let mut squash = self.squash.scale.clone();
+        squash.extend_from_slice(&self.squash.bias);
+        Some(crate::backend::ValueNets {
+            actor: self.nets.actor,
+            critic: self.nets.critic,
+            obs_dim: self.nets.obs_dim,
+            act_dim: self.nets.act_dim,
+            actor_params: &self.actor,
+            critic_params: &self.critic,
+            squash,
+        })
+    }
 }
 
 /// A minibatch of transitions, row-major.

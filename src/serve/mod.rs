@@ -73,7 +73,7 @@ pub enum ServeDynamics {
         task: u32,
         ts: TsConfig,
         data: Transitions,
-        /// A learned value closing each planned path (`serve --terminal-value`; CPU).
+        /// A learned value closing each planned path (`serve --terminal-value`; on any backend).
         terminal: Option<crate::backend::TerminalValue>,
     },
     /// A native environment's own dynamics; observations are mapped back to its state.

@@ -3,6 +3,7 @@ pub mod branch;
 pub mod dense;
 pub mod planners;
 pub mod sac;
+pub mod value;
 use mbrl_gpu::backend::{Backend, EnsembleShape, Propagation, RolloutParams};
 use mbrl_gpu::env::EnvId;
 use mbrl_gpu::model::{Ensemble, ModelConfig};

@@ -478,12 +478,7 @@ impl Backend for CpuBackend {
         value: &TerminalValue,
         returns: &mut Vec<f32>,
     ) -> Result<()> {
-        if !(value.gamma > 0.0 && value.gamma <= 1.0) {
-            return Err(crate::invalid!(
-                "the terminal value's discount must be in (0, 1], got {}",
-                value.gamma
-            ));
-        }
+        super::value::check_gamma(value)?;
         self.rollout_valued(p, shape, params, norm, start, actions, Some(value), returns)
     }
 

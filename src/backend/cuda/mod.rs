@@ -133,6 +133,8 @@ pub struct CudaBackend<H: KernelHost = CudaDriver> {
     host: H,
     options: CudaOptions,
     scratch: Mutex<Scratch<H::Mem>>,
+    /// The device copy of the last terminal value planned with.
+    value: Mutex<Option<super::value::DeviceValue<DeviceBuf<H::Mem>>>>,
 }
 
 /// One sentence: why CUDA is unavailable here, or which device will be used.
@@ -243,6 +245,7 @@ impl<H: KernelHost> CudaBackend<H> {
             host,
             options,
             scratch: Mutex::new(Scratch::default()),
+            value: Mutex::new(None),
         }
     }
 
@@ -527,7 +530,26 @@ impl<H: KernelHost> Backend for CudaBackend<H> {
         returns: &mut Self::Buf,
     ) -> Result<()> {
         returns.touch();
-        self.model_rollout(p, shape, params, norm, start, actions, returns)
+        self.model_rollout(p, shape, params, norm, start, actions, None, returns)
+    }
+
+    fn rollout_with_value(
+        &self,
+        p: &RolloutParams,
+        shape: &EnsembleShape,
+        params: &Self::Buf,
+        norm: &Self::Buf,
+        start: &Self::Buf,
+        actions: &Self::Buf,
+        value: &super::TerminalValue,
+        returns: &mut Self::Buf,
+    ) -> Result<()> {
+        super::value::check_gamma(value)?;
+        returns.touch();
+        let mut slot = self.value.lock().unwrap_or_else(|e| e.into_inner());
+        let dv = super::value::DeviceValue::cached(self, &mut slot, value, p.obs_dim as usize)?;
+        let v = Some((dv, value.gamma));
+        self.model_rollout(p, shape, params, norm, start, actions, v, returns)
     }
 
     fn rollout_true(

@@ -125,12 +125,16 @@ impl NllParams {
 /// `RolloutSpan` of rollout.cu: the steps `[t0, t1)` one launch of `rollout` runs and the
 /// blocks of its grid (the slot table's blocks per member draw).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+#[derive(Clone, Copy, Debug, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct RolloutSpan {
     pub t0: u32,
     pub t1: u32,
     pub blocks: u32,
-    pub _pad: u32,
+    /// 1: a terminal value follows (the final states and flags are kept; see rollout.cu).
+    pub value: u32,
+    /// The rewards' discount (1 without a terminal value); `rollout_value`: γ^H.
+    pub gamma: f32,
+    pub _pad: [u32; 3],
 }
 
 /// Dynamic shared words of `rollout` (`rollout_words` in rollout.cu).

@@ -5,10 +5,14 @@ use super::host::{Arg, KernelHost, Launch};
 use super::params::{rollout_words, MlpShape, RolloutSpan, TILE_ROWS, TILE_THREADS};
 use super::source::{KernelFile, Program};
 use super::{ensured, CudaBackend, DeviceBuf, COUNTER_WORDS};
+use crate::backend::value::DeviceValue;
 use crate::backend::{check, EnsembleShape, Propagation, RolloutParams};
 use crate::{Error, Result};
 
 impl<H: KernelHost> CudaBackend<H> {
+    /// The model rollout; with `value` (the device copy of a terminal value and its γ), the
+    /// rewards are discounted, the paths' final states stay in the value's buffers, and each
+    /// live path is closed with γ^H·V(s_H) before the particle mean (`rollout_value`).
     #[allow(clippy::too_many_arguments)]
     pub(super) fn model_rollout(
         &self,
@@ -18,6 +22,7 @@ impl<H: KernelHost> CudaBackend<H> {
         norm: &DeviceBuf<H::Mem>,
         start: &DeviceBuf<H::Mem>,
         actions: &DeviceBuf<H::Mem>,
+        mut value: Option<(&mut DeviceValue<DeviceBuf<H::Mem>>, f32)>,
         returns: &mut DeviceBuf<H::Mem>,
     ) -> Result<()> {
         let lens = [
@@ -62,8 +67,13 @@ impl<H: KernelHost> CudaBackend<H> {
                  kernels' 32-bit indexing: use fewer candidates, particles or steps"
             )));
         }
-        let mut sc = self.scratch();
-        let sc = &mut *sc;
+        let gamma = value.as_ref().map_or(1.0, |v| v.1);
+        let paths = match value.as_mut() {
+            Some((dv, _)) => Some(dv.paths(self, rows)?),
+            None => None,
+        };
+        let mut guard = self.scratch();
+        let sc = &mut *guard;
         self.pack_weights(
             &mut sc.bf16,
             &mut sc.bf16_source,
@@ -79,13 +89,17 @@ impl<H: KernelHost> CudaBackend<H> {
         self.ensure(&mut sc.row_state, if ts1 { rows * od } else { 1 })?;
         self.ensure(&mut sc.row_flags, if ts1 { rows } else { 1 })?;
         self.ensure(&mut sc.counters, COUNTER_WORDS)?;
-        let row_returns = ensured(&sc.row_returns);
         let (slot_rows, block_member) = (ensured(&sc.slot_rows), ensured(&sc.block_member));
-        let (row_state, row_flags, counters) = (
-            ensured(&sc.row_state),
-            ensured(&sc.row_flags),
-            ensured(&sc.counters),
-        );
+        let counters = ensured(&sc.counters);
+        // With a terminal value the rows' states, flags and returns outlive the launches.
+        let (row_state, row_flags, row_returns) = match &paths {
+            Some(ps) => (&ps.states.mem, &ps.flags.mem, &ps.returns.mem),
+            None => (
+                ensured(&sc.row_state),
+                ensured(&sc.row_flags),
+                ensured(&sc.row_returns),
+            ),
+        };
         let wt = match &sc.bf16 {
             Some((m, _)) if self.options.bf16_weights => m,
             _ => &params.mem,
@@ -116,7 +130,9 @@ impl<H: KernelHost> CudaBackend<H> {
                 t0,
                 t1,
                 blocks: blocks as u32,
-                _pad: 0,
+                value: u32::from(paths.is_some()),
+                gamma,
+                _pad: [0; 3],
             };
             self.host.launch(&Launch {
                 program,
@@ -142,14 +158,49 @@ impl<H: KernelHost> CudaBackend<H> {
                 ],
             })?;
         }
+        let reduce = |row_returns: &H::Mem| {
+            self.host.launch(&Launch {
+                program,
+                entry: "rollout_reduce",
+                grid: [np.div_ceil(256) as u32, 1, 1],
+                block: 256,
+                dynamic_shared: None,
+                args: &[Arg::Pod(pb), Arg::Mem(row_returns), Arg::Mem(&returns.mem)],
+            })
+        };
+        if paths.is_none() {
+            return reduce(row_returns);
+        }
+        // The scratch is released before the value's own operations take it.
+        drop(guard);
+        let Some((dv, _)) = value else {
+            return Err(Error::Invalid("a valued rollout lost its value".into()));
+        };
+        dv.q(self, rows)?;
+        let (q, ps) = dv.closing()?;
+        let span = RolloutSpan {
+            t0: 0,
+            t1: h as u32,
+            blocks: 0,
+            value: 1,
+            gamma: crate::backend::value::discount(gamma, h),
+            _pad: [0; 3],
+        };
         self.host.launch(&Launch {
             program,
-            entry: "rollout_reduce",
-            grid: [np.div_ceil(256) as u32, 1, 1],
+            entry: "rollout_value",
+            grid: [rows.div_ceil(256) as u32, 1, 1],
             block: 256,
             dynamic_shared: None,
-            args: &[Arg::Pod(pb), Arg::Mem(row_returns), Arg::Mem(&returns.mem)],
-        })
+            args: &[
+                Arg::Pod(pb),
+                Arg::Pod(bytemuck::bytes_of(&span)),
+                Arg::Mem(&ps.flags.mem),
+                Arg::Mem(&q.mem),
+                Arg::Mem(&ps.returns.mem),
+            ],
+        })?;
+        reduce(&ps.returns.mem)
     }
 
     pub(super) fn true_rollout(

@@ -80,6 +80,7 @@ impl KernelFile {
                 "rollout",
                 "rollout_reduce",
                 "rollout_true",
+                "rollout_value",
                 "branch_route",
                 "branch_step",
             ],

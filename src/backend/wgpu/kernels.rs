@@ -314,6 +314,13 @@ pub(super) const ROLLOUT_STEP: Spec = Spec {
         (13, RO),
     ],
 };
+pub(super) const ROLLOUT_VALUE: Spec = Spec {
+    module: Module::Rollout,
+    entry: "rollout_value",
+    uniform: (0, size_of::<RolloutStep>()),
+    // row returns, row flags, critics' values
+    storage: &[(2, RW), (3, RW), (23, RO)],
+};
 pub(super) const ROLLOUT_REDUCE: Spec = Spec {
     module: Module::Rollout,
     entry: "rollout_reduce",

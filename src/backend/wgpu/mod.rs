@@ -118,6 +118,8 @@ pub struct WgpuBackend {
     gpu: Gpu,
     state: Mutex<State>,
     f16_weights: bool,
+    /// The device copy of the last terminal value planned with.
+    value: Mutex<Option<super::value::DeviceValue<WgpuBuf>>>,
 }
 
 /// Samples of rng.wgsl for one (seed, stream, step), element i at index i.
@@ -140,6 +142,7 @@ impl WgpuBackend {
                 ws: Workspace::default(),
             }),
             f16_weights: false,
+            value: Mutex::new(None),
         })
     }
 
@@ -514,7 +517,25 @@ impl Backend for WgpuBackend {
         actions: &WgpuBuf,
         returns: &mut WgpuBuf,
     ) -> Result<()> {
-        rollout::rollout(self, p, shape, params, norm, start, actions, returns)
+        rollout::rollout(self, p, shape, params, norm, start, actions, None, returns)
+    }
+
+    fn rollout_with_value(
+        &self,
+        p: &RolloutParams,
+        shape: &EnsembleShape,
+        params: &WgpuBuf,
+        norm: &WgpuBuf,
+        start: &WgpuBuf,
+        actions: &WgpuBuf,
+        value: &super::TerminalValue,
+        returns: &mut WgpuBuf,
+    ) -> Result<()> {
+        super::value::check_gamma(value)?;
+        let mut slot = self.value.lock().unwrap_or_else(|e| e.into_inner());
+        let dv = super::value::DeviceValue::cached(self, &mut slot, value, p.obs_dim as usize)?;
+        let v = Some((dv, value.gamma));
+        rollout::rollout(self, p, shape, params, norm, start, actions, v, returns)
     }
 
     fn rollout_true(

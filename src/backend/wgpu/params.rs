@@ -118,8 +118,10 @@ pub struct RolloutStep {
     pub state_dim: u32,
     /// The slot table of this step (TS1: one per step, all grouped by one dispatch; else 0).
     pub table: u32,
+    /// The rewards' discount (1 without a terminal value); `rollout_value`: γ^H.
+    pub gamma: f32,
     /// To the WGSL struct's size, a multiple of its 16-byte alignment.
-    pub _pad: [u32; 3],
+    pub _pad: [u32; 2],
 }
 
 /// `RngParams` of rng.wgsl.

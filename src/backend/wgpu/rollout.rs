@@ -8,6 +8,7 @@ use super::device::Dispatch;
 use super::ensemble::{gemm_grid, max_width, weights_for_forward, TILE_M};
 use super::params::{epi, GemmParams, RolloutStep};
 use super::{kernels, word, WgpuBackend, WgpuBuf};
+use crate::backend::value::DeviceValue;
 use crate::backend::{check, BranchParams, EnsembleShape, RolloutParams};
 use crate::Result;
 
@@ -27,10 +28,14 @@ fn step_block(p: &RolloutParams, t: u32) -> RolloutStep {
         min_off: 0,
         state_dim: 0,
         table: 0,
-        _pad: [0; 3],
+        gamma: 1.0,
+        _pad: [0; 2],
     }
 }
 
+/// The model rollout; with `value` (the device copy of a terminal value and its γ), the
+/// rewards are discounted, the rows' states, returns and flags live in the value's buffers,
+/// and each live path is closed with γ^H·V(s_H) (`rollout_value`) before the particle mean.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn rollout(
     be: &WgpuBackend,
@@ -40,6 +45,7 @@ pub(super) fn rollout(
     norm: &WgpuBuf,
     start: &WgpuBuf,
     actions: &WgpuBuf,
+    mut value: Option<(&mut DeviceValue<WgpuBuf>, f32)>,
     returns: &mut WgpuBuf,
 ) -> Result<()> {
     check::rollout(
@@ -81,9 +87,14 @@ pub(super) fn rollout(
     word("parameters", lay.total)?;
     word("noise elements", rows * shape.out_dim)?;
 
+    let gamma = value.as_ref().map_or(1.0, |v| v.1);
+    let paths = match value.as_mut() {
+        Some((dv, _)) => Some(dv.paths(be, rows)?),
+        None => None,
+    };
     let gpu = &be.gpu;
-    let mut st = be.lock();
-    let st = &mut *st;
+    let mut guard = be.lock();
+    let st = &mut *guard;
     let nl = lay.layers.len();
     st.rec.reserve(gpu, h + tables * nl + 1)?;
     let mut ds = Vec::with_capacity(3 + h * (nl + 3));
@@ -93,9 +104,18 @@ pub(super) fn rollout(
     let gather = st.cache.get(gpu, &kernels::ROLLOUT_GATHER)?;
     let stepk = st.cache.get(gpu, &kernels::ROLLOUT_STEP)?;
     let reduce = st.cache.get(gpu, &kernels::ROLLOUT_REDUCE)?;
-    let state = st.ws.get(gpu, "rollout state", 0, rows * od);
-    let ret = st.ws.get(gpu, "rollout row returns", 0, rows);
-    let flags = st.ws.get(gpu, "rollout row flags", 0, rows);
+    let (state, ret, flags) = match &paths {
+        Some(ps) => (
+            ps.states.buf.clone(),
+            ps.returns.buf.clone(),
+            ps.flags.buf.clone(),
+        ),
+        None => (
+            st.ws.get(gpu, "rollout state", 0, rows * od),
+            st.ws.get(gpu, "rollout row returns", 0, rows),
+            st.ws.get(gpu, "rollout row flags", 0, rows),
+        ),
+    };
     let perm = st.ws.get(gpu, "rollout perm", 0, tables * positions);
     let inv = st.ws.get(gpu, "rollout inverse perm", 0, tables * rows);
     let tile_members = st.ws.get(gpu, "rollout tiles", 0, tables * tiles);
@@ -120,6 +140,7 @@ pub(super) fn rollout(
                 max_off: lay.max_logvar as u32,
                 min_off: lay.min_logvar as u32,
                 table: if regroup_each_step { t } else { 0 },
+                gamma,
                 ..step_block(p, t)
             };
             st.rec.block(gpu, &b)
@@ -227,13 +248,47 @@ pub(super) fn rollout(
         reduce.bind(gpu, &[&ret, &flags, &returns.buf]),
         gpu.grid_1d(np)?,
     );
-    ds.push(Dispatch {
+    let Some((dv, _)) = value else {
+        ds.push(Dispatch {
+            group: reduce_group,
+            kernel: reduce,
+            offset: blocks[0],
+            grid: reduce_grid,
+        });
+        st.rec.run(gpu, "rollout", &ds);
+        return Ok(());
+    };
+    st.rec.run(gpu, "rollout", &ds);
+    // The value's networks run as ordinary operations, which take the state lock themselves.
+    drop(guard);
+    dv.q(be, rows)?;
+    let (q, _) = dv.closing()?;
+    let mut guard = be.lock();
+    let st = &mut *guard;
+    let close = st.cache.get(gpu, &kernels::ROLLOUT_VALUE)?;
+    st.rec.reserve(gpu, 1)?;
+    let offset = st.rec.block(
+        gpu,
+        &RolloutStep {
+            rows: rows as u32,
+            gamma: crate::backend::value::discount(gamma, h),
+            ..step_block(p, 0)
+        },
+    );
+    // One parameter block for both: the reduce reads only `p` from it.
+    let close = Dispatch {
+        group: close.bind(gpu, &[&ret, &flags, &q.buf]),
+        kernel: close,
+        offset,
+        grid: rows_grid,
+    };
+    let reduce = Dispatch {
         group: reduce_group,
         kernel: reduce,
-        offset: blocks[0],
+        offset,
         grid: reduce_grid,
-    });
-    st.rec.run(gpu, "rollout", &ds);
+    };
+    st.rec.run(gpu, "rollout value", &[close, reduce]);
     Ok(())
 }
 
