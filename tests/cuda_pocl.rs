@@ -1063,6 +1063,7 @@ fn check_errors<B: Backend>(b: &B) {
     assert!(b.write(&mut buf, &[1.0, 2.0]).is_err());
     common::sac::misuse_is_refused(b);
     common::branch::misuse_is_refused(b);
+    common::value::misuse_is_refused(b);
 }
 
 // ---------------------------------------------------------------------------------------

@@ -1327,11 +1327,13 @@ fn f16_weights_should_stay_within_half_precision_of_cpu() {
 fn misuse_should_be_an_error_not_a_panic() {
     common::sac::misuse_is_refused(&CpuBackend::new());
     common::branch::misuse_is_refused(&CpuBackend::new());
+    common::value::misuse_is_refused(&CpuBackend::new());
     let Some(g) = gpu("misuse_should_be_an_error_not_a_panic") else {
         return;
     };
     common::sac::misuse_is_refused(g);
     common::branch::misuse_is_refused(g);
+    common::value::misuse_is_refused(g);
     let sh = shape(13, 2, Activation::Silu, true);
     let p = g.upload(&params_for(&sh, 1)).unwrap();
     let small = g.upload(&[0.0; 3]).unwrap();

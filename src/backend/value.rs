@@ -210,13 +210,20 @@ pub(crate) fn discount(gamma: f32, steps: usize) -> f32 {
     (0..steps).fold(1.0f32, |d, _| d * gamma)
 }
 
-/// The discount a terminal value brings must lie in (0, 1].
-pub(crate) fn check_gamma(tv: &TerminalValue) -> Result<()> {
+/// A terminal value for rollouts of `obs_dim`-wide states: its discount must lie in (0, 1]
+/// and it must take states of that width (every backend checks, before any work).
+pub(crate) fn check(tv: &TerminalValue, obs_dim: u32) -> Result<()> {
     if !(tv.gamma > 0.0 && tv.gamma <= 1.0) {
         return Err(crate::invalid!(
             "the terminal value's discount must be in (0, 1], got {}",
             tv.gamma
         ));
+    }
+    let o = tv.value.obs_dim();
+    if o != obs_dim as usize {
+        return Err(Error::Shape(format!(
+            "the terminal value takes {o} observation values, the rollout has {obs_dim}"
+        )));
     }
     Ok(())
 }

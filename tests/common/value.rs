@@ -126,3 +126,47 @@ pub fn parity<B: Backend>(dev: &B, label: &str) -> Vec<Compare> {
     }
     out
 }
+
+/// A value the device cannot run, one of another width, and a discount outside (0, 1] are
+/// errors that name the problem, before anything runs.
+pub fn misuse_is_refused<B: Backend>(be: &B) {
+    struct HostOnly;
+    impl mbrl_gpu::backend::StateValue for HostOnly {
+        fn obs_dim(&self) -> usize {
+            3
+        }
+        fn values(&self, _: &[f32], rows: usize, out: &mut [f32]) {
+            out[..rows].fill(0.0);
+        }
+    }
+    let env = EnvId::Pendulum;
+    let mut mc = ModelConfig::pets(3, 1);
+    mc.hidden = 8;
+    let model = Ensemble::new(mc, 1).unwrap();
+    let p = params(env, Propagation::Ts1);
+    let up = |v: &[f32]| be.upload(v).unwrap();
+    let (pp, nn, ss) = (up(&model.params), up(&model.norm()), up(&[1.0, 0.0, 0.0]));
+    let aa = up(&vec![0.0; (p.population * p.horizon) as usize]);
+    let mut out = be.zeros(p.population as usize).unwrap();
+    let shape = model.shape();
+    let mut run = |tv: &TerminalValue| {
+        be.rollout_with_value(&p, &shape, &pp, &nn, &ss, &aa, tv, &mut out)
+            .map_err(|e| e.to_string())
+    };
+    let host_only = TerminalValue {
+        gamma: 0.9,
+        value: Arc::new(HostOnly),
+    };
+    if be.name() == "cpu" {
+        run(&host_only).unwrap();
+    } else {
+        let e = run(&host_only).unwrap_err();
+        assert!(e.contains("--backend cpu"), "{e}");
+    }
+    let e = run(&value(EnvId::CartPole, 1, 0.9)).unwrap_err();
+    assert!(e.contains("4 observation values"), "{e}");
+    for gamma in [0.0, 1.5, f32::NAN] {
+        let e = run(&value(env, 1, gamma)).unwrap_err();
+        assert!(e.contains("discount"), "{gamma}: {e}");
+    }
+}

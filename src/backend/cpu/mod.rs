@@ -478,7 +478,7 @@ impl Backend for CpuBackend {
         value: &TerminalValue,
         returns: &mut Vec<f32>,
     ) -> Result<()> {
-        super::value::check_gamma(value)?;
+        super::value::check(value, p.obs_dim)?;
         self.rollout_valued(p, shape, params, norm, start, actions, Some(value), returns)
     }
 

@@ -544,7 +544,7 @@ impl<H: KernelHost> Backend for CudaBackend<H> {
         value: &super::TerminalValue,
         returns: &mut Self::Buf,
     ) -> Result<()> {
-        super::value::check_gamma(value)?;
+        super::value::check(value, p.obs_dim)?;
         returns.touch();
         let mut slot = self.value.lock().unwrap_or_else(|e| e.into_inner());
         let dv = super::value::DeviceValue::cached(self, &mut slot, value, p.obs_dim as usize)?;

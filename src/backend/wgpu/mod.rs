@@ -531,7 +531,7 @@ impl Backend for WgpuBackend {
         value: &super::TerminalValue,
         returns: &mut WgpuBuf,
     ) -> Result<()> {
-        super::value::check_gamma(value)?;
+        super::value::check(value, p.obs_dim)?;
         let mut slot = self.value.lock().unwrap_or_else(|e| e.into_inner());
         let dv = super::value::DeviceValue::cached(self, &mut slot, value, p.obs_dim as usize)?;
         let v = Some((dv, value.gamma));
