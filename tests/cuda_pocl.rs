@@ -1664,6 +1664,45 @@ fn mpc_step_host_costs_on_pocl_should_stay_fixed() {
     );
 }
 
+/// A planning step closed by a terminal value costs the host what a plain one does after the
+/// first: one upload (the observation), one download, one synchronisation, no allocation;
+/// the value's networks are uploaded once. Per iteration, four launches more: the actor's
+/// forward, its squash, the critics' forward and rollout_value.
+#[test]
+fn mpc_steps_with_a_terminal_value_on_pocl_should_upload_only_the_observation() {
+    use mbrl_gpu::backend::cuda::host::CountingHost;
+    use mbrl_gpu::backend::TerminalValue;
+    use mbrl_gpu::plan::Mpc;
+    use mbrl_gpu::policy::sac::{CriticValue, Sac, SacConfig};
+    let Some(h) = pocl() else { return };
+    let c = common::mpc_case();
+    let b = CudaBackend::with_host(CountingHost::new(h), CudaOptions::default());
+    let it = c.planner.iterations as u64;
+    let cfg = SacConfig {
+        hidden: 16,
+        ..SacConfig::default()
+    };
+    let agent = Sac::new(cfg, 3, &[-2.0], &[2.0], 1).unwrap();
+    let tv = TerminalValue {
+        gamma: 0.95,
+        value: std::sync::Arc::new(CriticValue::from_agent(&agent)),
+    };
+    let mut mpc = Mpc::with_model(&b, &c.model, c.env, c.planner.clone(), c.ts, c.seed).unwrap();
+    mpc.set_terminal_value(Some(tv)).unwrap();
+    for (i, o) in c.observations.iter().enumerate() {
+        let before = b.host().counts();
+        mpc.act(&b, o, &[]).unwrap();
+        let d = b.host().counts().since(&before);
+        eprintln!("valued step {i}: {d}");
+        assert_eq!((d.downloads, d.syncs), (1, 1), "step {i}: {d}");
+        assert_eq!(d.total_launches(), 1 + 10 * it, "step {i}: {d}");
+        assert_eq!(d.launches.get("rollout_value"), Some(&it), "step {i}: {d}");
+        if i > 0 {
+            assert_eq!((d.uploads, d.allocations), (1, 0), "step {i}: {d}");
+        }
+    }
+}
+
 /// Per-output bound on |computed − exact| of the ensemble forward, from an f64 forward that
 /// carries Σ|a·w| and the input errors through the layers. A layer z = b + Σ_k a_k·w_k with
 /// inputs known to ±Ea_k, operands rounded to `u` (TF32: 2⁻¹¹; f32 operands: 0) and summed in
