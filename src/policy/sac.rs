@@ -996,6 +996,14 @@ impl Sac {
     pub fn update_with(
         &mut self,
         batch: &Batch<f32>,
+        actor_step: impl FnOnce(ActorInputs<'_>, &mut [f32]) -> (f32, f32) + Send,
+    ) -> Result<UpdateStats> {
+        crate::in_pool(|| self.step_with(batch, actor_step))
+    }
+
+    fn step_with(
+        &mut self,
+        batch: &Batch<f32>,
         actor_step: impl FnOnce(ActorInputs<'_>, &mut [f32]) -> (f32, f32),
     ) -> Result<UpdateStats> {
         let (a, rows) = (self.nets.act_dim, batch.rows);
