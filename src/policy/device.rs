@@ -621,6 +621,13 @@ impl<'b, B: Backend> DeviceSac<'b, B> {
         if rows == 0 || start.len == 0 || spec.k == 0 {
             return Ok(0);
         }
+        if ne == 0 || model.shape.in_dim != din {
+            return Err(crate::Error::Shape(format!(
+                "a branched rollout needs a model of at least one member on obs {o} + act {a} \
+                 inputs (got {ne} members on {} inputs)",
+                model.shape.in_dim
+            )));
+        }
         if host_out.obs_dim != o || host_out.act_dim != a {
             return Err(crate::Error::Shape(format!(
                 "a branched rollout of obs {o} and act {a} into a buffer of obs {} and act {}",
