@@ -2213,43 +2213,15 @@ fn sac_update_host_costs_on_pocl_should_stay_fixed() {
 /// copy of D_model), the minibatch draw of the start states and six launches per step.
 #[test]
 fn a_branched_rollout_on_pocl_should_upload_nothing() {
-    use mbrl_gpu::algo::mbpo::elite_view;
     use mbrl_gpu::backend::cuda::host::CountingHost;
-    use mbrl_gpu::policy::device::{BranchModel, BranchSpec, DeviceReplay, DeviceSac};
     let Some(h) = pocl() else { return };
     let b = CudaBackend::with_host(CountingHost::new(h), CudaOptions::default());
     let c = common::branch::case(EnvId::Pendulum, false, true);
     let mut out = c.model_data.clone();
-    let mut sac = DeviceSac::new(&b, &c.agent).unwrap();
-    let (mut start, mut ring) = (
-        DeviceReplay::empty(&b).unwrap(),
-        DeviceReplay::empty(&b).unwrap(),
-    );
-    start.sync(&b, &c.env_data).unwrap();
-    ring.sync(&b, &out).unwrap();
-    let (shape, params) = elite_view(&c.model);
-    let (params, norm) = (
-        b.upload(&params).unwrap(),
-        b.upload(&c.model.norm()).unwrap(),
-    );
-    let view = BranchModel {
-        shape,
-        params: &params,
-        norm: &norm,
-    };
-    let spec = BranchSpec {
-        seed: 1,
-        batch: 0,
-        k: c.k,
-        rows: c.cfg.rollout_batch(),
-        task: EnvId::Pendulum.code(),
-        learn_reward: false,
-        sample_actions: true,
-    };
+    let mut dev = common::branch::OnDevice::new(&b, &c, &out);
+    let spec = common::branch::spec(&c, 0);
     let before = b.host().counts();
-    let n = sac
-        .branch(&spec, &view, &start, &mut ring, &mut out)
-        .unwrap();
+    let n = dev.branch(&spec, &mut out).unwrap();
     let d = b.host().counts().since(&before);
     eprintln!("one rollout of {} rows × {} steps: {d}", spec.rows, c.k);
     assert_eq!(n, spec.rows * c.k);

@@ -101,17 +101,16 @@ pub fn rollout<B: Backend>(be: &B, c: &Case, device: bool) -> Replay {
         assert_eq!(out.written(), c.model_data.written() + n);
         return out;
     }
-    let mut sac = DeviceSac::new(be, &c.agent).unwrap();
-    let mut start = DeviceReplay::empty(be).unwrap();
-    start.sync(be, &c.env_data).unwrap();
-    let mut ring = DeviceReplay::empty(be).unwrap();
-    ring.sync(be, &out).unwrap();
-    let (shape, params) = elite_view(&c.model);
-    let (params, norm) = (
-        be.upload(&params).unwrap(),
-        be.upload(&c.model.norm()).unwrap(),
-    );
-    let spec = BranchSpec {
+    let mut dev = OnDevice::new(be, c, &out);
+    let n = dev.branch(&spec(c, batch), &mut out).unwrap();
+    assert_eq!(out.written(), c.model_data.written() + n);
+    assert_eq!(dev.ring.len(), out.len());
+    out
+}
+
+/// The case's rollout settings, at rollout batch `batch`.
+pub fn spec(c: &Case, batch: u32) -> BranchSpec {
+    BranchSpec {
         seed: c.cfg.seed,
         batch,
         k: c.k,
@@ -119,18 +118,46 @@ pub fn rollout<B: Backend>(be: &B, c: &Case, device: bool) -> Replay {
         task: c.cfg.env_name().unwrap().task_code(),
         learn_reward: c.cfg.model.learn_reward,
         sample_actions: c.cfg.sac_samples_action,
-    };
-    let view = BranchModel {
-        shape,
-        params: &params,
-        norm: &norm,
-    };
-    let n = sac
-        .branch(&spec, &view, &start, &mut ring, &mut out)
-        .unwrap();
-    assert_eq!(out.written(), c.model_data.written() + n);
-    assert_eq!(ring.len(), out.len());
-    out
+    }
+}
+
+/// A case's agent, buffers and elites on a device, ready to branch.
+pub struct OnDevice<'b, B: Backend> {
+    pub sac: DeviceSac<'b, B>,
+    pub start: DeviceReplay<B::Buf>,
+    pub ring: DeviceReplay<B::Buf>,
+    shape: mbrl_gpu::backend::EnsembleShape,
+    params: B::Buf,
+    norm: B::Buf,
+}
+
+impl<'b, B: Backend> OnDevice<'b, B> {
+    /// The case on `be`, with `out` as the model buffer's mirror.
+    pub fn new(be: &'b B, c: &Case, out: &Replay) -> Self {
+        let mut start = DeviceReplay::empty(be).unwrap();
+        start.sync(be, &c.env_data).unwrap();
+        let mut ring = DeviceReplay::empty(be).unwrap();
+        ring.sync(be, out).unwrap();
+        let (shape, params) = elite_view(&c.model);
+        Self {
+            sac: DeviceSac::new(be, &c.agent).unwrap(),
+            start,
+            ring,
+            shape,
+            params: be.upload(&params).unwrap(),
+            norm: be.upload(&c.model.norm()).unwrap(),
+        }
+    }
+
+    pub fn branch(&mut self, spec: &BranchSpec, out: &mut Replay) -> mbrl_gpu::Result<usize> {
+        let view = BranchModel {
+            shape: self.shape,
+            params: &self.params,
+            norm: &self.norm,
+        };
+        self.sac
+            .branch(spec, &view, &self.start, &mut self.ring, out)
+    }
 }
 
 /// The cases: the pendulum (its reward function, no termination), the cart-pole (its
@@ -259,36 +286,8 @@ pub fn no_room_is_refused<B: Backend>(be: &B) {
     let small = c.cfg.rollout_batch() * c.k - 1;
     let mut out = Replay::new(3, 1, small);
     let before = out.clone();
-    let mut sac = DeviceSac::new(be, &c.agent).unwrap();
-    let (mut start, mut ring) = (
-        DeviceReplay::empty(be).unwrap(),
-        DeviceReplay::empty(be).unwrap(),
-    );
-    start.sync(be, &c.env_data).unwrap();
-    ring.sync(be, &out).unwrap();
-    let (shape, params) = elite_view(&c.model);
-    let (params, norm) = (
-        be.upload(&params).unwrap(),
-        be.upload(&c.model.norm()).unwrap(),
-    );
-    let view = BranchModel {
-        shape,
-        params: &params,
-        norm: &norm,
-    };
-    let spec = BranchSpec {
-        seed: 1,
-        batch: 0,
-        k: c.k,
-        rows: c.cfg.rollout_batch(),
-        task: 1,
-        learn_reward: false,
-        sample_actions: true,
-    };
-    let e = sac
-        .branch(&spec, &view, &start, &mut ring, &mut out)
-        .unwrap_err()
-        .to_string();
+    let mut dev = OnDevice::new(be, &c, &out);
+    let e = dev.branch(&spec(&c, 0), &mut out).unwrap_err().to_string();
     assert!(e.contains("model buffer of at least 1036 rows"), "{e}");
     assert_eq!(out, before);
 }

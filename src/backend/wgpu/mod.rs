@@ -132,6 +132,31 @@ pub struct RngSamples {
 }
 
 impl WgpuBackend {
+    /// Record one dispatch of `spec` with the parameter block `p` over `bufs` (in the
+    /// spec's binding order) on `grid`.
+    fn dispatch_one<P: bytemuck::Pod>(
+        &self,
+        spec: &kernels::Spec,
+        p: &P,
+        bufs: &[&wgpu::Buffer],
+        grid: [u32; 3],
+    ) -> Result<()> {
+        let gpu = &self.gpu;
+        let mut st = self.lock();
+        let st = &mut *st;
+        let k = st.cache.get(gpu, spec)?;
+        st.rec.reserve(gpu, 1)?;
+        let offset = st.rec.block(gpu, p);
+        let d = device::Dispatch {
+            group: k.bind(gpu, bufs),
+            kernel: k,
+            offset,
+            grid,
+        };
+        st.rec.run(gpu, spec.entry, &[d]);
+        Ok(())
+    }
+
     /// Open the best adapter (see [`list_adapters`]).
     pub fn new() -> Result<WgpuBackend> {
         Ok(WgpuBackend {

@@ -334,20 +334,7 @@ fn branch_run(
     p: &BranchParams,
     bufs: &[&wgpu::Buffer],
 ) -> Result<()> {
-    let gpu = &be.gpu;
-    let mut st = be.lock();
-    let st = &mut *st;
-    let k = st.cache.get(gpu, spec)?;
-    st.rec.reserve(gpu, 1)?;
-    let offset = st.rec.block(gpu, p);
-    let d = Dispatch {
-        group: k.bind(gpu, bufs),
-        kernel: k,
-        offset,
-        grid: [1, 1, 1],
-    };
-    st.rec.run(gpu, spec.entry, &[d]);
-    Ok(())
+    be.dispatch_one(spec, p, bufs, [1, 1, 1])
 }
 
 /// MBPO's TS1 routing of one branched-rollout step (`branch_route` in the shader).

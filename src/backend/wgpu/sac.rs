@@ -1,6 +1,5 @@
 //! The SAC stages on the device (`shaders/sac.wgsl`); the specification is
 //! `backend/cpu/sac.rs`. Each stage is one dispatch.
-use super::device::Dispatch;
 use super::kernels::{self, Spec};
 use super::{word, WgpuBackend, WgpuBuf};
 use crate::backend::{check, SacParams};
@@ -18,21 +17,8 @@ fn run(
         "SAC minibatch values",
         2 * p.rows as usize * (p.obs_dim + p.act_dim) as usize,
     )?;
-    let gpu = &be.gpu;
-    let mut st = be.lock();
-    let st = &mut *st;
-    let k = st.cache.get(gpu, spec)?;
-    st.rec.reserve(gpu, 1)?;
-    let offset = st.rec.block(gpu, p);
     let grid = grid.unwrap_or([(p.rows as usize).div_ceil(64) as u32, 1, 1]);
-    let d = Dispatch {
-        group: k.bind(gpu, bufs),
-        kernel: k,
-        offset,
-        grid,
-    };
-    st.rec.run(gpu, spec.entry, &[d]);
-    Ok(())
+    be.dispatch_one(spec, p, bufs, grid)
 }
 
 #[allow(clippy::too_many_arguments)]
