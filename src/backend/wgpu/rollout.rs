@@ -327,16 +327,6 @@ pub(super) fn rollout_true(
     Ok(())
 }
 
-/// One single-workgroup dispatch of a branched-rollout kernel.
-fn branch_run(
-    be: &WgpuBackend,
-    spec: &kernels::Spec,
-    p: &BranchParams,
-    bufs: &[&wgpu::Buffer],
-) -> Result<()> {
-    be.dispatch_one(spec, p, bufs, [1, 1, 1])
-}
-
 /// MBPO's TS1 routing of one branched-rollout step (`branch_route` in the shader).
 pub(super) fn branch_route(
     be: &WgpuBackend,
@@ -346,17 +336,14 @@ pub(super) fn branch_route(
     xg: &mut WgpuBuf,
 ) -> Result<()> {
     check::branch_route(p, [x.len, route.len, xg.len])?;
-    branch_run(
-        be,
-        &kernels::BRANCH_ROUTE,
-        p,
-        &[&x.buf, &route.buf, &xg.buf],
-    )
+    // One workgroup: the route's ranks come from a workgroup-wide scan (rollout.wgsl).
+    let bufs = [&x.buf, &route.buf, &xg.buf];
+    be.dispatch_one(&kernels::BRANCH_ROUTE, p, &bufs, [1, 1, 1])
 }
 
 /// The model's step, reward, termination and ring append of one branched-rollout step.
 pub(super) fn branch_step(be: &WgpuBackend, p: &BranchParams, all: [&WgpuBuf; 8]) -> Result<()> {
     check::branch_step(p, all.map(|b| b.len))?;
     let bufs = all.map(|b| &b.buf);
-    branch_run(be, &kernels::BRANCH_STEP, p, &bufs)
+    be.dispatch_one(&kernels::BRANCH_STEP, p, &bufs, [1, 1, 1])
 }
