@@ -291,10 +291,27 @@ fn row_line(r: &Row) -> String {
     } else {
         String::new()
     };
+    // A loss is NaN in a row whose window took no gradient step of that kind (the initial
+    // exploration, SVG(∞)'s absent critic): shown as "-", never as a number.
+    let (critic, actor, alpha) = (
+        or_dash(r.critic_loss, 8, 4),
+        or_dash(r.actor_loss, 8, 3),
+        or_dash(r.alpha, 6, 4),
+    );
     format!(
-        "env steps {:>6}  eval return {:>9.2}  critic {:>8.4}  actor {:>8.3}  alpha {:>6.4}{model}  {:>6.1} s{diverged}",
-        r.env_steps, r.eval_return, r.critic_loss, r.actor_loss, r.alpha, r.seconds
+        "env steps {:>6}  eval return {:>9.2}  critic {critic}  actor {actor}  alpha {alpha}{model}  {:>6.1} s{diverged}",
+        r.env_steps, r.eval_return, r.seconds
     )
+}
+
+/// `v` right-aligned in `width` columns with `prec` decimals, or "-" there when it is not
+/// finite.
+fn or_dash(v: f64, width: usize, prec: usize) -> String {
+    if v.is_finite() {
+        format!("{v:>width$.prec$}")
+    } else {
+        format!("{:>width$}", "-")
+    }
 }
 
 /// The progress bar and the lines above it, for either loop.
@@ -654,4 +671,33 @@ pub fn run_horizons(a: HorizonArgs) -> Result<()> {
         root.display()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_row_without_gradient_steps_should_show_dashes_not_nan() {
+        let mut r = Row {
+            env_steps: 300,
+            eval_return: -1343.7,
+            critic_loss: f64::NAN,
+            actor_loss: f64::NAN,
+            alpha: f64::NAN,
+            entropy: f64::NAN,
+            q_mean: f64::NAN,
+            model_loss: f64::NAN,
+            rollout_length: 0,
+            updates: 0,
+            diverged: 0,
+            seconds: 0.1,
+        };
+        let line = row_line(&r);
+        assert!(!line.contains("NaN"), "{line}");
+        assert!(line.contains("critic        -  actor        -  alpha      -"), "{line}");
+        (r.critic_loss, r.actor_loss, r.alpha) = (1.5, -2.25, 0.2);
+        let line = row_line(&r);
+        assert!(line.contains("critic   1.5000  actor   -2.250  alpha 0.2000"), "{line}");
+    }
 }
