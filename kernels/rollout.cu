@@ -591,7 +591,7 @@ typedef struct {
   u32 rows, obs_dim, act_dim, out_dim;
   u32 members, per, task, learn_reward;
   u32 seed_lo, seed_hi, step, capacity;
-  u32 base, member_stream, noise_stream, pad;
+  u32 base, member_stream, noise_stream, fresh;
 } BranchParams;
 
 // src/backend/mod.rs MAX_ELITES: the route's per-thread member counts live in shared memory.
@@ -658,7 +658,8 @@ DEVFN BranchRow branch_row(BranchParams p, GLOBAL const float* route, GLOBAL con
   b.term = 0;
   b.reward = 0.0f;
   const u32 slot = AS_U32(route[r]);
-  if (stopped[r] != 0.0f || slot >= p.members * p.per) return b;
+  // A fresh rollout's rows all start live (stopped holds an earlier rollout's flags).
+  if ((p.fresh == 0u && stopped[r] != 0.0f) || slot >= p.members * p.per) return b;
   const u32 od = p.obs_dim, din = od + p.act_dim;
   float o4[4] = {0.0f, 0.0f, 0.0f, 0.0f}, n4[4] = {0.0f, 0.0f, 0.0f, 0.0f};
   float a4[4] = {0.0f, 0.0f, 0.0f, 0.0f};
@@ -697,7 +698,7 @@ KERNEL BOUNDS(256) void branch_step(BranchParams p, GLOBAL const float* route,
   first[t] = mine;
   SYNC();
   if (t == 0u) {
-    u32 acc = AS_U32(count[0]);
+    u32 acc = p.fresh != 0u ? 0u : AS_U32(count[0]);
     for (u32 i = 0; i < 256u; ++i) {
       const u32 v = first[i];
       first[i] = acc;

@@ -604,7 +604,7 @@ struct BranchParams {
     base: u32,
     member_stream: u32,
     noise_stream: u32,
-    _pad: u32,
+    fresh: u32,
 }
 
 @group(0) @binding(1) var<uniform> bp: BranchParams;
@@ -694,7 +694,8 @@ struct BranchRow {
 fn br_row(r: u32) -> BranchRow {
     var b = BranchRow(false, false, 0.0);
     let slot = bitcast<u32>(br_route[r]);
-    if (br_stopped[r] != 0.0 || slot >= bp.members * bp.per) {
+    // A fresh rollout's rows all start live (br_stopped holds an earlier rollout's flags).
+    if ((bp.fresh == 0u && br_stopped[r] != 0.0) || slot >= bp.members * bp.per) {
         return b;
     }
     let od = bp.obs_dim;
@@ -739,7 +740,7 @@ fn branch_step(@builtin(local_invocation_index) t: u32) {
     br_first[t] = mine;
     workgroupBarrier();
     if (t == 0u) {
-        var acc = bitcast<u32>(br_count[0]);
+        var acc = select(bitcast<u32>(br_count[0]), 0u, bp.fresh != 0u);
         for (var i = 0u; i < 256u; i++) {
             let v = br_first[i];
             br_first[i] = acc;

@@ -182,13 +182,14 @@ impl KernelHost for PoclHost {
         .map_err(|e| mbrl_gpu::Error::Unavailable(format!("write: {e}")))
     }
 
-    fn download(&self, src: &ClBuf, dst: &mut [u32]) -> mbrl_gpu::Result<()> {
+    fn download(&self, src: &ClBuf, offset: usize, dst: &mut [u32]) -> mbrl_gpu::Result<()> {
         if !dst.is_empty() {
-            // SAFETY: blocking read within the buffer; the queue is in order.
+            // SAFETY: blocking read within the buffer (the backend checks the range); the
+            // queue is in order.
             unsafe {
                 self.0
                     .queue
-                    .enqueue_read_buffer(&src.0, CL_BLOCKING, 0, dst, &[])
+                    .enqueue_read_buffer(&src.0, CL_BLOCKING, 4 * offset, dst, &[])
             }
             .map_err(|e| mbrl_gpu::Error::Unavailable(format!("read: {e}")))?;
         }
@@ -1160,7 +1161,7 @@ KERNEL void philox_probe(u32 n, GLOBAL const u32* ctr, GLOBAL const u32* key,
     }
     let read = |m: &ClBuf, len: usize| {
         let mut v = vec![0u32; len];
-        host.download(m, &mut v).unwrap();
+        host.download(m, 0, &mut v).unwrap();
         v
     };
     let blocks = read(&db, 4 * n);
@@ -1384,7 +1385,7 @@ fn bf16_weights_on_pocl_should_match_the_cpu_within_the_stated_tolerance() {
     })
     .unwrap();
     let mut words = vec![0u32; vals.len().div_ceil(2)];
-    host.download(&dst, &mut words).unwrap();
+    host.download(&dst, 0, &mut words).unwrap();
     let halves: &[u16] = bytemuck::cast_slice(&words);
     for (i, v) in vals.iter().enumerate() {
         assert_eq!(halves[i], half::bf16::from_f32(*v).to_bits(), "bf16 of {v}");
@@ -2207,10 +2208,11 @@ fn sac_update_host_costs_on_pocl_should_stay_fixed() {
     assert_eq!((d.uploads, d.upload_bytes), (1, 4 * 9), "{d}");
 }
 
-/// What one branched rollout on the device costs the host, counted on PoCL through the
+/// What a branched rollout on the device costs the host, counted on PoCL through the
 /// production host code: no upload at all (start states and noise are drawn on the device,
-/// the stop flags start from zeros), two downloads (the count, then the ring for the host's
-/// copy of D_model), the minibatch draw of the start states and six launches per step.
+/// the first step ignores the stop flags), the count and then only the added rows read back
+/// for the host's copy of D_model (two reads where they wrap the ring), the minibatch draw
+/// of the start states and six launches per step; a second rollout allocates nothing.
 #[test]
 fn a_branched_rollout_on_pocl_should_upload_nothing() {
     use mbrl_gpu::backend::cuda::host::CountingHost;
@@ -2219,12 +2221,26 @@ fn a_branched_rollout_on_pocl_should_upload_nothing() {
     let c = common::branch::case(EnvId::Pendulum, false, true);
     let mut out = c.model_data.clone();
     let mut dev = common::branch::OnDevice::new(&b, &c, &out);
-    let spec = common::branch::spec(&c, 0);
-    let before = b.host().counts();
-    let n = dev.branch(&spec, &mut out).unwrap();
-    let d = b.host().counts().since(&before);
-    eprintln!("one rollout of {} rows × {} steps: {d}", spec.rows, c.k);
-    assert_eq!(n, spec.rows * c.k);
-    assert_eq!((d.uploads, d.downloads), (0, 2), "{d}");
-    assert_eq!(d.total_launches(), 1 + 6 * c.k as u64, "{d}");
+    let width = out.packed_width() as u64;
+    for (batch, name) in [(0, "first"), (1, "second")] {
+        let spec = common::branch::spec(&c, batch);
+        let before = b.host().counts();
+        let start = out.written() % out.capacity();
+        let n = dev.branch(&spec, &mut out).unwrap();
+        let d = b.host().counts().since(&before);
+        eprintln!("{name} rollout of {} rows × {} steps: {d}", spec.rows, c.k);
+        assert_eq!(n, spec.rows * c.k);
+        assert_eq!(d.total_launches(), 1 + 6 * c.k as u64, "{d}");
+        // The count, then the added rows only (a second read where they wrap the ring).
+        let wraps = start + n > out.capacity();
+        assert_eq!(d.uploads, 0, "{d}");
+        assert_eq!(d.downloads, 2 + wraps as u64, "{d}");
+        assert_eq!(d.download_bytes, 4 + 4 * width * n as u64, "{d}");
+        if batch == 1 {
+            assert_eq!(
+                d.allocations, 0,
+                "the second rollout reuses the first's buffers: {d}"
+            );
+        }
+    }
 }

@@ -369,6 +369,16 @@ pub fn write_at(buf_len: usize, offset: usize, host_len: usize) -> Result<()> {
     Ok(())
 }
 
+/// A ranged read stays inside its buffer.
+pub fn read_at(buf_len: usize, offset: usize, len: usize) -> Result<()> {
+    if offset.checked_add(len).is_none_or(|end| end > buf_len) {
+        return Err(Error::Shape(format!(
+            "{len} values read at {offset} from a buffer of {buf_len}"
+        )));
+    }
+    Ok(())
+}
+
 /// SAC stages: the sizes are sane and fit the kernels' 32-bit indices.
 fn sac_sizes(p: &SacParams) -> Result<(usize, usize, usize)> {
     let (b, o, a) = (p.rows as usize, p.obs_dim as usize, p.act_dim as usize);

@@ -239,7 +239,9 @@ pub struct BranchParams {
     /// step)).
     pub member_stream: u32,
     pub noise_stream: u32,
-    pub _pad: u32,
+    /// 1 at a rollout's first step: every row starts live and the count at zero, whatever
+    /// `stopped` and `count` hold (so a rollout reuses its buffers without resetting them).
+    pub fresh: u32,
 }
 
 impl BranchParams {
@@ -482,6 +484,9 @@ pub trait Backend: Send + Sync {
     }
     fn upload(&self, host: &[f32]) -> Result<Self::Buf>;
     fn download(&self, buf: &Self::Buf) -> Result<Vec<f32>>;
+    /// Values `offset .. offset + len` of a buffer, after all issued work (only those cross
+    /// to the host).
+    fn download_at(&self, buf: &Self::Buf, offset: usize, len: usize) -> Result<Vec<f32>>;
     fn zeros(&self, len: usize) -> Result<Self::Buf>;
     /// Overwrite a buffer from the host (same length).
     fn write(&self, buf: &mut Self::Buf, host: &[f32]) -> Result<()>;
@@ -791,8 +796,9 @@ pub trait Backend: Send + Sync {
     /// packed `ring` [capacity, 2O + A + 2] at slot (base + n) mod capacity, n counting the
     /// transitions appended so far (`count` [1], u32 bits, row order); a row stays alive
     /// until it terminates or leaves the finite numbers. `obs` [rows, O] ← s' for live rows,
-    /// 0 for the others; `stopped` [rows] holds 0 for a live row, 1 for a stopped one (so a
-    /// rollout starts from zeros, with nothing uploaded).
+    /// 0 for the others; `stopped` [rows] holds 0 for a live row, 1 for a stopped one. With
+    /// `p.fresh` (a rollout's first step) every row starts live and `count` at zero, whatever
+    /// the two buffers hold, so nothing is uploaded and a rollout reuses the last one's.
     #[allow(clippy::too_many_arguments)]
     fn branch_step(
         &self,

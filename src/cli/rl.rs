@@ -695,9 +695,15 @@ mod tests {
         };
         let line = row_line(&r);
         assert!(!line.contains("NaN"), "{line}");
-        assert!(line.contains("critic        -  actor        -  alpha      -"), "{line}");
+        assert!(
+            line.contains("critic        -  actor        -  alpha      -"),
+            "{line}"
+        );
         (r.critic_loss, r.actor_loss, r.alpha) = (1.5, -2.25, 0.2);
         let line = row_line(&r);
-        assert!(line.contains("critic   1.5000  actor   -2.250  alpha 0.2000"), "{line}");
+        assert!(
+            line.contains("critic   1.5000  actor   -2.250  alpha 0.2000"),
+            "{line}"
+        );
     }
 }

@@ -120,9 +120,10 @@ impl<Buf> DeviceReplay<Buf> {
     }
 
     /// After `added` rows were appended on the device from the ring slot `host.written()`
-    /// (a branched rollout), bring `host` level with the mirror: the ring is read back once
-    /// and the rows pushed in order, so the host buffer (checkpoints, the CPU's draws) and
-    /// the mirror agree without uploading anything.
+    /// (a branched rollout), bring `host` level with the mirror: those rows are read back
+    /// (one ranged read, two where they wrap around the ring) and pushed in order, so the
+    /// host buffer (checkpoints, the CPU's draws) and the mirror agree without uploading
+    /// anything.
     pub fn pull<B: Backend<Buf = Buf>>(
         &mut self,
         be: &B,
@@ -143,9 +144,13 @@ impl<Buf> DeviceReplay<Buf> {
             ));
         }
         let (o, a, w) = (host.obs_dim, host.act_dim, host.packed_width());
-        let ring = be.download(&self.ring)?;
-        for _ in 0..added {
-            let row = &ring[(host.written() % cap) * w..][..w];
+        let first = host.written() % cap;
+        let tail = added.min(cap - first);
+        let mut rows = be.download_at(&self.ring, first * w, tail * w)?;
+        if added > tail {
+            rows.extend(be.download_at(&self.ring, 0, (added - tail) * w)?);
+        }
+        for row in rows.chunks_exact(w) {
             host.push(
                 &row[..o],
                 &row[o..o + a],
@@ -216,6 +221,36 @@ pub struct DeviceSac<'b, B: Backend> {
     dummy: B::Buf,
     stats: B::Buf,
     scratch: Option<Scratch<B::Buf>>,
+    branch_scratch: Option<BranchScratch<B::Buf>>,
+}
+
+/// A branched rollout's device buffers, kept between rollouts (one per model training) of
+/// the same rows and model width; the grouped model buffers grow to the most rows any
+/// member has drawn.
+struct BranchScratch<Buf> {
+    rows: usize,
+    din: usize,
+    out: usize,
+    /// Room of the grouped input and outputs, in rows (members × per).
+    grouped: usize,
+    obs: Buf,
+    act: Buf,
+    rew: Buf,
+    next: Buf,
+    mask: Buf,
+    head: Buf,
+    eps: Buf,
+    eps_pi: Buf,
+    /// Never written: the policy's noise when actions are not sampled.
+    eps_zero: Buf,
+    logp: Buf,
+    x: Buf,
+    route: Buf,
+    xg: Buf,
+    mean: Buf,
+    logvar: Buf,
+    stopped: Buf,
+    count: Buf,
 }
 
 impl<'b, B: Backend> DeviceSac<'b, B> {
@@ -274,6 +309,7 @@ impl<'b, B: Backend> DeviceSac<'b, B> {
             dummy: be.zeros(1)?,
             stats: be.zeros(sac_stats::LEN)?,
             scratch: None,
+            branch_scratch: None,
         })
     }
 
@@ -647,8 +683,40 @@ impl<'b, B: Backend> DeviceSac<'b, B> {
         let pers: Vec<usize> = (0..spec.k)
             .map(|t| branch_per(spec.seed, stream::MBPO_MEMBER, step_of(t), rows, ne))
             .collect();
-        let per_max = pers.iter().copied().max().unwrap_or(1);
+        let grouped = ne * pers.iter().copied().max().unwrap_or(1);
         let z = |n: usize| be.zeros(n.max(1));
+        // The buffers of the previous rollout serve this one when the sizes allow: after the
+        // first model training a rollout allocates nothing.
+        let keep = self
+            .branch_scratch
+            .as_ref()
+            .is_some_and(|s| s.rows == rows && s.din == din && s.out == d && s.grouped >= grouped);
+        if !keep {
+            self.branch_scratch = Some(BranchScratch {
+                rows,
+                din,
+                out: d,
+                grouped,
+                obs: z(rows * o)?,
+                act: z(rows * a)?,
+                rew: z(rows)?,
+                next: z(rows * o)?,
+                mask: z(rows)?,
+                head: z(rows * 2 * a)?,
+                eps: z(rows * a)?,
+                eps_pi: z(rows * a)?,
+                eps_zero: z(rows * a)?,
+                logp: z(rows)?,
+                x: z(2 * rows * din)?,
+                route: z(rows)?,
+                xg: z(grouped * din)?,
+                mean: z(grouped * d)?,
+                logvar: z(grouped * d)?,
+                stopped: z(rows)?,
+                count: z(1)?,
+            });
+        }
+        let sc = self.branch_scratch.as_mut().expect("made above");
         // Start states are the run's draws (spec.seed), the policy's noise the agent's own
         // (`Sac::act_with`).
         let sac = |seed: u64, stream: u32, step: u32, len: usize| SacParams {
@@ -666,27 +734,16 @@ impl<'b, B: Backend> DeviceSac<'b, B> {
             step,
         };
         // Start states: the rows Replay::sample_obs draws (sac_minibatch's draw).
-        let mut obs = z(rows * o)?;
-        {
-            let (mut act, mut rew, mut next, mut mask) =
-                (z(rows * a)?, z(rows)?, z(rows * o)?, z(rows)?);
-            let p = sac(spec.seed, stream::MBPO_START, spec.batch, start.len);
-            be.sac_minibatch(
-                &p,
-                &start.ring,
-                &mut obs,
-                &mut act,
-                &mut rew,
-                &mut next,
-                &mut mask,
-            )?;
-        }
-        let (mut head, mut eps, mut eps_pi) = (z(rows * 2 * a)?, z(rows * a)?, z(rows * a)?);
-        let (mut logp, mut x, mut route) = (z(rows)?, z(2 * rows * din)?, z(rows)?);
-        let mut xg = z(ne * per_max * din)?;
-        let (mut mean, mut logvar) = (z(ne * per_max * d)?, z(ne * per_max * d)?);
-        let mut stopped = z(rows)?;
-        let mut count = z(1)?;
+        let p = sac(spec.seed, stream::MBPO_START, spec.batch, start.len);
+        be.sac_minibatch(
+            &p,
+            &start.ring,
+            &mut sc.obs,
+            &mut sc.act,
+            &mut sc.rew,
+            &mut sc.next,
+            &mut sc.mask,
+        )?;
         let cap = out.capacity;
         for (t, &per) in pers.iter().enumerate() {
             let step = step_of(t);
@@ -694,24 +751,28 @@ impl<'b, B: Backend> DeviceSac<'b, B> {
                 &self.nets.actor,
                 &self.actor,
                 &self.norm_obs,
-                &obs,
+                &sc.obs,
                 rows,
-                &mut head,
+                &mut sc.head,
                 &mut self.dummy,
             )?;
             if spec.sample_actions {
                 let p = sac(self.seed, stream::MBPO_ROLLOUT, step, 0);
-                be.sac_noise(&p, &mut eps, &mut eps_pi)?;
+                be.sac_noise(&p, &mut sc.eps, &mut sc.eps_pi)?;
             }
             be.sac_squash(
                 &sac(self.seed, stream::MBPO_ROLLOUT, step, 0),
-                &head,
-                &eps,
-                &obs,
+                &sc.head,
+                if spec.sample_actions {
+                    &sc.eps
+                } else {
+                    &sc.eps_zero
+                },
+                &sc.obs,
                 &self.squash,
                 &self.dummy,
-                &mut logp,
-                &mut x,
+                &mut sc.logp,
+                &mut sc.x,
             )?;
             let p = BranchParams {
                 rows: rows as u32,
@@ -729,31 +790,31 @@ impl<'b, B: Backend> DeviceSac<'b, B> {
                 base: (out.uploaded % cap) as u32,
                 member_stream: stream::MBPO_MEMBER,
                 noise_stream: stream::MBPO_NOISE,
-                _pad: 0,
+                fresh: (t == 0) as u32,
             };
-            be.branch_route(&p, &x, &mut route, &mut xg)?;
+            be.branch_route(&p, &sc.x, &mut sc.route, &mut sc.xg)?;
             be.ensemble_forward(
                 &model.shape,
                 model.params,
                 model.norm,
-                &xg,
+                &sc.xg,
                 per,
-                &mut mean,
-                &mut logvar,
+                &mut sc.mean,
+                &mut sc.logvar,
             )?;
             be.branch_step(
                 &p,
-                &route,
-                &mean,
-                &logvar,
-                &x,
-                &mut obs,
-                &mut stopped,
-                &mut count,
+                &sc.route,
+                &sc.mean,
+                &sc.logvar,
+                &sc.x,
+                &mut sc.obs,
+                &mut sc.stopped,
+                &mut sc.count,
                 &mut out.ring,
             )?;
         }
-        let added = be.download(&count)?[0].to_bits() as usize;
+        let added = be.download(&sc.count)?[0].to_bits() as usize;
         out.pull(be, added, host_out)?;
         Ok(added)
     }

@@ -224,6 +224,12 @@ pub fn misuse_is_refused<B: Backend>(b: &B) {
     );
     err(b.sac_noise(&sp, &mut o8, &mut tiny), "eps (policy)");
     err(b.write_at(&mut o4, 10, &[1.0; 3]), "written at 10");
+    err(b.download_at(&o4, 11, 2).map(drop), "read at 11");
+    err(b.download_at(&o4, usize::MAX, 2).map(drop), "read at");
+    // A ranged read returns exactly its values.
+    let v = b.upload(&[1.0, 2.0, 3.0, 4.0, 5.0]).unwrap();
+    assert_eq!(b.download_at(&v, 1, 3).unwrap(), vec![2.0, 3.0, 4.0]);
+    assert!(b.download_at(&v, 5, 0).unwrap().is_empty());
     let mut t = b.zeros(3).unwrap();
     err(b.polyak(&SacParams { tau: 1.5, ..sp }, &mut t, &short), "τ");
     err(

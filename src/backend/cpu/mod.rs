@@ -226,6 +226,10 @@ impl Backend for CpuBackend {
     fn download(&self, buf: &Vec<f32>) -> Result<Vec<f32>> {
         Ok(buf.clone())
     }
+    fn download_at(&self, buf: &Vec<f32>, offset: usize, len: usize) -> Result<Vec<f32>> {
+        check::read_at(buf.len(), offset, len)?;
+        Ok(buf[offset..offset + len].to_vec())
+    }
     fn zeros(&self, len: usize) -> Result<Vec<f32>> {
         Ok(vec![0.0; len])
     }

@@ -613,11 +613,12 @@ pub fn branch_step(
     let (din, w) = (o + a, p.replay_width());
     let seed = p.seed_lo as u64 | (p.seed_hi as u64) << 32;
     let slots = p.members * p.per;
-    let mut added = count[0].to_bits();
+    let mut added = if p.fresh != 0 { 0 } else { count[0].to_bits() };
     let mut next = vec![0.0f32; o];
     for r in 0..p.rows as usize {
         let slot = route[r].to_bits();
-        let mut live = stopped[r] == 0.0 && slot < slots;
+        // A fresh rollout's rows all start live (`stopped` holds an earlier rollout's flags).
+        let mut live = (p.fresh != 0 || stopped[r] == 0.0) && slot < slots;
         if live {
             let i = slot as usize * d;
             // PETS eq. 2: a sample of the predicted Gaussian over the state change (and

@@ -153,9 +153,9 @@ impl KernelHost for CudaDriver {
             .map_err(|e| driver_err("copying to the device", e))
     }
 
-    fn download(&self, src: &CudaSlice<u32>, dst: &mut [u32]) -> Result<()> {
+    fn download(&self, src: &CudaSlice<u32>, offset: usize, dst: &mut [u32]) -> Result<()> {
         if !dst.is_empty() {
-            let view = src.slice(0..dst.len());
+            let view = src.slice(offset..offset + dst.len());
             self.stream
                 .memcpy_dtoh(&view, dst)
                 .map_err(|e| driver_err("copying from the device", e))?;

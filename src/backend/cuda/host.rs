@@ -45,8 +45,8 @@ pub trait KernelHost: Send + Sync + 'static {
     fn alloc_zeroed(&self, words: usize) -> Result<Self::Mem>;
     /// Copy `src` into words `offset .. offset + src.len()` of `dst`.
     fn upload(&self, dst: &mut Self::Mem, offset: usize, src: &[u32]) -> Result<()>;
-    /// Copy the first `dst.len()` words of `src` to the host, after all issued work.
-    fn download(&self, src: &Self::Mem, dst: &mut [u32]) -> Result<()>;
+    /// Copy words `offset .. offset + dst.len()` of `src` to the host, after all issued work.
+    fn download(&self, src: &Self::Mem, offset: usize, dst: &mut [u32]) -> Result<()>;
     /// Issue one kernel launch.
     fn launch(&self, launch: &Launch<'_, Self::Mem>) -> Result<()>;
     /// The most dynamic shared memory one block may use, in bytes.
@@ -226,8 +226,8 @@ impl<H: KernelHost> KernelHost for CountingHost<H> {
         Ok(())
     }
 
-    fn download(&self, src: &Self::Mem, dst: &mut [u32]) -> Result<()> {
-        self.inner.download(src, dst)?;
+    fn download(&self, src: &Self::Mem, offset: usize, dst: &mut [u32]) -> Result<()> {
+        self.inner.download(src, offset, dst)?;
         let (c, launched) = &mut *self.lock();
         c.downloads += 1;
         c.download_bytes += 4 * dst.len() as u64;

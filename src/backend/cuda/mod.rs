@@ -278,7 +278,7 @@ impl<H: KernelHost> CudaBackend<H> {
         self.ensure(&mut sc.counters, COUNTER_WORDS)?;
         let mut w = [0u32; COUNTER_WORDS];
         self.host
-            .download(&sc.counters.as_ref().expect("ensured").0, &mut w)?;
+            .download(&sc.counters.as_ref().expect("ensured").0, 0, &mut w)?;
         let c = |i: usize| u64::from(w[2 * i]) | (u64::from(w[2 * i + 1]) << 32);
         Ok(Some(KernelCounters {
             weight_stages: c(0),
@@ -356,8 +356,13 @@ impl<H: KernelHost> Backend for CudaBackend<H> {
     }
 
     fn download(&self, buf: &Self::Buf) -> Result<Vec<f32>> {
-        let mut out = vec![0u32; buf.len()];
-        self.host.download(&buf.mem, &mut out)?;
+        self.download_at(buf, 0, buf.len())
+    }
+
+    fn download_at(&self, buf: &Self::Buf, offset: usize, len: usize) -> Result<Vec<f32>> {
+        super::check::read_at(buf.len(), offset, len)?;
+        let mut out = vec![0u32; len];
+        self.host.download(&buf.mem, offset, &mut out)?;
         Ok(out.into_iter().map(f32::from_bits).collect())
     }
 
@@ -755,8 +760,8 @@ mod tests {
             dst[offset..offset + src.len()].copy_from_slice(src);
             Ok(())
         }
-        fn download(&self, src: &Vec<u32>, dst: &mut [u32]) -> Result<()> {
-            dst.copy_from_slice(&src[..dst.len()]);
+        fn download(&self, src: &Vec<u32>, offset: usize, dst: &mut [u32]) -> Result<()> {
+            dst.copy_from_slice(&src[offset..offset + dst.len()]);
             Ok(())
         }
         fn launch(&self, l: &Launch<'_, Vec<u32>>) -> Result<()> {

@@ -217,7 +217,13 @@ impl WgpuBackend {
     }
 
     /// Copy `words` words of `buf` to the host, submitting everything pending first.
-    fn read_back(&self, st: &mut State, buf: &wgpu::Buffer, words: usize) -> Result<Vec<u32>> {
+    fn read_back(
+        &self,
+        st: &mut State,
+        buf: &wgpu::Buffer,
+        offset: usize,
+        words: usize,
+    ) -> Result<Vec<u32>> {
         if words == 0 {
             st.rec.flush(&self.gpu)?;
             return Ok(vec![]);
@@ -229,9 +235,13 @@ impl WgpuBackend {
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        st.rec
-            .encoder(&self.gpu)
-            .copy_buffer_to_buffer(buf, 0, &staging, 0, bytes);
+        st.rec.encoder(&self.gpu).copy_buffer_to_buffer(
+            buf,
+            (offset * 4) as u64,
+            &staging,
+            0,
+            bytes,
+        );
         st.rec.flush(&self.gpu)?;
         let (tx, rx) = std::sync::mpsc::channel();
         staging.map_async(wgpu::MapMode::Read, .., move |r| {
@@ -287,7 +297,7 @@ impl WgpuBackend {
             grid: self.gpu.grid_1d(n)?,
         };
         st.rec.run(&self.gpu, "rng_philox", &[d]);
-        let w = self.read_back(st, &bits, 4 * n)?;
+        let w = self.read_back(st, &bits, 0, 4 * n)?;
         Ok(w.chunks_exact(4)
             .map(|c| [c[0], c[1], c[2], c[3]])
             .collect())
@@ -328,8 +338,8 @@ impl WgpuBackend {
             grid: self.gpu.grid_1d(n)?,
         };
         st.rec.run(&self.gpu, "rng_sample", &[d]);
-        let below = self.read_back(st, &bits, n)?;
-        let v = self.read_back(st, &vals, 3 * n)?;
+        let below = self.read_back(st, &bits, 0, n)?;
+        let v = self.read_back(st, &vals, 0, 3 * n)?;
         let f = |k: usize| {
             v.iter()
                 .skip(k)
@@ -372,8 +382,13 @@ impl Backend for WgpuBackend {
     }
 
     fn download(&self, buf: &WgpuBuf) -> Result<Vec<f32>> {
+        self.download_at(buf, 0, buf.len)
+    }
+
+    fn download_at(&self, buf: &WgpuBuf, offset: usize, len: usize) -> Result<Vec<f32>> {
+        super::check::read_at(buf.len, offset, len)?;
         let mut st = self.lock();
-        let words = self.read_back(&mut st, &buf.buf, buf.len)?;
+        let words = self.read_back(&mut st, &buf.buf, offset, len)?;
         Ok(words.into_iter().map(f32::from_bits).collect())
     }
 
