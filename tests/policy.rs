@@ -8,6 +8,10 @@ use mbrl_gpu::env::EnvId;
 use mbrl_gpu::io::run::{Mode, RunDir};
 use std::path::Path;
 
+#[path = "common/mbpo.rs"]
+mod mbpo_fixture;
+use mbpo_fixture::tiny_mbpo;
+
 fn open(path: &Path, mode: Mode, text: &str) -> RunDir {
     RunDir::open(path, mode, text).unwrap()
 }
@@ -134,25 +138,6 @@ fn sac_resumed_should_equal_uninterrupted() {
         panic!("resumed with another learning rate");
     };
     assert!(e.to_string().contains("sac.lr"), "{e}");
-}
-
-fn tiny_mbpo(steps: usize) -> MbpoConfig {
-    let mut c = MbpoConfig::preset(&EnvId::Pendulum.into(), "quick").unwrap();
-    c.steps = steps;
-    c.epoch_length = 100;
-    c.freq_train_model = 50;
-    c.initial_exploration_steps = 100;
-    c.effective_model_rollouts_per_step = 4;
-    c.num_sac_updates_per_step = 2;
-    c.rollout_schedule = [1, 3, 1, 3];
-    c.eval_episodes = 1;
-    c.model.hidden = 16;
-    c.model.num_layers = 2;
-    c.train.epochs = 3;
-    c.train.patience = None;
-    c.sac.hidden = 16;
-    c.sac.batch_size = 32;
-    c
 }
 
 #[test]

@@ -24,6 +24,8 @@ use std::sync::OnceLock;
 
 mod common;
 use common::{poisoned, rollout_on, POISON, REF_FILL};
+#[path = "common/mbpo.rs"]
+mod mbpo_fixture;
 
 fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
@@ -1494,22 +1496,8 @@ fn an_mbpo_run_on_the_device_should_train_sac_there() {
     let Some(g) = gpu("an_mbpo_run_on_the_device_should_train_sac_there") else {
         return;
     };
-    use mbrl_gpu::algo::mbpo::{self, MbpoConfig};
-    let mut c = MbpoConfig::preset(&EnvId::Pendulum.into(), "quick").unwrap();
-    c.steps = 400;
-    c.epoch_length = 100;
-    c.freq_train_model = 50;
-    c.initial_exploration_steps = 100;
-    c.effective_model_rollouts_per_step = 4;
-    c.num_sac_updates_per_step = 2;
-    c.rollout_schedule = [1, 3, 1, 3];
-    c.eval_episodes = 1;
-    c.model.hidden = 16;
-    c.model.num_layers = 2;
-    c.train.epochs = 3;
-    c.train.patience = None;
-    c.sac.hidden = 16;
-    c.sac.batch_size = 32;
+    use mbrl_gpu::algo::mbpo;
+    let c = mbpo_fixture::tiny_mbpo(400);
     let (cpu_agent, want) = mbpo::run(&CpuBackend::new(), &c, None, |_| {}).unwrap();
     let (dev_agent, got) = mbpo::run(g, &c, None, |_| {}).unwrap();
     assert_eq!(got.len(), want.len());
