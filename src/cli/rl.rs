@@ -304,6 +304,15 @@ fn row_line(r: &Row) -> String {
     )
 }
 
+/// What a device backend does not run yet for path-gradient algorithms: said once, so a
+/// user choosing a GPU knows where the time goes.
+fn host_steps_note(what: &str, model_work: &str, backend: &str) -> String {
+    format!(
+        "note: {what} (backpropagation through model paths) run on the CPU: the path gradient \
+         is not a device operation yet; the model's {model_work} run on {backend}"
+    )
+}
+
 /// `v` right-aligned in `width` columns with `prec` decimals, or "-" there when it is not
 /// finite.
 fn or_dash(v: f64, width: usize, prec: usize) -> String {
@@ -445,6 +454,12 @@ fn run_model_based(a: MbpoArgs, maac: bool) -> Result<()> {
         dir.path().display()
     );
     let be = be.expect("resolved unless printing the configuration");
+    if cfg.maac.is_some() && be.name() != "cpu" {
+        note!(
+            "{}",
+            host_steps_note("MAAC's gradient steps", "training and rollouts", be.name())
+        );
+    }
     let pb = bar(cfg.steps);
     let (_, rows) = with_backend!(&be, |b| mbpo::run(b, &cfg, Some(&dir), progress(&pb, &dir)))?;
     finish(&pb, &rows, &dir)
@@ -477,6 +492,12 @@ pub fn run_svg(a: MbpoArgs) -> Result<()> {
         dir.path().display()
     );
     let be = be.expect("resolved unless printing the configuration");
+    if be.name() != "cpu" {
+        note!(
+            "{}",
+            host_steps_note("SVG(∞)'s policy steps", "training", be.name())
+        );
+    }
     let pb = bar(cfg.steps);
     let (_, rows) = with_backend!(&be, |b| svg::run(b, &cfg, Some(&dir), progress(&pb, &dir)))?;
     finish(&pb, &rows, &dir)
