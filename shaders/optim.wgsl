@@ -44,6 +44,10 @@ fn powi_f(base: f32, exponent: u32) -> f32 {
     return r;
 }
 
+fn adam_flush(x: f32) -> f32 {
+    return select(x, 0.0, abs(x) < 1.17549435e-38);
+}
+
 @compute @workgroup_size(256)
 fn adam_step(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
              @builtin(local_invocation_index) li: u32) {
@@ -57,8 +61,9 @@ fn adam_step(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg:
     let step = ap.lr / bc1;
     let bc2_sqrt = sqrt(bc2);
     let g = adam_g[i];
-    let m = ap.beta1 * adam_m[i] + (1.0 - ap.beta1) * g;
-    let v = ap.beta2 * adam_v[i] + (1.0 - ap.beta2) * g * g;
+    // Moments below the smallest normal float become zero (src/backend/cpu/optim.rs `flush`).
+    let m = adam_flush(ap.beta1 * adam_m[i] + (1.0 - ap.beta1) * g);
+    let v = adam_flush(ap.beta2 * adam_v[i] + (1.0 - ap.beta2) * g * g);
     adam_m[i] = m;
     adam_v[i] = v;
     adam_w[i] = adam_w[i] - step * m / (sqrt(v) / bc2_sqrt + ap.eps);
