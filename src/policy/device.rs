@@ -31,14 +31,46 @@ pub struct DeviceStats {
     pub alpha: f64,
 }
 
-/// Per-minibatch buffers, sized for `rows`.
-struct Scratch<Buf> {
-    rows: usize,
+/// A minibatch's columns on the device: what [`Backend::sac_minibatch`] draws from a packed
+/// replay ring.
+struct Columns<Buf> {
     obs: Buf,
     act: Buf,
     reward: Buf,
     next_obs: Buf,
     mask: Buf,
+}
+
+impl<Buf> Columns<Buf> {
+    fn zeros<B: Backend<Buf = Buf>>(be: &B, rows: usize, o: usize, a: usize) -> Result<Self> {
+        let z = |n: usize| be.zeros(n.max(1));
+        Ok(Self {
+            obs: z(rows * o)?,
+            act: z(rows * a)?,
+            reward: z(rows)?,
+            next_obs: z(rows * o)?,
+            mask: z(rows)?,
+        })
+    }
+
+    /// The rows `p` draws from `ring` (the CPU's `Replay::sample`).
+    fn draw<B: Backend<Buf = Buf>>(&mut self, be: &B, p: &SacParams, ring: &Buf) -> Result<()> {
+        be.sac_minibatch(
+            p,
+            ring,
+            &mut self.obs,
+            &mut self.act,
+            &mut self.reward,
+            &mut self.next_obs,
+            &mut self.mask,
+        )
+    }
+}
+
+/// Per-minibatch buffers, sized for `rows`.
+struct Scratch<Buf> {
+    rows: usize,
+    batch: Columns<Buf>,
     eps_next: Buf,
     eps_pi: Buf,
     head: Buf,
@@ -233,11 +265,8 @@ struct BranchScratch<Buf> {
     out: usize,
     /// Room of the grouped input and outputs, in rows (members × per).
     grouped: usize,
-    obs: Buf,
-    act: Buf,
-    rew: Buf,
-    next: Buf,
-    mask: Buf,
+    /// The start states' minibatch; its `obs` then holds the rollout's states.
+    batch: Columns<Buf>,
     head: Buf,
     eps: Buf,
     eps_pi: Buf,
@@ -321,11 +350,7 @@ impl<'b, B: Backend> DeviceSac<'b, B> {
         let z = |n: usize| self.be.zeros(n.max(1));
         self.scratch = Some(Scratch {
             rows,
-            obs: z(rows * o)?,
-            act: z(rows * a)?,
-            reward: z(rows)?,
-            next_obs: z(rows * o)?,
-            mask: z(rows)?,
+            batch: Columns::zeros(self.be, rows, o, a)?,
             eps_next: z(rows * a)?,
             eps_pi: z(rows * a)?,
             head: z(rows * 2 * a)?,
@@ -365,11 +390,11 @@ impl<'b, B: Backend> DeviceSac<'b, B> {
         self.scratch(rows)?;
         let be = self.be;
         let s = self.scratch.as_mut().expect("sized above");
-        be.write(&mut s.obs, &batch.obs)?;
-        be.write(&mut s.act, &batch.act)?;
-        be.write(&mut s.reward, &batch.reward)?;
-        be.write(&mut s.next_obs, &batch.next_obs)?;
-        be.write(&mut s.mask, &batch.mask)?;
+        be.write(&mut s.batch.obs, &batch.obs)?;
+        be.write(&mut s.batch.act, &batch.act)?;
+        be.write(&mut s.batch.reward, &batch.reward)?;
+        be.write(&mut s.batch.next_obs, &batch.next_obs)?;
+        be.write(&mut s.batch.mask, &batch.mask)?;
         self.step(rows)
     }
 
@@ -399,15 +424,7 @@ impl<'b, B: Backend> DeviceSac<'b, B> {
             ..self.params(rows)
         };
         let s = self.scratch.as_mut().expect("sized above");
-        self.be.sac_minibatch(
-            &p,
-            &ring.ring,
-            &mut s.obs,
-            &mut s.act,
-            &mut s.reward,
-            &mut s.next_obs,
-            &mut s.mask,
-        )?;
+        s.batch.draw(self.be, &p, &ring.ring)?;
         self.step(rows)
     }
 
@@ -446,7 +463,7 @@ impl<'b, B: Backend> DeviceSac<'b, B> {
             actor,
             &self.actor,
             &self.norm_obs,
-            &s.next_obs,
+            &s.batch.next_obs,
             rows,
             &mut s.head,
             &mut self.dummy,
@@ -455,7 +472,7 @@ impl<'b, B: Backend> DeviceSac<'b, B> {
             &sampled,
             &s.head,
             &s.eps_next,
-            &s.next_obs,
+            &s.batch.next_obs,
             &self.squash,
             &self.dummy,
             &mut s.logp,
@@ -474,9 +491,9 @@ impl<'b, B: Backend> DeviceSac<'b, B> {
             &given,
             &self.dummy,
             &self.dummy,
-            &s.obs,
+            &s.batch.obs,
             &self.squash,
-            &s.act,
+            &s.batch.act,
             &mut s.logp,
             &mut s.x,
         )?;
@@ -493,8 +510,8 @@ impl<'b, B: Backend> DeviceSac<'b, B> {
             &sampled,
             &s.q_next,
             &s.logp,
-            &s.reward,
-            &s.mask,
+            &s.batch.reward,
+            &s.batch.mask,
             &self.log_alpha,
             &s.q,
             &mut s.dq,
@@ -526,7 +543,7 @@ impl<'b, B: Backend> DeviceSac<'b, B> {
             actor,
             &self.actor,
             &self.norm_obs,
-            &s.obs,
+            &s.batch.obs,
             rows,
             &mut s.head,
             &mut self.dummy,
@@ -535,7 +552,7 @@ impl<'b, B: Backend> DeviceSac<'b, B> {
             &sampled,
             &s.head,
             &s.eps_pi,
-            &s.obs,
+            &s.batch.obs,
             &self.squash,
             &self.dummy,
             &mut s.logp,
@@ -583,7 +600,7 @@ impl<'b, B: Backend> DeviceSac<'b, B> {
             actor,
             &self.actor,
             &self.norm_obs,
-            &s.obs,
+            &s.batch.obs,
             rows,
             &s.d_head,
             &s.d_head,
@@ -697,11 +714,7 @@ impl<'b, B: Backend> DeviceSac<'b, B> {
                 din,
                 out: d,
                 grouped,
-                obs: z(rows * o)?,
-                act: z(rows * a)?,
-                rew: z(rows)?,
-                next: z(rows * o)?,
-                mask: z(rows)?,
+                batch: Columns::zeros(be, rows, o, a)?,
                 head: z(rows * 2 * a)?,
                 eps: z(rows * a)?,
                 eps_pi: z(rows * a)?,
@@ -735,15 +748,7 @@ impl<'b, B: Backend> DeviceSac<'b, B> {
         };
         // Start states: the rows Replay::sample_obs draws (sac_minibatch's draw).
         let p = sac(spec.seed, stream::MBPO_START, spec.batch, start.len);
-        be.sac_minibatch(
-            &p,
-            &start.ring,
-            &mut sc.obs,
-            &mut sc.act,
-            &mut sc.rew,
-            &mut sc.next,
-            &mut sc.mask,
-        )?;
+        sc.batch.draw(be, &p, &start.ring)?;
         let cap = out.capacity;
         for (t, &per) in pers.iter().enumerate() {
             let step = step_of(t);
@@ -751,7 +756,7 @@ impl<'b, B: Backend> DeviceSac<'b, B> {
                 &self.nets.actor,
                 &self.actor,
                 &self.norm_obs,
-                &sc.obs,
+                &sc.batch.obs,
                 rows,
                 &mut sc.head,
                 &mut self.dummy,
@@ -768,7 +773,7 @@ impl<'b, B: Backend> DeviceSac<'b, B> {
                 } else {
                     &sc.eps_zero
                 },
-                &sc.obs,
+                &sc.batch.obs,
                 &self.squash,
                 &self.dummy,
                 &mut sc.logp,
@@ -808,7 +813,7 @@ impl<'b, B: Backend> DeviceSac<'b, B> {
                 &sc.mean,
                 &sc.logvar,
                 &sc.x,
-                &mut sc.obs,
+                &mut sc.batch.obs,
                 &mut sc.stopped,
                 &mut sc.count,
                 &mut out.ring,
