@@ -1269,6 +1269,18 @@ fn branched_rollouts_on_pocl_should_match_the_cpu() {
 }
 
 #[test]
+fn path_gradients_on_pocl_should_match_the_cpu() {
+    let Some(b) = pocl_backend(CudaOptions::default()) else {
+        return;
+    };
+    common::path::cases_are_meaningful();
+    for c in common::path::parity(&b, "pocl") {
+        let worst = assert_close(&c.what, &c.got, &c.want, c.atol, c.rtol);
+        eprintln!("{}: worst {worst:e}", c.what);
+    }
+}
+
+#[test]
 fn rollouts_closed_by_a_terminal_value_on_pocl_should_match_the_cpu() {
     let Some(b) = pocl_backend(CudaOptions::default()) else {
         return;

@@ -549,6 +549,23 @@ fn branched_rollouts_should_match_cpu() {
     }
 }
 
+/// The path gradient's fixture is meaningful on the CPU (finite, non-zero gradients;
+/// terminations inside the horizon where the cases are built for them).
+#[test]
+fn path_gradient_cases_should_be_meaningful_on_the_cpu() {
+    common::path::cases_are_meaningful();
+}
+
+#[test]
+fn path_gradients_should_match_cpu() {
+    let Some(g) = gpu("path_gradients_should_match_cpu") else {
+        return;
+    };
+    for c in common::path::parity(g, "wgpu") {
+        assert_close(&c.what, &c.got, &c.want, c.atol, c.rtol);
+    }
+}
+
 #[test]
 fn rollouts_closed_by_a_terminal_value_should_match_cpu() {
     let Some(g) = gpu("rollouts_closed_by_a_terminal_value_should_match_cpu") else {

@@ -2,7 +2,8 @@
 //! the same sentence whatever device it would have run on. Each takes buffer lengths.
 use super::{
     sac_stats, AdamParams, BranchParams, EliteParams, EnsembleShape, InitParams, LossConfig,
-    MppiParams, RolloutParams, SacParams, SampleParams, UpdateParams, MAX_ELITES,
+    MppiParams, PathParams, PathShape, RolloutParams, SacParams, SampleParams, UpdateParams,
+    MAX_ELITES,
 };
 use crate::env::{task, EnvId, EnvSpec};
 use crate::{invalid, Error, Result};
@@ -568,4 +569,220 @@ pub fn branch_step(p: &BranchParams, lens: [usize; 8]) -> Result<()> {
     need("stopped", lens[5], b)?;
     need("count", lens[6], 1)?;
     need("replay ring", lens[7], cap * w)
+}
+
+/// Sizes of a path-gradient stage: (B, O, A, D, grouped rows used at this step), refused
+/// when the sizes are empty, the task has no reward function the path can differentiate,
+/// the offsets are not [`PathParams::new`]'s or an index would pass 32 bits.
+fn path_sizes(p: &PathParams) -> Result<(usize, usize, usize, usize, usize)> {
+    let (b, o, a, d) = (
+        p.rows as usize,
+        p.obs_dim as usize,
+        p.act_dim as usize,
+        p.out_dim as usize,
+    );
+    let (e, h) = (p.members as usize, p.horizon as usize);
+    if b == 0 || o == 0 || a == 0 || e == 0 || p.per == 0 {
+        return Err(invalid!(
+            "a path gradient needs rows, an observation, an action and a member (got {b} rows, \
+             obs {o}, act {a}, {e} members of {} rows)",
+            p.per
+        ));
+    }
+    if p.t > p.horizon {
+        return Err(invalid!(
+            "path step {} lies past the horizon {}",
+            p.t,
+            p.horizon
+        ));
+    }
+    let want_d = o + usize::from(p.learn_reward != 0);
+    if d != want_d {
+        return Err(invalid!(
+            "a model for {o} observations {} predicts {want_d} values, not {d}",
+            if p.learn_reward != 0 {
+                "and a reward"
+            } else {
+                "without a reward"
+            }
+        ));
+    }
+    if p.learn_reward == 0 && !path_reward_known(p.task) {
+        return Err(invalid!(
+            "task {} has no reward gradient: learn the reward (model.learn_reward = true)",
+            p.task
+        ));
+    }
+    let big = |v: Option<usize>| v.is_none_or(|v| v >= u32::MAX as usize);
+    if big(e
+        .checked_mul(b)
+        .and_then(|g| g.checked_mul(h.max(1) * (o + a + d + 1))))
+        || big(b
+            .checked_mul(h + 1)
+            .and_then(|n| n.checked_mul(3 * o + 4 * a + 4 + d)))
+    {
+        return Err(invalid!(
+            "a path of {b} rows over {h} steps exceeds 32-bit indexing"
+        ));
+    }
+    let used = e * p.per as usize;
+    if used > e * b || p.grouped as usize != e * b {
+        return Err(invalid!(
+            "a grouped batch of {e} members of {} rows does not fit {} slots",
+            p.per,
+            p.grouped
+        ));
+    }
+    let layout = PathParams::new(PathShape {
+        rows: b,
+        obs_dim: o,
+        act_dim: a,
+        out_dim: d,
+        members: e,
+        horizon: h,
+    });
+    let offsets = |q: &PathParams| {
+        [
+            q.n_eps,
+            q.n_xi,
+            q.n_slot,
+            q.n_rowof,
+            q.t_states,
+            q.t_heads,
+            q.t_act,
+            q.t_logp,
+            q.t_alive,
+            q.t_counted,
+            q.t_reward,
+            q.t_logvar,
+            q.t_alpha,
+            q.t_squash,
+        ]
+    };
+    if offsets(p) != offsets(&layout) {
+        return Err(invalid!(
+            "the path buffers' offsets are not PathParams::new's for these sizes"
+        ));
+    }
+    Ok((b, o, a, d, used))
+}
+
+/// Tasks whose reward `env::task::reward_vjp` differentiates.
+pub fn path_reward_known(code: u32) -> bool {
+    EnvId::from_code(code).is_some()
+        || code == task::HALF_CHEETAH
+        || code == task::INVERTED_PENDULUM
+}
+
+/// The member tables of the noise buffer (CPU only: it reads them): every slot below
+/// members·per, each used slot naming the row routed to it.
+pub fn path_tables(p: &PathParams, noise: &[f32]) -> Result<()> {
+    let (b, g, t) = (p.rows as usize, p.grouped as usize, p.t as usize);
+    if t >= p.horizon as usize {
+        return Ok(());
+    }
+    let used = (p.members * p.per) as usize;
+    let slots = &noise[p.n_slot as usize + t * b..][..b];
+    let table = &noise[p.n_rowof as usize + t * g..][..used];
+    let filled = table
+        .iter()
+        .filter(|v| v.to_bits() != crate::backend::cpu::sac::EMPTY_SLOT)
+        .count();
+    if filled != b {
+        return Err(invalid!(
+            "path step {t}: the grouped batch holds {filled} rows, not the path's {b}"
+        ));
+    }
+    for (r, s) in slots.iter().enumerate() {
+        let s = s.to_bits() as usize;
+        if s >= used || table[s].to_bits() as usize != r {
+            return Err(invalid!(
+                "path step {t}: row {r}'s member slot {s} is not a slot of the grouped batch \
+                 that holds it"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Lengths of `path_squash`'s buffers: head, obs, noise, tape, x.
+pub fn path_squash(p: &PathParams, lens: [usize; 5]) -> Result<()> {
+    let (b, o, a, _, used) = path_sizes(p)?;
+    need("actor head", lens[0], b * 2 * a)?;
+    if p.t == 0 {
+        need("start states", lens[1], b * o)?;
+    }
+    need("path noise", lens[2], p.noise_len())?;
+    need("path tape", lens[3], p.tape_len())?;
+    let rows = if p.t < p.horizon { used } else { 2 * b };
+    need("model or critic input", lens[4], rows * (o + a))
+}
+
+/// Lengths of `path_step`'s buffers: mean, logvar, noise, tape, state.
+pub fn path_step(p: &PathParams, lens: [usize; 5]) -> Result<()> {
+    let (b, o, _, d, used) = path_sizes(p)?;
+    if p.t >= p.horizon {
+        return Err(invalid!("path_step runs before the horizon (t < H)"));
+    }
+    need("model mean", lens[0], used * d)?;
+    if p.probabilistic != 0 {
+        need("model log-variance", lens[1], used * d)?;
+    }
+    need("path noise", lens[2], p.noise_len())?;
+    need("path tape", lens[3], p.tape_len())?;
+    need("next states", lens[4], b * o)
+}
+
+/// Lengths of `path_terminal`'s buffers: q, log_alpha, tape, dq, alpha_grad, report.
+pub fn path_terminal(p: &PathParams, lens: [usize; 6]) -> Result<()> {
+    let (b, ..) = path_sizes(p)?;
+    if p.terminal_value != 0 {
+        need("Q", lens[0], 2 * b)?;
+        need("dQ", lens[3], 2 * b)?;
+    }
+    need("log α", lens[1], 1)?;
+    need("path tape", lens[2], p.tape_len())?;
+    need("α gradient", lens[4], 1)?;
+    need("path report", lens[5], super::path_report::LEN)
+}
+
+/// Lengths of `path_model_back`'s buffers: noise, tape, back, xg, d_mean, d_logvar.
+pub fn path_model_back(p: &PathParams, lens: [usize; 6]) -> Result<()> {
+    let (_, o, a, d, used) = path_sizes(p)?;
+    if p.t >= p.horizon {
+        return Err(invalid!("path_model_back runs before the horizon (t < H)"));
+    }
+    need("path noise", lens[0], p.noise_len())?;
+    need("path tape", lens[1], p.tape_len())?;
+    need("path gradients", lens[2], p.back_len())?;
+    need("model input", lens[3], used * (o + a))?;
+    need("d mean", lens[4], used * d)?;
+    if p.probabilistic != 0 {
+        need("d log-variance", lens[5], used * d)?;
+    }
+    Ok(())
+}
+
+/// Lengths of `path_actor_back`'s buffers: noise, tape, dx, back, d_head, state.
+pub fn path_actor_back(p: &PathParams, lens: [usize; 6]) -> Result<()> {
+    let (b, o, a, _, used) = path_sizes(p)?;
+    need("path noise", lens[0], p.noise_len())?;
+    need("path tape", lens[1], p.tape_len())?;
+    if p.t < p.horizon {
+        need("model input gradient", lens[2], used * (o + a))?;
+    } else if p.terminal_value != 0 {
+        need("critic input gradient", lens[2], 2 * b * (o + a))?;
+    }
+    need("path gradients", lens[3], p.back_len())?;
+    need("d head", lens[4], b * 2 * a)?;
+    need("states", lens[5], b * o)
+}
+
+/// Lengths of `path_accumulate`'s buffers: g_step, ds, grad, back.
+pub fn path_accumulate(p: &PathParams, lens: [usize; 4]) -> Result<()> {
+    let (b, o, ..) = path_sizes(p)?;
+    need("step gradient", lens[0], p.len as usize)?;
+    need("state gradient", lens[1], b * o)?;
+    need("gradient", lens[2], p.len as usize)?;
+    need("path gradients", lens[3], p.back_len())
 }

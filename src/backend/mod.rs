@@ -251,6 +251,187 @@ impl BranchParams {
     }
 }
 
+/// Sizes, step and buffer offsets of one stage of the path gradient on the device (MAAC's
+/// and SVG's objective, `policy::path`; the stages `path_squash`, `path_terminal`,
+/// `path_actor_back`, `path_accumulate` in `cpu/sac.rs` and `path_step`, `path_model_back` in
+/// `cpu/rollout.rs`, with their twins in `shaders/` and `kernels/`), laid out as a kernel's
+/// uniform block. [`PathParams::new`] fills the offsets; the stages then differ in `t`,
+/// `per` and `disc` only.
+///
+/// Three buffers carry a path between the stages (offsets in values, all f32 except the
+/// tables, which hold u32 bits):
+/// - noise (the host's, uploaded once per path): ε [H+1, B, A] at `n_eps`, ξ [H, B, D] at
+///   `n_xi`, the member slot of each row [H, B] at `n_slot` (m·per_t + its rank among the rows
+///   drawing m), and each step's inverse table [H, G] at `n_rowof` (the row in a slot, or
+///   u32::MAX for an empty one; G = `grouped`);
+/// - tape (what the forward keeps for the backward): s_t [H+1, B, O] at `t_states`, the
+///   actor's raw heads [H+1, B, 2A] at `t_heads`, the actions [H+1, B, A] at `t_act`, log π
+///   [H+1, B] at `t_logp`, alive flags [H+1, B] at `t_alive` and counted flags [H, B] at
+///   `t_counted` (1.0 or 0.0), rewards [H, B] at `t_reward`, the model's log σ² by row
+///   [H, B, D] at `t_logvar`, α at `t_alpha` and the squash [scale (A), bias (A)] at
+///   `t_squash` (written once by the host);
+/// - back (the reverse sweep's row gradients): g_s [B, O], then the reward's ∂/∂s_t [B, O],
+///   then its ∂/∂a_t [B, A].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct PathParams {
+    /// Start states B.
+    pub rows: u32,
+    pub obs_dim: u32,
+    pub act_dim: u32,
+    /// The model's outputs D: obs_dim (+ 1 with a learned reward).
+    pub out_dim: u32,
+    /// Elite members the rows are routed among.
+    pub members: u32,
+    /// Rows per member slot at step `t` (the grouped batch is [members, per, O + A]).
+    pub per: u32,
+    /// Room of the grouped batch in rows, G = members · B: the stride of the inverse tables.
+    pub grouped: u32,
+    /// The step of this stage (H for the terminal one).
+    pub t: u32,
+    pub horizon: u32,
+    /// The task's reward and termination functions (`env::task` codes).
+    pub task: u32,
+    /// 1: the reward is the model's last output.
+    pub learn_reward: u32,
+    /// 1: the model predicts log σ² (s' = s + μ + σ·ξ), 0: s' = s + μ.
+    pub probabilistic: u32,
+    /// 1: the path closes with γ^H·(min Q − α log π) at s_H (MAAC), 0: it ends at r_{H−1}.
+    pub terminal_value: u32,
+    pub gamma: f32,
+    /// γ^t, the product of t factors γ in f32 as the host forms it.
+    pub disc: f32,
+    /// −1/B: the weight of each row's objective in the loss.
+    pub w: f32,
+    /// The temperature's target entropy H̄ (its gradient is −(mean log π₀ + H̄)).
+    pub target_entropy: f32,
+    /// Actor parameters (`path_accumulate`).
+    pub len: u32,
+    pub n_eps: u32,
+    pub n_xi: u32,
+    pub n_slot: u32,
+    pub n_rowof: u32,
+    pub t_states: u32,
+    pub t_heads: u32,
+    pub t_act: u32,
+    pub t_logp: u32,
+    pub t_alive: u32,
+    pub t_counted: u32,
+    pub t_reward: u32,
+    pub t_logvar: u32,
+    pub t_alpha: u32,
+    pub t_squash: u32,
+}
+
+/// What [`PathParams::new`] is given: the sizes of one path batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PathShape {
+    pub rows: usize,
+    pub obs_dim: usize,
+    pub act_dim: usize,
+    pub out_dim: usize,
+    pub members: usize,
+    pub horizon: usize,
+}
+
+/// Slots of `path_terminal`'s report [`path_report::LEN`].
+pub mod path_report {
+    /// −(1/B)·Σ_b J_b.
+    pub const LOSS: usize = 0;
+    /// Mean log π(a₀|s₀).
+    pub const LOGP_MEAN: usize = 1;
+    /// Mean reward per counted model step (0 without one).
+    pub const REWARD_MEAN: usize = 2;
+    /// Share of rows alive at the horizon.
+    pub const ALIVE: usize = 3;
+    pub const LEN: usize = 4;
+}
+
+impl PathParams {
+    /// Step 0's parameters with every offset laid out for `s` (see the type's documentation).
+    pub fn new(s: PathShape) -> Self {
+        let (b, o, a, d, h) = (s.rows, s.obs_dim, s.act_dim, s.out_dim, s.horizon);
+        let g = s.members * b;
+        let mut at = 0usize;
+        let mut take = |n: usize| {
+            let v = at;
+            at += n;
+            v as u32
+        };
+        let (n_eps, n_xi, n_slot, n_rowof) = (
+            take((h + 1) * b * a),
+            take(h * b * d),
+            take(h * b),
+            take(h * g),
+        );
+        let mut at = 0usize;
+        let mut take = |n: usize| {
+            let v = at;
+            at += n;
+            v as u32
+        };
+        let t_states = take((h + 1) * b * o);
+        let t_heads = take((h + 1) * b * 2 * a);
+        let t_act = take((h + 1) * b * a);
+        let t_logp = take((h + 1) * b);
+        let t_alive = take((h + 1) * b);
+        let t_counted = take(h * b);
+        let t_reward = take(h * b);
+        let t_logvar = take(h * b * d);
+        let t_alpha = take(1);
+        let t_squash = take(2 * a);
+        Self {
+            rows: b as u32,
+            obs_dim: o as u32,
+            act_dim: a as u32,
+            out_dim: d as u32,
+            members: s.members as u32,
+            per: 1,
+            grouped: g as u32,
+            t: 0,
+            horizon: h as u32,
+            disc: 1.0,
+            w: -1.0 / b as f32,
+            n_eps,
+            n_xi,
+            n_slot,
+            n_rowof,
+            t_states,
+            t_heads,
+            t_act,
+            t_logp,
+            t_alive,
+            t_counted,
+            t_reward,
+            t_logvar,
+            t_alpha,
+            t_squash,
+            ..Self::default()
+        }
+    }
+
+    /// Values of the noise buffer.
+    pub fn noise_len(&self) -> usize {
+        let h = self.horizon as usize;
+        self.n_rowof as usize + h * self.grouped as usize
+    }
+
+    /// Values of the tape.
+    pub fn tape_len(&self) -> usize {
+        self.t_squash as usize + 2 * self.act_dim as usize
+    }
+
+    /// Values of the back buffer: g_s, ∂r/∂s, ∂r/∂a.
+    pub fn back_len(&self) -> usize {
+        let (b, o, a) = (
+            self.rows as usize,
+            self.obs_dim as usize,
+            self.act_dim as usize,
+        );
+        b * (2 * o + a)
+    }
+}
+
 /// Slots of the SAC statistics buffer, sums over the updates since it was cleared.
 pub mod sac_stats {
     pub const CRITIC_LOSS: usize = 0;
@@ -812,6 +993,131 @@ pub trait Backend: Send + Sync {
         count: &mut Self::Buf,
         ring: &mut Self::Buf,
     ) -> Result<()>;
+
+    /// The path gradient's forward, step `p.t`, after the actor's forward on s_t (`obs` at
+    /// t = 0, the states `path_step` wrote since): from the raw heads `head` [B, 2A] and ε_t
+    /// (noise), each row's squashed action and log π into the tape (with its head; at t = 0
+    /// also s₀ = `obs` and alive₀ = 1). For t < H, `x` ← the grouped model input
+    /// [members·per, O + A]: slot i holds [s_t, a_t] of the row the inverse table puts there,
+    /// zeros where it is empty. At t = H, `x` ← the critics' input [2, B, O + A].
+    fn path_squash(
+        &self,
+        p: &PathParams,
+        head: &Self::Buf,
+        obs: &Self::Buf,
+        noise: &Self::Buf,
+        tape: &mut Self::Buf,
+        x: &mut Self::Buf,
+    ) -> Result<()> {
+        let _ = (p, head, obs, noise, tape, x);
+        Err(self.no_path())
+    }
+
+    /// The path gradient's model step t < H after the elites' forward on the grouped input
+    /// (`mean`, `logvar` [members·per, D]): a row alive at t gets s_{t+1} = s_t + μ + σ·ξ_t
+    /// from its slot (σ = exp(½·log σ²), 0 for a deterministic model), its reward (the task's
+    /// or the model's last output, sampled alike), counted = 1 and alive_{t+1} = not
+    /// terminated; a dead row, or one whose next state or reward is not finite, gets
+    /// s_{t+1} = 0, reward 0 and both flags 0. Each row's log σ² is copied to the tape, and
+    /// s_{t+1} also to `state` [B, O] (the actor's next input).
+    fn path_step(
+        &self,
+        p: &PathParams,
+        mean: &Self::Buf,
+        logvar: &Self::Buf,
+        noise: &Self::Buf,
+        tape: &mut Self::Buf,
+        state: &mut Self::Buf,
+    ) -> Result<()> {
+        let _ = (p, mean, logvar, noise, tape, state);
+        Err(self.no_path())
+    }
+
+    /// The path objective's close, one pass in row-major order: J summed as
+    /// Σ_{t<H} γ^t·(counted·r_t − alive_t·α·log π_t) + γ^H·alive_H·(min Q − α log π_H) (the
+    /// last term with `p.terminal_value`, from the critics' `q` [2, B]); `report`
+    /// ([`path_report`]) ← loss, mean log π₀, mean counted reward, alive share; `dq` [2, B]
+    /// ← ∂loss/∂Q on the smaller critic (half each on a tie), `alpha_grad` [1] ←
+    /// −(mean log π₀ + H̄); α = exp(log α) into the tape for the backward.
+    #[allow(clippy::too_many_arguments)]
+    fn path_terminal(
+        &self,
+        p: &PathParams,
+        q: &Self::Buf,
+        log_alpha: &Self::Buf,
+        tape: &mut Self::Buf,
+        dq: &mut Self::Buf,
+        alpha_grad: &mut Self::Buf,
+        report: &mut Self::Buf,
+    ) -> Result<()> {
+        let _ = (p, q, log_alpha, tape, dq, alpha_grad, report);
+        Err(self.no_path())
+    }
+
+    /// The reverse sweep's model stage at t < H, before the elites' VJP: `back`'s g_s holds
+    /// ∂loss/∂s_{t+1}. For the row in grouped slot i: `xg` ← [s_t, a_t] again; a counted row
+    /// adds w·γ^t·∂r_t to g_s (∂/∂s_{t+1}), to the reward's ∂/∂s_t and ∂/∂a_t in `back` (both
+    /// overwritten; a learned reward's instead goes to d_mean's last column), an uncounted
+    /// row's g_s becomes 0; `d_mean` [members·per, D] ← g_s and `d_logvar` ← g·½·σ·ξ (zero
+    /// where g is). Empty slots get zeros everywhere.
+    #[allow(clippy::too_many_arguments)]
+    fn path_model_back(
+        &self,
+        p: &PathParams,
+        noise: &Self::Buf,
+        tape: &Self::Buf,
+        back: &mut Self::Buf,
+        xg: &mut Self::Buf,
+        d_mean: &mut Self::Buf,
+        d_logvar: &mut Self::Buf,
+    ) -> Result<()> {
+        let _ = (p, noise, tape, back, xg, d_mean, d_logvar);
+        Err(self.no_path())
+    }
+
+    /// The reverse sweep's actor stage at t: the gradients on s_t and a_t, from the critics'
+    /// input gradient `dx` [2, B, O + A] at t = H (zeros without a terminal value; `dx` is
+    /// then not read), or at t < H from the elites' `dx` [members·per, O + A] at the row's
+    /// slot plus g_s (∂/∂s_{t+1}, the identity path) and the reward's terms in `back`; then
+    /// back through the squash with −α·w·γ^t on log π of an alive row into `d_head`
+    /// [B, 2A]. g_s ← the gradient on s_t so far, `state` [B, O] ← s_t (the actor VJP's input).
+    #[allow(clippy::too_many_arguments)]
+    fn path_actor_back(
+        &self,
+        p: &PathParams,
+        noise: &Self::Buf,
+        tape: &Self::Buf,
+        dx: &Self::Buf,
+        back: &mut Self::Buf,
+        d_head: &mut Self::Buf,
+        state: &mut Self::Buf,
+    ) -> Result<()> {
+        let _ = (p, noise, tape, dx, back, d_head, state);
+        Err(self.no_path())
+    }
+
+    /// After the actor's VJP at step t: `grad` [len] ← (0 at t = H, else `grad`) + `g_step`,
+    /// and g_s += `ds` [B, O].
+    fn path_accumulate(
+        &self,
+        p: &PathParams,
+        g_step: &Self::Buf,
+        ds: &Self::Buf,
+        grad: &mut Self::Buf,
+        back: &mut Self::Buf,
+    ) -> Result<()> {
+        let _ = (p, g_step, ds, grad, back);
+        Err(self.no_path())
+    }
+
+    /// The error of a backend without the path stages.
+    fn no_path(&self) -> crate::Error {
+        crate::Error::Unavailable(format!(
+            "path gradients run on the CPU backend only (the {} backend has no path stages \
+             yet)",
+            self.name()
+        ))
+    }
 
     /// Polyak averaging of `p.len` values: target ← τ·online + (1 − τ)·target.
     fn polyak(&self, p: &SacParams, target: &mut Self::Buf, online: &Self::Buf) -> Result<()>;

@@ -2,6 +2,7 @@
 //! ([`sac`]) and the replay buffers they learn from ([`replay`]).
 pub mod checkpoint;
 pub mod device;
+pub mod device_path;
 pub mod path;
 pub mod replay;
 pub mod sac;

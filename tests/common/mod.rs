@@ -1,6 +1,7 @@
 //! Fixtures shared by the device parity tests (`wgpu_parity.rs`, `cuda_pocl.rs`).
 pub mod branch;
 pub mod dense;
+pub mod path;
 pub mod planners;
 pub mod sac;
 pub mod value;

@@ -10,7 +10,7 @@ pub mod sac;
 
 use super::{
     check, AdamParams, Backend, BranchParams, EliteParams, EnsembleShape, InitParams, LossConfig,
-    MppiParams, RolloutParams, SacParams, SampleParams, TerminalValue, UpdateParams,
+    MppiParams, PathParams, RolloutParams, SacParams, SampleParams, TerminalValue, UpdateParams,
 };
 use crate::Result;
 use std::sync::Mutex;
@@ -676,6 +676,129 @@ impl Backend for CpuBackend {
         ];
         check::branch_step(p, lens)?;
         rollout::branch_step(p, route, mean, logvar, x, obs, stopped, count, ring);
+        Ok(())
+    }
+
+    fn path_squash(
+        &self,
+        p: &PathParams,
+        head: &Vec<f32>,
+        obs: &Vec<f32>,
+        noise: &Vec<f32>,
+        tape: &mut Vec<f32>,
+        x: &mut Vec<f32>,
+    ) -> Result<()> {
+        let lens = [head.len(), obs.len(), noise.len(), tape.len(), x.len()];
+        check::path_squash(p, lens)?;
+        check::path_tables(p, noise)?;
+        sac::path_squash(p, head, obs, noise, tape, x);
+        Ok(())
+    }
+
+    fn path_step(
+        &self,
+        p: &PathParams,
+        mean: &Vec<f32>,
+        logvar: &Vec<f32>,
+        noise: &Vec<f32>,
+        tape: &mut Vec<f32>,
+        state: &mut Vec<f32>,
+    ) -> Result<()> {
+        let lens = [
+            mean.len(),
+            logvar.len(),
+            noise.len(),
+            tape.len(),
+            state.len(),
+        ];
+        check::path_step(p, lens)?;
+        check::path_tables(p, noise)?;
+        rollout::path_step(p, mean, logvar, noise, tape, state);
+        Ok(())
+    }
+
+    fn path_terminal(
+        &self,
+        p: &PathParams,
+        q: &Vec<f32>,
+        log_alpha: &Vec<f32>,
+        tape: &mut Vec<f32>,
+        dq: &mut Vec<f32>,
+        alpha_grad: &mut Vec<f32>,
+        report: &mut Vec<f32>,
+    ) -> Result<()> {
+        let lens = [
+            q.len(),
+            log_alpha.len(),
+            tape.len(),
+            dq.len(),
+            alpha_grad.len(),
+            report.len(),
+        ];
+        check::path_terminal(p, lens)?;
+        sac::path_terminal(p, q, log_alpha[0], tape, dq, alpha_grad, report);
+        Ok(())
+    }
+
+    fn path_model_back(
+        &self,
+        p: &PathParams,
+        noise: &Vec<f32>,
+        tape: &Vec<f32>,
+        back: &mut Vec<f32>,
+        xg: &mut Vec<f32>,
+        d_mean: &mut Vec<f32>,
+        d_logvar: &mut Vec<f32>,
+    ) -> Result<()> {
+        let lens = [
+            noise.len(),
+            tape.len(),
+            back.len(),
+            xg.len(),
+            d_mean.len(),
+            d_logvar.len(),
+        ];
+        check::path_model_back(p, lens)?;
+        check::path_tables(p, noise)?;
+        rollout::path_model_back(p, noise, tape, back, xg, d_mean, d_logvar);
+        Ok(())
+    }
+
+    fn path_actor_back(
+        &self,
+        p: &PathParams,
+        noise: &Vec<f32>,
+        tape: &Vec<f32>,
+        dx: &Vec<f32>,
+        back: &mut Vec<f32>,
+        d_head: &mut Vec<f32>,
+        state: &mut Vec<f32>,
+    ) -> Result<()> {
+        let lens = [
+            noise.len(),
+            tape.len(),
+            dx.len(),
+            back.len(),
+            d_head.len(),
+            state.len(),
+        ];
+        check::path_actor_back(p, lens)?;
+        check::path_tables(p, noise)?;
+        sac::path_actor_back(p, noise, tape, dx, back, d_head, state);
+        Ok(())
+    }
+
+    fn path_accumulate(
+        &self,
+        p: &PathParams,
+        g_step: &Vec<f32>,
+        ds: &Vec<f32>,
+        grad: &mut Vec<f32>,
+        back: &mut Vec<f32>,
+    ) -> Result<()> {
+        let lens = [g_step.len(), ds.len(), grad.len(), back.len()];
+        check::path_accumulate(p, lens)?;
+        sac::path_accumulate(p, g_step, ds, grad, back);
         Ok(())
     }
 

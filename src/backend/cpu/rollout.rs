@@ -665,6 +665,171 @@ pub fn branch_step(
     count[0] = f32::from_bits(added);
 }
 
+// ---- The path gradient's model stages (`policy::path`'s `ModelPath` and the reward terms
+// of `path_loss`; see `PathParams` for the buffers) ----------------------------------------
+
+/// σ·ξ of output `j` of a path row, from its log σ² (0 for a deterministic model).
+fn path_sigma_xi(p: &crate::backend::PathParams, logvar: f32, xi: f32) -> f32 {
+    if p.probabilistic != 0 {
+        (0.5 * logvar).exp() * xi
+    } else {
+        0.0
+    }
+}
+
+/// See [`crate::backend::Backend::path_step`].
+pub fn path_step(
+    p: &crate::backend::PathParams,
+    mean: &[f32],
+    logvar: &[f32],
+    noise: &[f32],
+    tape: &mut [f32],
+    state: &mut [f32],
+) {
+    let (b, o, a, d, t) = (
+        p.rows as usize,
+        p.obs_dim as usize,
+        p.act_dim as usize,
+        p.out_dim as usize,
+        p.t as usize,
+    );
+    let mut next = vec![0.0f32; o];
+    for r in 0..b {
+        let tr = t * b + r;
+        let i = noise[p.n_slot as usize + tr].to_bits() as usize * d;
+        let xi = &noise[p.n_xi as usize + tr * d..][..d];
+        if p.probabilistic != 0 {
+            tape[p.t_logvar as usize + tr * d..][..d].copy_from_slice(&logvar[i..i + d]);
+        }
+        let s = &tape[p.t_states as usize + tr * o..][..o];
+        let act = &tape[p.t_act as usize + tr * a..][..a];
+        for j in 0..o {
+            next[j] = s[j] + mean[i + j] + path_sigma_xi(p, logvar_at(p, logvar, i + j), xi[j]);
+        }
+        let mut reward = 0.0f32;
+        let mut counted = tape[p.t_alive as usize + tr] != 0.0;
+        if counted {
+            reward = if p.learn_reward != 0 {
+                mean[i + o] + path_sigma_xi(p, logvar_at(p, logvar, i + o), xi[o])
+            } else {
+                task::reward_vjp(p.task, s, act, &next, None)
+            };
+            // Stops here, unrewarded; zeros keep the later passes finite.
+            counted = reward.is_finite() && next.iter().all(|v| v.is_finite());
+        }
+        let alive = counted && !task::terminated(p.task, &next);
+        if !counted {
+            next.fill(0.0);
+            reward = 0.0;
+        }
+        let flag = |v: bool| if v { 1.0 } else { 0.0 };
+        tape[p.t_counted as usize + tr] = flag(counted);
+        tape[p.t_reward as usize + tr] = reward;
+        tape[p.t_alive as usize + tr + b] = flag(alive);
+        tape[p.t_states as usize + (tr + b) * o..][..o].copy_from_slice(&next);
+        state[r * o..(r + 1) * o].copy_from_slice(&next);
+    }
+}
+
+/// A deterministic model's `logvar` buffer is not read.
+fn logvar_at(p: &crate::backend::PathParams, logvar: &[f32], i: usize) -> f32 {
+    if p.probabilistic != 0 {
+        logvar[i]
+    } else {
+        0.0
+    }
+}
+
+/// See [`crate::backend::Backend::path_model_back`]; `ModelPath::backward` before the
+/// elites' VJP, with `path_loss`'s reward terms.
+#[allow(clippy::too_many_arguments)]
+pub fn path_model_back(
+    p: &crate::backend::PathParams,
+    noise: &[f32],
+    tape: &[f32],
+    back: &mut [f32],
+    xg: &mut [f32],
+    d_mean: &mut [f32],
+    d_logvar: &mut [f32],
+) {
+    let (b, o, a, d, t) = (
+        p.rows as usize,
+        p.obs_dim as usize,
+        p.act_dim as usize,
+        p.out_dim as usize,
+        p.t as usize,
+    );
+    let din = o + a;
+    let c = p.w * p.disc;
+    let learned = p.learn_reward != 0;
+    let prob = p.probabilistic != 0;
+    let table = &noise[p.n_rowof as usize + t * p.grouped as usize..];
+    let (g_s, rest) = back.split_at_mut(b * o);
+    let (g_sr, g_ar) = rest.split_at_mut(b * o);
+    for i in 0..(p.members * p.per) as usize {
+        let dm = &mut d_mean[i * d..(i + 1) * d];
+        dm.fill(0.0);
+        if prob {
+            d_logvar[i * d..(i + 1) * d].fill(0.0);
+        }
+        let x = &mut xg[i * din..(i + 1) * din];
+        let r = table[i].to_bits();
+        if r == super::sac::EMPTY_SLOT {
+            x.fill(0.0);
+            continue;
+        }
+        let r = r as usize;
+        let tr = t * b + r;
+        let s = &tape[p.t_states as usize + tr * o..][..o];
+        let act = &tape[p.t_act as usize + tr * a..][..a];
+        x[..o].copy_from_slice(s);
+        x[o..].copy_from_slice(act);
+        let counted = tape[p.t_counted as usize + tr] != 0.0;
+        let g_next = &mut g_s[r * o..(r + 1) * o];
+        let (gsr, gar) = (&mut g_sr[r * o..(r + 1) * o], &mut g_ar[r * a..(r + 1) * a]);
+        gsr.fill(0.0);
+        gar.fill(0.0);
+        let g_r = if counted && learned { c } else { 0.0 };
+        if !counted {
+            g_next.fill(0.0);
+        } else if !learned {
+            let next = &tape[p.t_states as usize + (tr + b) * o..][..o];
+            task::reward_vjp(
+                p.task,
+                s,
+                act,
+                next,
+                Some(task::RewardGrad {
+                    w: c,
+                    obs: gsr,
+                    act: gar,
+                    next: g_next,
+                }),
+            );
+        }
+        let xi = &noise[p.n_xi as usize + tr * d..][..d];
+        let lv = &tape[p.t_logvar as usize + tr * d..][..d];
+        let mut put = |j: usize, g: f32| {
+            // A zero upstream gradient stays exactly zero, also where a dead row's
+            // prediction overflowed (0·∞ would be NaN).
+            if g == 0.0 {
+                return;
+            }
+            dm[j] = g;
+            if prob {
+                // ∂(σ·ξ)/∂ log σ² = ½·σ·ξ.
+                d_logvar[i * d + j] = g * 0.5 * (0.5 * lv[j]).exp() * xi[j];
+            }
+        };
+        for (j, g) in g_next.iter().enumerate() {
+            put(j, *g);
+        }
+        if learned {
+            put(o, g_r);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,7 +3,7 @@
 //! the critics' TD-target gradient, the actor's min-Q gradient with the temperature's, and
 //! Polyak averaging. The per-row arithmetic is `policy::sac`'s own (`squash_row`), so the
 //! device path and the CPU agent share one definition.
-use crate::backend::{sac_stats, SacParams};
+use crate::backend::{path_report, sac_stats, PathParams, SacParams};
 use crate::policy::sac::{squash_row, Squash};
 
 fn squash_of(p: &SacParams, sb: &[f32]) -> Squash<f32> {
@@ -189,4 +189,220 @@ pub fn minibatch(
 pub fn polyak(p: &SacParams, target: &mut [f32], online: &[f32]) {
     let n = p.len as usize;
     crate::policy::sac::polyak(&mut target[..n], &online[..n], p.tau);
+}
+
+// ---- The path gradient's policy stages (`policy::path::path_loss` split at the dense
+// products; see `PathParams` for the buffers) --------------------------------------------
+
+/// A slot of an inverse table that holds no row.
+pub const EMPTY_SLOT: u32 = u32::MAX;
+
+fn path_squash_of(p: &PathParams, tape: &[f32]) -> Squash<f32> {
+    let (a, at) = (p.act_dim as usize, p.t_squash as usize);
+    Squash {
+        scale: tape[at..at + a].to_vec(),
+        bias: tape[at + a..at + 2 * a].to_vec(),
+    }
+}
+
+/// See [`crate::backend::Backend::path_squash`].
+pub fn path_squash(
+    p: &PathParams,
+    head: &[f32],
+    obs: &[f32],
+    noise: &[f32],
+    tape: &mut [f32],
+    x: &mut [f32],
+) {
+    let (b, o, a, t) = (
+        p.rows as usize,
+        p.obs_dim as usize,
+        p.act_dim as usize,
+        p.t as usize,
+    );
+    let sq = path_squash_of(p, tape);
+    let s0 = p.t_states as usize + t * b * o;
+    if t == 0 {
+        tape[s0..s0 + b * o].copy_from_slice(&obs[..b * o]);
+        tape[p.t_alive as usize..][..b].fill(1.0);
+    }
+    let mut act = vec![0.0f32; a];
+    for r in 0..b {
+        let hd = &head[r * 2 * a..(r + 1) * 2 * a];
+        let eps = &noise[p.n_eps as usize + (t * b + r) * a..][..a];
+        let logp = squash_row(hd, eps, &sq, &mut act, None);
+        tape[p.t_heads as usize + (t * b + r) * 2 * a..][..2 * a].copy_from_slice(hd);
+        tape[p.t_act as usize + (t * b + r) * a..][..a].copy_from_slice(&act);
+        tape[p.t_logp as usize + t * b + r] = logp;
+    }
+    let w = o + a;
+    let row = |tape: &[f32], r: usize, dst: &mut [f32]| {
+        dst[..o].copy_from_slice(&tape[s0 + r * o..][..o]);
+        dst[o..].copy_from_slice(&tape[p.t_act as usize + (t * b + r) * a..][..a]);
+    };
+    if t < p.horizon as usize {
+        let table = &noise[p.n_rowof as usize + t * p.grouped as usize..];
+        for i in 0..(p.members * p.per) as usize {
+            let dst = &mut x[i * w..(i + 1) * w];
+            match table[i].to_bits() {
+                EMPTY_SLOT => dst.fill(0.0),
+                r => row(tape, r as usize, dst),
+            }
+        }
+    } else {
+        for r in 0..b {
+            for m in 0..2 {
+                row(tape, r, &mut x[(m * b + r) * w..(m * b + r + 1) * w]);
+            }
+        }
+    }
+}
+
+/// See [`crate::backend::Backend::path_terminal`]; the sums of `path_loss` in its order.
+pub fn path_terminal(
+    p: &PathParams,
+    q: &[f32],
+    log_alpha: f32,
+    tape: &mut [f32],
+    dq: &mut [f32],
+    alpha_grad: &mut [f32],
+    report: &mut [f32],
+) {
+    let (b, h) = (p.rows as usize, p.horizon as usize);
+    let alpha = log_alpha.exp();
+    let flag = |tape: &[f32], at: u32, i: usize| tape[at as usize + i] != 0.0;
+    let (mut j, mut r_sum, mut r_n) = (0.0f32, 0.0f32, 0usize);
+    let mut disc = 1.0f32;
+    for t in 0..h {
+        for r in 0..b {
+            if !flag(tape, p.t_alive, t * b + r) {
+                continue;
+            }
+            j -= disc * alpha * tape[p.t_logp as usize + t * b + r];
+            if flag(tape, p.t_counted, t * b + r) {
+                let rew = tape[p.t_reward as usize + t * b + r];
+                j += disc * rew;
+                r_sum += rew;
+                r_n += 1;
+            }
+        }
+        disc *= p.gamma;
+    }
+    let c_end = p.w * disc;
+    let mut alive = 0usize;
+    for r in 0..b {
+        let live = flag(tape, p.t_alive, h * b + r);
+        alive += usize::from(live);
+        if p.terminal_value == 0 {
+            continue;
+        }
+        let (q1, q2) = (q[r], q[b + r]);
+        if live {
+            j += disc * (q1.min(q2) - alpha * tape[p.t_logp as usize + h * b + r]);
+        }
+        let c = if live { c_end } else { 0.0 };
+        (dq[r], dq[b + r]) = if q1 < q2 {
+            (c, 0.0)
+        } else if q2 < q1 {
+            (0.0, c)
+        } else {
+            (c * 0.5, c * 0.5)
+        };
+    }
+    let inv_b = 1.0 / b as f32;
+    let logp_mean = tape[p.t_logp as usize..][..b].iter().sum::<f32>() / b as f32;
+    report[path_report::LOSS] = -j * inv_b;
+    report[path_report::LOGP_MEAN] = logp_mean;
+    report[path_report::REWARD_MEAN] = if r_n > 0 { r_sum / r_n as f32 } else { 0.0 };
+    report[path_report::ALIVE] = alive as f32 * inv_b;
+    alpha_grad[0] = -(logp_mean + p.target_entropy);
+    tape[p.t_alpha as usize] = alpha;
+}
+
+/// See [`crate::backend::Backend::path_actor_back`]; `path_loss`'s `actor_step` before the
+/// actor's VJP.
+#[allow(clippy::too_many_arguments)]
+pub fn path_actor_back(
+    p: &PathParams,
+    noise: &[f32],
+    tape: &[f32],
+    dx: &[f32],
+    back: &mut [f32],
+    d_head: &mut [f32],
+    state: &mut [f32],
+) {
+    let (b, o, a, t) = (
+        p.rows as usize,
+        p.obs_dim as usize,
+        p.act_dim as usize,
+        p.t as usize,
+    );
+    let h = p.horizon as usize;
+    let sq = path_squash_of(p, tape);
+    let alpha = tape[p.t_alpha as usize];
+    let w = o + a;
+    let (mut g_a, mut scratch) = (vec![0.0f32; a], vec![0.0f32; a]);
+    for r in 0..b {
+        let (g_s, rest) = back.split_at_mut(b * o);
+        let (g_sr, g_ar) = rest.split_at(b * o);
+        let gs = &mut g_s[r * o..(r + 1) * o];
+        if t == h {
+            if p.terminal_value != 0 {
+                let (r1, r2) = (&dx[r * w..][..w], &dx[(b + r) * w..][..w]);
+                for jx in 0..o {
+                    gs[jx] = r1[jx] + r2[jx];
+                }
+                for jx in 0..a {
+                    g_a[jx] = r1[o + jx] + r2[o + jx];
+                }
+            } else {
+                gs.fill(0.0);
+                g_a.fill(0.0);
+            }
+        } else {
+            let slot = noise[p.n_slot as usize + t * b + r].to_bits() as usize;
+            let src = &dx[slot * w..][..w];
+            for jx in 0..o {
+                // s_{t+1} = s_t + Δ: the identity path, the model's input gradient, and the
+                // reward's own ∂r/∂s_t.
+                gs[jx] = (gs[jx] + src[jx]) + g_sr[r * o + jx];
+            }
+            for jx in 0..a {
+                g_a[jx] = src[o + jx] + g_ar[r * a + jx];
+            }
+        }
+        let live = tape[p.t_alive as usize + t * b + r] != 0.0;
+        let g_logp = if live && (t < h || p.terminal_value != 0) {
+            -alpha * p.w * p.disc
+        } else {
+            0.0
+        };
+        squash_row(
+            &tape[p.t_heads as usize + (t * b + r) * 2 * a..][..2 * a],
+            &noise[p.n_eps as usize + (t * b + r) * a..][..a],
+            &sq,
+            &mut scratch,
+            Some((&g_a, g_logp, &mut d_head[r * 2 * a..(r + 1) * 2 * a])),
+        );
+        state[r * o..(r + 1) * o]
+            .copy_from_slice(&tape[p.t_states as usize + (t * b + r) * o..][..o]);
+    }
+}
+
+/// See [`crate::backend::Backend::path_accumulate`].
+pub fn path_accumulate(
+    p: &PathParams,
+    g_step: &[f32],
+    ds: &[f32],
+    grad: &mut [f32],
+    back: &mut [f32],
+) {
+    let first = p.t == p.horizon;
+    for (g, d) in grad[..p.len as usize].iter_mut().zip(g_step) {
+        *g = if first { 0.0 } else { *g } + *d;
+    }
+    let n = (p.rows * p.obs_dim) as usize;
+    for (g, d) in back[..n].iter_mut().zip(&ds[..n]) {
+        *g += *d;
+    }
 }
