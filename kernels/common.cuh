@@ -201,6 +201,24 @@ DEVFN float philox_truncated_normal(u32 seed_lo, u32 seed_hi, u32 stream, u32 el
 }
 
 // ---------------------------------------------------------------------------------------
+// The path gradient's stages (sac.cu: path_squash, path_terminal, path_actor_back,
+// path_accumulate; rollout.cu: path_step, path_model_back) share one parameter block.
+// Identical to src/backend/mod.rs `PathParams` (32 words); its documentation lays out the
+// noise, tape and back buffers. The tables hold u32 bits in f32 buffers (AS_U32).
+// ---------------------------------------------------------------------------------------
+typedef struct {
+  u32 rows, obs_dim, act_dim, out_dim;
+  u32 members, per, grouped, t;
+  u32 horizon, task, learn_reward, probabilistic;
+  u32 terminal_value;
+  float gamma, disc, w, target_entropy;
+  u32 len;
+  u32 n_eps, n_xi, n_slot, n_rowof;
+  u32 t_states, t_heads, t_act, t_logp, t_alive, t_counted, t_reward, t_logvar, t_alpha,
+      t_squash;
+} PathParams;
+
+// ---------------------------------------------------------------------------------------
 // Block reductions (blocks of BLOCK_REDUCE_THREADS threads; every thread must call).
 // CUDA: warp shuffles, then one shared slot per warp. Portable: a shared-memory tree.
 // `scratch` holds BLOCK_REDUCE_THREADS floats. The result is returned to every thread.

@@ -17,6 +17,8 @@
 //                   particle left the finite numbers), in particle order like the CPU.
 //   rollout_true    grid ⌈P/128⌉ (blocks of 128): one thread per candidate steps the native
 //                   environment's true dynamics in f64 exactly as src/env does.
+//   branch_route, branch_step   MBPO's branched rollout, one block each (further below).
+//   path_step, path_model_back  the path gradient's model stages (at the end of the file).
 //
 // Environments (src/env/*.rs) are mirrored statement by statement with the same f32/f64 widths;
 // FMUL/DMUL keep CUDA from contracting products into FMAs where the CPU rounds twice.
@@ -732,4 +734,150 @@ KERNEL BOUNDS(256) void branch_step(BranchParams p, GLOBAL const float* route,
     stopped[r] = live ? 0.0f : 1.0f;
   }
   if (t == 255u) count[0] = AS_F32(n);
+}
+
+// ---- The path gradient's model stages (src/backend/cpu/rollout.rs `path_step`,
+// `path_model_back`, the specification; `PathParams` in common.cuh lays out the buffers) --
+//   path_step        grid ⌈B/256⌉, a thread per row: s_{t+1} = s_t + μ + σ·ξ from the row's
+//                    slot, reward, termination and the flags into the tape.
+//   path_model_back  grid ⌈members·per/256⌉, a thread per grouped slot: the model input
+//                    again, the reward's gradient terms and ∂/∂(μ, log σ²).
+// A table entry out of range (a slot ≥ members·per, a row ≥ B) is taken as empty: nothing
+// is read through it (path_step treats the row as stopped). A deterministic model's log σ²
+// buffers are never touched.
+
+// σ·ξ of a path output from its log σ² at `lv` (not read for a deterministic model).
+DEVFN float path_sigma_xi(PathParams p, GLOBAL const float* lv, float xi) {
+  return p.probabilistic != 0u ? FMUL(EXPF(FMUL(0.5f, lv[0])), xi) : 0.0f;
+}
+
+KERNEL BOUNDS(256) void path_step(PathParams p, GLOBAL const float* mean,
+                                  GLOBAL const float* logvar, GLOBAL const float* noise,
+                                  GLOBAL float* tape, GLOBAL float* state) {
+  const u32 r = (u32)GRP_X * 256u + (u32)LID;
+  const u32 b = p.rows;
+  if (r >= b) return;
+  const u32 o = p.obs_dim, a = p.act_dim, d = p.out_dim, tr = p.t * b + r;
+  const u32 slot = AS_U32(noise[p.n_slot + tr]);
+  const int has_slot = slot < p.members * p.per;
+  const u32 i = has_slot ? slot * d : 0u;
+  const int prob = p.probabilistic != 0u;
+  if (prob) {
+    for (u32 j = 0; j < d; ++j) tape[p.t_logvar + tr * d + j] = has_slot ? logvar[i + j] : 0.0f;
+  }
+  GLOBAL const float* s = tape + p.t_states + tr * o;
+  GLOBAL const float* act = tape + p.t_act + tr * a;
+  GLOBAL const float* xi = noise + p.n_xi + tr * d;
+  GLOBAL float* next = tape + p.t_states + (tr + b) * o;
+  float reward = 0.0f;
+  int counted = has_slot && tape[p.t_alive + tr] != 0.0f;
+  int big = 0;
+  float o4[4] = {0.0f, 0.0f, 0.0f, 0.0f}, n4[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+  float a4[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+  if (counted) {
+    int finite = 1;
+    for (u32 j = 0; j < o; ++j) {
+      const float v = (s[j] + mean[i + j]) + path_sigma_xi(p, logvar + i + j, xi[j]);
+      next[j] = v;
+      if (j < 4u) {
+        o4[j] = s[j];
+        n4[j] = v;
+      }
+      finite = finite && finite_f32(v);
+      big = big || (j >= 1u && FABSF(v) >= 100.0f);
+    }
+    for (u32 j = 0; j < a && j < 4u; ++j) a4[j] = act[j];
+    reward = p.learn_reward != 0u ? mean[i + o] + path_sigma_xi(p, logvar + i + o, xi[o])
+                                  : env_reward(p.task, o4, a4, act, (int)a, n4);
+    // Stops here, unrewarded; zeros keep the later passes finite.
+    counted = finite && finite_f32(reward);
+  }
+  const int alive = counted && !env_terminated(p.task, n4, big);
+  if (!counted) {
+    for (u32 j = 0; j < o; ++j) next[j] = 0.0f;
+    reward = 0.0f;
+  }
+  tape[p.t_counted + tr] = counted ? 1.0f : 0.0f;
+  tape[p.t_reward + tr] = reward;
+  tape[p.t_alive + tr + b] = alive ? 1.0f : 0.0f;
+  for (u32 j = 0; j < o; ++j) state[r * o + j] = next[j];
+}
+
+// w·∂r/∂(s, a, s') of the task's reward added into gs, ga and gn (src/env/task.rs
+// reward_vjp; in its order of rounding): the pendulum's θ² + 0.1·θ̇² + 0.001·u², the mountain
+// car's 0.1·a², the half-cheetah's next₀ − 0.1·‖a‖²; no gradient for the others.
+DEVFN void path_reward_vjp(u32 task, GLOBAL const float* s, GLOBAL const float* act, u32 ad,
+                           float w, GLOBAL float* gs, GLOBAL float* ga, GLOBAL float* gn) {
+  if (task == ENV_PENDULUM) {
+    const float x = s[0], y = s[1], td = s[2];
+    const float th = (float)atan2((double)y, (double)x);
+    const float rho2 = FMUL(x, x) + FMUL(y, y);
+    const float g_th = FMUL(FMUL(w, -2.0f), th);
+    gs[0] += FMUL(g_th, -y / rho2);
+    gs[1] += FMUL(g_th, x / rho2);
+    gs[2] += FMUL(FMUL(w, -0.2f), td);
+    const float u = act[0];
+    if (u > -2.0f && u < 2.0f) ga[0] += FMUL(FMUL(w, -0.002f), u);
+  } else if (task == ENV_MOUNTAIN_CAR) {
+    ga[0] += FMUL(FMUL(w, -0.2f), act[0]);
+  } else if (task == TASK_HALF_CHEETAH) {
+    gn[0] += w;
+    for (u32 j = 0; j < ad; ++j) ga[j] += FMUL(FMUL(w, -0.2f), act[j]);
+  }
+}
+
+KERNEL BOUNDS(256) void path_model_back(PathParams p, GLOBAL const float* noise,
+                                        GLOBAL const float* tape, GLOBAL float* back,
+                                        GLOBAL float* xg, GLOBAL float* d_mean,
+                                        GLOBAL float* d_logvar) {
+  const u32 i = (u32)GRP_X * 256u + (u32)LID;
+  if (i >= p.members * p.per) return;
+  const u32 b = p.rows, o = p.obs_dim, a = p.act_dim, d = p.out_dim, din = o + a;
+  const int prob = p.probabilistic != 0u, learned = p.learn_reward != 0u;
+  GLOBAL float* dm = d_mean + i * d;
+  GLOBAL float* dl = d_logvar + i * d;
+  for (u32 j = 0; j < d; ++j) {
+    dm[j] = 0.0f;
+    if (prob) dl[j] = 0.0f;
+  }
+  GLOBAL float* x = xg + i * din;
+  const u32 r = AS_U32(noise[p.n_rowof + p.t * p.grouped + i]);
+  if (r >= b) {
+    for (u32 j = 0; j < din; ++j) x[j] = 0.0f;
+    return;
+  }
+  const u32 tr = p.t * b + r;
+  GLOBAL const float* s = tape + p.t_states + tr * o;
+  GLOBAL const float* act = tape + p.t_act + tr * a;
+  for (u32 j = 0; j < o; ++j) x[j] = s[j];
+  for (u32 j = 0; j < a; ++j) x[o + j] = act[j];
+  const int counted = tape[p.t_counted + tr] != 0.0f;
+  const float c = FMUL(p.w, p.disc);
+  GLOBAL float* g_next = back + r * o;
+  GLOBAL float* gsr = back + b * o + r * o;
+  GLOBAL float* gar = back + 2u * b * o + r * a;
+  for (u32 j = 0; j < o; ++j) gsr[j] = 0.0f;
+  for (u32 j = 0; j < a; ++j) gar[j] = 0.0f;
+  if (!counted) {
+    for (u32 j = 0; j < o; ++j) g_next[j] = 0.0f;
+  } else if (!learned) {
+    path_reward_vjp(p.task, s, act, a, c, gsr, gar, g_next);
+  }
+  GLOBAL const float* xi = noise + p.n_xi + tr * d;
+  GLOBAL const float* lv = tape + p.t_logvar + tr * d;
+  // A zero upstream gradient stays exactly zero, also where a dead row's prediction
+  // overflowed (0·∞ would be NaN).
+  for (u32 j = 0; j <= o; ++j) {
+    float g;
+    if (j < o) {
+      g = g_next[j];
+    } else {
+      if (!learned) break;
+      g = counted ? c : 0.0f;
+    }
+    if (g == 0.0f) continue;
+    dm[j] = g;
+    // ∂(σ·ξ)/∂ log σ² = ½·σ·ξ.
+    if (prob) dl[j] = FMUL(FMUL(FMUL(g, 0.5f), EXPF(FMUL(0.5f, lv[j]))), xi[j]);
+  }
 }

@@ -14,6 +14,8 @@
 //   sac_noise            grid ⌈B·A/256⌉: the update's ε (Philox normals, stream p.stream).
 //   sac_minibatch        grid ⌈B/256⌉: row b from replay slot below(len) of (p.stream, b,
 //                        p.step), unpacked from the ring's [obs, act, r, next_obs, term].
+//   path_squash, path_terminal, path_actor_back, path_accumulate: the path gradient's policy
+//                        stages (MAAC, SVG), listed with their grids at the end of the file.
 // A SAC minibatch is small (B = 256 rows of a few dozen values): these stages are a few
 // microseconds each, next to the network products in ensemble.cu.
 
@@ -45,18 +47,41 @@ typedef struct {
   float det;    // scale·(1 − t²) + TANH_EPS
 } SquashTerms;
 
-DEVFN SquashTerms squash_terms(SacParams p, GLOBAL const float* head, GLOBAL const float* eps,
-                               GLOBAL const float* sb, u32 r, u32 j) {
-  const u32 a = p.act_dim;
+// Action j of one row of a actions: `hd` the row's head [μ, log σ_raw], `eps` its ε.
+DEVFN SquashTerms squash_terms_row(u32 a, GLOBAL const float* hd, GLOBAL const float* eps,
+                                   GLOBAL const float* sb, u32 j) {
   SquashTerms q;
-  q.raw = head[r * 2u * a + a + j];
+  q.raw = hd[a + j];
   q.ls = clamp_f32(q.raw, SAC_LOG_STD_MIN, SAC_LOG_STD_MAX);
   q.sigma = EXPF(q.ls);
-  q.e = eps[r * a + j];
-  q.t = TANHF(head[r * 2u * a + j] + FMUL(q.sigma, q.e));
+  q.e = eps[j];
+  q.t = TANHF(hd[j] + FMUL(q.sigma, q.e));
   q.scale = sb[j];
   q.det = FMUL(q.scale, 1.0f - FMUL(q.t, q.t)) + SAC_TANH_EPS;
   return q;
+}
+
+DEVFN SquashTerms squash_terms(SacParams p, GLOBAL const float* head, GLOBAL const float* eps,
+                               GLOBAL const float* sb, u32 r, u32 j) {
+  const u32 a = p.act_dim;
+  return squash_terms_row(a, head + r * 2u * a, eps + r * a, sb, j);
+}
+
+// log π's term of action j (squash_row's order).
+DEVFN float squash_logp_term(SquashTerms q) {
+  return FMUL(FMUL(-0.5f, q.e), q.e) - q.ls - SAC_HALF_LN_2PI - LOGF(q.det);
+}
+
+// squash_row's backward for action j: writes ∂/∂μ_j and ∂/∂log σ_raw_j of
+// g_a·a_j + g_logp·log π into the row's d_head `dh`.
+DEVFN void squash_back_term(SquashTerms q, float g_a, float g_logp, GLOBAL float* dh, u32 a,
+                            u32 j) {
+  const float omt = 1.0f - FMUL(q.t, q.t);
+  const float du = FMUL(FMUL(g_a, q.scale), omt) +
+                   FMUL(FMUL(FMUL(FMUL(g_logp, 2.0f), q.t), q.scale), omt) / q.det;
+  dh[j] = du;
+  const int inside = q.raw >= SAC_LOG_STD_MIN && q.raw <= SAC_LOG_STD_MAX;
+  dh[a + j] = inside ? FMUL(FMUL(du, q.sigma), q.e) - g_logp : 0.0f;
 }
 
 KERNEL BOUNDS(256) void sac_squash(SacParams p, GLOBAL const float* head,
@@ -85,7 +110,7 @@ KERNEL BOUNDS(256) void sac_squash(SacParams p, GLOBAL const float* head,
     const float act = FMUL(q.scale, q.t) + sb[a + j];
     x[r * w + o + j] = act;
     x[(p.rows + r) * w + o + j] = act;
-    lp += FMUL(FMUL(-0.5f, q.e), q.e) - q.ls - SAC_HALF_LN_2PI - LOGF(q.det);
+    lp += squash_logp_term(q);
   }
   logp[r] = lp;
 }
@@ -161,12 +186,7 @@ KERNEL BOUNDS(256) void sac_squash_backward(SacParams p, GLOBAL const float* hea
   for (u32 j = 0; j < a; ++j) {
     const float g_a = dx[r * w + o + j] + dx[(p.rows + r) * w + o + j];
     const SquashTerms q = squash_terms(p, head, eps, sb, r, j);
-    const float omt = 1.0f - FMUL(q.t, q.t);
-    const float du = FMUL(FMUL(g_a, q.scale), omt) +
-                     FMUL(FMUL(FMUL(FMUL(g_logp, 2.0f), q.t), q.scale), omt) / q.det;
-    d_head[r * 2u * a + j] = du;
-    const int inside = q.raw >= SAC_LOG_STD_MIN && q.raw <= SAC_LOG_STD_MAX;
-    d_head[r * 2u * a + a + j] = inside ? FMUL(FMUL(du, q.sigma), q.e) - g_logp : 0.0f;
+    squash_back_term(q, g_a, g_logp, d_head + r * 2u * a, a, j);
   }
 }
 
@@ -201,4 +221,183 @@ KERNEL BOUNDS(256) void sac_minibatch(SacParams p, GLOBAL const float* ring, GLO
   for (u32 j = 0; j < a; ++j) act[r * a + j] = row[o + j];
   reward[r] = row[o + a];
   mask[r] = 1.0f - row[2u * o + a + 1u];
+}
+
+// ---- The path gradient's policy stages (src/backend/cpu/sac.rs `path_*`, the specification;
+// `PathParams` in common.cuh lays out the noise, tape and back buffers) --------------------
+//   path_squash      t < H: grid ⌈members·per/256⌉, a thread per grouped slot (the row the
+//                    inverse table puts there: its squash into the tape and its model input;
+//                    zeros for an empty slot); t = H: grid ⌈B/256⌉, a thread per row (its
+//                    squash and both critic rows).
+//   path_terminal    one block: J, the report and α's gradient summed with block_sum
+//                    (deterministic), ∂loss/∂Q per row.
+//   path_actor_back  grid ⌈B/256⌉, a thread per row: g_s, g_a and squash_row's backward.
+//   path_accumulate  grid-stride over max(len, B·O).
+// A table entry out of range (a row ≥ B, a slot ≥ members·per) is taken as empty: nothing
+// is read through it.
+
+#define PATH_EMPTY_SLOT 0xffffffffu
+
+// Row r's squashed action and log π at step p.t into the tape (with its head; at t = 0 also
+// s₀ and alive₀).
+DEVFN void path_squash_row(PathParams p, GLOBAL const float* head, GLOBAL const float* obs,
+                           GLOBAL const float* noise, GLOBAL float* tape, u32 r) {
+  const u32 a = p.act_dim, o = p.obs_dim, tr = p.t * p.rows + r;
+  GLOBAL const float* hd = head + r * 2u * a;
+  GLOBAL const float* eps = noise + p.n_eps + tr * a;
+  GLOBAL const float* sb = tape + p.t_squash;
+  GLOBAL float* th = tape + p.t_heads + tr * 2u * a;
+  for (u32 j = 0; j < 2u * a; ++j) th[j] = hd[j];
+  float lp = 0.0f;
+  for (u32 j = 0; j < a; ++j) {
+    const SquashTerms q = squash_terms_row(a, hd, eps, sb, j);
+    tape[p.t_act + tr * a + j] = FMUL(q.scale, q.t) + sb[a + j];
+    lp += squash_logp_term(q);
+  }
+  tape[p.t_logp + tr] = lp;
+  if (p.t == 0u) {
+    for (u32 j = 0; j < o; ++j) tape[p.t_states + r * o + j] = obs[r * o + j];
+    tape[p.t_alive + r] = 1.0f;
+  }
+}
+
+// [s_t, a_t] of row r into row i of x.
+DEVFN void path_input_row(PathParams p, GLOBAL const float* tape, GLOBAL float* x, u32 r,
+                          u32 i) {
+  const u32 a = p.act_dim, o = p.obs_dim, w = o + a, tr = p.t * p.rows + r;
+  for (u32 j = 0; j < o; ++j) x[i * w + j] = tape[p.t_states + tr * o + j];
+  for (u32 j = 0; j < a; ++j) x[i * w + o + j] = tape[p.t_act + tr * a + j];
+}
+
+KERNEL BOUNDS(256) void path_squash(PathParams p, GLOBAL const float* head,
+                                    GLOBAL const float* obs, GLOBAL const float* noise,
+                                    GLOBAL float* tape, GLOBAL float* x) {
+  const u32 i = (u32)GRP_X * 256u + (u32)LID;
+  if (p.t < p.horizon) {
+    if (i >= p.members * p.per) return;
+    const u32 r = AS_U32(noise[p.n_rowof + p.t * p.grouped + i]);
+    if (r >= p.rows) {
+      const u32 w = p.obs_dim + p.act_dim;
+      for (u32 j = 0; j < w; ++j) x[i * w + j] = 0.0f;
+      return;
+    }
+    path_squash_row(p, head, obs, noise, tape, r);
+    path_input_row(p, tape, x, r, i);
+  } else {
+    if (i >= p.rows) return;
+    path_squash_row(p, head, obs, noise, tape, i);
+    path_input_row(p, tape, x, i, i);
+    path_input_row(p, tape, x, i, p.rows + i);
+  }
+}
+
+KERNEL BOUNDS(256) void path_terminal(PathParams p, GLOBAL const float* q,
+                                      GLOBAL const float* log_alpha, GLOBAL float* tape,
+                                      GLOBAL float* dq, GLOBAL float* alpha_grad,
+                                      GLOBAL float* report) {
+  SHARED float red[BLOCK_REDUCE_THREADS];
+  const u32 b = p.rows, h = p.horizon;
+  const float alpha = EXPF(log_alpha[0]);
+  float disc_h = 1.0f;
+  for (u32 t = 0; t < h; ++t) disc_h = FMUL(disc_h, p.gamma);
+  const float c_end = FMUL(p.w, disc_h);
+  float j = 0.0f, r_sum = 0.0f, r_n = 0.0f, n_alive = 0.0f, lp_sum = 0.0f;
+  for (u32 r = (u32)LID; r < b; r += 256u) {
+    float disc = 1.0f;
+    for (u32 t = 0; t < h; ++t) {
+      const u32 tr = t * b + r;
+      if (tape[p.t_alive + tr] != 0.0f) {
+        j -= FMUL(FMUL(disc, alpha), tape[p.t_logp + tr]);
+        if (tape[p.t_counted + tr] != 0.0f) {
+          const float rew = tape[p.t_reward + tr];
+          j += FMUL(disc, rew);
+          r_sum += rew;
+          r_n += 1.0f;
+        }
+      }
+      disc = FMUL(disc, p.gamma);
+    }
+    const int live = tape[p.t_alive + h * b + r] != 0.0f;
+    n_alive += live ? 1.0f : 0.0f;
+    lp_sum += tape[p.t_logp + r];
+    if (p.terminal_value != 0u) {
+      const float q1 = q[r], q2 = q[b + r];
+      if (live) j += FMUL(disc, min_f32(q1, q2) - FMUL(alpha, tape[p.t_logp + h * b + r]));
+      const float c = live ? c_end : 0.0f;
+      dq[r] = q1 < q2 ? c : (q2 < q1 ? 0.0f : FMUL(c, 0.5f));
+      dq[b + r] = q2 < q1 ? c : (q1 < q2 ? 0.0f : FMUL(c, 0.5f));
+    }
+  }
+  j = block_sum(j, red);
+  r_sum = block_sum(r_sum, red);
+  r_n = block_sum(r_n, red);
+  n_alive = block_sum(n_alive, red);
+  lp_sum = block_sum(lp_sum, red);
+  if (LID == 0) {
+    const float inv_b = 1.0f / (float)b;
+    const float lp_mean = lp_sum / (float)b;
+    report[0] = FMUL(-j, inv_b);
+    report[1] = lp_mean;
+    report[2] = r_n > 0.0f ? r_sum / r_n : 0.0f;
+    report[3] = FMUL(n_alive, inv_b);
+    alpha_grad[0] = -(lp_mean + p.target_entropy);
+    tape[p.t_alpha] = alpha;
+  }
+}
+
+KERNEL BOUNDS(256) void path_actor_back(PathParams p, GLOBAL const float* noise,
+                                        GLOBAL const float* tape, GLOBAL const float* dx,
+                                        GLOBAL float* back, GLOBAL float* d_head,
+                                        GLOBAL float* state) {
+  const u32 r = (u32)GRP_X * 256u + (u32)LID;
+  const u32 b = p.rows;
+  if (r >= b) return;
+  const u32 o = p.obs_dim, a = p.act_dim, w = o + a, t = p.t, tr = t * b + r;
+  const int last = t >= p.horizon, value = p.terminal_value != 0u;
+  GLOBAL float* gs = back + r * o;
+  GLOBAL const float* g_sr = back + b * o + r * o;
+  GLOBAL const float* g_ar = back + 2u * b * o + r * a;
+  // The model's input gradient at the row's slot (t < H), or the critics' rows (t = H).
+  u32 slot = PATH_EMPTY_SLOT;
+  if (!last) slot = AS_U32(noise[p.n_slot + tr]);
+  const int has_slot = !last && slot < p.members * p.per;
+  for (u32 j = 0; j < o; ++j) {
+    if (last) {
+      gs[j] = value ? dx[r * w + j] + dx[(b + r) * w + j] : 0.0f;
+    } else {
+      // s_{t+1} = s_t + Δ: the identity path, the model's input gradient, and the reward's
+      // own ∂r/∂s_t.
+      const float src = has_slot ? dx[slot * w + j] : 0.0f;
+      gs[j] = (gs[j] + src) + g_sr[j];
+    }
+  }
+  const float alpha = tape[p.t_alpha];
+  const int live = tape[p.t_alive + tr] != 0.0f;
+  const float g_logp = live && (!last || value) ? FMUL(FMUL(-alpha, p.w), p.disc) : 0.0f;
+  GLOBAL const float* hd = tape + p.t_heads + tr * 2u * a;
+  GLOBAL const float* eps = noise + p.n_eps + tr * a;
+  GLOBAL const float* sb = tape + p.t_squash;
+  for (u32 j = 0; j < a; ++j) {
+    float g_a;
+    if (last) {
+      g_a = value ? dx[r * w + o + j] + dx[(b + r) * w + o + j] : 0.0f;
+    } else {
+      g_a = (has_slot ? dx[slot * w + o + j] : 0.0f) + g_ar[j];
+    }
+    const SquashTerms q = squash_terms_row(a, hd, eps, sb, j);
+    squash_back_term(q, g_a, g_logp, d_head + r * 2u * a, a, j);
+  }
+  for (u32 j = 0; j < o; ++j) state[r * o + j] = tape[p.t_states + tr * o + j];
+}
+
+KERNEL BOUNDS(256) void path_accumulate(PathParams p, GLOBAL const float* g_step,
+                                        GLOBAL const float* ds, GLOBAL float* grad,
+                                        GLOBAL float* back) {
+  const u32 n = p.rows * p.obs_dim, m = p.len > n ? p.len : n;
+  const int first = p.t == p.horizon;
+  const u32 stride = 256u * (u32)NGRP_X;
+  for (u32 i = (u32)GRP_X * 256u + (u32)LID; i < m; i += stride) {
+    if (i < p.len) grad[i] = (first ? 0.0f : grad[i]) + g_step[i];
+    if (i < n) back[i] += ds[i];
+  }
 }

@@ -781,3 +781,268 @@ fn branch_step(@builtin(local_invocation_index) t: u32) {
         br_count[0] = bitcast<f32>(n);
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// The path gradient's model stages (path_step, path_model_back of
+// src/backend/cpu/rollout.rs; see `PathParams` in src/backend/mod.rs for the noise, tape and
+// back buffers): path_step one thread per row, path_model_back one per grouped slot.
+// Member tables hold u32 bits; a slot or row out of range is treated as empty. The rewards
+// and their gradients are env::task::reward_vjp's (checked on the host: a task without one
+// learns its reward).
+// ---------------------------------------------------------------------------------------
+
+// Identical to src/backend/mod.rs `PathParams`.
+struct PathParams {
+    rows: u32,
+    obs_dim: u32,
+    act_dim: u32,
+    out_dim: u32,
+    members: u32,
+    per: u32,
+    grouped: u32,
+    t: u32,
+    horizon: u32,
+    task: u32,
+    learn_reward: u32,
+    probabilistic: u32,
+    terminal_value: u32,
+    gamma: f32,
+    disc: f32,
+    w: f32,
+    target_entropy: f32,
+    len: u32,
+    n_eps: u32,
+    n_xi: u32,
+    n_slot: u32,
+    n_rowof: u32,
+    t_states: u32,
+    t_heads: u32,
+    t_act: u32,
+    t_logp: u32,
+    t_alive: u32,
+    t_counted: u32,
+    t_reward: u32,
+    t_logvar: u32,
+    t_alpha: u32,
+    t_squash: u32,
+}
+
+@group(0) @binding(2) var<uniform> pp: PathParams;
+
+@group(1) @binding(24) var<storage, read> pst_mean: array<f32>;
+@group(1) @binding(25) var<storage, read> pst_logvar: array<f32>;
+@group(1) @binding(26) var<storage, read> pth_noise: array<f32>;
+@group(1) @binding(27) var<storage, read_write> pst_tape: array<f32>;
+@group(1) @binding(28) var<storage, read_write> pst_state: array<f32>;
+
+@group(1) @binding(29) var<storage, read> pmb_tape: array<f32>;
+@group(1) @binding(30) var<storage, read_write> pmb_back: array<f32>;
+@group(1) @binding(31) var<storage, read_write> pmb_xg: array<f32>;
+@group(1) @binding(32) var<storage, read_write> pmb_dmean: array<f32>;
+@group(1) @binding(33) var<storage, read_write> pmb_dlogvar: array<f32>;
+
+const TASK_MOUNTAIN_CAR: u32 = 2u;
+
+// σ·ξ of output j at slot offset i (0 for a deterministic model, whose log-variance buffer
+// is never read).
+fn pst_sigma_xi(i: u32, j: u32, tr: u32) -> f32 {
+    if (pp.probabilistic == 0u) {
+        return 0.0;
+    }
+    return exp_f(0.5 * pst_logvar[i + j]) * pth_noise[pp.n_xi + tr * pp.out_dim + j];
+}
+
+// reward_vjp's reward of (s, a at tape offset abase, next): `s` and `nx` hold the first four
+// components.
+fn path_reward(code: u32, s: vec4<f32>, abase: u32, ad: u32, nx: vec4<f32>) -> f32 {
+    switch code {
+        case ENV_CARTPOLE, ENV_PENDULUM, TASK_MOUNTAIN_CAR: {
+            return env_reward(code, s, pst_tape[abase], nx);
+        }
+        case TASK_HALF_CHEETAH: {
+            var sq = 0.0;
+            for (var i = 0u; i < ad; i++) {
+                let a = pst_tape[abase + i];
+                sq = sq + a * a;
+            }
+            return nx.x - 0.1 * sq;
+        }
+        case TASK_INVERTED_PENDULUM: {
+            return select(0.0, 1.0, abs(nx.y) <= 0.2);
+        }
+        default: {
+            return bitcast<f32>(0x7fc00000u);
+        }
+    }
+}
+
+// Per row alive at t: s_{t+1} = s_t + μ + σ·ξ_t at its slot, its reward and flags; a dead
+// row, or one whose next state or reward is not finite, gets zeros and both flags 0.
+@compute @workgroup_size(256)
+fn path_step(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+             @builtin(local_invocation_index) li: u32) {
+    let r = flat_index(wg, nwg, li);
+    let b = pp.rows;
+    if (r >= b) {
+        return;
+    }
+    let o = pp.obs_dim;
+    let a = pp.act_dim;
+    let d = pp.out_dim;
+    let tr = pp.t * b + r;
+    let slot = bitcast<u32>(pth_noise[pp.n_slot + tr]);
+    let has_slot = slot < pp.members * pp.per;
+    let i = slot * d;
+    if (has_slot && pp.probabilistic != 0u) {
+        for (var j = 0u; j < d; j++) {
+            pst_tape[pp.t_logvar + tr * d + j] = pst_logvar[i + j];
+        }
+    }
+    let s_at = pp.t_states + tr * o;
+    let n_at = pp.t_states + (tr + b) * o;
+    var counted = has_slot && pst_tape[pp.t_alive + tr] != 0.0;
+    var reward = 0.0;
+    var s4 = vec4<f32>(0.0);
+    var n4 = vec4<f32>(0.0);
+    var big = false;
+    if (counted) {
+        var finite = true;
+        for (var j = 0u; j < o; j++) {
+            let s = pst_tape[s_at + j];
+            let n = s + pst_mean[i + j] + pst_sigma_xi(i, j, tr);
+            pst_tape[n_at + j] = n;
+            if (j < 4u) {
+                s4[j] = s;
+                n4[j] = n;
+            }
+            finite = finite && is_finite_f(n);
+            big = big || (j >= 1u && abs(n) >= 100.0);
+        }
+        if (pp.learn_reward != 0u) {
+            reward = pst_mean[i + o] + pst_sigma_xi(i, o, tr);
+        } else {
+            reward = path_reward(pp.task, s4, pp.t_act + tr * a, a, n4);
+        }
+        // Stops here, unrewarded; zeros keep the later passes finite.
+        counted = finite && is_finite_f(reward);
+    }
+    let alive = counted && !task_terminated(pp.task, n4, big);
+    if (!counted) {
+        reward = 0.0;
+    }
+    for (var j = 0u; j < o; j++) {
+        var n = 0.0;
+        if (counted) {
+            n = pst_tape[n_at + j];
+        }
+        pst_tape[n_at + j] = n;
+        pst_state[r * o + j] = n;
+    }
+    pst_tape[pp.t_counted + tr] = select(0.0, 1.0, counted);
+    pst_tape[pp.t_reward + tr] = reward;
+    pst_tape[pp.t_alive + tr + b] = select(0.0, 1.0, alive);
+}
+
+// d_mean (and d_logvar) at slot i from ∂/∂s_{t+1} (and a learned reward's weight): put
+// leaves a zero upstream gradient's entries at zero (0·∞ would be NaN).
+fn pmb_put(i: u32, j: u32, g: f32, tr: u32) {
+    if (g == 0.0) {
+        return;
+    }
+    let d = pp.out_dim;
+    pmb_dmean[i * d + j] = g;
+    if (pp.probabilistic != 0u) {
+        // ∂(σ·ξ)/∂ log σ² = ½·σ·ξ.
+        let lv = pmb_tape[pp.t_logvar + tr * d + j];
+        pmb_dlogvar[i * d + j] = g * 0.5 * exp_f(0.5 * lv) * pth_noise[pp.n_xi + tr * d + j];
+    }
+}
+
+// Per grouped slot i: [s_t, a_t] of its row again, the reward's gradients of a counted row
+// (env::task::reward_vjp, weighted by w·γ^t) and ∂/∂(μ, log σ²) of the row's step.
+@compute @workgroup_size(256)
+fn path_model_back(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                   @builtin(local_invocation_index) li: u32) {
+    let i = flat_index(wg, nwg, li);
+    if (i >= pp.members * pp.per) {
+        return;
+    }
+    let b = pp.rows;
+    let o = pp.obs_dim;
+    let a = pp.act_dim;
+    let d = pp.out_dim;
+    let din = o + a;
+    for (var j = 0u; j < d; j++) {
+        pmb_dmean[i * d + j] = 0.0;
+        if (pp.probabilistic != 0u) {
+            pmb_dlogvar[i * d + j] = 0.0;
+        }
+    }
+    let r = bitcast<u32>(pth_noise[pp.n_rowof + pp.t * pp.grouped + i]);
+    if (r >= b) {
+        for (var j = 0u; j < din; j++) {
+            pmb_xg[i * din + j] = 0.0;
+        }
+        return;
+    }
+    let tr = pp.t * b + r;
+    let s_at = pp.t_states + tr * o;
+    let a_at = pp.t_act + tr * a;
+    for (var j = 0u; j < o; j++) {
+        pmb_xg[i * din + j] = pmb_tape[s_at + j];
+    }
+    for (var j = 0u; j < a; j++) {
+        pmb_xg[i * din + o + j] = pmb_tape[a_at + j];
+    }
+    let counted = pmb_tape[pp.t_counted + tr] != 0.0;
+    let learned = pp.learn_reward != 0u;
+    let c = pp.w * pp.disc;
+    // back: g_s [B, O] (∂/∂s_{t+1}), the reward's ∂/∂s_t [B, O], its ∂/∂a_t [B, A].
+    let gn = r * o;
+    let gs = b * o + r * o;
+    let ga = 2u * b * o + r * a;
+    for (var j = 0u; j < o; j++) {
+        pmb_back[gs + j] = 0.0;
+        if (!counted) {
+            pmb_back[gn + j] = 0.0;
+        }
+    }
+    for (var j = 0u; j < a; j++) {
+        pmb_back[ga + j] = 0.0;
+    }
+    if (counted && !learned) {
+        switch pp.task {
+            case ENV_PENDULUM: {
+                let x = pmb_tape[s_at];
+                let y = pmb_tape[s_at + 1u];
+                let td = pmb_tape[s_at + 2u];
+                let th = atan2_f(y, x);
+                let rho2 = x * x + y * y;
+                // ∂r/∂θ = −2θ.
+                pmb_back[gs] = pmb_back[gs] + c * -2.0 * th * (-y / rho2);
+                pmb_back[gs + 1u] = pmb_back[gs + 1u] + c * -2.0 * th * (x / rho2);
+                pmb_back[gs + 2u] = pmb_back[gs + 2u] + c * -0.2 * td;
+                let a0 = pmb_tape[a_at];
+                if (a0 > -2.0 && a0 < 2.0) {
+                    pmb_back[ga] = pmb_back[ga] + c * -0.002 * a0;
+                }
+            }
+            case TASK_MOUNTAIN_CAR: {
+                pmb_back[ga] = pmb_back[ga] + c * -0.2 * pmb_tape[a_at];
+            }
+            case TASK_HALF_CHEETAH: {
+                pmb_back[gn] = pmb_back[gn] + c;
+                for (var j = 0u; j < a; j++) {
+                    pmb_back[ga + j] = pmb_back[ga + j] + c * -0.2 * pmb_tape[a_at + j];
+                }
+            }
+            default: {}
+        }
+    }
+    for (var j = 0u; j < o; j++) {
+        pmb_put(i, j, pmb_back[gn + j], tr);
+    }
+    if (learned) {
+        pmb_put(i, o, select(0.0, c, counted), tr);
+    }
+}

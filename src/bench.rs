@@ -589,6 +589,86 @@ pub fn policy_benches<B: Backend>(
                 flop / 1e9
             ),
         ));
+        if be.name() != "cpu" {
+            // The same evaluation on the device (`DevicePath`: 9H + 8 launches, the noise
+            // drawn and uploaded per evaluation as MAAC's updates do), timed to completion
+            // by reading the 4-value report back after `n`.
+            use crate::backend::PathShape;
+            use crate::policy::device::BranchModel;
+            use crate::policy::device_path::{DevicePath, PathNets, PathSpec};
+            let unit = |n: usize| {
+                let mut v = vec![0.0f32; n];
+                v.extend(std::iter::repeat_n(1.0f32, n));
+                v
+            };
+            let actor = be.upload(&agent.actor)?;
+            let critic = be.upload(&agent.critic)?;
+            let (norm_obs, norm_critic) = (be.upload(&unit(o))?, be.upload(&unit(o + a))?);
+            let elites = be.upload(&params)?;
+            let norm = be.upload(&model.norm())?;
+            let log_alpha = be.upload(&[0.2f32.ln()])?;
+            let nets = PathNets {
+                nets: &agent.nets,
+                actor: &actor,
+                critic: &critic,
+                norm_obs: &norm_obs,
+                norm_critic: &norm_critic,
+                model: BranchModel {
+                    shape,
+                    params: &elites,
+                    norm: &norm,
+                },
+                log_alpha: &log_alpha,
+            };
+            let ps = PathShape {
+                rows: b,
+                obs_dim: o,
+                act_dim: a,
+                out_dim: shape.out_dim,
+                members: shape.ensemble,
+                horizon: h,
+            };
+            let mut path = DevicePath::new(be, ps, agent.actor.len(), &agent.squash)?;
+            path.set_noise(be, &noise)?;
+            let start = be.upload(&t.obs[..b * o])?;
+            let mut g = be.zeros(agent.actor.len())?;
+            let spec = PathSpec {
+                gamma: cfg.gamma,
+                task: EnvId::Pendulum.code(),
+                learn_reward: true,
+                terminal_value: true,
+                target_entropy: -1.0,
+            };
+            path.run(be, &nets, spec, &start, &mut g)?;
+            be.download(&path.report)?;
+            let (med, min) = time_ms(reps, || {
+                for k in 0..n {
+                    let nz = PathNoise::draw(0, k, h, b, a, shape.out_dim, shape.ensemble);
+                    path.set_noise(be, &nz).expect("sized above");
+                    path.run(be, &nets, spec, &start, &mut g)
+                        .expect("sized above");
+                }
+                be.download(&path.report).expect("device reachable");
+            });
+            let (med, min) = (med / n as f64, min / n as f64);
+            let mut row = result(
+                &format!("maac_path_pendulum_b256_h{h}_{}", be.name()),
+                med,
+                min,
+                reps,
+                flop,
+                0.0,
+                format!(
+                    "the same path gradient on {} ({} launches; its noise drawn on the host \
+                     and uploaded, as each MAAC update does): {:.0} evaluations/s",
+                    be.name(),
+                    9 * h + 8,
+                    1e3 / med
+                ),
+            );
+            row.backend = be.name().into();
+            rows.push(row);
+        }
     }
     // MBPO: the second epoch (200 env steps: one model training with patience 5, 80,000
     // branched rollouts, 4,000 SAC steps) at the mbpo_cartpole values. The first epoch is

@@ -1008,10 +1008,7 @@ pub trait Backend: Send + Sync {
         noise: &Self::Buf,
         tape: &mut Self::Buf,
         x: &mut Self::Buf,
-    ) -> Result<()> {
-        let _ = (p, head, obs, noise, tape, x);
-        Err(self.no_path())
-    }
+    ) -> Result<()>;
 
     /// The path gradient's model step t < H after the elites' forward on the grouped input
     /// (`mean`, `logvar` [members·per, D]): a row alive at t gets s_{t+1} = s_t + μ + σ·ξ_t
@@ -1028,10 +1025,7 @@ pub trait Backend: Send + Sync {
         noise: &Self::Buf,
         tape: &mut Self::Buf,
         state: &mut Self::Buf,
-    ) -> Result<()> {
-        let _ = (p, mean, logvar, noise, tape, state);
-        Err(self.no_path())
-    }
+    ) -> Result<()>;
 
     /// The path objective's close, one pass in row-major order: J summed as
     /// Σ_{t<H} γ^t·(counted·r_t − alive_t·α·log π_t) + γ^H·alive_H·(min Q − α log π_H) (the
@@ -1049,10 +1043,7 @@ pub trait Backend: Send + Sync {
         dq: &mut Self::Buf,
         alpha_grad: &mut Self::Buf,
         report: &mut Self::Buf,
-    ) -> Result<()> {
-        let _ = (p, q, log_alpha, tape, dq, alpha_grad, report);
-        Err(self.no_path())
-    }
+    ) -> Result<()>;
 
     /// The reverse sweep's model stage at t < H, before the elites' VJP: `back`'s g_s holds
     /// ∂loss/∂s_{t+1}. For the row in grouped slot i: `xg` ← [s_t, a_t] again; a counted row
@@ -1070,10 +1061,7 @@ pub trait Backend: Send + Sync {
         xg: &mut Self::Buf,
         d_mean: &mut Self::Buf,
         d_logvar: &mut Self::Buf,
-    ) -> Result<()> {
-        let _ = (p, noise, tape, back, xg, d_mean, d_logvar);
-        Err(self.no_path())
-    }
+    ) -> Result<()>;
 
     /// The reverse sweep's actor stage at t: the gradients on s_t and a_t, from the critics'
     /// input gradient `dx` [2, B, O + A] at t = H (zeros without a terminal value; `dx` is
@@ -1091,10 +1079,7 @@ pub trait Backend: Send + Sync {
         back: &mut Self::Buf,
         d_head: &mut Self::Buf,
         state: &mut Self::Buf,
-    ) -> Result<()> {
-        let _ = (p, noise, tape, dx, back, d_head, state);
-        Err(self.no_path())
-    }
+    ) -> Result<()>;
 
     /// After the actor's VJP at step t: `grad` [len] ← (0 at t = H, else `grad`) + `g_step`,
     /// and g_s += `ds` [B, O].
@@ -1105,19 +1090,7 @@ pub trait Backend: Send + Sync {
         ds: &Self::Buf,
         grad: &mut Self::Buf,
         back: &mut Self::Buf,
-    ) -> Result<()> {
-        let _ = (p, g_step, ds, grad, back);
-        Err(self.no_path())
-    }
-
-    /// The error of a backend without the path stages.
-    fn no_path(&self) -> crate::Error {
-        crate::Error::Unavailable(format!(
-            "path gradients run on the CPU backend only (the {} backend has no path stages \
-             yet)",
-            self.name()
-        ))
-    }
+    ) -> Result<()>;
 
     /// Polyak averaging of `p.len` values: target ← τ·online + (1 − τ)·target.
     fn polyak(&self, p: &SacParams, target: &mut Self::Buf, online: &Self::Buf) -> Result<()>;

@@ -9,7 +9,7 @@
 //! `path_step` (Gaussian next state, reward, termination); at H the actor, `path_squash`, the
 //! critics and `path_terminal` (loss, ∂/∂Q, the temperature's gradient). The reverse sweep
 //! runs the critics' VJP, then per step from H down to 0 (`path_model_back` and the elites'
-//! VJP for t < H) `path_actor_back`, the actor's VJP and `path_accumulate`: 8H + 9 launches
+//! VJP for t < H) `path_actor_back`, the actor's VJP and `path_accumulate`: 9H + 8 launches
 //! with a terminal value, and no transfer but the noise.
 //!
 //! On the CPU backend the result equals `path_loss` with `ModelPath` up to the rounding of

@@ -34,7 +34,7 @@ pub use host::{Arg, DeviceBuf, KernelHost, Launch};
 
 use super::{
     AdamParams, Availability, Backend, BranchParams, EliteParams, EnsembleShape, InitParams,
-    LossConfig, MppiParams, RolloutParams, SacParams, SampleParams, UpdateParams,
+    LossConfig, MppiParams, PathParams, RolloutParams, SacParams, SampleParams, UpdateParams,
 };
 use crate::{Error, Result};
 use std::sync::Mutex;
@@ -697,6 +697,95 @@ impl<H: KernelHost> Backend for CudaBackend<H> {
             b.touch();
         }
         self.minibatch(p, [ring, obs, act, reward, next_obs, mask])
+    }
+
+    fn path_squash(
+        &self,
+        p: &PathParams,
+        head: &Self::Buf,
+        obs: &Self::Buf,
+        noise: &Self::Buf,
+        tape: &mut Self::Buf,
+        x: &mut Self::Buf,
+    ) -> Result<()> {
+        tape.touch();
+        x.touch();
+        self.path_squash_on(p, [head, obs, noise, tape, x])
+    }
+
+    fn path_step(
+        &self,
+        p: &PathParams,
+        mean: &Self::Buf,
+        logvar: &Self::Buf,
+        noise: &Self::Buf,
+        tape: &mut Self::Buf,
+        state: &mut Self::Buf,
+    ) -> Result<()> {
+        tape.touch();
+        state.touch();
+        self.path_step_on(p, [mean, logvar, noise, tape, state])
+    }
+
+    fn path_terminal(
+        &self,
+        p: &PathParams,
+        q: &Self::Buf,
+        log_alpha: &Self::Buf,
+        tape: &mut Self::Buf,
+        dq: &mut Self::Buf,
+        alpha_grad: &mut Self::Buf,
+        report: &mut Self::Buf,
+    ) -> Result<()> {
+        for b in [&mut *tape, &mut *dq, &mut *alpha_grad, &mut *report] {
+            b.touch();
+        }
+        self.path_terminal_on(p, [q, log_alpha, tape, dq, alpha_grad, report])
+    }
+
+    fn path_model_back(
+        &self,
+        p: &PathParams,
+        noise: &Self::Buf,
+        tape: &Self::Buf,
+        back: &mut Self::Buf,
+        xg: &mut Self::Buf,
+        d_mean: &mut Self::Buf,
+        d_logvar: &mut Self::Buf,
+    ) -> Result<()> {
+        for b in [&mut *back, &mut *xg, &mut *d_mean, &mut *d_logvar] {
+            b.touch();
+        }
+        self.path_model_back_on(p, [noise, tape, back, xg, d_mean, d_logvar])
+    }
+
+    fn path_actor_back(
+        &self,
+        p: &PathParams,
+        noise: &Self::Buf,
+        tape: &Self::Buf,
+        dx: &Self::Buf,
+        back: &mut Self::Buf,
+        d_head: &mut Self::Buf,
+        state: &mut Self::Buf,
+    ) -> Result<()> {
+        for b in [&mut *back, &mut *d_head, &mut *state] {
+            b.touch();
+        }
+        self.path_actor_back_on(p, [noise, tape, dx, back, d_head, state])
+    }
+
+    fn path_accumulate(
+        &self,
+        p: &PathParams,
+        g_step: &Self::Buf,
+        ds: &Self::Buf,
+        grad: &mut Self::Buf,
+        back: &mut Self::Buf,
+    ) -> Result<()> {
+        grad.touch();
+        back.touch();
+        self.path_accumulate_on(p, [g_step, ds, grad, back])
     }
 
     fn polyak(&self, p: &SacParams, target: &mut Self::Buf, online: &Self::Buf) -> Result<()> {

@@ -194,6 +194,11 @@ mod tests {
         assert_eq!(std::mem::size_of::<crate::backend::SacParams>(), 48);
         // rollout.cu's BranchParams (16 words).
         assert_eq!(std::mem::size_of::<crate::backend::BranchParams>(), 64);
+        // common.cuh's PathParams (32 words), the largest block a kernel takes by value.
+        assert_eq!(std::mem::size_of::<crate::backend::PathParams>(), 128);
+        assert!(
+            std::mem::size_of::<crate::backend::PathParams>() <= super::super::host::MAX_POD_BYTES
+        );
         assert_eq!(std::mem::size_of::<crate::backend::RolloutParams>(), 112);
         assert!(
             std::mem::size_of::<crate::backend::RolloutParams>()

@@ -270,3 +270,27 @@ impl<H: KernelHost> CudaBackend<H> {
         self.branch_launch("branch_step", p, &all)
     }
 }
+
+/// The path gradient's model stages (`path_step`, `path_model_back`), see
+/// `kernels/rollout.cu`; launched like the policy stages (`sac.rs`).
+impl<H: KernelHost> CudaBackend<H> {
+    pub(super) fn path_step_on(
+        &self,
+        p: &crate::backend::PathParams,
+        all: [&DeviceBuf<H::Mem>; 5],
+    ) -> Result<()> {
+        check::path_step(p, all.map(|b| b.len()))?;
+        let grid = Self::path_row_blocks(p);
+        self.path_launch(KernelFile::Rollout, "path_step", p, grid, &all)
+    }
+
+    pub(super) fn path_model_back_on(
+        &self,
+        p: &crate::backend::PathParams,
+        all: [&DeviceBuf<H::Mem>; 6],
+    ) -> Result<()> {
+        check::path_model_back(p, all.map(|b| b.len()))?;
+        let grid = Self::path_slot_blocks(p);
+        self.path_launch(KernelFile::Rollout, "path_model_back", p, grid, &all)
+    }
+}

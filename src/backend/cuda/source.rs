@@ -83,6 +83,8 @@ impl KernelFile {
                 "rollout_value",
                 "branch_route",
                 "branch_step",
+                "path_step",
+                "path_model_back",
             ],
             KernelFile::Sac => &[
                 "sac_squash",
@@ -92,6 +94,10 @@ impl KernelFile {
                 "polyak",
                 "sac_noise",
                 "sac_minibatch",
+                "path_squash",
+                "path_terminal",
+                "path_actor_back",
+                "path_accumulate",
             ],
         }
     }

@@ -75,8 +75,8 @@ pub(super) struct Spec {
 
 use super::params::*;
 use crate::backend::{
-    AdamParams, BranchParams, EliteParams, InitParams, MppiParams, SacParams, SampleParams,
-    UpdateParams,
+    AdamParams, BranchParams, EliteParams, InitParams, MppiParams, PathParams, SacParams,
+    SampleParams, UpdateParams,
 };
 use std::mem::size_of;
 
@@ -199,6 +199,35 @@ pub(super) const POLYAK: Spec = Spec {
     uniform: (0, size_of::<SacParams>()),
     // target, online
     storage: &[(18, RW), (19, RO)],
+};
+
+pub(super) const PATH_SQUASH: Spec = Spec {
+    module: Module::Sac,
+    entry: "path_squash",
+    uniform: (1, size_of::<PathParams>()),
+    // head, start states, noise, tape, model or critic input
+    storage: &[(28, RO), (29, RO), (30, RO), (31, RW), (32, RW)],
+};
+pub(super) const PATH_TERMINAL: Spec = Spec {
+    module: Module::Sac,
+    entry: "path_terminal",
+    uniform: (1, size_of::<PathParams>()),
+    // Q, log α, tape, dQ, α gradient, report
+    storage: &[(33, RO), (34, RO), (31, RW), (35, RW), (36, RW), (37, RW)],
+};
+pub(super) const PATH_ACTOR_BACK: Spec = Spec {
+    module: Module::Sac,
+    entry: "path_actor_back",
+    uniform: (1, size_of::<PathParams>()),
+    // noise, tape, input gradient, back, d head, states
+    storage: &[(30, RO), (38, RO), (39, RO), (40, RW), (41, RW), (42, RW)],
+};
+pub(super) const PATH_ACCUMULATE: Spec = Spec {
+    module: Module::Sac,
+    entry: "path_accumulate",
+    uniform: (1, size_of::<PathParams>()),
+    // step gradient, state gradient, gradient, back
+    storage: &[(43, RO), (44, RO), (45, RW), (40, RW)],
 };
 
 // optim.wgsl
@@ -358,6 +387,21 @@ pub(super) const BRANCH_STEP: Spec = Spec {
         (21, RW),
         (22, RW),
     ],
+};
+
+pub(super) const PATH_STEP: Spec = Spec {
+    module: Module::Rollout,
+    entry: "path_step",
+    uniform: (2, size_of::<PathParams>()),
+    // mean, logvar, noise, tape, next states
+    storage: &[(24, RO), (25, RO), (26, RO), (27, RW), (28, RW)],
+};
+pub(super) const PATH_MODEL_BACK: Spec = Spec {
+    module: Module::Rollout,
+    entry: "path_model_back",
+    uniform: (2, size_of::<PathParams>()),
+    // noise, tape, back, grouped model input, d mean, d logvar
+    storage: &[(26, RO), (29, RO), (30, RW), (31, RW), (32, RW), (33, RW)],
 };
 
 // rng.wgsl

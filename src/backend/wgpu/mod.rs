@@ -23,7 +23,7 @@ mod sac;
 
 use super::{
     AdamParams, Availability, Backend, BranchParams, EliteParams, EnsembleShape, InitParams,
-    LossConfig, MppiParams, RolloutParams, SacParams, SampleParams, UpdateParams,
+    LossConfig, MppiParams, PathParams, RolloutParams, SacParams, SampleParams, UpdateParams,
 };
 use crate::Result;
 pub use device::{list_adapters, AdapterSummary};
@@ -689,6 +689,84 @@ impl Backend for WgpuBackend {
         mask: &mut WgpuBuf,
     ) -> Result<()> {
         sac::minibatch(self, p, ring, obs, act, reward, next_obs, mask)
+    }
+
+    fn path_squash(
+        &self,
+        p: &PathParams,
+        head: &WgpuBuf,
+        obs: &WgpuBuf,
+        noise: &WgpuBuf,
+        tape: &mut WgpuBuf,
+        x: &mut WgpuBuf,
+    ) -> Result<()> {
+        sac::path_squash(self, p, [head, obs, noise, &*tape, &*x])
+    }
+
+    fn path_step(
+        &self,
+        p: &PathParams,
+        mean: &WgpuBuf,
+        logvar: &WgpuBuf,
+        noise: &WgpuBuf,
+        tape: &mut WgpuBuf,
+        state: &mut WgpuBuf,
+    ) -> Result<()> {
+        rollout::path_step(self, p, [mean, logvar, noise, &*tape, &*state])
+    }
+
+    fn path_terminal(
+        &self,
+        p: &PathParams,
+        q: &WgpuBuf,
+        log_alpha: &WgpuBuf,
+        tape: &mut WgpuBuf,
+        dq: &mut WgpuBuf,
+        alpha_grad: &mut WgpuBuf,
+        report: &mut WgpuBuf,
+    ) -> Result<()> {
+        sac::path_terminal(
+            self,
+            p,
+            [q, log_alpha, &*tape, &*dq, &*alpha_grad, &*report],
+        )
+    }
+
+    fn path_model_back(
+        &self,
+        p: &PathParams,
+        noise: &WgpuBuf,
+        tape: &WgpuBuf,
+        back: &mut WgpuBuf,
+        xg: &mut WgpuBuf,
+        d_mean: &mut WgpuBuf,
+        d_logvar: &mut WgpuBuf,
+    ) -> Result<()> {
+        rollout::path_model_back(self, p, [noise, tape, &*back, &*xg, &*d_mean, &*d_logvar])
+    }
+
+    fn path_actor_back(
+        &self,
+        p: &PathParams,
+        noise: &WgpuBuf,
+        tape: &WgpuBuf,
+        dx: &WgpuBuf,
+        back: &mut WgpuBuf,
+        d_head: &mut WgpuBuf,
+        state: &mut WgpuBuf,
+    ) -> Result<()> {
+        sac::path_actor_back(self, p, [noise, tape, dx, &*back, &*d_head, &*state])
+    }
+
+    fn path_accumulate(
+        &self,
+        p: &PathParams,
+        g_step: &WgpuBuf,
+        ds: &WgpuBuf,
+        grad: &mut WgpuBuf,
+        back: &mut WgpuBuf,
+    ) -> Result<()> {
+        sac::path_accumulate(self, p, [g_step, ds, &*grad, &*back])
     }
 
     fn polyak(&self, p: &SacParams, target: &mut WgpuBuf, online: &WgpuBuf) -> Result<()> {

@@ -9,7 +9,7 @@ use super::ensemble::{gemm_grid, max_width, weights_for_forward, TILE_M};
 use super::params::{epi, GemmParams, RolloutStep};
 use super::{kernels, word, WgpuBackend, WgpuBuf};
 use crate::backend::value::DeviceValue;
-use crate::backend::{check, BranchParams, EnsembleShape, RolloutParams};
+use crate::backend::{check, BranchParams, EnsembleShape, PathParams, RolloutParams};
 use crate::Result;
 
 fn step_block(p: &RolloutParams, t: u32) -> RolloutStep {
@@ -346,4 +346,22 @@ pub(super) fn branch_step(be: &WgpuBackend, p: &BranchParams, all: [&WgpuBuf; 8]
     check::branch_step(p, all.map(|b| b.len))?;
     let bufs = all.map(|b| &b.buf);
     be.dispatch_one(&kernels::BRANCH_STEP, p, &bufs, [1, 1, 1])
+}
+
+/// The path gradient's model step t < H (`path_step` in the shader): one thread per row.
+pub(super) fn path_step(be: &WgpuBackend, p: &PathParams, all: [&WgpuBuf; 5]) -> Result<()> {
+    check::path_step(p, all.map(|b| b.len))?;
+    let n = p.rows as usize;
+    word("path rows", n)?;
+    let grid = be.gpu.grid_1d(n)?;
+    be.dispatch_one(&kernels::PATH_STEP, p, &all.map(|b| &b.buf), grid)
+}
+
+/// The reverse sweep's model stage t < H (`path_model_back`): one thread per grouped slot.
+pub(super) fn path_model_back(be: &WgpuBackend, p: &PathParams, all: [&WgpuBuf; 6]) -> Result<()> {
+    check::path_model_back(p, all.map(|b| b.len))?;
+    let n = p.members as usize * p.per as usize;
+    word("grouped path slots", n)?;
+    let grid = be.gpu.grid_1d(n)?;
+    be.dispatch_one(&kernels::PATH_MODEL_BACK, p, &all.map(|b| &b.buf), grid)
 }

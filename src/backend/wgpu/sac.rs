@@ -2,7 +2,7 @@
 //! `backend/cpu/sac.rs`. Each stage is one dispatch.
 use super::kernels::{self, Spec};
 use super::{word, WgpuBackend, WgpuBuf};
-use crate::backend::{check, SacParams};
+use crate::backend::{check, PathParams, SacParams};
 use crate::Result;
 
 /// Record and run one dispatch of `spec` over `bufs` with grid `grid` (None: ⌈rows/64⌉).
@@ -156,4 +156,50 @@ pub(super) fn polyak(
         &[&target.buf, &online.buf],
         Some(grid),
     )
+}
+
+// ---- The path gradient's policy stages (`cpu/sac.rs`'s `path_*`); the member tables are
+// not checked here (they live on the device): the shaders treat an out-of-range slot or row
+// as empty.
+
+/// One dispatch of a path stage over `n` invocations (256-wide workgroups).
+fn run_path(
+    be: &WgpuBackend,
+    spec: &Spec,
+    p: &PathParams,
+    bufs: &[&wgpu::Buffer],
+    n: usize,
+) -> Result<()> {
+    word("path stage invocations", n)?;
+    let grid = be.gpu.grid_1d(n)?;
+    be.dispatch_one(spec, p, bufs, grid)
+}
+
+pub(super) fn path_squash(be: &WgpuBackend, p: &PathParams, all: [&WgpuBuf; 5]) -> Result<()> {
+    check::path_squash(p, all.map(|b| b.len))?;
+    let slots = if p.t < p.horizon {
+        (p.members * p.per) as usize
+    } else {
+        0
+    };
+    let n = (p.rows as usize).max(slots);
+    run_path(be, &kernels::PATH_SQUASH, p, &all.map(|b| &b.buf), n)
+}
+
+pub(super) fn path_terminal(be: &WgpuBackend, p: &PathParams, all: [&WgpuBuf; 6]) -> Result<()> {
+    check::path_terminal(p, all.map(|b| b.len))?;
+    // One workgroup: the sums over rows and steps meet in a fixed tree (sac.wgsl).
+    be.dispatch_one(&kernels::PATH_TERMINAL, p, &all.map(|b| &b.buf), [1, 1, 1])
+}
+
+pub(super) fn path_actor_back(be: &WgpuBackend, p: &PathParams, all: [&WgpuBuf; 6]) -> Result<()> {
+    check::path_actor_back(p, all.map(|b| b.len))?;
+    let rows = p.rows as usize;
+    run_path(be, &kernels::PATH_ACTOR_BACK, p, &all.map(|b| &b.buf), rows)
+}
+
+pub(super) fn path_accumulate(be: &WgpuBackend, p: &PathParams, all: [&WgpuBuf; 4]) -> Result<()> {
+    check::path_accumulate(p, all.map(|b| b.len))?;
+    let n = (p.len as usize).max(p.rows as usize * p.obs_dim as usize);
+    run_path(be, &kernels::PATH_ACCUMULATE, p, &all.map(|b| &b.buf), n)
 }
