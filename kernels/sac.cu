@@ -294,7 +294,7 @@ KERNEL BOUNDS(256) void path_squash(PathParams p, GLOBAL const float* head,
 KERNEL BOUNDS(256) void path_terminal(PathParams p, GLOBAL const float* q,
                                       GLOBAL const float* log_alpha, GLOBAL float* tape,
                                       GLOBAL float* dq, GLOBAL float* alpha_grad,
-                                      GLOBAL float* report) {
+                                      GLOBAL float* report, GLOBAL float* stats) {
   SHARED float red[BLOCK_REDUCE_THREADS];
   const u32 b = p.rows, h = p.horizon;
   const float alpha = EXPF(log_alpha[0]);
@@ -342,6 +342,12 @@ KERNEL BOUNDS(256) void path_terminal(PathParams p, GLOBAL const float* q,
     report[3] = FMUL(n_alive, inv_b);
     alpha_grad[0] = -(lp_mean + p.target_entropy);
     tape[p.t_alpha] = alpha;
+    // sac_actor_grad's statistics, with the path loss as the actor's.
+    stats[2] += report[0];
+    stats[3] += FMUL(-log_alpha[0], lp_mean + p.target_entropy);
+    stats[4] -= lp_mean;
+    stats[5] += 1.0f;
+    stats[6] += alpha;
   }
 }
 

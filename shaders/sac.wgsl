@@ -535,6 +535,13 @@ fn path_terminal(@builtin(local_invocation_index) li: u32) {
         pq_report[3] = pq_red[768] * inv_b;
         pq_alpha_grad[0] = -(logp_mean + pp.target_entropy);
         pt_tape[pp.t_alpha] = alpha;
+        // sac_actor_grad's statistics, with the path loss as the actor's.
+        let h_bar = pp.target_entropy;
+        cg_stats[2] = cg_stats[2] + pq_report[0];
+        cg_stats[3] = cg_stats[3] + (-pq_log_alpha[0] * (logp_mean + h_bar));
+        cg_stats[4] = cg_stats[4] - logp_mean;
+        cg_stats[5] = cg_stats[5] + 1.0;
+        cg_stats[6] = cg_stats[6] + alpha;
     }
 }
 

@@ -632,6 +632,7 @@ pub fn policy_benches<B: Backend>(
             path.set_noise(be, &noise)?;
             let start = be.upload(&t.obs[..b * o])?;
             let mut g = be.zeros(agent.actor.len())?;
+            let mut stats = be.zeros(crate::backend::sac_stats::LEN)?;
             let spec = PathSpec {
                 gamma: cfg.gamma,
                 task: EnvId::Pendulum.code(),
@@ -639,13 +640,13 @@ pub fn policy_benches<B: Backend>(
                 terminal_value: true,
                 target_entropy: -1.0,
             };
-            path.run(be, &nets, spec, &start, &mut g)?;
+            path.run(be, &nets, spec, &start, &mut g, &mut stats)?;
             be.download(&path.report)?;
             let (med, min) = time_ms(reps, || {
                 for k in 0..n {
                     let nz = PathNoise::draw(0, k, h, b, a, shape.out_dim, shape.ensemble);
                     path.set_noise(be, &nz).expect("sized above");
-                    path.run(be, &nets, spec, &start, &mut g)
+                    path.run(be, &nets, spec, &start, &mut g, &mut stats)
                         .expect("sized above");
                 }
                 be.download(&path.report).expect("device reachable");

@@ -1508,6 +1508,49 @@ fn a_sac_run_on_the_device_should_follow_the_cpu_run() {
 /// `mbpo::run` with its model and SAC steps on the device (two replay mirrors: real and model
 /// data, the model buffer refilled and resized as the rollout length grows from 1 to 3): it
 /// takes the CPU run's updates without a rollback and follows its returns and losses.
+/// MAAC with `--backend wgpu`: SAC's critic steps and the path gradient's actor steps
+/// (`DeviceSac::path_update_from`) on the device, against the CPU specification's run.
+#[test]
+fn a_maac_run_on_the_device_should_take_its_path_steps_there() {
+    let Some(g) = gpu("a_maac_run_on_the_device_should_take_its_path_steps_there") else {
+        return;
+    };
+    use mbrl_gpu::algo::mbpo;
+    let mut c = mbpo_fixture::tiny_mbpo(300);
+    c.maac = Some(mbpo::MaacSettings { horizon: 2 });
+    let (cpu_agent, want) = mbpo::run(&CpuBackend::new(), &c, None, |_| {}).unwrap();
+    let (dev_agent, got) = mbpo::run(g, &c, None, |_| {}).unwrap();
+    assert_eq!(dev_agent.updates, cpu_agent.updates);
+    assert!(dev_agent.is_finite());
+    assert!(
+        want.last().unwrap().updates > 100,
+        "the run must take path steps"
+    );
+    for (g, w) in got.iter().zip(&want) {
+        eprintln!(
+            "{} steps: return {} vs {}, actor loss {} vs {}, critic loss {} vs {}, α {} vs {}",
+            w.env_steps,
+            g.eval_return,
+            w.eval_return,
+            g.actor_loss,
+            w.actor_loss,
+            g.critic_loss,
+            w.critic_loss,
+            g.alpha,
+            w.alpha
+        );
+        assert_eq!(
+            (g.env_steps, g.updates, g.diverged),
+            (w.env_steps, w.updates, 0)
+        );
+        let close = |a: f64, b: f64| (a - b).abs() <= 0.01 * b.abs() + 1e-6;
+        assert!(close(g.eval_return, w.eval_return));
+        assert!(close(g.critic_loss, w.critic_loss));
+        assert!(close(g.actor_loss, w.actor_loss));
+        assert!(close(g.alpha, w.alpha));
+    }
+}
+
 #[test]
 fn an_mbpo_run_on_the_device_should_train_sac_there() {
     let Some(g) = gpu("an_mbpo_run_on_the_device_should_train_sac_there") else {

@@ -807,14 +807,14 @@ pub fn run<B: Backend>(
         c.episodes += 1;
     }
     let mut stats = Stats::default();
-    // MAAC's actor steps are the CPU's path gradients: its agent stays on the host.
-    let mut trainer = match cfg.maac {
-        Some(_) => Trainer::Host,
-        None => Trainer::new(backend, &agent)?,
-    };
-    // MAAC's copy of the elites, refreshed at every model training.
+    let mut trainer = Trainer::new(backend, &agent)?;
+    // MAAC's copy of the elites (the host's, and on a device the device's), refreshed at
+    // every model training.
     let mut path_model =
         (cfg.maac.is_some() && c.trainings > 0).then(|| PathModelView::new(&model));
+    if path_model.is_some() {
+        trainer.set_path_model(&model)?;
+    }
     let mut path_ws = PathWorkspace::default();
     while c.env_steps < cfg.steps {
         let k = cfg.rollout_length(c.epoch);
@@ -873,6 +873,9 @@ pub fn run<B: Backend>(
                 }
                 c.trainings += 1;
                 path_model = cfg.maac.is_some().then(|| PathModelView::new(&model));
+                if path_model.is_some() {
+                    trainer.set_path_model(&model)?;
+                }
             }
             if (c.loop_steps + 1).is_multiple_of(cfg.sac_updates_every_steps) {
                 for _ in 0..cfg.num_sac_updates_per_step {
@@ -884,15 +887,30 @@ pub fn run<B: Backend>(
                     }
                     let (draw, rows) = ((cfg.seed, stream::REPLAY, u), cfg.sac.batch_size);
                     match (&cfg.maac, &path_model) {
-                        (Some(m), Some(view)) => path_update(
-                            &mut agent,
-                            view,
-                            m.horizon,
-                            env_name.task_code(),
-                            &buf.sample(draw.0, draw.1, draw.2, rows),
-                            &mut path_ws,
-                            &mut stats,
-                        )?,
+                        (Some(m), Some(view)) => {
+                            let task = env_name.task_code();
+                            let on_device = trainer.path_update_from(
+                                &mut agent,
+                                usize::from(!real),
+                                buf,
+                                draw,
+                                rows,
+                                m.horizon,
+                                task,
+                                view.learn_reward,
+                            )?;
+                            if !on_device {
+                                path_update(
+                                    &mut agent,
+                                    view,
+                                    m.horizon,
+                                    task,
+                                    &buf.sample(draw.0, draw.1, draw.2, rows),
+                                    &mut path_ws,
+                                    &mut stats,
+                                )?;
+                            }
+                        }
                         // Before the first model exists: SAC's gradient (H = 0).
                         _ => trainer.update_from(
                             &mut agent,

@@ -10,6 +10,7 @@ use crate::backend::{Backend, Precision};
 use crate::env::Env;
 use crate::io::run::{RunDir, MANIFEST, STATE_DIR};
 use crate::policy::device::{BranchModel, BranchSpec, DeviceReplay, DeviceSac, DeviceStats};
+use crate::policy::device_path::DevicePath;
 use crate::policy::sac::UpdateStats;
 use crate::policy::{Replay, Sac};
 use crate::{invalid, io, Error, Result};
@@ -177,7 +178,18 @@ pub(crate) enum Trainer<'b, B: Backend> {
         rings: Vec<DeviceReplay<B::Buf>>,
         /// Consecutive syncs that rolled back.
         rollbacks: u32,
+        /// MAAC: the elites as of the last model training, and the path buffers.
+        elites: Option<Box<DeviceElites<B::Buf>>>,
+        path: Option<Box<DevicePath<B::Buf>>>,
     },
+}
+
+/// The elite members on the device (`mbpo::elite_view`'s parameters, the inputs'
+/// normalisation [mean, std]).
+pub(crate) struct DeviceElites<Buf> {
+    shape: crate::backend::EnsembleShape,
+    params: Buf,
+    norm: Buf,
 }
 
 impl<'b, B: Backend> Trainer<'b, B> {
@@ -189,7 +201,75 @@ impl<'b, B: Backend> Trainer<'b, B> {
             sac: Box::new(DeviceSac::new(be, agent)?),
             rings: vec![],
             rollbacks: 0,
+            elites: None,
+            path: None,
         })
+    }
+
+    /// MAAC: the elites of `model` (just trained) to the device for the path updates; a
+    /// no-op on the host, whose path updates read the model there.
+    pub fn set_path_model(&mut self, model: &crate::model::Ensemble) -> Result<()> {
+        let Trainer::Device { sac, elites, .. } = self else {
+            return Ok(());
+        };
+        let be = sac.backend();
+        let (shape, params) = super::mbpo::elite_view(model);
+        *elites = Some(Box::new(DeviceElites {
+            shape,
+            params: be.upload(&params)?,
+            norm: be.upload(&model.norm())?,
+        }));
+        Ok(())
+    }
+
+    /// MAAC's gradient step on the device ([`DeviceSac::path_update_from`]) on the minibatch
+    /// `replay.sample(seed, stream, step, rows)` through the elites last set; false on the
+    /// host (or before a model exists), where the caller runs the CPU specification.
+    #[allow(clippy::too_many_arguments)]
+    pub fn path_update_from(
+        &mut self,
+        agent: &mut Sac,
+        ring: usize,
+        replay: &Replay,
+        draw: (u64, u32, u32),
+        rows: usize,
+        horizon: usize,
+        task: u32,
+        learn_reward: bool,
+    ) -> Result<bool> {
+        let Trainer::Device {
+            sac,
+            rings,
+            elites: Some(el),
+            path,
+            ..
+        } = self
+        else {
+            return Ok(false);
+        };
+        let be = sac.backend();
+        while rings.len() <= ring {
+            rings.push(DeviceReplay::empty(be)?);
+        }
+        rings[ring].sync(be, replay)?;
+        let fits = path.as_ref().is_some_and(|p| {
+            let s = p.shape();
+            (s.rows, s.members, s.out_dim, s.horizon)
+                == (rows, el.shape.ensemble, el.shape.out_dim, horizon)
+        });
+        if !fits {
+            let made = sac.path_buffers(rows, el.shape.ensemble, el.shape.out_dim, horizon)?;
+            *path = Some(Box::new(made));
+        }
+        let model = BranchModel {
+            shape: el.shape,
+            params: &el.params,
+            norm: &el.norm,
+        };
+        let path = path.as_mut().expect("made above");
+        sac.path_update_from(&rings[ring], draw, rows, path, &model, task, learn_reward)?;
+        agent.updates = sac.updates;
+        Ok(true)
     }
 
     /// One gradient step on the minibatch `replay.sample(seed, stream, step, rows)`; on a

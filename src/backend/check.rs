@@ -733,8 +733,8 @@ pub fn path_step(p: &PathParams, lens: [usize; 5]) -> Result<()> {
     need("next states", lens[4], b * o)
 }
 
-/// Lengths of `path_terminal`'s buffers: q, log_alpha, tape, dq, alpha_grad, report.
-pub fn path_terminal(p: &PathParams, lens: [usize; 6]) -> Result<()> {
+/// Lengths of `path_terminal`'s buffers: q, log_alpha, tape, dq, alpha_grad, report, stats.
+pub fn path_terminal(p: &PathParams, lens: [usize; 7]) -> Result<()> {
     let (b, ..) = path_sizes(p)?;
     if p.terminal_value != 0 {
         need("Q", lens[0], 2 * b)?;
@@ -743,7 +743,8 @@ pub fn path_terminal(p: &PathParams, lens: [usize; 6]) -> Result<()> {
     need("log α", lens[1], 1)?;
     need("path tape", lens[2], p.tape_len())?;
     need("α gradient", lens[4], 1)?;
-    need("path report", lens[5], super::path_report::LEN)
+    need("path report", lens[5], super::path_report::LEN)?;
+    need("stats", lens[6], sac_stats::LEN)
 }
 
 /// Lengths of `path_model_back`'s buffers: noise, tape, back, xg, d_mean, d_logvar.

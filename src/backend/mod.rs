@@ -1032,7 +1032,9 @@ pub trait Backend: Send + Sync {
     /// last term with `p.terminal_value`, from the critics' `q` [2, B]); `report`
     /// ([`path_report`]) ← loss, mean log π₀, mean counted reward, alive share; `dq` [2, B]
     /// ← ∂loss/∂Q on the smaller critic (half each on a tie), `alpha_grad` [1] ←
-    /// −(mean log π₀ + H̄); α = exp(log α) into the tape for the backward.
+    /// −(mean log π₀ + H̄); α = exp(log α) into the tape for the backward. Like
+    /// `sac_actor_grad`, it adds the actor loss (the path loss), the temperature loss, the
+    /// entropy estimate (−mean log π₀), α and one update to `stats` ([`sac_stats`]).
     #[allow(clippy::too_many_arguments)]
     fn path_terminal(
         &self,
@@ -1043,6 +1045,7 @@ pub trait Backend: Send + Sync {
         dq: &mut Self::Buf,
         alpha_grad: &mut Self::Buf,
         report: &mut Self::Buf,
+        stats: &mut Self::Buf,
     ) -> Result<()>;
 
     /// The reverse sweep's model stage at t < H, before the elites' VJP: `back`'s g_s holds

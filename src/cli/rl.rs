@@ -308,8 +308,8 @@ fn row_line(r: &Row) -> String {
 /// user choosing a GPU knows where the time goes.
 fn host_steps_note(what: &str, model_work: &str, backend: &str) -> String {
     format!(
-        "note: {what} (backpropagation through model paths) run on the CPU: the path gradient \
-         is not a device operation yet; the model's {model_work} run on {backend}"
+        "note: {what} (backpropagation through model paths) run on the CPU: SVG(∞) does not \
+         use the device path gradient yet; the model's {model_work} run on {backend}"
     )
 }
 
@@ -454,12 +454,6 @@ fn run_model_based(a: MbpoArgs, maac: bool) -> Result<()> {
         dir.path().display()
     );
     let be = be.expect("resolved unless printing the configuration");
-    if cfg.maac.is_some() && be.name() != "cpu" {
-        note!(
-            "{}",
-            host_steps_note("MAAC's gradient steps", "training and rollouts", be.name())
-        );
-    }
     let pb = bar(cfg.steps);
     let (_, rows) = with_backend!(&be, |b| mbpo::run(b, &cfg, Some(&dir), progress(&pb, &dir)))?;
     finish(&pb, &rows, &dir)

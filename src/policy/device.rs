@@ -10,8 +10,10 @@
 //! A diverged update cannot be refused one at a time without reading every gradient back;
 //! instead [`DeviceSac::sync`] checks the whole agent and, if anything is non-finite, leaves
 //! the host agent at its last good values and resets the device copy to them.
+use super::device_path::{DevicePath, PathNets, PathSpec};
+use super::path::PathNoise;
 use super::sac::{Batch, Nets, Sac};
-use crate::backend::{sac_stats, AdamParams, Backend, Precision, SacParams};
+use crate::backend::{sac_stats, AdamParams, Backend, PathShape, Precision, SacParams};
 use crate::policy::Replay;
 use crate::rng::stream;
 use crate::{Error, Result};
@@ -428,6 +430,116 @@ impl<'b, B: Backend> DeviceSac<'b, B> {
         self.step(rows)
     }
 
+    /// MAAC's gradient step on the device (`algo::mbpo`'s `path_update`, the CPU
+    /// specification): the minibatch `Replay::sample(seed, stream, step, rows)` drawn on the
+    /// device from `ring`, SAC's critic step on it, then the actor's step on the path
+    /// objective of `path`'s horizon through the elites `model`, started at the minibatch's
+    /// states with the noise `PathNoise::draw(seed, updates, …)` (the only upload), and the
+    /// temperature's step on that path's log π₀.
+    #[allow(clippy::too_many_arguments)]
+    pub fn path_update_from(
+        &mut self,
+        ring: &DeviceReplay<B::Buf>,
+        (seed, stream, step): (u64, u32, u32),
+        rows: usize,
+        path: &mut DevicePath<B::Buf>,
+        model: &BranchModel<'_, B::Buf>,
+        task: u32,
+        learn_reward: bool,
+    ) -> Result<()> {
+        let shape = path.shape();
+        if rows == 0 || ring.len == 0 || shape.rows != rows {
+            return Err(crate::invalid!(
+                "a path update needs transitions and path buffers for its {rows} rows (asked \
+                 for {rows} of {}, buffers for {})",
+                ring.len,
+                shape.rows
+            ));
+        }
+        self.scratch(rows)?;
+        let p = SacParams {
+            len: ring.len as u32,
+            seed_lo: seed as u32,
+            seed_hi: (seed >> 32) as u32,
+            stream,
+            step,
+            ..self.params(rows)
+        };
+        let be = self.be;
+        self.scratch
+            .as_mut()
+            .expect("sized above")
+            .batch
+            .draw(be, &p, &ring.ring)?;
+        let sampled = self.critic_step(rows)?;
+        let noise = PathNoise::draw(
+            self.seed,
+            self.updates as u32,
+            shape.horizon,
+            rows,
+            shape.act_dim,
+            shape.out_dim,
+            shape.members,
+        );
+        path.set_noise(be, &noise)?;
+        let s = self.scratch.as_ref().expect("sized above");
+        let nets = PathNets {
+            nets: &self.nets,
+            actor: &self.actor,
+            critic: &self.critic,
+            norm_obs: &self.norm_obs,
+            norm_critic: &self.norm_critic,
+            model: BranchModel {
+                shape: model.shape,
+                params: model.params,
+                norm: model.norm,
+            },
+            log_alpha: &self.log_alpha,
+        };
+        let spec = PathSpec {
+            gamma: self.gamma,
+            task,
+            learn_reward,
+            terminal_value: true,
+            target_entropy: self.target_entropy,
+        };
+        path.run(
+            be,
+            &nets,
+            spec,
+            &s.batch.obs,
+            &mut self.g_actor,
+            &mut self.stats,
+        )?;
+        self.finish(&sampled, Some(&path.alpha_grad))
+    }
+
+    /// Path buffers for MAAC's updates of `rows` rows through `members` elites predicting
+    /// `out_dim` values, over `horizon` steps.
+    pub fn path_buffers(
+        &self,
+        rows: usize,
+        members: usize,
+        out_dim: usize,
+        horizon: usize,
+    ) -> Result<DevicePath<B::Buf>> {
+        let (o, a) = (self.nets.obs_dim, self.nets.act_dim);
+        let sb = self.be.download(&self.squash)?;
+        let squash = super::sac::Squash {
+            scale: sb[..a].to_vec(),
+            bias: sb[a..2 * a].to_vec(),
+        };
+        let shape = PathShape {
+            rows,
+            obs_dim: o,
+            act_dim: a,
+            out_dim,
+            members,
+            horizon,
+        };
+        DevicePath::new(self.be, shape, self.nets.actor.layout().total, &squash)
+    }
+
     /// The stages' parameters for `rows` (noise: SAC_NOISE at the update's step).
     fn params(&self, rows: usize) -> SacParams {
         SacParams {
@@ -448,6 +560,14 @@ impl<'b, B: Backend> DeviceSac<'b, B> {
 
     /// One update on the minibatch in the scratch buffers.
     fn step(&mut self, rows: usize) -> Result<()> {
+        let sampled = self.critic_step(rows)?;
+        self.actor_grad(rows, &sampled)?;
+        self.finish(&sampled, None)
+    }
+
+    /// The noise of update `updates` and the critics' step on the minibatch in the scratch
+    /// buffers; returns the stages' parameters.
+    fn critic_step(&mut self, rows: usize) -> Result<SacParams> {
         let be = self.be;
         let sampled = self.params(rows);
         let given = SacParams {
@@ -538,6 +658,14 @@ impl<'b, B: Backend> DeviceSac<'b, B> {
             nc,
         )?;
 
+        Ok(sampled)
+    }
+
+    /// SAC's actor gradient into `g_actor` and the temperature's into `g_alpha`.
+    fn actor_grad(&mut self, rows: usize, sampled: &SacParams) -> Result<()> {
+        let be = self.be;
+        let s = self.scratch.as_mut().expect("sized by the caller");
+        let (actor, critic) = (&self.nets.actor, &self.nets.critic);
         // Actor: ã ~ π(s) through the updated critics, back through min Q and the squash.
         be.ensemble_forward(
             actor,
@@ -549,7 +677,7 @@ impl<'b, B: Backend> DeviceSac<'b, B> {
             &mut self.dummy,
         )?;
         be.sac_squash(
-            &sampled,
+            sampled,
             &s.head,
             &s.eps_pi,
             &s.batch.obs,
@@ -568,7 +696,7 @@ impl<'b, B: Backend> DeviceSac<'b, B> {
             &mut self.dummy,
         )?;
         be.sac_actor_grad(
-            &sampled,
+            sampled,
             &s.q,
             &s.logp,
             &self.log_alpha,
@@ -588,7 +716,7 @@ impl<'b, B: Backend> DeviceSac<'b, B> {
             Some(&mut s.dx),
         )?;
         be.sac_squash_backward(
-            &sampled,
+            sampled,
             &s.head,
             &s.eps_pi,
             &self.squash,
@@ -607,7 +735,15 @@ impl<'b, B: Backend> DeviceSac<'b, B> {
             Some(&mut self.g_actor),
             None,
         )?;
-        let na = actor.layout().total;
+        Ok(())
+    }
+
+    /// Adam on the actor (`g_actor`) and the temperature (`alpha_grad`, else `g_alpha`),
+    /// the Polyak update when due, and the update counted.
+    fn finish(&mut self, sampled: &SacParams, alpha_grad: Option<&B::Buf>) -> Result<()> {
+        let be = self.be;
+        let na = self.nets.actor.layout().total;
+        let nc = self.nets.critic.layout().total;
         Self::adam(
             be,
             self.lr,
@@ -621,7 +757,7 @@ impl<'b, B: Backend> DeviceSac<'b, B> {
                 be,
                 self.lr,
                 &mut self.log_alpha,
-                &self.g_alpha,
+                alpha_grad.unwrap_or(&self.g_alpha),
                 &mut self.alpha_opt,
                 1,
             )?;
@@ -629,7 +765,7 @@ impl<'b, B: Backend> DeviceSac<'b, B> {
         if self.updates.is_multiple_of(self.interval) {
             let p = SacParams {
                 len: nc as u32,
-                ..sampled
+                ..*sampled
             };
             be.polyak(&p, &mut self.target, &self.critic)?;
         }

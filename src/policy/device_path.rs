@@ -234,8 +234,9 @@ impl<Buf> DevicePath<Buf> {
     }
 
     /// The path loss from the start states `start` [B, O] with the noise last set: ∂loss/∂θ
-    /// of the actor into `grad` (overwritten), the report into [`DevicePath::report`] and
-    /// the temperature's gradient into [`DevicePath::alpha_grad`].
+    /// of the actor into `grad` (overwritten), the report into [`DevicePath::report`], the
+    /// temperature's gradient into [`DevicePath::alpha_grad`], and SAC's actor statistics
+    /// added to `stats` ([`crate::backend::sac_stats`]).
     pub fn run<B: Backend<Buf = Buf>>(
         &mut self,
         be: &B,
@@ -243,6 +244,7 @@ impl<Buf> DevicePath<Buf> {
         spec: PathSpec,
         start: &Buf,
         grad: &mut Buf,
+        stats: &mut Buf,
     ) -> Result<()> {
         let h = self.p.horizon as usize;
         let rows = self.p.rows as usize;
@@ -333,6 +335,7 @@ impl<Buf> DevicePath<Buf> {
             &mut self.dq,
             &mut self.alpha_grad,
             &mut self.report,
+            stats,
         )?;
         if spec.terminal_value {
             be.ensemble_vjp(
@@ -545,7 +548,8 @@ mod tests {
             path.poison(be)?;
         }
         let start = be.upload(start)?;
-        path.run(be, &n, spec, &start, &mut grad)?;
+        let mut stats = be.zeros(crate::backend::sac_stats::LEN)?;
+        path.run(be, &n, spec, &start, &mut grad, &mut stats)?;
         Ok((
             be.download(&grad)?,
             be.download(&path.report)?,

@@ -9,7 +9,7 @@
 //! that leaves a value unwritten for a later one to read shows up.
 use super::planners::Compare;
 use mbrl_gpu::backend::cpu::CpuBackend;
-use mbrl_gpu::backend::{path_report, Activation, Backend, EnsembleShape, PathShape};
+use mbrl_gpu::backend::{path_report, sac_stats, Activation, Backend, EnsembleShape, PathShape};
 use mbrl_gpu::env::{task, EnvId};
 use mbrl_gpu::policy::device::BranchModel;
 use mbrl_gpu::policy::device_path::{DevicePath, PathNets, PathSpec};
@@ -206,8 +206,9 @@ pub fn cases() -> Vec<Case> {
     ]
 }
 
-/// (∂loss/∂θ, report, α gradient) of one path on `be`, scratch poisoned first.
-pub fn run<B: Backend>(be: &B, c: &Case) -> (Vec<f32>, Vec<f32>, f32) {
+/// (∂loss/∂θ, report, α gradient, SAC statistics summed over both paths) of one path on
+/// `be`, scratch poisoned first.
+pub fn run<B: Backend>(be: &B, c: &Case) -> (Vec<f32>, Vec<f32>, f32, Vec<f32>) {
     let (o, a) = (c.nets.obs_dim, c.nets.act_dim);
     let unit = |n: usize| {
         let mut v = vec![0.0f32; n];
@@ -245,16 +246,20 @@ pub fn run<B: Backend>(be: &B, c: &Case) -> (Vec<f32>, Vec<f32>, f32) {
     path.poison(be).unwrap();
     let mut grad = up(&vec![f32::NAN; c.actor.len()]);
     let start = up(&c.start);
-    path.run(be, &n, c.spec, &start, &mut grad).unwrap();
+    let mut stats = be.zeros(mbrl_gpu::backend::sac_stats::LEN).unwrap();
+    path.run(be, &n, c.spec, &start, &mut grad, &mut stats)
+        .unwrap();
     // A second path on the same buffers (another draw) must not read the first one's
     // leftovers: compare that one.
     let noise = PathNoise::draw(4, 8, c.horizon, ROWS, a, c.shape.out_dim, 3);
     path.set_noise(be, &noise).unwrap();
-    path.run(be, &n, c.spec, &start, &mut grad).unwrap();
+    path.run(be, &n, c.spec, &start, &mut grad, &mut stats)
+        .unwrap();
     (
         be.download(&grad).unwrap(),
         be.download(&path.report).unwrap(),
         be.download(&path.alpha_grad).unwrap()[0],
+        be.download(&stats).unwrap(),
     )
 }
 
@@ -266,8 +271,14 @@ pub fn parity<B: Backend>(dev: &B, label: &str) -> Vec<Compare> {
     let cpu = CpuBackend::new();
     let mut out = vec![];
     for c in cases() {
-        let (g_want, r_want, a_want) = run(&cpu, &c);
-        let (g_got, r_got, a_got) = run(dev, &c);
+        let (g_want, r_want, a_want, s_want) = run(&cpu, &c);
+        let (g_got, r_got, a_got, s_got) = run(dev, &c);
+        assert_eq!(
+            s_want[sac_stats::COUNT],
+            2.0,
+            "{}: two paths counted",
+            c.name
+        );
         let scale = g_want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
         assert!(
             scale > 0.0 && g_want.iter().all(|v| v.is_finite()),
@@ -289,6 +300,13 @@ pub fn parity<B: Backend>(dev: &B, label: &str) -> Vec<Compare> {
             rtol: 1e-5,
         });
         out.push(Compare {
+            what: format!("{label} path {}: SAC statistics", c.name),
+            got: s_got,
+            want: s_want,
+            atol: 1e-5,
+            rtol: 1e-5,
+        });
+        out.push(Compare {
             what: format!("{label} path {}: alive share", c.name),
             got: vec![r_got[path_report::ALIVE]],
             want: vec![r_want[path_report::ALIVE]],
@@ -304,7 +322,7 @@ pub fn parity<B: Backend>(dev: &B, label: &str) -> Vec<Compare> {
 pub fn cases_are_meaningful() {
     let cpu = CpuBackend::new();
     for c in cases() {
-        let (g, r, _) = run(&cpu, &c);
+        let (g, r, _, _) = run(&cpu, &c);
         assert!(
             g.iter().all(|v| v.is_finite()) && g.iter().any(|v| *v != 0.0),
             "{}",

@@ -726,6 +726,7 @@ impl Backend for CpuBackend {
         dq: &mut Vec<f32>,
         alpha_grad: &mut Vec<f32>,
         report: &mut Vec<f32>,
+        stats: &mut Vec<f32>,
     ) -> Result<()> {
         let lens = [
             q.len(),
@@ -734,9 +735,10 @@ impl Backend for CpuBackend {
             dq.len(),
             alpha_grad.len(),
             report.len(),
+            stats.len(),
         ];
         check::path_terminal(p, lens)?;
-        sac::path_terminal(p, q, log_alpha[0], tape, dq, alpha_grad, report);
+        sac::path_terminal(p, q, log_alpha[0], tape, dq, alpha_grad, report, stats);
         Ok(())
     }
 

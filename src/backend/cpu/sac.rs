@@ -259,6 +259,7 @@ pub fn path_squash(
 }
 
 /// See [`crate::backend::Backend::path_terminal`]; the sums of `path_loss` in its order.
+#[allow(clippy::too_many_arguments)]
 pub fn path_terminal(
     p: &PathParams,
     q: &[f32],
@@ -267,6 +268,7 @@ pub fn path_terminal(
     dq: &mut [f32],
     alpha_grad: &mut [f32],
     report: &mut [f32],
+    stats: &mut [f32],
 ) {
     let (b, h) = (p.rows as usize, p.horizon as usize);
     let alpha = log_alpha.exp();
@@ -317,6 +319,12 @@ pub fn path_terminal(
     report[path_report::ALIVE] = alive as f32 * inv_b;
     alpha_grad[0] = -(logp_mean + p.target_entropy);
     tape[p.t_alpha as usize] = alpha;
+    let h_bar = p.target_entropy;
+    stats[sac_stats::ACTOR_LOSS] += report[path_report::LOSS];
+    stats[sac_stats::ALPHA_LOSS] += -log_alpha * (logp_mean + h_bar);
+    stats[sac_stats::ENTROPY] += -logp_mean;
+    stats[sac_stats::COUNT] += 1.0;
+    stats[sac_stats::ALPHA_BEFORE] += alpha;
 }
 
 /// See [`crate::backend::Backend::path_actor_back`]; `path_loss`'s `actor_step` before the

@@ -736,11 +736,18 @@ impl<H: KernelHost> Backend for CudaBackend<H> {
         dq: &mut Self::Buf,
         alpha_grad: &mut Self::Buf,
         report: &mut Self::Buf,
+        stats: &mut Self::Buf,
     ) -> Result<()> {
-        for b in [&mut *tape, &mut *dq, &mut *alpha_grad, &mut *report] {
+        for b in [
+            &mut *tape,
+            &mut *dq,
+            &mut *alpha_grad,
+            &mut *report,
+            &mut *stats,
+        ] {
             b.touch();
         }
-        self.path_terminal_on(p, [q, log_alpha, tape, dq, alpha_grad, report])
+        self.path_terminal_on(p, [q, log_alpha, tape, dq, alpha_grad, report, stats])
     }
 
     fn path_model_back(

@@ -154,7 +154,7 @@ impl<H: KernelHost> CudaBackend<H> {
     pub(super) fn path_terminal_on(
         &self,
         p: &PathParams,
-        all: [&DeviceBuf<H::Mem>; 6],
+        all: [&DeviceBuf<H::Mem>; 7],
     ) -> Result<()> {
         check::path_terminal(p, all.map(|b| b.len()))?;
         self.path_launch(KernelFile::Sac, "path_terminal", p, 1, &all)

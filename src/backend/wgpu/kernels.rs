@@ -212,8 +212,16 @@ pub(super) const PATH_TERMINAL: Spec = Spec {
     module: Module::Sac,
     entry: "path_terminal",
     uniform: (1, size_of::<PathParams>()),
-    // Q, log α, tape, dQ, α gradient, report
-    storage: &[(33, RO), (34, RO), (31, RW), (35, RW), (36, RW), (37, RW)],
+    // Q, log α, tape, dQ, α gradient, report, statistics
+    storage: &[
+        (33, RO),
+        (34, RO),
+        (31, RW),
+        (35, RW),
+        (36, RW),
+        (37, RW),
+        (14, RW),
+    ],
 };
 pub(super) const PATH_ACTOR_BACK: Spec = Spec {
     module: Module::Sac,

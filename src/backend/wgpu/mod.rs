@@ -724,11 +724,12 @@ impl Backend for WgpuBackend {
         dq: &mut WgpuBuf,
         alpha_grad: &mut WgpuBuf,
         report: &mut WgpuBuf,
+        stats: &mut WgpuBuf,
     ) -> Result<()> {
         sac::path_terminal(
             self,
             p,
-            [q, log_alpha, &*tape, &*dq, &*alpha_grad, &*report],
+            [q, log_alpha, &*tape, &*dq, &*alpha_grad, &*report, &*stats],
         )
     }
 

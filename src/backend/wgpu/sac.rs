@@ -186,7 +186,7 @@ pub(super) fn path_squash(be: &WgpuBackend, p: &PathParams, all: [&WgpuBuf; 5]) 
     run_path(be, &kernels::PATH_SQUASH, p, &all.map(|b| &b.buf), n)
 }
 
-pub(super) fn path_terminal(be: &WgpuBackend, p: &PathParams, all: [&WgpuBuf; 6]) -> Result<()> {
+pub(super) fn path_terminal(be: &WgpuBackend, p: &PathParams, all: [&WgpuBuf; 7]) -> Result<()> {
     check::path_terminal(p, all.map(|b| b.len))?;
     // One workgroup: the sums over rows and steps meet in a fixed tree (sac.wgsl).
     be.dispatch_one(&kernels::PATH_TERMINAL, p, &all.map(|b| &b.buf), [1, 1, 1])
