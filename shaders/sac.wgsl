@@ -316,42 +316,6 @@ fn sac_minibatch(@builtin(workgroup_id) wg: vec3<u32>,
 // Member tables hold u32 bits; a slot or row out of range is treated as empty.
 // ---------------------------------------------------------------------------------------
 
-// Identical to src/backend/mod.rs `PathParams`.
-struct PathParams {
-    rows: u32,
-    obs_dim: u32,
-    act_dim: u32,
-    out_dim: u32,
-    members: u32,
-    per: u32,
-    grouped: u32,
-    t: u32,
-    horizon: u32,
-    task: u32,
-    learn_reward: u32,
-    probabilistic: u32,
-    terminal_value: u32,
-    gamma: f32,
-    disc: f32,
-    w: f32,
-    target_entropy: f32,
-    len: u32,
-    n_eps: u32,
-    n_xi: u32,
-    n_slot: u32,
-    n_rowof: u32,
-    t_states: u32,
-    t_heads: u32,
-    t_act: u32,
-    t_logp: u32,
-    t_alive: u32,
-    t_counted: u32,
-    t_reward: u32,
-    t_logvar: u32,
-    t_alpha: u32,
-    t_squash: u32,
-}
-
 @group(0) @binding(1) var<uniform> pp: PathParams;
 
 @group(1) @binding(28) var<storage, read> ps_head: array<f32>;
