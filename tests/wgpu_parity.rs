@@ -1551,6 +1551,70 @@ fn a_maac_run_on_the_device_should_take_its_path_steps_there() {
     }
 }
 
+/// SVG(∞) with `--backend wgpu`: the model trained on the device and each policy step's
+/// path gradient composed of the device stages with the inferred noise (no terminal value,
+/// whole 200-step episodes and 20-step windows), against the CPU specification's run.
+#[test]
+fn an_svg_run_on_the_device_should_take_its_path_gradients_there() {
+    let Some(g) = gpu("an_svg_run_on_the_device_should_take_its_path_gradients_there") else {
+        return;
+    };
+    use mbrl_gpu::algo::svg::SvgConfig;
+    use mbrl_gpu::env::EnvId;
+    for window in [0, 20] {
+        let mut c = SvgConfig::preset(&EnvId::Pendulum.into(), "quick").unwrap();
+        c.steps = 600;
+        c.eval_every = 200;
+        c.eval_episodes = 2;
+        c.model.hidden = 16;
+        c.train.epochs = 5;
+        c.policy.hidden = 16;
+        c.updates_per_episode = 3;
+        c.episodes_per_update = 2;
+        c.window = window;
+        c.entropy_weight = 0.05;
+        let (cpu_agent, want) =
+            mbrl_gpu::algo::svg::run(&CpuBackend::new(), &c, None, |_| {}).unwrap();
+        let (dev_agent, got) = mbrl_gpu::algo::svg::run(g, &c, None, |_| {}).unwrap();
+        assert_eq!(got.len(), 3);
+        assert!(dev_agent.is_finite());
+        let moved = dev_agent
+            .actor
+            .iter()
+            .zip(&cpu_agent.actor)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        eprintln!("window {window}: actors differ by at most {moved}");
+        for (g, w) in got.iter().zip(&want) {
+            eprintln!(
+                "{} steps: return {} vs {}, path loss {} vs {}, entropy {} vs {}",
+                w.env_steps,
+                g.eval_return,
+                w.eval_return,
+                g.actor_loss,
+                w.actor_loss,
+                g.entropy,
+                w.entropy
+            );
+            assert_eq!(
+                (g.env_steps, g.updates, g.diverged),
+                (w.env_steps, w.updates, 0)
+            );
+            // Models trained on the device and paths through them agree with the CPU's up
+            // to rounding; a wrong noise layout, γ or entropy weight moves the path loss by
+            // far more than 1 %.
+            let close = |a: f64, b: f64| (a - b).abs() <= 0.01 * b.abs() + 1e-6;
+            assert!(close(g.eval_return, w.eval_return));
+            assert!(close(g.actor_loss, w.actor_loss));
+            assert!(close(g.entropy, w.entropy));
+        }
+        assert!(
+            moved < 1e-3,
+            "the device run's actor left the CPU run's: {moved}"
+        );
+    }
+}
+
 #[test]
 fn an_mbpo_run_on_the_device_should_train_sac_there() {
     let Some(g) = gpu("an_mbpo_run_on_the_device_should_train_sac_there") else {

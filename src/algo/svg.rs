@@ -24,11 +24,13 @@ use super::mbpo::elite_view;
 use super::offpolicy::{self, episode_seed, evaluate, transitions, Row, Stats, Views};
 use super::sac::check_counts;
 use crate::backend::cpu::ensemble as engine;
-use crate::backend::{Backend, EnsembleShape};
+use crate::backend::{path_report, Backend, EnsembleShape, PathShape};
 use crate::env::EnvName;
 use crate::io::run::RunDir;
 use crate::model::{train::train, Ensemble, ModelConfig, TrainConfig};
 use crate::policy::checkpoint as ckpt;
+use crate::policy::device::BranchModel;
+use crate::policy::device_path::{DevicePath, PathNets, PathSpec};
 use crate::policy::path::{path_loss, ModelPath, PathNoise, PathSettings, PathWorkspace};
 use crate::policy::sac::{Nets, Squash, LOG_STD_MAX, LOG_STD_MIN};
 use crate::policy::{Replay, Sac, SacConfig};
@@ -301,19 +303,17 @@ fn best_elite(model: &Ensemble) -> (EnsembleShape, Vec<f32>) {
     )
 }
 
-/// One SVG(∞) policy step on the episode segments `chosen` (first transition, length) of D,
-/// through `best` ([`best_elite`] of `model`).
-#[allow(clippy::too_many_arguments)]
-fn svg_step(
-    cfg: &SvgConfig,
-    task: u32,
-    agent: &mut Sac,
+/// The path noise of SVG(∞) on the episode segments `chosen` (first transition, length) of
+/// D: η inferred from the actions under the current policy, ξ from the transitions under
+/// `best` ([`best_elite`] of `model`), member 0 throughout; with the segments' first states
+/// [B, O] and the mean real reward along them.
+fn segment_noise(
+    agent: &Sac,
     model: &Ensemble,
     best: &(EnsembleShape, Vec<f32>),
     data: &Replay,
     chosen: &[(usize, usize)],
-    ws: &mut PathWorkspace<f32>,
-) -> Result<StepReport> {
+) -> (PathNoise<f32>, Vec<f32>, f64) {
     let (o, a) = (data.obs_dim, data.act_dim);
     let (shape, params) = (best.0, &best.1);
     let d = shape.out_dim;
@@ -337,7 +337,6 @@ fn svg_step(
             sr.push(r);
             real += r as f64;
             count += 1;
-
             sn.extend(nx);
         }
         start[b * o..(b + 1) * o].copy_from_slice(&so[..o]);
@@ -348,39 +347,179 @@ fn svg_step(
             noise.xi[(t * rows + b) * d..][..d].copy_from_slice(&xi[t * d..(t + 1) * d]);
         }
     }
-    let mut dynamics = ModelPath::new(
-        shape,
-        params,
-        &model.input_mean,
-        &model.input_std,
-        o,
-        model.config.learn_reward,
-        &noise.member,
-        &noise.xi,
-    );
-    let set = PathSettings {
-        gamma: cfg.policy.gamma,
-        alpha: cfg.entropy_weight,
-        task,
-        terminal_value: false,
-    };
+    (noise, start, real / count.max(1) as f64)
+}
+
+/// SVG(∞)'s path gradients on a device backend ([`DevicePath`] with the inferred noise, no
+/// terminal value, α = the entropy weight): the best elite uploaded once per model
+/// training, the actor before each step (the host's Adam moves it), the noise and start
+/// states per step; the gradient and the report come back. The noise is inferred on the
+/// host (two forward passes over the segments' rows, a small share of the path's work).
+struct DeviceSteps<'b, B: Backend> {
+    be: &'b B,
+    actor: B::Buf,
+    /// Read by no stage: the path has no terminal value.
+    unused: B::Buf,
+    norm_obs: B::Buf,
+    log_alpha: B::Buf,
+    /// The best elite: its shape, parameters and input normalisation [mean, std].
+    elite: Option<(EnsembleShape, B::Buf, B::Buf)>,
+    /// The path buffers of the last segment shape, and its start states.
+    path: Option<(DevicePath<B::Buf>, B::Buf)>,
+    grad: B::Buf,
+    stats: B::Buf,
+}
+
+impl<'b, B: Backend> DeviceSteps<'b, B> {
+    fn new(be: &'b B, agent: &Sac, entropy_weight: f32) -> Result<Self> {
+        let o = agent.nets.obs_dim;
+        let mut unit = vec![0.0f32; o];
+        unit.extend(std::iter::repeat_n(1.0f32, o));
+        // exp(−200) is 0 in f32: a weight of 0 keeps the entropy out, as on the host.
+        let log_alpha = if entropy_weight > 0.0 {
+            entropy_weight.ln()
+        } else {
+            -200.0
+        };
+        Ok(Self {
+            be,
+            actor: be.upload(&agent.actor)?,
+            unused: be.zeros(1)?,
+            norm_obs: be.upload(&unit)?,
+            log_alpha: be.upload(&[log_alpha])?,
+            elite: None,
+            path: None,
+            grad: be.zeros(agent.actor.len())?,
+            stats: be.zeros(crate::backend::sac_stats::LEN)?,
+        })
+    }
+
+    fn set_model(&mut self, model: &Ensemble, best: &(EnsembleShape, Vec<f32>)) -> Result<()> {
+        let be = self.be;
+        self.elite = Some((best.0, be.upload(&best.1)?, be.upload(&model.norm())?));
+        Ok(())
+    }
+
+    /// ∂loss/∂θ of the actor into `grad`, and the path report.
+    fn gradient(
+        &mut self,
+        agent: &Sac,
+        spec: PathSpec,
+        noise: &PathNoise<f32>,
+        start: &[f32],
+        grad: &mut [f32],
+    ) -> Result<[f32; path_report::LEN]> {
+        let be = self.be;
+        let (shape, params, norm) = self.elite.as_ref().ok_or_else(|| {
+            invalid!("an SVG(∞) device step needs the model: set it after each training")
+        })?;
+        let want = PathShape {
+            rows: noise.rows,
+            obs_dim: agent.nets.obs_dim,
+            act_dim: agent.nets.act_dim,
+            out_dim: shape.out_dim,
+            members: 1,
+            horizon: noise.horizon,
+        };
+        if self.path.as_ref().map(|(p, _)| p.shape()) != Some(want) {
+            let path = DevicePath::new(be, want, agent.actor.len(), &agent.squash)?;
+            self.path = Some((path, be.zeros(start.len())?));
+        }
+        let (path, start_buf) = self.path.as_mut().expect("made above");
+        path.set_noise(be, noise)?;
+        be.write(start_buf, start)?;
+        be.write(&mut self.actor, &agent.actor)?;
+        let nets = PathNets {
+            nets: &agent.nets,
+            actor: &self.actor,
+            critic: &self.unused,
+            norm_obs: &self.norm_obs,
+            norm_critic: &self.unused,
+            model: BranchModel {
+                shape: *shape,
+                params,
+                norm,
+            },
+            log_alpha: &self.log_alpha,
+        };
+        path.run(be, &nets, spec, start_buf, &mut self.grad, &mut self.stats)?;
+        grad.copy_from_slice(&be.download(&self.grad)?);
+        let rep = be.download(&path.report)?;
+        let mut out = [0.0f32; path_report::LEN];
+        out.copy_from_slice(&rep[..path_report::LEN]);
+        Ok(out)
+    }
+}
+
+/// One SVG(∞) policy step on the episode segments `chosen` of D, through `best`
+/// ([`best_elite`] of `model`): the gradient on the device when `device` is given, else by
+/// the CPU specification.
+#[allow(clippy::too_many_arguments)]
+fn svg_step<B: Backend>(
+    cfg: &SvgConfig,
+    task: u32,
+    agent: &mut Sac,
+    model: &Ensemble,
+    best: &(EnsembleShape, Vec<f32>),
+    data: &Replay,
+    chosen: &[(usize, usize)],
+    ws: &mut PathWorkspace<f32>,
+    device: Option<&mut DeviceSteps<'_, B>>,
+) -> Result<StepReport> {
+    let (noise, start, real_reward) = segment_noise(agent, model, best, data, chosen);
     let mut grad = vec![0.0f32; agent.actor.len()];
-    let rep = path_loss(
-        &agent.nets,
-        &agent.actor,
-        &agent.critic,
-        &agent.squash,
-        &mut dynamics,
-        set,
-        &start,
-        &noise,
-        Some(&mut grad),
-        ws,
-    );
-    if !rep.loss.is_finite() || grad.iter().any(|g| !g.is_finite()) {
+    let (loss, logp_mean, replay_reward) = match device {
+        Some(dev) => {
+            let spec = PathSpec {
+                gamma: cfg.policy.gamma,
+                task,
+                learn_reward: model.config.learn_reward,
+                terminal_value: false,
+                target_entropy: 0.0,
+            };
+            let r = dev.gradient(agent, spec, &noise, &start, &mut grad)?;
+            (
+                r[path_report::LOSS],
+                r[path_report::LOGP_MEAN],
+                r[path_report::REWARD_MEAN],
+            )
+        }
+        None => {
+            let (shape, params) = (best.0, &best.1);
+            let mut dynamics = ModelPath::new(
+                shape,
+                params,
+                &model.input_mean,
+                &model.input_std,
+                data.obs_dim,
+                model.config.learn_reward,
+                &noise.member,
+                &noise.xi,
+            );
+            let set = PathSettings {
+                gamma: cfg.policy.gamma,
+                alpha: cfg.entropy_weight,
+                task,
+                terminal_value: false,
+            };
+            let rep = path_loss(
+                &agent.nets,
+                &agent.actor,
+                &agent.critic,
+                &agent.squash,
+                &mut dynamics,
+                set,
+                &start,
+                &noise,
+                Some(&mut grad),
+                ws,
+            );
+            (rep.loss, rep.logp_mean, rep.reward_mean)
+        }
+    };
+    if !loss.is_finite() || grad.iter().any(|g| !g.is_finite()) {
         return Err(Error::Diverged(format!(
-            "SVG path loss {} or its gradient is not finite; the step was not applied",
-            rep.loss
+            "SVG path loss {loss} or its gradient is not finite; the step was not applied"
         )));
     }
     let norm = grad.iter().map(|g| (*g as f64).powi(2)).sum::<f64>().sqrt();
@@ -390,10 +529,10 @@ fn svg_step(
     }
     agent.actor_opt.step(cfg.policy.lr, &mut agent.actor, &grad);
     Ok(StepReport {
-        loss: rep.loss as f64,
-        logp_mean: rep.logp_mean as f64,
-        replay_reward: rep.reward_mean as f64,
-        real_reward: real / count.max(1) as f64,
+        loss: loss as f64,
+        logp_mean: logp_mean as f64,
+        replay_reward: replay_reward as f64,
+        real_reward,
     })
 }
 
@@ -460,6 +599,13 @@ pub fn run<B: Backend>(
     }
     let mut stats = Stats::default();
     let mut ws = PathWorkspace::default();
+    // The CPU backend runs the specification itself (`path_loss`); a device backend the
+    // same objective composed of its stages.
+    let mut device = if backend.name() == "cpu" {
+        None
+    } else {
+        Some(DeviceSteps::new(backend, &agent, cfg.entropy_weight)?)
+    };
     let (mut loss_sum, mut logp_sum, mut n) = (0.0f64, 0.0f64, 0usize);
     let mut t0 = Instant::now();
     while c.env_steps < cfg.steps {
@@ -485,6 +631,9 @@ pub fn run<B: Backend>(
         let rep = train(backend, &mut model, &transitions(&data), &tc, |_| {})?;
         c.model_loss = rep.history.last().map(|h| h.train_loss);
         let best = best_elite(&model);
+        if let Some(dev) = device.as_mut() {
+            dev.set_model(&model, &best)?;
+        }
         let recent = &c.bounds[c.bounds.len().saturating_sub(cfg.keep_episodes)..];
         for _ in 0..cfg.updates_per_episode {
             let chosen: Vec<(usize, usize)> = (0..cfg.episodes_per_update)
@@ -520,6 +669,7 @@ pub fn run<B: Backend>(
                 &data,
                 &chosen,
                 &mut ws,
+                device.as_mut(),
             ) {
                 Ok(r) => {
                     loss_sum += r.loss;
@@ -578,8 +728,9 @@ mod tests {
     /// With η and ξ inferred at the current parameters, the replayed paths visit the real
     /// states: their rewards are the real ones (pendulum's reward is computed from the
     /// replayed states, so a wrong ξ or η would change it).
-    #[test]
-    fn inferred_noise_should_replay_the_real_trajectories() {
+    /// A small pendulum case: the `quick` preset shrunk, two episodes of the initial policy
+    /// in D and a model trained on them.
+    fn pendulum_case() -> (SvgConfig, Sac, Ensemble, Replay) {
         let mut cfg = SvgConfig::preset(&EnvId::Pendulum.into(), "quick").unwrap();
         cfg.model.hidden = 16;
         cfg.train.epochs = 5;
@@ -606,6 +757,70 @@ mod tests {
             |_| {},
         )
         .unwrap();
+        (cfg, agent, model, data)
+    }
+
+    /// The device composition (`DevicePath`, here on the CPU backend) takes the step the
+    /// specification takes: the same report, and actors within rounding after the step.
+    #[test]
+    fn device_steps_should_take_the_specifications_step() {
+        let (mut cfg, agent, model, data) = pendulum_case();
+        let best = best_elite(&model);
+        let be = CpuBackend::new();
+        let task = EnvId::Pendulum.code();
+        // A 0 and a positive entropy weight; whole episodes and 30-step segments.
+        for (w, chosen) in [
+            (0.0, vec![(0, 200), (200, 200)]),
+            (0.1, vec![(37, 30), (250, 30), (0, 30)]),
+        ] {
+            cfg.entropy_weight = w;
+            let mut dev = DeviceSteps::new(&be, &agent, w).unwrap();
+            dev.set_model(&model, &best).unwrap();
+            let mut ws = PathWorkspace::default();
+            let spec = EnvId::Pendulum.spec();
+            let fresh = || Sac::new(cfg.policy.clone(), 3, &spec.act_low, &spec.act_high, 1);
+            let (mut host, mut on_dev) = (fresh().unwrap(), fresh().unwrap());
+            assert_eq!(host.actor, agent.actor);
+            let a = svg_step::<CpuBackend>(
+                &cfg, task, &mut host, &model, &best, &data, &chosen, &mut ws, None,
+            )
+            .unwrap();
+            let b = svg_step(
+                &cfg,
+                task,
+                &mut on_dev,
+                &model,
+                &best,
+                &data,
+                &chosen,
+                &mut ws,
+                Some(&mut dev),
+            )
+            .unwrap();
+            let close = |x: f64, y: f64| (x - y).abs() <= 1e-4 * x.abs().max(1.0);
+            assert!(close(a.loss, b.loss), "{a:?} {b:?}");
+            assert!(close(a.logp_mean, b.logp_mean), "{a:?} {b:?}");
+            assert!(close(a.replay_reward, b.replay_reward), "{a:?} {b:?}");
+            assert_eq!(a.real_reward, b.real_reward);
+            assert_ne!(host.actor, agent.actor, "no step was taken");
+            // Adam's first step moves each parameter by about lr·sign(g): a gradient that
+            // differs beyond rounding flips signs or sizes and shows here.
+            let worst = host
+                .actor
+                .iter()
+                .zip(&on_dev.actor)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0.0f32, f32::max);
+            assert!(
+                worst <= 1e-5,
+                "actors differ by {worst} after one step (w = {w})"
+            );
+        }
+    }
+
+    #[test]
+    fn inferred_noise_should_replay_the_real_trajectories() {
+        let (cfg, mut agent, model, data) = pendulum_case();
         let mut ws = PathWorkspace::default();
         // Whole episodes and a 30-step segment.
         let before = agent.actor.clone();
@@ -619,6 +834,7 @@ mod tests {
                 &data,
                 &chosen,
                 &mut ws,
+                None::<&mut DeviceSteps<'_, CpuBackend>>,
             )
             .unwrap();
             // Chaotic amplification of f32 rounding over 200 steps stays far below this.

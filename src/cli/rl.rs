@@ -89,8 +89,8 @@ impl EvalArgs {
 pub struct MbpoArgs {
     #[command(flatten)]
     run: RunArgs,
-    /// Backend of the model training, branched rollouts and SAC's gradient steps (MAAC's
-    /// path gradients and bf16 SAC steps run on the CPU).
+    /// Backend of the model training, branched rollouts, SAC's gradient steps and the path
+    /// gradients of MAAC and SVG(∞) (bf16 SAC steps run on the CPU).
     #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
     backend: BackendChoice,
 }
@@ -304,15 +304,6 @@ fn row_line(r: &Row) -> String {
     )
 }
 
-/// What a device backend does not run yet for path-gradient algorithms: said once, so a
-/// user choosing a GPU knows where the time goes.
-fn host_steps_note(what: &str, model_work: &str, backend: &str) -> String {
-    format!(
-        "note: {what} (backpropagation through model paths) run on the CPU: SVG(∞) does not \
-         use the device path gradient yet; the model's {model_work} run on {backend}"
-    )
-}
-
 /// `v` right-aligned in `width` columns with `prec` decimals, or "-" there when it is not
 /// finite.
 fn or_dash(v: f64, width: usize, prec: usize) -> String {
@@ -486,12 +477,6 @@ pub fn run_svg(a: MbpoArgs) -> Result<()> {
         dir.path().display()
     );
     let be = be.expect("resolved unless printing the configuration");
-    if be.name() != "cpu" {
-        note!(
-            "{}",
-            host_steps_note("SVG(∞)'s policy steps", "training", be.name())
-        );
-    }
     let pb = bar(cfg.steps);
     let (_, rows) = with_backend!(&be, |b| svg::run(b, &cfg, Some(&dir), progress(&pb, &dir)))?;
     finish(&pb, &rows, &dir)
@@ -566,8 +551,8 @@ pub struct HorizonArgs {
     /// where it stopped), horizons.csv and two plots [default: runs/maac-horizons-ENV-PRESET-sSEED].
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
-    /// Backend of the model training, branched rollouts and SAC's gradient steps (MAAC's
-    /// path gradients and bf16 SAC steps run on the CPU).
+    /// Backend of the model training, branched rollouts, SAC's gradient steps and the path
+    /// gradients of MAAC and SVG(∞) (bf16 SAC steps run on the CPU).
     #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
     backend: BackendChoice,
 }
