@@ -1561,8 +1561,12 @@ fn an_svg_run_on_the_device_should_take_its_path_gradients_there() {
     };
     use mbrl_gpu::algo::svg::SvgConfig;
     use mbrl_gpu::env::EnvId;
-    for window in [0, 20] {
-        let mut c = SvgConfig::preset(&EnvId::Pendulum.into(), "quick").unwrap();
+    for (env, window) in [
+        (EnvId::Pendulum, 0),
+        (EnvId::Pendulum, 20),
+        (EnvId::CartPole, 0),
+    ] {
+        let mut c = SvgConfig::preset(&env.into(), "quick").unwrap();
         c.steps = 600;
         c.eval_every = 200;
         c.eval_episodes = 2;
@@ -1587,14 +1591,16 @@ fn an_svg_run_on_the_device_should_take_its_path_gradients_there() {
         eprintln!("window {window}: actors differ by at most {moved}");
         for (g, w) in got.iter().zip(&want) {
             eprintln!(
-                "{} steps: return {} vs {}, path loss {} vs {}, entropy {} vs {}",
+                "{} steps: return {} vs {}, path loss {} vs {}, entropy {} vs {}, model {} vs {}",
                 w.env_steps,
                 g.eval_return,
                 w.eval_return,
                 g.actor_loss,
                 w.actor_loss,
                 g.entropy,
-                w.entropy
+                w.entropy,
+                g.model_loss,
+                w.model_loss
             );
             assert_eq!(
                 (g.env_steps, g.updates, g.diverged),
