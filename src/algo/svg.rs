@@ -63,6 +63,11 @@ pub struct SvgConfig {
     /// Steps of each backpropagated segment, started at a random step of its episode;
     /// 0: whole episodes (SVG(∞) as published).
     pub window: usize,
+    /// A fixed log σ of the policy in every state (its log-std head set to this constant and
+    /// not trained); unset: learned along the path, as published. Learned, log σ runs to a
+    /// clamp on the pendulum (README), where the inferred η of older episodes explodes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fixed_log_std: Option<f32>,
     /// Evaluate (and checkpoint) after the episode in which this many more steps were reached.
     pub eval_every: usize,
     pub eval_episodes: usize,
@@ -115,6 +120,7 @@ impl SvgConfig {
             max_grad_norm: 1.0,
             entropy_weight: 0.0,
             window: 0,
+            fixed_log_std: None,
             eval_every: 1_000,
             eval_episodes: 10,
             model,
@@ -160,6 +166,15 @@ impl SvgConfig {
                 "must be 0 (no clip) or a positive number, got {}",
                 self.max_grad_norm
             ));
+        }
+        if let Some(ls) = self.fixed_log_std {
+            let (lo, hi) = (LOG_STD_MIN as f32, LOG_STD_MAX as f32);
+            if !(ls.is_finite() && (lo..=hi).contains(&ls)) {
+                return Err(setting!(
+                    "fixed_log_std",
+                    "must be a log σ in [{lo}, {hi}] (the policy's clamp), got {ls}"
+                ));
+            }
         }
         if !(self.entropy_weight.is_finite() && self.entropy_weight >= 0.0) {
             return Err(setting!(
@@ -451,6 +466,36 @@ impl<'b, B: Backend> DeviceSteps<'b, B> {
     }
 }
 
+/// Calls `f` with the index of every parameter of the actor's log-std head (the weights and
+/// biases of its outputs A..2A) and whether it is a bias.
+fn for_log_std_head(agent: &Sac, mut f: impl FnMut(usize, bool)) {
+    let a = agent.nets.act_dim;
+    let lo = *agent
+        .nets
+        .actor
+        .layout()
+        .layers
+        .last()
+        .expect("an actor has layers");
+    let (fi, fo) = (lo.fan_in, lo.fan_out);
+    for c in a..2 * a {
+        for k in 0..fi {
+            f(lo.weight + k * fo + c, false);
+        }
+        f(lo.bias + c, true);
+    }
+}
+
+/// The policy's log σ fixed at `ls` for every state: the log-std head's weights 0, its
+/// biases `ls`.
+fn fix_log_std(agent: &mut Sac, ls: f32) {
+    let mut at = vec![];
+    for_log_std_head(agent, |i, bias| at.push((i, bias)));
+    for (i, bias) in at {
+        agent.actor[i] = if bias { ls } else { 0.0 };
+    }
+}
+
 /// One SVG(∞) policy step on the episode segments `chosen` of D, through `best`
 /// ([`best_elite`] of `model`): the gradient on the device when `device` is given, else by
 /// the CPU specification.
@@ -522,6 +567,9 @@ fn svg_step<B: Backend>(
             "SVG path loss {loss} or its gradient is not finite; the step was not applied"
         )));
     }
+    if cfg.fixed_log_std.is_some() {
+        for_log_std_head(agent, |i, _| grad[i] = 0.0);
+    }
     let norm = grad.iter().map(|g| (*g as f64).powi(2)).sum::<f64>().sqrt();
     if cfg.max_grad_norm > 0.0 && norm > cfg.max_grad_norm as f64 {
         let k = (cfg.max_grad_norm as f64 / norm) as f32;
@@ -557,6 +605,9 @@ pub fn run<B: Backend>(
         &spec.act_high,
         cfg.seed,
     )?;
+    if let Some(ls) = cfg.fixed_log_std {
+        fix_log_std(&mut agent, ls);
+    }
     let mut model = Ensemble::new(cfg.model.clone(), cfg.seed)?;
     // D keeps every transition: episodes are read back by index.
     let mut data = Replay::new(od, ad, cfg.steps);
@@ -815,6 +866,68 @@ mod tests {
                 worst <= 1e-5,
                 "actors differ by {worst} after one step (w = {w})"
             );
+        }
+    }
+
+    /// With `fixed_log_std` the log-std head keeps its constant through policy steps (on
+    /// the host and through the device composition) while the mean head learns.
+    #[test]
+    fn a_fixed_log_std_should_stay_fixed() {
+        let (mut cfg, mut agent, model, data) = pendulum_case();
+        cfg.fixed_log_std = Some(-0.5);
+        cfg.validate().unwrap();
+        fix_log_std(&mut agent, -0.5);
+        let best = best_elite(&model);
+        let be = CpuBackend::new();
+        let mut dev = DeviceSteps::new(&be, &agent, 0.0).unwrap();
+        dev.set_model(&model, &best).unwrap();
+        let mut ws = PathWorkspace::default();
+        let before = agent.actor.clone();
+        let task = EnvId::Pendulum.code();
+        for i in 0..4 {
+            let d = (i % 2 == 1).then_some(&mut dev);
+            let chosen = [(0, 200), (200 + 10 * i, 40)];
+            svg_step(
+                &cfg, task, &mut agent, &model, &best, &data, &chosen, &mut ws, d,
+            )
+            .unwrap();
+        }
+        let mut head = vec![];
+        for_log_std_head(&agent, |i, bias| head.push((i, bias)));
+        assert_eq!(head.len(), 17, "16 weights and a bias for one action");
+        for (i, bias) in head {
+            assert_eq!(
+                agent.actor[i],
+                if bias { -0.5 } else { 0.0 },
+                "parameter {i}"
+            );
+        }
+        let moved = (0..before.len())
+            .filter(|&i| agent.actor[i] != before[i])
+            .count();
+        assert!(moved > before.len() / 2, "only {moved} parameters moved");
+        // The policy's σ is e^−0.5 in every state.
+        let obs: Vec<f32> = (0..30).flat_map(|r| data.row(13 * r).0.to_vec()).collect();
+        let mut head = vec![0.0f32; 30 * 2];
+        let (m, s) = (vec![0.0f32; 3], vec![1.0f32; 3]);
+        let mut ews = engine::Workspace::default();
+        let nets = &agent.nets;
+        engine::forward(
+            &nets.actor,
+            &agent.actor,
+            &m,
+            &s,
+            &obs,
+            30,
+            &mut head,
+            &mut [],
+            &mut ews,
+        );
+        assert!(head.chunks(2).all(|h| h[1] == -0.5), "{head:?}");
+        for bad in [f32::NAN, 3.0, -21.0] {
+            cfg.fixed_log_std = Some(bad);
+            let e = cfg.validate().unwrap_err().to_string();
+            assert!(e.contains("fixed_log_std"), "{e}");
         }
     }
 
