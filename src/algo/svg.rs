@@ -365,6 +365,9 @@ fn segment_noise(
     (noise, start, real / count.max(1) as f64)
 }
 
+/// Segment shapes whose device path buffers are kept between steps.
+const PATH_SHAPES_KEPT: usize = 8;
+
 /// SVG(∞)'s path gradients on a device backend ([`DevicePath`] with the inferred noise, no
 /// terminal value, α = the entropy weight): the best elite uploaded once per model
 /// training, the actor before each step (the host's Adam moves it), the noise and start
@@ -379,8 +382,9 @@ struct DeviceSteps<'b, B: Backend> {
     log_alpha: B::Buf,
     /// The best elite: its shape, parameters and input normalisation [mean, std].
     elite: Option<(EnsembleShape, B::Buf, B::Buf)>,
-    /// The path buffers of the last segment shape, and its start states.
-    path: Option<(DevicePath<B::Buf>, B::Buf)>,
+    /// Path buffers and start states of the last few segment shapes (a step runs one per
+    /// segment length), most recent last.
+    paths: Vec<(DevicePath<B::Buf>, B::Buf)>,
     grad: B::Buf,
     stats: B::Buf,
 }
@@ -403,7 +407,7 @@ impl<'b, B: Backend> DeviceSteps<'b, B> {
             norm_obs: be.upload(&unit)?,
             log_alpha: be.upload(&[log_alpha])?,
             elite: None,
-            path: None,
+            paths: vec![],
             grad: be.zeros(agent.actor.len())?,
             stats: be.zeros(crate::backend::sac_stats::LEN)?,
         })
@@ -436,11 +440,20 @@ impl<'b, B: Backend> DeviceSteps<'b, B> {
             members: 1,
             horizon: noise.horizon,
         };
-        if self.path.as_ref().map(|(p, _)| p.shape()) != Some(want) {
-            let path = DevicePath::new(be, want, agent.actor.len(), &agent.squash)?;
-            self.path = Some((path, be.zeros(start.len())?));
+        match self.paths.iter().position(|(p, _)| p.shape() == want) {
+            Some(i) => {
+                let hit = self.paths.remove(i);
+                self.paths.push(hit);
+            }
+            None => {
+                if self.paths.len() == PATH_SHAPES_KEPT {
+                    self.paths.remove(0);
+                }
+                let path = DevicePath::new(be, want, agent.actor.len(), &agent.squash)?;
+                self.paths.push((path, be.zeros(start.len())?));
+            }
         }
-        let (path, start_buf) = self.path.as_mut().expect("made above");
+        let (path, start_buf) = self.paths.last_mut().expect("found or made above");
         path.set_noise(be, noise)?;
         be.write(start_buf, start)?;
         be.write(&mut self.actor, &agent.actor)?;
@@ -496,9 +509,116 @@ fn fix_log_std(agent: &mut Sac, ls: f32) {
     }
 }
 
-/// One SVG(∞) policy step on the episode segments `chosen` of D, through `best`
-/// ([`best_elite`] of `model`): the gradient on the device when `device` is given, else by
-/// the CPU specification.
+/// What one SVG(∞) gradient saw: the path loss, mean log π₀, and the mean reward along
+/// the replayed paths and along the real transitions they replay.
+struct Gradient {
+    grad: Vec<f32>,
+    loss: f32,
+    logp_mean: f32,
+    replay_reward: f64,
+    real_reward: f64,
+}
+
+/// ∂loss/∂θ of SVG(∞) on the episode segments `chosen` of D (the mean over segments of the
+/// negated path objective), through `best` ([`best_elite`] of `model`): on the device when
+/// `device` is given, else by the CPU specification. Segments run in groups of equal
+/// length: paths batched together share a horizon, and a segment shorter than it would be
+/// continued past its real end with no data to replay (where no termination function
+/// stops it, e.g. a Gymnasium task's, or the run's last, cut-off episode).
+#[allow(clippy::too_many_arguments)]
+fn svg_gradient<B: Backend>(
+    cfg: &SvgConfig,
+    task: u32,
+    agent: &Sac,
+    model: &Ensemble,
+    best: &(EnsembleShape, Vec<f32>),
+    data: &Replay,
+    chosen: &[(usize, usize)],
+    ws: &mut PathWorkspace<f32>,
+    mut device: Option<&mut DeviceSteps<'_, B>>,
+) -> Result<Gradient> {
+    let mut lens: Vec<usize> = chosen.iter().map(|c| c.1).collect();
+    lens.sort_unstable();
+    lens.dedup();
+    let steps: usize = chosen.iter().map(|c| c.1).sum();
+    let mut out = Gradient {
+        grad: vec![0.0f32; agent.actor.len()],
+        loss: 0.0,
+        logp_mean: 0.0,
+        replay_reward: 0.0,
+        real_reward: 0.0,
+    };
+    let mut grad = vec![0.0f32; agent.actor.len()];
+    for len in lens {
+        let group: Vec<(usize, usize)> = chosen.iter().filter(|c| c.1 == len).copied().collect();
+        // Each group's share of the mean over segments, and of the steps.
+        let w = group.len() as f32 / chosen.len() as f32;
+        let share = (group.len() * len) as f64 / steps.max(1) as f64;
+        let (noise, start, real_reward) = segment_noise(agent, model, best, data, &group);
+        let (loss, logp_mean, replay_reward) = match device.as_deref_mut() {
+            Some(dev) => {
+                let spec = PathSpec {
+                    gamma: cfg.policy.gamma,
+                    task,
+                    learn_reward: model.config.learn_reward,
+                    terminal_value: false,
+                    target_entropy: 0.0,
+                };
+                let r = dev.gradient(agent, spec, &noise, &start, &mut grad)?;
+                (
+                    r[path_report::LOSS],
+                    r[path_report::LOGP_MEAN],
+                    r[path_report::REWARD_MEAN],
+                )
+            }
+            None => {
+                let (shape, params) = (best.0, &best.1);
+                let mut dynamics = ModelPath::new(
+                    shape,
+                    params,
+                    &model.input_mean,
+                    &model.input_std,
+                    data.obs_dim,
+                    model.config.learn_reward,
+                    &noise.member,
+                    &noise.xi,
+                );
+                let set = PathSettings {
+                    gamma: cfg.policy.gamma,
+                    alpha: cfg.entropy_weight,
+                    task,
+                    terminal_value: false,
+                };
+                let rep = path_loss(
+                    &agent.nets,
+                    &agent.actor,
+                    &agent.critic,
+                    &agent.squash,
+                    &mut dynamics,
+                    set,
+                    &start,
+                    &noise,
+                    Some(&mut grad),
+                    ws,
+                );
+                (rep.loss, rep.logp_mean, rep.reward_mean)
+            }
+        };
+        // With one group w = 1 and these sums are the group's values exactly.
+        out.grad
+            .iter_mut()
+            .zip(&grad)
+            .for_each(|(o, g)| *o += w * g);
+        out.loss += w * loss;
+        out.logp_mean += w * logp_mean;
+        out.replay_reward += share * replay_reward as f64;
+        out.real_reward += share * real_reward;
+    }
+    Ok(out)
+}
+
+/// One SVG(∞) policy step on the episode segments `chosen` of D ([`svg_gradient`]): the
+/// gradient checked, the log-std head's zeroed with `fixed_log_std`, clipped, then Adam.
 #[allow(clippy::too_many_arguments)]
 fn svg_step<B: Backend>(
     cfg: &SvgConfig,
@@ -511,57 +631,13 @@ fn svg_step<B: Backend>(
     ws: &mut PathWorkspace<f32>,
     device: Option<&mut DeviceSteps<'_, B>>,
 ) -> Result<StepReport> {
-    let (noise, start, real_reward) = segment_noise(agent, model, best, data, chosen);
-    let mut grad = vec![0.0f32; agent.actor.len()];
-    let (loss, logp_mean, replay_reward) = match device {
-        Some(dev) => {
-            let spec = PathSpec {
-                gamma: cfg.policy.gamma,
-                task,
-                learn_reward: model.config.learn_reward,
-                terminal_value: false,
-                target_entropy: 0.0,
-            };
-            let r = dev.gradient(agent, spec, &noise, &start, &mut grad)?;
-            (
-                r[path_report::LOSS],
-                r[path_report::LOGP_MEAN],
-                r[path_report::REWARD_MEAN],
-            )
-        }
-        None => {
-            let (shape, params) = (best.0, &best.1);
-            let mut dynamics = ModelPath::new(
-                shape,
-                params,
-                &model.input_mean,
-                &model.input_std,
-                data.obs_dim,
-                model.config.learn_reward,
-                &noise.member,
-                &noise.xi,
-            );
-            let set = PathSettings {
-                gamma: cfg.policy.gamma,
-                alpha: cfg.entropy_weight,
-                task,
-                terminal_value: false,
-            };
-            let rep = path_loss(
-                &agent.nets,
-                &agent.actor,
-                &agent.critic,
-                &agent.squash,
-                &mut dynamics,
-                set,
-                &start,
-                &noise,
-                Some(&mut grad),
-                ws,
-            );
-            (rep.loss, rep.logp_mean, rep.reward_mean)
-        }
-    };
+    let Gradient {
+        mut grad,
+        loss,
+        logp_mean,
+        replay_reward,
+        real_reward,
+    } = svg_gradient(cfg, task, agent, model, best, data, chosen, ws, device)?;
     if !loss.is_finite() || grad.iter().any(|g| !g.is_finite()) {
         return Err(Error::Diverged(format!(
             "SVG path loss {loss} or its gradient is not finite; the step was not applied"
@@ -579,7 +655,7 @@ fn svg_step<B: Backend>(
     Ok(StepReport {
         loss: loss as f64,
         logp_mean: logp_mean as f64,
-        replay_reward: replay_reward as f64,
+        replay_reward,
         real_reward,
     })
 }
@@ -822,7 +898,7 @@ mod tests {
         // A 0 and a positive entropy weight; whole episodes and 30-step segments.
         for (w, chosen) in [
             (0.0, vec![(0, 200), (200, 200)]),
-            (0.1, vec![(37, 30), (250, 30), (0, 30)]),
+            (0.1, vec![(37, 30), (250, 45), (0, 30)]),
         ] {
             cfg.entropy_weight = w;
             let mut dev = DeviceSteps::new(&be, &agent, w).unwrap();
@@ -867,6 +943,39 @@ mod tests {
                 "actors differ by {worst} after one step (w = {w})"
             );
         }
+    }
+
+    /// A segment's gradient does not depend on the segments batched with it: a whole
+    /// episode and a 30-step segment together give the mean of their gradients apart (a
+    /// 30-step segment run to the episode's 200 steps would not).
+    #[test]
+    fn segments_of_other_lengths_should_not_change_each_others_gradients() {
+        let (cfg, agent, model, data) = pendulum_case();
+        let best = best_elite(&model);
+        let mut ws = PathWorkspace::default();
+        let task = EnvId::Pendulum.code();
+        let grad = |chosen: &[(usize, usize)], ws: &mut PathWorkspace<f32>| {
+            svg_gradient::<CpuBackend>(&cfg, task, &agent, &model, &best, &data, chosen, ws, None)
+                .unwrap()
+        };
+        let (a, b) = ((0, 200), (250, 30));
+        let both = grad(&[a, b], &mut ws);
+        let (ga, gb) = (grad(&[a], &mut ws), grad(&[b], &mut ws));
+        let scale = both.grad.iter().fold(0.0f32, |m, g| m.max(g.abs()));
+        assert!(scale > 0.0);
+        for i in 0..both.grad.len() {
+            let want = 0.5 * ga.grad[i] + 0.5 * gb.grad[i];
+            assert!(
+                (both.grad[i] - want).abs() <= 1e-6 * scale,
+                "parameter {i}: {} vs {want}",
+                both.grad[i]
+            );
+        }
+        assert!((both.loss - 0.5 * (ga.loss + gb.loss)).abs() <= 1e-5 * both.loss.abs());
+        // The 30-step segment's reward per step is its real one, replayed.
+        let real = (200.0 * ga.real_reward + 30.0 * gb.real_reward) / 230.0;
+        assert!((both.real_reward - real).abs() <= 1e-9 * real.abs());
+        assert!((both.replay_reward - real).abs() <= 0.05 * real.abs());
     }
 
     /// With `fixed_log_std` the log-std head keeps its constant through policy steps (on
