@@ -419,7 +419,12 @@ impl<'b, B: Backend> DeviceSteps<'b, B> {
         Ok(())
     }
 
-    /// ∂loss/∂θ of the actor into `grad`, and the path report.
+    /// The actor as it is now (before a step's gradients: the host's Adam moved it).
+    fn set_actor(&mut self, agent: &Sac) -> Result<()> {
+        self.be.write(&mut self.actor, &agent.actor)
+    }
+
+    /// ∂loss/∂θ of the actor last set into `grad`, and the path report.
     fn gradient(
         &mut self,
         agent: &Sac,
@@ -456,7 +461,6 @@ impl<'b, B: Backend> DeviceSteps<'b, B> {
         let (path, start_buf) = self.paths.last_mut().expect("found or made above");
         path.set_noise(be, noise)?;
         be.write(start_buf, start)?;
-        be.write(&mut self.actor, &agent.actor)?;
         let nets = PathNets {
             nets: &agent.nets,
             actor: &self.actor,
@@ -481,10 +485,9 @@ impl<'b, B: Backend> DeviceSteps<'b, B> {
 
 /// Calls `f` with the index of every parameter of the actor's log-std head (the weights and
 /// biases of its outputs A..2A) and whether it is a bias.
-fn for_log_std_head(agent: &Sac, mut f: impl FnMut(usize, bool)) {
-    let a = agent.nets.act_dim;
-    let lo = *agent
-        .nets
+fn for_log_std_head(nets: &Nets, mut f: impl FnMut(usize, bool)) {
+    let a = nets.act_dim;
+    let lo = *nets
         .actor
         .layout()
         .layers
@@ -502,11 +505,10 @@ fn for_log_std_head(agent: &Sac, mut f: impl FnMut(usize, bool)) {
 /// The policy's log σ fixed at `ls` for every state: the log-std head's weights 0, its
 /// biases `ls`.
 fn fix_log_std(agent: &mut Sac, ls: f32) {
-    let mut at = vec![];
-    for_log_std_head(agent, |i, bias| at.push((i, bias)));
-    for (i, bias) in at {
-        agent.actor[i] = if bias { ls } else { 0.0 };
-    }
+    let actor = &mut agent.actor;
+    for_log_std_head(&agent.nets, |i, bias| {
+        actor[i] = if bias { ls } else { 0.0 }
+    });
 }
 
 /// What one SVG(∞) gradient saw: the path loss, mean log π₀, and the mean reward along
@@ -549,6 +551,9 @@ fn svg_gradient<B: Backend>(
         real_reward: 0.0,
     };
     let mut grad = vec![0.0f32; agent.actor.len()];
+    if let Some(dev) = device.as_deref_mut() {
+        dev.set_actor(agent)?;
+    }
     for len in lens {
         let group: Vec<(usize, usize)> = chosen.iter().filter(|c| c.1 == len).copied().collect();
         // Each group's share of the mean over segments, and of the steps.
@@ -644,7 +649,7 @@ fn svg_step<B: Backend>(
         )));
     }
     if cfg.fixed_log_std.is_some() {
-        for_log_std_head(agent, |i, _| grad[i] = 0.0);
+        for_log_std_head(&agent.nets, |i, _| grad[i] = 0.0);
     }
     let norm = grad.iter().map(|g| (*g as f64).powi(2)).sum::<f64>().sqrt();
     if cfg.max_grad_norm > 0.0 && norm > cfg.max_grad_norm as f64 {
@@ -1002,7 +1007,7 @@ mod tests {
             .unwrap();
         }
         let mut head = vec![];
-        for_log_std_head(&agent, |i, bias| head.push((i, bias)));
+        for_log_std_head(&agent.nets, |i, bias| head.push((i, bias)));
         assert_eq!(head.len(), 17, "16 weights and a bias for one action");
         for (i, bias) in head {
             assert_eq!(
