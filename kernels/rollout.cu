@@ -44,6 +44,8 @@ typedef struct {
 #define TASK_WALKER2D 5u
 #define TASK_ANT 6u
 #define TASK_INVERTED_PENDULUM 7u
+#define TASK_INVERTED_PENDULUM_CENTRED 8u
+#define CENTRED_WEIGHT 0.5f
 #define NAN_F32 AS_F32(0x7fc00000u)
 
 #define PI_F64 3.141592653589793
@@ -165,6 +167,14 @@ DEVFN float half_cheetah_reward(GLOBAL const float* act, int ad, const float* no
   return no[0] - FMUL(0.1f, sq);
 }
 
+// ---- the shaped inverted-pendulum planning reward (src/env/task.rs), task code 8 ----------
+// 1 − W·(x² + (θ/0.2)²) while |θ| ≤ 0.2, else 0; in the CPU's order, without contraction.
+DEVFN float inverted_pendulum_centred_reward(const float* no) {
+  if (!(FABSF(no[1]) <= 0.2f)) return 0.0f;
+  const float x = no[0], th = no[1] / 0.2f;
+  return 1.0f - FMUL(CENTRED_WEIGHT, FMUL(x, x) + FMUL(th, th));
+}
+
 // ---- dispatch by task code ---------------------------------------------------------------
 // o, no: the first four components of the observation before / after the step; act: the
 // action in global memory (ad components, a: its first four).
@@ -175,6 +185,7 @@ DEVFN float env_reward(u32 env, const float* o, const float* a, GLOBAL const flo
   if (env == ENV_MOUNTAIN_CAR) return mountain_car_reward(a, no);
   if (env == TASK_HALF_CHEETAH) return half_cheetah_reward(act, ad, no);
   if (env == TASK_INVERTED_PENDULUM) return FABSF(no[1]) <= 0.2f ? 1.0f : 0.0f;
+  if (env == TASK_INVERTED_PENDULUM_CENTRED) return inverted_pendulum_centred_reward(no);
   return NAN_F32;
 }
 
@@ -186,7 +197,8 @@ DEVFN int env_terminated(u32 env, const float* no, int big) {
   if (env == TASK_HOPPER) return !(!big && no[0] > 0.7f && FABSF(no[1]) < 0.2f);
   if (env == TASK_WALKER2D) return !(no[0] > 0.8f && no[0] < 2.0f && no[1] > -1.0f && no[1] < 1.0f);
   if (env == TASK_ANT) return !(no[0] >= 0.2f && no[0] <= 1.0f);
-  if (env == TASK_INVERTED_PENDULUM) return !(FABSF(no[1]) <= 0.2f);
+  if (env == TASK_INVERTED_PENDULUM || env == TASK_INVERTED_PENDULUM_CENTRED)
+    return !(FABSF(no[1]) <= 0.2f);
   return 0;
 }
 

@@ -219,6 +219,10 @@ const TASK_HOPPER: u32 = 4u;
 const TASK_WALKER2D: u32 = 5u;
 const TASK_ANT: u32 = 6u;
 const TASK_INVERTED_PENDULUM: u32 = 7u;
+// The shaped planning reward of the inverted pendulum (src/env/task.rs): the task's
+// termination, 1 − W·(x² + (θ/0.2)²) while alive.
+const TASK_INVERTED_PENDULUM_CENTRED: u32 = 8u;
+const CENTRED_WEIGHT: f32 = 0.5;
 
 // Planning reward of a transition under task `code`: the native environment's, or
 // mbrl-lib's half-cheetah reward next_obs[0] − 0.1·‖a‖². `s` and `nx` hold the first four
@@ -234,6 +238,10 @@ fn task_reward(code: u32, s: vec4<f32>, abase: u32, ad: u32, nx: vec4<f32>) -> f
     }
     if (code == TASK_INVERTED_PENDULUM) {
         return select(0.0, 1.0, abs(nx.y) <= 0.2);
+    }
+    if (code == TASK_INVERTED_PENDULUM_CENTRED) {
+        let th = nx.y / 0.2;
+        return select(0.0, 1.0 - CENTRED_WEIGHT * (nx.x * nx.x + th * th), abs(nx.y) <= 0.2);
     }
     return env_reward(code, s, ro_actions[abase], nx);
 }
@@ -254,7 +262,7 @@ fn task_terminated(code: u32, nx: vec4<f32>, big: bool) -> bool {
         case TASK_ANT: {
             return !(nx.x >= 0.2 && nx.x <= 1.0);
         }
-        case TASK_INVERTED_PENDULUM: {
+        case TASK_INVERTED_PENDULUM, TASK_INVERTED_PENDULUM_CENTRED: {
             return !(abs(nx.y) <= 0.2);
         }
         default: {

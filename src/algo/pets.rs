@@ -49,6 +49,23 @@ pub struct PetsConfig {
     /// γ^H·V(s_H) (`plan --terminal-value`); unset by default. CPU backend.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub terminal_value: Option<std::path::PathBuf>,
+    /// The reward the planner scores model paths with: the task's own (`task`, what the
+    /// returns report), or its shaped planning reward (`shaped`; inverted-pendulum only:
+    /// [`task::INVERTED_PENDULUM_CENTRED`]). Absent from older runs' files: `task`.
+    #[serde(default)]
+    pub planner_reward: PlannerReward,
+}
+
+/// Which reward the planner maximises ([`PetsConfig::planner_reward`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PlannerReward {
+    /// The task's reward.
+    #[default]
+    Task,
+    /// The task's shaped planning reward ([`task::shaped`]): the same terminations, and a
+    /// preference among paths that the task's reward scores alike.
+    Shaped,
 }
 
 /// Preset names accepted by `--preset`.
@@ -94,6 +111,7 @@ impl PetsConfig {
         let mut trials = 10;
         // mbrl-lib pets_cartpole: freq_train_model 50.
         let mut train_every = 50;
+        let mut planner_reward = PlannerReward::Task;
         // mbrl-lib trains 25 epochs of batch 256: on the first 200 transitions that is 25
         // Adam steps, too few for a 7 × 4×200 ensemble to predict anything; at least 200
         // steps per training (a second on this CPU) lets the first MPC trial plan.
@@ -171,9 +189,12 @@ impl PetsConfig {
                 }
                 if env_name.mujoco() == Some(MujocoTask::InvertedPendulum) {
                     // 0.6 s of look-ahead is enough to keep the pole up; the 1000-step
-                    // trials make a few trials plenty of data.
+                    // trials make a few trials plenty of data. With the task's 0/1 reward
+                    // every path that survives 15 steps scores the same and the cart
+                    // drifts to its stop (README); the shaped reward keeps it centred.
                     planner.horizon = 15;
                     train_every = 250;
+                    planner_reward = PlannerReward::Shaped;
                 }
             }
             (n, _) if PRESETS.contains(&n) => {
@@ -206,6 +227,7 @@ impl PetsConfig {
             propagation: Propagation::Ts1,
             train_every,
             terminal_value: None,
+            planner_reward,
         })
     }
 
@@ -259,8 +281,25 @@ impl PetsConfig {
             spec.obs_dim,
             self.particles,
         )?;
+        self.planning_task()?;
         // A missing or mismatched critic is refused before a run directory is made.
         self.load_terminal_value().map(|_| ())
+    }
+
+    /// The reward/termination code the planner scores paths with ([`Self::planner_reward`]).
+    pub fn planning_task(&self) -> Result<u32> {
+        let env = self.env_name()?;
+        let code = env.task_code();
+        match self.planner_reward {
+            PlannerReward::Task => Ok(code),
+            PlannerReward::Shaped => task::shaped(code).ok_or_else(|| {
+                setting!(
+                    "planner_reward",
+                    "\"shaped\": {env} has no shaped planning reward (inverted-pendulum \
+                     has one); use \"task\""
+                )
+            }),
+        }
     }
 }
 
@@ -375,7 +414,7 @@ pub fn run<B: Backend>(
             mpc = Some(Mpc::with_model_task(
                 backend,
                 &model,
-                env_name.task_code(),
+                cfg.planning_task()?,
                 &spec.act_low,
                 &spec.act_high,
                 cfg.planner.clone(),
@@ -592,4 +631,42 @@ fn write_views(dir: &RunDir, reports: &[TrialReport], model: &Ensemble) -> Resul
         &points,
     );
     dir.write("learning_curve.svg", svg.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The inverted pendulum's `quick` preset plans with the shaped reward; every other
+    /// preset with the task's; `shaped` where no shaped reward exists is refused by name.
+    #[test]
+    fn the_planner_reward_should_be_the_tasks_unless_shaped_where_one_exists() {
+        let ip = EnvName::parse("inverted-pendulum").unwrap();
+        let quick = PetsConfig::preset(&ip, "quick").unwrap();
+        assert_eq!(quick.planner_reward, PlannerReward::Shaped);
+        assert_eq!(
+            quick.planning_task().unwrap(),
+            task::INVERTED_PENDULUM_CENTRED
+        );
+        let mut plain = PetsConfig::preset(&ip, "inv_pendulum").unwrap();
+        assert_eq!(plain.planning_task().unwrap(), task::INVERTED_PENDULUM);
+        plain.planner_reward = PlannerReward::Shaped;
+        plain.validate().unwrap();
+
+        let mut cp = PetsConfig::preset(&EnvId::CartPole.into(), "quick").unwrap();
+        assert_eq!(cp.planning_task().unwrap(), EnvId::CartPole.code());
+        cp.planner_reward = PlannerReward::Shaped;
+        let e = cp.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("planner_reward") && e.contains("cartpole"),
+            "{e}"
+        );
+
+        // A config.toml written before the setting existed reads as the task's reward.
+        let mut old = toml::to_string(&PetsConfig::preset(&ip, "quick").unwrap()).unwrap();
+        old = old.replace("planner_reward = \"shaped\"\n", "");
+        assert!(!old.contains("planner_reward"));
+        let back: PetsConfig = toml::from_str(&old).unwrap();
+        assert_eq!(back.planner_reward, PlannerReward::Task);
+    }
 }

@@ -35,14 +35,35 @@ pub const ANT: u32 = 6;
 /// is 1 while alive and 0 on the terminating step, exactly as Gymnasium's.
 pub const INVERTED_PENDULUM: u32 = 7;
 
+/// A planning reward for InvertedPendulum-v5 (`planner_reward = "shaped"`): the task's
+/// termination, and while alive `1 − W·(x² + (θ/0.2)²)` with x = obs[0] (the cart on its
+/// rail, whose stops are at ±1) and θ = obs[1] (the pole, terminating beyond ±0.2), W =
+/// [`CENTRED_WEIGHT`]; 0 on the terminating step. Inside the live region the reward stays
+/// ≥ 0, so surviving a step always scores at least as much as falling; among paths that all
+/// survive the horizon (the task's own 0/1 reward scores them alike) it prefers the one that
+/// keeps the cart away from its stops and the pole upright. PETS's own experiments planned
+/// with shaped costs of this kind; the returns reported stay the task's.
+pub const INVERTED_PENDULUM_CENTRED: u32 = 8;
+
+/// W of [`INVERTED_PENDULUM_CENTRED`]: 0.5 costs the planner half a step's reward at a stop.
+pub const CENTRED_WEIGHT: f32 = 0.5;
+
 /// Whether `code` names a reward or termination function.
 pub fn known(code: u32) -> bool {
-    EnvId::from_code(code).is_some() || (HALF_CHEETAH..=INVERTED_PENDULUM).contains(&code)
+    EnvId::from_code(code).is_some() || (HALF_CHEETAH..=INVERTED_PENDULUM_CENTRED).contains(&code)
 }
 
 /// Whether `code` has a reward function of observations (else the model must learn it).
 pub fn has_reward(code: u32) -> bool {
-    EnvId::from_code(code).is_some() || code == HALF_CHEETAH || code == INVERTED_PENDULUM
+    EnvId::from_code(code).is_some()
+        || code == HALF_CHEETAH
+        || code == INVERTED_PENDULUM
+        || code == INVERTED_PENDULUM_CENTRED
+}
+
+/// The shaped planning reward of task `code` (`planner_reward = "shaped"`), where one exists.
+pub fn shaped(code: u32) -> Option<u32> {
+    (code == INVERTED_PENDULUM).then_some(INVERTED_PENDULUM_CENTRED)
 }
 
 /// Reward of a transition under task `code` (codes without a reward function give NaN, which
@@ -56,6 +77,14 @@ pub fn reward(code: u32, obs: &[f32], act: &[f32], next_obs: &[f32]) -> f32 {
                 0.0
             } else {
                 1.0
+            }
+        }
+        None if code == INVERTED_PENDULUM_CENTRED => {
+            if terminated(code, next_obs) {
+                0.0
+            } else {
+                let (x, th) = (next_obs[0], next_obs[1] / 0.2);
+                1.0 - CENTRED_WEIGHT * (x * x + th * th)
             }
         }
         None => f32::NAN,
@@ -81,7 +110,7 @@ pub fn terminated(code: u32, next_obs: &[f32]) -> bool {
             !(h > 0.8 && h < 2.0 && a > -1.0 && a < 1.0)
         }
         ANT => !(finite() && next_obs[0] >= 0.2 && next_obs[0] <= 1.0),
-        INVERTED_PENDULUM => !finite() || next_obs[1].abs() > 0.2,
+        INVERTED_PENDULUM | INVERTED_PENDULUM_CENTRED => !finite() || next_obs[1].abs() > 0.2,
         _ => false,
     }
 }
@@ -243,5 +272,29 @@ mod tests {
         assert!((reward(HALF_CHEETAH, &next, &act, &next) - (2.0 - 0.125)).abs() < 1e-6);
         assert!(!terminated(HALF_CHEETAH, &next));
         assert!(known(0) && known(HALF_CHEETAH) && !known(99));
+    }
+
+    /// The shaped inverted-pendulum reward: the task's termination, the quadratic cost inside
+    /// it, never below the terminating step's 0 while the cart is within its stops.
+    #[test]
+    fn the_centred_inverted_pendulum_reward_should_cost_distance_from_the_centre() {
+        let c = INVERTED_PENDULUM_CENTRED;
+        assert_eq!(shaped(INVERTED_PENDULUM), Some(c));
+        assert_eq!(shaped(HALF_CHEETAH), None);
+        assert!(known(c) && has_reward(c));
+        let r = |x: f32, th: f32| reward(c, &[0.0; 4], &[0.0], &[x, th, 0.3, -0.7]);
+        assert_eq!(r(0.0, 0.0), 1.0);
+        assert!((r(0.5, 0.1) - (1.0 - 0.5 * (0.25 + 0.25))).abs() < 1e-6);
+        assert!((r(-1.0, -0.2) - 0.0).abs() < 1e-6, "{}", r(-1.0, -0.2));
+        assert_eq!(r(0.0, 0.2001), 0.0);
+        assert_eq!(r(0.0, f32::NAN), 0.0);
+        for (x, th) in [(0.3, 0.05), (-0.9, 0.19), (0.0, -0.2)] {
+            let next = [x, th, 0.0, 0.0];
+            assert!(r(x, th) >= 0.0 && r(x, th) <= 1.0);
+            // Terminations are the task's, reward for reward where nothing is shaped.
+            assert_eq!(terminated(c, &next), terminated(INVERTED_PENDULUM, &next));
+            assert_eq!(reward(INVERTED_PENDULUM, &[0.0; 4], &[0.0], &next), 1.0);
+        }
+        assert!(r(0.2, 0.0) > r(0.4, 0.0) && r(0.0, 0.05) > r(0.0, -0.1));
     }
 }

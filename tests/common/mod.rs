@@ -116,6 +116,15 @@ pub fn mujoco_task_cases() -> Vec<TaskCase> {
             start: start(4, &[(1, 0.17)]),
         },
         TaskCase {
+            // The shaped planning reward: the cart off centre, so both cost terms count.
+            name: "inverted-pendulum centred",
+            code: task::INVERTED_PENDULUM_CENTRED,
+            obs_dim: 4,
+            act_dim: 1,
+            learn_reward: false,
+            start: start(4, &[(0, 0.45), (1, 0.17)]),
+        },
+        TaskCase {
             name: "inverted-pendulum learned",
             code: task::INVERTED_PENDULUM,
             obs_dim: 4,
