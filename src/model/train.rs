@@ -306,43 +306,53 @@ pub fn train<B: Backend>(
             Philox::new(cfg.seed, stream::SHUFFLE, (epoch * e + m) as u32).shuffle(o);
         }
         let mut loss_sum = 0.0f64;
-        let mut batches = 0usize;
-        let mut start = 0;
-        while start < nt {
-            let rows = bs.min(nt - start);
-            for m in 0..e {
-                for k in 0..rows {
-                    let r = order[m][start + k];
-                    bx_host[(m * rows + k) * di..(m * rows + k + 1) * di]
-                        .copy_from_slice(&xs[r * di..(r + 1) * di]);
-                    by_host[(m * rows + k) * dout..(m * rows + k + 1) * dout]
-                        .copy_from_slice(&ys[r * dout..(r + 1) * dout]);
+        let mut run_batches = || -> Result<usize> {
+            let mut batches = 0usize;
+            let mut start = 0;
+            while start < nt {
+                let rows = bs.min(nt - start);
+                for m in 0..e {
+                    for k in 0..rows {
+                        let r = order[m][start + k];
+                        bx_host[(m * rows + k) * di..(m * rows + k + 1) * di]
+                            .copy_from_slice(&xs[r * di..(r + 1) * di]);
+                        by_host[(m * rows + k) * dout..(m * rows + k + 1) * dout]
+                            .copy_from_slice(&ys[r * dout..(r + 1) * dout]);
+                    }
                 }
+                if rows == bs {
+                    backend.write(&mut bx, &bx_host)?;
+                    backend.write(&mut by, &by_host)?;
+                } else {
+                    bx = backend.upload(&bx_host[..e * rows * di])?;
+                    by = backend.upload(&by_host[..e * rows * dout])?;
+                }
+                backend.ensemble_nll_backward(
+                    &shape,
+                    &loss_cfg,
+                    &params,
+                    &norm,
+                    &bx,
+                    &by,
+                    rows,
+                    &mut grad,
+                    &mut losses[batches],
+                )?;
+                batches += 1;
+                step += 1;
+                let ap = AdamParams::torch(cfg.lr, step, total);
+                backend.adam_step(&ap, &mut params, &grad, &mut adam_m, &mut adam_v)?;
+                start += rows;
             }
-            if rows == bs {
-                backend.write(&mut bx, &bx_host)?;
-                backend.write(&mut by, &by_host)?;
-            } else {
-                bx = backend.upload(&bx_host[..e * rows * di])?;
-                by = backend.upload(&by_host[..e * rows * dout])?;
-            }
-            backend.ensemble_nll_backward(
-                &shape,
-                &loss_cfg,
-                &params,
-                &norm,
-                &bx,
-                &by,
-                rows,
-                &mut grad,
-                &mut losses[batches],
-            )?;
-            batches += 1;
-            step += 1;
-            let ap = AdamParams::torch(cfg.lr, step, total);
-            backend.adam_step(&ap, &mut params, &grad, &mut adam_m, &mut adam_v)?;
-            start += rows;
-        }
+            Ok(batches)
+        };
+        // On the CPU the minibatches' parallel loops follow each other closely: keep the
+        // pool's threads polling between them rather than asleep (`in_hot_pool`).
+        let batches = if backend.name() == "cpu" {
+            crate::in_hot_pool(run_batches)?
+        } else {
+            run_batches()?
+        };
         // The epoch's losses, read once it is done: the first non-finite one names its
         // minibatch (the steps after it ran on, but their parameters are discarded).
         for (b, buf) in losses[..batches].iter().enumerate() {

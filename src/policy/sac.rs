@@ -998,7 +998,7 @@ impl Sac {
         batch: &Batch<f32>,
         actor_step: impl FnOnce(ActorInputs<'_>, &mut [f32]) -> (f32, f32) + Send,
     ) -> Result<UpdateStats> {
-        crate::in_pool(|| self.step_with(batch, actor_step))
+        crate::in_hot_pool(|| self.step_with(batch, actor_step))
     }
 
     fn step_with(
