@@ -277,8 +277,12 @@ fn dense_view<'a>(v: crate::linalg::View<'a, f32>, buf: &'a mut Vec<f32>) -> &'a
     if v.cs == 1 && v.rs == v.cols {
         return &v.data[..v.rows * v.cols];
     }
-    buf.clear();
-    buf.resize(v.rows * v.cols, 0.0);
+    // Every element below is written, so the buffer only grows and is never cleared.
+    let len = v.rows * v.cols;
+    if buf.len() < len {
+        buf.resize(len, 0.0);
+    }
+    let buf = &mut buf[..len];
     #[cfg(target_arch = "x86_64")]
     if amx::available() && v.rs == 1 {
         // A transpose (the training products' Xᵀ and Wᵀ): 16 × 16 blocks through registers.
