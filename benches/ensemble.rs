@@ -52,6 +52,7 @@ fn bench(c: &mut Criterion) {
     let loss = LossConfig {
         logvar_penalty: 0.01,
         weight_decay: vec![3e-5; 5],
+        precision: mbrl_gpu::backend::Precision::F32,
     };
     let mut grad = vec![0.0; p.len()];
     let mut losses = vec![0.0; 7];

@@ -4,7 +4,11 @@ use mbrl_gpu::policy::{Replay, Sac, SacConfig};
 fn main() {
     // `sac_profile N [f32|bf16] [OBS ACT]`: N updates (f32 or bf16 training products) at
     // Pendulum-v1 sizes (3, 1) or the given ones (HalfCheetah: 17 6).
-    let arg = |i: usize| std::env::args().nth(i).and_then(|s| s.parse::<usize>().ok());
+    let arg = |i: usize| {
+        std::env::args()
+            .nth(i)
+            .and_then(|s| s.parse::<usize>().ok())
+    };
     let (obs, act) = (arg(3).unwrap_or(3), arg(4).unwrap_or(1));
     let precision = match std::env::args().nth(2).as_deref() {
         Some("bf16") => mbrl_gpu::backend::Precision::Bf16,

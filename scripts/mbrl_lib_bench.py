@@ -369,8 +369,9 @@ def main():
         f"calls (expected 350x20x15x5 = {350 * 20 * 15 * 5}); {macs} multiply-adds per row "
         f"-> {theirs_act_gflop:.1f} GFLOP per act")
 
-    rounds = {k: [] for k in ("ours_plan", "ours_plan_bf16", "ours_train", "ours_fwd", "theirs_act",
-                              "theirs_train", "theirs_train_eval", "theirs_fwd")}
+    rounds = {k: [] for k in ("ours_plan", "ours_plan_bf16", "ours_train", "ours_train_bf16",
+                              "ours_fwd", "theirs_act", "theirs_train", "theirs_train_eval",
+                              "theirs_fwd")}
     ours_last = {}
     peaks, loads = [], []
     for r in range(ARGS.rounds):
@@ -391,6 +392,10 @@ def main():
         ours_last.update(mod)
         peaks += [row["peak_gflops"] for row in (cp, mod["gemm_peak_square"])]
         rounds["ours_train"].append(mod["train_epoch_n2000_e7_5x200x4_8_b256"]["median_ms"])
+        # On the CPU `bench model` also trains with bf16 products (train.precision = bf16).
+        if "train_epoch_n2000_e7_5x200x4_8_b256_bf16" in mod:
+            rounds["ours_train_bf16"].append(
+                mod["train_epoch_n2000_e7_5x200x4_8_b256_bf16"]["median_ms"])
         rounds["ours_fwd"].append(mod["ensemble_forward_e7_r1000_24x200x4_36"]["median_ms"])
         e = th.time_epoch(ARGS.train_reps, evaluate=False)
         ee = th.time_epoch(ARGS.train_reps, evaluate=True)
@@ -429,6 +434,10 @@ def main():
         ("training epoch + per-epoch evaluation on the training set (as mbrl-lib PETS trains)",
          "train_epoch_n2000_e7_5x200x4_8_b256", "ours_train", "theirs_train_eval", train_gflop,
          ours_tr, "ModelTrainer.train, evaluate=True, patience 25, no validation split"),
+        ("training epoch as above, mbrl-gpu with bf16 products (mbrl-lib still f32)",
+         "train_epoch_n2000_e7_5x200x4_8_b256_bf16", "ours_train_bf16", "theirs_train",
+         train_gflop, ours_last.get("train_epoch_n2000_e7_5x200x4_8_b256_bf16"),
+         "ModelTrainer.train, evaluate=False"),
         ("planning step (act) as above, mbrl-gpu with bf16 products (mbrl-lib still f32)",
          "plan_step_cartpole_mbrl_lib_bf16", "ours_plan_bf16", "theirs_act", theirs_act_gflop,
          ours_last.get("plan_step_cartpole_mbrl_lib_bf16"),

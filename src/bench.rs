@@ -155,39 +155,58 @@ pub fn model_benches<B: Backend>(be: &B, reps: usize) -> Result<Vec<BenchResult>
     let data = synthetic_transitions(2000, 4, 1, 11);
     let mut cfg_model = ModelConfig::pets(4, 1);
     cfg_model.num_elites = 5;
-    let run = |epochs: usize| -> f64 {
-        let mut m = Ensemble::new(cfg_model.clone(), 0).expect("model");
-        let cfg = TrainConfig {
-            epochs,
-            ..TrainConfig::default()
-        };
-        let s = Instant::now();
-        crate::model::train::train(be, &mut m, &data, &cfg, |_| {}).expect("train");
-        s.elapsed().as_secs_f64() * 1e3
-    };
-    let mut per_epoch: Vec<f64> = (0..reps.max(3))
-        .map(|_| {
-            let t1 = run(1);
-            let t6 = run(6);
-            (t6 - t1) / 5.0
-        })
-        .collect();
-    per_epoch.sort_by(f64::total_cmp);
-    let med = per_epoch[per_epoch.len() / 2];
     let shape_cp = cfg_model.shape();
     // Forward 2·macs, backward 2·macs for dW plus 2·(macs − first layer) for dX.
     let macs = shape_cp.macs_per_row() as f64;
     let first = (shape_cp.in_dim * shape_cp.hidden) as f64;
     let flop = 2000.0 * 7.0 * 2.0 * (3.0 * macs - first);
-    out.push(result(
-        "train_epoch_n2000_e7_5x200x4_8_b256",
-        med,
-        per_epoch[0],
-        per_epoch.len(),
-        flop,
-        peak,
-        "one epoch of bootstrap minibatch Adam; forward + backward FLOPs".into(),
-    ));
+    // f32 (the specification) and, on the CPU, bf16 training products.
+    let precisions: &[(crate::backend::Precision, &str)] = if on_cpu {
+        &[
+            (crate::backend::Precision::F32, ""),
+            (crate::backend::Precision::Bf16, "_bf16"),
+        ]
+    } else {
+        &[(crate::backend::Precision::F32, "")]
+    };
+    for &(precision, suffix) in precisions {
+        let run = |epochs: usize| -> f64 {
+            let mut m = Ensemble::new(cfg_model.clone(), 0).expect("model");
+            let cfg = TrainConfig {
+                epochs,
+                precision,
+                ..TrainConfig::default()
+            };
+            let s = Instant::now();
+            crate::model::train::train(be, &mut m, &data, &cfg, |_| {}).expect("train");
+            s.elapsed().as_secs_f64() * 1e3
+        };
+        let mut per_epoch: Vec<f64> = (0..reps.max(3))
+            .map(|_| {
+                let t1 = run(1);
+                let t6 = run(6);
+                (t6 - t1) / 5.0
+            })
+            .collect();
+        per_epoch.sort_by(f64::total_cmp);
+        let med = per_epoch[per_epoch.len() / 2];
+        out.push(result(
+            &format!("train_epoch_n2000_e7_5x200x4_8_b256{suffix}"),
+            med,
+            per_epoch[0],
+            per_epoch.len(),
+            flop,
+            peak,
+            format!(
+                "one epoch of bootstrap minibatch Adam; forward + backward FLOPs{}",
+                if suffix.is_empty() {
+                    ""
+                } else {
+                    "; bf16 products, f32 sums"
+                }
+            ),
+        ));
+    }
     for r in out.iter_mut() {
         r.backend = be.name().into();
     }

@@ -836,6 +836,9 @@ fn run_pets(a: PetsArgs) -> Result<()> {
         (None, false) => Mode::New,
     };
     let be = pick_backend_for(a.backend, cfg.planner.precision)?;
+    cfg.train
+        .check_backend(be.name())
+        .map_err(|e| e.in_section("train"))?;
     // Checked before any work: the directory is free (or resumable) and writable.
     let run_dir = RunDir::open(&dir, mode, &text)?;
     if mode == Mode::Resume {

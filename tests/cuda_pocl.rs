@@ -447,6 +447,7 @@ fn check_nll<B: Backend>(b: &B, label: &str) {
             weight_decay: (0..=shape.num_layers)
                 .map(|l| if l == 1 { 0.0 } else { 2.5e-3 * (l + 1) as f32 })
                 .collect(),
+            precision: mbrl_gpu::backend::Precision::F32,
         };
         let total = shape.layout().total;
         let (mut cg, mut cls) = (unwritten(total), unwritten(shape.ensemble));

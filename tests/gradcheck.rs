@@ -69,6 +69,7 @@ fn case(
     let loss = LossConfig {
         logvar_penalty: 0.01,
         weight_decay: (0..=layers).map(|l| 1e-3 * (l + 1) as f32).collect(),
+        precision: mbrl_gpu::backend::Precision::F32,
     };
     Case {
         shape,

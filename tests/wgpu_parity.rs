@@ -321,6 +321,7 @@ fn train_data(shape: EnsembleShape, rows: usize, seed: u64) -> TrainData {
             weight_decay: (0..=shape.num_layers)
                 .map(|l| if l == 1 { 0.0 } else { 2.5e-5 * (l + 1) as f32 })
                 .collect(),
+            precision: mbrl_gpu::backend::Precision::F32,
         },
         shape,
         rows,

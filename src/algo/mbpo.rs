@@ -124,6 +124,7 @@ impl MbpoConfig {
             improvement_threshold: 0.01,
             bootstrap: true,
             seed: 0,
+            precision: Default::default(),
         };
         let sac = SacConfig {
             target_update_interval: 4,
@@ -736,6 +737,9 @@ pub fn run<B: Backend>(
     mut progress: impl FnMut(Event),
 ) -> Result<(Sac, Vec<Row>)> {
     cfg.validate()?;
+    cfg.train
+        .check_backend(backend.name())
+        .map_err(|e| e.in_section("train"))?;
     let env_name = cfg.env_name()?;
     let mut env = env_name.open(1)?;
     let mut eval_env = env_name.open(1)?;

@@ -356,6 +356,9 @@ pub fn run<B: Backend>(
     mut progress: impl FnMut(Event),
 ) -> Result<(Ensemble, Vec<TrialReport>)> {
     cfg.validate()?;
+    cfg.train
+        .check_backend(backend.name())
+        .map_err(|e| e.in_section("train"))?;
     let env_name = cfg.env_name()?;
     let mut env = env_name.open(1)?;
     let spec = env.spec().clone();

@@ -102,6 +102,7 @@ impl SvgConfig {
             improvement_threshold: 0.01,
             bootstrap: true,
             seed: 0,
+            precision: Default::default(),
         };
         let policy = SacConfig {
             hidden: 64,
@@ -674,6 +675,9 @@ pub fn run<B: Backend>(
     mut progress: impl FnMut(Event),
 ) -> Result<(Sac, Vec<Row>)> {
     cfg.validate()?;
+    cfg.train
+        .check_backend(backend.name())
+        .map_err(|e| e.in_section("train"))?;
     let env_name = cfg.env_name()?;
     let mut env = env_name.open(1)?;
     let mut eval_env = env_name.open(1)?;

@@ -31,6 +31,18 @@ pub fn forward(shape: &EnsembleShape, rows: usize, lens: [usize; 5]) -> Result<(
     Ok(())
 }
 
+/// A device backend's training runs in f32 only: bf16 training products
+/// (`LossConfig::precision`) are the CPU backend's.
+pub fn f32_training(loss: &super::LossConfig, backend: &str) -> Result<()> {
+    if loss.precision != super::Precision::F32 {
+        return Err(invalid!(
+            "bf16 model training (train.precision = bf16) runs on the CPU backend only, not on \
+             {backend}; use train.precision = f32 there"
+        ));
+    }
+    Ok(())
+}
+
 /// Lengths of `ensemble_nll_backward`'s buffers: params, norm, x, target, grad, losses.
 pub fn nll_backward(
     shape: &EnsembleShape,

@@ -158,6 +158,10 @@ pub struct LossConfig {
     /// One L2 coefficient per linear layer (head last); PETS uses growing values
     /// (2.5e-5, 5e-5, 7.5e-5, 7.5e-5, 1e-4), mbrl-lib one value for all.
     pub weight_decay: Vec<f32>,
+    /// Arithmetic of the hidden layers' products in the forward and backward: f32 (the
+    /// specification), or bf16 operands with f32 sums ([`crate::bf16::matmul_views`], AMX
+    /// tiles where present). bf16 runs on the CPU backend only; the device backends refuse it.
+    pub precision: Precision,
 }
 
 /// Adam hyper-parameters for one step, laid out as a kernel's uniform block.

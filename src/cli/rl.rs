@@ -341,6 +341,16 @@ fn finish(pb: &ProgressBar, rows: &[Row], dir: &RunDir) -> Result<()> {
     Ok(())
 }
 
+/// The model's training precision against the backend, before anything is written.
+fn train_on(train: &mbrl_gpu::model::TrainConfig, be: &Option<AnyBackend>) -> Result<()> {
+    match be {
+        Some(b) => train
+            .check_backend(b.name())
+            .map_err(|e| e.in_section("train")),
+        None => Ok(()),
+    }
+}
+
 /// The backend, resolved before anything is written: a backend that cannot start leaves no
 /// run directory behind (none at all with `--print-config`, which needs none).
 fn early_backend(run: &RunArgs, choice: BackendChoice) -> Result<Option<AnyBackend>> {
@@ -397,6 +407,7 @@ fn run_model_based(a: MbpoArgs, maac: bool) -> Result<()> {
     } else {
         ("mbpo", mbpo::MbpoConfig::preset)
     };
+    let be = early_backend(&a.run, a.backend)?;
     let validate = |c: &mbpo::MbpoConfig| {
         match (maac, c.maac.is_some()) {
             (false, true) => {
@@ -411,9 +422,9 @@ fn run_model_based(a: MbpoArgs, maac: bool) -> Result<()> {
             }
             _ => {}
         }
-        c.validate()
+        c.validate()?;
+        train_on(&c.train, &be)
     };
-    let be = early_backend(&a.run, a.backend)?;
     let Some((cfg, dir)) = prepare(
         &a.run,
         cmd,
@@ -459,7 +470,10 @@ pub fn run_svg(a: MbpoArgs) -> Result<()> {
         svg::SvgConfig::preset,
         |c, s| c.steps = s,
         |c| (c.env.clone(), c.preset.clone(), c.seed),
-        svg::SvgConfig::validate,
+        |c: &svg::SvgConfig| {
+            c.validate()?;
+            train_on(&c.train, &be)
+        },
     )?
     else {
         return Ok(());

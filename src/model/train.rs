@@ -2,7 +2,7 @@
 //! resampling, an optional holdout split, minibatch Adam on the Gaussian NLL, early stopping on
 //! the holdout MSE with the best weights of each member kept, and elite selection.
 use super::{Ensemble, Transitions};
-use crate::backend::{AdamParams, Backend, LossConfig};
+use crate::backend::{AdamParams, Backend, LossConfig, Precision};
 use crate::rng::{stream, Philox};
 use crate::{invalid, setting, Error, Result};
 use serde::{Deserialize, Serialize};
@@ -37,6 +37,11 @@ pub struct TrainConfig {
     /// Resample each member's training set with replacement (bootstrap).
     pub bootstrap: bool,
     pub seed: u64,
+    /// Arithmetic of the training products (`LossConfig::precision`): f32, or bf16
+    /// operands with f32 sums (CPU backend only; AMX tiles where present). Absent from
+    /// older files: f32.
+    #[serde(default)]
+    pub precision: Precision,
 }
 
 impl Default for TrainConfig {
@@ -53,6 +58,7 @@ impl Default for TrainConfig {
             improvement_threshold: 0.01,
             bootstrap: true,
             seed: 0,
+            precision: Precision::F32,
         }
     }
 }
@@ -103,6 +109,18 @@ impl TrainConfig {
         Ok(())
     }
 
+    /// bf16 training products are the CPU backend's: refused by name on the others (runs
+    /// call this before any work).
+    pub fn check_backend(&self, backend: &str) -> Result<()> {
+        if self.precision != Precision::F32 && backend != "cpu" {
+            return Err(setting!(
+                "precision",
+                "\"bf16\" runs on the CPU backend only, not on {backend}; use \"f32\""
+            ));
+        }
+        Ok(())
+    }
+
     fn loss_config(&self, layers: usize) -> Result<LossConfig> {
         let weight_decay = match self.weight_decay.len() {
             0 => vec![0.0; layers],
@@ -117,6 +135,7 @@ impl TrainConfig {
         Ok(LossConfig {
             logvar_penalty: self.logvar_penalty,
             weight_decay,
+            precision: self.precision,
         })
     }
 }
@@ -176,6 +195,8 @@ pub fn train<B: Backend>(
     mut on_epoch: impl FnMut(&EpochReport),
 ) -> Result<TrainReport> {
     cfg.validate()?;
+    cfg.check_backend(backend.name())
+        .map_err(|e| e.in_section("train"))?;
     model.config.validate()?;
     data.validate()?;
     let mc = model.config.clone();
@@ -452,4 +473,117 @@ fn copy_member(lay: &crate::backend::ParamLayout, m: usize, src: &[f32], dst: &m
         dst[b..b + lo.fan_out].copy_from_slice(&src[b..b + lo.fan_out]);
     }
     dst[lay.max_logvar..lay.total].copy_from_slice(&src[lay.max_logvar..lay.total]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::cpu::CpuBackend;
+    use crate::model::ModelConfig;
+
+    /// bf16 training products (operands rounded to 8 significant bits, f32 sums) give an
+    /// NLL gradient close to the f32 specification's, and train a model as well; an f32 call
+    /// after a bf16 one is the f32 result again (the shared workspace is reset).
+    #[test]
+    fn bf16_training_should_follow_f32_training() {
+        let be = CpuBackend::new();
+        let mut mc = ModelConfig::pets(4, 1);
+        mc.ensemble_size = 3;
+        mc.num_elites = 2;
+        let model = Ensemble::new(mc.clone(), 5).unwrap();
+        let shape = mc.shape();
+        let rows = 256;
+        let g = |n: usize, k: u32| -> Vec<f32> {
+            (0..n)
+                .map(|i| crate::rng::normal(9, 77, k, i as u32))
+                .collect()
+        };
+        let x = g(shape.ensemble * rows * shape.in_dim, 1);
+        let y = g(shape.ensemble * rows * shape.out_dim, 2);
+        let mut norm = vec![0.0f32; shape.in_dim];
+        norm.extend(vec![1.0f32; shape.in_dim]);
+        let grad_at = |precision: Precision| -> Vec<f32> {
+            let loss = TrainConfig {
+                precision,
+                ..TrainConfig::default()
+            }
+            .loss_config(shape.num_layers + 1)
+            .unwrap();
+            let mut grad = vec![f32::NAN; model.params.len()];
+            let mut losses = vec![f32::NAN; shape.ensemble];
+            be.ensemble_nll_backward(
+                &shape,
+                &loss,
+                &model.params,
+                &norm,
+                &x,
+                &y,
+                rows,
+                &mut grad,
+                &mut losses,
+            )
+            .unwrap();
+            grad
+        };
+        let f32a = grad_at(Precision::F32);
+        let b16 = grad_at(Precision::Bf16);
+        let f32b = grad_at(Precision::F32);
+        assert_eq!(f32a, f32b, "f32 after bf16 must be the f32 result");
+        assert!(b16.iter().all(|v| v.is_finite()));
+        let dot: f64 = f32a
+            .iter()
+            .zip(&b16)
+            .map(|(p, q)| *p as f64 * *q as f64)
+            .sum();
+        let n2 = |v: &[f32]| v.iter().map(|a| (*a as f64).powi(2)).sum::<f64>().sqrt();
+        let diff: f64 = f32a
+            .iter()
+            .zip(&b16)
+            .map(|(p, q)| (*p as f64 - *q as f64).powi(2))
+            .sum::<f64>()
+            .sqrt();
+        let (cos, rel) = (dot / (n2(&f32a) * n2(&b16)), diff / n2(&f32a));
+        eprintln!("bf16 NLL gradient: cosine {cos:.6}, relative difference {rel:.2e}");
+        assert!(cos > 0.999 && rel < 0.05, "cosine {cos}, relative {rel}");
+        assert!(
+            f32a != b16 || !crate::bf16::Path::Amx.available(),
+            "bf16 mode did nothing"
+        );
+
+        // Trained on the same data, both fit it about equally.
+        let data = crate::bench::synthetic_transitions(600, 4, 1, 3);
+        let fit = |precision: Precision| -> f64 {
+            let mut m = Ensemble::new(mc.clone(), 1).unwrap();
+            let cfg = TrainConfig {
+                epochs: 30,
+                precision,
+                ..TrainConfig::default()
+            };
+            let rep = train(&be, &mut m, &data, &cfg, |_| {}).unwrap();
+            rep.history.last().unwrap().train_loss
+        };
+        let (l32, l16) = (fit(Precision::F32), fit(Precision::Bf16));
+        eprintln!("final training NLL: f32 {l32:.4}, bf16 {l16:.4}");
+        assert!(
+            (l16 - l32).abs() <= 0.05 * l32.abs().max(1.0),
+            "{l32} vs {l16}"
+        );
+    }
+
+    /// bf16 training is the CPU backend's; elsewhere it is refused by the setting's name.
+    #[test]
+    fn bf16_training_should_be_refused_off_the_cpu() {
+        let bf16 = TrainConfig {
+            precision: Precision::Bf16,
+            ..TrainConfig::default()
+        };
+        assert!(TrainConfig::default().check_backend("wgpu").is_ok());
+        assert!(bf16.check_backend("cpu").is_ok());
+        let e = bf16
+            .check_backend("cuda")
+            .map_err(|e| e.in_section("train"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("train.precision") && e.contains("cuda"), "{e}");
+    }
 }

@@ -10,7 +10,8 @@ pub mod sac;
 
 use super::{
     check, AdamParams, Backend, BranchParams, EliteParams, EnsembleShape, InitParams, LossConfig,
-    MppiParams, PathParams, RolloutParams, SacParams, SampleParams, TerminalValue, UpdateParams,
+    MppiParams, PathParams, Precision, RolloutParams, SacParams, SampleParams, TerminalValue,
+    UpdateParams,
 };
 use crate::Result;
 use std::sync::Mutex;
@@ -288,9 +289,12 @@ impl Backend for CpuBackend {
         let i = shape.in_dim;
         let mut ws = self.ws.lock().unwrap_or_else(|p| p.into_inner());
         let (m, s) = (&norm[..i], &norm[i..2 * i]);
+        // The workspace serves the other ensemble ops too: bf16 for this call only.
+        ws.bf16_training = loss.precision == Precision::Bf16;
         ensemble::nll_backward(
             shape, loss, params, m, s, x, target, rows, grad, losses, &mut ws,
         );
+        ws.bf16_training = false;
         Ok(())
     }
 

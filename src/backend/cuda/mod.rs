@@ -409,6 +409,7 @@ impl<H: KernelHost> Backend for CudaBackend<H> {
         grad: &mut Self::Buf,
         losses: &mut Self::Buf,
     ) -> Result<()> {
+        crate::backend::check::f32_training(loss, "cuda")?;
         grad.touch();
         losses.touch();
         self.nll_backward(shape, loss, params, norm, x, target, rows, grad, losses)

@@ -446,6 +446,7 @@ impl Backend for WgpuBackend {
         grad: &mut WgpuBuf,
         losses: &mut WgpuBuf,
     ) -> Result<()> {
+        crate::backend::check::f32_training(loss, "wgpu")?;
         ensemble::nll_backward(
             self, shape, loss, params, norm, x, target, rows, grad, losses,
         )
