@@ -379,20 +379,27 @@ pub fn matmul_views(
         n.div_ceil(TILE_N) * TILE_N,
     );
     let (kb, nb) = (kp / TILE_K, np / TILE_N);
-    // Strided operands are first copied row-major (a blocked transpose), so that both
-    // packings below read rows: 16 values at a time, rounded and stored by vector code.
-    let a = dense_view(a, &mut s.ta);
-    let b = dense_view(b, &mut s.tb);
-    // A: [mp × kp] bf16, zero beyond m and k (only the padding is cleared).
+    // A: [mp × kp] bf16, zero beyond m and k (only the padding is cleared). A transposed A
+    // (a weight gradient's Xᵀ) is transposed and rounded in one pass; other strided
+    // operands are first copied row-major (a blocked transpose), so that the packings read
+    // rows: 16 values at a time, rounded and stored by vector code.
     if s.a.len() < mp * kp {
         s.a.resize(mp * kp, 0);
     }
-    for i in 0..m {
-        let row = &mut s.a[i * kp..][..kp];
-        round_row(&a[i * k..][..k], &mut row[..k]);
-        row[k..].fill(0);
+    if a.rs == 1 && a.cs != 1 {
+        // SAFETY: AMX CPUs have AVX-512F/BW; the view was bounds-checked above; `s.a`
+        // holds mp·kp ≥ m·kp values.
+        unsafe { avx512::transpose_round(a.data, a.cs, m, k, &mut s.a, kp) };
+    } else {
+        let a = dense_view(a, &mut s.ta);
+        for i in 0..m {
+            let row = &mut s.a[i * kp..][..kp];
+            round_row(&a[i * k..][..k], &mut row[..k]);
+            row[k..].fill(0);
+        }
     }
     s.a[m * kp..mp * kp].fill(0);
+    let b = dense_view(b, &mut s.tb);
     // B: blocks of 32 k-rows × 16 columns with k-pairs interleaved (see `Packed`): lane c
     // of a block row holds the pair (W[2p][c], W[2p+1][c]) as one 32-bit word.
     if s.b.len() < kb * nb * TILE_K * TILE_N {
@@ -779,6 +786,51 @@ mod avx512 {
             for j in j_start..cols {
                 out[i * cols + j] = data[i + j * cs];
             }
+        }
+    }
+
+    /// `out[i·ld + j] = to_bits(data[i + j·cs])` for i < rows, j < cols, and 0 for
+    /// cols ≤ j < ld: [`transpose_dense`] and the rounding of the tile operand in one pass
+    /// (the f32 transpose is never stored).
+    ///
+    /// # Safety
+    /// AVX-512F and BW must be available; every (i, j) < (rows, cols) must address inside
+    /// `data`; `out` holds rows·ld values, ld ≥ cols.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub unsafe fn transpose_round(
+        data: &[f32],
+        cs: usize,
+        rows: usize,
+        cols: usize,
+        out: &mut [u16],
+        ld: usize,
+    ) {
+        assert!(ld >= cols && out.len() >= rows * ld);
+        assert!(rows == 0 || cols == 0 || (rows - 1) + (cols - 1) * cs < data.len());
+        let (fi, fj) = (rows / 16 * 16, cols / 16 * 16);
+        let src = data.as_ptr();
+        let dst = out.as_mut_ptr();
+        for i0 in (0..fi).step_by(16) {
+            for j0 in (0..fj).step_by(16) {
+                let mut r = [_mm512_setzero_ps(); 16];
+                for (c, v) in r.iter_mut().enumerate() {
+                    *v = _mm512_loadu_ps(src.add(i0 + (j0 + c) * cs));
+                }
+                let t = transpose16(r);
+                for (q, v) in t.iter().enumerate() {
+                    _mm256_storeu_si256(
+                        dst.add((i0 + q) * ld + j0) as *mut __m256i,
+                        _mm512_cvtepi32_epi16(round16(*v)),
+                    );
+                }
+            }
+        }
+        for i in 0..rows {
+            let j_start = if i < fi { fj } else { 0 };
+            for j in j_start..cols {
+                out[i * ld + j] = super::to_bits(data[i + j * cs]);
+            }
+            out[i * ld + cols..(i + 1) * ld].fill(0);
         }
     }
 
@@ -1319,6 +1371,28 @@ fn the_register_transpose_should_move_every_element() {
                     data[i + j * cs],
                     "({rows},{cols},{cs}) [{i},{j}]"
                 );
+            }
+        }
+        if std::arch::is_x86_feature_detected!("avx512bw") {
+            // Rounded to bf16 on the way, into rows of a wider stride with zeros after.
+            let ld = cols + 7;
+            let scaled: Vec<f32> = data.iter().map(|v| v * 1.001 - 3.7).collect();
+            let mut b = vec![0xFFFFu16; rows * ld];
+            // SAFETY: AVX-512F/BW checked; as above; `b` holds rows·ld values.
+            unsafe { avx512::transpose_round(&scaled, cs, rows, cols, &mut b, ld) };
+            for i in 0..rows {
+                for j in 0..ld {
+                    let want = if j < cols {
+                        to_bits(scaled[i + j * cs])
+                    } else {
+                        0
+                    };
+                    assert_eq!(
+                        b[i * ld + j],
+                        want,
+                        "({rows},{cols},{cs}) [{i},{j}] rounded"
+                    );
+                }
             }
         }
     }
