@@ -764,29 +764,19 @@ mod avx512 {
         out: &mut [f32],
     ) {
         assert!(out.len() >= rows * cols);
-        assert!(rows == 0 || cols == 0 || (rows - 1) + (cols - 1) * cs < data.len());
-        let (fi, fj) = (rows / 16 * 16, cols / 16 * 16);
-        let src = data.as_ptr();
         let dst = out.as_mut_ptr();
-        for i0 in (0..fi).step_by(16) {
-            for j0 in (0..fj).step_by(16) {
-                // r[c] = source line j0 + c: column j0 + c of the output, rows i0..i0 + 16.
-                let mut r = [_mm512_setzero_ps(); 16];
-                for (c, v) in r.iter_mut().enumerate() {
-                    *v = _mm512_loadu_ps(src.add(i0 + (j0 + c) * cs));
-                }
-                let t = transpose16(r);
+        transpose_blocks(
+            data,
+            cs,
+            rows,
+            cols,
+            |i0, j0, t| {
                 for (q, v) in t.iter().enumerate() {
                     _mm512_storeu_ps(dst.add((i0 + q) * cols + j0), *v);
                 }
-            }
-        }
-        for i in 0..rows {
-            let j_start = if i < fi { fj } else { 0 };
-            for j in j_start..cols {
-                out[i * cols + j] = data[i + j * cs];
-            }
-        }
+            },
+            |i, j| *dst.add(i * cols + j) = data[i + j * cs],
+        );
     }
 
     /// `out[i·ld + j] = to_bits(data[i + j·cs])` for i < rows, j < cols, and 0 for
@@ -806,31 +796,60 @@ mod avx512 {
         ld: usize,
     ) {
         assert!(ld >= cols && out.len() >= rows * ld);
-        assert!(rows == 0 || cols == 0 || (rows - 1) + (cols - 1) * cs < data.len());
-        let (fi, fj) = (rows / 16 * 16, cols / 16 * 16);
-        let src = data.as_ptr();
         let dst = out.as_mut_ptr();
-        for i0 in (0..fi).step_by(16) {
-            for j0 in (0..fj).step_by(16) {
-                let mut r = [_mm512_setzero_ps(); 16];
-                for (c, v) in r.iter_mut().enumerate() {
-                    *v = _mm512_loadu_ps(src.add(i0 + (j0 + c) * cs));
-                }
-                let t = transpose16(r);
+        transpose_blocks(
+            data,
+            cs,
+            rows,
+            cols,
+            |i0, j0, t| {
                 for (q, v) in t.iter().enumerate() {
                     _mm256_storeu_si256(
                         dst.add((i0 + q) * ld + j0) as *mut __m256i,
                         _mm512_cvtepi32_epi16(round16(*v)),
                     );
                 }
+            },
+            |i, j| *dst.add(i * ld + j) = super::to_bits(data[i + j * cs]),
+        );
+        for i in 0..rows {
+            out[i * ld + cols..(i + 1) * ld].fill(0);
+        }
+    }
+
+    /// The walk both transposes share over (i, j) < (rows, cols) of `data[i + j·cs]`: each
+    /// full 16 × 16 block is loaded as 16 source lines, transposed in registers and handed
+    /// to `block(i0, j0, rows i0..i0 + 16 of the transpose)`; the ragged edges go element by
+    /// element to `edge(i, j)`.
+    ///
+    /// # Safety
+    /// AVX-512F must be available; what `block` and `edge` write must be theirs to write.
+    #[inline(always)]
+    unsafe fn transpose_blocks(
+        data: &[f32],
+        cs: usize,
+        rows: usize,
+        cols: usize,
+        mut block: impl FnMut(usize, usize, &[__m512; 16]),
+        mut edge: impl FnMut(usize, usize),
+    ) {
+        assert!(rows == 0 || cols == 0 || (rows - 1) + (cols - 1) * cs < data.len());
+        let (fi, fj) = (rows / 16 * 16, cols / 16 * 16);
+        let src = data.as_ptr();
+        for i0 in (0..fi).step_by(16) {
+            for j0 in (0..fj).step_by(16) {
+                // r[c] = source line j0 + c: column j0 + c of the output, rows i0..i0 + 16.
+                let mut r = [_mm512_setzero_ps(); 16];
+                for (c, v) in r.iter_mut().enumerate() {
+                    *v = _mm512_loadu_ps(src.add(i0 + (j0 + c) * cs));
+                }
+                block(i0, j0, &transpose16(r));
             }
         }
         for i in 0..rows {
-            let j_start = if i < fi { fj } else { 0 };
-            for j in j_start..cols {
-                out[i * ld + j] = super::to_bits(data[i + j * cs]);
+            for j in if i < fi { fj } else { 0 }..cols {
+                edge(i, j);
             }
-            out[i * ld + cols..(i + 1) * ld].fill(0);
         }
     }
 
