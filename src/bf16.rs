@@ -264,7 +264,6 @@ pub fn matmul(dst: &mut [f32], src: &[f32], m: usize, w: &Packed, s: &mut Scratc
 pub struct TrainScratch {
     a: Vec<u16>,
     b: Vec<u16>,
-    c: Vec<f32>,
     /// Row-major copies of strided operands.
     ta: Vec<f32>,
     tb: Vec<f32>,
@@ -321,20 +320,6 @@ fn round_row(src: &[f32], dst: &mut [u16]) {
     }
     for (d, v) in dst.iter_mut().zip(src) {
         *d = to_bits(*v);
-    }
-}
-
-/// `dst[2c] = to_bits(lo[c])`, `dst[2c + 1] = to_bits(hi[c])` (0 without `hi`).
-fn pair_row(lo: &[f32], hi: Option<&[f32]>, dst: &mut [u16]) {
-    #[cfg(target_arch = "x86_64")]
-    if amx::available() && lo.len() == 16 {
-        // SAFETY: as in `round_row`; 16 values per row, 32 outputs.
-        unsafe { avx512::pair_row16(lo, hi, dst) };
-        return;
-    }
-    for (c, v) in lo.iter().enumerate() {
-        dst[2 * c] = to_bits(*v);
-        dst[2 * c + 1] = hi.map_or(0, |h| to_bits(h[c]));
     }
 }
 
@@ -399,46 +384,38 @@ pub fn matmul_views(
         }
     }
     s.a[m * kp..mp * kp].fill(0);
-    let b = dense_view(b, &mut s.tb);
     // B: blocks of 32 k-rows × 16 columns with k-pairs interleaved (see `Packed`): lane c
-    // of a block row holds the pair (W[2p][c], W[2p+1][c]) as one 32-bit word.
+    // of a block row holds the pair (B[2p][c], B[2p+1][c]) as one 32-bit word, zero beyond
+    // k and n. Row-major and transposed views are packed straight from their data.
     if s.b.len() < kb * nb * TILE_K * TILE_N {
         s.b.resize(kb * nb * TILE_K * TILE_N, 0);
     }
+    let b = if b.cs == 1 || b.rs == 1 {
+        b
+    } else {
+        let d = dense_view(b, &mut s.tb);
+        crate::linalg::View::rm(d, k, n)
+    };
     for jb in 0..nb {
         let cols = TILE_N.min(n - jb * TILE_N);
         for ib in 0..kb {
             let rows = TILE_K.min(k - ib * TILE_K);
             let block = &mut s.b[(jb * kb + ib) * TILE_K * TILE_N..][..TILE_K * TILE_N];
-            if rows < TILE_K || cols < TILE_N {
-                block.fill(0);
-            }
             let (r0, c0) = (ib * TILE_K, jb * TILE_N);
-            for p in 0..rows.div_ceil(2) {
-                let lo = &b[(r0 + 2 * p) * n + c0..][..cols];
-                let hi = (2 * p + 1 < rows).then(|| &b[(r0 + 2 * p + 1) * n + c0..][..cols]);
-                pair_row(lo, hi, &mut block[p * 2 * TILE_N..][..2 * cols]);
+            // SAFETY: AMX CPUs have AVX-512F/BW; (r0 + rows − 1, c0 + cols − 1) is inside the
+            // view, whose last element was bounds-checked above; the block holds 512 values.
+            unsafe {
+                if b.cs == 1 {
+                    avx512::pack_rows_block(b.data, b.rs, r0, c0, rows, cols, block);
+                } else {
+                    avx512::pack_cols_block(b.data, b.cs, r0, c0, rows, cols, block);
+                }
             }
         }
     }
-    let direct = m == mp && n == np;
-    if !direct {
-        s.c.clear();
-        s.c.resize(mp * np, 0.0);
-    }
-    let (c, stride) = if direct {
-        (&mut dst[..m * n], n)
-    } else {
-        (&mut s.c[..], np)
-    };
     // SAFETY: AMX is available (Path::best); `s.a` holds mp·kp bf16 inputs, `s.b` kb·nb
-    // blocks, `c` mp rows of `stride` ≥ np f32, mp a multiple of 16.
-    unsafe { amx::gemm(&s.a, kp, &s.b, c, stride, mp, nb, kb) };
-    if !direct {
-        for r in 0..m {
-            dst[r * n..(r + 1) * n].copy_from_slice(&s.c[r * np..r * np + n]);
-        }
-    }
+    // blocks; `dst` holds m rows of n (checked above), mp = m rounded up to 16.
+    unsafe { amx::gemm_into(&s.a, kp, &s.b, dst, n, m, n, kb) };
 }
 
 /// Scratch for [`chain`]: two bf16 layer inputs and the f32 tile product.
@@ -890,20 +867,75 @@ mod avx512 {
         o
     }
 
-    /// One row of an AMX B block: lane c = to_bits(lo[c]) | to_bits(hi[c]) << 16.
+    /// One AMX B block (see [`super::Packed`]) of a view with unit column stride: block row
+    /// p, lane c = to_bits(B[r0 + 2p][c0 + c]) | to_bits(B[r0 + 2p + 1][c0 + c]) << 16,
+    /// where B[r][c] = data[r·rs + c], and 0 outside `rows` × `cols`.
     ///
     /// # Safety
-    /// AVX-512F and BW must be available; `lo` (and `hi`) hold 16 values, `dst` 32.
+    /// AVX-512F and BW must be available; every B[r0 + i][c0 + j] with i < rows ≤ 32 and
+    /// j < cols ≤ 16 must address inside `data`; `block` holds 512 values.
     #[target_feature(enable = "avx512f,avx512bw")]
-    pub unsafe fn pair_row16(lo: &[f32], hi: Option<&[f32]>, dst: &mut [u16]) {
-        assert!(lo.len() >= 16 && dst.len() >= 32 && hi.is_none_or(|h| h.len() >= 16));
-        let l = round16(_mm512_loadu_ps(lo.as_ptr()));
-        let h = match hi {
-            Some(h) => round16(_mm512_loadu_ps(h.as_ptr())),
-            None => _mm512_setzero_si512(),
+    pub unsafe fn pack_rows_block(
+        data: &[f32],
+        rs: usize,
+        r0: usize,
+        c0: usize,
+        rows: usize,
+        cols: usize,
+        block: &mut [u16],
+    ) {
+        assert!(rows <= 32 && cols <= 16 && block.len() >= 512);
+        // Masked-off lanes are neither read nor able to fault; they load as 0.
+        let mask: __mmask16 = if cols == 16 { !0 } else { (1 << cols) - 1 };
+        let src = data.as_ptr().add(c0);
+        let load = |r: usize| {
+            if r < rows {
+                round16(_mm512_maskz_loadu_ps(mask, src.add((r0 + r) * rs)))
+            } else {
+                _mm512_setzero_si512()
+            }
         };
-        let w = _mm512_or_si512(l, _mm512_slli_epi32::<16>(h));
-        _mm512_storeu_si512(dst.as_mut_ptr() as *mut __m512i, w);
+        for p in 0..16 {
+            let w = _mm512_or_si512(load(2 * p), _mm512_slli_epi32::<16>(load(2 * p + 1)));
+            _mm512_storeu_si512(block.as_mut_ptr().add(32 * p) as *mut __m512i, w);
+        }
+    }
+
+    /// [`pack_rows_block`] for a view with unit row stride (a transpose, B[r][c] =
+    /// data[r + c·cs], e.g. Wᵀ): column c's 32 k-values are contiguous, so they are loaded,
+    /// rounded and paired as one 16-word vector, and the 16 columns' vectors are transposed
+    /// in registers into the block's 16 rows.
+    ///
+    /// # Safety
+    /// As [`pack_rows_block`], with B[r][c] = data[r + c·cs].
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub unsafe fn pack_cols_block(
+        data: &[f32],
+        cs: usize,
+        r0: usize,
+        c0: usize,
+        rows: usize,
+        cols: usize,
+        block: &mut [u16],
+    ) {
+        assert!(rows <= 32 && cols <= 16 && block.len() >= 512);
+        let m0: __mmask16 = if rows >= 16 { !0 } else { (1 << rows) - 1 };
+        let m1: __mmask16 = match rows {
+            32 => !0,
+            r if r > 16 => (1 << (r - 16)) - 1,
+            _ => 0,
+        };
+        let mut v = [_mm512_setzero_ps(); 16];
+        for (c, v) in v.iter_mut().enumerate().take(cols) {
+            let src = data.as_ptr().add(r0 + (c0 + c) * cs);
+            let lo = _mm512_cvtepi32_epi16(round16(_mm512_maskz_loadu_ps(m0, src)));
+            let hi = _mm512_cvtepi32_epi16(round16(_mm512_maskz_loadu_ps(m1, src.add(16))));
+            // 32 bf16 in k order: word p = (k = 2p, k = 2p + 1), little-endian.
+            *v = _mm512_castsi512_ps(_mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi));
+        }
+        for (p, row) in transpose16(v).iter().enumerate() {
+            _mm512_storeu_ps(block.as_mut_ptr().add(32 * p) as *mut f32, *row);
+        }
     }
 
     pub fn available() -> bool {
@@ -1179,110 +1211,184 @@ mod amx {
         let mb = mp / 16;
         let (asb, csb) = (a_stride * 2, c_stride * 4);
         asm!("ldtilecfg [{}]", in(reg) &CONFIG, options(nostack, readonly));
-        let block = |j: usize| b.as_ptr().add(j * kb * 512);
         for i in (0..mb).step_by(2) {
             let a0 = a.as_ptr().add(i * 16 * a_stride);
             let c0 = c.as_mut_ptr().add(i * 16 * c_stride);
             for j in (0..nb).step_by(2) {
-                let (two_rows, two_cols) = (i + 1 < mb, j + 1 < nb);
+                let b0 = b.as_ptr().add(j * kb * 512);
                 let c00 = c0.add(j * 16);
-                match (two_rows, two_cols) {
-                    (true, true) => asm!(
-                        "tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3",
-                        "2:",
-                        "tileloadd tmm4, [{a0} + {asb}*1]",
-                        "tileloadd tmm5, [{a1} + {asb}*1]",
-                        "tileloadd tmm6, [{b0} + {bsb}*1]",
-                        "tileloadd tmm7, [{b1} + {bsb}*1]",
-                        "tdpbf16ps tmm0, tmm4, tmm6",
-                        "tdpbf16ps tmm1, tmm4, tmm7",
-                        "tdpbf16ps tmm2, tmm5, tmm6",
-                        "tdpbf16ps tmm3, tmm5, tmm7",
-                        "add {a0}, 64", "add {a1}, 64", "add {b0}, 1024", "add {b1}, 1024",
-                        "dec {k}", "jnz 2b",
-                        "tilestored [{c0} + {csb}*1], tmm0",
-                        "tilestored [{c0} + {csb}*1 + 64], tmm1",
-                        "tilestored [{c1} + {csb}*1], tmm2",
-                        "tilestored [{c1} + {csb}*1 + 64], tmm3",
-                        a0 = inout(reg) a0 => _,
-                        a1 = inout(reg) a0.add(16 * a_stride) => _,
-                        b0 = inout(reg) block(j) => _,
-                        b1 = inout(reg) block(j + 1) => _,
-                        k = inout(reg) kb => _,
-                        asb = in(reg) asb,
-                        bsb = in(reg) 64usize,
-                        c0 = in(reg) c00,
-                        c1 = in(reg) c00.add(16 * c_stride),
-                        csb = in(reg) csb,
-                        options(nostack),
-                    ),
-                    (true, false) => asm!(
-                        "tilezero tmm0", "tilezero tmm2",
-                        "2:",
-                        "tileloadd tmm4, [{a0} + {asb}*1]",
-                        "tileloadd tmm5, [{a1} + {asb}*1]",
-                        "tileloadd tmm6, [{b0} + {bsb}*1]",
-                        "tdpbf16ps tmm0, tmm4, tmm6",
-                        "tdpbf16ps tmm2, tmm5, tmm6",
-                        "add {a0}, 64", "add {a1}, 64", "add {b0}, 1024",
-                        "dec {k}", "jnz 2b",
-                        "tilestored [{c0} + {csb}*1], tmm0",
-                        "tilestored [{c1} + {csb}*1], tmm2",
-                        a0 = inout(reg) a0 => _,
-                        a1 = inout(reg) a0.add(16 * a_stride) => _,
-                        b0 = inout(reg) block(j) => _,
-                        k = inout(reg) kb => _,
-                        asb = in(reg) asb,
-                        bsb = in(reg) 64usize,
-                        c0 = in(reg) c00,
-                        c1 = in(reg) c00.add(16 * c_stride),
-                        csb = in(reg) csb,
-                        options(nostack),
-                    ),
-                    (false, true) => asm!(
-                        "tilezero tmm0", "tilezero tmm1",
-                        "2:",
-                        "tileloadd tmm4, [{a0} + {asb}*1]",
-                        "tileloadd tmm6, [{b0} + {bsb}*1]",
-                        "tileloadd tmm7, [{b1} + {bsb}*1]",
-                        "tdpbf16ps tmm0, tmm4, tmm6",
-                        "tdpbf16ps tmm1, tmm4, tmm7",
-                        "add {a0}, 64", "add {b0}, 1024", "add {b1}, 1024",
-                        "dec {k}", "jnz 2b",
-                        "tilestored [{c0} + {csb}*1], tmm0",
-                        "tilestored [{c0} + {csb}*1 + 64], tmm1",
-                        a0 = inout(reg) a0 => _,
-                        b0 = inout(reg) block(j) => _,
-                        b1 = inout(reg) block(j + 1) => _,
-                        k = inout(reg) kb => _,
-                        asb = in(reg) asb,
-                        bsb = in(reg) 64usize,
-                        c0 = in(reg) c00,
-                        csb = in(reg) csb,
-                        options(nostack),
-                    ),
-                    (false, false) => asm!(
-                        "tilezero tmm0",
-                        "2:",
-                        "tileloadd tmm4, [{a0} + {asb}*1]",
-                        "tileloadd tmm6, [{b0} + {bsb}*1]",
-                        "tdpbf16ps tmm0, tmm4, tmm6",
-                        "add {a0}, 64", "add {b0}, 1024",
-                        "dec {k}", "jnz 2b",
-                        "tilestored [{c0} + {csb}*1], tmm0",
-                        a0 = inout(reg) a0 => _,
-                        b0 = inout(reg) block(j) => _,
-                        k = inout(reg) kb => _,
-                        asb = in(reg) asb,
-                        bsb = in(reg) 64usize,
-                        c0 = in(reg) c00,
-                        csb = in(reg) csb,
-                        options(nostack),
-                    ),
-                }
+                let c10 = c00.wrapping_add(16 * c_stride);
+                tile_block(a0, asb, b0, kb, c00, c10, csb, i + 1 < mb, j + 1 < nb);
             }
         }
         // Back to the initial state, so a context switch need not save 8 KiB of tiles.
+        asm!("tilerelease", options(nostack, nomem));
+    }
+
+    /// One block of up to 2 × 2 tiles: C rows from `c00` (and `c10` for the second 16
+    /// rows), byte stride `csb`, the second tile column 64 bytes on; A from `a0` (byte
+    /// stride `asb`, second tile row 16 rows on), B the column blocks at `b0` and
+    /// `b0 + kb·512`. The tile configuration must be loaded.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    unsafe fn tile_block(
+        a0: *const u16,
+        asb: usize,
+        b0: *const u16,
+        kb: usize,
+        c00: *mut f32,
+        c10: *mut f32,
+        csb: usize,
+        two_rows: bool,
+        two_cols: bool,
+    ) {
+        match (two_rows, two_cols) {
+            (true, true) => asm!(
+                "tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3",
+                "2:",
+                "tileloadd tmm4, [{a0} + {asb}*1]",
+                "tileloadd tmm5, [{a1} + {asb}*1]",
+                "tileloadd tmm6, [{b0} + {bsb}*1]",
+                "tileloadd tmm7, [{b1} + {bsb}*1]",
+                "tdpbf16ps tmm0, tmm4, tmm6",
+                "tdpbf16ps tmm1, tmm4, tmm7",
+                "tdpbf16ps tmm2, tmm5, tmm6",
+                "tdpbf16ps tmm3, tmm5, tmm7",
+                "add {a0}, 64", "add {a1}, 64", "add {b0}, 1024", "add {b1}, 1024",
+                "dec {k}", "jnz 2b",
+                "tilestored [{c0} + {csb}*1], tmm0",
+                "tilestored [{c0} + {csb}*1 + 64], tmm1",
+                "tilestored [{c1} + {csb}*1], tmm2",
+                "tilestored [{c1} + {csb}*1 + 64], tmm3",
+                a0 = inout(reg) a0 => _,
+                a1 = inout(reg) a0.add(asb / 2 * 16) => _,
+                b0 = inout(reg) b0 => _,
+                b1 = inout(reg) b0.add(kb * 512) => _,
+                k = inout(reg) kb => _,
+                asb = in(reg) asb,
+                bsb = in(reg) 64usize,
+                c0 = in(reg) c00,
+                c1 = in(reg) c10,
+                csb = in(reg) csb,
+                options(nostack),
+            ),
+            (true, false) => asm!(
+                "tilezero tmm0", "tilezero tmm2",
+                "2:",
+                "tileloadd tmm4, [{a0} + {asb}*1]",
+                "tileloadd tmm5, [{a1} + {asb}*1]",
+                "tileloadd tmm6, [{b0} + {bsb}*1]",
+                "tdpbf16ps tmm0, tmm4, tmm6",
+                "tdpbf16ps tmm2, tmm5, tmm6",
+                "add {a0}, 64", "add {a1}, 64", "add {b0}, 1024",
+                "dec {k}", "jnz 2b",
+                "tilestored [{c0} + {csb}*1], tmm0",
+                "tilestored [{c1} + {csb}*1], tmm2",
+                a0 = inout(reg) a0 => _,
+                a1 = inout(reg) a0.add(asb / 2 * 16) => _,
+                b0 = inout(reg) b0 => _,
+                k = inout(reg) kb => _,
+                asb = in(reg) asb,
+                bsb = in(reg) 64usize,
+                c0 = in(reg) c00,
+                c1 = in(reg) c10,
+                csb = in(reg) csb,
+                options(nostack),
+            ),
+            (false, true) => asm!(
+                "tilezero tmm0", "tilezero tmm1",
+                "2:",
+                "tileloadd tmm4, [{a0} + {asb}*1]",
+                "tileloadd tmm6, [{b0} + {bsb}*1]",
+                "tileloadd tmm7, [{b1} + {bsb}*1]",
+                "tdpbf16ps tmm0, tmm4, tmm6",
+                "tdpbf16ps tmm1, tmm4, tmm7",
+                "add {a0}, 64", "add {b0}, 1024", "add {b1}, 1024",
+                "dec {k}", "jnz 2b",
+                "tilestored [{c0} + {csb}*1], tmm0",
+                "tilestored [{c0} + {csb}*1 + 64], tmm1",
+                a0 = inout(reg) a0 => _,
+                b0 = inout(reg) b0 => _,
+                b1 = inout(reg) b0.add(kb * 512) => _,
+                k = inout(reg) kb => _,
+                asb = in(reg) asb,
+                bsb = in(reg) 64usize,
+                c0 = in(reg) c00,
+                csb = in(reg) csb,
+                options(nostack),
+            ),
+            (false, false) => asm!(
+                "tilezero tmm0",
+                "2:",
+                "tileloadd tmm4, [{a0} + {asb}*1]",
+                "tileloadd tmm6, [{b0} + {bsb}*1]",
+                "tdpbf16ps tmm0, tmm4, tmm6",
+                "add {a0}, 64", "add {b0}, 1024",
+                "dec {k}", "jnz 2b",
+                "tilestored [{c0} + {csb}*1], tmm0",
+                a0 = inout(reg) a0 => _,
+                b0 = inout(reg) b0 => _,
+                k = inout(reg) kb => _,
+                asb = in(reg) asb,
+                bsb = in(reg) 64usize,
+                c0 = in(reg) c00,
+                csb = in(reg) csb,
+                options(nostack),
+            ),
+        }
+    }
+
+    /// [`gemm`] into exactly m rows × n columns of C (row stride `c_stride`): blocks inside
+    /// C are stored in place, the ragged right and bottom ones through a 32 × 32 buffer, so
+    /// a caller needs no padded product to copy out of (nor to clear).
+    ///
+    /// # Safety
+    /// AMX must be available; `a` must hold m.div_ceil(16)·16 rows of `a_stride` ≥ 32·kb
+    /// elements, `b` kb·n.div_ceil(16)·512 and `c` (m − 1)·c_stride + n elements.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn gemm_into(
+        a: &[u16],
+        a_stride: usize,
+        b: &[u16],
+        c: &mut [f32],
+        c_stride: usize,
+        m: usize,
+        n: usize,
+        kb: usize,
+    ) {
+        if m == 0 || n == 0 {
+            return;
+        }
+        let (mb, nb) = (m.div_ceil(16), n.div_ceil(16));
+        assert!(a.len() >= mb * 16 * a_stride && a_stride >= kb * 32);
+        assert!(b.len() >= kb * nb * 512 && c_stride >= n && c.len() >= (m - 1) * c_stride + n);
+        let asb = a_stride * 2;
+        let mut edge = [0.0f32; 32 * 32];
+        asm!("ldtilecfg [{}]", in(reg) &CONFIG, options(nostack, readonly));
+        for i in (0..mb).step_by(2) {
+            let a0 = a.as_ptr().add(i * 16 * a_stride);
+            let (two_rows, r0) = (i + 1 < mb, i * 16);
+            let rows = (m - r0).min(if two_rows { 32 } else { 16 });
+            for j in (0..nb).step_by(2) {
+                let b0 = b.as_ptr().add(j * kb * 512);
+                let (two_cols, c0) = (j + 1 < nb, j * 16);
+                let cols = (n - c0).min(if two_cols { 32 } else { 16 });
+                let full = rows == if two_rows { 32 } else { 16 }
+                    && cols == if two_cols { 32 } else { 16 };
+                if full {
+                    let c00 = c.as_mut_ptr().add(r0 * c_stride + c0);
+                    let c10 = c00.wrapping_add(16 * c_stride);
+                    tile_block(a0, asb, b0, kb, c00, c10, c_stride * 4, two_rows, two_cols);
+                } else {
+                    let e = edge.as_mut_ptr();
+                    tile_block(a0, asb, b0, kb, e, e.add(16 * 32), 128, two_rows, two_cols);
+                    for r in 0..rows {
+                        c[(r0 + r) * c_stride + c0..][..cols]
+                            .copy_from_slice(&edge[r * 32..][..cols]);
+                    }
+                }
+            }
+        }
         asm!("tilerelease", options(nostack, nomem));
     }
 }
@@ -1327,6 +1433,10 @@ fn matmul_views_should_stay_within_the_bf16_bound() {
         (16, 4, 1),
         (5, 1, 33),
         (128, 256, 16),
+        (128, 200, 200),
+        (33, 200, 17),
+        (40, 23, 256),
+        (31, 64, 48),
     ] {
         let a: Vec<f32> = (0..m * k)
             .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
@@ -1337,9 +1447,32 @@ fn matmul_views_should_stay_within_the_bf16_bound() {
         // The same matrices as transposes of their transposed copies.
         let at: Vec<f32> = (0..k * m).map(|i| a[(i % m) * k + i / m]).collect();
         let bt: Vec<f32> = (0..n * k).map(|i| b[(i % k) * n + i / k]).collect();
+        // And as rows of a wider matrix (row strides k + 5 and n + 3) whose padding is NaN,
+        // so that a read outside the view shows in the product.
+        let wide = |x: &[f32], r: usize, c: usize, pad: usize| -> Vec<f32> {
+            (0..r * (c + pad))
+                .map(|i| {
+                    let (row, col) = (i / (c + pad), i % (c + pad));
+                    if col < c {
+                        x[row * c + col]
+                    } else {
+                        f32::NAN
+                    }
+                })
+                .collect()
+        };
+        let (aw, bw) = (wide(&a, m, k, 5), wide(&b, k, n, 3));
+        let padded = |data, rows, cols, pad| View {
+            data,
+            rows,
+            cols,
+            rs: cols + pad,
+            cs: 1,
+        };
         for (av, bv) in [
             (View::rm(&a, m, k), View::rm(&b, k, n)),
             (View::rm_t(&at, k, m), View::rm_t(&bt, n, k)),
+            (padded(&aw[..], m, k, 5), padded(&bw[..], k, n, 3)),
         ] {
             let mut dst = vec![f32::NAN; m * n];
             matmul_views(&mut dst, av, bv, &mut s);
