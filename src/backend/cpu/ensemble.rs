@@ -133,22 +133,42 @@ pub(crate) fn act<T: Real>(a: Activation, z: T) -> T {
     }
 }
 
-/// `out = act(z)` and, in place, `z ← act'(z)`: the forward keeps the derivative rather than
-/// the pre-activation, so the backward is one multiply (for SiLU both come from one σ).
-fn activate_with_grad<T: Real>(a: Activation, z: &mut [T], out: &mut [T]) {
+/// With z = v + b (`b` added to every row of `z`, [rows × b.len()]): `out = act(z)` and, in
+/// place, `z ← act'(z)`. The forward keeps the derivative rather than the pre-activation,
+/// so the backward is one multiply (for SiLU both come from one σ); the bias is added in
+/// the same pass over the product.
+fn bias_activate_with_grad<T: Real>(a: Activation, z: &mut [T], b: &[T], out: &mut [T]) {
+    if let (Some(bf), Some(of)) = (T::f32_slice(b), T::f32_slice_mut(out)) {
+        let zf = T::f32_slice_mut(z).expect("f32 like its bias");
+        if crate::dense::bias_act_grad(a, zf, bf, of) {
+            return;
+        }
+    }
+    macro_rules! go {
+        (|$x:ident, $o:ident, $v:ident| $body:expr) => {
+            for (orow, zrow) in out
+                .chunks_exact_mut(b.len())
+                .zip(z.chunks_exact_mut(b.len()))
+            {
+                for (($o, $v), bb) in orow.iter_mut().zip(zrow.iter_mut()).zip(b) {
+                    let $x = *$v + *bb;
+                    $body
+                }
+            }
+        };
+    }
     match a {
-        Activation::Silu => out.iter_mut().zip(z.iter_mut()).for_each(|(o, v)| {
-            let x = *v;
+        Activation::Silu => go!(|x, o, v| {
             let s = T::one() / (T::one() + (-x).exp_fast());
             *o = x * s;
             *v = s * (T::one() + x * (T::one() - s));
         }),
-        Activation::Relu => out.iter_mut().zip(z.iter_mut()).for_each(|(o, v)| {
-            *o = act(Activation::Relu, *v);
-            *v = act_grad(Activation::Relu, *v);
+        Activation::Relu => go!(|x, o, v| {
+            *o = act(Activation::Relu, x);
+            *v = act_grad(Activation::Relu, x);
         }),
-        Activation::Tanh => out.iter_mut().zip(z.iter_mut()).for_each(|(o, v)| {
-            let t = v.tanh();
+        Activation::Tanh => go!(|x, o, v| {
+            let t = x.tanh();
             *o = t;
             *v = T::one() - t * t;
         }),
@@ -214,12 +234,14 @@ fn linear<T: Real>(
         (Some(pre), a) => {
             let pre = &mut pre[..nr * fo];
             mm(pre, src, w, bf16);
-            for row in pre.chunks_exact_mut(fo) {
-                row.iter_mut().zip(b).for_each(|(v, bb)| *v += *bb);
-            }
             match a {
-                Some(a) => activate_with_grad(a, pre, &mut dst[..nr * fo]),
-                None => dst[..nr * fo].copy_from_slice(pre),
+                Some(a) => bias_activate_with_grad(a, pre, b, &mut dst[..nr * fo]),
+                None => {
+                    for row in pre.chunks_exact_mut(fo) {
+                        row.iter_mut().zip(b).for_each(|(v, bb)| *v += *bb);
+                    }
+                    dst[..nr * fo].copy_from_slice(pre)
+                }
             }
         }
     }
@@ -738,7 +760,7 @@ fn backward_from_head<T: Real>(
                     bf16,
                 );
                 if l > 0 {
-                    // pre holds act'(z) (see activate_with_grad): dz = da ⊙ act'(z).
+                    // pre holds act'(z) (see bias_activate_with_grad): dz = da ⊙ act'(z).
                     let g = rows_of(&pre[l - 1], t, rows, fi);
                     for ((d, a), gg) in dz[..t.nr * fi].iter_mut().zip(&da[..t.nr * fi]).zip(g) {
                         *d = *a * *gg;
