@@ -1,7 +1,7 @@
 //! Profile target: the small real-time planning case of `bench plan` (5 members 3×64,
 //! population 1000, horizon 30, 3 CEM iterations, expectation), `perf record` it.
-//! `plan_profile N` times N actions; `PROFILE_RELU=1` swaps SiLU for ReLU, to see what the
-//! activation epilogue costs.
+//! `plan_profile N [f32|bf16]` times N actions; `PROFILE_RELU=1` swaps SiLU for ReLU, to see
+//! what the activation epilogue costs.
 use mbrl_gpu::backend::{cpu::CpuBackend, Propagation};
 use mbrl_gpu::env::EnvId;
 use mbrl_gpu::model::{Ensemble, ModelConfig};
@@ -12,7 +12,12 @@ fn main() {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(50);
-    let be = CpuBackend::new();
+    let bf16 = std::env::args().nth(2).as_deref() == Some("bf16");
+    let be = if bf16 {
+        CpuBackend::with_bf16_planning()
+    } else {
+        CpuBackend::new()
+    };
     let pd = EnvId::Pendulum.spec();
     let mut small = ModelConfig::pets(pd.obs_dim, pd.act_dim);
     small.ensemble_size = 5;
@@ -28,6 +33,11 @@ fn main() {
         population: 1000,
         num_elites: 100,
         iterations: 3,
+        precision: if bf16 {
+            mbrl_gpu::backend::Precision::Bf16
+        } else {
+            mbrl_gpu::backend::Precision::F32
+        },
         ..PlannerConfig::pets_cartpole()
     };
     let ts = TsConfig {
