@@ -515,17 +515,20 @@ fn chain_with(
     let (k0, kp0) = (layers[0].k, layers[0].kp());
     {
         let a = &mut s.a[0];
-        for r in 0..mp {
-            let row = &mut a[r * kp0..(r + 1) * kp0];
-            if r < m {
+        if avx512::available() {
+            // SAFETY: AVX-512 F/BW were detected; `x` holds m rows of k0, `a` mp ≥ m rows of
+            // kp0 ≥ k0.
+            unsafe { avx512::round_rows_padded(x, m, k0, a, kp0) };
+        } else {
+            for r in 0..m {
+                let row = &mut a[r * kp0..(r + 1) * kp0];
                 for (d, v) in row.iter_mut().zip(&x[r * k0..(r + 1) * k0]) {
                     *d = to_bits(*v);
                 }
                 row[k0..].fill(0);
-            } else {
-                row.fill(0);
             }
         }
+        a[m * kp0..mp * kp0].fill(0);
     }
     for (l, (w, bias)) in layers.iter().zip(biases).enumerate() {
         let (n, np, kp) = (w.n, w.np(), w.kp());
@@ -576,7 +579,7 @@ fn chain_with(
                     }
                 }
             }
-            for r in 0..m {
+            for r in (0..m).filter(|_| kn > n) {
                 next[r * kn + n..(r + 1) * kn].fill(0);
             }
             if l == 0 {
@@ -638,7 +641,7 @@ fn chain_dot(
             let kn = layers[l + 1].k2();
             // SAFETY: AVX-512 F/BW/VL/BF16 are available (this path requires them).
             unsafe { avx512::bias_act_bf16(&s.c, n, bias, next, kn, m, n, activation) };
-            for r in 0..m {
+            for r in (0..m).filter(|_| kn > n) {
                 next[r * kn + n..(r + 1) * kn].fill(0);
             }
         }
@@ -685,6 +688,28 @@ mod avx512 {
         }
         for j in i..n {
             dst[j] = super::to_bits(src[j]);
+        }
+    }
+
+    /// `dst[r·ld + j] = to_bits(x[r·k + j])` for j < k and 0 for k ≤ j < ld, r < m: a
+    /// planning step's first-layer input (k = observation + action, a few values a row)
+    /// rounded and padded to the tile width, 16 values per masked load and store.
+    ///
+    /// # Safety
+    /// AVX-512F and BW must be available; `x` holds m·k values, `dst` m·ld, ld ≥ k.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub unsafe fn round_rows_padded(x: &[f32], m: usize, k: usize, dst: &mut [u16], ld: usize) {
+        assert!(x.len() >= m * k && dst.len() >= m * ld && ld >= k);
+        for r in 0..m {
+            let (src, out) = (x.as_ptr().add(r * k), dst.as_mut_ptr().add(r * ld));
+            for c in (0..ld).step_by(16) {
+                let left = ld - c;
+                let valid = k.saturating_sub(c).min(16);
+                let load: __mmask16 = if valid == 16 { !0 } else { (1 << valid) - 1 };
+                let store: __mmask16 = if left >= 16 { !0 } else { (1 << left) - 1 };
+                let v = round16(_mm512_maskz_loadu_ps(load, src.add(c)));
+                _mm256_mask_storeu_epi16(out.add(c) as *mut i16, store, _mm512_cvtepi32_epi16(v));
+            }
         }
     }
 
@@ -1154,6 +1179,9 @@ mod avx512 {
     ) {
         unreachable!("no AVX-512 off x86-64")
     }
+    pub unsafe fn round_rows_padded(_: &[f32], _: usize, _: usize, _: &mut [u16], _: usize) {
+        unreachable!("no AVX-512 off x86-64")
+    }
 }
 
 /// How bf16 products run on this CPU, for messages and benchmark rows.
@@ -1588,6 +1616,41 @@ fn the_register_transpose_should_move_every_element() {
                 }
             }
         }
+    }
+}
+
+/// The first layer's input rounding: every value as `to_bits`, zeros to the tile width,
+/// over a poisoned buffer, for row widths below, at and above one vector.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn padded_row_rounding_should_round_every_value_and_zero_the_rest() {
+    if !(std::arch::is_x86_feature_detected!("avx512f")
+        && std::arch::is_x86_feature_detected!("avx512bw"))
+    {
+        eprintln!("skipped: no AVX-512F/BW on this CPU");
+        return;
+    }
+    for (m, k, ld) in [
+        (5, 4, 32),
+        (3, 16, 32),
+        (4, 17, 32),
+        (2, 33, 64),
+        (1, 32, 32),
+    ] {
+        let x: Vec<f32> = (0..m * k).map(|i| i as f32 * 1.37 - 9.1).collect();
+        let mut dst = vec![0xFFFFu16; m * ld + 5];
+        // SAFETY: AVX-512F/BW checked above; `x` holds m·k values, `dst` more than m·ld.
+        unsafe { avx512::round_rows_padded(&x, m, k, &mut dst, ld) };
+        for r in 0..m {
+            for j in 0..ld {
+                let want = if j < k { to_bits(x[r * k + j]) } else { 0 };
+                assert_eq!(dst[r * ld + j], want, "({m},{k},{ld}) [{r},{j}]");
+            }
+        }
+        assert!(
+            dst[m * ld..].iter().all(|v| *v == 0xFFFF),
+            "wrote past m rows"
+        );
     }
 }
 
