@@ -418,7 +418,7 @@ pub fn matmul_views(
     unsafe { amx::gemm_into(&s.a, kp, &s.b, dst, n, m, n, kb) };
 }
 
-/// Scratch for [`chain`]: two bf16 layer inputs and the f32 tile product.
+/// Scratch for [`chain`]: two bf16 layer inputs and (AVX512-BF16 path) the f32 product.
 #[derive(Default)]
 pub struct ChainScratch {
     a: [Vec<u16>; 2],
@@ -503,14 +503,10 @@ fn chain_with(
     }
     let mp = m.div_ceil(TILE_M) * TILE_M;
     let kmax = layers.iter().map(|l| l.kp()).max().unwrap_or(0);
-    let nmax = layers.iter().map(|l| l.np()).max().unwrap_or(0);
     for a in &mut s.a {
         if a.len() < mp * kmax {
             a.resize(mp * kmax, 0);
         }
-    }
-    if s.c.len() < mp * nmax {
-        s.c.resize(mp * nmax, 0.0);
     }
     let (k0, kp0) = (layers[0].k, layers[0].kp());
     {
@@ -539,46 +535,54 @@ fn chain_with(
             let [a, b] = &mut s.a;
             (&*b, a)
         };
-        // SAFETY: AMX was available when the layers were packed; `cur` holds mp rows of kp,
-        // the packed weights kp/32 × np/16 blocks, `s.c` mp rows of np.
-        unsafe {
-            amx::gemm(
-                cur,
-                kp,
-                &w.tiles,
-                &mut s.c,
-                np,
-                mp,
-                np / TILE_N,
-                kp / TILE_K,
-            )
-        };
-        if l == last {
-            for r in 0..m {
-                let c = &s.c[r * np..r * np + n];
-                for ((o, v), bb) in out[r * n..(r + 1) * n].iter_mut().zip(c).zip(*bias) {
-                    *o = *v + *bb;
-                }
+        // Each block of up to 32 × 32 of the product goes through its epilogue while it is
+        // in L1 (a product stored whole and read back was a second pass over memory).
+        let kn = if l == last { 0 } else { layers[l + 1].kp() };
+        let vector = avx512::available();
+        let epilogue = |r0: usize, c0: usize, blk: &[f32]| {
+            let (rows, cols) = (m.saturating_sub(r0).min(32), n.saturating_sub(c0).min(32));
+            if rows == 0 || cols == 0 {
+                return;
             }
-        } else {
-            // The next layer's input: act(c + b) rounded to bf16, zero in the padding
-            // columns (rows past m stay as they are: rows never mix in a product).
-            let kn = layers[l + 1].kp();
-            if avx512::available() {
-                // SAFETY: AVX-512 F/BW/VL/BF16 were detected; `s.c` holds m rows of np ≥ n,
-                // `next` m rows of kn ≥ n, `bias` n values.
+            let bias = &bias[c0..c0 + cols];
+            if l == last {
+                for r in 0..rows {
+                    let o = &mut out[(r0 + r) * n + c0..][..cols];
+                    for ((o, v), bb) in o.iter_mut().zip(&blk[r * 32..]).zip(bias) {
+                        *o = *v + *bb;
+                    }
+                }
+            } else if vector {
+                // The next layer's input: act(c + b) rounded to bf16.
+                // SAFETY: AVX-512 F/BW/VL/BF16 were detected; `blk` holds 32 rows of 32,
+                // `next` from row r0, column c0 holds rows − 1 rows of kn ≥ n plus cols.
                 unsafe {
-                    avx512::bias_act_bf16(&s.c, np, bias, next, kn, m, n, activation);
+                    avx512::bias_act_bf16(
+                        blk,
+                        32,
+                        bias,
+                        &mut next[r0 * kn + c0..],
+                        kn,
+                        rows,
+                        cols,
+                        activation,
+                    );
                 }
             } else {
-                for r in 0..m {
-                    let c = &s.c[r * np..r * np + n];
-                    let dst = &mut next[r * kn..(r + 1) * kn];
-                    for ((d, v), bb) in dst[..n].iter_mut().zip(c).zip(*bias) {
+                for r in 0..rows {
+                    let dst = &mut next[(r0 + r) * kn + c0..][..cols];
+                    for ((d, v), bb) in dst.iter_mut().zip(&blk[r * 32..]).zip(bias) {
                         *d = to_bits(act(*v + *bb));
                     }
                 }
             }
+        };
+        // SAFETY: AMX was available when the layers were packed; `cur` holds mp rows of kp,
+        // the packed weights kp/32 × np/16 blocks.
+        unsafe { amx::gemm_blocks(cur, kp, &w.tiles, mp, np / TILE_N, kp / TILE_K, epilogue) };
+        if l != last {
+            // Zero in the padding columns (rows past m stay as they are: rows never mix in a
+            // product).
             for r in (0..m).filter(|_| kn > n) {
                 next[r * kn + n..(r + 1) * kn].fill(0);
             }
@@ -1407,6 +1411,47 @@ mod amx {
         }
     }
 
+    /// [`gemm`] without storing C: each block of up to 32 × 32 (row stride 32, rows and
+    /// columns counted from (r0, c0); the caller clips them to its m × n) is handed to
+    /// `epilogue(r0, c0, block)` while it is in L1.
+    ///
+    /// # Safety
+    /// As [`gemm`]; `epilogue` must not use the tile registers.
+    pub unsafe fn gemm_blocks(
+        a: &[u16],
+        a_stride: usize,
+        b: &[u16],
+        mp: usize,
+        nb: usize,
+        kb: usize,
+        mut epilogue: impl FnMut(usize, usize, &[f32]),
+    ) {
+        assert!(mp.is_multiple_of(16) && a.len() >= mp * a_stride && a_stride >= kb * 32);
+        assert!(b.len() >= kb * nb * 512);
+        let (mb, asb) = (mp / 16, a_stride * 2);
+        let mut blk = [0.0f32; 32 * 32];
+        asm!("ldtilecfg [{}]", in(reg) &CONFIG, options(nostack, readonly));
+        for i in (0..mb).step_by(2) {
+            let a0 = a.as_ptr().add(i * 16 * a_stride);
+            for j in (0..nb).step_by(2) {
+                let (b0, e) = (b.as_ptr().add(j * kb * 512), blk.as_mut_ptr());
+                tile_block(
+                    a0,
+                    asb,
+                    b0,
+                    kb,
+                    e,
+                    e.add(16 * 32),
+                    128,
+                    i + 1 < mb,
+                    j + 1 < nb,
+                );
+                epilogue(i * 16, j * 16, &blk);
+            }
+        }
+        asm!("tilerelease", options(nostack, nomem));
+    }
+
     /// [`gemm`] into exactly m rows × n columns of C (row stride `c_stride`): blocks inside
     /// C are stored in place, the ragged right and bottom ones through a 32 × 32 buffer, so
     /// a caller needs no padded product to copy out of (nor to clear).
@@ -1813,7 +1858,8 @@ mod tests {
                 };
                 let lay = shape.layout();
                 let params = randn(lay.total, 3, 0.25);
-                let rows = 19;
+                // 37 rows: two row blocks of the tile product, the second a single tile.
+                let rows = 37;
                 let x = randn(rows * shape.in_dim, 4, 1.5);
                 let (mean, std) = (vec![0.1f32; 7], vec![1.3f32; 7]);
                 let e = 1;
