@@ -66,23 +66,6 @@ pub fn fused_available() -> bool {
     avx512::available()
 }
 
-/// The training forward's epilogue for f32 on AVX-512: with x = z + b (`b` added to every
-/// row of `z`), `out = act(x)` and `z ← act'(x)` in one pass, 16 lanes at a time (the
-/// compiler's own vectorisation of the scalar loop stays at 8 lanes). The operations are the
-/// scalar specification's, in its order and without fused multiply-adds, so the results are
-/// the same to the bit (SiLU through [`crate::fastmath::exp_f32`] and a true division; ReLU).
-/// Returns false, doing nothing, for tanh (libm's `tanhf` in the specification) or where
-/// AVX-512F is not available.
-pub fn bias_act_grad(a: Activation, z: &mut [f32], b: &[f32], out: &mut [f32]) -> bool {
-    if !avx512::available() || b.is_empty() || a == Activation::Tanh {
-        return false;
-    }
-    assert!(z.len() == out.len() && z.len().is_multiple_of(b.len()));
-    // SAFETY: AVX-512F checked; the lengths were checked above.
-    unsafe { avx512::bias_act_grad(a, z, b, out) };
-    true
-}
-
 /// [`layer`] with row-major weights, packed on the way into a per-thread buffer (for
 /// callers that do not keep packed weights). Returns false, doing nothing, where the fused
 /// kernel is not available.
@@ -309,72 +292,6 @@ mod avx512 {
         _mm512_mul_ps(r, _mm512_fnmadd_ps(d, r, _mm512_set1_ps(2.0)))
     }
 
-    /// See [`super::bias_act_grad`] (SiLU and ReLU).
-    ///
-    /// # Safety
-    /// AVX-512F must be available; `z` and `out` hold the same whole number of rows of
-    /// `b.len()` values.
-    #[target_feature(enable = "avx512f")]
-    pub unsafe fn bias_act_grad(a: Activation, z: &mut [f32], b: &[f32], out: &mut [f32]) {
-        let n = b.len();
-        let (one, zero) = (_mm512_set1_ps(1.0), _mm512_setzero_ps());
-        for (zr, or) in z.chunks_exact_mut(n).zip(out.chunks_exact_mut(n)) {
-            for c in (0..n).step_by(16) {
-                let mask: __mmask16 = if n - c >= 16 { !0 } else { (1 << (n - c)) - 1 };
-                let x = _mm512_add_ps(
-                    _mm512_maskz_loadu_ps(mask, zr.as_ptr().add(c)),
-                    _mm512_maskz_loadu_ps(mask, b.as_ptr().add(c)),
-                );
-                let (o, g) = match a {
-                    // s = 1/(1 + e^−x), x·s and s·(1 + x·(1 − s)), as the scalar loop.
-                    Activation::Silu => {
-                        let e = exp_f32_exact(_mm512_sub_ps(zero, x));
-                        let s = _mm512_div_ps(one, _mm512_add_ps(one, e));
-                        let g = _mm512_mul_ps(
-                            s,
-                            _mm512_add_ps(one, _mm512_mul_ps(x, _mm512_sub_ps(one, s))),
-                        );
-                        (_mm512_mul_ps(x, s), g)
-                    }
-                    _ => {
-                        let pos = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(x, zero);
-                        (_mm512_max_ps(x, zero), _mm512_maskz_mov_ps(pos, one))
-                    }
-                };
-                _mm512_mask_storeu_ps(or.as_mut_ptr().add(c), mask, o);
-                _mm512_mask_storeu_ps(zr.as_mut_ptr().add(c), mask, g);
-            }
-        }
-    }
-
-    /// [`crate::fastmath::exp_f32`] on 16 lanes, operation for operation (separate multiplies
-    /// and adds, the same constants and 2ⁿ assembly), so each lane is that function's value.
-    #[inline]
-    #[target_feature(enable = "avx512f")]
-    unsafe fn exp_f32_exact(x: __m512) -> __m512 {
-        let x = _mm512_min_ps(
-            _mm512_max_ps(x, _mm512_set1_ps(-87.3)),
-            _mm512_set1_ps(88.0),
-        );
-        let magic = _mm512_set1_ps(12_582_912.0);
-        let t = _mm512_add_ps(
-            _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)),
-            magic,
-        );
-        let n = _mm512_sub_ps(t, magic);
-        let r = _mm512_sub_ps(x, _mm512_mul_ps(n, _mm512_set1_ps(0.693_145_75)));
-        let r = _mm512_sub_ps(r, _mm512_mul_ps(n, _mm512_set1_ps(1.428_606_8e-6)));
-        let mut p = _mm512_set1_ps(1.0 / 720.0);
-        for c in [1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
-            p = _mm512_add_ps(_mm512_set1_ps(c), _mm512_mul_ps(r, p));
-        }
-        let bits = _mm512_slli_epi32::<23>(_mm512_add_epi32(
-            _mm512_sub_epi32(_mm512_castps_si512(t), _mm512_set1_epi32(0x4B40_0000)),
-            _mm512_set1_epi32(127),
-        ));
-        _mm512_mul_ps(p, _mm512_castsi512_ps(bits))
-    }
-
     /// The hidden activations of [`crate::backend::cpu::ensemble`], 16 lanes at a time.
     #[inline]
     #[target_feature(enable = "avx512f")]
@@ -400,14 +317,6 @@ mod avx512 {
 mod avx512 {
     pub fn available() -> bool {
         false
-    }
-    pub unsafe fn bias_act_grad(
-        _: crate::backend::Activation,
-        _: &mut [f32],
-        _: &[f32],
-        _: &mut [f32],
-    ) {
-        unreachable!("no AVX-512 off x86-64")
     }
     pub unsafe fn layer(
         _: &mut [f32],
@@ -487,55 +396,6 @@ mod tests {
         }
         if !avx512::available() {
             eprintln!("no AVX-512 here: only the fallback path was checked");
-        }
-    }
-
-    /// The training epilogue is the specification's scalar loop to the bit
-    /// (`ensemble::bias_activate_with_grad`: x = z + b, σ = 1/(1 + exp_f32(−x)), x·σ and
-    /// σ·(1 + x·(1 − σ)); ReLU and its step), over widths around the vector length and
-    /// pre-activations past exp_f32's clamps; tanh is left to the scalar loop.
-    #[test]
-    fn the_bias_activation_epilogue_should_be_the_scalar_loop_to_the_bit() {
-        if !avx512::available() {
-            eprintln!("skipped: no AVX-512F on this CPU (the scalar loop runs instead)");
-            return;
-        }
-        assert!(!bias_act_grad(
-            Activation::Tanh,
-            &mut [0.0],
-            &[0.0],
-            &mut [0.0]
-        ));
-        for n in [1, 15, 16, 17, 200] {
-            let rows = 3;
-            for a in [Activation::Silu, Activation::Relu] {
-                let z0: Vec<f32> = (0..rows * n)
-                    .map(|i| match i % 23 {
-                        0 => 95.0,
-                        1 => -95.0,
-                        _ => 4.0 * normal(2, 1, i as u32, 0),
-                    })
-                    .collect();
-                let b: Vec<f32> = (0..n).map(|i| normal(2, 2, i as u32, 0)).collect();
-                let (mut z, mut out) = (z0.clone(), vec![f32::NAN; rows * n]);
-                assert!(bias_act_grad(a, &mut z, &b, &mut out));
-                for i in 0..rows * n {
-                    let x = z0[i] + b[i % n];
-                    let (y, g) = match a {
-                        Activation::Silu => {
-                            let s = 1.0 / (1.0 + crate::fastmath::exp_f32(-x));
-                            (x * s, s * (1.0 + x * (1.0 - s)))
-                        }
-                        _ => (x.max(0.0), if x > 0.0 { 1.0 } else { 0.0 }),
-                    };
-                    assert!(
-                        out[i].to_bits() == y.to_bits() && z[i].to_bits() == g.to_bits(),
-                        "n {n} {a:?} [{i}] x {x}: act {} vs {y}, slope {} vs {g}",
-                        out[i],
-                        z[i]
-                    );
-                }
-            }
         }
     }
 }

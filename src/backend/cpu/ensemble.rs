@@ -138,12 +138,6 @@ pub(crate) fn act<T: Real>(a: Activation, z: T) -> T {
 /// so the backward is one multiply (for SiLU both come from one σ); the bias is added in
 /// the same pass over the product.
 fn bias_activate_with_grad<T: Real>(a: Activation, z: &mut [T], b: &[T], out: &mut [T]) {
-    if let (Some(bf), Some(of)) = (T::f32_slice(b), T::f32_slice_mut(out)) {
-        let zf = T::f32_slice_mut(z).expect("f32 like its bias");
-        if crate::dense::bias_act_grad(a, zf, bf, of) {
-            return;
-        }
-    }
     macro_rules! go {
         (|$x:ident, $o:ident, $v:ident| $body:expr) => {
             for (orow, zrow) in out
