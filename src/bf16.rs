@@ -178,7 +178,6 @@ impl Packed {
 pub struct Scratch {
     a: Vec<u16>,
     a_f32: Vec<f32>,
-    c: Vec<f32>,
 }
 
 /// `dst[m × n] = round_bf16(src[m × k]) · W` (f32 result, row-major, `dst` of length ≥ m·n).
@@ -206,13 +205,10 @@ pub fn matmul(dst: &mut [f32], src: &[f32], m: usize, w: &Packed, s: &mut Scratc
         return;
     }
     if !w.tiles.is_empty() {
-        let (kp, np) = (w.kp(), w.np());
+        let kp = w.kp();
         let mp = m.div_ceil(TILE_M) * TILE_M;
         if s.a.len() < mp * kp {
             s.a.resize(mp * kp, 0);
-        }
-        if s.c.len() < mp * np {
-            s.c.resize(mp * np, 0.0);
         }
         for r in 0..mp {
             let row = &mut s.a[r * kp..(r + 1) * kp];
@@ -226,23 +222,9 @@ pub fn matmul(dst: &mut [f32], src: &[f32], m: usize, w: &Packed, s: &mut Scratc
                 row.fill(0);
             }
         }
-        // SAFETY: `available()` held when `w` was packed; the buffers hold mp·kp inputs,
-        // kb·nb weight blocks and mp·np outputs, as the kernel reads and writes.
-        unsafe {
-            amx::gemm(
-                &s.a,
-                kp,
-                &w.tiles,
-                &mut s.c,
-                np,
-                mp,
-                np / TILE_N,
-                kp / TILE_K,
-            )
-        };
-        for r in 0..m {
-            dst[r * n..(r + 1) * n].copy_from_slice(&s.c[r * np..r * np + n]);
-        }
+        // SAFETY: `available()` held when `w` was packed; `s.a` holds mp·kp inputs, the
+        // weights kp/32 × np/16 blocks, and `dst` m rows of n outputs.
+        unsafe { amx::gemm_into(&s.a, kp, &w.tiles, dst, n, m, n, kp / TILE_K) };
     } else {
         if s.a_f32.len() < m * k {
             s.a_f32.resize(m * k, 0.0);
@@ -1260,44 +1242,6 @@ mod amx {
         false
     }
 
-    /// C [mp × 16·nb] (f32, row stride `c_stride` elements) = A [mp × 32·kb] (bf16, row
-    /// stride `a_stride` elements) · B (packed blocks), in 2×2 blocks of 16×16 tiles.
-    ///
-    /// # Safety
-    /// AMX must be available (see [`available`]); `a` must hold mp·a_stride, `b`
-    /// kb·nb·512 and `c` mp·c_stride elements, mp a multiple of 16.
-    #[allow(clippy::too_many_arguments)]
-    pub unsafe fn gemm(
-        a: &[u16],
-        a_stride: usize,
-        b: &[u16],
-        c: &mut [f32],
-        c_stride: usize,
-        mp: usize,
-        nb: usize,
-        kb: usize,
-    ) {
-        debug_assert!(
-            mp.is_multiple_of(16) && a.len() >= mp * a_stride && c.len() >= mp * c_stride
-        );
-        debug_assert!(b.len() >= kb * nb * 512 && a_stride >= kb * 32 && c_stride >= nb * 16);
-        let mb = mp / 16;
-        let (asb, csb) = (a_stride * 2, c_stride * 4);
-        asm!("ldtilecfg [{}]", in(reg) &CONFIG, options(nostack, readonly));
-        for i in (0..mb).step_by(2) {
-            let a0 = a.as_ptr().add(i * 16 * a_stride);
-            let c0 = c.as_mut_ptr().add(i * 16 * c_stride);
-            for j in (0..nb).step_by(2) {
-                let b0 = b.as_ptr().add(j * kb * 512);
-                let c00 = c0.add(j * 16);
-                let c10 = c00.wrapping_add(16 * c_stride);
-                tile_block(a0, asb, b0, kb, c00, c10, csb, i + 1 < mb, j + 1 < nb);
-            }
-        }
-        // Back to the initial state, so a context switch need not save 8 KiB of tiles.
-        asm!("tilerelease", options(nostack, nomem));
-    }
-
     /// One block of up to 2 × 2 tiles: C rows from `c00` (and `c10` for the second 16
     /// rows), byte stride `csb`, the second tile column 64 bytes on; A from `a0` (byte
     /// stride `asb`, second tile row 16 rows on), B the column blocks at `b0` and
@@ -1411,12 +1355,14 @@ mod amx {
         }
     }
 
-    /// [`gemm`] without storing C: each block of up to 32 × 32 (row stride 32, rows and
-    /// columns counted from (r0, c0); the caller clips them to its m × n) is handed to
-    /// `epilogue(r0, c0, block)` while it is in L1.
+    /// C = A [mp × 32·kb] (bf16, row stride `a_stride` elements) · B (`nb` packed column
+    /// blocks), in 2×2 blocks of 16×16 tiles, without storing C: each block of up to 32 × 32
+    /// (row stride 32, rows and columns counted from (r0, c0); the caller clips them to its
+    /// m × n) is handed to `epilogue(r0, c0, block)` while it is in L1.
     ///
     /// # Safety
-    /// As [`gemm`]; `epilogue` must not use the tile registers.
+    /// AMX must be available (see [`available`]); `a` must hold mp·a_stride elements, mp a
+    /// multiple of 16, `b` kb·nb·512; `epilogue` must not use the tile registers.
     pub unsafe fn gemm_blocks(
         a: &[u16],
         a_stride: usize,
@@ -1449,12 +1395,13 @@ mod amx {
                 epilogue(i * 16, j * 16, &blk);
             }
         }
+        // Back to the initial state (see `gemm_into`).
         asm!("tilerelease", options(nostack, nomem));
     }
 
-    /// [`gemm`] into exactly m rows × n columns of C (row stride `c_stride`): blocks inside
-    /// C are stored in place, the ragged right and bottom ones through a 32 × 32 buffer, so
-    /// a caller needs no padded product to copy out of (nor to clear).
+    /// C [m × n] (f32, row stride `c_stride`) = A · B as [`gemm_blocks`] computes it, stored:
+    /// blocks inside C in place, the ragged right and bottom ones through a 32 × 32 buffer,
+    /// so a caller needs no padded product to copy out of (nor to clear).
     ///
     /// # Safety
     /// AMX must be available; `a` must hold m.div_ceil(16)·16 rows of `a_stride` ≥ 32·kb
@@ -1503,6 +1450,7 @@ mod amx {
                 }
             }
         }
+        // Back to the initial state, so a context switch need not save 8 KiB of tiles.
         asm!("tilerelease", options(nostack, nomem));
     }
 }
@@ -1513,7 +1461,7 @@ mod amx {
         false
     }
     #[allow(clippy::too_many_arguments)]
-    pub unsafe fn gemm(
+    pub unsafe fn gemm_into(
         _: &[u16],
         _: usize,
         _: &[u16],
@@ -1522,6 +1470,17 @@ mod amx {
         _: usize,
         _: usize,
         _: usize,
+    ) {
+        unreachable!("no AMX off x86-64")
+    }
+    pub unsafe fn gemm_blocks(
+        _: &[u16],
+        _: usize,
+        _: &[u16],
+        _: usize,
+        _: usize,
+        _: usize,
+        _: impl FnMut(usize, usize, &[f32]),
     ) {
         unreachable!("no AMX off x86-64")
     }

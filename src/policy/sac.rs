@@ -794,7 +794,7 @@ pub fn alpha_grad(logp_mean: f64, target_entropy: f64) -> f64 {
 /// θ̄ ← τ·θ + (1 − τ)·θ̄, in blocks on all threads (element by element, so the result
 /// does not depend on the split; serial, it was the other core's idle time in every step).
 pub fn polyak(target: &mut [f32], online: &[f32], tau: f32) {
-    const BLOCK: usize = 1 << 14;
+    const BLOCK: usize = crate::backend::cpu::PAR_BLOCK;
     target
         .par_chunks_mut(BLOCK)
         .zip(online.par_chunks(BLOCK))
@@ -1132,7 +1132,7 @@ fn finite(what: &str, loss: f32, grad: &[f32]) -> Result<()> {
     }
     // In blocks on all threads: a serial scan of the critics' gradient is the other core's
     // idle time.
-    const BLOCK: usize = 1 << 14;
+    const BLOCK: usize = crate::backend::cpu::PAR_BLOCK;
     let bad = grad
         .par_chunks(BLOCK)
         .enumerate()

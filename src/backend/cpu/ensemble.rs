@@ -777,7 +777,7 @@ fn backward_from_head<T: Real>(
     let Some(grad) = grad else {
         return;
     };
-    const BLOCK: usize = 1 << 14;
+    const BLOCK: usize = super::PAR_BLOCK;
     struct Job {
         dst: usize,
         len: usize,
@@ -960,7 +960,7 @@ fn add_regularisers<T: Real>(
         }
         // In blocks on all threads: a 7-member 4×200 ensemble has 860k weights, and this pass
         // ran serially after every minibatch's backward.
-        const BLOCK: usize = 1 << 14;
+        const BLOCK: usize = super::PAR_BLOCK;
         let n = e * lo.fan_in * lo.fan_out;
         grad[lo.weight..lo.weight + n]
             .par_chunks_mut(BLOCK)

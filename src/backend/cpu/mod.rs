@@ -16,6 +16,11 @@ use super::{
 use crate::Result;
 use std::sync::Mutex;
 
+/// Elements per parallel block of the passes over a parameter vector (Adam, weight decay,
+/// gradient reduction, Polyak, finiteness scans): large enough that rayon's overhead is
+/// negligible, small enough that a one-member network's vectors still split over the cores.
+pub(crate) const PAR_BLOCK: usize = 1 << 14;
+
 /// The float types the specification runs in: f32 (production) and f64 (gradient checks).
 pub trait Real:
     num_traits::Float

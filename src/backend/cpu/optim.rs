@@ -4,8 +4,7 @@
 use crate::backend::AdamParams;
 use rayon::prelude::*;
 
-/// Elements per parallel chunk: large enough that rayon's overhead is negligible.
-const CHUNK: usize = 1 << 14;
+use super::PAR_BLOCK as CHUNK;
 
 pub fn adam(p: &AdamParams, params: &mut [f32], grad: &[f32], m: &mut [f32], v: &mut [f32]) {
     let t = p.step.max(1) as i32;
