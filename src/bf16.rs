@@ -18,12 +18,19 @@ use crate::backend::Activation;
 /// bf16's unit roundoff (8 significant bits, round to nearest even).
 pub const UNIT_ROUNDOFF: f64 = 1.0 / 256.0;
 
-/// Round to the nearest bf16 (ties to even), as bits. NaN stays NaN.
+/// Round to the nearest bf16 (ties to even), as bits, exactly as the hardware's
+/// `vcvtneps2bf16` does: NaN stays NaN (made quiet), and a subnormal input becomes zero of
+/// its sign (the instruction treats subnormals as zero whatever MXCSR says; the tile unit
+/// and `vdpbf16ps` would read a subnormal bf16 as zero anyway, so this changes no product
+/// above 2⁻¹²⁶ of a weight). One definition for the scalar code and every vector path.
 #[inline(always)]
 pub fn to_bits(x: f32) -> u16 {
     let b = x.to_bits();
     if x.is_nan() {
         return ((b >> 16) as u16) | 0x40;
+    }
+    if b & 0x7f80_0000 == 0 {
+        return ((b >> 16) & 0x8000) as u16;
     }
     (b.wrapping_add(0x7fff + ((b >> 16) & 1)) >> 16) as u16
 }
@@ -296,7 +303,7 @@ fn dense_view<'a>(v: crate::linalg::View<'a, f32>, buf: &'a mut Vec<f32>) -> &'a
 fn round_row(src: &[f32], dst: &mut [u16]) {
     #[cfg(target_arch = "x86_64")]
     if amx::available() {
-        // SAFETY: AMX CPUs have AVX-512F/BW (checked with AMX at run time).
+        // SAFETY: `amx::available` checked AVX-512F/BW/BF16 with AMX.
         unsafe { avx512::round_row(src, dst) };
         return;
     }
@@ -354,7 +361,7 @@ pub fn matmul_views(
         s.a.resize(mp * kp, 0);
     }
     if a.rs == 1 && a.cs != 1 {
-        // SAFETY: AMX CPUs have AVX-512F/BW; the view was bounds-checked above; `s.a`
+        // SAFETY: `amx::available` checked AVX-512F/BW/BF16; the view was bounds-checked above; `s.a`
         // holds mp·kp ≥ m·kp values.
         unsafe { avx512::transpose_round(a.data, a.cs, m, k, &mut s.a, kp) };
     } else {
@@ -384,7 +391,7 @@ pub fn matmul_views(
             let rows = TILE_K.min(k - ib * TILE_K);
             let block = &mut s.b[(jb * kb + ib) * TILE_K * TILE_N..][..TILE_K * TILE_N];
             let (r0, c0) = (ib * TILE_K, jb * TILE_N);
-            // SAFETY: AMX CPUs have AVX-512F/BW; (r0 + rows − 1, c0 + cols − 1) is inside the
+            // SAFETY: AVX-512F/BW/BF16 (checked with AMX); (r0 + rows − 1, c0 + cols − 1) is inside the
             // view, whose last element was bounds-checked above; the block holds 512 values.
             unsafe {
                 if b.cs == 1 {
@@ -494,7 +501,7 @@ fn chain_with(
     {
         let a = &mut s.a[0];
         if avx512::available() {
-            // SAFETY: AVX-512 F/BW were detected; `x` holds m rows of k0, `a` mp ≥ m rows of
+            // SAFETY: AVX-512 F/BW/BF16 were detected; `x` holds m rows of k0, `a` mp ≥ m rows of
             // kp0 ≥ k0.
             unsafe { avx512::round_rows_padded(x, m, k0, a, kp0) };
         } else {
@@ -642,34 +649,25 @@ mod avx512 {
     use crate::dense::act_avx512 as act;
     use std::arch::x86_64::*;
 
-    /// 16 values rounded as [`super::to_bits`] does (ties to even, NaN kept quiet), each in
-    /// the low half of a 32-bit lane.
+    /// 16 values rounded as [`super::to_bits`] does, by the conversion instruction that
+    /// defines it (`vcvtneps2bf16`: one operation where the integer rounding took seven).
     #[inline]
-    #[target_feature(enable = "avx512f,avx512bw")]
-    unsafe fn round16(x: __m512) -> __m512i {
-        let b = _mm512_castps_si512(x);
-        let lsb = _mm512_and_si512(_mm512_srli_epi32::<16>(b), _mm512_set1_epi32(1));
-        let bias = _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff));
-        let r = _mm512_srli_epi32::<16>(_mm512_add_epi32(b, bias));
-        let nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(x, x);
-        let quiet = _mm512_or_si512(_mm512_srli_epi32::<16>(b), _mm512_set1_epi32(0x40));
-        _mm512_mask_blend_epi32(nan, r, quiet)
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    unsafe fn cvt16(x: __m512) -> __m256i {
+        std::mem::transmute(_mm512_cvtneps_pbh(x))
     }
 
     /// `dst[i] = to_bits(src[i])` over the shorter of the two.
     ///
     /// # Safety
-    /// AVX-512F and BW must be available.
-    #[target_feature(enable = "avx512f,avx512bw")]
+    /// AVX-512F, BW and BF16 must be available.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
     pub unsafe fn round_row(src: &[f32], dst: &mut [u16]) {
         let n = src.len().min(dst.len());
         let mut i = 0;
         while i + 16 <= n {
-            let v = round16(_mm512_loadu_ps(src.as_ptr().add(i)));
-            _mm256_storeu_si256(
-                dst.as_mut_ptr().add(i) as *mut __m256i,
-                _mm512_cvtepi32_epi16(v),
-            );
+            let v = cvt16(_mm512_loadu_ps(src.as_ptr().add(i)));
+            _mm256_storeu_si256(dst.as_mut_ptr().add(i) as *mut __m256i, v);
             i += 16;
         }
         for j in i..n {
@@ -682,8 +680,8 @@ mod avx512 {
     /// rounded and padded to the tile width, 16 values per masked load and store.
     ///
     /// # Safety
-    /// AVX-512F and BW must be available; `x` holds m·k values, `dst` m·ld, ld ≥ k.
-    #[target_feature(enable = "avx512f,avx512bw")]
+    /// AVX-512F, BW and BF16 must be available; `x` holds m·k values, `dst` m·ld, ld ≥ k.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
     pub unsafe fn round_rows_padded(x: &[f32], m: usize, k: usize, dst: &mut [u16], ld: usize) {
         assert!(x.len() >= m * k && dst.len() >= m * ld && ld >= k);
         for r in 0..m {
@@ -693,8 +691,8 @@ mod avx512 {
                 let valid = k.saturating_sub(c).min(16);
                 let load: __mmask16 = if valid == 16 { !0 } else { (1 << valid) - 1 };
                 let store: __mmask16 = if left >= 16 { !0 } else { (1 << left) - 1 };
-                let v = round16(_mm512_maskz_loadu_ps(load, src.add(c)));
-                _mm256_mask_storeu_epi16(out.add(c) as *mut i16, store, _mm512_cvtepi32_epi16(v));
+                let v = cvt16(_mm512_maskz_loadu_ps(load, src.add(c)));
+                _mm256_mask_storeu_epi16(out.add(c) as *mut i16, store, v);
             }
         }
     }
@@ -772,9 +770,9 @@ mod avx512 {
     /// (the f32 transpose is never stored).
     ///
     /// # Safety
-    /// AVX-512F and BW must be available; every (i, j) < (rows, cols) must address inside
-    /// `data`; `out` holds rows·ld values, ld ≥ cols.
-    #[target_feature(enable = "avx512f,avx512bw")]
+    /// AVX-512F, BW and BF16 must be available; every (i, j) < (rows, cols) must address
+    /// inside `data`; `out` holds rows·ld values, ld ≥ cols.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
     pub unsafe fn transpose_round(
         data: &[f32],
         cs: usize,
@@ -792,10 +790,7 @@ mod avx512 {
             cols,
             |i0, j0, t| {
                 for (q, v) in t.iter().enumerate() {
-                    _mm256_storeu_si256(
-                        dst.add((i0 + q) * ld + j0) as *mut __m256i,
-                        _mm512_cvtepi32_epi16(round16(*v)),
-                    );
+                    _mm256_storeu_si256(dst.add((i0 + q) * ld + j0) as *mut __m256i, cvt16(*v));
                 }
             },
             |i, j| *dst.add(i * ld + j) = super::to_bits(data[i + j * cs]),
@@ -924,9 +919,9 @@ mod avx512 {
     /// where B[r][c] = data[r·rs + c], and 0 outside `rows` × `cols`.
     ///
     /// # Safety
-    /// AVX-512F and BW must be available; every B[r0 + i][c0 + j] with i < rows ≤ 32 and
-    /// j < cols ≤ 16 must address inside `data`; `block` holds 512 values.
-    #[target_feature(enable = "avx512f,avx512bw")]
+    /// AVX-512F, BW and BF16 must be available; every B[r0 + i][c0 + j] with i < rows ≤ 32
+    /// and j < cols ≤ 16 must address inside `data`; `block` holds 512 values.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
     pub unsafe fn pack_rows_block(
         data: &[f32],
         rs: usize,
@@ -942,13 +937,21 @@ mod avx512 {
         let src = data.as_ptr().add(c0);
         let load = |r: usize| {
             if r < rows {
-                round16(_mm512_maskz_loadu_ps(mask, src.add((r0 + r) * rs)))
+                _mm512_maskz_loadu_ps(mask, src.add((r0 + r) * rs))
             } else {
-                _mm512_setzero_si512()
+                _mm512_setzero_ps()
             }
         };
+        // `vcvtne2ps2bf16` puts row 2p + 1's 16 values in words 16..32 and row 2p's in
+        // 0..16; one word permutation interleaves them into the pairs.
+        let pairs = _mm512_set_epi16(
+            31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6, 21, 5, 20,
+            4, 19, 3, 18, 2, 17, 1, 16, 0,
+        );
         for p in 0..16 {
-            let w = _mm512_or_si512(load(2 * p), _mm512_slli_epi32::<16>(load(2 * p + 1)));
+            let both: __m512i =
+                std::mem::transmute(_mm512_cvtne2ps_pbh(load(2 * p + 1), load(2 * p)));
+            let w = _mm512_permutexvar_epi16(pairs, both);
             _mm512_storeu_si512(block.as_mut_ptr().add(32 * p) as *mut __m512i, w);
         }
     }
@@ -960,7 +963,7 @@ mod avx512 {
     ///
     /// # Safety
     /// As [`pack_rows_block`], with B[r][c] = data[r + c·cs].
-    #[target_feature(enable = "avx512f,avx512bw")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
     pub unsafe fn pack_cols_block(
         data: &[f32],
         cs: usize,
@@ -980,8 +983,8 @@ mod avx512 {
         let mut v = [_mm512_setzero_ps(); 16];
         for (c, v) in v.iter_mut().enumerate().take(cols) {
             let src = data.as_ptr().add(r0 + (c0 + c) * cs);
-            let lo = _mm512_cvtepi32_epi16(round16(_mm512_maskz_loadu_ps(m0, src)));
-            let hi = _mm512_cvtepi32_epi16(round16(_mm512_maskz_loadu_ps(m1, src.add(16))));
+            let lo = cvt16(_mm512_maskz_loadu_ps(m0, src));
+            let hi = cvt16(_mm512_maskz_loadu_ps(m1, src.add(16)));
             // 32 bf16 in k order: word p = (k = 2p, k = 2p + 1), little-endian.
             *v = _mm512_castsi512_ps(_mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi));
         }
@@ -1216,7 +1219,11 @@ mod amx {
             }
             let leaf7 = std::arch::x86_64::__cpuid_count(7, 0);
             let (tile, bf16) = (leaf7.edx >> 24 & 1 == 1, leaf7.edx >> 22 & 1 == 1);
-            if !(tile && bf16) {
+            // The operands are laid out by AVX-512 code with `vcvtneps2bf16`; every CPU with
+            // AMX has it, but a hypervisor may hide it.
+            let vector =
+                is_x86_feature_detected!("avx512bw") && is_x86_feature_detected!("avx512bf16");
+            if !(tile && bf16 && vector) {
                 return false;
             }
             permission()
@@ -1598,12 +1605,14 @@ fn the_register_transpose_should_move_every_element() {
                 );
             }
         }
-        if std::arch::is_x86_feature_detected!("avx512bw") {
+        if std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("avx512bf16")
+        {
             // Rounded to bf16 on the way, into rows of a wider stride with zeros after.
             let ld = cols + 7;
             let scaled: Vec<f32> = data.iter().map(|v| v * 1.001 - 3.7).collect();
             let mut b = vec![0xFFFFu16; rows * ld];
-            // SAFETY: AVX-512F/BW checked; as above; `b` holds rows·ld values.
+            // SAFETY: AVX-512F/BW/BF16 checked; as above; `b` holds rows·ld values.
             unsafe { avx512::transpose_round(&scaled, cs, rows, cols, &mut b, ld) };
             for i in 0..rows {
                 for j in 0..ld {
@@ -1629,9 +1638,10 @@ fn the_register_transpose_should_move_every_element() {
 #[test]
 fn padded_row_rounding_should_round_every_value_and_zero_the_rest() {
     if !(std::arch::is_x86_feature_detected!("avx512f")
-        && std::arch::is_x86_feature_detected!("avx512bw"))
+        && std::arch::is_x86_feature_detected!("avx512bw")
+        && std::arch::is_x86_feature_detected!("avx512bf16"))
     {
-        eprintln!("skipped: no AVX-512F/BW on this CPU");
+        eprintln!("skipped: no AVX-512F/BW/BF16 on this CPU");
         return;
     }
     for (m, k, ld) in [
@@ -1643,7 +1653,7 @@ fn padded_row_rounding_should_round_every_value_and_zero_the_rest() {
     ] {
         let x: Vec<f32> = (0..m * k).map(|i| i as f32 * 1.37 - 9.1).collect();
         let mut dst = vec![0xFFFFu16; m * ld + 5];
-        // SAFETY: AVX-512F/BW checked above; `x` holds m·k values, `dst` more than m·ld.
+        // SAFETY: AVX-512F/BW/BF16 checked above; `x` holds m·k values, `dst` more than m·ld.
         unsafe { avx512::round_rows_padded(&x, m, k, &mut dst, ld) };
         for r in 0..m {
             for j in 0..ld {
