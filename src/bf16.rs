@@ -1711,6 +1711,56 @@ fn the_short_silu_should_stay_within_its_stated_bound() {
     assert!(y.iter().all(|v| v.is_nan()));
 }
 
+/// `to_bits` is the conversion instruction's definition: the same bits as `vcvtneps2bf16`
+/// for a million patterns spread over all 2³² (every exponent, both signs, subnormals, ±0,
+/// ±∞, NaNs with payloads) and for the ties and the boundaries around the smallest normal.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn to_bits_should_equal_the_conversion_instruction() {
+    use std::arch::x86_64::*;
+    if !std::arch::is_x86_feature_detected!("avx512bf16") {
+        eprintln!("skipped: no AVX512-BF16 on this CPU");
+        return;
+    }
+    let mut bits: Vec<u32> = (0..1u64 << 20)
+        .map(|i| (i * 4093 + (i >> 7)) as u32)
+        .collect();
+    bits.extend([
+        0x0000_0000,
+        0x8000_0000,
+        0x0000_0001,
+        0x007f_ffff,
+        0x807f_ffff,
+        0x0080_0000,
+        0x0080_7fff,
+        0x0080_8000,
+        0x0081_8000,
+        0x7f7f_ffff,
+        0x7f80_0000,
+        0xff80_0000,
+        0x7f80_0001,
+        0x7fc0_0000,
+        0xffff_ffff,
+        0x3f80_8000,
+        0x3f81_8000,
+    ]);
+    while bits.len() % 16 != 0 {
+        bits.push(0x3f80_0000);
+    }
+    for chunk in bits.chunks(16) {
+        let x: Vec<f32> = chunk.iter().map(|b| f32::from_bits(*b)).collect();
+        let mut hw = [0u16; 16];
+        // SAFETY: AVX512-BF16 (with AVX-512F) was detected; 16 values in, 16 out.
+        unsafe {
+            let v: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(_mm512_loadu_ps(x.as_ptr())));
+            _mm256_storeu_si256(hw.as_mut_ptr() as *mut __m256i, v);
+        }
+        for (v, h) in x.iter().zip(hw) {
+            assert_eq!(to_bits(*v), h, "{:#010x}", v.to_bits());
+        }
+    }
+}
+
 #[test]
 fn to_bits_should_round_to_nearest_even() {
     assert_eq!(to_bits(1.0), 0x3f80);
