@@ -66,6 +66,23 @@ pub fn fused_available() -> bool {
     avx512::available()
 }
 
+/// The bf16 training forward's epilogue on AVX-512: with x = z + b (`b` added to every
+/// row of `z`), `out = act(x)` and `z ← act'(x)` in one pass, 16 lanes at a time with the
+/// inference layer's exp and Newton reciprocal (the compiler's own vectorisation of the
+/// scalar specification stays at 8 lanes and divides). Within 2e-6 of act and 4e-6 of act'
+/// (the test below), far inside the 2⁻⁸ of the bf16 products that follow; f32 training
+/// keeps the scalar loop, bit for bit. Returns false, doing nothing, where AVX-512F is not
+/// available.
+pub fn bias_act_grad(a: Activation, z: &mut [f32], b: &[f32], out: &mut [f32]) -> bool {
+    if !avx512::available() || b.is_empty() {
+        return false;
+    }
+    assert!(z.len() == out.len() && z.len().is_multiple_of(b.len()));
+    // SAFETY: AVX-512F checked; the lengths were checked above.
+    unsafe { avx512::bias_act_grad(a, z, b, out) };
+    true
+}
+
 /// [`layer`] with row-major weights, packed on the way into a per-thread buffer (for
 /// callers that do not keep packed weights). Returns false, doing nothing, where the fused
 /// kernel is not available.
@@ -292,6 +309,44 @@ mod avx512 {
         _mm512_mul_ps(r, _mm512_fnmadd_ps(d, r, _mm512_set1_ps(2.0)))
     }
 
+    /// See [`super::bias_act_grad`]; σ and 1/d as in [`act`].
+    ///
+    /// # Safety
+    /// AVX-512F must be available; `z` and `out` hold the same whole number of rows of
+    /// `b.len()` values.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn bias_act_grad(a: Activation, z: &mut [f32], b: &[f32], out: &mut [f32]) {
+        let n = b.len();
+        let (one, zero) = (_mm512_set1_ps(1.0), _mm512_setzero_ps());
+        for (zr, or) in z.chunks_exact_mut(n).zip(out.chunks_exact_mut(n)) {
+            for c in (0..n).step_by(16) {
+                let mask: __mmask16 = if n - c >= 16 { !0 } else { (1 << (n - c)) - 1 };
+                let x = _mm512_add_ps(
+                    _mm512_maskz_loadu_ps(mask, zr.as_ptr().add(c)),
+                    _mm512_maskz_loadu_ps(mask, b.as_ptr().add(c)),
+                );
+                let (o, g) = match a {
+                    // z·σ and σ·(1 + z·(1 − σ))
+                    Activation::Silu => {
+                        let s = recip(_mm512_add_ps(one, exp(_mm512_sub_ps(zero, x))));
+                        let g = _mm512_mul_ps(s, _mm512_fmadd_ps(x, _mm512_sub_ps(one, s), one));
+                        (_mm512_mul_ps(x, s), g)
+                    }
+                    Activation::Relu => {
+                        let pos = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(x, zero);
+                        (_mm512_max_ps(x, zero), _mm512_maskz_mov_ps(pos, one))
+                    }
+                    Activation::Tanh => {
+                        let t = act(Activation::Tanh, x);
+                        (t, _mm512_fnmadd_ps(t, t, one))
+                    }
+                };
+                _mm512_mask_storeu_ps(or.as_mut_ptr().add(c), mask, o);
+                _mm512_mask_storeu_ps(zr.as_mut_ptr().add(c), mask, g);
+            }
+        }
+    }
+
     /// The hidden activations of [`crate::backend::cpu::ensemble`], 16 lanes at a time.
     #[inline]
     #[target_feature(enable = "avx512f")]
@@ -317,6 +372,14 @@ mod avx512 {
 mod avx512 {
     pub fn available() -> bool {
         false
+    }
+    pub unsafe fn bias_act_grad(
+        _: crate::backend::Activation,
+        _: &mut [f32],
+        _: &[f32],
+        _: &mut [f32],
+    ) {
+        unreachable!("no AVX-512 off x86-64")
     }
     pub unsafe fn layer(
         _: &mut [f32],
@@ -396,6 +459,49 @@ mod tests {
         }
         if !avx512::available() {
             eprintln!("no AVX-512 here: only the fallback path was checked");
+        }
+    }
+
+    /// The training epilogue against f64 at x = z + b (the f32 sum, as the kernel forms it):
+    /// act(x) and act'(x) within the errors of exp (3e-7) and the reciprocal (2⁻²⁸) carried
+    /// through a few roundings, bounded by the magnitudes of the terms that are summed.
+    #[test]
+    fn the_bias_activation_epilogue_should_match_an_f64_reference() {
+        if !avx512::available() {
+            eprintln!("skipped: no AVX-512F on this CPU (the scalar loop runs instead)");
+            return;
+        }
+        for n in [1, 15, 16, 17, 200] {
+            let rows = 3;
+            for a in [Activation::Silu, Activation::Tanh, Activation::Relu] {
+                let z0: Vec<f32> = (0..rows * n)
+                    .map(|i| 4.0 * normal(2, 1, i as u32, 0))
+                    .collect();
+                let b: Vec<f32> = (0..n).map(|i| normal(2, 2, i as u32, 0)).collect();
+                let (mut z, mut out) = (z0.clone(), vec![f32::NAN; rows * n]);
+                assert!(bias_act_grad(a, &mut z, &b, &mut out));
+                for i in 0..rows * n {
+                    let x = (z0[i] + b[i % n]) as f64;
+                    let (y, g, by, bg) = match a {
+                        Activation::Silu => {
+                            let s = 1.0 / (1.0 + (-x).exp());
+                            let g = s * (1.0 + x * (1.0 - s));
+                            let mag = s * (1.0 + x.abs() * (1.0 - s));
+                            (x * s, g, 2e-6 * (x * s).abs(), 4e-6 * mag)
+                        }
+                        Activation::Tanh => {
+                            let t = x.tanh();
+                            (t, 1.0 - t * t, 1e-6, 3e-6)
+                        }
+                        Activation::Relu => (x.max(0.0), if x > 0.0 { 1.0 } else { 0.0 }, 0.0, 0.0),
+                    };
+                    let (go, gg) = (out[i] as f64, z[i] as f64);
+                    assert!(
+                        (go - y).abs() <= by + 1e-30 && (gg - g).abs() <= bg + 1e-30,
+                        "n {n} {a:?} [{i}] x {x}: act {go} vs {y}, slope {gg} vs {g}"
+                    );
+                }
+            }
         }
     }
 }
