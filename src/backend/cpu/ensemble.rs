@@ -89,8 +89,8 @@ pub struct Workspace<T> {
     pre: Vec<Vec<T>>,
     head: Vec<T>,
     d_head: Vec<T>,
-    /// Per task: the member-local gradient (layers in order, W then b), reduced afterwards.
-    partial: Vec<Vec<T>>,
+    /// The backward's dz of every layer below the head, [E, B, fan_out] each.
+    dz: Vec<Vec<T>>,
     /// Per member, the f32 weights packed for the fused kernel by [`forward`], repacked in
     /// place on every call: fresh allocations of a few hundred KiB per call cost page faults
     /// that made the fused forward slower than the plain GEMM on SAC's small batches.
@@ -685,20 +685,18 @@ pub fn forward_cached<T: Real>(
         });
 }
 
-/// Size of one member's gradient in member-local layout (each layer's W then b).
-fn member_grad_len(lay: &ParamLayout) -> usize {
-    lay.layers
-        .iter()
-        .map(|l| l.fan_in * l.fan_out + l.fan_out)
-        .sum()
-}
-
 /// Backward pass from `d_head` (gradient w.r.t. the raw head output, already in the workspace)
 /// through the cached activations. Writes the parameter gradient (overwriting `grad`, flat
 /// layout) if given, and, if given, the gradient w.r.t. the raw inputs `dx` [E, rows, in].
 /// Without `grad` the weight products are skipped (SAC's actor step needs the critics' input
 /// gradient only).
-/// `bounds_grad` is added to the max/min log-variance gradient.
+///
+/// Two phases. First, per task (a member's block of rows), the chain dz_l → da = dz_l·W_lᵀ →
+/// dz_{l−1} = da ⊙ act'(z_{l−1}), every layer's dz kept in the workspace. Then each weight
+/// gradient dW_l = a_lᵀ·dz_l and db_l = Σ_rows dz_l is one product over all of the member's
+/// rows, written straight into `grad`: no per-task partial gradients to store and add, and
+/// sums that do not depend on how the rows were split among threads (the same model from a
+/// fixed seed on 2 cores and on 64).
 fn backward_from_head<T: Real>(
     shape: &EnsembleShape,
     params: &[T],
@@ -711,72 +709,65 @@ fn backward_from_head<T: Real>(
     let lay = shape.layout();
     let ts = tasks(shape.ensemble, rows);
     let nl = lay.layers.len();
-    let glen = member_grad_len(&lay);
+    let e = shape.ensemble;
     let width = max_width(shape);
     if ws.scratch.len() < ts.len() {
         ws.scratch.resize_with(ts.len(), Default::default);
     }
-    ws.partial.resize_with(ts.len(), Vec::new);
     let want_dx = dx.is_some();
-    let bf16 = ws.bf16_training;
     let want_grad = grad.is_some();
+    let bf16 = ws.bf16_training;
+    // dz of every layer below the head ([E, rows, fan_out]); the head's is `d_head`.
+    ws.dz.resize_with(nl - 1, Vec::new);
+    for (l, lo) in lay.layers[..nl - 1].iter().enumerate() {
+        grow(&mut ws.dz[l], e * rows * lo.fan_out);
+    }
     let mut dx_store: Vec<T> = Vec::new();
     let dx_buf: &mut [T] = match dx {
         Some(d) => d,
         None => &mut dx_store,
     };
     let dxs = split(dx_buf, &ts, rows, if want_dx { shape.in_dim } else { 0 });
-    let inputs = &ws.inputs;
+    let mut per_task: Vec<Vec<&mut [T]>> = (0..ts.len()).map(|_| Vec::with_capacity(nl)).collect();
+    for (buf, lo) in ws.dz.iter_mut().zip(&lay.layers) {
+        for (i, sl) in split(buf, &ts, rows, lo.fan_out).into_iter().enumerate() {
+            per_task[i].push(sl);
+        }
+    }
     let pre = &ws.pre;
     let d_head = &ws.d_head;
+    let hd = shape.head_dim();
+    // The lowest layer whose input gradient is needed: layer 0's only for `dx`.
+    let lowest = if want_dx { 0 } else { 1 };
     ts.par_iter()
         .zip(ws.scratch.par_iter_mut())
-        .zip(ws.partial.par_iter_mut())
+        .zip(per_task.into_par_iter())
         .zip(dxs.into_par_iter())
-        .for_each(|(((t, scr), part), dx_out)| {
-            grow(part, glen);
-            let [da, dz] = scr;
+        .for_each(|(((t, scr), mut dzs), dx_out)| {
+            let da = &mut scr[0];
             grow(da, t.nr * width);
-            grow(dz, t.nr * width);
-            let hd = shape.head_dim();
-            dz[..t.nr * hd].copy_from_slice(rows_of(d_head, t, rows, hd));
-            let mut off = glen;
-            for l in (0..nl).rev() {
+            for l in (lowest..nl).rev() {
                 let lo = lay.layers[l];
                 let (fi, fo) = (lo.fan_in, lo.fan_out);
-                off -= fi * fo + fo;
-                if want_grad {
-                    let a_in = rows_of(&inputs[l], t, rows, fi);
-                    let (gw, gb) = part[off..off + fi * fo + fo].split_at_mut(fi * fo);
-                    // dW = a_inᵀ · dz, db = Σ_rows dz
-                    mm(
-                        gw,
-                        View::rm_t(a_in, t.nr, fi),
-                        View::rm(&dz[..t.nr * fo], t.nr, fo),
-                        bf16,
-                    );
-                    gb.iter_mut().for_each(|g| *g = T::zero());
-                    for row in dz[..t.nr * fo].chunks_exact(fo) {
-                        for (g, v) in gb.iter_mut().zip(row) {
-                            *g += *v;
-                        }
-                    }
-                }
-                if l == 0 && !want_dx {
-                    break;
-                }
+                let (below, here) = dzs.split_at_mut(l.min(nl - 1));
+                let dz: &[T] = if l == nl - 1 {
+                    rows_of(d_head, t, rows, hd)
+                } else {
+                    &here[0][..t.nr * fo]
+                };
                 // da = dz · Wᵀ
                 let w = &params[lo.weight + t.e * fi * fo..lo.weight + (t.e + 1) * fi * fo];
                 mm(
                     &mut da[..t.nr * fi],
-                    View::rm(&dz[..t.nr * fo], t.nr, fo),
+                    View::rm(dz, t.nr, fo),
                     View::rm_t(w, fi, fo),
                     bf16,
                 );
                 if l > 0 {
                     // pre holds act'(z) (see bias_activate_with_grad): dz = da ⊙ act'(z).
                     let g = rows_of(&pre[l - 1], t, rows, fi);
-                    for ((d, a), gg) in dz[..t.nr * fi].iter_mut().zip(&da[..t.nr * fi]).zip(g) {
+                    let d = &mut below[l - 1][..t.nr * fi];
+                    for ((d, a), gg) in d.iter_mut().zip(&da[..t.nr * fi]).zip(g) {
                         *d = *a * *gg;
                     }
                 } else {
@@ -790,60 +781,111 @@ fn backward_from_head<T: Real>(
                 }
             }
         });
-    // Reduce the per-task partials into the flat layout in one parallel pass: each job is a
-    // block of at most 16k values of one member's tensor, summed from that member's tasks in
-    // task order (so the sums do not depend on the split). Jobs per member rather than per
-    // tensor and member keep both cores busy when there is one member (SAC's actor).
     let Some(grad) = grad else {
         return;
     };
-    const BLOCK: usize = super::PAR_BLOCK;
+    debug_assert!(want_grad);
+    // The weight gradients: jobs of (layer, member, block of the weight's rows), the rows
+    // split only as far as needed to give every thread a share of each layer (a single
+    // member's network, SAC's actor, would otherwise leave one thread idle on its one
+    // 256 × 256 product). Every block packs all of dz again for the tile unit, so no more
+    // blocks than that: three per member made SAC's step 5 % slower than two. Each job
+    // writes its own block of dW; the block starting at row 0 also writes db.
+    let threads = rayon::current_num_threads().max(1);
+    let splits = threads.div_ceil(e);
     struct Job {
-        dst: usize,
-        len: usize,
-        member: usize,
-        src: usize,
+        l: usize,
+        m: usize,
+        i0: usize,
+        ni: usize,
     }
     let mut jobs = Vec::new();
-    let mut off = 0;
-    for lo in &lay.layers {
-        let (fi, fo) = (lo.fan_in, lo.fan_out);
-        for (start, size) in [(lo.weight, fi * fo), (lo.bias, fo)] {
-            for member in 0..shape.ensemble {
-                for b in (0..size).step_by(BLOCK) {
-                    let len = BLOCK.min(size - b);
-                    let (dst, src) = (start + member * size + b, off + b);
-                    jobs.push(Job {
-                        dst,
-                        len,
-                        member,
-                        src,
-                    });
-                }
-            }
-            off += size;
-        }
-    }
-    jobs.sort_by_key(|j| j.dst);
-    let mut slices = Vec::with_capacity(jobs.len());
-    let (mut rest, mut base) = (grad, 0);
-    for j in &jobs {
-        let (_, tail) = std::mem::take(&mut rest).split_at_mut(j.dst - base);
-        let (mine, tail) = tail.split_at_mut(j.len);
-        slices.push(mine);
-        (rest, base) = (tail, j.dst + j.len);
-    }
-    let parts = &ws.partial;
-    jobs.par_iter().zip(slices).for_each(|(j, g)| {
-        g.iter_mut().for_each(|v| *v = T::zero());
-        for (t, part) in ts.iter().zip(parts) {
-            if t.e == j.member {
-                for (v, p) in g.iter_mut().zip(&part[j.src..j.src + j.len]) {
-                    *v += *p;
-                }
+    for (l, lo) in lay.layers.iter().enumerate() {
+        let fi = lo.fan_in;
+        let block = fi.div_ceil(splits).div_ceil(32) * 32;
+        for m in 0..e {
+            for i0 in (0..fi).step_by(block.max(1)) {
+                jobs.push(Job {
+                    l,
+                    m,
+                    i0,
+                    ni: block.min(fi - i0),
+                });
             }
         }
-    });
+    }
+    // Disjoint destinations in job order: dW rows i0..i0 + ni of (layer, member) and, for
+    // the first block, db of (layer, member). Weights precede biases in the layout of a
+    // layer, so the bias slices are taken from a second pass.
+    let mut w_slices: Vec<&mut [T]> = Vec::with_capacity(jobs.len());
+    let mut b_slices: Vec<Option<&mut [T]>> = Vec::with_capacity(jobs.len());
+    {
+        let mut spans: Vec<(usize, usize, usize, bool)> = Vec::with_capacity(2 * jobs.len());
+        for (j, job) in jobs.iter().enumerate() {
+            let lo = lay.layers[job.l];
+            let (fi, fo) = (lo.fan_in, lo.fan_out);
+            spans.push((
+                lo.weight + (job.m * fi + job.i0) * fo,
+                job.ni * fo,
+                j,
+                false,
+            ));
+            if job.i0 == 0 {
+                spans.push((lo.bias + job.m * fo, fo, j, true));
+            }
+        }
+        spans.sort_by_key(|s| s.0);
+        let mut ws_tmp: Vec<Option<&mut [T]>> = (0..jobs.len()).map(|_| None).collect();
+        let mut bs_tmp: Vec<Option<&mut [T]>> = (0..jobs.len()).map(|_| None).collect();
+        let (mut rest, mut base) = (&mut *grad, 0);
+        for (start, len, j, is_bias) in spans {
+            let (_, tail) = std::mem::take(&mut rest).split_at_mut(start - base);
+            let (mine, tail) = tail.split_at_mut(len);
+            if is_bias {
+                bs_tmp[j] = Some(mine);
+            } else {
+                ws_tmp[j] = Some(mine);
+            }
+            (rest, base) = (tail, start + len);
+        }
+        w_slices.extend(
+            ws_tmp
+                .into_iter()
+                .map(|w| w.expect("every job has its dW block")),
+        );
+        b_slices.extend(bs_tmp);
+    }
+    let inputs = &ws.inputs;
+    let dz_bufs = &ws.dz;
+    jobs.par_iter()
+        .zip(w_slices.into_par_iter().zip(b_slices.into_par_iter()))
+        .for_each(|(job, (gw, gb))| {
+            let lo = lay.layers[job.l];
+            let (fi, fo) = (lo.fan_in, lo.fan_out);
+            let a_in = &inputs[job.l][job.m * rows * fi..(job.m + 1) * rows * fi];
+            let dz = if job.l == nl - 1 {
+                &d_head[job.m * rows * hd..(job.m + 1) * rows * hd]
+            } else {
+                &dz_bufs[job.l][job.m * rows * fo..(job.m + 1) * rows * fo]
+            };
+            // dW[i0..i0 + ni] = (a_in[:, i0..i0 + ni])ᵀ · dz
+            let a_t = View {
+                data: &a_in[job.i0..],
+                rows: job.ni,
+                cols: rows,
+                rs: 1,
+                cs: fi,
+            };
+            mm(gw, a_t, View::rm(dz, rows, fo), bf16);
+            if let Some(gb) = gb {
+                gb.iter_mut().for_each(|g| *g = T::zero());
+                for row in dz.chunks_exact(fo) {
+                    for (g, v) in gb.iter_mut().zip(row) {
+                        *g += *v;
+                    }
+                }
+            }
+        });
 }
 
 /// Chain rule through the soft log-variance bounds for one row: from d mean / d lv to
@@ -1159,6 +1201,78 @@ mod tests {
                 }
             }
             assert!(seen.iter().all(|&s| s == 1), "e={e} rows={rows}");
+        }
+    }
+
+    /// The rows of a minibatch are split among threads (`tasks`), but every weight gradient
+    /// is one product over all of a member's rows: the loss and gradient are the same bits
+    /// on 1, 2 and 3 threads, in f32 and with bf16 products, for one member (whose weight
+    /// products are split by rows of W instead) and for several.
+    #[test]
+    fn the_gradient_should_not_depend_on_the_thread_count() {
+        use crate::backend::{LossConfig, Precision};
+        use crate::model::ModelConfig;
+        for (ensemble, rows) in [(3usize, 300usize), (1, 97)] {
+            let mut mc = ModelConfig::pets(5, 2);
+            mc.ensemble_size = ensemble;
+            mc.num_elites = 1;
+            let shape = mc.shape();
+            let params = init_params(&shape, 3);
+            let loss = LossConfig {
+                logvar_penalty: 0.01,
+                weight_decay: vec![1e-4; shape.num_layers + 1],
+                precision: Precision::F32,
+            };
+            let g = |n: usize, k: u32| -> Vec<f32> {
+                (0..n)
+                    .map(|i| crate::rng::normal(4, 9, k, i as u32))
+                    .collect()
+            };
+            let x = g(ensemble * rows * shape.in_dim, 1);
+            let y = g(ensemble * rows * shape.out_dim, 2);
+            let (mean, std) = (vec![0.1f32; shape.in_dim], vec![1.3f32; shape.in_dim]);
+            for bf16 in [false, true] {
+                let run = |threads: usize| -> (Vec<f32>, Vec<f32>) {
+                    let pool = rayon::ThreadPoolBuilder::new()
+                        .num_threads(threads)
+                        .build()
+                        .unwrap();
+                    pool.install(|| {
+                        let mut ws = Workspace::<f32> {
+                            bf16_training: bf16,
+                            ..Default::default()
+                        };
+                        let mut grad = vec![f32::NAN; params.len()];
+                        let mut losses = vec![f32::NAN; ensemble];
+                        nll_backward(
+                            &shape,
+                            &loss,
+                            &params,
+                            &mean,
+                            &std,
+                            &x,
+                            &y,
+                            rows,
+                            &mut grad,
+                            &mut losses,
+                            &mut ws,
+                        );
+                        (grad, losses)
+                    })
+                };
+                let one = run(1);
+                assert!(one.0.iter().all(|v| v.is_finite()), "every entry written");
+                for threads in [2, 3] {
+                    let other = run(threads);
+                    let same = |a: &[f32], b: &[f32]| {
+                        a.iter().zip(b).all(|(p, q)| p.to_bits() == q.to_bits())
+                    };
+                    assert!(
+                        same(&one.0, &other.0) && same(&one.1, &other.1),
+                        "E {ensemble}, {rows} rows, bf16 {bf16}: 1 vs {threads} threads"
+                    );
+                }
+            }
         }
     }
 }
