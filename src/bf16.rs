@@ -1744,7 +1744,7 @@ fn to_bits_should_equal_the_conversion_instruction() {
         0x3f80_8000,
         0x3f81_8000,
     ]);
-    while bits.len() % 16 != 0 {
+    while !bits.len().is_multiple_of(16) {
         bits.push(0x3f80_0000);
     }
     for chunk in bits.chunks(16) {

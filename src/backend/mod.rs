@@ -709,6 +709,30 @@ pub trait Backend: Send + Sync {
         losses: &mut Self::Buf,
     ) -> Result<()>;
 
+    /// One training step: [`Backend::ensemble_nll_backward`] into `grad`, then
+    /// [`Backend::adam_step`] with `adam` on all of it (`adam.len` must be the layout's
+    /// total). A backend may fuse the two; the result is the two calls' (the CPU applies the
+    /// decay and the update to each weight block as it is made).
+    #[allow(clippy::too_many_arguments)]
+    fn ensemble_nll_adam_step(
+        &self,
+        shape: &EnsembleShape,
+        loss: &LossConfig,
+        params: &mut Self::Buf,
+        norm: &Self::Buf,
+        x: &Self::Buf,
+        target: &Self::Buf,
+        rows: usize,
+        grad: &mut Self::Buf,
+        losses: &mut Self::Buf,
+        adam: &AdamParams,
+        m: &mut Self::Buf,
+        v: &mut Self::Buf,
+    ) -> Result<()> {
+        self.ensemble_nll_backward(shape, loss, params, norm, x, target, rows, grad, losses)?;
+        self.adam_step(adam, params, grad, m, v)
+    }
+
     /// Vector–Jacobian product of the ensemble at `x` [E, rows, in]: given upstream
     /// gradients on the predicted mean `d_mean` and log-variance `d_logvar` [E, rows, out]
     /// (`d_logvar` is not read for deterministic ensembles), write ∂/∂params (flat layout,

@@ -348,21 +348,23 @@ pub fn train<B: Backend>(
                     bx = backend.upload(&bx_host[..e * rows * di])?;
                     by = backend.upload(&by_host[..e * rows * dout])?;
                 }
-                backend.ensemble_nll_backward(
+                step += 1;
+                let ap = AdamParams::torch(cfg.lr, step, total);
+                backend.ensemble_nll_adam_step(
                     &shape,
                     &loss_cfg,
-                    &params,
+                    &mut params,
                     &norm,
                     &bx,
                     &by,
                     rows,
                     &mut grad,
                     &mut losses[batches],
+                    &ap,
+                    &mut adam_m,
+                    &mut adam_v,
                 )?;
                 batches += 1;
-                step += 1;
-                let ap = AdamParams::torch(cfg.lr, step, total);
-                backend.adam_step(&ap, &mut params, &grad, &mut adam_m, &mut adam_v)?;
                 start += rows;
             }
             Ok(batches)

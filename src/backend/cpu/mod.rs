@@ -303,6 +303,62 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
+    fn ensemble_nll_adam_step(
+        &self,
+        shape: &EnsembleShape,
+        loss: &LossConfig,
+        params: &mut Vec<f32>,
+        norm: &Vec<f32>,
+        x: &Vec<f32>,
+        target: &Vec<f32>,
+        rows: usize,
+        grad: &mut Vec<f32>,
+        losses: &mut Vec<f32>,
+        adam: &AdamParams,
+        m: &mut Vec<f32>,
+        v: &mut Vec<f32>,
+    ) -> Result<()> {
+        let lens = [
+            params.len(),
+            norm.len(),
+            x.len(),
+            target.len(),
+            grad.len(),
+            losses.len(),
+        ];
+        check::nll_backward(shape, loss, rows, lens)?;
+        check::adam(adam, [params.len(), grad.len(), m.len(), v.len()])?;
+        let total = shape.layout().total;
+        if adam.len as usize != total {
+            return Err(crate::Error::Shape(format!(
+                "the fused training step updates all {total} parameters; Adam was given {}",
+                adam.len
+            )));
+        }
+        let i = shape.in_dim;
+        let mut ws = self.ws.lock().unwrap_or_else(|p| p.into_inner());
+        let (nm, ns) = (&norm[..i], &norm[i..2 * i]);
+        ws.bf16_training = loss.precision == Precision::Bf16;
+        ensemble::nll_adam_step(
+            shape,
+            loss,
+            &mut params[..total],
+            nm,
+            ns,
+            x,
+            target,
+            rows,
+            &mut grad[..total],
+            losses,
+            adam,
+            &mut m[..total],
+            &mut v[..total],
+            &mut ws,
+        );
+        ws.bf16_training = false;
+        Ok(())
+    }
+
     fn ensemble_vjp(
         &self,
         shape: &EnsembleShape,

@@ -7,23 +7,51 @@ use rayon::prelude::*;
 use super::PAR_BLOCK as CHUNK;
 
 pub fn adam(p: &AdamParams, params: &mut [f32], grad: &[f32], m: &mut [f32], v: &mut [f32]) {
-    let t = p.step.max(1) as i32;
-    let bc1 = 1.0 - p.beta1.powi(t);
-    let bc2 = 1.0 - p.beta2.powi(t);
-    let step = p.lr / bc1;
-    let bc2_sqrt = bc2.sqrt();
+    let step = AdamStep::new(p);
     params
         .par_chunks_mut(CHUNK)
         .zip(grad.par_chunks(CHUNK))
         .zip(m.par_chunks_mut(CHUNK).zip(v.par_chunks_mut(CHUNK)))
-        .for_each(|((w, g), (m, v))| {
-            // Zipped iterators (no index bounds checks) so the loop vectorises.
-            for (((w, g), m), v) in w.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
-                *m = flush(p.beta1 * *m + (1.0 - p.beta1) * g);
-                *v = flush(p.beta2 * *v + (1.0 - p.beta2) * g * g);
-                *w -= step * *m / (v.sqrt() / bc2_sqrt + p.eps);
-            }
-        });
+        .for_each(|((w, g), (m, v))| step.apply(w, g, m, v));
+}
+
+/// One Adam step's constants, applied to any block of the parameters: [`adam`] runs it on
+/// all of them, the CPU training step on each weight gradient's block as it is made.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct AdamStep {
+    beta1: f32,
+    beta2: f32,
+    eps: f32,
+    step: f32,
+    bc2_sqrt: f32,
+}
+
+impl AdamStep {
+    pub(crate) fn new(p: &AdamParams) -> Self {
+        let t = p.step.max(1) as i32;
+        let bc1 = 1.0 - p.beta1.powi(t);
+        let bc2 = 1.0 - p.beta2.powi(t);
+        AdamStep {
+            beta1: p.beta1,
+            beta2: p.beta2,
+            eps: p.eps,
+            step: p.lr / bc1,
+            bc2_sqrt: bc2.sqrt(),
+        }
+    }
+
+    /// The update of Algorithm 1 on `w` with gradient `g` and moments `m`, `v` (all the same
+    /// length).
+    #[inline]
+    pub(crate) fn apply(&self, w: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
+        let (b1, b2) = (self.beta1, self.beta2);
+        // Zipped iterators (no index bounds checks) so the loop vectorises.
+        for (((w, g), m), v) in w.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
+            *m = flush(b1 * *m + (1.0 - b1) * g);
+            *v = flush(b2 * *v + (1.0 - b2) * g * g);
+            *w -= self.step * *m / (v.sqrt() / self.bc2_sqrt + self.eps);
+        }
+    }
 }
 
 /// A moment below f32's smallest normal number becomes zero. A parameter whose gradient has
