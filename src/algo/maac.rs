@@ -127,7 +127,8 @@ pub fn gradient_error(
     let diff: Vec<f64> = g_model.iter().zip(&g_true).map(|(x, y)| x - y).collect();
     Ok(GradientError {
         horizon: h,
-        cosine: dot(&g_model, &g_true) / (nm * nt).max(f64::MIN_POSITIVE),
+        // Clamped: ‖a‖·‖a‖ rounds apart from a·a, and a cosine of 1 + 2⁻⁵² means nothing.
+        cosine: (dot(&g_model, &g_true) / (nm * nt).max(f64::MIN_POSITIVE)).clamp(-1.0, 1.0),
         relative_error: dot(&diff, &diff).sqrt() / nt.max(f64::MIN_POSITIVE),
         model_norm: nm,
         true_norm: nt,
