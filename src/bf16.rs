@@ -253,6 +253,9 @@ pub fn matmul(dst: &mut [f32], src: &[f32], m: usize, w: &Packed, s: &mut Scratc
 pub struct TrainScratch {
     a: Vec<u16>,
     b: Vec<u16>,
+    /// What `b` holds, for [`matmul_views_reusing`]: the B view (data address and length,
+    /// shape, strides) and the caller's generation.
+    b_key: Option<(usize, usize, [usize; 4], u64)>,
     /// Row-major copies of strided operands.
     ta: Vec<f32>,
     tb: Vec<f32>,
@@ -323,6 +326,32 @@ pub fn matmul_views(
     b: crate::linalg::View<'_, f32>,
     s: &mut TrainScratch,
 ) {
+    matmul_views_with(dst, a, b, s, None)
+}
+
+/// [`matmul_views`], keeping the tile layout of B in `s` for the next call: a call with the
+/// same B view (same data address, length, shape and strides) and the same `generation`
+/// skips laying B out again. The caller promises that B's values have not changed while
+/// `generation` has not: the training forward and backward take a new one per call, within
+/// which the weights are constant, so the two row blocks of a member that one thread runs
+/// in turn share one layout of its weights.
+pub fn matmul_views_reusing(
+    dst: &mut [f32],
+    a: crate::linalg::View<'_, f32>,
+    b: crate::linalg::View<'_, f32>,
+    s: &mut TrainScratch,
+    generation: u64,
+) {
+    matmul_views_with(dst, a, b, s, Some(generation))
+}
+
+fn matmul_views_with(
+    dst: &mut [f32],
+    a: crate::linalg::View<'_, f32>,
+    b: crate::linalg::View<'_, f32>,
+    s: &mut TrainScratch,
+    generation: Option<u64>,
+) {
     let (m, k, n) = (a.rows, a.cols, b.cols);
     assert_eq!(b.rows, k, "inner dimensions differ");
     assert!(dst.len() >= m * n, "destination too small");
@@ -343,6 +372,7 @@ pub fn matmul_views(
     }
     if Path::best() != Path::Amx {
         // Row-major operands, then the portable/vector path of `matmul`.
+        s.b_key = None;
         let w = Packed::new(dense_view(b, &mut s.tb), k, n);
         matmul(dst, dense_view(a, &mut s.ta), m, &w, &mut s.portable);
         return;
@@ -376,6 +406,16 @@ pub fn matmul_views(
     // B: blocks of 32 k-rows × 16 columns with k-pairs interleaved (see `Packed`): lane c
     // of a block row holds the pair (B[2p][c], B[2p+1][c]) as one 32-bit word, zero beyond
     // k and n. Row-major and transposed views are packed straight from their data.
+    let key = generation.map(|g| {
+        let view = [b.rows, b.cols, b.rs, b.cs];
+        (b.data.as_ptr() as usize, b.data.len(), view, g)
+    });
+    if key.is_some() && key == s.b_key {
+        // SAFETY: as below; B's layout is the one the previous call made.
+        unsafe { amx::gemm_into(&s.a, kp, &s.b, dst, n, m, n, kb) };
+        return;
+    }
+    s.b_key = key;
     if s.b.len() < kb * nb * TILE_K * TILE_N {
         s.b.resize(kb * nb * TILE_K * TILE_N, 0);
     }
@@ -1574,6 +1614,43 @@ fn matmul_views_should_stay_within_the_bf16_bound() {
             }
         }
     }
+}
+
+/// B's tile layout is reused only for the same view in the same generation: a repeat gives
+/// the fresh product's bits; new values of B under a new generation, and another view in
+/// the same generation, are laid out again (a stale layout would give the old product).
+#[test]
+fn a_reused_b_layout_should_follow_the_view_and_generation() {
+    use crate::linalg::View;
+    let (m, k, n) = (37, 45, 29);
+    let a: Vec<f32> = (0..m * k).map(|i| ((i * 7) % 13) as f32 - 6.0).collect();
+    let b1: Vec<f32> = (0..k * n).map(|i| ((i * 5) % 11) as f32 - 5.0).collect();
+    let b2: Vec<f32> = b1.iter().map(|v| v * 0.5 + 1.0).collect();
+    let fresh = |b: &[f32]| {
+        let mut c = vec![f32::NAN; m * n];
+        matmul_views(
+            &mut c,
+            View::rm(&a, m, k),
+            View::rm(b, k, n),
+            &mut TrainScratch::default(),
+        );
+        c
+    };
+    let (want1, want2) = (fresh(&b1), fresh(&b2));
+    assert_ne!(want1, want2);
+    let mut s = TrainScratch::default();
+    let mut b = b1.clone();
+    let mut run = |b: &[f32], g: u64| {
+        let mut c = vec![f32::NAN; m * n];
+        matmul_views_reusing(&mut c, View::rm(&a, m, k), View::rm(b, k, n), &mut s, g);
+        c
+    };
+    assert_eq!(run(&b, 1), want1);
+    assert_eq!(run(&b, 1), want1, "reused");
+    b.copy_from_slice(&b2);
+    assert_eq!(run(&b, 2), want2, "new values, new generation");
+    assert_eq!(run(&b1, 2), want1, "another view, same generation");
+    assert_eq!(run(&b, 2), want2, "back to the first view");
 }
 
 /// The register transpose against the definition, element for element, at block-exact and

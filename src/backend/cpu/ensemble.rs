@@ -101,9 +101,38 @@ pub struct Workspace<T> {
     pub bf16_training: bool,
 }
 
+/// The arithmetic of a layer product: the f32 (f64) specification, or bf16 operands with f32
+/// sums ([`crate::bf16::matmul_views`]), optionally reusing B's tile layout from the thread's
+/// previous product with the same B view and generation (see
+/// [`crate::bf16::matmul_views_reusing`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Products {
+    F32,
+    Bf16,
+    Bf16Reusing(u64),
+}
+
+impl Products {
+    fn bf16(self) -> bool {
+        self != Products::F32
+    }
+
+    /// bf16 products whose B operands keep their values until the next call of this: a
+    /// pass over the cached forward or backward, where the weights are fixed.
+    fn bf16_pass(bf16: bool) -> Self {
+        static GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        if bf16 {
+            let g = GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Products::Bf16Reusing(g + 1)
+        } else {
+            Products::F32
+        }
+    }
+}
+
 /// `dst = a · b`, in bf16 products when asked and `T` is f32, else the f32 (f64) GEMM.
-fn mm<T: Real>(dst: &mut [T], a: View<'_, T>, b: View<'_, T>, bf16: bool) {
-    if bf16 {
+fn mm<T: Real>(dst: &mut [T], a: View<'_, T>, b: View<'_, T>, products: Products) {
+    if products.bf16() {
         if let (Some(ad), Some(bd)) = (T::f32_slice(a.data), T::f32_slice(b.data)) {
             thread_local! {
                 static SCRATCH: std::cell::RefCell<crate::bf16::TrainScratch> =
@@ -111,7 +140,10 @@ fn mm<T: Real>(dst: &mut [T], a: View<'_, T>, b: View<'_, T>, bf16: bool) {
             }
             let d = T::f32_slice_mut(dst).expect("f32 like its operands");
             let (av, bv) = (a.with_data(ad), b.with_data(bd));
-            SCRATCH.with_borrow_mut(|s| crate::bf16::matmul_views(d, av, bv, s));
+            SCRATCH.with_borrow_mut(|s| match products {
+                Products::Bf16Reusing(g) => crate::bf16::matmul_views_reusing(d, av, bv, s, g),
+                _ => crate::bf16::matmul_views(d, av, bv, s),
+            });
             return;
         }
     }
@@ -226,7 +258,7 @@ fn linear<T: Real>(
     e: usize,
     nr: usize,
     activation: Option<Activation>,
-    bf16: bool,
+    products: Products,
 ) {
     let lo = lay.layers[l];
     let (fi, fo) = (lo.fan_in, lo.fan_out);
@@ -237,8 +269,8 @@ fn linear<T: Real>(
     match (pre, activation) {
         (None, a) => {
             let dst = &mut dst[..nr * fo];
-            if bf16 {
-                mm(dst, src, w, true);
+            if products.bf16() {
+                mm(dst, src, w, products);
                 bias_act(dst, b, a);
             } else if !T::dense_layer(dst, src.data, nr, w.data, fi, fo, b, a) {
                 matmul(dst, src, w, false);
@@ -247,9 +279,9 @@ fn linear<T: Real>(
         }
         (Some(pre), a) => {
             let pre = &mut pre[..nr * fo];
-            mm(pre, src, w, bf16);
+            mm(pre, src, w, products);
             match a {
-                Some(a) => bias_activate_with_grad(a, pre, b, &mut dst[..nr * fo], bf16),
+                Some(a) => bias_activate_with_grad(a, pre, b, &mut dst[..nr * fo], products.bf16()),
                 None => {
                     for row in pre.chunks_exact_mut(fo) {
                         row.iter_mut().zip(b).for_each(|(v, bb)| *v += *bb);
@@ -446,8 +478,12 @@ pub(crate) fn member_forward<'s, T: Real>(
     for l in 0..lay.layers.len() {
         let activation = (l < shape.num_layers).then_some(shape.activation);
         // The head (a few columns) stays f32 either way.
-        let bf16 = bf16 && l < shape.num_layers;
-        linear(b, None, a, params, lay, l, e, nr, activation, bf16);
+        let products = if bf16 && l < shape.num_layers {
+            Products::Bf16
+        } else {
+            Products::F32
+        };
+        linear(b, None, a, params, lay, l, e, nr, activation, products);
         std::mem::swap(&mut a, &mut b);
     }
     &a[..nr * shape.head_dim()]
@@ -601,7 +637,8 @@ pub fn forward_cached<T: Real>(
     let ts = tasks(shape.ensemble, rows);
     let e = shape.ensemble;
     let nl = lay.layers.len();
-    let bf16 = ws.bf16_training;
+    // The weights are fixed through this pass: a thread reuses their tile layout.
+    let products = Products::bf16_pass(ws.bf16_training);
     ws.inputs.resize_with(nl, Vec::new);
     ws.pre.resize_with(shape.num_layers, Vec::new);
     for (l, lo) in lay.layers.iter().enumerate() {
@@ -666,7 +703,7 @@ pub fn forward_cached<T: Real>(
                     t.e,
                     t.nr,
                     Some(shape.activation),
-                    bf16,
+                    products,
                 );
             }
             linear(
@@ -679,7 +716,7 @@ pub fn forward_cached<T: Real>(
                 t.e,
                 t.nr,
                 None,
-                false,
+                Products::F32,
             );
             head_out(shape, params, &lay, head, t.nr, m_out, lv_out);
         });
@@ -715,7 +752,7 @@ fn backward_from_head<T: Real>(
         ws.scratch.resize_with(ts.len(), Default::default);
     }
     let want_dx = dx.is_some();
-    let bf16 = ws.bf16_training;
+    let products = Products::bf16_pass(ws.bf16_training);
     // dz of every layer below the head ([E, rows, fan_out]); the head's is `d_head`.
     ws.dz.resize_with(nl - 1, Vec::new);
     for (l, lo) in lay.layers[..nl - 1].iter().enumerate() {
@@ -760,7 +797,7 @@ fn backward_from_head<T: Real>(
                     &mut da[..t.nr * fi],
                     View::rm(dz, t.nr, fo),
                     View::rm_t(w, fi, fo),
-                    bf16,
+                    products,
                 );
                 if l > 0 {
                     // pre holds act'(z) (see bias_activate_with_grad): dz = da ⊙ act'(z).
@@ -817,7 +854,11 @@ fn weight_grads<T: Real>(
     let nl = lay.layers.len();
     let e = shape.ensemble;
     let hd = shape.head_dim();
-    let bf16 = ws.bf16_training;
+    let products = if ws.bf16_training {
+        Products::Bf16
+    } else {
+        Products::F32
+    };
     // The weight gradients: jobs of (layer, member, block of the weight's rows), the rows
     // split only as far as needed to give every thread a share of each layer (a single
     // member's network, SAC's actor, would otherwise leave one thread idle on its one
@@ -899,7 +940,7 @@ fn weight_grads<T: Real>(
                 rs: 1,
                 cs: fi,
             };
-            mm(gw, a_t, View::rm(dz, rows, fo), bf16);
+            mm(gw, a_t, View::rm(dz, rows, fo), products);
             if let Some(gb) = gb.as_deref_mut() {
                 gb.iter_mut().for_each(|g| *g = T::zero());
                 for row in dz.chunks_exact(fo) {
