@@ -1289,20 +1289,16 @@ mod amx {
         false
     }
 
-    /// One block of up to 2 × 2 tiles: C rows from `c00` (and `c10` for the second 16
-    /// rows), byte stride `csb`, the second tile column 64 bytes on; A from `a0` (byte
-    /// stride `asb`, second tile row 16 rows on), B the column blocks at `b0` and
-    /// `b0 + kb·512`. The tile configuration must be loaded.
-    #[allow(clippy::too_many_arguments)]
+    /// One block of up to 2 × 2 tiles of C = A·B, A from `a0` (byte stride `asb`, second
+    /// tile row 16 rows on), B the column blocks at `b0` and `b0 + kb·512`, left in the
+    /// accumulators tmm0..tmm3 (those the block's shape uses) for [`tile_store`]. The tile
+    /// configuration must be loaded.
     #[inline(always)]
-    unsafe fn tile_block(
+    unsafe fn tile_compute(
         a0: *const u16,
         asb: usize,
         b0: *const u16,
         kb: usize,
-        c00: *mut f32,
-        c10: *mut f32,
-        csb: usize,
         two_rows: bool,
         two_cols: bool,
     ) {
@@ -1320,10 +1316,6 @@ mod amx {
                 "tdpbf16ps tmm3, tmm5, tmm7",
                 "add {a0}, 64", "add {a1}, 64", "add {b0}, 1024", "add {b1}, 1024",
                 "dec {k}", "jnz 2b",
-                "tilestored [{c0} + {csb}*1], tmm0",
-                "tilestored [{c0} + {csb}*1 + 64], tmm1",
-                "tilestored [{c1} + {csb}*1], tmm2",
-                "tilestored [{c1} + {csb}*1 + 64], tmm3",
                 a0 = inout(reg) a0 => _,
                 a1 = inout(reg) a0.add(asb / 2 * 16) => _,
                 b0 = inout(reg) b0 => _,
@@ -1331,10 +1323,7 @@ mod amx {
                 k = inout(reg) kb => _,
                 asb = in(reg) asb,
                 bsb = in(reg) 64usize,
-                c0 = in(reg) c00,
-                c1 = in(reg) c10,
-                csb = in(reg) csb,
-                options(nostack),
+                options(nostack, readonly),
             ),
             (true, false) => asm!(
                 "tilezero tmm0", "tilezero tmm2",
@@ -1346,18 +1335,13 @@ mod amx {
                 "tdpbf16ps tmm2, tmm5, tmm6",
                 "add {a0}, 64", "add {a1}, 64", "add {b0}, 1024",
                 "dec {k}", "jnz 2b",
-                "tilestored [{c0} + {csb}*1], tmm0",
-                "tilestored [{c1} + {csb}*1], tmm2",
                 a0 = inout(reg) a0 => _,
                 a1 = inout(reg) a0.add(asb / 2 * 16) => _,
                 b0 = inout(reg) b0 => _,
                 k = inout(reg) kb => _,
                 asb = in(reg) asb,
                 bsb = in(reg) 64usize,
-                c0 = in(reg) c00,
-                c1 = in(reg) c10,
-                csb = in(reg) csb,
-                options(nostack),
+                options(nostack, readonly),
             ),
             (false, true) => asm!(
                 "tilezero tmm0", "tilezero tmm1",
@@ -1369,17 +1353,13 @@ mod amx {
                 "tdpbf16ps tmm1, tmm4, tmm7",
                 "add {a0}, 64", "add {b0}, 1024", "add {b1}, 1024",
                 "dec {k}", "jnz 2b",
-                "tilestored [{c0} + {csb}*1], tmm0",
-                "tilestored [{c0} + {csb}*1 + 64], tmm1",
                 a0 = inout(reg) a0 => _,
                 b0 = inout(reg) b0 => _,
                 b1 = inout(reg) b0.add(kb * 512) => _,
                 k = inout(reg) kb => _,
                 asb = in(reg) asb,
                 bsb = in(reg) 64usize,
-                c0 = in(reg) c00,
-                csb = in(reg) csb,
-                options(nostack),
+                options(nostack, readonly),
             ),
             (false, false) => asm!(
                 "tilezero tmm0",
@@ -1389,16 +1369,49 @@ mod amx {
                 "tdpbf16ps tmm0, tmm4, tmm6",
                 "add {a0}, 64", "add {b0}, 1024",
                 "dec {k}", "jnz 2b",
-                "tilestored [{c0} + {csb}*1], tmm0",
                 a0 = inout(reg) a0 => _,
                 b0 = inout(reg) b0 => _,
                 k = inout(reg) kb => _,
                 asb = in(reg) asb,
                 bsb = in(reg) 64usize,
-                c0 = in(reg) c00,
+                options(nostack, readonly),
+            ),
+        }
+    }
+
+    /// Stores the accumulators [`tile_compute`] left: the block's rows from `c0` (the second
+    /// 16 from `c1`), byte stride `csb`, the second tile column 64 bytes on.
+    #[inline(always)]
+    unsafe fn tile_store(c0: *mut f32, c1: *mut f32, csb: usize, two_rows: bool, two_cols: bool) {
+        asm!(
+            "tilestored [{c0} + {csb}*1], tmm0",
+            c0 = in(reg) c0,
+            csb = in(reg) csb,
+            options(nostack),
+        );
+        if two_cols {
+            asm!(
+                "tilestored [{c0} + {csb}*1 + 64], tmm1",
+                c0 = in(reg) c0,
                 csb = in(reg) csb,
                 options(nostack),
-            ),
+            );
+        }
+        if two_rows {
+            asm!(
+                "tilestored [{c1} + {csb}*1], tmm2",
+                c1 = in(reg) c1,
+                csb = in(reg) csb,
+                options(nostack),
+            );
+            if two_cols {
+                asm!(
+                    "tilestored [{c1} + {csb}*1 + 64], tmm3",
+                    c1 = in(reg) c1,
+                    csb = in(reg) csb,
+                    options(nostack),
+                );
+            }
         }
     }
 
@@ -1406,6 +1419,11 @@ mod amx {
     /// blocks), in 2×2 blocks of 16×16 tiles, without storing C: each block of up to 32 × 32
     /// (row stride 32, rows and columns counted from (r0, c0); the caller clips them to its
     /// m × n) is handed to `epilogue(r0, c0, block)` while it is in L1.
+    ///
+    /// Software-pipelined: the next block's tile products are issued before this block's
+    /// epilogue runs, so the tile unit works while the vector units run the epilogue (for
+    /// 64-wide layers the epilogue is longer than the products, and in series the two
+    /// alternated idling).
     ///
     /// # Safety
     /// AMX must be available (see [`available`]); `a` must hold mp·a_stride elements, mp a
@@ -1421,26 +1439,39 @@ mod amx {
     ) {
         assert!(mp.is_multiple_of(16) && a.len() >= mp * a_stride && a_stride >= kb * 32);
         assert!(b.len() >= kb * nb * 512);
+        if mp == 0 || nb == 0 {
+            return;
+        }
         let (mb, asb) = (mp / 16, a_stride * 2);
         let mut blk = [0.0f32; 32 * 32];
         asm!("ldtilecfg [{}]", in(reg) &CONFIG, options(nostack, readonly));
-        for i in (0..mb).step_by(2) {
-            let a0 = a.as_ptr().add(i * 16 * a_stride);
-            for j in (0..nb).step_by(2) {
-                let (b0, e) = (b.as_ptr().add(j * kb * 512), blk.as_mut_ptr());
-                tile_block(
-                    a0,
-                    asb,
-                    b0,
-                    kb,
-                    e,
-                    e.add(16 * 32),
-                    128,
-                    i + 1 < mb,
-                    j + 1 < nb,
-                );
-                epilogue(i * 16, j * 16, &blk);
+        // Blocks in row-major order of (row pair, column pair).
+        let ncp = nb.div_ceil(2);
+        let count = mb.div_ceil(2) * ncp;
+        let at = |q: usize| {
+            let (i, j) = (q / ncp * 2, q % ncp * 2);
+            (i, j, i + 1 < mb, j + 1 < nb)
+        };
+        let issue = |q: usize| {
+            let (i, j, two_rows, two_cols) = at(q);
+            tile_compute(
+                a.as_ptr().add(i * 16 * a_stride),
+                asb,
+                b.as_ptr().add(j * kb * 512),
+                kb,
+                two_rows,
+                two_cols,
+            );
+        };
+        issue(0);
+        for q in 0..count {
+            let (i, j, two_rows, two_cols) = at(q);
+            let e = blk.as_mut_ptr();
+            tile_store(e, e.add(16 * 32), 128, two_rows, two_cols);
+            if q + 1 < count {
+                issue(q + 1);
             }
+            epilogue(i * 16, j * 16, &blk);
         }
         // Back to the initial state (see `gemm_into`).
         asm!("tilerelease", options(nostack, nomem));
@@ -1486,10 +1517,12 @@ mod amx {
                 if full {
                     let c00 = c.as_mut_ptr().add(r0 * c_stride + c0);
                     let c10 = c00.wrapping_add(16 * c_stride);
-                    tile_block(a0, asb, b0, kb, c00, c10, c_stride * 4, two_rows, two_cols);
+                    tile_compute(a0, asb, b0, kb, two_rows, two_cols);
+                    tile_store(c00, c10, c_stride * 4, two_rows, two_cols);
                 } else {
                     let e = edge.as_mut_ptr();
-                    tile_block(a0, asb, b0, kb, e, e.add(16 * 32), 128, two_rows, two_cols);
+                    tile_compute(a0, asb, b0, kb, two_rows, two_cols);
+                    tile_store(e, e.add(16 * 32), 128, two_rows, two_cols);
                     for r in 0..rows {
                         c[(r0 + r) * c_stride + c0..][..cols]
                             .copy_from_slice(&edge[r * 32..][..cols]);
