@@ -1364,6 +1364,13 @@ pub fn init_params(shape: &EnsembleShape, seed: u64) -> Vec<f32> {
 mod tests {
     use super::*;
 
+    /// n standard normals of Philox (seed, stream, counter k).
+    fn normals(n: usize, seed: u64, stream: u32, k: u32) -> Vec<f32> {
+        (0..n)
+            .map(|i| crate::rng::normal(seed, stream, k, i as u32))
+            .collect()
+    }
+
     #[test]
     fn tasks_should_tile_every_row_of_every_member_once() {
         for (e, rows) in [(7, 1000), (3, 7), (1, 1), (5, 2049), (7, 0)] {
@@ -1394,13 +1401,8 @@ mod tests {
             mc.probabilistic = probabilistic;
             let shape = mc.shape();
             let total = shape.layout().total;
-            let g = |n: usize, k: u32| -> Vec<f32> {
-                (0..n)
-                    .map(|i| crate::rng::normal(6, 3, k, i as u32))
-                    .collect()
-            };
-            let x = g(ensemble * rows * shape.in_dim, 1);
-            let y = g(ensemble * rows * shape.out_dim, 2);
+            let x = normals(ensemble * rows * shape.in_dim, 6, 3, 1);
+            let y = normals(ensemble * rows * shape.out_dim, 6, 3, 2);
             let mut norm = vec![0.2f32; shape.in_dim];
             norm.extend(vec![0.9f32; shape.in_dim]);
             for precision in [Precision::F32, Precision::Bf16] {
@@ -1461,13 +1463,8 @@ mod tests {
                 weight_decay: vec![1e-4; shape.num_layers + 1],
                 precision: Precision::F32,
             };
-            let g = |n: usize, k: u32| -> Vec<f32> {
-                (0..n)
-                    .map(|i| crate::rng::normal(4, 9, k, i as u32))
-                    .collect()
-            };
-            let x = g(ensemble * rows * shape.in_dim, 1);
-            let y = g(ensemble * rows * shape.out_dim, 2);
+            let x = normals(ensemble * rows * shape.in_dim, 4, 9, 1);
+            let y = normals(ensemble * rows * shape.out_dim, 4, 9, 2);
             let (mean, std) = (vec![0.1f32; shape.in_dim], vec![1.3f32; shape.in_dim]);
             for bf16 in [false, true] {
                 let run = |threads: usize| -> (Vec<f32>, Vec<f32>) {

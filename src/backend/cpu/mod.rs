@@ -213,6 +213,18 @@ impl CpuBackend {
     }
 }
 
+/// The buffer lengths [`check::nll_backward`] validates, in its order.
+fn nll_lens(
+    params: &[f32],
+    norm: &[f32],
+    x: &[f32],
+    target: &[f32],
+    grad: &[f32],
+    losses: &[f32],
+) -> [usize; 6] {
+    [params, norm, x, target, grad, losses].map(|b| b.len())
+}
+
 impl Backend for CpuBackend {
     type Buf = Vec<f32>;
 
@@ -282,15 +294,12 @@ impl Backend for CpuBackend {
         grad: &mut Vec<f32>,
         losses: &mut Vec<f32>,
     ) -> Result<()> {
-        let lens = [
-            params.len(),
-            norm.len(),
-            x.len(),
-            target.len(),
-            grad.len(),
-            losses.len(),
-        ];
-        check::nll_backward(shape, loss, rows, lens)?;
+        check::nll_backward(
+            shape,
+            loss,
+            rows,
+            nll_lens(params, norm, x, target, grad, losses),
+        )?;
         let i = shape.in_dim;
         let mut ws = self.ws.lock().unwrap_or_else(|p| p.into_inner());
         let (m, s) = (&norm[..i], &norm[i..2 * i]);
@@ -318,15 +327,12 @@ impl Backend for CpuBackend {
         m: &mut Vec<f32>,
         v: &mut Vec<f32>,
     ) -> Result<()> {
-        let lens = [
-            params.len(),
-            norm.len(),
-            x.len(),
-            target.len(),
-            grad.len(),
-            losses.len(),
-        ];
-        check::nll_backward(shape, loss, rows, lens)?;
+        check::nll_backward(
+            shape,
+            loss,
+            rows,
+            nll_lens(params, norm, x, target, grad, losses),
+        )?;
         check::adam(adam, [params.len(), grad.len(), m.len(), v.len()])?;
         let total = shape.layout().total;
         if adam.len as usize != total {
