@@ -905,7 +905,8 @@ fn weight_grads<T: Real>(
     type Pair<'s, T> = (&'s mut [T], Option<&'s mut [T]>);
     let grads = carve_pairs(grad, &spans);
     type Fused<'s, T> = Option<(Pair<'s, T>, Pair<'s, T>, Pair<'s, T>)>;
-    let (fused, decay, update): (Vec<Fused<T>>, &[T], _) = match fuse {
+    type Step<'s, T> = Option<(&'s [T], BlockUpdate<'s, T>)>;
+    let (fused, step): (Vec<Fused<T>>, Step<T>) = match fuse {
         Some(f) => {
             let p = carve_pairs(f.params, &spans);
             let (m, v) = (carve_pairs(f.m, &spans), carve_pairs(f.v, &spans));
@@ -914,9 +915,9 @@ fn weight_grads<T: Real>(
                 .zip(m)
                 .zip(v)
                 .map(|((p, m), v)| Some((p, m, v)));
-            (z.collect(), f.decay, Some(f.update))
+            (z.collect(), Some((f.decay, f.update)))
         }
-        None => ((0..jobs.len()).map(|_| None).collect(), &[], None),
+        None => ((0..jobs.len()).map(|_| None).collect(), None),
     };
     let inputs = &ws.inputs;
     let dz_bufs = &ws.dz;
@@ -949,7 +950,7 @@ fn weight_grads<T: Real>(
                     }
                 }
             }
-            if let (Some(((pw, pb), (mw, mb), (vw, vb))), Some(update)) = (fused, update) {
+            if let (Some(((pw, pb), (mw, mb), (vw, vb))), Some((decay, update))) = (fused, step) {
                 let wd = decay[job.l];
                 if wd != T::zero() {
                     for (g, w) in gw.iter_mut().zip(pw.iter()) {

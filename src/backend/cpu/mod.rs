@@ -17,7 +17,7 @@ use crate::Result;
 use std::sync::Mutex;
 
 /// Elements per parallel block of the passes over a parameter vector (Adam, weight decay,
-/// gradient reduction, Polyak, finiteness scans): large enough that rayon's overhead is
+/// Polyak, finiteness scans): large enough that rayon's overhead is
 /// negligible, small enough that a one-member network's vectors still split over the cores.
 pub(crate) const PAR_BLOCK: usize = 1 << 14;
 
@@ -191,6 +191,15 @@ impl CpuBackend {
         Self::default()
     }
 
+    /// Runs a training call on the shared ensemble workspace with the loss's precision:
+    /// the workspace serves the other ensemble ops too, so bf16 holds for this call only.
+    fn training(&self, loss: &LossConfig, f: impl FnOnce(&mut ensemble::Workspace<f32>)) {
+        let mut ws = self.ws.lock().unwrap_or_else(|p| p.into_inner());
+        ws.bf16_training = loss.precision == Precision::Bf16;
+        f(&mut ws);
+        ws.bf16_training = false;
+    }
+
     /// A CPU backend whose planning rollouts use bf16 products (on AMX tiles where the CPU
     /// has them, else bf16-rounded operands in the f32 GEMM).
     pub fn with_bf16_planning() -> Self {
@@ -301,14 +310,10 @@ impl Backend for CpuBackend {
             nll_lens(params, norm, x, target, grad, losses),
         )?;
         let i = shape.in_dim;
-        let mut ws = self.ws.lock().unwrap_or_else(|p| p.into_inner());
         let (m, s) = (&norm[..i], &norm[i..2 * i]);
-        // The workspace serves the other ensemble ops too: bf16 for this call only.
-        ws.bf16_training = loss.precision == Precision::Bf16;
-        ensemble::nll_backward(
-            shape, loss, params, m, s, x, target, rows, grad, losses, &mut ws,
-        );
-        ws.bf16_training = false;
+        self.training(loss, |ws| {
+            ensemble::nll_backward(shape, loss, params, m, s, x, target, rows, grad, losses, ws)
+        });
         Ok(())
     }
 
@@ -342,26 +347,25 @@ impl Backend for CpuBackend {
             )));
         }
         let i = shape.in_dim;
-        let mut ws = self.ws.lock().unwrap_or_else(|p| p.into_inner());
         let (nm, ns) = (&norm[..i], &norm[i..2 * i]);
-        ws.bf16_training = loss.precision == Precision::Bf16;
-        ensemble::nll_adam_step(
-            shape,
-            loss,
-            &mut params[..total],
-            nm,
-            ns,
-            x,
-            target,
-            rows,
-            &mut grad[..total],
-            losses,
-            adam,
-            &mut m[..total],
-            &mut v[..total],
-            &mut ws,
-        );
-        ws.bf16_training = false;
+        self.training(loss, |ws| {
+            ensemble::nll_adam_step(
+                shape,
+                loss,
+                &mut params[..total],
+                nm,
+                ns,
+                x,
+                target,
+                rows,
+                &mut grad[..total],
+                losses,
+                adam,
+                &mut m[..total],
+                &mut v[..total],
+                ws,
+            )
+        });
         Ok(())
     }
 
