@@ -1445,6 +1445,47 @@ mod tests {
         }
     }
 
+    /// The fused step refuses what the two calls would not do together, naming the problem
+    /// and writing nothing: an Adam step over part of the parameters, and short moments.
+    #[test]
+    fn the_fused_training_step_should_refuse_mismatched_buffers() {
+        use crate::backend::{cpu::CpuBackend, AdamParams, Backend, LossConfig, Precision};
+        use crate::model::ModelConfig;
+        let be = CpuBackend::new();
+        let mc = ModelConfig::pets(4, 2);
+        let shape = mc.shape();
+        let total = shape.layout().total;
+        let rows = 8;
+        let x = normals(shape.ensemble * rows * shape.in_dim, 2, 3, 1);
+        let y = normals(shape.ensemble * rows * shape.out_dim, 2, 3, 2);
+        let mut norm = vec![0.0f32; shape.in_dim];
+        norm.extend(vec![1.0f32; shape.in_dim]);
+        let loss = LossConfig {
+            logvar_penalty: 0.01,
+            weight_decay: vec![1e-4; shape.num_layers + 1],
+            precision: Precision::F32,
+        };
+        let start = init_params(&shape, 1);
+        for (adam_len, moments) in [(total - 1, total), (total, total - 1)] {
+            let mut p = start.clone();
+            let (mut m, mut v) = (vec![0.0f32; moments], vec![0.0f32; moments]);
+            let mut g = vec![0.0f32; total];
+            let mut l = vec![0.0f32; shape.ensemble];
+            let ap = AdamParams::torch(1e-3, 1, adam_len);
+            let err = be
+                .ensemble_nll_adam_step(
+                    &shape, &loss, &mut p, &norm, &x, &y, rows, &mut g, &mut l, &ap, &mut m, &mut v,
+                )
+                .expect_err("mismatched buffers must be refused");
+            let msg = err.to_string();
+            assert!(
+                msg.contains(&total.to_string()) || msg.contains(&(total - 1).to_string()),
+                "{msg}"
+            );
+            assert_eq!(p, start, "nothing written: {msg}");
+        }
+    }
+
     /// The rows of a minibatch are split among threads (`tasks`), but every weight gradient
     /// is one product over all of a member's rows: the loss and gradient are the same bits
     /// on 1, 2 and 3 threads, in f32 and with bf16 products, for one member (whose weight
