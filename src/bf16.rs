@@ -452,6 +452,8 @@ fn matmul_views_with(
 pub struct ChainScratch {
     a: [Vec<u16>; 2],
     c: Vec<f32>,
+    /// The layer's bias padded with zeros to its tile columns (AMX starts from it).
+    bias: Vec<f32>,
     portable: Scratch,
     f32s: [Vec<f32>; 2],
 }
@@ -568,28 +570,31 @@ fn chain_with(
         // in L1 (a product stored whole and read back was a second pass over memory).
         let kn = if l == last { 0 } else { layers[l + 1].kp() };
         let vector = avx512::available();
+        // The product starts from the bias (the accumulator tiles are loaded with it), so
+        // the epilogue only applies the activation: the bias's add was one of a 64-wide
+        // layer's dozen vector operations per 16 values.
+        s.bias.clear();
+        s.bias.extend_from_slice(&bias[..n]);
+        s.bias.resize(np, 0.0);
+        const BC: usize = amx::BLOCK_COLS;
         let epilogue = |r0: usize, c0: usize, blk: &[f32]| {
-            let (rows, cols) = (m.saturating_sub(r0).min(32), n.saturating_sub(c0).min(32));
+            let (rows, cols) = (m.saturating_sub(r0).min(32), n.saturating_sub(c0).min(BC));
             if rows == 0 || cols == 0 {
                 return;
             }
-            let bias = &bias[c0..c0 + cols];
             if l == last {
                 for r in 0..rows {
-                    let o = &mut out[(r0 + r) * n + c0..][..cols];
-                    for ((o, v), bb) in o.iter_mut().zip(&blk[r * 32..]).zip(bias) {
-                        *o = *v + *bb;
-                    }
+                    out[(r0 + r) * n + c0..][..cols].copy_from_slice(&blk[r * BC..][..cols]);
                 }
             } else if vector {
-                // The next layer's input: act(c + b) rounded to bf16.
-                // SAFETY: AVX-512 F/BW/VL/BF16 were detected; `blk` holds 32 rows of 32,
+                // The next layer's input: act(c) rounded to bf16.
+                // SAFETY: AVX-512 F/BW/VL/DQ/BF16 were detected; `blk` holds 32 rows of BC,
                 // `next` from row r0, column c0 holds rows − 1 rows of kn ≥ n plus cols.
                 unsafe {
                     avx512::bias_act_bf16(
                         blk,
-                        32,
-                        bias,
+                        BC,
+                        None,
                         &mut next[r0 * kn + c0..],
                         kn,
                         rows,
@@ -600,15 +605,26 @@ fn chain_with(
             } else {
                 for r in 0..rows {
                     let dst = &mut next[(r0 + r) * kn + c0..][..cols];
-                    for ((d, v), bb) in dst.iter_mut().zip(&blk[r * 32..]).zip(bias) {
-                        *d = to_bits(act(*v + *bb));
+                    for (d, v) in dst.iter_mut().zip(&blk[r * BC..]) {
+                        *d = to_bits(act(*v));
                     }
                 }
             }
         };
         // SAFETY: AMX was available when the layers were packed; `cur` holds mp rows of kp,
-        // the packed weights kp/32 × np/16 blocks.
-        unsafe { amx::gemm_blocks(cur, kp, &w.tiles, mp, np / TILE_N, kp / TILE_K, epilogue) };
+        // the packed weights kp/32 × np/16 blocks, `s.bias` np values.
+        unsafe {
+            amx::gemm_blocks(
+                cur,
+                kp,
+                &w.tiles,
+                &s.bias,
+                mp,
+                np / TILE_N,
+                kp / TILE_K,
+                epilogue,
+            )
+        };
         if l != last {
             // Zero in the padding columns (rows past m stay as they are: rows never mix in a
             // product).
@@ -673,7 +689,7 @@ fn chain_dot(
         } else {
             let kn = layers[l + 1].k2();
             // SAFETY: AVX-512 F/BW/VL/BF16 are available (this path requires them).
-            unsafe { avx512::bias_act_bf16(&s.c, n, bias, next, kn, m, n, activation) };
+            unsafe { avx512::bias_act_bf16(&s.c, n, Some(bias), next, kn, m, n, activation) };
             for r in (0..m).filter(|_| kn > n) {
                 next[r * kn + n..(r + 1) * kn].fill(0);
             }
@@ -915,12 +931,12 @@ mod avx512 {
 
     /// The hidden activation of a layer whose output is rounded to bf16 next (half an ulp
     /// is 2⁻⁹ ≈ 2e-3 of the value): SiLU's σ through a short exp2 and the 14-bit reciprocal
-    /// estimate, relative error ≤ 1e-4 (see [`sigmoid_lo`]), in 12 vector operations where
+    /// estimate, relative error ≤ 1e-4 (see [`sigmoid_lo`]), in 10 vector operations where
     /// the f32 epilogue's takes 19 (the epilogue was half of a small model's bf16 planning
     /// step). Tanh and ReLU are [`act`]'s: tanh's small values would not keep a relative bound
     /// through 2σ(2z) − 1.
     #[inline]
-    #[target_feature(enable = "avx512f")]
+    #[target_feature(enable = "avx512f,avx512dq")]
     pub(super) unsafe fn act_to_bf16(a: Activation, z: __m512) -> __m512 {
         match a {
             Activation::Silu => _mm512_mul_ps(z, sigmoid_lo(z)),
@@ -928,29 +944,23 @@ mod avx512 {
         }
     }
 
-    /// σ(z) = 1 / (1 + 2^t), t = −z·log₂e = n + f with n an integer and |f| ≤ ½: 2^f from its
-    /// degree-5 Taylor polynomial (relative error ≤ (½·ln 2)⁶/720 ≈ 2.4e-6), 2ⁿ applied by
-    /// `vscalefps`, and the reciprocal's 14-bit estimate (≤ 2⁻¹⁴ ≈ 6.1e-5); with the
+    /// σ(z) = 1 / (1 + 2^t), t = −z·log₂e = ⌊t⌋ + f with 0 ≤ f < 1: f by `vreduceps`
+    /// (t − ⌊t⌋, exact, one operation), 2^f by a degree-4 polynomial fitted for relative
+    /// error on [0, 1) (≤ 2.7e-6), ⌊t⌋ applied by `vscalefps` (which floors its exponent
+    /// operand itself), and the reciprocal's 14-bit estimate (≤ 2⁻¹⁴ ≈ 6.1e-5); with the
     /// roundings, ≤ 1e-4 relative. A large |z| needs no clamp: 2^t overflows to +inf, whose
     /// reciprocal estimate is 0 (σ → 0), or underflows to 0 (σ → 1).
     #[inline]
-    #[target_feature(enable = "avx512f")]
+    #[target_feature(enable = "avx512f,avx512dq")]
     unsafe fn sigmoid_lo(z: __m512) -> __m512 {
         let t = _mm512_mul_ps(z, _mm512_set1_ps(-std::f32::consts::LOG2_E));
-        let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(t);
-        let f = _mm512_sub_ps(t, n);
-        let ln2 = std::f32::consts::LN_2;
-        let mut p = _mm512_set1_ps(ln2.powi(5) / 120.0);
-        for c in [
-            ln2.powi(4) / 24.0,
-            ln2.powi(3) / 6.0,
-            ln2 * ln2 / 2.0,
-            ln2,
-            1.0,
-        ] {
+        // imm8: keep 0 fraction bits, round down, suppress the precision exception.
+        let f = _mm512_reduce_ps::<{ _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC }>(t);
+        let mut p = _mm512_set1_ps(0.013_534_08);
+        for c in [0.052_011_38, 0.241_443_01, 0.693_003_7, 1.000_002_6] {
             p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(c));
         }
-        let e = _mm512_scalef_ps(p, n);
+        let e = _mm512_scalef_ps(p, t);
         _mm512_rcp14_ps(_mm512_add_ps(_mm512_set1_ps(1.0), e))
     }
 
@@ -1039,6 +1049,7 @@ mod avx512 {
             is_x86_feature_detected!("avx512f")
                 && is_x86_feature_detected!("avx512bw")
                 && is_x86_feature_detected!("avx512vl")
+                && is_x86_feature_detected!("avx512dq")
                 && is_x86_feature_detected!("avx512bf16")
         })
     }
@@ -1128,43 +1139,70 @@ mod avx512 {
         }
     }
 
-    /// `dst[r·ds + j] = bf16(act(c[r·cs + j] + bias[j]))` for r < m, j < n: all rows of a
-    /// layer in one call, two vectors per iteration where the row allows.
+    /// `dst[r·ds + j] = bf16(act(c[r·cs + j] + bias[j]))` for r < m, j < n (no bias where
+    /// `bias` is None: the AMX products start from it): all rows of a layer in one call, 32
+    /// values per iteration where the row allows, rounded by one `vcvtne2ps2bf16`.
     ///
     /// # Safety
     /// [`available`] must hold; `c` must hold m rows of stride cs ≥ n, `dst` m rows of
     /// stride ds ≥ n, `bias` n values.
     #[allow(clippy::too_many_arguments)]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")]
     pub unsafe fn bias_act_bf16(
         c: &[f32],
         cs: usize,
-        bias: &[f32],
+        bias: Option<&[f32]>,
         dst: &mut [u16],
         ds: usize,
         m: usize,
         n: usize,
         a: Activation,
     ) {
+        // One loop per activation, so its constants stay in registers across the rows.
+        match a {
+            Activation::Silu => act_rows::<0>(c, cs, bias, dst, ds, m, n),
+            Activation::Relu => act_rows::<1>(c, cs, bias, dst, ds, m, n),
+            Activation::Tanh => act_rows::<2>(c, cs, bias, dst, ds, m, n),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")]
+    unsafe fn act_rows<const ACT: u8>(
+        c: &[f32],
+        cs: usize,
+        bias: Option<&[f32]>,
+        dst: &mut [u16],
+        ds: usize,
+        m: usize,
+        n: usize,
+    ) {
+        let a = match ACT {
+            0 => Activation::Silu,
+            1 => Activation::Relu,
+            _ => Activation::Tanh,
+        };
         debug_assert!(m == 0 || (c.len() >= (m - 1) * cs + n && dst.len() >= (m - 1) * ds + n));
-        debug_assert!(bias.len() >= n);
-        let (cp, bp, dp) = (c.as_ptr(), bias.as_ptr(), dst.as_mut_ptr());
-        let store = |d: *mut u16, mask: __mmask16, v: __m512| {
-            let h: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(v));
-            _mm256_mask_storeu_epi16(d as *mut i16, mask, h);
+        debug_assert!(bias.is_none_or(|b| b.len() >= n));
+        let (cp, dp) = (c.as_ptr(), dst.as_mut_ptr());
+        let bp = bias.map(|b| b.as_ptr());
+        let load = |r: *const f32, j: usize, mask: __mmask16| {
+            let v = _mm512_maskz_loadu_ps(mask, r.add(j));
+            match bp {
+                Some(b) => _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, b.add(j))),
+                None => v,
+            }
         };
         for r in 0..m {
             let (cr, dr) = (cp.add(r * cs), dp.add(r * ds));
             let mut j = 0;
             while j + 32 <= n {
-                let v0 = _mm512_add_ps(_mm512_loadu_ps(cr.add(j)), _mm512_loadu_ps(bp.add(j)));
-                let v1 = _mm512_add_ps(
-                    _mm512_loadu_ps(cr.add(j + 16)),
-                    _mm512_loadu_ps(bp.add(j + 16)),
-                );
-                let (y0, y1) = (act_to_bf16(a, v0), act_to_bf16(a, v1));
-                store(dr.add(j), 0xffff, y0);
-                store(dr.add(j + 16), 0xffff, y1);
+                let y0 = act_to_bf16(a, load(cr, j, !0));
+                let y1 = act_to_bf16(a, load(cr, j + 16, !0));
+                // Lanes 0..16 from the second operand.
+                let h: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(y1, y0));
+                _mm512_storeu_si512(dr.add(j).cast(), h);
                 j += 32;
             }
             while j < n {
@@ -1174,11 +1212,9 @@ mod avx512 {
                 } else {
                     (1u16 << left) - 1
                 };
-                let v = _mm512_add_ps(
-                    _mm512_maskz_loadu_ps(mask, cr.add(j)),
-                    _mm512_maskz_loadu_ps(mask, bp.add(j)),
-                );
-                store(dr.add(j), mask, act_to_bf16(a, v));
+                let h: __m256i =
+                    std::mem::transmute(_mm512_cvtneps_pbh(act_to_bf16(a, load(cr, j, mask))));
+                _mm256_mask_storeu_epi16(dr.add(j) as *mut i16, mask, h);
                 j += 16;
             }
         }
@@ -1200,10 +1236,15 @@ mod avx512 {
     ) {
         unreachable!("no AVX-512 off x86-64")
     }
+    #[allow(clippy::too_many_arguments)]
     pub unsafe fn bias_act_bf16(
         _: &[f32],
-        _: &[f32],
+        _: usize,
+        _: Option<&[f32]>,
         _: &mut [u16],
+        _: usize,
+        _: usize,
+        _: usize,
         _: crate::backend::Activation,
     ) {
         unreachable!("no AVX-512 off x86-64")
@@ -1289,10 +1330,59 @@ mod amx {
         false
     }
 
-    /// One block of up to 2 × 2 tiles of C = A·B, A from `a0` (byte stride `asb`, second
-    /// tile row 16 rows on), B the column blocks at `b0` and `b0 + kb·512`, left in the
-    /// accumulators tmm0..tmm3 (those the block's shape uses) for [`tile_store`]. The tile
-    /// configuration must be loaded.
+    /// Starts the accumulators tmm0..tmm3 of a block (those its shape uses): zero, or every
+    /// row the bias (16 values from `bias`, the second tile column's from `bias + 16`),
+    /// loaded with a row stride of 0, so the products add to it and no epilogue adds it.
+    /// The tile configuration must be loaded; `bias`, when not null, must hold 16 (two
+    /// columns: 32) readable values.
+    #[inline(always)]
+    unsafe fn tile_init(bias: *const f32, two_rows: bool, two_cols: bool) {
+        if bias.is_null() {
+            asm!(
+                "tilezero tmm0",
+                "tilezero tmm1",
+                "tilezero tmm2",
+                "tilezero tmm3",
+                options(nostack, nomem)
+            );
+            return;
+        }
+        asm!(
+            "tileloadd tmm0, [{b} + {zero}*1]",
+            b = in(reg) bias,
+            zero = in(reg) 0usize,
+            options(nostack, readonly),
+        );
+        if two_cols {
+            asm!(
+                "tileloadd tmm1, [{b} + {zero}*1]",
+                b = in(reg) bias.add(16),
+                zero = in(reg) 0usize,
+                options(nostack, readonly),
+            );
+        }
+        if two_rows {
+            asm!(
+                "tileloadd tmm2, [{b} + {zero}*1]",
+                b = in(reg) bias,
+                zero = in(reg) 0usize,
+                options(nostack, readonly),
+            );
+            if two_cols {
+                asm!(
+                    "tileloadd tmm3, [{b} + {zero}*1]",
+                    b = in(reg) bias.add(16),
+                    zero = in(reg) 0usize,
+                    options(nostack, readonly),
+                );
+            }
+        }
+    }
+
+    /// One block of up to 2 × 2 tiles of C += A·B, A from `a0` (byte stride `asb`, second
+    /// tile row 16 rows on), B the column blocks at `b0` and `b0 + kb·512`, added to the
+    /// accumulators tmm0..tmm3 (those the block's shape uses; [`tile_init`] starts them)
+    /// for [`tile_store`]. The tile configuration must be loaded.
     #[inline(always)]
     unsafe fn tile_compute(
         a0: *const u16,
@@ -1304,7 +1394,6 @@ mod amx {
     ) {
         match (two_rows, two_cols) {
             (true, true) => asm!(
-                "tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3",
                 "2:",
                 "tileloadd tmm4, [{a0} + {asb}*1]",
                 "tileloadd tmm5, [{a1} + {asb}*1]",
@@ -1326,7 +1415,6 @@ mod amx {
                 options(nostack, readonly),
             ),
             (true, false) => asm!(
-                "tilezero tmm0", "tilezero tmm2",
                 "2:",
                 "tileloadd tmm4, [{a0} + {asb}*1]",
                 "tileloadd tmm5, [{a1} + {asb}*1]",
@@ -1344,7 +1432,6 @@ mod amx {
                 options(nostack, readonly),
             ),
             (false, true) => asm!(
-                "tilezero tmm0", "tilezero tmm1",
                 "2:",
                 "tileloadd tmm4, [{a0} + {asb}*1]",
                 "tileloadd tmm6, [{b0} + {bsb}*1]",
@@ -1362,7 +1449,6 @@ mod amx {
                 options(nostack, readonly),
             ),
             (false, false) => asm!(
-                "tilezero tmm0",
                 "2:",
                 "tileloadd tmm4, [{a0} + {asb}*1]",
                 "tileloadd tmm6, [{b0} + {bsb}*1]",
@@ -1415,8 +1501,12 @@ mod amx {
         }
     }
 
-    /// C = A [mp × 32·kb] (bf16, row stride `a_stride` elements) · B (`nb` packed column
-    /// blocks), in 2×2 blocks of 16×16 tiles, without storing C: each block of up to 32 × 32
+    /// Columns of the blocks [`gemm_blocks`] hands to its epilogue (its row stride).
+    pub const BLOCK_COLS: usize = 32;
+
+    /// C = bias + A [mp × 32·kb] (bf16, row stride `a_stride` elements) · B (`nb` packed
+    /// column blocks; `bias` holds nb·16 values, 0 past the real columns), in 2×2 blocks of
+    /// 16×16 tiles, without storing C: each block of up to 32 × 32
     /// (row stride 32, rows and columns counted from (r0, c0); the caller clips them to its
     /// m × n) is handed to `epilogue(r0, c0, block)` while it is in L1.
     ///
@@ -1428,10 +1518,12 @@ mod amx {
     /// # Safety
     /// AMX must be available (see [`available`]); `a` must hold mp·a_stride elements, mp a
     /// multiple of 16, `b` kb·nb·512; `epilogue` must not use the tile registers.
+    #[allow(clippy::too_many_arguments)]
     pub unsafe fn gemm_blocks(
         a: &[u16],
         a_stride: usize,
         b: &[u16],
+        bias: &[f32],
         mp: usize,
         nb: usize,
         kb: usize,
@@ -1439,11 +1531,12 @@ mod amx {
     ) {
         assert!(mp.is_multiple_of(16) && a.len() >= mp * a_stride && a_stride >= kb * 32);
         assert!(b.len() >= kb * nb * 512);
+        assert!(bias.len() >= nb * 16);
         if mp == 0 || nb == 0 {
             return;
         }
         let (mb, asb) = (mp / 16, a_stride * 2);
-        let mut blk = [0.0f32; 32 * 32];
+        let mut blk = [0.0f32; 32 * BLOCK_COLS];
         asm!("ldtilecfg [{}]", in(reg) &CONFIG, options(nostack, readonly));
         // Blocks in row-major order of (row pair, column pair).
         let ncp = nb.div_ceil(2);
@@ -1454,6 +1547,7 @@ mod amx {
         };
         let issue = |q: usize| {
             let (i, j, two_rows, two_cols) = at(q);
+            tile_init(bias.as_ptr().add(j * 16), two_rows, two_cols);
             tile_compute(
                 a.as_ptr().add(i * 16 * a_stride),
                 asb,
@@ -1467,7 +1561,13 @@ mod amx {
         for q in 0..count {
             let (i, j, two_rows, two_cols) = at(q);
             let e = blk.as_mut_ptr();
-            tile_store(e, e.add(16 * 32), 128, two_rows, two_cols);
+            tile_store(
+                e,
+                e.add(16 * BLOCK_COLS),
+                4 * BLOCK_COLS,
+                two_rows,
+                two_cols,
+            );
             if q + 1 < count {
                 issue(q + 1);
             }
@@ -1517,10 +1617,12 @@ mod amx {
                 if full {
                     let c00 = c.as_mut_ptr().add(r0 * c_stride + c0);
                     let c10 = c00.wrapping_add(16 * c_stride);
+                    tile_init(std::ptr::null(), two_rows, two_cols);
                     tile_compute(a0, asb, b0, kb, two_rows, two_cols);
                     tile_store(c00, c10, c_stride * 4, two_rows, two_cols);
                 } else {
                     let e = edge.as_mut_ptr();
+                    tile_init(std::ptr::null(), two_rows, two_cols);
                     tile_compute(a0, asb, b0, kb, two_rows, two_cols);
                     tile_store(e, e.add(16 * 32), 128, two_rows, two_cols);
                     for r in 0..rows {
@@ -1537,6 +1639,7 @@ mod amx {
 
 #[cfg(not(target_arch = "x86_64"))]
 mod amx {
+    pub const BLOCK_COLS: usize = 32;
     pub fn available() -> bool {
         false
     }
@@ -1557,6 +1660,7 @@ mod amx {
         _: &[u16],
         _: usize,
         _: &[u16],
+        _: &[f32],
         _: usize,
         _: usize,
         _: usize,
@@ -1785,8 +1889,10 @@ fn padded_row_rounding_should_round_every_value_and_zero_the_rest() {
 #[test]
 fn the_short_silu_should_stay_within_its_stated_bound() {
     use std::arch::x86_64::*;
-    if !std::arch::is_x86_feature_detected!("avx512f") {
-        eprintln!("skipped: no AVX-512F on this CPU");
+    if !(std::arch::is_x86_feature_detected!("avx512f")
+        && std::arch::is_x86_feature_detected!("avx512dq"))
+    {
+        eprintln!("skipped: no AVX-512F and DQ on this CPU");
         return;
     }
     let mut zs: Vec<f32> = (-20_000..=20_000).map(|i| i as f32 * 0.005).collect();
