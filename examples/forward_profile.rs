@@ -1,7 +1,7 @@
 //! Profile target: the `bench model` forward (E = 7, 1000 rows per member, input 24, 4×200
 //! SiLU, head 36) through the CPU backend, `perf record` it. `forward_profile N` times N
 //! forwards and prints the median of 5 batches.
-use mbrl_gpu::backend::{cpu::CpuBackend, Activation, Backend, EnsembleShape};
+use mbrl_gpu::backend::{cpu::CpuBackend, Backend};
 
 fn main() {
     let n: usize = std::env::args()
@@ -9,15 +9,7 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(50);
     let be = CpuBackend::new();
-    let shape = EnsembleShape {
-        ensemble: 7,
-        in_dim: 24,
-        out_dim: 18,
-        hidden: 200,
-        num_layers: 4,
-        activation: Activation::Silu,
-        probabilistic: true,
-    };
+    let shape = mbrl_gpu::bench::forward_bench_shape();
     let rows = 1000;
     let params = mbrl_gpu::backend::cpu::ensemble::init_params(&shape, 0);
     let norm = [vec![0.0; 24], vec![1.0; 24]].concat();

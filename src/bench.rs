@@ -98,6 +98,20 @@ pub fn synthetic_transitions(n: usize, obs_dim: usize, act_dim: usize, seed: u64
     t
 }
 
+/// The ensemble `bench model` times a forward of (1000 rows per member): E = 7, input 24,
+/// 4×200 SiLU, head 36.
+pub fn forward_bench_shape() -> EnsembleShape {
+    EnsembleShape {
+        ensemble: 7,
+        in_dim: 24,
+        out_dim: 18,
+        hidden: 200,
+        num_layers: 4,
+        activation: crate::backend::Activation::Silu,
+        probabilistic: true,
+    }
+}
+
 /// `bench model`: ensemble forward at half-cheetah sizes and one training epoch at cart-pole
 /// sizes, each next to the CPU's GEMM peak (measured only when the backend is the CPU).
 /// On a device backend the forward is timed with the download of its output, which is what
@@ -112,16 +126,7 @@ pub fn model_benches<B: Backend>(be: &B, reps: usize) -> Result<Vec<BenchResult>
     let peak = 0.0;
     let mut out = vec![];
 
-    // Forward: E=7, 1000 rows per member, input 24, 4×200 SiLU, head 36.
-    let shape = EnsembleShape {
-        ensemble: 7,
-        in_dim: 24,
-        out_dim: 18,
-        hidden: 200,
-        num_layers: 4,
-        activation: crate::backend::Activation::Silu,
-        probabilistic: true,
-    };
+    let shape = forward_bench_shape();
     let rows = 1000;
     let params = be.upload(&crate::backend::cpu::ensemble::init_params(&shape, 0))?;
     let norm = be.upload(&[vec![0.0; 24], vec![1.0; 24]].concat())?;

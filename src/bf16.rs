@@ -1347,34 +1347,25 @@ mod amx {
             );
             return;
         }
-        asm!(
-            "tileloadd tmm0, [{b} + {zero}*1]",
-            b = in(reg) bias,
-            zero = in(reg) 0usize,
-            options(nostack, readonly),
-        );
-        if two_cols {
-            asm!(
-                "tileloadd tmm1, [{b} + {zero}*1]",
-                b = in(reg) bias.add(16),
-                zero = in(reg) 0usize,
-                options(nostack, readonly),
-            );
-        }
-        if two_rows {
-            asm!(
-                "tileloadd tmm2, [{b} + {zero}*1]",
-                b = in(reg) bias,
-                zero = in(reg) 0usize,
-                options(nostack, readonly),
-            );
-            if two_cols {
+        // Every row of tile `$t` from the 16 values at `$p`.
+        macro_rules! bias_rows {
+            ($t:literal, $p:expr) => {
                 asm!(
-                    "tileloadd tmm3, [{b} + {zero}*1]",
-                    b = in(reg) bias.add(16),
+                    concat!("tileloadd ", $t, ", [{b} + {zero}*1]"),
+                    b = in(reg) $p,
                     zero = in(reg) 0usize,
                     options(nostack, readonly),
-                );
+                )
+            };
+        }
+        bias_rows!("tmm0", bias);
+        if two_cols {
+            bias_rows!("tmm1", bias.add(16));
+        }
+        if two_rows {
+            bias_rows!("tmm2", bias);
+            if two_cols {
+                bias_rows!("tmm3", bias.add(16));
             }
         }
     }
