@@ -36,6 +36,7 @@ impl PackedF32 {
     /// Pack `w` [k, n] into this value, reusing its memory.
     pub fn repack(&mut self, w: &[f32], k: usize, n: usize) {
         assert_eq!(w.len(), k * n, "weight matrix size");
+        let same_shape = (self.k, self.n) == (k, n);
         (self.k, self.n) = (k, n);
         if !avx512::available() {
             self.panels.clear();
@@ -44,8 +45,13 @@ impl PackedF32 {
             return;
         }
         let np = n.div_ceil(PANEL);
-        self.panels.clear();
-        self.panels.resize(np * k * PANEL, 0.0);
+        // Refilled in place when the shape is unchanged (the forward repacks every call): the
+        // copy below writes the same cells each time, so the padding past column n is still
+        // zero, and zeroing the whole buffer first would be a second pass over it.
+        if !same_shape || self.panels.len() != np * k * PANEL {
+            self.panels.clear();
+            self.panels.resize(np * k * PANEL, 0.0);
+        }
         for p in 0..np {
             let cols = PANEL.min(n - p * PANEL);
             for kk in 0..k {
@@ -83,9 +89,29 @@ pub fn bias_act_grad(a: Activation, z: &mut [f32], b: &[f32], out: &mut [f32]) -
     true
 }
 
-/// [`layer`] with row-major weights, packed on the way into a per-thread buffer (for
-/// callers that do not keep packed weights). Returns false, doing nothing, where the fused
-/// kernel is not available.
+/// PETS's soft bounds of the log-variance over a block of values, in place: with h, l the
+/// bounds of each value (`hi`, `lo` of the same length as `lv`), lv ← l + softplus(h −
+/// softplus(h − lv) − l), the specification's `bound_logvar`, 16 lanes at a time with
+/// [`avx512::softplus`] (the compiler's vectorisation of the scalar form runs 8 lanes without
+/// fused multiply-adds: it was 5 % of the ensemble forward). Returns false, doing nothing,
+/// where AVX-512F/DQ is not available.
+pub fn bound_logvar(lv: &mut [f32], hi: &[f32], lo: &[f32]) -> bool {
+    if !avx512::available() {
+        return false;
+    }
+    assert!(
+        hi.len() >= lv.len() && lo.len() >= lv.len(),
+        "bound lengths"
+    );
+    // SAFETY: AVX-512F/DQ checked; lengths checked above.
+    unsafe { avx512::bound_logvar(lv, hi, lo) };
+    true
+}
+
+/// [`layer`] with row-major weights W [k, n], read in place by the same kernel (the same
+/// sums in the same order as the packed call, so the same bits): for callers whose weights
+/// change between calls, where packing would cost a pass over them each time. Returns false,
+/// doing nothing, where the fused kernel is not available.
 #[allow(clippy::too_many_arguments)]
 pub fn layer_unpacked(
     dst: &mut [f32],
@@ -100,13 +126,17 @@ pub fn layer_unpacked(
     if !avx512::available() {
         return false;
     }
-    thread_local! {
-        static PACKED: std::cell::RefCell<PackedF32> = std::cell::RefCell::default();
+    assert!(
+        w.len() >= k * n && src.len() >= m * k && dst.len() >= m * n && bias.len() >= n,
+        "layer sizes"
+    );
+    if m == 0 || n == 0 {
+        return true;
     }
-    PACKED.with_borrow_mut(|p| {
-        p.repack(w, k, n);
-        layer(dst, src, m, p, bias, act);
-    });
+    let w = avx512::Weights::row_major(w, k, n);
+    // SAFETY: AVX-512F checked; sizes checked above; the kernel's loads past column n of a
+    // row-major W are masked off.
+    unsafe { avx512::layer(dst, src, m, w, bias, act) };
     true
 }
 
@@ -130,7 +160,7 @@ pub fn layer(
     }
     if w.fused() {
         // SAFETY: AVX-512F was detected when `w` was packed; sizes checked above.
-        unsafe { avx512::layer(dst, src, m, w, bias, act) };
+        unsafe { avx512::layer(dst, src, m, avx512::Weights::packed(w), bias, act) };
         return;
     }
     crate::linalg::matmul(
@@ -161,15 +191,16 @@ mod avx512 {
         *AVAILABLE.get_or_init(|| {
             std::env::var_os("MBRL_NO_AVX512").is_none_or(|v| v == "0")
                 && is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("avx512dq")
         })
     }
 
-    #[target_feature(enable = "avx512f")]
+    #[target_feature(enable = "avx512f,avx512dq")]
     pub unsafe fn layer(
         dst: &mut [f32],
         src: &[f32],
         m: usize,
-        w: &PackedF32,
+        w: Weights,
         bias: &[f32],
         act: Option<Activation>,
     ) {
@@ -181,101 +212,136 @@ mod avx512 {
         }
     }
 
+    /// Where a layer's weights are read from: panel p's weight vectors for step kk are at
+    /// `base + p·panel + kk·step` (packed: `panel` = k·32, `step` = 32; row-major W [k, n]:
+    /// `panel` = 32, `step` = n), loaded under masks past column n.
+    #[derive(Clone, Copy)]
+    pub struct Weights {
+        pub base: *const f32,
+        pub k: usize,
+        pub n: usize,
+        pub panel: usize,
+        pub step: usize,
+    }
+
+    impl Weights {
+        pub fn packed(w: &PackedF32) -> Self {
+            let (k, n) = (w.k, w.n);
+            let (base, panel, step) = (w.panels.as_ptr(), k * PANEL, PANEL);
+            Self {
+                base,
+                k,
+                n,
+                panel,
+                step,
+            }
+        }
+
+        pub fn row_major(w: &[f32], k: usize, n: usize) -> Self {
+            let (base, panel, step) = (w.as_ptr(), PANEL, n);
+            Self {
+                base,
+                k,
+                n,
+                panel,
+                step,
+            }
+        }
+    }
+
     #[inline]
-    #[target_feature(enable = "avx512f")]
-    unsafe fn layer_with<const ACT: u8>(
+    #[target_feature(enable = "avx512f,avx512dq")]
+    pub unsafe fn layer_with<const ACT: u8>(
         dst: &mut [f32],
         src: &[f32],
         m: usize,
-        w: &PackedF32,
+        w: Weights,
         bias: &[f32],
     ) {
-        let (k, n) = (w.k, w.n);
         // Panel by panel, all rows: the panel (k × 32 weights) stays in L1 while the rows
         // stream past it.
-        for p in 0..n.div_ceil(PANEL) {
+        for p in 0..w.n.div_ceil(PANEL) {
             let mut r = 0;
             while r + MR <= m {
-                rows::<MR, ACT>(dst, src, r, k, n, w, bias, p);
+                rows::<MR, ACT>(dst, src, r, w, bias, p);
                 r += MR;
             }
             match m - r {
                 0 => {}
-                1 => rows::<1, ACT>(dst, src, r, k, n, w, bias, p),
-                2 => rows::<2, ACT>(dst, src, r, k, n, w, bias, p),
-                3 => rows::<3, ACT>(dst, src, r, k, n, w, bias, p),
-                4 => rows::<4, ACT>(dst, src, r, k, n, w, bias, p),
-                5 => rows::<5, ACT>(dst, src, r, k, n, w, bias, p),
-                6 => rows::<6, ACT>(dst, src, r, k, n, w, bias, p),
-                7 => rows::<7, ACT>(dst, src, r, k, n, w, bias, p),
-                8 => rows::<8, ACT>(dst, src, r, k, n, w, bias, p),
-                9 => rows::<9, ACT>(dst, src, r, k, n, w, bias, p),
-                10 => rows::<10, ACT>(dst, src, r, k, n, w, bias, p),
-                _ => rows::<11, ACT>(dst, src, r, k, n, w, bias, p),
+                1 => rows::<1, ACT>(dst, src, r, w, bias, p),
+                2 => rows::<2, ACT>(dst, src, r, w, bias, p),
+                3 => rows::<3, ACT>(dst, src, r, w, bias, p),
+                4 => rows::<4, ACT>(dst, src, r, w, bias, p),
+                5 => rows::<5, ACT>(dst, src, r, w, bias, p),
+                6 => rows::<6, ACT>(dst, src, r, w, bias, p),
+                7 => rows::<7, ACT>(dst, src, r, w, bias, p),
+                8 => rows::<8, ACT>(dst, src, r, w, bias, p),
+                9 => rows::<9, ACT>(dst, src, r, w, bias, p),
+                10 => rows::<10, ACT>(dst, src, r, w, bias, p),
+                _ => rows::<11, ACT>(dst, src, r, w, bias, p),
             }
         }
     }
 
     /// Rows r0..r0+R of panel p of the layer, as R × 2 accumulators.
-    #[allow(clippy::too_many_arguments)]
     #[inline]
-    #[target_feature(enable = "avx512f")]
+    #[target_feature(enable = "avx512f,avx512dq")]
     unsafe fn rows<const R: usize, const ACT: u8>(
         dst: &mut [f32],
         src: &[f32],
         r0: usize,
-        k: usize,
-        n: usize,
-        w: &PackedF32,
+        w: Weights,
         bias: &[f32],
         p: usize,
     ) {
+        let (k, n) = (w.k, w.n);
         let a = src.as_ptr().add(r0 * k);
         let d = dst.as_mut_ptr().add(r0 * n);
-        {
-            let c0 = p * PANEL;
-            let cols = (n - c0).min(PANEL);
-            let b = w.panels.as_ptr().add(p * k * PANEL);
-            let mut acc = [[_mm512_setzero_ps(); 2]; R];
-            if cols > 16 {
-                for kk in 0..k {
-                    let b0 = _mm512_loadu_ps(b.add(kk * PANEL));
-                    let b1 = _mm512_loadu_ps(b.add(kk * PANEL + 16));
-                    for (i, acc) in acc.iter_mut().enumerate() {
-                        let x = _mm512_set1_ps(*a.add(i * k + kk));
-                        acc[0] = _mm512_fmadd_ps(x, b0, acc[0]);
-                        acc[1] = _mm512_fmadd_ps(x, b1, acc[1]);
-                    }
-                }
+        let c0 = p * PANEL;
+        let cols = (n - c0).min(PANEL);
+        let mask = |h: usize| -> __mmask16 {
+            let left = cols.saturating_sub(16 * h);
+            if left >= 16 {
+                0xffff
             } else {
-                // A last panel of at most 16 columns: half the work.
-                for kk in 0..k {
-                    let b0 = _mm512_loadu_ps(b.add(kk * PANEL));
-                    for (i, acc) in acc.iter_mut().enumerate() {
-                        let x = _mm512_set1_ps(*a.add(i * k + kk));
-                        acc[0] = _mm512_fmadd_ps(x, b0, acc[0]);
-                    }
+                (1u16 << left) - 1
+            }
+        };
+        let (m0, m1) = (mask(0), mask(1));
+        let b = w.base.add(p * w.panel);
+        let mut acc = [[_mm512_setzero_ps(); 2]; R];
+        if cols > 16 {
+            for kk in 0..k {
+                let b0 = _mm512_maskz_loadu_ps(m0, b.add(kk * w.step));
+                let b1 = _mm512_maskz_loadu_ps(m1, b.add(kk * w.step + 16));
+                for (i, acc) in acc.iter_mut().enumerate() {
+                    let x = _mm512_set1_ps(*a.add(i * k + kk));
+                    acc[0] = _mm512_fmadd_ps(x, b0, acc[0]);
+                    acc[1] = _mm512_fmadd_ps(x, b1, acc[1]);
                 }
             }
-            let halves = cols.div_ceil(16);
-            for h in 0..halves {
-                let left = cols - 16 * h;
-                let mask: __mmask16 = if left >= 16 {
-                    0xffff
-                } else {
-                    (1u16 << left) - 1
-                };
-                let bv = _mm512_maskz_loadu_ps(mask, bias.as_ptr().add(c0 + 16 * h));
-                for (i, acc) in acc.iter().enumerate() {
-                    let z = _mm512_add_ps(acc[h], bv);
-                    let y = match ACT {
-                        0 => z,
-                        1 => act(Activation::Silu, z),
-                        2 => act(Activation::Relu, z),
-                        _ => act(Activation::Tanh, z),
-                    };
-                    _mm512_mask_storeu_ps(d.add(i * n + c0 + 16 * h), mask, y);
+        } else {
+            // A last panel of at most 16 columns: half the work.
+            for kk in 0..k {
+                let b0 = _mm512_maskz_loadu_ps(m0, b.add(kk * w.step));
+                for (i, acc) in acc.iter_mut().enumerate() {
+                    let x = _mm512_set1_ps(*a.add(i * k + kk));
+                    acc[0] = _mm512_fmadd_ps(x, b0, acc[0]);
                 }
+            }
+        }
+        for h in 0..cols.div_ceil(16) {
+            let mask = mask(h);
+            let bv = _mm512_maskz_loadu_ps(mask, bias.as_ptr().add(c0 + 16 * h));
+            for (i, acc) in acc.iter().enumerate() {
+                let z = _mm512_add_ps(acc[h], bv);
+                let y = match ACT {
+                    0 => z,
+                    1 => act(Activation::Silu, z),
+                    2 => act(Activation::Relu, z),
+                    _ => act(Activation::Tanh, z),
+                };
+                _mm512_mask_storeu_ps(d.add(i * n + c0 + 16 * h), mask, y);
             }
         }
     }
@@ -283,7 +349,7 @@ mod avx512 {
     /// e^x with the reduction and polynomial of [`crate::fastmath::exp_f32`] (relative error
     /// ≤ 3e-7), 2ⁿ applied by `vscalefps`.
     #[inline]
-    #[target_feature(enable = "avx512f")]
+    #[target_feature(enable = "avx512f,avx512dq")]
     pub unsafe fn exp(x: __m512) -> __m512 {
         let x = _mm512_min_ps(
             _mm512_max_ps(x, _mm512_set1_ps(-87.3)),
@@ -301,9 +367,81 @@ mod avx512 {
         _mm512_scalef_ps(p, n)
     }
 
+    /// σ(z) = 1 / (1 + 2^t), t = −z·log₂e clamped to ±126, in 13 vector operations where
+    /// e^−z by [`exp`] and the reciprocal took 18 (the epilogue is a fifth of a 64-wide
+    /// layer's work): t = ⌊t⌋ + f with f ∈ [0, 1) by `vreduceps` (exact, one operation), 2^f by
+    /// a degree-5 polynomial fitted for relative error on [0, 1) (1.6e-7 evaluated in f32),
+    /// ⌊t⌋ applied by `vscalefps` (which floors its exponent operand itself), and the
+    /// reciprocal as in [`recip`]. The roundings of t and of log₂e cost |z|·7.3e-8 relative in
+    /// 2^t, which reaches σ as (1 − σ) times that: ≤ 3.5e-8 absolute in z·σ(z) (at z ≈ −2.4;
+    /// up to 6e-6 relative where σ < 1e-20). The clamp keeps 2^t finite
+    /// and normal (1 + 2^126 has a finite reciprocal; 2⁻¹²⁶ vanishes beside 1); it is one
+    /// `vrangeps` (the smaller magnitude of t and 126, with t's sign); NaN propagates.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512dq")]
+    pub unsafe fn sigmoid(z: __m512) -> __m512 {
+        let t = _mm512_mul_ps(z, _mm512_set1_ps(-std::f32::consts::LOG2_E));
+        let t = _mm512_range_ps::<0b0010>(t, _mm512_set1_ps(126.0));
+        // imm8: keep 0 fraction bits, round down, suppress the precision exception.
+        let f = _mm512_reduce_ps::<{ _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC }>(t);
+        let mut p = _mm512_set1_ps(0.001_877_567_8);
+        for c in [
+            0.008_989_342,
+            0.055_826_34,
+            0.240_153_6,
+            0.693_153_1,
+            0.999_999_94,
+        ] {
+            p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(c));
+        }
+        recip(_mm512_add_ps(_mm512_set1_ps(1.0), _mm512_scalef_ps(p, t)))
+    }
+
+    /// ln(1 + y) for y ∈ [0, 1]: 2·atanh(s) with s = y / (2 + y) ∈ [0, ⅓], by its odd series to
+    /// s¹³ (the next term is < 2e-9 of the sum); relative error ≤ 4e-7 with the reciprocal's
+    /// and the roundings' few ulps (tested through [`softplus`]).
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512dq")]
+    unsafe fn ln_1p_unit(y: __m512) -> __m512 {
+        let s = _mm512_mul_ps(y, recip(_mm512_add_ps(y, _mm512_set1_ps(2.0))));
+        let s2 = _mm512_mul_ps(s, s);
+        let mut p = _mm512_set1_ps(2.0 / 13.0);
+        for c in [2.0 / 11.0, 2.0 / 9.0, 2.0 / 7.0, 2.0 / 5.0, 2.0 / 3.0, 2.0] {
+            p = _mm512_fmadd_ps(p, s2, _mm512_set1_ps(c));
+        }
+        _mm512_mul_ps(p, s)
+    }
+
+    /// softplus(x) = max(x, 0) + ln(1 + e^−|x|), as the specification's [`crate::backend::cpu::softplus`].
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512dq")]
+    pub unsafe fn softplus(x: __m512) -> __m512 {
+        let neg_abs = _mm512_or_ps(x, _mm512_set1_ps(-0.0));
+        let l = ln_1p_unit(exp(neg_abs));
+        _mm512_add_ps(_mm512_max_ps(x, _mm512_setzero_ps()), l)
+    }
+
+    /// See [`super::bound_logvar`].
+    ///
+    /// # Safety
+    /// AVX-512F/DQ must be available; `hi` and `lo` hold at least `lv.len()` values.
+    #[target_feature(enable = "avx512f,avx512dq")]
+    pub unsafe fn bound_logvar(lv: &mut [f32], hi: &[f32], lo: &[f32]) {
+        for c in (0..lv.len()).step_by(16) {
+            let left = lv.len() - c;
+            let mask: __mmask16 = if left >= 16 { !0 } else { (1 << left) - 1 };
+            let x = _mm512_maskz_loadu_ps(mask, lv.as_ptr().add(c));
+            let h = _mm512_maskz_loadu_ps(mask, hi.as_ptr().add(c));
+            let l = _mm512_maskz_loadu_ps(mask, lo.as_ptr().add(c));
+            let lv1 = _mm512_sub_ps(h, softplus(_mm512_sub_ps(h, x)));
+            let y = _mm512_add_ps(l, softplus(_mm512_sub_ps(lv1, l)));
+            _mm512_mask_storeu_ps(lv.as_mut_ptr().add(c), mask, y);
+        }
+    }
+
     /// 1/d from the 14-bit estimate and one Newton step (relative error ≈ 2⁻²⁸).
     #[inline]
-    #[target_feature(enable = "avx512f")]
+    #[target_feature(enable = "avx512f,avx512dq")]
     unsafe fn recip(d: __m512) -> __m512 {
         let r = _mm512_rcp14_ps(d);
         _mm512_mul_ps(r, _mm512_fnmadd_ps(d, r, _mm512_set1_ps(2.0)))
@@ -314,7 +452,7 @@ mod avx512 {
     /// # Safety
     /// AVX-512F must be available; `z` and `out` hold the same whole number of rows of
     /// `b.len()` values.
-    #[target_feature(enable = "avx512f")]
+    #[target_feature(enable = "avx512f,avx512dq")]
     pub unsafe fn bias_act_grad(a: Activation, z: &mut [f32], b: &[f32], out: &mut [f32]) {
         let n = b.len();
         let (one, zero) = (_mm512_set1_ps(1.0), _mm512_setzero_ps());
@@ -349,15 +487,12 @@ mod avx512 {
 
     /// The hidden activations of [`crate::backend::cpu::ensemble`], 16 lanes at a time.
     #[inline]
-    #[target_feature(enable = "avx512f")]
+    #[target_feature(enable = "avx512f,avx512dq")]
     pub unsafe fn act(a: Activation, z: __m512) -> __m512 {
         let one = _mm512_set1_ps(1.0);
         match a {
-            // z·σ(z), σ(z) = 1 / (1 + e^−z)
-            Activation::Silu => {
-                let e = exp(_mm512_sub_ps(_mm512_setzero_ps(), z));
-                _mm512_mul_ps(z, recip(_mm512_add_ps(one, e)))
-            }
+            // z·σ(z)
+            Activation::Silu => _mm512_mul_ps(z, sigmoid(z)),
             Activation::Relu => _mm512_max_ps(z, _mm512_setzero_ps()),
             // tanh z = 1 − 2 / (1 + e^{2z})
             Activation::Tanh => {
@@ -381,11 +516,23 @@ mod avx512 {
     ) {
         unreachable!("no AVX-512 off x86-64")
     }
+    pub struct Weights;
+    impl Weights {
+        pub fn packed(_: &super::PackedF32) -> Self {
+            Self
+        }
+        pub fn row_major(_: &[f32], _: usize, _: usize) -> Self {
+            Self
+        }
+    }
+    pub unsafe fn bound_logvar(_: &mut [f32], _: &[f32], _: &[f32]) {
+        unreachable!("no AVX-512 off x86-64")
+    }
     pub unsafe fn layer(
         _: &mut [f32],
         _: &[f32],
         _: usize,
-        _: &super::PackedF32,
+        _: Weights,
         _: &[f32],
         _: Option<crate::backend::Activation>,
     ) {
@@ -459,6 +606,115 @@ mod tests {
         }
         if !avx512::available() {
             eprintln!("no AVX-512 here: only the fallback path was checked");
+        }
+    }
+
+    /// σ against f64 over a dense grid, the clamp's edges and beyond: relative error within
+    /// the polynomial's 1.6e-7 and the reciprocal's and roundings' few ulps, plus t's own
+    /// rounding and log₂e's (|z|·7.3e-8 relative in 2^t, scaled by 1 − σ); below z ≈ −87.3 the clamp holds
+    /// σ at 2⁻¹²⁶ (as the old e^−z clamp did); NaN stays NaN.
+    #[test]
+    fn the_f32_sigmoid_should_stay_within_its_stated_bound() {
+        if !avx512::available() {
+            eprintln!("skipped: no AVX-512F/DQ on this CPU");
+            return;
+        }
+        use std::arch::x86_64::*;
+        let mut zs: Vec<f32> = (-200_000..=200_000).map(|i| i as f32 * 5e-4).collect();
+        zs.extend([
+            -1e30, -500.0, -88.0, -87.4, 87.4, 88.0, 500.0, 1e30, 1e-30, -1e-30,
+        ]);
+        zs.extend([
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::MIN_POSITIVE,
+            0.0,
+            -0.0,
+        ]);
+        for c in zs.chunks(16) {
+            let mut z = [0.0f32; 16];
+            z[..c.len()].copy_from_slice(c);
+            let mut s = [0.0f32; 16];
+            // SAFETY: AVX-512F/DQ checked above.
+            unsafe {
+                _mm512_storeu_ps(s.as_mut_ptr(), avx512::sigmoid(_mm512_loadu_ps(z.as_ptr())))
+            };
+            for (&z, &s) in z.iter().zip(&s).take(c.len()) {
+                let want = 1.0 / (1.0 + (-(z as f64)).exp());
+                let zc = f64::from(z).clamp(-87.4, 87.4);
+                let bound = want * (4e-7 + (1.0 - want) * zc.abs() * 8e-8) + 1.2e-38;
+                assert!(
+                    (s as f64 - want).abs() <= bound,
+                    "z {z}: {s} vs {want} (bound {bound:e})"
+                );
+            }
+        }
+        let mut s = [0.0f32; 16];
+        // SAFETY: as above.
+        unsafe {
+            let y = avx512::act(Activation::Silu, _mm512_set1_ps(f32::NAN));
+            _mm512_storeu_ps(s.as_mut_ptr(), y);
+        }
+        assert!(s.iter().all(|v| v.is_nan()), "SiLU(NaN) = {s:?}");
+    }
+
+    /// The log-variance bounds against the f64 specification at lengths around the vector
+    /// width, over raw values far inside, near and far outside the bounds: each softplus is
+    /// within a few e-7 of its output's magnitude, and the sums add a few ulps of |h| and |l|.
+    #[test]
+    fn the_logvar_bounds_should_match_the_f64_specification() {
+        if !avx512::available() {
+            eprintln!("skipped: no AVX-512F/DQ on this CPU");
+            return;
+        }
+        let sp = crate::backend::cpu::softplus::<f64>;
+        // softplus itself over a dense grid (through ln(1 + y) at every y in (0, 1]); e^x is
+        // held at e^−87.3 ≈ 1.2e-38 below, as the scalar specification holds it.
+        use std::arch::x86_64::*;
+        let xs: Vec<f32> = (-400_000..=400_000).map(|i| i as f32 * 2.5e-4).collect();
+        for c in xs.chunks(16) {
+            let mut y = [0.0f32; 16];
+            // SAFETY: AVX-512F/DQ checked above; `c` holds 16 values (the grid's length is
+            // 800,001 = 16·50,000 + 1, so the last chunk is read into a padded copy).
+            unsafe {
+                let mut x = [0.0f32; 16];
+                x[..c.len()].copy_from_slice(c);
+                _mm512_storeu_ps(
+                    y.as_mut_ptr(),
+                    avx512::softplus(_mm512_loadu_ps(x.as_ptr())),
+                );
+            }
+            for (&x, &y) in c.iter().zip(&y) {
+                let want = sp(x as f64);
+                assert!(
+                    (y as f64 - want).abs() <= 8e-7 * want + 1.3e-38,
+                    "softplus({x}) = {y} vs {want}"
+                );
+            }
+        }
+        for len in [1, 15, 16, 17, 40, 257] {
+            let raw: Vec<f32> = (0..len)
+                .map(|i| 12.0 * normal(5, 1, i as u32, 0) - 4.0)
+                .collect();
+            let hi: Vec<f32> = (0..len)
+                .map(|i| 0.5 + 0.3 * normal(5, 2, i as u32, 0))
+                .collect();
+            let lo: Vec<f32> = (0..len)
+                .map(|i| -10.0 + normal(5, 3, i as u32, 0))
+                .collect();
+            let mut got = raw.clone();
+            assert!(bound_logvar(&mut got, &hi, &lo));
+            for i in 0..len {
+                let (x, h, l) = (raw[i] as f64, hi[i] as f64, lo[i] as f64);
+                let lv1 = h - sp(h - x);
+                let want = l + sp(lv1 - l);
+                let bound = 1e-6 * (1.0 + x.abs().min(h.abs() + l.abs()) + h.abs() + l.abs());
+                assert!(
+                    (got[i] as f64 - want).abs() <= bound,
+                    "len {len} [{i}] raw {x} in [{l}, {h}]: {} vs {want}",
+                    got[i]
+                );
+            }
         }
     }
 

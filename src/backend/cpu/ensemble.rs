@@ -370,7 +370,16 @@ pub(crate) fn head_out<T: Real>(
         lo[k] = mn[k % d];
     }
     for chunk in logvar[..nr * d].chunks_mut(period) {
-        for ((o, h), l) in chunk.iter_mut().zip(&hi[..period]).zip(&lo[..period]) {
+        let (h, l) = (&hi[..period], &lo[..period]);
+        // f32 on AVX-512: the same bounds 16 lanes at a time (`dense::bound_logvar`).
+        if let (Some(c), Some(h), Some(l)) =
+            (T::f32_slice_mut(chunk), T::f32_slice(h), T::f32_slice(l))
+        {
+            if crate::dense::bound_logvar(c, h, l) {
+                continue;
+            }
+        }
+        for ((o, h), l) in chunk.iter_mut().zip(h).zip(l) {
             *o = bound_logvar(*o, *h, *l);
         }
     }
