@@ -1045,11 +1045,10 @@ fn maac_horizons_should_compare_model_and_true_gradients_and_continue() {
         .map(|l| l.split(',').map(|v| v.parse().unwrap()).collect())
         .collect();
     assert_eq!(rows.len(), 2, "{csv}");
-    assert_eq!(
-        (rows[0][0], rows[0][1], rows[0][2]),
-        (0.0, 1.0, 0.0),
-        "{csv}"
-    );
+    // H = 0: the same gradient both ways (relative error exactly 0); the cosine of a vector
+    // with itself is 1 up to the f64 rounding of dot / (|a|·|b|).
+    assert_eq!((rows[0][0], rows[0][2]), (0.0, 0.0), "{csv}");
+    assert!((rows[0][1] - 1.0).abs() <= 1e-12, "{csv}");
     assert!(
         rows[1][1] < 1.0 && rows[1][1] > -1.0 && rows[1][2] > 0.0,
         "{csv}"
