@@ -76,8 +76,8 @@ pub fn fused_available() -> bool {
 /// row of `z`), `out = act(x)` and `z ← act'(x)` in one pass, 16 lanes at a time with the
 /// inference layer's σ and Newton reciprocal (the compiler's own vectorisation of the
 /// scalar specification stays at 8 lanes and divides). SiLU within (6e-7 + 8e-8·|x|)
-/// relative of act and twice that of act' (the test below), far inside the 2⁻⁸ of the bf16 products that follow; f32 training
-/// keeps the scalar loop, bit for bit. Returns false, doing nothing, where AVX-512F is not
+/// relative of act and twice that of act' (the test below), far inside the 2⁻⁸ of the bf16
+/// products that follow; f32 training keeps the scalar loop, bit for bit. Returns false, doing nothing, where AVX-512F is not
 /// available.
 pub fn bias_act_grad(a: Activation, z: &mut [f32], b: &[f32], out: &mut [f32]) -> bool {
     if !avx512::available() || b.is_empty() {
@@ -251,7 +251,7 @@ mod avx512 {
 
     #[inline]
     #[target_feature(enable = "avx512f,avx512dq")]
-    pub unsafe fn layer_with<const ACT: u8>(
+    unsafe fn layer_with<const ACT: u8>(
         dst: &mut [f32],
         src: &[f32],
         m: usize,
@@ -573,6 +573,13 @@ mod tests {
                 let p = PackedF32::new(&w, k, n);
                 let mut dst = vec![f32::NAN; m * n];
                 layer(&mut dst, &a, m, &p, &b, act);
+                // Row-major weights read in place (masked past column n): the same sums in the
+                // same order, so the same bits.
+                let mut rm = vec![f32::NAN; m * n];
+                if layer_unpacked(&mut rm, &a, m, &w, k, n, &b, act) {
+                    let same = rm.iter().zip(&dst).all(|(x, y)| x.to_bits() == y.to_bits());
+                    assert!(same, "{m}x{k}x{n} {act:?}: row-major and packed differ");
+                }
                 let eps = f64::from(f32::EPSILON) / 2.0;
                 let gamma = (k + 1) as f64 * eps / (1.0 - (k + 1) as f64 * eps);
                 for i in 0..m {
