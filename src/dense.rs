@@ -15,27 +15,47 @@ const PANEL: usize = 32;
 /// zmm registers.
 const MR: usize = 12;
 
-/// W [k, n] packed into panels of 32 columns: panel p holds, for each k, columns
-/// 32p..32p+32 (zero beyond n), contiguous.
+/// W [k, n] packed into panels of `width` columns: panel p holds, for each k, columns
+/// width·p..width·(p+1) (zero beyond n), contiguous. Width 32 for [`layer`] (two weight
+/// vectors per k), 12 for [`layer_fm`] (the 12 weights a step broadcasts, one cache line).
 #[derive(Clone, Debug, Default)]
 pub struct PackedF32 {
     pub k: usize,
     pub n: usize,
+    width: usize,
     panels: Vec<f32>,
     /// Row-major W for the fallback path.
     plain: Vec<f32>,
 }
 
 impl PackedF32 {
+    /// Packed for [`layer`] (row-major activations).
     pub fn new(w: &[f32], k: usize, n: usize) -> Self {
-        let mut p = Self::default();
+        let mut p = Self {
+            width: PANEL,
+            ..Self::default()
+        };
         p.repack(w, k, n);
         p
     }
 
-    /// Pack `w` [k, n] into this value, reusing its memory.
+    /// Packed for [`layer_fm`] (feature-major activations).
+    pub fn feature_major(w: &[f32], k: usize, n: usize) -> Self {
+        let mut p = Self {
+            width: MR,
+            ..Self::default()
+        };
+        p.repack(w, k, n);
+        p
+    }
+
+    /// Pack `w` [k, n] into this value, reusing its memory and keeping its layout (a default
+    /// value packs for [`layer`]).
     pub fn repack(&mut self, w: &[f32], k: usize, n: usize) {
         assert_eq!(w.len(), k * n, "weight matrix size");
+        if self.width == 0 {
+            self.width = PANEL;
+        }
         let same_shape = (self.k, self.n) == (k, n);
         (self.k, self.n) = (k, n);
         if !avx512::available() {
@@ -44,19 +64,20 @@ impl PackedF32 {
             self.plain.extend_from_slice(w);
             return;
         }
-        let np = n.div_ceil(PANEL);
+        let width = self.width;
+        let np = n.div_ceil(width);
         // Refilled in place when the shape is unchanged (the forward repacks every call): the
         // copy below writes the same cells each time, so the padding past column n is still
         // zero, and zeroing the whole buffer first would be a second pass over it.
-        if !same_shape || self.panels.len() != np * k * PANEL {
+        if !same_shape || self.panels.len() != np * k * width {
             self.panels.clear();
-            self.panels.resize(np * k * PANEL, 0.0);
+            self.panels.resize(np * k * width, 0.0);
         }
         for p in 0..np {
-            let cols = PANEL.min(n - p * PANEL);
+            let cols = width.min(n - p * width);
             for kk in 0..k {
-                self.panels[(p * k + kk) * PANEL..][..cols]
-                    .copy_from_slice(&w[kk * n + p * PANEL..][..cols]);
+                self.panels[(p * k + kk) * width..][..cols]
+                    .copy_from_slice(&w[kk * n + p * width..][..cols]);
             }
         }
     }
@@ -65,6 +86,88 @@ impl PackedF32 {
     pub fn fused(&self) -> bool {
         !self.panels.is_empty()
     }
+}
+
+/// Batch rows per panel of the feature-major layout.
+pub const FM_ROWS: usize = PANEL;
+
+/// Floats a feature-major block of `m` rows × `width` features takes: panels of 32 rows,
+/// [⌈m/32⌉][width][32], the rows past m of the last panel unused.
+pub fn fm_len(m: usize, width: usize) -> usize {
+    m.div_ceil(FM_ROWS) * FM_ROWS * width
+}
+
+/// Row-major `x` [m, d] into the feature-major `dst` ([`fm_len`]`(m, d)`).
+pub fn to_fm(dst: &mut [f32], x: &[f32], m: usize, d: usize) {
+    assert!(x.len() >= m * d && dst.len() >= fm_len(m, d), "to_fm sizes");
+    for (q, panel) in dst
+        .chunks_exact_mut(FM_ROWS * d)
+        .take(m.div_ceil(FM_ROWS))
+        .enumerate()
+    {
+        let rows = FM_ROWS.min(m - q * FM_ROWS);
+        let x = &x[q * FM_ROWS * d..][..rows * d];
+        for (j, col) in panel.chunks_exact_mut(FM_ROWS).enumerate() {
+            for (r, v) in col[..rows].iter_mut().enumerate() {
+                *v = x[r * d + j];
+            }
+        }
+    }
+}
+
+/// Features j0..j0+d of the feature-major `src` (`m` rows × `width` features) into the
+/// row-major `dst` [m, d].
+pub fn from_fm(dst: &mut [f32], src: &[f32], m: usize, width: usize, j0: usize, d: usize) {
+    assert!(
+        j0 + d <= width && dst.len() >= m * d && src.len() >= fm_len(m, width),
+        "from_fm sizes"
+    );
+    for (q, panel) in src
+        .chunks_exact(FM_ROWS * width)
+        .take(m.div_ceil(FM_ROWS))
+        .enumerate()
+    {
+        let rows = FM_ROWS.min(m - q * FM_ROWS);
+        let dst = &mut dst[q * FM_ROWS * d..][..rows * d];
+        let panel = &panel[j0 * FM_ROWS..][..d * FM_ROWS];
+        // Row by row: contiguous stores, the loads 32 apart (in L1).
+        for (r, row) in dst.chunks_exact_mut(d).enumerate() {
+            for (j, v) in row.iter_mut().enumerate() {
+                *v = panel[j * FM_ROWS + r];
+            }
+        }
+    }
+}
+
+/// [`layer`] on feature-major activations (see [`fm_len`]): `dst` [m, n] = act(`src` [m, k] ·
+/// W + b), W packed by [`PackedF32::feature_major`]. The same sums in the same order as
+/// [`layer`] (Σₖ in k order with FMA, then + b), so the same bits; the batch rows run along
+/// the vector lanes, so a layer's width costs no padding (200 = 16·12 + 8 features, where
+/// [`layer`] pays 13 vectors for 12.5 and a half-empty last panel). Returns false, doing
+/// nothing, where the fused kernel is not available (`w.fused()` false).
+pub fn layer_fm(
+    dst: &mut [f32],
+    src: &[f32],
+    m: usize,
+    w: &PackedF32,
+    bias: &[f32],
+    act: Option<Activation>,
+) -> bool {
+    if !w.fused() {
+        return false;
+    }
+    assert_eq!(w.width, MR, "weights packed for the row-major layer");
+    let (k, n) = (w.k, w.n);
+    assert!(
+        src.len() >= fm_len(m, k) && dst.len() >= fm_len(m, n) && bias.len() >= n,
+        "layer sizes"
+    );
+    if m == 0 || n == 0 {
+        return true;
+    }
+    // SAFETY: AVX-512F/DQ was detected when `w` was packed; sizes checked above.
+    unsafe { avx512::layer_fm(dst, src, m, w, bias, act) };
+    true
 }
 
 /// Whether the fused kernel runs here (AVX-512F present, `MBRL_NO_AVX512` unset).
@@ -159,6 +262,7 @@ pub fn layer(
         return;
     }
     if w.fused() {
+        assert_eq!(w.width, PANEL, "weights packed for the feature-major layer");
         // SAFETY: AVX-512F was detected when `w` was packed; sizes checked above.
         unsafe { avx512::layer(dst, src, m, avx512::Weights::packed(w), bias, act) };
         return;
@@ -258,47 +362,125 @@ mod avx512 {
         w: Weights,
         bias: &[f32],
     ) {
+        let (k, n) = (w.k, w.n);
+        assert!(src.len() >= m * k && dst.len() >= m * n && bias.len() >= n);
         // Panel by panel, all rows: the panel (k × 32 weights) stays in L1 while the rows
         // stream past it.
-        for p in 0..w.n.div_ceil(PANEL) {
+        for p in 0..n.div_ceil(PANEL) {
             let mut r = 0;
-            while r + MR <= m {
-                rows::<MR, ACT>(dst, src, r, w, bias, p);
-                r += MR;
-            }
-            match m - r {
-                0 => {}
-                1 => rows::<1, ACT>(dst, src, r, w, bias, p),
-                2 => rows::<2, ACT>(dst, src, r, w, bias, p),
-                3 => rows::<3, ACT>(dst, src, r, w, bias, p),
-                4 => rows::<4, ACT>(dst, src, r, w, bias, p),
-                5 => rows::<5, ACT>(dst, src, r, w, bias, p),
-                6 => rows::<6, ACT>(dst, src, r, w, bias, p),
-                7 => rows::<7, ACT>(dst, src, r, w, bias, p),
-                8 => rows::<8, ACT>(dst, src, r, w, bias, p),
-                9 => rows::<9, ACT>(dst, src, r, w, bias, p),
-                10 => rows::<10, ACT>(dst, src, r, w, bias, p),
-                _ => rows::<11, ACT>(dst, src, r, w, bias, p),
+            while r < m {
+                let rows = MR.min(m - r);
+                let a = src.as_ptr().add(r * k);
+                let d = dst.as_mut_ptr().add(r * n + p * PANEL);
+                let b = bias.as_ptr().add(p * PANEL);
+                block::<ACT, false>(rows, a, k, d, n, w, p, b);
+                r += rows;
             }
         }
     }
 
-    /// Rows r0..r0+R of panel p of the layer, as R × 2 accumulators.
-    #[inline]
+    /// See [`super::layer_fm`]: the roles of [`layer_with`] swapped. The 12 values a step
+    /// broadcasts are 12 output features' weights (one 12-wide panel of W, k-major, one
+    /// cache line per step), the two vectors are 32 batch rows of one input feature (a
+    /// panel of the activations, contiguous), and the accumulators hold 12 features × 32
+    /// rows of the output panel.
     #[target_feature(enable = "avx512f,avx512dq")]
-    unsafe fn rows<const R: usize, const ACT: u8>(
+    pub unsafe fn layer_fm(
         dst: &mut [f32],
         src: &[f32],
-        r0: usize,
-        w: Weights,
+        m: usize,
+        w: &PackedF32,
         bias: &[f32],
-        p: usize,
+        act: Option<Activation>,
+    ) {
+        match act {
+            None => layer_fm_with::<0>(dst, src, m, w, bias),
+            Some(Activation::Silu) => layer_fm_with::<1>(dst, src, m, w, bias),
+            Some(Activation::Relu) => layer_fm_with::<2>(dst, src, m, w, bias),
+            Some(Activation::Tanh) => layer_fm_with::<3>(dst, src, m, w, bias),
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512dq")]
+    unsafe fn layer_fm_with<const ACT: u8>(
+        dst: &mut [f32],
+        src: &[f32],
+        m: usize,
+        w: &PackedF32,
+        bias: &[f32],
     ) {
         let (k, n) = (w.k, w.n);
-        let a = src.as_ptr().add(r0 * k);
-        let d = dst.as_mut_ptr().add(r0 * n);
-        let c0 = p * PANEL;
-        let cols = (n - c0).min(PANEL);
+        assert!(src.len() >= super::fm_len(m, k) && dst.len() >= super::fm_len(m, n));
+        assert!(bias.len() >= n && w.panels.len() >= n.div_ceil(MR) * k * MR);
+        // Activation panel by panel (k × 32 values, in L1), the weight panels streaming past.
+        for q in 0..m.div_ceil(PANEL) {
+            let x = Weights {
+                base: src.as_ptr().add(q * PANEL * k),
+                k,
+                n: PANEL.min(m - q * PANEL),
+                panel: 0,
+                step: PANEL,
+            };
+            let mut j = 0;
+            while j < n {
+                let feats = MR.min(n - j);
+                let a = w.panels.as_ptr().add(j * k);
+                let d = dst.as_mut_ptr().add((q * n + j) * PANEL);
+                block::<ACT, true>(feats, a, MR, d, PANEL, x, 0, bias.as_ptr().add(j));
+                j += feats;
+            }
+        }
+    }
+
+    /// One register block of `r` ≤ 12 rows, dispatched to its compiled size.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn block<const ACT: u8, const FM: bool>(
+        r: usize,
+        a: *const f32,
+        sa: usize,
+        d: *mut f32,
+        sd: usize,
+        w: Weights,
+        p: usize,
+        b: *const f32,
+    ) {
+        match r {
+            12 => rows::<12, ACT, FM>(a, sa, d, sd, w, p, b),
+            1 => rows::<1, ACT, FM>(a, sa, d, sd, w, p, b),
+            2 => rows::<2, ACT, FM>(a, sa, d, sd, w, p, b),
+            3 => rows::<3, ACT, FM>(a, sa, d, sd, w, p, b),
+            4 => rows::<4, ACT, FM>(a, sa, d, sd, w, p, b),
+            5 => rows::<5, ACT, FM>(a, sa, d, sd, w, p, b),
+            6 => rows::<6, ACT, FM>(a, sa, d, sd, w, p, b),
+            7 => rows::<7, ACT, FM>(a, sa, d, sd, w, p, b),
+            8 => rows::<8, ACT, FM>(a, sa, d, sd, w, p, b),
+            9 => rows::<9, ACT, FM>(a, sa, d, sd, w, p, b),
+            10 => rows::<10, ACT, FM>(a, sa, d, sd, w, p, b),
+            _ => rows::<11, ACT, FM>(a, sa, d, sd, w, p, b),
+        }
+    }
+
+    /// R × 2 accumulators: out(i, c) = act(Σₖ a(i, k)·w(k, c) + bias) for i < R and the
+    /// (up to) 32 columns c of panel p of `w`. Row-major ([`layer_with`], FM false): a(i, k)
+    /// at `a + i·sa + k`, out(i, c) at `d + i·sd + c`, the bias a vector over c. Feature-major
+    /// ([`layer_fm_with`], FM true): a(i, k) at `a + k·sa + i` (a 12-wide weight panel), out
+    /// at the same place, the bias one value per i.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512dq")]
+    unsafe fn rows<const R: usize, const ACT: u8, const FM: bool>(
+        a: *const f32,
+        sa: usize,
+        d: *mut f32,
+        sd: usize,
+        w: Weights,
+        p: usize,
+        bias: *const f32,
+    ) {
+        let k = w.k;
+        let (si, sk) = if FM { (1, sa) } else { (sa, 1) };
+        let cols = (w.n - p * PANEL).min(PANEL);
         let mask = |h: usize| -> __mmask16 {
             let left = cols.saturating_sub(16 * h);
             if left >= 16 {
@@ -315,7 +497,7 @@ mod avx512 {
                 let b0 = _mm512_maskz_loadu_ps(m0, b.add(kk * w.step));
                 let b1 = _mm512_maskz_loadu_ps(m1, b.add(kk * w.step + 16));
                 for (i, acc) in acc.iter_mut().enumerate() {
-                    let x = _mm512_set1_ps(*a.add(i * k + kk));
+                    let x = _mm512_set1_ps(*a.add(i * si + kk * sk));
                     acc[0] = _mm512_fmadd_ps(x, b0, acc[0]);
                     acc[1] = _mm512_fmadd_ps(x, b1, acc[1]);
                 }
@@ -325,15 +507,16 @@ mod avx512 {
             for kk in 0..k {
                 let b0 = _mm512_maskz_loadu_ps(m0, b.add(kk * w.step));
                 for (i, acc) in acc.iter_mut().enumerate() {
-                    let x = _mm512_set1_ps(*a.add(i * k + kk));
+                    let x = _mm512_set1_ps(*a.add(i * si + kk * sk));
                     acc[0] = _mm512_fmadd_ps(x, b0, acc[0]);
                 }
             }
         }
         for h in 0..cols.div_ceil(16) {
             let mask = mask(h);
-            let bv = _mm512_maskz_loadu_ps(mask, bias.as_ptr().add(c0 + 16 * h));
+            let bv = (!FM).then(|| _mm512_maskz_loadu_ps(mask, bias.add(16 * h)));
             for (i, acc) in acc.iter().enumerate() {
+                let bv = bv.unwrap_or_else(|| _mm512_set1_ps(*bias.add(i)));
                 let z = _mm512_add_ps(acc[h], bv);
                 let y = match ACT {
                     0 => z,
@@ -341,7 +524,7 @@ mod avx512 {
                     2 => act(Activation::Relu, z),
                     _ => act(Activation::Tanh, z),
                 };
-                _mm512_mask_storeu_ps(d.add(i * n + c0 + 16 * h), mask, y);
+                _mm512_mask_storeu_ps(d.add(i * sd + 16 * h), mask, y);
             }
         }
     }
@@ -538,6 +721,16 @@ mod avx512 {
     ) {
         unreachable!("no AVX-512 off x86-64")
     }
+    pub unsafe fn layer_fm(
+        _: &mut [f32],
+        _: &[f32],
+        _: usize,
+        _: &super::PackedF32,
+        _: &[f32],
+        _: Option<crate::backend::Activation>,
+    ) {
+        unreachable!("no AVX-512 off x86-64")
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -558,6 +751,8 @@ mod tests {
             (9, 200, 200),
             (17, 64, 64),
             (3, 1, 1),
+            (70, 24, 25),
+            (33, 3, 13),
         ] {
             for act in [
                 None,
@@ -579,6 +774,22 @@ mod tests {
                 if layer_unpacked(&mut rm, &a, m, &w, k, n, &b, act) {
                     let same = rm.iter().zip(&dst).all(|(x, y)| x.to_bits() == y.to_bits());
                     assert!(same, "{m}x{k}x{n} {act:?}: row-major and packed differ");
+                }
+                // Feature-major activations (batch rows along the lanes): the same sums in
+                // the same order again. The unused rows of the last panel are poisoned and
+                // must not leak into the rows read back.
+                let pf = PackedF32::feature_major(&w, k, n);
+                let mut af = vec![f32::NAN; fm_len(m, k)];
+                to_fm(&mut af, &a, m, k);
+                let mut df = vec![f32::NAN; fm_len(m, n)];
+                if layer_fm(&mut df, &af, m, &pf, &b, act) {
+                    let mut back = vec![f32::NAN; m * n];
+                    from_fm(&mut back, &df, m, n, 0, n);
+                    let same = back
+                        .iter()
+                        .zip(&dst)
+                        .all(|(x, y)| x.to_bits() == y.to_bits());
+                    assert!(same, "{m}x{k}x{n} {act:?}: feature-major and packed differ");
                 }
                 let eps = f64::from(f32::EPSILON) / 2.0;
                 let gamma = (k + 1) as f64 * eps / (1.0 - (k + 1) as f64 * eps);
