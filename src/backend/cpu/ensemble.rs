@@ -36,7 +36,12 @@ fn tasks(e: usize, rows: usize) -> Vec<Task> {
     let base = t / gcd(e, t);
     let mut chunks = base * rows.div_ceil(base * MAX_CHUNK_ROWS).max(1);
     chunks = chunks.clamp(1, rows.max(1));
-    let per = rows.div_ceil(chunks).max(1);
+    let mut per = rows.div_ceil(chunks).max(1);
+    // Large chunks in whole panels of the fused kernel's feature-major layout (1000 rows as
+    // 256 + 256 + 256 + 232, not 4 × 250 with a partial panel in each).
+    if per >= 4 * crate::dense::FM_ROWS {
+        per = per.next_multiple_of(crate::dense::FM_ROWS);
+    }
     let mut out = Vec::with_capacity(e * chunks);
     for m in 0..e {
         let mut r0 = 0;
@@ -435,8 +440,9 @@ pub fn forward<T: Real>(
         .zip(means.into_par_iter().zip(lvs.into_par_iter()))
         .for_each(|((t, scr), (m_out, lv_out))| {
             let [a, b] = scr;
-            grow(a, t.nr * width);
-            grow(b, t.nr * width);
+            // Room for the fused path's feature-major blocks (≥ nr × width).
+            grow(a, crate::dense::fm_len(t.nr, width));
+            grow(b, crate::dense::fm_len(t.nr, width));
             let x = rows_of(x, t, rows, shape.in_dim);
             if let Some(pk) = packed.get(t.e) {
                 // f32 with weights packed once above for the fused kernel.
@@ -499,7 +505,10 @@ pub(crate) fn member_forward<'s, T: Real>(
 }
 
 /// [`member_forward`] in f32 with the member's weights already packed for the fused kernel
-/// of [`crate::dense`] (the same sums in the same order as the unpacked call).
+/// of [`crate::dense`] ([`crate::dense::PackedF32::feature_major`]): the activations kept
+/// feature-major between the layers ([`crate::dense::layer_fm`]), the same sums in the same
+/// order as the unpacked call. `a` and `b` hold at least [`crate::dense::fm_len`]`(nr, max
+/// width)` values; the raw head output comes back row-major.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn member_forward_packed<'s>(
     shape: &EnsembleShape,
@@ -514,14 +523,19 @@ pub(crate) fn member_forward_packed<'s>(
     mut a: &'s mut [f32],
     mut b: &'s mut [f32],
 ) -> &'s [f32] {
-    normalise(a, x, in_mean, in_std, nr);
+    use crate::dense::{from_fm, layer_fm, to_fm};
+    normalise(b, x, in_mean, in_std, nr);
+    to_fm(a, b, nr, shape.in_dim);
     for (l, lo) in lay.layers.iter().enumerate() {
         let activation = (l < shape.num_layers).then_some(shape.activation);
         let bias = &params[lo.bias + e * lo.fan_out..][..lo.fan_out];
-        crate::dense::layer(b, a, nr, &packed[l], bias, activation);
+        let fused = layer_fm(b, a, nr, &packed[l], bias, activation);
+        assert!(fused, "f32 weights were packed for the fused kernel");
         std::mem::swap(&mut a, &mut b);
     }
-    &a[..nr * shape.head_dim()]
+    let hd = shape.head_dim();
+    from_fm(b, a, nr, hd, 0, hd);
+    &b[..nr * hd]
 }
 
 /// Member `e`'s weights packed for the fused f32 kernel, one panel set per layer.
@@ -536,7 +550,11 @@ pub(crate) fn pack_member_f32(
         .iter()
         .map(|lo| {
             let (fi, fo) = (lo.fan_in, lo.fan_out);
-            crate::dense::PackedF32::new(&params[lo.weight + e * fi * fo..][..fi * fo], fi, fo)
+            crate::dense::PackedF32::feature_major(
+                &params[lo.weight + e * fi * fo..][..fi * fo],
+                fi,
+                fo,
+            )
         })
         .collect()
 }
@@ -549,7 +567,9 @@ fn repack_member_f32(
     out: &mut Vec<crate::dense::PackedF32>,
 ) {
     let lay = shape.layout();
-    out.resize_with(lay.layers.len(), Default::default);
+    out.resize_with(lay.layers.len(), || {
+        crate::dense::PackedF32::feature_major(&[], 0, 0)
+    });
     for (pk, lo) in out.iter_mut().zip(&lay.layers) {
         let (fi, fo) = (lo.fan_in, lo.fan_out);
         pk.repack(&params[lo.weight + e * fi * fo..][..fi * fo], fi, fo);

@@ -264,8 +264,8 @@ fn run_tile(
     t.order.resize(n, 0);
     grow(&mut t.x, n * di);
     grow(&mut t.xg, n * di);
-    grow(&mut t.a, n * w);
-    grow(&mut t.b, n * w);
+    grow(&mut t.a, crate::dense::fm_len(n, w));
+    grow(&mut t.b, crate::dense::fm_len(n, w));
     grow(&mut t.mean, n * dout);
     grow(&mut t.logvar, n * dout);
     grow(&mut t.acc, n * dout);
