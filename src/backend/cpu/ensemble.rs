@@ -97,9 +97,15 @@ pub struct Workspace<T> {
     /// The backward's dz of every layer below the head, [E, B, fan_out] each.
     dz: Vec<Vec<T>>,
     /// Per member, the f32 weights packed for the fused kernel by [`forward`], repacked in
-    /// place on every call: fresh allocations of a few hundred KiB per call cost page faults
-    /// that made the fused forward slower than the plain GEMM on SAC's small batches.
+    /// place (fresh allocations of a few hundred KiB per call cost page faults that made the
+    /// fused forward slower than the plain GEMM on SAC's small batches) when the parameters
+    /// differ from `packed_from`.
     packed: Vec<Vec<crate::dense::PackedF32>>,
+    /// The shape and the parameters' bits `packed` was made from: the same model forwarded
+    /// again (evaluation, MBPO's rollouts, the server) skips the copy, which was 4.5 % of
+    /// `bench model`'s forward; comparing is a read of the parameters where packing is a
+    /// read and a write.
+    packed_from: (Option<EnsembleShape>, Vec<u32>),
     /// Training products (the hidden layers' forward with cache, and the backward) in bf16
     /// with f32 sums ([`crate::bf16::matmul_views`], on AMX tiles where present). Only f32
     /// runs them; the f64 gradient checks ignore it.
@@ -426,11 +432,18 @@ pub fn forward<T: Real>(
     let bf16 = ws.bf16_training;
     let packed: &[Vec<crate::dense::PackedF32>] = match T::f32_slice(params) {
         Some(p) if crate::dense::fused_available() && !bf16 => {
-            ws.packed.resize_with(shape.ensemble, Vec::new);
-            ws.packed[..shape.ensemble]
-                .par_iter_mut()
-                .enumerate()
-                .for_each(|(e, pk)| repack_member_f32(shape, p, e, pk));
+            let bits: &[u32] = bytemuck::cast_slice(p);
+            let (from_shape, from_bits) = &mut ws.packed_from;
+            if *from_shape != Some(*shape) || from_bits[..] != *bits {
+                ws.packed.resize_with(shape.ensemble, Vec::new);
+                ws.packed[..shape.ensemble]
+                    .par_iter_mut()
+                    .enumerate()
+                    .for_each(|(e, pk)| repack_member_f32(shape, p, e, pk));
+                *from_shape = Some(*shape);
+                from_bits.clear();
+                from_bits.extend_from_slice(bits);
+            }
             &ws.packed[..shape.ensemble]
         }
         _ => &[],
@@ -1412,6 +1425,60 @@ mod tests {
                 }
             }
             assert!(seen.iter().all(|&s| s == 1), "e={e} rows={rows}");
+        }
+    }
+
+    /// The inference forward keeps its packed weights between calls while the parameters'
+    /// bits are unchanged: a weight or a bias changed in place (the same buffer, as an
+    /// optimiser step leaves it) must reach the next output exactly as a fresh workspace
+    /// computes it, and restoring the value must give the first output back.
+    #[test]
+    fn the_forward_should_repack_when_the_parameters_change_in_place() {
+        let shape = EnsembleShape {
+            ensemble: 3,
+            in_dim: 5,
+            out_dim: 4,
+            hidden: 37,
+            num_layers: 2,
+            activation: Activation::Silu,
+            probabilistic: true,
+        };
+        let mut params = init_params(&shape, 4);
+        let (m, s) = (vec![0.1f32; 5], vec![1.5f32; 5]);
+        let rows = 150;
+        let x = normals(3 * rows * 5, 9, 1, 0);
+        let run = |params: &[f32], ws: &mut Workspace<f32>| {
+            let (mut mean, mut lv) = (vec![f32::NAN; 3 * rows * 4], vec![f32::NAN; 3 * rows * 4]);
+            forward(&shape, params, &m, &s, &x, rows, &mut mean, &mut lv, ws);
+            assert!(mean.iter().chain(&lv).all(|v| v.is_finite()));
+            (mean, lv)
+        };
+        let bits = |v: &(Vec<f32>, Vec<f32>)| -> Vec<u32> {
+            v.0.iter().chain(&v.1).map(|x| x.to_bits()).collect()
+        };
+        let mut ws = Workspace::default();
+        let first = run(&params, &mut ws);
+        let lay = shape.layout();
+        // Member 2's first-layer weight (0, 0) and member 1's head bias 3.
+        let wi = lay.layers[0].weight + 2 * 5 * 37;
+        let bi = lay.layers[2].bias + shape.head_dim() + 3;
+        for (i, delta) in [(wi, 0.25f32), (bi, -0.5)] {
+            let old = params[i];
+            params[i] += delta;
+            let changed = run(&params, &mut ws);
+            let fresh = run(&params, &mut Workspace::default());
+            assert_eq!(
+                bits(&changed),
+                bits(&fresh),
+                "parameter {i} changed in place"
+            );
+            assert_ne!(bits(&changed), bits(&first), "parameter {i} had no effect");
+            params[i] = old;
+            assert_eq!(
+                bits(&run(&params, &mut ws)),
+                bits(&first),
+                "parameter {i} restored"
+            );
         }
     }
 
