@@ -21,6 +21,10 @@ fn main() {
         (200, 16, None),
         (200, 32, None),
         (200, 4, None),
+        // The small real-time model (pendulum, 3×64).
+        (4, 64, Some(Activation::Silu)),
+        (64, 64, Some(Activation::Silu)),
+        (64, 6, None),
     ] {
         let w: Vec<f32> = (0..k * n)
             .map(|i| ((i * 7919) % 1000) as f32 * 1e-4)

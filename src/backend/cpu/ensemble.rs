@@ -533,22 +533,72 @@ pub(crate) fn member_forward_packed<'s>(
     e: usize,
     x: &[f32],
     nr: usize,
+    a: &'s mut [f32],
+    b: &'s mut [f32],
+) -> &'s [f32] {
+    normalise_fm(a, b, x, in_mean, in_std, nr);
+    let (head, out) = member_layers_fm(shape, lay, params, packed, e, nr, 0, a, b);
+    let hd = shape.head_dim();
+    crate::dense::from_fm(out, head, nr, hd, 0, hd);
+    &out[..nr * hd]
+}
+
+/// The normalised model input of `nr` rows of `x`, feature-major in `dst`
+/// ([`crate::dense::fm_len`]`(nr, in_dim)`), through `tmp` (`nr × in_dim`): what the fused
+/// chain reads, shared by every member where the rows are the same (the planners'
+/// expectation over members).
+pub(crate) fn normalise_fm(
+    dst: &mut [f32],
+    tmp: &mut [f32],
+    x: &[f32],
+    in_mean: &[f32],
+    in_std: &[f32],
+    nr: usize,
+) {
+    normalise(tmp, x, in_mean, in_std, nr);
+    crate::dense::to_fm(dst, tmp, nr, in_mean.len());
+}
+
+/// Member `e`'s layers `first..` on feature-major activations ([`crate::dense::layer_fm`]),
+/// the input to layer `first` in `a`. Returns the raw head output, feature-major
+/// ([`crate::dense::fm_len`]`(nr, head_dim)` values), and the other buffer.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn member_layers_fm<'s>(
+    shape: &EnsembleShape,
+    lay: &ParamLayout,
+    params: &[f32],
+    packed: &[crate::dense::PackedF32],
+    e: usize,
+    nr: usize,
+    first: usize,
     mut a: &'s mut [f32],
     mut b: &'s mut [f32],
-) -> &'s [f32] {
-    use crate::dense::{from_fm, layer_fm, to_fm};
-    normalise(b, x, in_mean, in_std, nr);
-    to_fm(a, b, nr, shape.in_dim);
-    for (l, lo) in lay.layers.iter().enumerate() {
-        let activation = (l < shape.num_layers).then_some(shape.activation);
-        let bias = &params[lo.bias + e * lo.fan_out..][..lo.fan_out];
-        let fused = layer_fm(b, a, nr, &packed[l], bias, activation);
-        assert!(fused, "f32 weights were packed for the fused kernel");
+) -> (&'s mut [f32], &'s mut [f32]) {
+    for l in first..lay.layers.len() {
+        layer_fm_of(shape, lay, params, packed, e, l, nr, b, a);
         std::mem::swap(&mut a, &mut b);
     }
-    let hd = shape.head_dim();
-    from_fm(b, a, nr, hd, 0, hd);
-    &b[..nr * hd]
+    (a, b)
+}
+
+/// Layer `l` of member `e` on feature-major activations, `src` to `dst`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn layer_fm_of(
+    shape: &EnsembleShape,
+    lay: &ParamLayout,
+    params: &[f32],
+    packed: &[crate::dense::PackedF32],
+    e: usize,
+    l: usize,
+    nr: usize,
+    dst: &mut [f32],
+    src: &[f32],
+) {
+    let lo = &lay.layers[l];
+    let activation = (l < shape.num_layers).then_some(shape.activation);
+    let bias = &params[lo.bias + e * lo.fan_out..][..lo.fan_out];
+    let fused = crate::dense::layer_fm(dst, src, nr, &packed[l], bias, activation);
+    assert!(fused, "f32 weights were packed for the fused kernel");
 }
 
 /// Member `e`'s weights packed for the fused f32 kernel, one panel set per layer.

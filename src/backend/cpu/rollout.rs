@@ -7,8 +7,8 @@
 //! allocation per step). Within a tile and step, rows are grouped by the elite member that
 //! propagates them, so each member runs one GEMM-shaped batch.
 use super::ensemble::{
-    head_out, max_width, member_forward, member_forward_bf16, member_forward_packed, pack_member,
-    pack_member_f32,
+    head_out, layer_fm_of, max_width, member_forward, member_forward_bf16, member_forward_packed,
+    member_layers_fm, normalise_fm, pack_member, pack_member_f32,
 };
 use super::Real;
 use crate::backend::{EnsembleShape, ParamLayout, Propagation, RolloutParams, TerminalValue};
@@ -40,6 +40,9 @@ pub struct Tile {
     mean: Vec<f32>,
     logvar: Vec<f32>,
     acc: Vec<f32>,
+    /// The fused f32 expectation's normalised input and its sum over members, feature-major.
+    xfm: Vec<f32>,
+    accfm: Vec<f32>,
     noise: Vec<f32>,
     bf16: ChainScratch,
 }
@@ -310,23 +313,56 @@ fn run_tile(
             // Mean over elites of each member's mean prediction; no sampling. The mean is the
             // first `dout` columns of the head's output: the bounded log-variance that
             // `head_out` would also compute is not needed here.
-            t.acc[..n * dout].fill(0.0);
             let hd = shape.head_dim();
-            for &m in elites {
-                let raw = model.forward(
-                    m as usize,
+            if let Some(pk) = model.packed_f32 {
+                // The fused f32 chain: the input normalised and made feature-major once for
+                // every member, the means summed feature-major (the same additions in the
+                // same order as the row-major sum below, so the same bits).
+                grow(&mut t.xfm, crate::dense::fm_len(n, di));
+                grow(&mut t.accfm, crate::dense::fm_len(n, dout));
+                normalise_fm(
+                    &mut t.xfm,
+                    &mut t.xg,
                     &t.x[..n * di],
+                    model.in_mean,
+                    model.in_std,
                     n,
-                    &mut t.a,
-                    &mut t.b,
-                    &mut t.bf16,
                 );
-                for (acc, row) in t.acc[..n * dout]
-                    .chunks_exact_mut(dout)
-                    .zip(raw.chunks_exact(hd))
-                {
-                    for (a, v) in acc.iter_mut().zip(&row[..dout]) {
-                        *a += *v;
+                let fm = crate::dense::FM_ROWS;
+                t.accfm[..crate::dense::fm_len(n, dout)].fill(0.0);
+                for &m in elites {
+                    let m = m as usize;
+                    layer_fm_of(shape, lay, params, &pk[m], m, 0, n, &mut t.a, &t.xfm);
+                    let (head, _) =
+                        member_layers_fm(shape, lay, params, &pk[m], m, n, 1, &mut t.a, &mut t.b);
+                    for (acc, panel) in t.accfm[..crate::dense::fm_len(n, dout)]
+                        .chunks_exact_mut(fm * dout)
+                        .zip(head.chunks_exact(fm * hd))
+                    {
+                        for (a, v) in acc.iter_mut().zip(&panel[..fm * dout]) {
+                            *a += *v;
+                        }
+                    }
+                }
+                crate::dense::from_fm(&mut t.acc, &t.accfm, n, dout, 0, dout);
+            } else {
+                t.acc[..n * dout].fill(0.0);
+                for &m in elites {
+                    let raw = model.forward(
+                        m as usize,
+                        &t.x[..n * di],
+                        n,
+                        &mut t.a,
+                        &mut t.b,
+                        &mut t.bf16,
+                    );
+                    for (acc, row) in t.acc[..n * dout]
+                        .chunks_exact_mut(dout)
+                        .zip(raw.chunks_exact(hd))
+                    {
+                        for (a, v) in acc.iter_mut().zip(&row[..dout]) {
+                            *a += *v;
+                        }
                     }
                 }
             }
@@ -834,6 +870,85 @@ pub fn path_model_back(
 mod tests {
     use super::*;
     use crate::backend::MAX_ELITES;
+
+    /// The fused f32 expectation (the input normalised once for every member, the means
+    /// summed feature-major) gives the bits of the per-member forward it stands in for, with
+    /// the model's reward and without, at widths and row counts that are not whole panels,
+    /// in a tile reused from a larger call.
+    #[test]
+    fn the_fused_expectation_should_give_the_per_member_forward_bits() {
+        if !crate::dense::fused_available() {
+            eprintln!("skipped: the fused f32 kernel needs AVX-512F, absent here");
+            return;
+        }
+        let mut reused = Tile::default();
+        for (learn, hidden, n) in [(0u32, 37usize, 203usize), (1, 64, 70)] {
+            let (od, ad, h) = (3usize, 1usize, 7usize);
+            let shape = EnsembleShape {
+                ensemble: 4,
+                in_dim: od + ad,
+                out_dim: od + learn as usize,
+                hidden,
+                num_layers: 3,
+                activation: crate::backend::Activation::Silu,
+                probabilistic: true,
+            };
+            let lay = shape.layout();
+            let mut params = super::super::ensemble::init_params(&shape, 7);
+            for lo in &lay.layers {
+                let biases = &mut params[lo.bias..lo.bias + shape.ensemble * lo.fan_out];
+                for (i, b) in biases.iter_mut().enumerate() {
+                    *b = 0.2 * normal(3, stream::DATA, i as u32, lo.bias as u32);
+                }
+            }
+            let (in_mean, in_std) = ([0.2f32, -0.1, 0.5, 0.0], [1.3f32, 0.7, 2.0, 1.0]);
+            let mut elites = [0u32; MAX_ELITES];
+            elites[..3].copy_from_slice(&[3, 0, 2]);
+            let p = RolloutParams {
+                seed_lo: 1,
+                seed_hi: 0,
+                step: 0,
+                population: n as u32,
+                particles: 1,
+                horizon: h as u32,
+                obs_dim: od as u32,
+                act_dim: ad as u32,
+                propagation: Propagation::Expectation as u32,
+                env: EnvId::Pendulum.code(),
+                learn_reward: learn,
+                num_elites: 3,
+                elites,
+            };
+            let actions: Vec<f32> = (0..n * h * ad)
+                .map(|i| 2.0 * normal(5, stream::DATA, i as u32, 0))
+                .collect();
+            let packed: Vec<_> = (0..shape.ensemble)
+                .map(|e| pack_member_f32(&shape, &params, e))
+                .collect();
+            let model = |packed_f32| Model {
+                shape: &shape,
+                lay: shape.layout(),
+                params: &params,
+                in_mean: &in_mean,
+                in_std: &in_std,
+                packed: None,
+                packed_f32,
+            };
+            let start = [0.6f32, -0.8, 1.5];
+            let run = |m: &Model, tile: &mut Tile| {
+                let mut out = vec![f32::NAN; n];
+                run_tile(&p, m, &start, &actions, 0, n, tile, &mut out, None);
+                assert!(out.iter().all(|r| r.is_finite()), "returns finite");
+                out.iter().map(|r| r.to_bits()).collect::<Vec<u32>>()
+            };
+            let plain = run(&model(None), &mut Tile::default());
+            let fused = run(&model(Some(&packed[..])), &mut reused);
+            assert_eq!(
+                fused, plain,
+                "learned reward {learn}, width {hidden}, {n} rows"
+            );
+        }
+    }
 
     #[test]
     fn batched_pendulum_rollouts_should_match_the_reference() {
