@@ -425,20 +425,29 @@ fn matmul_views_with(
         let d = dense_view(b, &mut s.tb);
         crate::linalg::View::rm(d, k, n)
     };
-    for jb in 0..nb {
+    // Blocks in the order that reads B's memory in long runs: row-major B 32 rows at a
+    // time across all its columns (walking one 16-column strip down all k rows instead
+    // strided 64-byte reads past the prefetchers: a weight matrix just updated by Adam comes
+    // from L3), a transposed B one strip of 16 stored rows at a time.
+    let order = |q: usize| {
+        if b.cs == 1 {
+            (q / nb, q % nb)
+        } else {
+            (q % kb, q / kb)
+        }
+    };
+    for (ib, jb) in (0..kb * nb).map(order) {
         let cols = TILE_N.min(n - jb * TILE_N);
-        for ib in 0..kb {
-            let rows = TILE_K.min(k - ib * TILE_K);
-            let block = &mut s.b[(jb * kb + ib) * TILE_K * TILE_N..][..TILE_K * TILE_N];
-            let (r0, c0) = (ib * TILE_K, jb * TILE_N);
-            // SAFETY: AVX-512F/BW/BF16 (checked with AMX); (r0 + rows − 1, c0 + cols − 1) is inside the
-            // view, whose last element was bounds-checked above; the block holds 512 values.
-            unsafe {
-                if b.cs == 1 {
-                    avx512::pack_rows_block(b.data, b.rs, r0, c0, rows, cols, block);
-                } else {
-                    avx512::pack_cols_block(b.data, b.cs, r0, c0, rows, cols, block);
-                }
+        let rows = TILE_K.min(k - ib * TILE_K);
+        let block = &mut s.b[(jb * kb + ib) * TILE_K * TILE_N..][..TILE_K * TILE_N];
+        let (r0, c0) = (ib * TILE_K, jb * TILE_N);
+        // SAFETY: AVX-512F/BW/BF16 (checked with AMX); (r0 + rows − 1, c0 + cols − 1) is inside the
+        // view, whose last element was bounds-checked above; the block holds 512 values.
+        unsafe {
+            if b.cs == 1 {
+                avx512::pack_rows_block(b.data, b.rs, r0, c0, rows, cols, block);
+            } else {
+                avx512::pack_cols_block(b.data, b.cs, r0, c0, rows, cols, block);
             }
         }
     }
