@@ -882,7 +882,12 @@ mod tests {
             return;
         }
         let mut reused = Tile::default();
-        for (learn, hidden, n) in [(0u32, 37usize, 203usize), (1, 64, 70)] {
+        for (learn, hidden, n) in [
+            (0u32, 37usize, 203usize),
+            (1, 64, 70),
+            (0, 1, 1),
+            (1, 13, 33),
+        ] {
             let (od, ad, h) = (3usize, 1usize, 7usize);
             let shape = EnsembleShape {
                 ensemble: 4,
