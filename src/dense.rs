@@ -299,6 +299,19 @@ mod avx512 {
         })
     }
 
+    /// `f::<ACT>(args)` with the activation as the kernels' const parameter (0 none, 1 SiLU,
+    /// 2 ReLU, 3 tanh), so each epilogue is compiled without a branch.
+    macro_rules! by_activation {
+        ($act:expr, $f:ident($($arg:expr),*)) => {
+            match $act {
+                None => $f::<0>($($arg),*),
+                Some(Activation::Silu) => $f::<1>($($arg),*),
+                Some(Activation::Relu) => $f::<2>($($arg),*),
+                Some(Activation::Tanh) => $f::<3>($($arg),*),
+            }
+        };
+    }
+
     #[target_feature(enable = "avx512f,avx512dq")]
     pub unsafe fn layer(
         dst: &mut [f32],
@@ -308,12 +321,7 @@ mod avx512 {
         bias: &[f32],
         act: Option<Activation>,
     ) {
-        match act {
-            None => layer_with::<0>(dst, src, m, w, bias),
-            Some(Activation::Silu) => layer_with::<1>(dst, src, m, w, bias),
-            Some(Activation::Relu) => layer_with::<2>(dst, src, m, w, bias),
-            Some(Activation::Tanh) => layer_with::<3>(dst, src, m, w, bias),
-        }
+        by_activation!(act, layer_with(dst, src, m, w, bias))
     }
 
     /// Where a layer's weights are read from: panel p's weight vectors for step kk are at
@@ -393,12 +401,7 @@ mod avx512 {
         bias: &[f32],
         act: Option<Activation>,
     ) {
-        match act {
-            None => layer_fm_with::<0>(dst, src, m, w, bias),
-            Some(Activation::Silu) => layer_fm_with::<1>(dst, src, m, w, bias),
-            Some(Activation::Relu) => layer_fm_with::<2>(dst, src, m, w, bias),
-            Some(Activation::Tanh) => layer_fm_with::<3>(dst, src, m, w, bias),
-        }
+        by_activation!(act, layer_fm_with(dst, src, m, w, bias))
     }
 
     #[inline]
