@@ -18,7 +18,7 @@ const MR: usize = 12;
 /// W [k, n] packed into panels of `width` columns: panel p holds, for each k, columns
 /// width·p..width·(p+1) (zero beyond n), contiguous. Width 32 for [`layer`] (two weight
 /// vectors per k), 12 for [`layer_fm`] (the 12 weights a step broadcasts, one cache line).
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct PackedF32 {
     pub k: usize,
     pub n: usize,
@@ -28,13 +28,23 @@ pub struct PackedF32 {
     plain: Vec<f32>,
 }
 
+/// Empty, packed for [`layer`] (row-major activations) once filled by [`PackedF32::repack`].
+impl Default for PackedF32 {
+    fn default() -> Self {
+        Self {
+            k: 0,
+            n: 0,
+            width: PANEL,
+            panels: Vec::new(),
+            plain: Vec::new(),
+        }
+    }
+}
+
 impl PackedF32 {
     /// Packed for [`layer`] (row-major activations).
     pub fn new(w: &[f32], k: usize, n: usize) -> Self {
-        let mut p = Self {
-            width: PANEL,
-            ..Self::default()
-        };
+        let mut p = Self::default();
         p.repack(w, k, n);
         p
     }
@@ -53,9 +63,6 @@ impl PackedF32 {
     /// value packs for [`layer`]).
     pub fn repack(&mut self, w: &[f32], k: usize, n: usize) {
         assert_eq!(w.len(), k * n, "weight matrix size");
-        if self.width == 0 {
-            self.width = PANEL;
-        }
         let same_shape = (self.k, self.n) == (k, n);
         (self.k, self.n) = (k, n);
         if !avx512::available() {
