@@ -6,8 +6,76 @@
 //! block, each step two 16-wide weight loads and 16 FMAs with the row values broadcast from
 //! memory. The weights are packed once into panels of 32 columns (k-major, zero-padded), so
 //! the loads are contiguous. Each output is Σₖ a·w summed in k order with FMA, then + b.
-//! Elsewhere the layer falls back to the `gemm` crate and a separate bias/activation pass.
+//! On CPUs with AVX2 and FMA but no AVX-512 (AMD Zen 2/3, Intel before Skylake-X) the same
+//! layouts run in an 8-lane micro-kernel of 6 × 16 accumulators (12 of the 16 ymm registers),
+//! summing in the same order. Elsewhere the layer falls back to the `gemm` crate and a
+//! separate bias/activation pass.
 use crate::backend::Activation;
+
+/// Which register-blocked kernel the fused layer runs on, chosen once at run time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Simd {
+    /// AVX-512F/DQ: 12 × 32 accumulators (`MBRL_NO_AVX512=1` skips it).
+    Avx512,
+    /// AVX2 + FMA: 6 × 16 accumulators (`MBRL_NO_AVX2=1` skips it).
+    Avx2,
+}
+
+impl Simd {
+    /// Whether this CPU (and the environment's opt-outs) allows the kernel.
+    pub fn supported(self) -> bool {
+        match self {
+            Simd::Avx512 => avx512::available(),
+            Simd::Avx2 => avx2::available(),
+        }
+    }
+}
+
+/// The widest fused kernel this process uses, None where only the fallback runs.
+pub fn simd() -> Option<Simd> {
+    [Simd::Avx512, Simd::Avx2]
+        .into_iter()
+        .find(|s| s.supported())
+}
+
+/// Where a layer's weights are read from: panel p's weight vectors for step kk are at
+/// `base + p·panel + kk·step` (packed: `panel` = k·32, `step` = 32; row-major W [k, n]:
+/// `panel` = 32, `step` = n); `padded` when every panel is readable to its full width (zero
+/// or unused past column n), so only the stores need masks.
+#[derive(Clone, Copy)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+struct Weights {
+    base: *const f32,
+    k: usize,
+    n: usize,
+    panel: usize,
+    step: usize,
+    padded: bool,
+}
+
+impl Weights {
+    fn packed(w: &PackedF32) -> Self {
+        Self {
+            base: w.panels.as_ptr(),
+            k: w.k,
+            n: w.n,
+            panel: w.k * PANEL,
+            step: PANEL,
+            padded: true,
+        }
+    }
+
+    fn row_major(w: &[f32], k: usize, n: usize) -> Self {
+        Self {
+            base: w.as_ptr(),
+            k,
+            n,
+            panel: PANEL,
+            step: n,
+            padded: false,
+        }
+    }
+}
 
 /// Columns per packed panel (two 16-wide vectors).
 const PANEL: usize = 32;
@@ -65,7 +133,7 @@ impl PackedF32 {
         assert_eq!(w.len(), k * n, "weight matrix size");
         let same_shape = (self.k, self.n) == (k, n);
         (self.k, self.n) = (k, n);
-        if !avx512::available() {
+        if simd().is_none() {
             self.panels.clear();
             self.plain.clear();
             self.plain.extend_from_slice(w);
@@ -89,7 +157,7 @@ impl PackedF32 {
         }
     }
 
-    /// Whether the register-blocked kernel runs (AVX-512 present).
+    /// Whether a register-blocked kernel runs (AVX-512 or AVX2 present).
     pub fn fused(&self) -> bool {
         !self.panels.is_empty()
     }
@@ -172,14 +240,41 @@ pub fn layer_fm(
     if m == 0 || n == 0 {
         return true;
     }
-    // SAFETY: AVX-512F/DQ was detected when `w` was packed; sizes checked above.
-    unsafe { avx512::layer_fm(dst, src, m, w, bias, act) };
+    layer_fm_on(
+        simd().expect("packed without a kernel"),
+        dst,
+        src,
+        m,
+        w,
+        bias,
+        act,
+    );
     true
 }
 
-/// Whether the fused kernel runs here (AVX-512F present, `MBRL_NO_AVX512` unset).
+/// [`layer_fm`] on the kernel `s` (checked supported), sizes checked by the caller.
+fn layer_fm_on(
+    s: Simd,
+    dst: &mut [f32],
+    src: &[f32],
+    m: usize,
+    w: &PackedF32,
+    bias: &[f32],
+    act: Option<Activation>,
+) {
+    assert!(s.supported(), "{s:?} not available");
+    // SAFETY: the kernel's instructions were detected above; the caller checked the sizes.
+    unsafe {
+        match s {
+            Simd::Avx512 => avx512::layer_fm(dst, src, m, w, bias, act),
+            Simd::Avx2 => avx2::layer_fm(dst, src, m, w, bias, act),
+        }
+    }
+}
+
+/// Whether a fused kernel runs here (AVX-512F, or AVX2 + FMA; see [`Simd`]).
 pub fn fused_available() -> bool {
-    avx512::available()
+    simd().is_some()
 }
 
 /// The bf16 training forward's epilogue on AVX-512: with x = z + b (`b` added to every
@@ -201,21 +296,31 @@ pub fn bias_act_grad(a: Activation, z: &mut [f32], b: &[f32], out: &mut [f32]) -
 
 /// PETS's soft bounds of the log-variance over a block of values, in place: with h, l the
 /// bounds of each value (`hi`, `lo` of the same length as `lv`), lv ← l + softplus(h −
-/// softplus(h − lv) − l), the specification's `bound_logvar`, 16 lanes at a time with
-/// [`avx512::softplus`] (the compiler's vectorisation of the scalar form runs 8 lanes without
+/// softplus(h − lv) − l), the specification's `bound_logvar`, 16 (AVX-512) or 8 (AVX2) lanes
+/// at a time with the kernels' softplus (the compiler's vectorisation of the scalar form runs 8 lanes without
 /// fused multiply-adds: it was 5 % of the ensemble forward). Returns false, doing nothing,
-/// where AVX-512F/DQ is not available.
+/// where no fused kernel is available.
 pub fn bound_logvar(lv: &mut [f32], hi: &[f32], lo: &[f32]) -> bool {
-    if !avx512::available() {
+    let Some(s) = simd() else {
         return false;
-    }
+    };
+    bound_logvar_on(s, lv, hi, lo);
+    true
+}
+
+fn bound_logvar_on(s: Simd, lv: &mut [f32], hi: &[f32], lo: &[f32]) {
+    assert!(s.supported(), "{s:?} not available");
     assert!(
         hi.len() >= lv.len() && lo.len() >= lv.len(),
         "bound lengths"
     );
-    // SAFETY: AVX-512F/DQ checked; lengths checked above.
-    unsafe { avx512::bound_logvar(lv, hi, lo) };
-    true
+    // SAFETY: the kernel's instructions were detected above; lengths checked above.
+    unsafe {
+        match s {
+            Simd::Avx512 => avx512::bound_logvar(lv, hi, lo),
+            Simd::Avx2 => avx2::bound_logvar(lv, hi, lo),
+        }
+    }
 }
 
 /// [`layer`] with row-major weights W [k, n], read in place by the same kernel (the same
@@ -233,9 +338,9 @@ pub fn layer_unpacked(
     bias: &[f32],
     act: Option<Activation>,
 ) -> bool {
-    if !avx512::available() {
+    let Some(s) = simd() else {
         return false;
-    }
+    };
     assert!(
         w.len() >= k * n && src.len() >= m * k && dst.len() >= m * n && bias.len() >= n,
         "layer sizes"
@@ -243,11 +348,30 @@ pub fn layer_unpacked(
     if m == 0 || n == 0 {
         return true;
     }
-    let w = avx512::Weights::row_major(w, k, n);
-    // SAFETY: AVX-512F checked; sizes checked above; the kernel's loads past column n of a
-    // row-major W are masked off.
-    unsafe { avx512::layer(dst, src, m, w, bias, act) };
+    // The kernels' loads past column n of a row-major W are masked off.
+    layer_on(s, dst, src, m, Weights::row_major(w, k, n), bias, act);
     true
+}
+
+/// The row-major layer on the kernel `s` (checked supported), sizes checked by the caller.
+fn layer_on(
+    s: Simd,
+    dst: &mut [f32],
+    src: &[f32],
+    m: usize,
+    w: Weights,
+    bias: &[f32],
+    act: Option<Activation>,
+) {
+    assert!(s.supported(), "{s:?} not available");
+    // SAFETY: the kernel's instructions were detected above; the caller checked the sizes
+    // and that `w` describes k × n readable weights.
+    unsafe {
+        match s {
+            Simd::Avx512 => avx512::layer(dst, src, m, w, bias, act),
+            Simd::Avx2 => avx2::layer(dst, src, m, w, bias, act),
+        }
+    }
 }
 
 /// `dst[r·n + j] = act(Σₖ src[r·k + k'] · W[k'][j] + b[j])` for r < m (row-major, dense),
@@ -270,8 +394,8 @@ pub fn layer(
     }
     if w.fused() {
         assert_eq!(w.width, PANEL, "weights packed for the feature-major layer");
-        // SAFETY: AVX-512F was detected when `w` was packed; sizes checked above.
-        unsafe { avx512::layer(dst, src, m, avx512::Weights::packed(w), bias, act) };
+        let s = simd().expect("packed without a kernel");
+        layer_on(s, dst, src, m, Weights::packed(w), bias, act);
         return;
     }
     crate::linalg::matmul(
@@ -292,8 +416,22 @@ pub fn layer(
 }
 
 #[cfg(target_arch = "x86_64")]
+/// `f::<ACT>(args)` with the activation as the kernels' const parameter (0 none, 1 SiLU,
+/// 2 ReLU, 3 tanh), so each epilogue is compiled without a branch (both kernels' modules).
+macro_rules! by_activation {
+    ($act:expr, $f:ident($($arg:expr),*)) => {
+        match $act {
+            None => $f::<0>($($arg),*),
+            Some(Activation::Silu) => $f::<1>($($arg),*),
+            Some(Activation::Relu) => $f::<2>($($arg),*),
+            Some(Activation::Tanh) => $f::<3>($($arg),*),
+        }
+    };
+}
+
+#[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::{PackedF32, MR, PANEL};
+    use super::{PackedF32, Weights, MR, PANEL};
     use crate::backend::Activation;
     use std::arch::x86_64::*;
 
@@ -306,21 +444,8 @@ mod avx512 {
         })
     }
 
-    /// `f::<ACT>(args)` with the activation as the kernels' const parameter (0 none, 1 SiLU,
-    /// 2 ReLU, 3 tanh), so each epilogue is compiled without a branch.
-    macro_rules! by_activation {
-        ($act:expr, $f:ident($($arg:expr),*)) => {
-            match $act {
-                None => $f::<0>($($arg),*),
-                Some(Activation::Silu) => $f::<1>($($arg),*),
-                Some(Activation::Relu) => $f::<2>($($arg),*),
-                Some(Activation::Tanh) => $f::<3>($($arg),*),
-            }
-        };
-    }
-
     #[target_feature(enable = "avx512f,avx512dq")]
-    pub unsafe fn layer(
+    pub(super) unsafe fn layer(
         dst: &mut [f32],
         src: &[f32],
         m: usize,
@@ -329,43 +454,6 @@ mod avx512 {
         act: Option<Activation>,
     ) {
         by_activation!(act, layer_with(dst, src, m, w, bias))
-    }
-
-    /// Where a layer's weights are read from: panel p's weight vectors for step kk are at
-    /// `base + p·panel + kk·step` (packed: `panel` = k·32, `step` = 32; row-major W [k, n]:
-    /// `panel` = 32, `step` = n), loaded under masks past column n.
-    #[derive(Clone, Copy)]
-    pub struct Weights {
-        pub base: *const f32,
-        pub k: usize,
-        pub n: usize,
-        pub panel: usize,
-        pub step: usize,
-    }
-
-    impl Weights {
-        pub fn packed(w: &PackedF32) -> Self {
-            let (k, n) = (w.k, w.n);
-            let (base, panel, step) = (w.panels.as_ptr(), k * PANEL, PANEL);
-            Self {
-                base,
-                k,
-                n,
-                panel,
-                step,
-            }
-        }
-
-        pub fn row_major(w: &[f32], k: usize, n: usize) -> Self {
-            let (base, panel, step) = (w.as_ptr(), PANEL, n);
-            Self {
-                base,
-                k,
-                n,
-                panel,
-                step,
-            }
-        }
     }
 
     #[inline]
@@ -431,6 +519,7 @@ mod avx512 {
                 n: PANEL.min(m - q * PANEL),
                 panel: 0,
                 step: PANEL,
+                padded: true,
             };
             let mut j = 0;
             while j < n {
@@ -696,6 +785,359 @@ mod avx512 {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    //! The fused layer on AVX2 + FMA: 8-lane vectors and 16 ymm registers, so register
+    //! blocks of 6 rows × 16 columns (12 accumulators, 2 weight vectors, 1 broadcast), the
+    //! 32-wide panels of the packing run as two halves. Each output is Σₖ a·w summed in k
+    //! order with FMA, then + b, as the AVX-512 kernel sums it: the same bits before the
+    //! activation, whose σ and e^x differ from the AVX-512 ones by a few ulps.
+    use super::{PackedF32, Weights, MR, PANEL};
+    use crate::backend::Activation;
+    use std::arch::x86_64::*;
+
+    /// Rows (outputs broadcast from) per register block.
+    const RB: usize = 6;
+    /// Columns (vector lanes) per register block: two 8-wide vectors.
+    const CB: usize = 16;
+
+    pub fn available() -> bool {
+        static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *AVAILABLE.get_or_init(|| {
+            std::env::var_os("MBRL_NO_AVX2").is_none_or(|v| v == "0")
+                && is_x86_feature_detected!("avx2")
+                && is_x86_feature_detected!("fma")
+        })
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn layer(
+        dst: &mut [f32],
+        src: &[f32],
+        m: usize,
+        w: Weights,
+        bias: &[f32],
+        act: Option<Activation>,
+    ) {
+        by_activation!(act, layer_with(dst, src, m, w, bias))
+    }
+
+    /// Half-panel by half-panel (k × 16 weights, in L1), all rows streaming past.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn layer_with<const ACT: u8>(
+        dst: &mut [f32],
+        src: &[f32],
+        m: usize,
+        w: Weights,
+        bias: &[f32],
+    ) {
+        let (k, n) = (w.k, w.n);
+        assert!(src.len() >= m * k && dst.len() >= m * n && bias.len() >= n);
+        for c0 in (0..n).step_by(CB) {
+            let b = w.base.add(c0 / PANEL * w.panel + c0 % PANEL);
+            let cols = CB.min(n - c0);
+            let mut r = 0;
+            while r < m {
+                let rows = RB.min(m - r);
+                block::<ACT, false>(
+                    rows,
+                    src.as_ptr().add(r * k),
+                    k,
+                    dst.as_mut_ptr().add(r * n + c0),
+                    n,
+                    (b, w.step, k),
+                    cols,
+                    w.padded,
+                    bias.as_ptr().add(c0),
+                );
+                r += rows;
+            }
+        }
+    }
+
+    /// See [`super::layer_fm`]: the roles swapped as in the AVX-512 kernel. The 6 values a
+    /// step broadcasts are 6 output features' weights (half of a 12-wide panel), the two
+    /// vectors are 16 batch rows of one input feature (half a panel of the activations).
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn layer_fm(
+        dst: &mut [f32],
+        src: &[f32],
+        m: usize,
+        w: &PackedF32,
+        bias: &[f32],
+        act: Option<Activation>,
+    ) {
+        by_activation!(act, layer_fm_with(dst, src, m, w, bias))
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn layer_fm_with<const ACT: u8>(
+        dst: &mut [f32],
+        src: &[f32],
+        m: usize,
+        w: &PackedF32,
+        bias: &[f32],
+    ) {
+        let (k, n) = (w.k, w.n);
+        assert!(src.len() >= super::fm_len(m, k) && dst.len() >= super::fm_len(m, n));
+        assert!(bias.len() >= n && w.panels.len() >= n.div_ceil(MR) * k * MR);
+        for q in 0..m.div_ceil(PANEL) {
+            let x = src.as_ptr().add(q * PANEL * k);
+            let valid = PANEL.min(m - q * PANEL);
+            let mut j = 0;
+            while j < n {
+                let feats = RB.min(n - j);
+                // Feature j is column j mod 12 of weight panel ⌊j / 12⌋.
+                let a = w.panels.as_ptr().add(j / MR * MR * k + j % MR);
+                for r0 in (0..valid).step_by(CB) {
+                    // The activation panel holds 32 rows whatever m is: loads past the
+                    // valid rows stay inside it (their lanes are never stored).
+                    block::<ACT, true>(
+                        feats,
+                        a,
+                        MR,
+                        dst.as_mut_ptr().add((q * n + j) * PANEL + r0),
+                        PANEL,
+                        (x.add(r0), PANEL, k),
+                        CB.min(valid - r0),
+                        true,
+                        bias.as_ptr().add(j),
+                    );
+                }
+                j += feats;
+            }
+        }
+    }
+
+    /// One register block of `r` ≤ 6 rows, dispatched to its compiled size.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn block<const ACT: u8, const FM: bool>(
+        r: usize,
+        a: *const f32,
+        sa: usize,
+        d: *mut f32,
+        sd: usize,
+        w: (*const f32, usize, usize),
+        cols: usize,
+        padded: bool,
+        b: *const f32,
+    ) {
+        match r {
+            6 => rows::<6, ACT, FM>(a, sa, d, sd, w, cols, padded, b),
+            1 => rows::<1, ACT, FM>(a, sa, d, sd, w, cols, padded, b),
+            2 => rows::<2, ACT, FM>(a, sa, d, sd, w, cols, padded, b),
+            3 => rows::<3, ACT, FM>(a, sa, d, sd, w, cols, padded, b),
+            4 => rows::<4, ACT, FM>(a, sa, d, sd, w, cols, padded, b),
+            _ => rows::<5, ACT, FM>(a, sa, d, sd, w, cols, padded, b),
+        }
+    }
+
+    /// Lanes i < n set.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn mask(n: usize) -> __m256i {
+        let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        _mm256_cmpgt_epi32(_mm256_set1_epi32(n.min(8) as i32), lanes)
+    }
+
+    /// R × 2 accumulators: out(i, c) = act(Σₖ a(i, k)·w(k, c) + bias) for i < R and the
+    /// `cols` ≤ 16 columns c at `w` = (base, step, k). Row-major (FM false): a(i, k) at
+    /// `a + i·sa + k`, out(i, c) at `d + i·sd + c`, the bias a vector over c. Feature-major
+    /// (FM true): a(i, k) at `a + k·sa + i`, the bias one value per i. Loads of w are
+    /// masked past `cols` unless `padded` (then 16 columns are readable); stores always are.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn rows<const R: usize, const ACT: u8, const FM: bool>(
+        a: *const f32,
+        sa: usize,
+        d: *mut f32,
+        sd: usize,
+        (b, step, k): (*const f32, usize, usize),
+        cols: usize,
+        padded: bool,
+        bias: *const f32,
+    ) {
+        let (si, sk) = if FM { (1, sa) } else { (sa, 1) };
+        let (m0, m1) = (mask(cols), mask(cols.saturating_sub(8)));
+        let mut acc = [[_mm256_setzero_ps(); 2]; R];
+        let plain = padded || cols == CB;
+        if cols > 8 && plain {
+            for kk in 0..k {
+                let b0 = _mm256_loadu_ps(b.add(kk * step));
+                let b1 = _mm256_loadu_ps(b.add(kk * step + 8));
+                for (i, acc) in acc.iter_mut().enumerate() {
+                    let x = _mm256_broadcast_ss(&*a.add(i * si + kk * sk));
+                    acc[0] = _mm256_fmadd_ps(x, b0, acc[0]);
+                    acc[1] = _mm256_fmadd_ps(x, b1, acc[1]);
+                }
+            }
+        } else if cols > 8 {
+            for kk in 0..k {
+                let b0 = _mm256_loadu_ps(b.add(kk * step));
+                let b1 = _mm256_maskload_ps(b.add(kk * step + 8), m1);
+                for (i, acc) in acc.iter_mut().enumerate() {
+                    let x = _mm256_broadcast_ss(&*a.add(i * si + kk * sk));
+                    acc[0] = _mm256_fmadd_ps(x, b0, acc[0]);
+                    acc[1] = _mm256_fmadd_ps(x, b1, acc[1]);
+                }
+            }
+        } else {
+            // At most 8 columns: half the work.
+            for kk in 0..k {
+                let b0 = if padded || cols == 8 {
+                    _mm256_loadu_ps(b.add(kk * step))
+                } else {
+                    _mm256_maskload_ps(b.add(kk * step), m0)
+                };
+                for (i, acc) in acc.iter_mut().enumerate() {
+                    let x = _mm256_broadcast_ss(&*a.add(i * si + kk * sk));
+                    acc[0] = _mm256_fmadd_ps(x, b0, acc[0]);
+                }
+            }
+        }
+        for h in 0..cols.div_ceil(8) {
+            let (mask, full) = (if h == 0 { m0 } else { m1 }, cols >= 8 * (h + 1));
+            let bv = (!FM).then(|| _mm256_maskload_ps(bias.add(8 * h), mask));
+            for (i, acc) in acc.iter().enumerate() {
+                let bv = bv.unwrap_or_else(|| _mm256_set1_ps(*bias.add(i)));
+                let z = _mm256_add_ps(acc[h], bv);
+                let y = match ACT {
+                    0 => z,
+                    1 => act(Activation::Silu, z),
+                    2 => act(Activation::Relu, z),
+                    _ => act(Activation::Tanh, z),
+                };
+                let p = d.add(i * sd + 8 * h);
+                if full {
+                    _mm256_storeu_ps(p, y);
+                } else {
+                    _mm256_maskstore_ps(p, mask, y);
+                }
+            }
+        }
+    }
+
+    /// e^x with the clamp, reduction and polynomial of the AVX-512 `exp` (relative error
+    /// ≤ 3e-7); 2ⁿ is built in the exponent field, n ∈ [−126, 127] after the clamp, so it
+    /// is always normal. NaN propagates (the clamps take x second).
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn exp(x: __m256) -> __m256 {
+        let x = _mm256_min_ps(
+            _mm256_set1_ps(88.0),
+            _mm256_max_ps(_mm256_set1_ps(-87.3), x),
+        );
+        let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+            _mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E)),
+        );
+        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_145_75), x);
+        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.428_606_8e-6), r);
+        let mut p = _mm256_set1_ps(1.0 / 720.0);
+        for c in [1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
+            p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
+        }
+        _mm256_mul_ps(p, pow2(n))
+    }
+
+    /// 2ⁿ for integral n ∈ [−126, 127], exactly, through the exponent field.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn pow2(n: __m256) -> __m256 {
+        let e = _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127));
+        _mm256_castsi256_ps(_mm256_slli_epi32::<23>(e))
+    }
+
+    /// σ(z) = 1 / (1 + 2^t), t = −z·log₂e clamped to ±126, as the AVX-512 `sigmoid`: t =
+    /// ⌊t⌋ + f, 2^f by the same degree-5 polynomial, 2^⌊t⌋ in the exponent field; f = t − ⌊t⌋
+    /// rounds (by ≤ 2⁻²⁵, 2e-8 relative in 2^f) only for −1 < t < 0. The reciprocal is a
+    /// division (this kernel has no 14-bit estimate; the 12-bit one would need two Newton
+    /// steps, four FMAs on the multiply pipes the products use).
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn sigmoid(z: __m256) -> __m256 {
+        let t = _mm256_mul_ps(z, _mm256_set1_ps(-std::f32::consts::LOG2_E));
+        let t = _mm256_min_ps(
+            _mm256_set1_ps(126.0),
+            _mm256_max_ps(_mm256_set1_ps(-126.0), t),
+        );
+        let fl = _mm256_floor_ps(t);
+        let f = _mm256_sub_ps(t, fl);
+        let mut p = _mm256_set1_ps(0.001_877_567_8);
+        for c in [
+            0.008_989_342,
+            0.055_826_34,
+            0.240_153_6,
+            0.693_153_1,
+            0.999_999_94,
+        ] {
+            p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(c));
+        }
+        let one = _mm256_set1_ps(1.0);
+        _mm256_div_ps(one, _mm256_fmadd_ps(p, pow2(fl), one))
+    }
+
+    /// The hidden activations, 8 lanes at a time (see the AVX-512 `act`).
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn act(a: Activation, z: __m256) -> __m256 {
+        let one = _mm256_set1_ps(1.0);
+        match a {
+            Activation::Silu => _mm256_mul_ps(z, sigmoid(z)),
+            Activation::Relu => _mm256_max_ps(z, _mm256_setzero_ps()),
+            // tanh z = 1 − 2 / (1 + e^{2z})
+            Activation::Tanh => {
+                let e = exp(_mm256_add_ps(z, z));
+                let r = _mm256_div_ps(_mm256_set1_ps(2.0), _mm256_add_ps(one, e));
+                _mm256_sub_ps(one, r)
+            }
+        }
+    }
+
+    /// ln(1 + y) for y ∈ [0, 1], as the AVX-512 `ln_1p_unit` (2·atanh(y / (2 + y)) by its odd
+    /// series), the quotient by division.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn ln_1p_unit(y: __m256) -> __m256 {
+        let s = _mm256_div_ps(y, _mm256_add_ps(y, _mm256_set1_ps(2.0)));
+        let s2 = _mm256_mul_ps(s, s);
+        let mut p = _mm256_set1_ps(2.0 / 13.0);
+        for c in [2.0 / 11.0, 2.0 / 9.0, 2.0 / 7.0, 2.0 / 5.0, 2.0 / 3.0, 2.0] {
+            p = _mm256_fmadd_ps(p, s2, _mm256_set1_ps(c));
+        }
+        _mm256_mul_ps(p, s)
+    }
+
+    /// softplus(x) = max(x, 0) + ln(1 + e^−|x|).
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn softplus(x: __m256) -> __m256 {
+        let neg_abs = _mm256_or_ps(x, _mm256_set1_ps(-0.0));
+        let l = ln_1p_unit(exp(neg_abs));
+        _mm256_add_ps(_mm256_max_ps(x, _mm256_setzero_ps()), l)
+    }
+
+    /// See [`super::bound_logvar`].
+    ///
+    /// # Safety
+    /// AVX2 and FMA must be available; `hi` and `lo` hold at least `lv.len()` values.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn bound_logvar(lv: &mut [f32], hi: &[f32], lo: &[f32]) {
+        for c in (0..lv.len()).step_by(8) {
+            let m = mask(lv.len() - c);
+            let x = _mm256_maskload_ps(lv.as_ptr().add(c), m);
+            let h = _mm256_maskload_ps(hi.as_ptr().add(c), m);
+            let l = _mm256_maskload_ps(lo.as_ptr().add(c), m);
+            let lv1 = _mm256_sub_ps(h, softplus(_mm256_sub_ps(h, x)));
+            let y = _mm256_add_ps(l, softplus(_mm256_sub_ps(lv1, l)));
+            _mm256_maskstore_ps(lv.as_mut_ptr().add(c), m, y);
+        }
+    }
+}
+
 #[cfg(not(target_arch = "x86_64"))]
 mod avx512 {
     pub fn available() -> bool {
@@ -709,15 +1151,6 @@ mod avx512 {
     ) {
         unreachable!("no AVX-512 off x86-64")
     }
-    pub struct Weights;
-    impl Weights {
-        pub fn packed(_: &super::PackedF32) -> Self {
-            Self
-        }
-        pub fn row_major(_: &[f32], _: usize, _: usize) -> Self {
-            Self
-        }
-    }
     pub unsafe fn bound_logvar(_: &mut [f32], _: &[f32], _: &[f32]) {
         unreachable!("no AVX-512 off x86-64")
     }
@@ -725,7 +1158,7 @@ mod avx512 {
         _: &mut [f32],
         _: &[f32],
         _: usize,
-        _: Weights,
+        _: super::Weights,
         _: &[f32],
         _: Option<crate::backend::Activation>,
     ) {
@@ -743,6 +1176,36 @@ mod avx512 {
     }
 }
 
+#[cfg(not(target_arch = "x86_64"))]
+mod avx2 {
+    pub fn available() -> bool {
+        false
+    }
+    pub unsafe fn bound_logvar(_: &mut [f32], _: &[f32], _: &[f32]) {
+        unreachable!("no AVX2 off x86-64")
+    }
+    pub unsafe fn layer(
+        _: &mut [f32],
+        _: &[f32],
+        _: usize,
+        _: super::Weights,
+        _: &[f32],
+        _: Option<crate::backend::Activation>,
+    ) {
+        unreachable!("no AVX2 off x86-64")
+    }
+    pub unsafe fn layer_fm(
+        _: &mut [f32],
+        _: &[f32],
+        _: usize,
+        _: &super::PackedF32,
+        _: &[f32],
+        _: Option<crate::backend::Activation>,
+    ) {
+        unreachable!("no AVX2 off x86-64")
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 pub(crate) use avx512::act as act_avx512;
 
@@ -750,6 +1213,18 @@ pub(crate) use avx512::act as act_avx512;
 mod tests {
     use super::*;
     use crate::rng::normal;
+
+    /// Every fused kernel this CPU runs (both on an AVX-512 machine).
+    fn kernels() -> Vec<Simd> {
+        [Simd::Avx512, Simd::Avx2]
+            .into_iter()
+            .filter(|s| s.supported())
+            .collect()
+    }
+
+    fn same_bits(a: &[f32], b: &[f32]) -> bool {
+        a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+    }
 
     /// Against an f64 reference: |Δ| ≤ γ_k·(Σ|a·w| + |b|) for the sum, then the activation's
     /// slope times that plus its own error (3e-7 relative for exp, 2⁻²⁸ for the reciprocal).
@@ -778,62 +1253,75 @@ mod tests {
                 let p = PackedF32::new(&w, k, n);
                 let mut dst = vec![f32::NAN; m * n];
                 layer(&mut dst, &a, m, &p, &b, act);
-                // Row-major weights read in place (masked past column n): the same sums in the
-                // same order, so the same bits.
-                let mut rm = vec![f32::NAN; m * n];
-                if layer_unpacked(&mut rm, &a, m, &w, k, n, &b, act) {
-                    let same = rm.iter().zip(&dst).all(|(x, y)| x.to_bits() == y.to_bits());
-                    assert!(same, "{m}x{k}x{n} {act:?}: row-major and packed differ");
-                }
-                // Feature-major activations (batch rows along the lanes): the same sums in
-                // the same order again. The unused rows of the last panel are poisoned and
-                // must not leak into the rows read back.
                 let pf = PackedF32::feature_major(&w, k, n);
                 let mut af = vec![f32::NAN; fm_len(m, k)];
                 to_fm(&mut af, &a, m, k);
-                let mut df = vec![f32::NAN; fm_len(m, n)];
-                if layer_fm(&mut df, &af, m, &pf, &b, act) {
+                let mut outs = vec![dst];
+                for s in kernels() {
+                    let mut packed = vec![f32::NAN; m * n];
+                    layer_on(s, &mut packed, &a, m, Weights::packed(&p), &b, act);
+                    // Row-major weights read in place (masked past column n): the same sums in
+                    // the same order, so the same bits.
+                    let mut rm = vec![f32::NAN; m * n];
+                    layer_on(s, &mut rm, &a, m, Weights::row_major(&w, k, n), &b, act);
+                    assert!(
+                        same_bits(&rm, &packed),
+                        "{s:?} {m}x{k}x{n} {act:?}: row-major and packed differ"
+                    );
+                    // Feature-major activations (batch rows along the lanes): the same sums in
+                    // the same order again. The unused rows of the last panel are poisoned and
+                    // must not leak into the rows read back, nor be written.
+                    let mut df = vec![f32::NAN; fm_len(m, n)];
+                    layer_fm_on(s, &mut df, &af, m, &pf, &b, act);
                     let mut back = vec![f32::NAN; m * n];
                     from_fm(&mut back, &df, m, n, 0, n);
-                    let same = back
-                        .iter()
-                        .zip(&dst)
-                        .all(|(x, y)| x.to_bits() == y.to_bits());
-                    assert!(same, "{m}x{k}x{n} {act:?}: feature-major and packed differ");
-                }
-                let eps = f64::from(f32::EPSILON) / 2.0;
-                let gamma = (k + 1) as f64 * eps / (1.0 - (k + 1) as f64 * eps);
-                for i in 0..m {
-                    for j in 0..n {
-                        let (mut z, mut s) = (b[j] as f64, (b[j] as f64).abs());
-                        for kk in 0..k {
-                            let t = a[i * k + kk] as f64 * w[kk * n + j] as f64;
-                            z += t;
-                            s += t.abs();
+                    assert!(
+                        same_bits(&back, &packed),
+                        "{s:?} {m}x{k}x{n} {act:?}: feature-major and packed differ"
+                    );
+                    for (q, panel) in df.chunks(FM_ROWS * n).enumerate() {
+                        for (r, v) in panel.iter().enumerate() {
+                            let row = q * FM_ROWS + r % FM_ROWS;
+                            assert!(row < m || v.is_nan(), "{s:?}: unused row {row} written");
                         }
-                        let (want, bound) = match act {
-                            None => (z, gamma * s),
-                            Some(Activation::Relu) => (z.max(0.0), gamma * s),
-                            Some(Activation::Silu) => {
-                                let y = z / (1.0 + (-z).exp());
-                                (y, 1.1 * gamma * s + 1e-6 * y.abs() + 1e-30)
+                    }
+                    outs.push(packed);
+                }
+                for dst in &outs {
+                    let eps = f64::from(f32::EPSILON) / 2.0;
+                    let gamma = (k + 1) as f64 * eps / (1.0 - (k + 1) as f64 * eps);
+                    for i in 0..m {
+                        for j in 0..n {
+                            let (mut z, mut s) = (b[j] as f64, (b[j] as f64).abs());
+                            for kk in 0..k {
+                                let t = a[i * k + kk] as f64 * w[kk * n + j] as f64;
+                                z += t;
+                                s += t.abs();
                             }
-                            Some(Activation::Tanh) => {
-                                let y = z.tanh();
-                                (y, gamma * s + 1e-6 + 1e-30)
-                            }
-                        };
-                        let got = dst[i * n + j] as f64;
-                        assert!(
-                            (got - want).abs() <= bound,
-                            "{m}x{k}x{n} {act:?} [{i},{j}]: {got} vs {want} (bound {bound:e})"
-                        );
+                            let (want, bound) = match act {
+                                None => (z, gamma * s),
+                                Some(Activation::Relu) => (z.max(0.0), gamma * s),
+                                Some(Activation::Silu) => {
+                                    let y = z / (1.0 + (-z).exp());
+                                    (y, 1.1 * gamma * s + 1e-6 * y.abs() + 1e-30)
+                                }
+                                Some(Activation::Tanh) => {
+                                    let y = z.tanh();
+                                    (y, gamma * s + 1e-6 + 1e-30)
+                                }
+                            };
+                            let got = dst[i * n + j] as f64;
+                            assert!(
+                                (got - want).abs() <= bound,
+                                "{m}x{k}x{n} {act:?} [{i},{j}]: {got} vs {want} (bound {bound:e})"
+                            );
+                        }
                     }
                 }
             }
         }
-        if !avx512::available() {
-            eprintln!("no AVX-512 here: only the fallback path was checked");
+        if kernels().is_empty() {
+            eprintln!("no AVX-512 or AVX2 here: only the fallback path was checked");
         }
     }
 
@@ -841,13 +1329,13 @@ mod tests {
     /// the polynomial's 1.6e-7 and the reciprocal's and roundings' few ulps, plus t's own
     /// rounding and log₂e's (|z|·7.3e-8 relative in 2^t, scaled by 1 − σ); below z ≈ −87.3 the clamp holds
     /// σ at 2⁻¹²⁶ (as the old e^−z clamp did); NaN stays NaN.
+    #[cfg(target_arch = "x86_64")]
     #[test]
     fn the_f32_sigmoid_should_stay_within_its_stated_bound() {
-        if !avx512::available() {
-            eprintln!("skipped: no AVX-512F/DQ on this CPU");
+        if kernels().is_empty() {
+            eprintln!("skipped: no AVX-512F/DQ or AVX2 on this CPU");
             return;
         }
-        use std::arch::x86_64::*;
         let mut zs: Vec<f32> = (-200_000..=200_000).map(|i| i as f32 * 5e-4).collect();
         zs.extend([
             -1e30, -500.0, -88.0, -87.4, 87.4, 88.0, 500.0, 1e30, 1e-30, -1e-30,
@@ -859,64 +1347,89 @@ mod tests {
             0.0,
             -0.0,
         ]);
-        for c in zs.chunks(16) {
-            let mut z = [0.0f32; 16];
-            z[..c.len()].copy_from_slice(c);
-            let mut s = [0.0f32; 16];
-            // SAFETY: AVX-512F/DQ checked above.
-            unsafe {
-                _mm512_storeu_ps(s.as_mut_ptr(), avx512::sigmoid(_mm512_loadu_ps(z.as_ptr())))
-            };
-            for (&z, &s) in z.iter().zip(&s).take(c.len()) {
+        for k in kernels() {
+            for (&z, &s) in zs.iter().zip(&map(k, Fun::Sigmoid, &zs)) {
                 let want = 1.0 / (1.0 + (-(z as f64)).exp());
                 let zc = f64::from(z).clamp(-87.4, 87.4);
                 let bound = want * (4e-7 + (1.0 - want) * zc.abs() * 8e-8) + 1.2e-38;
                 assert!(
                     (s as f64 - want).abs() <= bound,
-                    "z {z}: {s} vs {want} (bound {bound:e})"
+                    "{k:?} z {z}: {s} vs {want} (bound {bound:e})"
                 );
             }
+            let s = map(k, Fun::Silu, &[f32::NAN; 16]);
+            assert!(s.iter().all(|v| v.is_nan()), "{k:?} SiLU(NaN) = {s:?}");
         }
-        let mut s = [0.0f32; 16];
-        // SAFETY: as above.
-        unsafe {
-            let y = avx512::act(Activation::Silu, _mm512_set1_ps(f32::NAN));
-            _mm512_storeu_ps(s.as_mut_ptr(), y);
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    enum Fun {
+        Sigmoid,
+        Silu,
+        Softplus,
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    /// One of the kernels' vector functions over `xs`, lane by lane.
+    fn map(k: Simd, f: Fun, xs: &[f32]) -> Vec<f32> {
+        use std::arch::x86_64::*;
+        assert!(k.supported());
+        let w = match k {
+            Simd::Avx512 => 16,
+            Simd::Avx2 => 8,
+        };
+        let mut out = vec![0.0f32; xs.len()];
+        for (c, o) in xs.chunks(w).zip(out.chunks_mut(w)) {
+            let (mut x, mut y) = ([0.0f32; 16], [0.0f32; 16]);
+            x[..c.len()].copy_from_slice(c);
+            // SAFETY: the kernel's instructions were checked above; both arrays hold 16 values.
+            unsafe {
+                match k {
+                    Simd::Avx512 => {
+                        let v = _mm512_loadu_ps(x.as_ptr());
+                        let v = match f {
+                            Fun::Sigmoid => avx512::sigmoid(v),
+                            Fun::Silu => avx512::act(Activation::Silu, v),
+                            Fun::Softplus => avx512::softplus(v),
+                        };
+                        _mm512_storeu_ps(y.as_mut_ptr(), v);
+                    }
+                    Simd::Avx2 => {
+                        let v = _mm256_loadu_ps(x.as_ptr());
+                        let v = match f {
+                            Fun::Sigmoid => avx2::sigmoid(v),
+                            Fun::Silu => avx2::act(Activation::Silu, v),
+                            Fun::Softplus => avx2::softplus(v),
+                        };
+                        _mm256_storeu_ps(y.as_mut_ptr(), v);
+                    }
+                }
+            }
+            o.copy_from_slice(&y[..c.len()]);
         }
-        assert!(s.iter().all(|v| v.is_nan()), "SiLU(NaN) = {s:?}");
+        out
     }
 
     /// The log-variance bounds against the f64 specification at lengths around the vector
     /// width, over raw values far inside, near and far outside the bounds: each softplus is
     /// within a few e-7 of its output's magnitude, and the sums add a few ulps of |h| and |l|.
+    #[cfg(target_arch = "x86_64")]
     #[test]
     fn the_logvar_bounds_should_match_the_f64_specification() {
-        if !avx512::available() {
-            eprintln!("skipped: no AVX-512F/DQ on this CPU");
+        if kernels().is_empty() {
+            eprintln!("skipped: no AVX-512F/DQ or AVX2 on this CPU");
             return;
         }
         let sp = crate::backend::cpu::softplus::<f64>;
         // softplus itself over a dense grid (through ln(1 + y) at every y in (0, 1]); e^x is
         // held at e^−87.3 ≈ 1.2e-38 below, as the scalar specification holds it.
-        use std::arch::x86_64::*;
         let xs: Vec<f32> = (-400_000..=400_000).map(|i| i as f32 * 2.5e-4).collect();
-        for c in xs.chunks(16) {
-            let mut y = [0.0f32; 16];
-            // SAFETY: AVX-512F/DQ checked above; `c` holds 16 values (the grid's length is
-            // 800,001 = 16·50,000 + 1, so the last chunk is read into a padded copy).
-            unsafe {
-                let mut x = [0.0f32; 16];
-                x[..c.len()].copy_from_slice(c);
-                _mm512_storeu_ps(
-                    y.as_mut_ptr(),
-                    avx512::softplus(_mm512_loadu_ps(x.as_ptr())),
-                );
-            }
-            for (&x, &y) in c.iter().zip(&y) {
+        for k in kernels() {
+            for (&x, &y) in xs.iter().zip(&map(k, Fun::Softplus, &xs)) {
                 let want = sp(x as f64);
                 assert!(
                     (y as f64 - want).abs() <= 8e-7 * want + 1.3e-38,
-                    "softplus({x}) = {y} vs {want}"
+                    "{k:?} softplus({x}) = {y} vs {want}"
                 );
             }
         }
@@ -930,18 +1443,20 @@ mod tests {
             let lo: Vec<f32> = (0..len)
                 .map(|i| -10.0 + normal(5, 3, i as u32, 0))
                 .collect();
-            let mut got = raw.clone();
-            assert!(bound_logvar(&mut got, &hi, &lo));
-            for i in 0..len {
-                let (x, h, l) = (raw[i] as f64, hi[i] as f64, lo[i] as f64);
-                let lv1 = h - sp(h - x);
-                let want = l + sp(lv1 - l);
-                let bound = 1e-6 * (1.0 + x.abs().min(h.abs() + l.abs()) + h.abs() + l.abs());
-                assert!(
-                    (got[i] as f64 - want).abs() <= bound,
-                    "len {len} [{i}] raw {x} in [{l}, {h}]: {} vs {want}",
-                    got[i]
-                );
+            for k in kernels() {
+                let mut got = raw.clone();
+                bound_logvar_on(k, &mut got, &hi, &lo);
+                for i in 0..len {
+                    let (x, h, l) = (raw[i] as f64, hi[i] as f64, lo[i] as f64);
+                    let lv1 = h - sp(h - x);
+                    let want = l + sp(lv1 - l);
+                    let bound = 1e-6 * (1.0 + x.abs().min(h.abs() + l.abs()) + h.abs() + l.abs());
+                    assert!(
+                        (got[i] as f64 - want).abs() <= bound,
+                        "{k:?} len {len} [{i}] raw {x} in [{l}, {h}]: {} vs {want}",
+                        got[i]
+                    );
+                }
             }
         }
     }

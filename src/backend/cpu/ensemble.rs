@@ -382,7 +382,8 @@ pub(crate) fn head_out<T: Real>(
     }
     for chunk in logvar[..nr * d].chunks_mut(period) {
         let (h, l) = (&hi[..period], &lo[..period]);
-        // f32 on AVX-512: the same bounds 16 lanes at a time (`dense::bound_logvar`).
+        // f32 with a fused kernel (AVX-512 or AVX2): the same bounds 16 or 8 lanes at a time
+        // (`dense::bound_logvar`).
         if let (Some(c), Some(h), Some(l)) =
             (T::f32_slice_mut(chunk), T::f32_slice(h), T::f32_slice(l))
         {
@@ -427,7 +428,7 @@ pub fn forward<T: Real>(
     let means = split(mean, &ts, rows, d);
     let lv_width = if shape.probabilistic { d } else { 0 };
     let lvs = split(logvar, &ts, rows, lv_width);
-    // In f32 with AVX-512: every member's weights packed once for the fused kernel (not in
+    // In f32 with a fused kernel (AVX-512 or AVX2): every member's weights packed once for the fused kernel (not in
     // the bf16 training mode, whose products go through the tiles).
     let bf16 = ws.bf16_training;
     let packed: &[Vec<crate::dense::PackedF32>] = match T::f32_slice(params) {

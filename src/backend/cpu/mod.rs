@@ -41,8 +41,8 @@ pub trait Real:
     /// ln(1 + x) for x ≥ 0, vectorisable in f32, libm in f64.
     fn ln_1p_fast(self) -> Self;
     /// An inference layer `dst[m×n] = act(src[m×k]·W + b)` through a faster kernel, if this
-    /// type has one here: f32 on AVX-512 uses the fused kernel of [`crate::dense`]. Returns
-    /// false (nothing written) otherwise, and the caller runs the plain GEMM.
+    /// type has one here: f32 on AVX-512 or AVX2 uses the fused kernel of [`crate::dense`].
+    /// Returns false (nothing written) otherwise, and the caller runs the plain GEMM.
     #[allow(clippy::too_many_arguments)]
     fn dense_layer(
         _dst: &mut [Self],

@@ -878,7 +878,7 @@ mod tests {
     #[test]
     fn the_fused_expectation_should_give_the_per_member_forward_bits() {
         if !crate::dense::fused_available() {
-            eprintln!("skipped: the fused f32 kernel needs AVX-512F, absent here");
+            eprintln!("skipped: the fused f32 kernel needs AVX-512F or AVX2 + FMA, absent here");
             return;
         }
         let mut reused = Tile::default();
