@@ -429,6 +429,44 @@ macro_rules! by_activation {
     };
 }
 
+/// A kernel module's two entry points, `layer` (row-major) and `layer_fm` (feature-major),
+/// each dispatching the activation to its module's `layer_with` / `layer_fm_with`, compiled
+/// with the module's target features.
+#[cfg(target_arch = "x86_64")]
+macro_rules! entry_points {
+    ($features:literal) => {
+        #[target_feature(enable = $features)]
+        pub(super) unsafe fn layer(
+            dst: &mut [f32],
+            src: &[f32],
+            m: usize,
+            w: Weights,
+            bias: &[f32],
+            act: Option<Activation>,
+        ) {
+            by_activation!(act, layer_with(dst, src, m, w, bias))
+        }
+
+        #[target_feature(enable = $features)]
+        pub(super) unsafe fn layer_fm(
+            dst: &mut [f32],
+            src: &[f32],
+            m: usize,
+            w: &PackedF32,
+            bias: &[f32],
+            act: Option<Activation>,
+        ) {
+            by_activation!(act, layer_fm_with(dst, src, m, w, bias))
+        }
+    };
+}
+
+/// Whether the environment leaves a kernel on: `var` unset or "0".
+#[cfg(target_arch = "x86_64")]
+fn allowed(var: &str) -> bool {
+    std::env::var_os(var).is_none_or(|v| v == "0")
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use super::{PackedF32, Weights, MR, PANEL};
@@ -438,23 +476,13 @@ mod avx512 {
     pub fn available() -> bool {
         static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
         *AVAILABLE.get_or_init(|| {
-            std::env::var_os("MBRL_NO_AVX512").is_none_or(|v| v == "0")
+            super::allowed("MBRL_NO_AVX512")
                 && is_x86_feature_detected!("avx512f")
                 && is_x86_feature_detected!("avx512dq")
         })
     }
 
-    #[target_feature(enable = "avx512f,avx512dq")]
-    pub(super) unsafe fn layer(
-        dst: &mut [f32],
-        src: &[f32],
-        m: usize,
-        w: Weights,
-        bias: &[f32],
-        act: Option<Activation>,
-    ) {
-        by_activation!(act, layer_with(dst, src, m, w, bias))
-    }
+    entry_points!("avx512f,avx512dq");
 
     #[inline]
     #[target_feature(enable = "avx512f,avx512dq")]
@@ -487,18 +515,6 @@ mod avx512 {
     /// cache line per step), the two vectors are 32 batch rows of one input feature (a
     /// panel of the activations, contiguous), and the accumulators hold 12 features × 32
     /// rows of the output panel.
-    #[target_feature(enable = "avx512f,avx512dq")]
-    pub unsafe fn layer_fm(
-        dst: &mut [f32],
-        src: &[f32],
-        m: usize,
-        w: &PackedF32,
-        bias: &[f32],
-        act: Option<Activation>,
-    ) {
-        by_activation!(act, layer_fm_with(dst, src, m, w, bias))
-    }
-
     #[inline]
     #[target_feature(enable = "avx512f,avx512dq")]
     unsafe fn layer_fm_with<const ACT: u8>(
@@ -804,23 +820,13 @@ mod avx2 {
     pub fn available() -> bool {
         static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
         *AVAILABLE.get_or_init(|| {
-            std::env::var_os("MBRL_NO_AVX2").is_none_or(|v| v == "0")
+            super::allowed("MBRL_NO_AVX2")
                 && is_x86_feature_detected!("avx2")
                 && is_x86_feature_detected!("fma")
         })
     }
 
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn layer(
-        dst: &mut [f32],
-        src: &[f32],
-        m: usize,
-        w: Weights,
-        bias: &[f32],
-        act: Option<Activation>,
-    ) {
-        by_activation!(act, layer_with(dst, src, m, w, bias))
-    }
+    entry_points!("avx2,fma");
 
     /// Half-panel by half-panel (k × 16 weights, in L1), all rows streaming past.
     #[inline]
@@ -859,18 +865,6 @@ mod avx2 {
     /// See [`super::layer_fm`]: the roles swapped as in the AVX-512 kernel. The 6 values a
     /// step broadcasts are 6 output features' weights (half of a 12-wide panel), the two
     /// vectors are 16 batch rows of one input feature (half a panel of the activations).
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn layer_fm(
-        dst: &mut [f32],
-        src: &[f32],
-        m: usize,
-        w: &PackedF32,
-        bias: &[f32],
-        act: Option<Activation>,
-    ) {
-        by_activation!(act, layer_fm_with(dst, src, m, w, bias))
-    }
-
     #[inline]
     #[target_feature(enable = "avx2,fma")]
     unsafe fn layer_fm_with<const ACT: u8>(
