@@ -373,7 +373,7 @@ def main():
                               "ours_fwd", "theirs_act", "theirs_train", "theirs_train_eval",
                               "theirs_fwd")}
     ours_last = {}
-    peaks, loads = [], []
+    peaks, fmas, loads = [], [], []
     for r in range(ARGS.rounds):
         plan = run_ours("plan")
         if r == 0:
@@ -391,6 +391,8 @@ def main():
             log("mbrl-gpu rows " + ", ".join(mod))
         ours_last.update(mod)
         peaks += [row["peak_gflops"] for row in (cp, mod["gemm_peak_square"])]
+        # The f32 FMA issue ceiling (newer binaries): steadier than the GEMM peak.
+        fmas += [row.get("fma_ceiling_gflops", 0.0) for row in (cp, mod["gemm_peak_square"])]
         rounds["ours_train"].append(mod["train_epoch_n2000_e7_5x200x4_8_b256"]["median_ms"])
         # On the CPU `bench model` also trains with bf16 products (train.precision = bf16).
         if "train_epoch_n2000_e7_5x200x4_8_b256_bf16" in mod:
@@ -451,6 +453,11 @@ def main():
     log(f"mbrl-gpu GEMM peak {peak:.1f} GFLOP/s on {ours_cp['threads']} threads (median of "
         f"{len(peaks)} measurements, {min(peaks):.0f}-{max(peaks):.0f}); 1-min load after each "
         f"round: {', '.join(f'{l:.2f}' for l in loads)}")
+    fmas = [v for v in fmas if v > 0]
+    if fmas:
+        log(f"mbrl-gpu f32 FMA issue ceiling {median(fmas):.1f} GFLOP/s (median of {len(fmas)}, "
+            f"{min(fmas):.0f}-{max(fmas):.0f}): 'GFLOP/s' below over it is each side's share "
+            f"of what the FMA units can issue")
     log(f"{'work':<88} {'mbrl-gpu ms':>11} {'mbrl-lib ms':>11} {'ratio':>7} "
         f"{'GFLOP/s ours':>12} {'theirs':>8}")
     lines = []
@@ -475,6 +482,7 @@ def main():
             "mbrl_lib_gflops": g_t,
             "peak_gflops": peak,
             "peak_gflops_measurements": peaks,
+            "fma_ceiling_gflops_measurements": fmas,
             "load_1min_after_rounds": loads,
             "mbrl_gpu_fraction_of_peak": g_o / peak if peak > 0 else 0.0,
             "mbrl_lib_fraction_of_peak": g_t / peak if peak > 0 else 0.0,

@@ -23,6 +23,12 @@ pub struct BenchResult {
     pub peak_gflops: f64,
     /// gflops / peak_gflops.
     pub fraction_of_peak: f64,
+    /// The CPU's f32 FMA issue ceiling measured in the same run (register-only FMA loops on
+    /// all threads; 0 where not measured): a second reference that, unlike the GEMM peak,
+    /// does not depend on how well the `gemm` crate suits this CPU.
+    pub fma_ceiling_gflops: f64,
+    /// gflops / fma_ceiling_gflops (0 where not measured).
+    pub fraction_of_fma_ceiling: f64,
     pub note: String,
 }
 
@@ -74,8 +80,26 @@ fn result(
         gflops,
         peak_gflops: peak,
         fraction_of_peak: if peak > 0.0 { gflops / peak } else { 0.0 },
+        fma_ceiling_gflops: 0.0,
+        fraction_of_fma_ceiling: 0.0,
         note,
     }
+}
+
+/// The f32 FMA issue ceiling on all rayon threads (GFLOP/s, best of `reps`), 0 where this
+/// CPU has no FMA loop of [`peak_kernels`].
+pub fn fma_ceiling(reps: usize) -> f64 {
+    let Some((_, _, flop_per_iter, kernel)) =
+        peak_kernels().into_iter().find(|k| k.0 == "fma_f32_peak")
+    else {
+        return 0.0;
+    };
+    let (iters, threads) = (1u64 << 22, rayon::current_num_threads());
+    let (_, min) = time_ms(reps, || {
+        let s: f32 = (0..threads).into_par_iter().map(|_| kernel(iters)).sum();
+        std::hint::black_box(s);
+    });
+    flop_per_iter * iters as f64 * threads as f64 / (min * 1e-3) / 1e9
 }
 
 /// Random transitions for benchmarks and tests: obs ~ N(0,1), act ~ N(0,1), next_obs a smooth
@@ -394,9 +418,14 @@ fn finish_with_peak(mut rows: Vec<BenchResult>, peaks: &[f64]) -> Vec<BenchResul
     let worst = peaks.iter().cloned().fold(f64::INFINITY, f64::min);
     // The CPU's peak measures the CPU's rows only: a device row's share of it would mean
     // nothing.
+    let fma = fma_ceiling(3);
     for r in rows.iter_mut().filter(|r| r.backend == "cpu") {
         r.peak_gflops = best;
         r.fraction_of_peak = r.gflops / best;
+        if fma > 0.0 {
+            r.fma_ceiling_gflops = fma;
+            r.fraction_of_fma_ceiling = r.gflops / fma;
+        }
     }
     let mut p = result(
         "gemm_peak_square",
@@ -407,15 +436,21 @@ fn finish_with_peak(mut rows: Vec<BenchResult>, peaks: &[f64]) -> Vec<BenchResul
         best,
         format!(
             "f32 GEMM 1024³/1536³ on all threads, best of {} measurements before and after \
-             the work: {:.1}–{:.1} GFLOP/s (spread {:.1} %)",
+             the work: {:.1}–{:.1} GFLOP/s (spread {:.1} %); f32 FMA issue ceiling {:.1} \
+             GFLOP/s",
             peaks.len(),
             worst,
             best,
-            100.0 * (best - worst) / best
+            100.0 * (best - worst) / best,
+            fma
         ),
     );
     p.gflops = best;
     p.fraction_of_peak = 1.0;
+    if fma > 0.0 {
+        p.fma_ceiling_gflops = fma;
+        p.fraction_of_fma_ceiling = best / fma;
+    }
     rows.push(p);
     rows
 }

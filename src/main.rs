@@ -745,8 +745,13 @@ fn print_bench(rs: &[BenchResult], json: bool) -> Result<()> {
             );
         } else {
             let peak = if r.peak_gflops > 0.0 {
+                let fma = if r.fma_ceiling_gflops > 0.0 {
+                    format!("  FMA ceiling {:>5.1} %", 100.0 * r.fraction_of_fma_ceiling)
+                } else {
+                    String::new()
+                };
                 format!(
-                    "peak {:>7.1}  ({:>5.1} %)",
+                    "peak {:>7.1}  ({:>5.1} %){fma}",
                     r.peak_gflops,
                     100.0 * r.fraction_of_peak
                 )
