@@ -94,12 +94,20 @@ pub fn fma_ceiling(reps: usize) -> f64 {
     else {
         return 0.0;
     };
+    let (_, min, flop) = run_peak_kernel(reps, flop_per_iter, kernel);
+    flop / (min * 1e-3) / 1e9
+}
+
+/// Median and minimum ms of one register-only loop on every rayon thread, and its FLOPs:
+/// 2²² iterations of 12 independent vector operations per thread, ~20 ms at the rates seen
+/// here, long enough to swamp the fork-join cost.
+fn run_peak_kernel(reps: usize, flop_per_iter: f64, kernel: fn(u64) -> f32) -> (f64, f64, f64) {
     let (iters, threads) = (1u64 << 22, rayon::current_num_threads());
-    let (_, min) = time_ms(reps, || {
+    let (med, min) = time_ms(reps, || {
         let s: f32 = (0..threads).into_par_iter().map(|_| kernel(iters)).sum();
         std::hint::black_box(s);
     });
-    flop_per_iter * iters as f64 * threads as f64 / (min * 1e-3) / 1e9
+    (med, min, flop_per_iter * iters as f64 * threads as f64)
 }
 
 /// Random transitions for benchmarks and tests: obs ~ N(0,1), act ~ N(0,1), next_obs a smooth
@@ -1094,15 +1102,7 @@ pub fn cpu_peaks(reps: usize) -> Vec<BenchResult> {
     let mut rows = vec![];
     let gemm = gemm_peak(reps);
     for (name, note, flop_per_iter, kernel) in peak_kernels() {
-        // 2²² iterations of 12 independent vector operations per thread: ~20 ms at the
-        // rates seen here, long enough to swamp the fork-join cost.
-        let iters = 1u64 << 22;
-        let threads = rayon::current_num_threads();
-        let (med, min) = time_ms(reps, || {
-            let s: f32 = (0..threads).into_par_iter().map(|_| kernel(iters)).sum();
-            std::hint::black_box(s);
-        });
-        let flop = flop_per_iter * iters as f64 * threads as f64;
+        let (med, min, flop) = run_peak_kernel(reps, flop_per_iter, kernel);
         rows.push(result(name, med, min, reps, flop, 0.0, note.into()));
     }
     let mut g = result(

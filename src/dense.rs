@@ -296,10 +296,10 @@ pub fn bias_act_grad(a: Activation, z: &mut [f32], b: &[f32], out: &mut [f32]) -
 
 /// PETS's soft bounds of the log-variance over a block of values, in place: with h, l the
 /// bounds of each value (`hi`, `lo` of the same length as `lv`), lv ← l + softplus(h −
-/// softplus(h − lv) − l), the specification's `bound_logvar`, 16 (AVX-512) or 8 (AVX2) lanes
-/// at a time with the kernels' softplus (the compiler's vectorisation of the scalar form runs 8 lanes without
-/// fused multiply-adds: it was 5 % of the ensemble forward). Returns false, doing nothing,
-/// where no fused kernel is available.
+/// softplus(h − lv) − l), the specification's `bound_logvar`, 16 (AVX-512) or 8 (AVX2)
+/// lanes at a time with the kernels' softplus (the compiler's vectorisation of the scalar
+/// form runs 8 lanes without fused multiply-adds: it was 5 % of the ensemble forward).
+/// Returns false, doing nothing, where no fused kernel is available.
 pub fn bound_logvar(lv: &mut [f32], hi: &[f32], lo: &[f32]) -> bool {
     let Some(s) = simd() else {
         return false;
@@ -1048,8 +1048,9 @@ mod avx2 {
     /// σ(z) = 1 / (1 + 2^t), t = −z·log₂e clamped to ±126, as the AVX-512 `sigmoid`: t =
     /// ⌊t⌋ + f, 2^f by the same degree-5 polynomial, 2^⌊t⌋ in the exponent field; f = t − ⌊t⌋
     /// rounds (by ≤ 2⁻²⁵, 2e-8 relative in 2^f) only for −1 < t < 0. The reciprocal is a
-    /// division (this kernel has no 14-bit estimate; the 12-bit one would need two Newton
-    /// steps, four FMAs on the multiply pipes the products use).
+    /// division: the 12-bit estimate with a Newton step stays within the same bound but,
+    /// with the other operations it took, was 5–20 % slower on 64-wide and k = 4 layers on
+    /// a Zen 3 (README, the Zen 3 section).
     #[inline]
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn sigmoid(z: __m256) -> __m256 {
