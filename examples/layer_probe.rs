@@ -25,7 +25,10 @@ fn main() {
         (200, 4, None),
         // The small real-time model (pendulum, 3×64).
         (4, 64, Some(Activation::Silu)),
+        (64, 64, Some(Activation::Tanh)),
+        (64, 64, Some(Activation::Relu)),
         (64, 64, Some(Activation::Silu)),
+        (64, 64, None),
         (64, 6, None),
     ] {
         let w: Vec<f32> = (0..k * n)
