@@ -1246,6 +1246,10 @@ fn maac_and_svg_settings_errors_should_name_the_setting() {
         &["svg", "--set", "episodes_per_update=0", "--print-config"],
         &["episodes_per_update"],
     );
+    fails_with(
+        &["svg", "--set", "segment_grad_norm=nan", "--print-config"],
+        &["segment_grad_norm", "got NaN"],
+    );
     fails_with(&["svg", "--preset", "fast"], &["unknown SVG preset"]);
     let o = mbrl(&[
         "maac",

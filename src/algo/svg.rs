@@ -12,7 +12,9 @@
 //!             (the best elite; with a learned reward, its output's ξ from r_t too)
 //!         v_θ⁰ by the backward recursion v_s = r_s + r_a π_s + γ v'_s' (f̂_s + f̂_a π_s),
 //!             v_θ = r_a π_θ + γ (v'_s' f̂_a π_θ + v'_θ), from v' = 0 after the last step
-//!         θ ← Adam(θ, −v_θ⁰ averaged over the episodes, clipped to `max_grad_norm`)
+//!         θ ← Adam(θ, −v_θ⁰ averaged over the episodes, each first clipped to
+//!             `segment_grad_norm` (not in the published algorithm; 0 turns it off), the
+//!             mean clipped to `max_grad_norm`)
 //!     every `eval_every` env steps: evaluate the mean action, checkpoint
 //! ```
 //!
@@ -68,6 +70,12 @@ pub struct SvgConfig {
     /// clamp on the pendulum (README), where the inferred η of older episodes explodes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fixed_log_std: Option<f32>,
+    /// Largest norm of each segment's own gradient before the mean over segments (larger
+    /// ones are scaled down, and each segment runs as its own path); 0: off, the mean of
+    /// the raw gradients as published. On the pendulum a few paths' gradients grow to
+    /// 10⁴–10⁸ and, unclipped, set the mean's direction alone (README).
+    #[serde(default)]
+    pub segment_grad_norm: f32,
     /// Evaluate (and checkpoint) after the episode in which this many more steps were reached.
     pub eval_every: usize,
     pub eval_episodes: usize,
@@ -122,6 +130,7 @@ impl SvgConfig {
             entropy_weight: 0.0,
             window: 0,
             fixed_log_std: None,
+            segment_grad_norm: 1.0,
             eval_every: 1_000,
             eval_episodes: 10,
             model,
@@ -161,12 +170,16 @@ impl SvgConfig {
             ("eval_every", self.eval_every, 1 << 32),
             ("eval_episodes", self.eval_episodes, 1 << 16),
         ])?;
-        if !(self.max_grad_norm.is_finite() && self.max_grad_norm >= 0.0) {
-            return Err(setting!(
-                "max_grad_norm",
-                "must be 0 (no clip) or a positive number, got {}",
-                self.max_grad_norm
-            ));
+        for (name, v) in [
+            ("max_grad_norm", self.max_grad_norm),
+            ("segment_grad_norm", self.segment_grad_norm),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                return Err(setting!(
+                    name,
+                    "must be 0 (no clip) or a positive number, got {v}"
+                ));
+            }
         }
         if let Some(ls) = self.fixed_log_std {
             let (lo, hi) = (LOG_STD_MIN as f32, LOG_STD_MAX as f32);
@@ -555,8 +568,17 @@ fn svg_gradient<B: Backend>(
     if let Some(dev) = device.as_deref_mut() {
         dev.set_actor(agent)?;
     }
-    for len in lens {
-        let group: Vec<(usize, usize)> = chosen.iter().filter(|c| c.1 == len).copied().collect();
+    // Groups of one length, or each segment alone where their gradients are clipped one by
+    // one (a batched path returns only its rows' sum).
+    let groups: Vec<Vec<(usize, usize)>> = if cfg.segment_grad_norm > 0.0 {
+        chosen.iter().map(|c| vec![*c]).collect()
+    } else {
+        lens.iter()
+            .map(|&len| chosen.iter().filter(|c| c.1 == len).copied().collect())
+            .collect()
+    };
+    for group in groups {
+        let len = group[0].1;
         // Each group's share of the mean over segments, and of the steps.
         let w = group.len() as f32 / chosen.len() as f32;
         let share = (group.len() * len) as f64 / steps.max(1) as f64;
@@ -610,6 +632,9 @@ fn svg_gradient<B: Backend>(
                 (rep.loss, rep.logp_mean, rep.reward_mean)
             }
         };
+        if cfg.segment_grad_norm > 0.0 {
+            clip_norm(&mut grad, cfg.segment_grad_norm);
+        }
         // With one group w = 1 and these sums are the group's values exactly.
         out.grad
             .iter_mut()
@@ -621,6 +646,15 @@ fn svg_gradient<B: Backend>(
         out.real_reward += share * real_reward;
     }
     Ok(out)
+}
+
+/// `g` scaled down to Euclidean norm `max` where it is longer.
+fn clip_norm(g: &mut [f32], max: f32) {
+    let norm = g.iter().map(|v| (*v as f64).powi(2)).sum::<f64>().sqrt();
+    if norm > max as f64 {
+        let k = (max as f64 / norm) as f32;
+        g.iter_mut().for_each(|v| *v *= k);
+    }
 }
 
 /// One SVG(∞) policy step on the episode segments `chosen` of D ([`svg_gradient`]): the
@@ -652,10 +686,8 @@ fn svg_step<B: Backend>(
     if cfg.fixed_log_std.is_some() {
         for_log_std_head(&agent.nets, |i, _| grad[i] = 0.0);
     }
-    let norm = grad.iter().map(|g| (*g as f64).powi(2)).sum::<f64>().sqrt();
-    if cfg.max_grad_norm > 0.0 && norm > cfg.max_grad_norm as f64 {
-        let k = (cfg.max_grad_norm as f64 / norm) as f32;
-        grad.iter_mut().for_each(|g| *g *= k);
+    if cfg.max_grad_norm > 0.0 {
+        clip_norm(&mut grad, cfg.max_grad_norm);
     }
     agent.actor_opt.step(cfg.policy.lr, &mut agent.actor, &grad);
     Ok(StepReport {
@@ -959,7 +991,9 @@ mod tests {
     /// 30-step segment run to the episode's 200 steps would not).
     #[test]
     fn segments_of_other_lengths_should_not_change_each_others_gradients() {
-        let (cfg, agent, model, data) = pendulum_case();
+        let (mut cfg, agent, model, data) = pendulum_case();
+        // Batched by length, as published (each segment alone when clipped one by one).
+        cfg.segment_grad_norm = 0.0;
         let best = best_elite(&model);
         let mut ws = PathWorkspace::default();
         let task = EnvId::Pendulum.code();
@@ -985,6 +1019,66 @@ mod tests {
         let real = (200.0 * ga.real_reward + 30.0 * gb.real_reward) / 230.0;
         assert!((both.real_reward - real).abs() <= 1e-9 * real.abs());
         assert!((both.replay_reward - real).abs() <= 0.05 * real.abs());
+    }
+
+    /// With `segment_grad_norm` each segment's gradient is scaled to at most that norm
+    /// before the mean: the step's gradient is the mean of the clipped single-segment
+    /// gradients (one segment short enough to stay below it), the loss the plain mean.
+    #[test]
+    fn segment_gradients_should_be_clipped_one_by_one() {
+        let (mut cfg, agent, model, data) = pendulum_case();
+        let best = best_elite(&model);
+        let mut ws = PathWorkspace::default();
+        let task = EnvId::Pendulum.code();
+        let (a, b) = ((0, 200), (250, 3));
+        cfg.segment_grad_norm = 0.0;
+        let mut raw = |chosen: &[(usize, usize)]| {
+            svg_gradient::<CpuBackend>(
+                &cfg, task, &agent, &model, &best, &data, chosen, &mut ws, None,
+            )
+            .unwrap()
+        };
+        let (ga, gb) = (raw(&[a]), raw(&[b]));
+        let norm = |g: &[f32]| g.iter().map(|v| (*v as f64).powi(2)).sum::<f64>().sqrt();
+        let (na, nb) = (norm(&ga.grad), norm(&gb.grad));
+        // A limit between the two norms: a's gradient is scaled, b's is not.
+        assert!(
+            nb < na,
+            "the 3-step segment's gradient ({nb}) is not the smaller ({na})"
+        );
+        let limit = (0.5 * (na + nb)) as f32;
+        let mut clipped = cfg.clone();
+        clipped.segment_grad_norm = limit;
+        let both = svg_gradient::<CpuBackend>(
+            &clipped,
+            task,
+            &agent,
+            &model,
+            &best,
+            &data,
+            &[a, b],
+            &mut ws,
+            None,
+        )
+        .unwrap();
+        let k = limit as f64 / na;
+        let scale = both.grad.iter().fold(0.0f32, |m, g| m.max(g.abs()));
+        for i in 0..both.grad.len() {
+            let want = 0.5 * (k * ga.grad[i] as f64 + gb.grad[i] as f64);
+            assert!(
+                (both.grad[i] as f64 - want).abs() <= 1e-5 * scale as f64,
+                "parameter {i}: {} vs {want}",
+                both.grad[i]
+            );
+        }
+        assert!(norm(&both.grad) <= limit as f64 * (1.0 + 1e-5));
+        assert!((both.loss - 0.5 * (ga.loss + gb.loss)).abs() <= 1e-5 * both.loss.abs());
+        let bad = SvgConfig {
+            segment_grad_norm: -1.0,
+            ..cfg.clone()
+        };
+        let e = bad.validate().unwrap_err().to_string();
+        assert!(e.contains("segment_grad_norm"), "{e}");
     }
 
     /// With `fixed_log_std` the log-std head keeps its constant through policy steps (on
