@@ -1014,9 +1014,9 @@ mod avx2 {
         }
         // SiLU and tanh in a second pass over the block just stored (in L1): applied to
         // the accumulators in registers, their constants and temporaries did not fit beside
-        // them in the 16 ymm registers, and a 64 × 64 SiLU layer took 165 µs per 1000 rows
-        // on a Zen 3 where this takes 123 (no activation: 95). ReLU, one instruction, stays
-        // in the first.
+        // them in the 16 ymm registers, and a 64 × 64 SiLU layer took 144 µs per 1000 rows
+        // (median of five runs on a Zen 3, bimodal: 117–176) where this takes 124 (no
+        // activation: 93–103). ReLU, one instruction, stays in the first.
         if ACT == 1 || ACT == 3 {
             for h in 0..cols.div_ceil(8) {
                 let (mask, full) = (if h == 0 { m0 } else { m1 }, cols >= 8 * (h + 1));

@@ -632,6 +632,10 @@ fn svg_gradient<B: Backend>(
                 (rep.loss, rep.logp_mean, rep.reward_mean)
             }
         };
+        // A fixed log σ takes no gradient: zeroed before the clip measures the norm.
+        if cfg.fixed_log_std.is_some() {
+            for_log_std_head(&agent.nets, |i, _| grad[i] = 0.0);
+        }
         if cfg.segment_grad_norm > 0.0 {
             clip_norm(&mut grad, cfg.segment_grad_norm);
         }
@@ -657,8 +661,9 @@ fn clip_norm(g: &mut [f32], max: f32) {
     }
 }
 
-/// One SVG(∞) policy step on the episode segments `chosen` of D ([`svg_gradient`]): the
-/// gradient checked, the log-std head's zeroed with `fixed_log_std`, clipped, then Adam.
+/// One SVG(∞) policy step on the episode segments `chosen` of D ([`svg_gradient`], which
+/// zeroes the log-std head's gradient with `fixed_log_std`): the gradient checked,
+/// clipped, then Adam.
 #[allow(clippy::too_many_arguments)]
 fn svg_step<B: Backend>(
     cfg: &SvgConfig,
@@ -682,9 +687,6 @@ fn svg_step<B: Backend>(
         return Err(Error::Diverged(format!(
             "SVG path loss {loss} or its gradient is not finite; the step was not applied"
         )));
-    }
-    if cfg.fixed_log_std.is_some() {
-        for_log_std_head(&agent.nets, |i, _| grad[i] = 0.0);
     }
     if cfg.max_grad_norm > 0.0 {
         clip_norm(&mut grad, cfg.max_grad_norm);
