@@ -1,7 +1,9 @@
 //! Profile target: the small real-time planning case of `bench plan` (5 members 3×64,
 //! population 1000, horizon 30, 3 CEM iterations, expectation), `perf record` it.
 //! `plan_profile N [f32|bf16]` times N actions; `PROFILE_RELU=1` swaps SiLU for ReLU, to see
-//! what the activation epilogue costs.
+//! what the activation epilogue costs; `PROFILE_CARTPOLE=1` runs `bench plan`'s mbrl-lib
+//! cart-pole step instead (7 × 4×200 SiLU, 5 elites, 350 candidates × 20 particles, TS1,
+//! horizon 15, 5 CEM iterations).
 use mbrl_gpu::backend::{cpu::CpuBackend, Propagation};
 use mbrl_gpu::env::EnvId;
 use mbrl_gpu::model::{Ensemble, ModelConfig};
@@ -33,18 +35,14 @@ fn main() {
         population: 1000,
         num_elites: 100,
         iterations: 3,
-        precision: if bf16 {
-            mbrl_gpu::backend::Precision::Bf16
-        } else {
-            mbrl_gpu::backend::Precision::F32
-        },
+        precision: precision(bf16),
         ..PlannerConfig::pets_cartpole()
     };
     let ts = TsConfig {
         particles: 1,
         propagation: Propagation::Expectation,
     };
-    let mut mpc = Mpc::with_model_task(
+    let mpc = Mpc::with_model_task(
         &be,
         &model,
         EnvId::Pendulum.code(),
@@ -56,13 +54,50 @@ fn main() {
     )
     .unwrap();
     let obs = [0.9, 0.43, -0.2];
-    mpc.act(&be, &obs, &[]).unwrap();
+    let cp = EnvId::CartPole.spec();
+    let cp_model = Ensemble::new(ModelConfig::pets(cp.obs_dim, cp.act_dim), 0).unwrap();
+    let (mut mpc, obs) = if std::env::var_os("PROFILE_CARTPOLE").is_some() {
+        let ts = TsConfig {
+            particles: 20,
+            propagation: Propagation::Ts1,
+        };
+        let cfg = PlannerConfig {
+            precision: precision(bf16),
+            ..PlannerConfig::pets_cartpole()
+        };
+        let m = Mpc::with_model_task(
+            &be,
+            &cp_model,
+            EnvId::CartPole.code(),
+            &cp.act_low,
+            &cp.act_high,
+            cfg,
+            ts,
+            0,
+        )
+        .unwrap();
+        (m, &[0.01, -0.02, 0.03, 0.0][..])
+    } else {
+        (mpc, &obs[..])
+    };
+    mpc.act(&be, obs, &[]).unwrap();
     let t0 = std::time::Instant::now();
+    let mut last = vec![];
     for _ in 0..n {
-        mpc.act(&be, &obs, &[]).unwrap();
+        last = mpc.act(&be, obs, &[]).unwrap();
     }
     eprintln!(
         "{:.3} ms per action",
         t0.elapsed().as_secs_f64() * 1e3 / n as f64
     );
+    // Exact (round-trip) digits: two builds that plan the same bits print the same line.
+    eprintln!("last action {last:?}");
+}
+
+fn precision(bf16: bool) -> mbrl_gpu::backend::Precision {
+    if bf16 {
+        mbrl_gpu::backend::Precision::Bf16
+    } else {
+        mbrl_gpu::backend::Precision::F32
+    }
 }
