@@ -15,7 +15,7 @@ use crate::backend::{EnsembleShape, ParamLayout, Propagation, RolloutParams, Ter
 use crate::bf16::{ChainScratch, Packed};
 use crate::dense::PackedF32;
 use crate::env::{task, EnvId};
-use crate::rng::{below, normal, normals, stream};
+use crate::rng::{below, belows, normal, normals, stream};
 use rayon::prelude::*;
 
 /// Rows per tile at most (~200 rows per member and step with 5 elites). Measured with
@@ -272,7 +272,7 @@ fn run_tile(
     grow(&mut t.mean, n * dout);
     grow(&mut t.logvar, n * dout);
     grow(&mut t.acc, n * dout);
-    grow(&mut t.noise, dout);
+    grow(&mut t.noise, n * dout);
     for i in 0..n {
         t.state[i * od..(i + 1) * od].copy_from_slice(&start[..od]);
     }
@@ -377,9 +377,31 @@ fn run_tile(
             }
         } else {
             if prop == Propagation::Ts1 {
-                for i in 0..n {
-                    t.member[i] = pick(r0 + i, coord);
+                // `pick` for the whole tile in one call.
+                belows(
+                    seed,
+                    stream::TS_MEMBER,
+                    r0 as u32,
+                    coord,
+                    elites.len() as u32,
+                    &mut t.member[..n],
+                );
+                for m in &mut t.member[..n] {
+                    *m = elites[*m as usize];
                 }
+            }
+            // The tile's rows are consecutive, so their noise (element row·dout + j) is one
+            // range: drawn in one call, vectorised over the whole tile, where one call per
+            // row of dout values spent most of its time starting and ending (the same
+            // numbers either way).
+            if shape.probabilistic {
+                normals(
+                    seed,
+                    stream::TS_NOISE,
+                    (r0 * dout) as u32,
+                    coord,
+                    &mut t.noise[..n * dout],
+                );
             }
             // Counting sort of the tile's rows by member, then one batch per member.
             let mut begin = 0;
@@ -409,14 +431,12 @@ fn run_tile(
                 );
                 head_out(shape, params, lay, raw, cnt, &mut t.mean, &mut t.logvar);
                 // next = state + μ + σ·ε (PETS eq. 2: sample from the predicted Gaussian).
-                let z = &mut t.noise[..dout];
                 for (q, &i) in group.iter().enumerate() {
                     let i = i as usize;
-                    let row = (r0 + i) as u32;
+                    let z = &mut t.noise[i * dout..(i + 1) * dout];
                     let mu = &t.mean[q * dout..(q + 1) * dout];
                     let lv = &t.logvar[q * dout..(q + 1) * dout];
                     if shape.probabilistic {
-                        normals(seed, stream::TS_NOISE, row * dout as u32, coord, z);
                         for ((zz, m), l) in z.iter_mut().zip(mu).zip(lv) {
                             *zz = m + (0.5 * l).exp_fast() * *zz;
                         }
