@@ -20,66 +20,62 @@ fn main() {
     } else {
         CpuBackend::new()
     };
-    let pd = EnvId::Pendulum.spec();
-    let mut small = ModelConfig::pets(pd.obs_dim, pd.act_dim);
-    small.ensemble_size = 5;
-    small.num_elites = 5;
-    small.num_layers = 3;
-    small.hidden = 64;
-    if std::env::var_os("PROFILE_RELU").is_some() {
-        small.activation = mbrl_gpu::backend::Activation::Relu;
-    }
-    let model = Ensemble::new(small, 0).unwrap();
-    let cfg = PlannerConfig {
-        horizon: 30,
-        population: 1000,
-        num_elites: 100,
-        iterations: 3,
-        precision: precision(bf16),
-        ..PlannerConfig::pets_cartpole()
+    let precision = if bf16 {
+        mbrl_gpu::backend::Precision::Bf16
+    } else {
+        mbrl_gpu::backend::Precision::F32
     };
-    let ts = TsConfig {
-        particles: 1,
-        propagation: Propagation::Expectation,
+    let (env, model, cfg, ts, obs) = if std::env::var_os("PROFILE_CARTPOLE").is_some() {
+        let cp = EnvId::CartPole.spec();
+        let ts = TsConfig {
+            particles: 20,
+            propagation: Propagation::Ts1,
+        };
+        (
+            EnvId::CartPole,
+            ModelConfig::pets(cp.obs_dim, cp.act_dim),
+            PlannerConfig::pets_cartpole(),
+            ts,
+            vec![0.01, -0.02, 0.03, 0.0],
+        )
+    } else {
+        let pd = EnvId::Pendulum.spec();
+        let mut small = ModelConfig::pets(pd.obs_dim, pd.act_dim);
+        small.ensemble_size = 5;
+        small.num_elites = 5;
+        small.num_layers = 3;
+        small.hidden = 64;
+        if std::env::var_os("PROFILE_RELU").is_some() {
+            small.activation = mbrl_gpu::backend::Activation::Relu;
+        }
+        let cfg = PlannerConfig {
+            horizon: 30,
+            population: 1000,
+            num_elites: 100,
+            iterations: 3,
+            ..PlannerConfig::pets_cartpole()
+        };
+        let ts = TsConfig {
+            particles: 1,
+            propagation: Propagation::Expectation,
+        };
+        (EnvId::Pendulum, small, cfg, ts, vec![0.9, 0.43, -0.2])
     };
-    let mpc = Mpc::with_model_task(
+    let spec = env.spec();
+    let model = Ensemble::new(model, 0).unwrap();
+    let cfg = PlannerConfig { precision, ..cfg };
+    let mut mpc = Mpc::with_model_task(
         &be,
         &model,
-        EnvId::Pendulum.code(),
-        &pd.act_low,
-        &pd.act_high,
+        env.code(),
+        &spec.act_low,
+        &spec.act_high,
         cfg,
         ts,
         0,
     )
     .unwrap();
-    let obs = [0.9, 0.43, -0.2];
-    let cp = EnvId::CartPole.spec();
-    let cp_model = Ensemble::new(ModelConfig::pets(cp.obs_dim, cp.act_dim), 0).unwrap();
-    let (mut mpc, obs) = if std::env::var_os("PROFILE_CARTPOLE").is_some() {
-        let ts = TsConfig {
-            particles: 20,
-            propagation: Propagation::Ts1,
-        };
-        let cfg = PlannerConfig {
-            precision: precision(bf16),
-            ..PlannerConfig::pets_cartpole()
-        };
-        let m = Mpc::with_model_task(
-            &be,
-            &cp_model,
-            EnvId::CartPole.code(),
-            &cp.act_low,
-            &cp.act_high,
-            cfg,
-            ts,
-            0,
-        )
-        .unwrap();
-        (m, &[0.01, -0.02, 0.03, 0.0][..])
-    } else {
-        (mpc, &obs[..])
-    };
+    let obs = &obs[..];
     mpc.act(&be, obs, &[]).unwrap();
     let t0 = std::time::Instant::now();
     let mut last = vec![];
@@ -92,12 +88,4 @@ fn main() {
     );
     // Exact (round-trip) digits: two builds that plan the same bits print the same line.
     eprintln!("last action {last:?}");
-}
-
-fn precision(bf16: bool) -> mbrl_gpu::backend::Precision {
-    if bf16 {
-        mbrl_gpu::backend::Precision::Bf16
-    } else {
-        mbrl_gpu::backend::Precision::F32
-    }
 }
