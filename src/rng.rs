@@ -121,17 +121,6 @@ pub fn below(seed: u64, stream: u32, element: u32, step: u32, n: u32) -> u32 {
     ((block(seed, stream, element, step)[0] as u64 * n as u64) >> 32) as u32
 }
 
-/// `out[i] = below(seed, stream, first + i, step, n)` for every i, in one loop over the
-/// blocks that the compiler vectorises (one call per element spent most of its time in the
-/// call).
-pub fn belows(seed: u64, stream: u32, first: u32, step: u32, n: u32, out: &mut [u32]) {
-    let key = [seed as u32, (seed >> 32) as u32];
-    for (i, o) in out.iter_mut().enumerate() {
-        let w = philox4x32_10([first.wrapping_add(i as u32), step, stream, 0], key);
-        *o = ((w[0] as u64 * n as u64) >> 32) as u32;
-    }
-}
-
 /// Box–Muller on two words of a block: √(−2 ln u₁)·cos(2π u₂), with the branch-free ln and
 /// cos of [`crate::fastmath`] (relative error ~3e-7) so that sampling loops vectorise.
 #[inline(always)]
@@ -299,28 +288,6 @@ impl Philox {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The batched integer draws are the scalar ones, whatever the first element.
-    #[test]
-    fn belows_should_equal_the_scalar_draws() {
-        for (first, len, n) in [
-            (0u32, 1usize, 5u32),
-            (3, 257, 5),
-            (u32::MAX - 2, 7, 1),
-            (9, 64, 1000),
-        ] {
-            let mut out = vec![u32::MAX; len];
-            belows(11, 4, first, 9, n, &mut out);
-            for (i, v) in out.iter().enumerate() {
-                assert_eq!(
-                    *v,
-                    below(11, 4, first.wrapping_add(i as u32), 9, n),
-                    "element {i}"
-                );
-                assert!(*v < n);
-            }
-        }
-    }
 
     /// The batched truncated normals are the scalar ones, for odd starts and lengths across
     /// group edges, rejected elements included.

@@ -15,7 +15,7 @@ use crate::backend::{EnsembleShape, ParamLayout, Propagation, RolloutParams, Ter
 use crate::bf16::{ChainScratch, Packed};
 use crate::dense::PackedF32;
 use crate::env::{task, EnvId};
-use crate::rng::{below, belows, normal, normals, stream};
+use crate::rng::{below, normal, normals, stream};
 use rayon::prelude::*;
 
 /// Rows per tile at most (~200 rows per member and step with 5 elites). Measured with
@@ -377,17 +377,8 @@ fn run_tile(
             }
         } else {
             if prop == Propagation::Ts1 {
-                // `pick` for the whole tile in one call.
-                belows(
-                    seed,
-                    stream::TS_MEMBER,
-                    r0 as u32,
-                    coord,
-                    elites.len() as u32,
-                    &mut t.member[..n],
-                );
-                for m in &mut t.member[..n] {
-                    *m = elites[*m as usize];
+                for i in 0..n {
+                    t.member[i] = pick(r0 + i, coord);
                 }
             }
             // The tile's rows are consecutive, so their noise (element row·dout + j) is one
