@@ -600,32 +600,13 @@ fn svg_gradient<B: Backend>(
                 )
             }
             None => {
-                let (shape, params) = (best.0, &best.1);
-                let mut dynamics = ModelPath::new(
-                    shape,
-                    params,
-                    &model.input_mean,
-                    &model.input_std,
-                    data.obs_dim,
-                    model.config.learn_reward,
-                    &noise.member,
-                    &noise.xi,
-                );
-                let set = PathSettings {
-                    gamma: cfg.policy.gamma,
-                    alpha: cfg.entropy_weight,
+                let rep = host_path(
+                    cfg,
                     task,
-                    terminal_value: false,
-                };
-                let rep = path_loss(
-                    &agent.nets,
-                    &agent.actor,
-                    &agent.critic,
-                    &agent.squash,
-                    &mut dynamics,
-                    set,
-                    &start,
-                    &noise,
+                    agent,
+                    model,
+                    best,
+                    (&noise, &start),
                     Some(&mut grad),
                     ws,
                 );
@@ -650,6 +631,50 @@ fn svg_gradient<B: Backend>(
         out.real_reward += share * real_reward;
     }
     Ok(out)
+}
+
+/// The CPU specification's path loss (and, with `grad`, its gradient) of one group of
+/// segments with their `noise` and start states, replayed through `best` at the agent's
+/// current parameters.
+#[allow(clippy::too_many_arguments)]
+fn host_path(
+    cfg: &SvgConfig,
+    task: u32,
+    agent: &Sac,
+    model: &Ensemble,
+    best: &(EnsembleShape, Vec<f32>),
+    (noise, start): (&PathNoise<f32>, &[f32]),
+    grad: Option<&mut [f32]>,
+    ws: &mut PathWorkspace<f32>,
+) -> crate::policy::path::PathReport<f32> {
+    let mut dynamics = ModelPath::new(
+        best.0,
+        &best.1,
+        &model.input_mean,
+        &model.input_std,
+        agent.nets.obs_dim,
+        model.config.learn_reward,
+        &noise.member,
+        &noise.xi,
+    );
+    let set = PathSettings {
+        gamma: cfg.policy.gamma,
+        alpha: cfg.entropy_weight,
+        task,
+        terminal_value: false,
+    };
+    path_loss(
+        &agent.nets,
+        &agent.actor,
+        &agent.critic,
+        &agent.squash,
+        &mut dynamics,
+        set,
+        start,
+        noise,
+        grad,
+        ws,
+    )
 }
 
 /// `g` scaled down to Euclidean norm `max` where it is longer.
@@ -1094,38 +1119,13 @@ mod tests {
         noises: &[(PathNoise<f32>, Vec<f32>, f64)],
     ) -> f32 {
         let mut ws = PathWorkspace::default();
-        let mut sum = 0.0f32;
-        for (noise, start, _) in noises {
-            let mut dynamics = ModelPath::new(
-                best.0,
-                &best.1,
-                &model.input_mean,
-                &model.input_std,
-                3,
-                model.config.learn_reward,
-                &noise.member,
-                &noise.xi,
-            );
-            let set = PathSettings {
-                gamma: cfg.policy.gamma,
-                alpha: cfg.entropy_weight,
-                task: EnvId::Pendulum.code(),
-                terminal_value: false,
-            };
-            let r = path_loss(
-                &agent.nets,
-                &agent.actor,
-                &agent.critic,
-                &agent.squash,
-                &mut dynamics,
-                set,
-                start,
-                noise,
-                None,
-                &mut ws,
-            );
-            sum += r.loss;
-        }
+        let task = EnvId::Pendulum.code();
+        let sum: f32 = noises
+            .iter()
+            .map(|(noise, start, _)| {
+                host_path(cfg, task, agent, model, best, (noise, start), None, &mut ws).loss
+            })
+            .sum();
         sum / noises.len() as f32
     }
 
