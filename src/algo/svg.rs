@@ -1108,9 +1108,9 @@ mod tests {
         assert!(e.contains("segment_grad_norm"), "{e}");
     }
 
-    /// The path loss of the segments `chosen` at the agent's current parameters, replayed
-    /// through `best` with the given per-segment noise (inferred at some earlier
-    /// parameters): the mean over segments, as [`svg_gradient`] weighs them.
+    /// The mean path loss of segments replayed through `best` at the agent's current
+    /// parameters with each segment's noise and start states in `noises` (inferred at some
+    /// earlier parameters by [`segment_noise`]), as [`svg_gradient`] weighs them.
     fn replayed_loss(
         cfg: &SvgConfig,
         agent: &Sac,
@@ -1156,7 +1156,7 @@ mod tests {
         let best = best_elite(&model);
         let task = EnvId::Pendulum.code();
         let mut ws = PathWorkspace::default();
-        // Whole episodes and segments of a random-window length, as `run` draws them.
+        // Whole episodes (the preset's) and 40-step segments (as `window = 40` draws them).
         let chosen = [(0, 200), (200, 200), (57, 40), (310, 40)];
         let first = agent.actor.clone();
         for step in 0..10 {
