@@ -39,12 +39,7 @@ fn main() {
             vec![0.01, -0.02, 0.03, 0.0],
         )
     } else {
-        let pd = EnvId::Pendulum.spec();
-        let mut small = ModelConfig::pets(pd.obs_dim, pd.act_dim);
-        small.ensemble_size = 5;
-        small.num_elites = 5;
-        small.num_layers = 3;
-        small.hidden = 64;
+        let mut small = mbrl_gpu::bench::small_model_config();
         if std::env::var_os("PROFILE_RELU").is_some() {
             small.activation = mbrl_gpu::backend::Activation::Relu;
         }

@@ -265,6 +265,18 @@ struct PlanCase {
     obs: Vec<f32>,
 }
 
+/// The small real-time model of `bench plan` (and `examples/plan_profile.rs`): the pendulum's
+/// sizes, 5 members of 3×64, all of them elites.
+pub fn small_model_config() -> ModelConfig {
+    let pd = crate::env::EnvId::Pendulum.spec();
+    let mut small = ModelConfig::pets(pd.obs_dim, pd.act_dim);
+    small.ensemble_size = 5;
+    small.num_elites = 5;
+    small.num_layers = 3;
+    small.hidden = 64;
+    small
+}
+
 /// The planning configurations `bench plan` measures: mbrl-lib's cart-pole PETS step,
 /// half-cheetah sizes, and a small real-time model (5 members 3×64, population 1000, horizon
 /// 30, 3 CEM iterations, expectation over the members).
@@ -280,11 +292,7 @@ fn plan_cases() -> Result<Vec<PlanCase>> {
     let mut hc = ModelConfig::pets(task::HALF_CHEETAH_OBS, task::HALF_CHEETAH_ACT);
     hc.num_elites = 5;
     let pd = EnvId::Pendulum.spec();
-    let mut small = ModelConfig::pets(pd.obs_dim, pd.act_dim);
-    small.ensemble_size = 5;
-    small.num_elites = 5;
-    small.num_layers = 3;
-    small.hidden = 64;
+    let small = small_model_config();
     Ok(vec![
         PlanCase {
             name: "plan_step_cartpole_mbrl_lib",
