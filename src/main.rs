@@ -204,7 +204,8 @@ struct PlanArgs {
     /// Planning horizon (steps).
     #[arg(long, default_value_t = 30)]
     horizon: usize,
-    /// Trained ensemble (from `pets --out` or `model fit`).
+    /// Trained ensemble: a checkpoint of `model fit`, or a `pets` run directory (its
+    /// model.safetensors).
     #[arg(long, conflicts_with = "true_dynamics")]
     model: Option<PathBuf>,
     /// Plan with the environment's own dynamics instead of a model.
@@ -369,7 +370,7 @@ struct FitArgs {
 
 #[derive(Args)]
 struct PredictArgs {
-    /// Checkpoint written by `model fit`.
+    /// Checkpoint written by `model fit`, or a `pets` run directory (its model.safetensors).
     #[arg(long)]
     model: PathBuf,
     /// JSON file {"obs": [[...], ...], "act": [[...], ...]}.

@@ -812,6 +812,22 @@ fn sac_then_eval_should_write_a_run_and_replay_its_policy() {
     assert_eq!(o1.stdout, o2.stdout);
     let v: serde_json::Value = serde_json::from_slice(&o1.stdout).unwrap();
     assert_eq!(v["returns"].as_array().unwrap().len(), 2);
+    // The run directory stands for its policy.safetensors; a directory without one is named.
+    let mut by_dir = e;
+    by_dir[2] = run.to_str().unwrap();
+    let o3 = mbrl(&by_dir);
+    assert!(o3.status.success(), "{}", text(&o3).1);
+    assert_eq!(o1.stdout, o3.stdout);
+    fails_with(
+        &[
+            "eval",
+            "--policy",
+            t.path().to_str().unwrap(),
+            "--env",
+            "pendulum",
+        ],
+        &["without policy.safetensors"],
+    );
     // A policy for another environment, a file that is not a policy, a missing file.
     fails_with(
         &[

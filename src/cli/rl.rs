@@ -97,7 +97,7 @@ pub struct MbpoArgs {
 
 #[derive(Args)]
 pub struct EvalArgs {
-    /// A policy.safetensors written by `sac` or `mbpo`.
+    /// A policy.safetensors written by `sac`, `mbpo`, `maac` or `svg`, or that run's directory.
     #[arg(long)]
     policy: PathBuf,
     /// Environment name (see `mbrl-gpu envs`).

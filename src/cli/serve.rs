@@ -16,7 +16,8 @@ pub struct ServeArgs {
     /// Environment whose spaces (and reward, termination or true dynamics) are served.
     #[arg(long, default_value = "pendulum")]
     env: String,
-    /// Trained ensemble to plan with (from `pets --out` or `model fit`).
+    /// Trained ensemble to plan with: a checkpoint of `model fit`, or a `pets` run
+    /// directory (its model.safetensors).
     #[arg(long, conflicts_with = "true_dynamics")]
     model: Option<PathBuf>,
     /// Plan with the native environment's own dynamics (observations are mapped back to

@@ -128,7 +128,10 @@ pub fn save(model: &Ensemble, path: &Path) -> Result<()> {
 /// whole could exhaust memory before any check runs.
 const MAX_FILE_BYTES: u64 = (4 << 31) + 100_000_000 + 8 * (1 << 17) + 8;
 
+/// An ensemble from its safetensors file, or from the run directory holding
+/// `model.safetensors`.
 pub fn load(path: &Path) -> Result<Ensemble> {
+    let path = &super::file_or_in_dir(path, "model.safetensors")?;
     let len = std::fs::metadata(path)
         .map_err(|e| Error::io(path, e))?
         .len();

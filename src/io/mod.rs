@@ -11,6 +11,27 @@ use crate::{Error, Result};
 use std::io::Write;
 use std::path::Path;
 
+/// `path` itself, or `path/file` when `path` is a directory that holds `file`: every flag
+/// that reads a checkpoint (`--model`, `--policy`) also takes the run directory that wrote
+/// it, which is what users have at hand after `pets`, `sac` or `model fit`.
+pub fn file_or_in_dir(path: &Path, file: &str) -> Result<std::path::PathBuf> {
+    if !path.is_dir() {
+        return Ok(path.to_path_buf());
+    }
+    let f = path.join(file);
+    if f.is_file() {
+        Ok(f)
+    } else {
+        Err(Error::Checkpoint {
+            path: path.to_path_buf(),
+            msg: format!(
+                "a directory without {file}; give the file itself or the run directory that \
+                 wrote it"
+            ),
+        })
+    }
+}
+
 /// Write `bytes` to `path` through a temporary file in the same directory, fsync it, then
 /// rename over `path`: readers see the old file or the new one, never a torn one.
 pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
@@ -68,4 +89,26 @@ pub fn canonical_safetensors(mut bytes: Vec<u8>) -> Vec<u8> {
     text.resize(len, b' ');
     bytes[8..8 + len].copy_from_slice(&text);
     bytes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_directory_should_stand_for_its_checkpoint_file() {
+        let t = tempfile::tempdir().unwrap();
+        let f = t.path().join("model.safetensors");
+        std::fs::write(&f, b"x").unwrap();
+        // A file (present or not) is itself; a directory is its file, or an error naming both.
+        assert_eq!(file_or_in_dir(&f, "model.safetensors").unwrap(), f);
+        let missing = t.path().join("nope.safetensors");
+        assert_eq!(file_or_in_dir(&missing, "x").unwrap(), missing);
+        assert_eq!(file_or_in_dir(t.path(), "model.safetensors").unwrap(), f);
+        let e = file_or_in_dir(t.path(), "policy.safetensors")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("without policy.safetensors"), "{e}");
+        assert!(e.contains(&t.path().display().to_string()), "{e}");
+    }
 }

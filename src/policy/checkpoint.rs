@@ -301,7 +301,9 @@ pub fn policy_from_bytes(bytes: &[u8]) -> std::result::Result<Sac, String> {
     Ok(sac)
 }
 
+/// A policy from its file, or from the run directory holding `policy.safetensors`.
 pub fn load_policy(path: &Path) -> Result<Sac> {
+    let path = &crate::io::file_or_in_dir(path, "policy.safetensors")?;
     policy_from_bytes(&read_file(path)?).map_err(|msg| Error::Checkpoint {
         path: path.to_path_buf(),
         msg,
