@@ -13,7 +13,7 @@ use std::path::Path;
 
 /// `path` itself, or `path/file` when `path` is a directory that holds `file`: every flag
 /// that reads a checkpoint (`--model`, `--policy`) also takes the run directory that wrote
-/// it, which is what users have at hand after `pets`, `sac` or `model fit`.
+/// it, which is what users have at hand after `pets`, `sac`, `mbpo`, `maac` or `svg`.
 pub fn file_or_in_dir(path: &Path, file: &str) -> Result<std::path::PathBuf> {
     if !path.is_dir() {
         return Ok(path.to_path_buf());
