@@ -812,8 +812,12 @@ fn run_pets(a: PetsArgs) -> Result<()> {
             let path = dir.join(io::run::CONFIG);
             let table = io::config::read_table(&path)
                 .map_err(|e| invalid!("--resume {}: {e}", dir.display()))?;
-            let mut cfg: PetsConfig = io::config::from_table(table)
-                .map_err(|e| invalid!("--resume: {}: {e}", path.display()))?;
+            let mut cfg: PetsConfig = io::config::from_table(table).map_err(|e| {
+                invalid!(
+                    "--resume: {} is not the configuration of a `pets` run ({e})",
+                    path.display()
+                )
+            })?;
             if let Some(t) = a.trials {
                 cfg.trials = t;
             }

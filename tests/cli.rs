@@ -795,6 +795,21 @@ fn sac_then_eval_should_write_a_run_and_replay_its_policy() {
         before,
         std::fs::read(run.join("policy.safetensors")).unwrap()
     );
+    // Resumed by another command, the run is refused by the name of that command, and
+    // nothing in it changes.
+    let rs = run.to_str().unwrap();
+    let csv_before = std::fs::read(run.join("metrics.csv")).unwrap();
+    for cmd in ["pets", "mbpo", "maac", "svg"] {
+        fails_with(
+            &[cmd, "--resume", rs],
+            &[&format!("is not the configuration of a `{cmd}` run")],
+        );
+    }
+    assert_eq!(csv_before, std::fs::read(run.join("metrics.csv")).unwrap());
+    assert_eq!(
+        before,
+        std::fs::read(run.join("policy.safetensors")).unwrap()
+    );
     // eval replays the saved policy deterministically: same returns twice.
     let policy = run.join("policy.safetensors");
     let e = [
