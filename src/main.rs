@@ -627,22 +627,31 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Svg(a) => rl::run_svg(a),
         Cmd::Eval(a) => rl::run_eval(a),
         Cmd::Envs => {
-            for id in EnvId::ALL {
-                let s = id.spec();
+            // The MuJoCo tasks' specifications are known in every build; only a build with
+            // the feature steps them, so the line says which this binary is.
+            let mujoco = if cfg!(feature = "mujoco") {
+                ""
+            } else {
+                " [this build lacks the cargo feature `mujoco`: cargo build --release --features mujoco]"
+            };
+            let specs = EnvId::ALL
+                .iter()
+                .map(|id| (id.spec(), ""))
+                .chain(mbrl_gpu::env::mujoco::MujocoTask::ALL.map(|t| (t.spec(), mujoco)));
+            for (s, note) in specs {
                 out!(
-                    "{:<13} obs {}  act {} in [{}, {}]  state {}  {} steps  {}",
+                    "{:<17} obs {}  act {} in {}  state {}  {} steps  {}{note}",
                     s.name,
                     s.obs_dim,
                     s.act_dim,
-                    fmt_vec(&s.act_low),
-                    fmt_vec(&s.act_high),
+                    fmt_bounds(&s.act_low, &s.act_high),
                     s.state_dim,
                     s.max_episode_steps,
                     s.description
                 );
             }
             out!(
-                "gym:ID        any Gymnasium environment with Box spaces, through the Python \
+                "gym:ID            any Gymnasium environment with Box spaces, through the Python \
                  bridge (gym:MODULE:ID or --gym-module to import your package first)"
             );
             Ok(())
@@ -661,9 +670,19 @@ fn say(pb: &ProgressBar, line: String) {
     }
 }
 
-fn fmt_vec(v: &[f32]) -> String {
-    let parts: Vec<String> = v.iter().map(|x| format!("{x}")).collect();
-    parts.join(",")
+/// An action box: `[lo, hi]` when every dimension has the same bounds, else one
+/// `[lo, hi]` per dimension.
+fn fmt_bounds(low: &[f32], high: &[f32]) -> String {
+    let same = |v: &[f32]| v.windows(2).all(|w| w[0] == w[1]);
+    match (low.first(), high.first()) {
+        (Some(l), Some(h)) if same(low) && same(high) => format!("[{l}, {h}]"),
+        _ => low
+            .iter()
+            .zip(high)
+            .map(|(l, h)| format!("[{l}, {h}]"))
+            .collect::<Vec<_>>()
+            .join(" × "),
+    }
 }
 
 fn bench_kernels(a: &KernelBenchArgs) -> Result<()> {
@@ -1408,4 +1427,20 @@ fn predict(a: PredictArgs) -> Result<()> {
         .map_err(|e| invalid!("JSON: {e}"))?
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fmt_bounds;
+
+    #[test]
+    fn bounds_should_print_once_when_every_dimension_shares_them() {
+        assert_eq!(fmt_bounds(&[-1.0; 6], &[1.0; 6]), "[-1, 1]");
+        assert_eq!(fmt_bounds(&[-2.0], &[2.0]), "[-2, 2]");
+        assert_eq!(
+            fmt_bounds(&[-1.0, -0.5], &[1.0, 1.0]),
+            "[-1, 1] × [-0.5, 1]"
+        );
+        assert_eq!(fmt_bounds(&[], &[]), "");
+    }
 }

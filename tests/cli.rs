@@ -51,8 +51,24 @@ fn devices_should_explain_every_backend() {
 #[test]
 fn envs_should_list_the_native_environments() {
     let (out, _) = text(&mbrl(&["envs"]));
-    for e in ["cartpole", "pendulum", "mountain-car"] {
+    for e in ["cartpole", "pendulum", "mountain-car", "gym:ID"] {
         assert!(out.contains(e), "{out}");
+    }
+    // The MuJoCo tasks are listed in every build, and a build without the feature says so
+    // on each of their lines.
+    for e in [
+        "halfcheetah",
+        "hopper",
+        "walker2d",
+        "ant ",
+        "inverted-pendulum",
+    ] {
+        let line = out.lines().find(|l| l.starts_with(e)).unwrap_or_else(|| {
+            panic!("{e} not listed: {out}");
+        });
+        assert!(line.contains("(MuJoCo)"), "{line}");
+        let says_missing = line.contains("lacks the cargo feature `mujoco`");
+        assert_eq!(says_missing, !cfg!(feature = "mujoco"), "{line}");
     }
 }
 
