@@ -1016,6 +1016,18 @@ fn mbpo_and_sac_settings_errors_should_name_the_setting() {
         &["mbpo", "--env", "pendulum", "--preset", "cartpole"],
         &["cartpole environment"],
     );
+    // Every preset is named among the choices, the MuJoCo tasks' too (MAAC's are MBPO's).
+    for cmd in ["mbpo", "maac"] {
+        fails_with(
+            &[cmd, "--preset", "fast", "--print-config"],
+            &[
+                "unknown MBPO preset",
+                "quick",
+                "halfcheetah",
+                "inv_pendulum",
+            ],
+        );
+    }
     fails_with(
         &["mbpo", "--set", "model.hidden=100000000", "--print-config"],
         &["model.hidden"],

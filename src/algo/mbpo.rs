@@ -203,10 +203,12 @@ impl MbpoConfig {
                 c.apply(o);
             }
             (n, _) => {
+                let mujoco: Vec<&str> = MUJOCO_OVERRIDES.iter().map(|m| m.task).collect();
                 return Err(invalid!(
-                    "unknown MBPO preset {n:?}; choices: {}",
-                    PRESETS.join(", ")
-                ))
+                    "unknown MBPO preset {n:?}; choices: {}, and on the MuJoCo tasks {}",
+                    PRESETS.join(", "),
+                    mujoco.join(", ")
+                ));
             }
         }
         Ok(c)
