@@ -828,15 +828,7 @@ fn resolve_pets_config(a: &PetsArgs) -> Result<PetsConfig> {
 fn run_pets(a: PetsArgs) -> Result<()> {
     let (cfg, dir) = match &a.resume {
         Some(dir) => {
-            let path = dir.join(io::run::CONFIG);
-            let table = io::config::read_table(&path)
-                .map_err(|e| invalid!("--resume {}: {e}", dir.display()))?;
-            let mut cfg: PetsConfig = io::config::from_table(table).map_err(|e| {
-                invalid!(
-                    "--resume: {} is not the configuration of a `pets` run ({e})",
-                    path.display()
-                )
-            })?;
+            let mut cfg: PetsConfig = rl::resume_config(dir, "pets")?;
             if let Some(t) = a.trials {
                 cfg.trials = t;
             }

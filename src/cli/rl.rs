@@ -201,6 +201,19 @@ pub fn int_flag(flag: &str, v: u64) -> Result<toml::Value> {
         .map_err(|_| invalid!("{flag} {v}: at most {}", i64::MAX))
 }
 
+/// The configuration of the run in `dir` for `--resume`, refused by the command's name when
+/// the directory holds another command's run.
+pub fn resume_config<C: DeserializeOwned>(dir: &std::path::Path, cmd: &str) -> Result<C> {
+    let path = dir.join(io::run::CONFIG);
+    let table = conf::read_table(&path).map_err(|e| invalid!("--resume {}: {e}", dir.display()))?;
+    conf::from_table(table).map_err(|e| {
+        invalid!(
+            "--resume: {} is not the configuration of a `{cmd}` run ({e})",
+            path.display()
+        )
+    })
+}
+
 /// Resolve the configuration and open the run directory; None after --print-config.
 fn prepare<C: Serialize + DeserializeOwned>(
     a: &RunArgs,
@@ -213,15 +226,7 @@ fn prepare<C: Serialize + DeserializeOwned>(
 ) -> Result<Option<(C, RunDir)>> {
     let (cfg, dir) = match &a.resume {
         Some(dir) => {
-            let path = dir.join(io::run::CONFIG);
-            let table =
-                conf::read_table(&path).map_err(|e| invalid!("--resume {}: {e}", dir.display()))?;
-            let mut cfg: C = conf::from_table(table).map_err(|e| {
-                invalid!(
-                    "--resume: {} is not the configuration of a `{cmd}` run ({e})",
-                    path.display()
-                )
-            })?;
+            let mut cfg: C = resume_config(dir, cmd)?;
             if let Some(s) = a.steps {
                 set_steps(&mut cfg, s);
             }
