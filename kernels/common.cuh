@@ -203,7 +203,7 @@ DEVFN float philox_truncated_normal(u32 seed_lo, u32 seed_hi, u32 stream, u32 el
 // ---------------------------------------------------------------------------------------
 // The path gradient's stages (sac.cu: path_squash, path_terminal, path_actor_back,
 // path_accumulate; rollout.cu: path_step, path_model_back) share one parameter block.
-// Identical to src/backend/mod.rs `PathParams` (32 words); its documentation lays out the
+// Identical to src/backend/mod.rs `PathParams` (36 words); its documentation lays out the
 // noise, tape and back buffers. The tables hold u32 bits in f32 buffers (AS_U32).
 // ---------------------------------------------------------------------------------------
 typedef struct {
@@ -216,6 +216,8 @@ typedef struct {
   u32 n_eps, n_xi, n_slot, n_rowof;
   u32 t_states, t_heads, t_act, t_logp, t_alive, t_counted, t_reward, t_logvar, t_alpha,
       t_squash;
+  float step_grad_norm, mean_limit, mean_penalty;
+  u32 _pad;
 } PathParams;
 
 // ---------------------------------------------------------------------------------------

@@ -379,7 +379,8 @@ KERNEL BOUNDS(256) void path_actor_back(PathParams p, GLOBAL const float* noise,
   }
   const float alpha = tape[p.t_alpha];
   const int live = tape[p.t_alive + tr] != 0.0f;
-  const float g_logp = live && (!last || value) ? FMUL(FMUL(-alpha, p.w), p.disc) : 0.0f;
+  const int counts = live && (!last || value);
+  const float g_logp = counts ? FMUL(FMUL(-alpha, p.w), p.disc) : 0.0f;
   GLOBAL const float* hd = tape + p.t_heads + tr * 2u * a;
   GLOBAL const float* eps = noise + p.n_eps + tr * a;
   GLOBAL const float* sb = tape + p.t_squash;
@@ -392,18 +393,34 @@ KERNEL BOUNDS(256) void path_actor_back(PathParams p, GLOBAL const float* noise,
     }
     const SquashTerms q = squash_terms_row(a, hd, eps, sb, j);
     squash_back_term(q, g_a, g_logp, d_head + r * 2u * a, a, j);
+    // The mean penalty λ·max(0, |μ| − m)² of a counted row: −w·λ·2·excess·sign μ.
+    const float mu = hd[j], excess = FABSF(mu) - p.mean_limit;
+    if (counts && p.mean_penalty > 0.0f && excess > 0.0f) {
+      const float v = FMUL(FMUL(FMUL(p.mean_penalty, 2.0f), excess), mu > 0.0f ? 1.0f : -1.0f);
+      d_head[r * 2u * a + j] -= FMUL(p.w, v);
+    }
   }
   for (u32 j = 0; j < o; ++j) state[r * o + j] = tape[p.t_states + tr * o + j];
 }
 
+// With step_grad_norm > 0 the host launches one block: it sums |g_step|² (block_sum,
+// deterministic) and scales g_step by k = min(1, step_grad_norm / |g_step|).
 KERNEL BOUNDS(256) void path_accumulate(PathParams p, GLOBAL const float* g_step,
                                         GLOBAL const float* ds, GLOBAL float* grad,
                                         GLOBAL float* back) {
+  SHARED float red[BLOCK_REDUCE_THREADS];
   const u32 n = p.rows * p.obs_dim, m = p.len > n ? p.len : n;
   const int first = p.t == p.horizon;
   const u32 stride = 256u * (u32)NGRP_X;
+  float k = 1.0f;
+  if (p.step_grad_norm > 0.0f) {
+    float ss = 0.0f;
+    for (u32 i = (u32)LID; i < p.len; i += 256u) ss += FMUL(g_step[i], g_step[i]);
+    const float norm = SQRTF(block_sum(ss, red));
+    if (norm > p.step_grad_norm) k = p.step_grad_norm / norm;
+  }
   for (u32 i = (u32)GRP_X * 256u + (u32)LID; i < m; i += stride) {
-    if (i < p.len) grad[i] = (first ? 0.0f : grad[i]) + g_step[i];
+    if (i < p.len) grad[i] = (first ? 0.0f : grad[i]) + FMUL(k, g_step[i]);
     if (i < n) back[i] += ds[i];
   }
 }

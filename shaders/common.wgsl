@@ -365,4 +365,8 @@ struct PathParams {
     t_logvar: u32,
     t_alpha: u32,
     t_squash: u32,
+    step_grad_norm: f32,
+    mean_limit: f32,
+    mean_penalty: f32,
+    _pad: u32,
 }

@@ -551,7 +551,8 @@ fn path_actor_back(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups
     let alpha = pb_tape[pp.t_alpha];
     let live = pb_tape[pp.t_alive + tr] != 0.0;
     var g_logp = 0.0;
-    if (live && (t < h || pp.terminal_value != 0u)) {
+    let counts = live && (t < h || pp.terminal_value != 0u);
+    if (counts) {
         g_logp = -alpha * pp.w * pp.disc;
     }
     let hd = pp.t_heads + tr * 2u * a;
@@ -569,25 +570,53 @@ fn path_actor_back(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups
         let q = squash_core(pb_tape[hd + j], pb_tape[hd + a + j],
                             pt_noise[pp.n_eps + tr * a + j], pb_tape[pp.t_squash + j]);
         let g = squash_grad(q, g_a, g_logp);
-        pb_dhead[r * 2u * a + j] = g.x;
+        var d_mu = g.x;
+        // The mean penalty λ·max(0, |μ| − m)² of a counted row: −w·λ·2·excess·sign μ.
+        let mu = pb_tape[hd + j];
+        let excess = abs(mu) - pp.mean_limit;
+        if (counts && pp.mean_penalty > 0.0 && excess > 0.0) {
+            d_mu = d_mu - pp.w * (pp.mean_penalty * 2.0 * excess * sign(mu));
+        }
+        pb_dhead[r * 2u * a + j] = d_mu;
         pb_dhead[r * 2u * a + a + j] = g.y;
     }
 }
 
-// Element i: grad[i] ← (0 at t = H, else grad[i]) + g_step[i] (i < len), and
-// g_s[i] += ds[i] (i < B·O).
-@compute @workgroup_size(256)
-fn path_accumulate(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-                   @builtin(local_invocation_index) li: u32) {
-    let i = flat_index(wg, nwg, li);
+// Element i: grad[i] ← (0 at t = H, else grad[i]) + k·g_step[i] (i < len), and
+// g_s[i] += ds[i] (i < B·O); k = min(1, step_grad_norm / |g_step|) with the clip, else 1.
+fn path_accumulate_at(i: u32, k: f32) {
     if (i < pp.len) {
         var g = 0.0;
         if (pp.t != pp.horizon) {
             g = pa_grad[i];
         }
-        pa_grad[i] = g + pa_gstep[i];
+        pa_grad[i] = g + k * pa_gstep[i];
     }
     if (i < pp.rows * pp.obs_dim) {
         pb_back[i] = pb_back[i] + pa_ds[i];
     }
+}
+
+// A thread per element; with step_grad_norm > 0 the host dispatches one workgroup, which
+// sums |g_step|² (a fixed tree) and then strides over the elements.
+@compute @workgroup_size(256)
+fn path_accumulate(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                   @builtin(local_invocation_index) li: u32) {
+    if (pp.step_grad_norm > 0.0) {
+        var ss = 0.0;
+        for (var i = li; i < pp.len; i += 256u) {
+            ss = ss + pa_gstep[i] * pa_gstep[i];
+        }
+        sum2(li, vec2<f32>(ss, 0.0));
+        let norm = sqrt(red[0]);
+        var k = 1.0;
+        if (norm > pp.step_grad_norm) {
+            k = pp.step_grad_norm / norm;
+        }
+        for (var i = li; i < max(pp.len, pp.rows * pp.obs_dim); i += 256u) {
+            path_accumulate_at(i, k);
+        }
+        return;
+    }
+    path_accumulate_at(flat_index(wg, nwg, li), 1.0);
 }

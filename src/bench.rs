@@ -609,12 +609,7 @@ pub fn policy_benches<B: Backend>(
         let noise = PathNoise::draw(0, 0, h, b, a, shape.out_dim, shape.ensemble);
         let mut ws = PathWorkspace::default();
         let mut grad = vec![0.0f32; agent.actor.len()];
-        let set = PathSettings {
-            gamma: cfg.gamma,
-            alpha: 0.2,
-            task: EnvId::Pendulum.code(),
-            terminal_value: true,
-        };
+        let set = PathSettings::plain(cfg.gamma, 0.2, EnvId::Pendulum.code(), true);
         let n = 5;
         let (med, min) = time_ms(reps, || {
             for _ in 0..n {
@@ -714,6 +709,7 @@ pub fn policy_benches<B: Backend>(
                 learn_reward: true,
                 terminal_value: true,
                 target_entropy: -1.0,
+                ..PathSpec::default()
             };
             path.run(be, &nets, spec, &start, &mut g, &mut stats)?;
             be.download(&path.report)?;

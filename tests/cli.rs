@@ -1309,6 +1309,14 @@ fn maac_and_svg_settings_errors_should_name_the_setting() {
         &["svg", "--set", "segment_grad_norm=nan", "--print-config"],
         &["segment_grad_norm", "got NaN"],
     );
+    for (kv, key) in [
+        ("step_grad_norm=-0.1", "step_grad_norm"),
+        ("mean_penalty=inf", "mean_penalty"),
+        ("mean_penalty=1e9", "mean_penalty"),
+        ("mean_limit=-2", "mean_limit"),
+    ] {
+        fails_with(&["svg", "--set", kv, "--print-config"], &[key]);
+    }
     fails_with(&["svg", "--preset", "fast"], &["unknown SVG preset"]);
     let o = mbrl(&[
         "maac",

@@ -79,12 +79,12 @@ pub fn gradient_error(
     let (actor, critic) = (c64(&agent.actor), c64(&agent.critic));
     let (params, mean, std) = (c64(&params), c64(&model.input_mean), c64(&model.input_std));
     let sq = agent.squash.cast::<f64>();
-    let set = PathSettings {
-        gamma: agent.cfg.gamma as f64,
-        alpha: agent.alpha() as f64,
-        task: env.code(),
-        terminal_value: true,
-    };
+    let set = PathSettings::plain(
+        agent.cfg.gamma as f64,
+        agent.alpha() as f64,
+        env.code(),
+        true,
+    );
     let mut g_model = vec![0.0; actor.len()];
     let mut dynamics = ModelPath::new(
         shape,

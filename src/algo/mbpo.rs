@@ -707,12 +707,7 @@ fn path_update(
             &noise.member,
             &noise.xi,
         );
-        let set = PathSettings {
-            gamma,
-            alpha: x.alpha,
-            task,
-            terminal_value: true,
-        };
+        let set = PathSettings::plain(gamma, x.alpha, task, true);
         let rep = path_loss(
             x.nets,
             x.actor,

@@ -15,6 +15,9 @@
 //!         θ ← Adam(θ, −v_θ⁰ averaged over the episodes, each first clipped to
 //!             `segment_grad_norm` (not in the published algorithm; 0 turns it off), the
 //!             mean clipped to `max_grad_norm`)
+//!         (not published either, 0 turns each off: every step's term r_a π_θ + γ v'_s' f̂_a π_θ
+//!         of v_θ clipped to norm `step_grad_norm`, and the gradient of a penalty
+//!         `mean_penalty`·max(0, |μ_θ(s_t)| − `mean_limit`)² added at every step)
 //!     every `eval_every` env steps: evaluate the mean action, checkpoint
 //! ```
 //!
@@ -76,6 +79,20 @@ pub struct SvgConfig {
     /// 10⁴–10⁸ and, unclipped, set the mean's direction alone (README).
     #[serde(default)]
     pub segment_grad_norm: f32,
+    /// Largest norm of each step's own contribution to a segment's gradient (the actor's
+    /// VJP at s_t), larger ones scaled down; 0: off, as published. On the pendulum the few
+    /// steps near the upright, where a 200-step path is most sensitive, otherwise set the
+    /// segment's direction alone (README).
+    #[serde(default)]
+    pub step_grad_norm: f32,
+    /// Penalty `mean_penalty`·Σ_t max(0, |μ(s_t)| − `mean_limit`)² on the policy's
+    /// pre-squash mean along each path (its mean over segments' rows); 0: off, as published.
+    /// Without it the pendulum's policy saturates the tanh (|μ| of 10–100), where the
+    /// gradient that could bring it back vanishes.
+    #[serde(default)]
+    pub mean_penalty: f32,
+    #[serde(default = "default_mean_limit")]
+    pub mean_limit: f32,
     /// Evaluate (and checkpoint) after the episode in which this many more steps were reached.
     pub eval_every: usize,
     pub eval_episodes: usize,
@@ -86,6 +103,11 @@ pub struct SvgConfig {
 }
 
 pub const PRESETS: [&str; 2] = ["default", "quick"];
+
+/// tanh(2) = 0.96: a mean inside ±2 still reaches 96 % of the action range.
+fn default_mean_limit() -> f32 {
+    2.0
+}
 
 impl SvgConfig {
     /// `default`: tuned here on Pendulum-v1 (10,000 steps); `quick`: 2,000 steps.
@@ -129,8 +151,11 @@ impl SvgConfig {
             max_grad_norm: 1.0,
             entropy_weight: 0.0,
             window: 0,
-            fixed_log_std: None,
+            fixed_log_std: Some(-1.0),
             segment_grad_norm: 1.0,
+            step_grad_norm: 0.1,
+            mean_penalty: 0.1,
+            mean_limit: default_mean_limit(),
             eval_every: 1_000,
             eval_episodes: 10,
             model,
@@ -173,6 +198,7 @@ impl SvgConfig {
         for (name, v) in [
             ("max_grad_norm", self.max_grad_norm),
             ("segment_grad_norm", self.segment_grad_norm),
+            ("step_grad_norm", self.step_grad_norm),
         ] {
             if !(v.is_finite() && v >= 0.0) {
                 return Err(setting!(
@@ -189,6 +215,23 @@ impl SvgConfig {
                     "must be a log σ in [{lo}, {hi}] (the policy's clamp), got {ls}"
                 ));
             }
+        }
+        if !(self.mean_limit.is_finite() && self.mean_limit >= 0.0) {
+            return Err(setting!(
+                "mean_limit",
+                "must be a number ≥ 0, got {}",
+                self.mean_limit
+            ));
+        }
+        // Far beyond any useful weight, and where f32 gradients would overflow with
+        // means of a few hundred (every step then refused as non-finite).
+        const MAX_PENALTY: f32 = 1e6;
+        if !(self.mean_penalty.is_finite() && (0.0..=MAX_PENALTY).contains(&self.mean_penalty)) {
+            return Err(setting!(
+                "mean_penalty",
+                "must be a number in [0, {MAX_PENALTY:e}] (0: off), got {}",
+                self.mean_penalty
+            ));
         }
         if !(self.entropy_weight.is_finite() && self.entropy_weight >= 0.0) {
             return Err(setting!(
@@ -591,6 +634,9 @@ fn svg_gradient<B: Backend>(
                     learn_reward: model.config.learn_reward,
                     terminal_value: false,
                     target_entropy: 0.0,
+                    step_grad_norm: cfg.step_grad_norm,
+                    mean_limit: cfg.mean_limit,
+                    mean_penalty: cfg.mean_penalty,
                 };
                 let r = dev.gradient(agent, spec, &noise, &start, &mut grad)?;
                 (
@@ -658,10 +704,10 @@ fn host_path(
         &noise.xi,
     );
     let set = PathSettings {
-        gamma: cfg.policy.gamma,
-        alpha: cfg.entropy_weight,
-        task,
-        terminal_value: false,
+        step_grad_norm: cfg.step_grad_norm,
+        mean_limit: cfg.mean_limit,
+        mean_penalty: cfg.mean_penalty,
+        ..PathSettings::plain(cfg.policy.gamma, cfg.entropy_weight, task, false)
     };
     path_loss(
         &agent.nets,
@@ -1181,6 +1227,36 @@ mod tests {
             );
         }
         assert_ne!(agent.actor, first);
+    }
+
+    /// A config.toml written before the step clip and the mean penalty existed resumes as
+    /// it ran: both off.
+    #[test]
+    fn an_older_config_should_load_with_the_new_options_off() {
+        let c = SvgConfig::preset(&EnvId::Pendulum.into(), "default").unwrap();
+        assert!(c.step_grad_norm > 0.0 && c.mean_penalty > 0.0);
+        let text = toml::to_string(&c).unwrap();
+        let old: String = text
+            .lines()
+            .filter(|l| {
+                !["step_grad_norm", "mean_penalty", "mean_limit"]
+                    .iter()
+                    .any(|k| l.starts_with(k))
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert!(old.len() < text.len());
+        let back: SvgConfig = toml::from_str(&old).unwrap();
+        assert_eq!((back.step_grad_norm, back.mean_penalty), (0.0, 0.0));
+        assert_eq!(back.mean_limit, 2.0);
+        assert_eq!(
+            SvgConfig {
+                step_grad_norm: c.step_grad_norm,
+                mean_penalty: c.mean_penalty,
+                ..back
+            },
+            c
+        );
     }
 
     /// With `fixed_log_std` the log-std head keeps its constant through policy steps (on

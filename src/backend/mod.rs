@@ -325,6 +325,15 @@ pub struct PathParams {
     pub t_logvar: u32,
     pub t_alpha: u32,
     pub t_squash: u32,
+    /// `path_accumulate`: the largest norm of one step's g_step (scaled down where longer;
+    /// 0: off, and the backends then may split the stage across workgroups).
+    pub step_grad_norm: f32,
+    /// `path_actor_back`: the penalty λ·max(0, |μ| − m)² on each counted row's pre-squash
+    /// mean, m = `mean_limit`, λ = `mean_penalty` (0: off).
+    pub mean_limit: f32,
+    pub mean_penalty: f32,
+    /// To 36 words: WGSL's uniform struct size, a multiple of 16 bytes.
+    pub _pad: u32,
 }
 
 /// What [`PathParams::new`] is given: the sizes of one path batch.

@@ -502,6 +502,7 @@ impl<'b, B: Backend> DeviceSac<'b, B> {
             learn_reward,
             terminal_value: true,
             target_entropy: self.target_entropy,
+            ..PathSpec::default()
         };
         path.run(
             be,

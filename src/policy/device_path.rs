@@ -36,13 +36,17 @@ pub struct PathNets<'n, Buf> {
 
 /// What a path objective computes besides its networks (`PathSettings` of the host path,
 /// with α read from the device's log α).
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct PathSpec {
     pub gamma: f32,
     pub task: u32,
     pub learn_reward: bool,
     pub terminal_value: bool,
     pub target_entropy: f32,
+    /// `PathSettings::step_grad_norm`, `mean_limit` and `mean_penalty` (0: off).
+    pub step_grad_norm: f32,
+    pub mean_limit: f32,
+    pub mean_penalty: f32,
 }
 
 /// Device buffers of path batches of one size, kept between updates.
@@ -268,6 +272,9 @@ impl<Buf> DevicePath<Buf> {
             probabilistic: u32::from(model.shape.probabilistic),
             terminal_value: u32::from(spec.terminal_value),
             target_entropy: spec.target_entropy,
+            step_grad_norm: spec.step_grad_norm,
+            mean_limit: spec.mean_limit,
+            mean_penalty: spec.mean_penalty,
             ..self.p
         };
         // γ^t as `path_loss` forms it: t products in f32.
@@ -588,15 +595,7 @@ mod tests {
     /// the machines we have measured.
     fn same_as_host(c: &Case, spec: PathSpec, start: &[f32], rows: usize, h: usize) -> f32 {
         let log_alpha = -1.3f32;
-        let alpha = log_alpha.exp();
-        let noise = PathNoise::draw(4, 7, h, rows, 1, c.shape.out_dim, c.shape.ensemble);
-        let set = PathSettings {
-            gamma: spec.gamma,
-            alpha,
-            task: spec.task,
-            terminal_value: spec.terminal_value,
-        };
-        let (g_host, rep) = host(c, set, start, &noise);
+        let (g_host, rep, noise) = host_of_spec(c, spec, log_alpha, start, rows, h);
         let (g, report, alpha_grad) =
             on_backend(&CpuBackend::new(), c, spec, log_alpha, start, &noise, true).unwrap();
         let scale = g_host.iter().fold(0.0f32, |m, v| m.max(v.abs()));
@@ -617,6 +616,30 @@ mod tests {
         rep.alive
     }
 
+    /// `host` with the settings of `spec` and the noise `same_as_host` draws.
+    fn host_of_spec(
+        c: &Case,
+        spec: PathSpec,
+        log_alpha: f32,
+        start: &[f32],
+        rows: usize,
+        h: usize,
+    ) -> (
+        Vec<f32>,
+        crate::policy::path::PathReport<f32>,
+        PathNoise<f32>,
+    ) {
+        let noise = PathNoise::draw(4, 7, h, rows, 1, c.shape.out_dim, c.shape.ensemble);
+        let set = PathSettings {
+            step_grad_norm: spec.step_grad_norm,
+            mean_limit: spec.mean_limit,
+            mean_penalty: spec.mean_penalty,
+            ..PathSettings::plain(spec.gamma, log_alpha.exp(), spec.task, spec.terminal_value)
+        };
+        let (g, rep) = host(c, set, start, &noise);
+        (g, rep, noise)
+    }
+
     fn spec(task: EnvId, learn_reward: bool, terminal_value: bool) -> PathSpec {
         PathSpec {
             gamma: 0.95,
@@ -624,6 +647,7 @@ mod tests {
             learn_reward,
             terminal_value,
             target_entropy: -1.0,
+            ..PathSpec::default()
         }
     }
 
@@ -641,6 +665,31 @@ mod tests {
         // SVG(∞)'s finite horizon: no critic.
         let s = spec(EnvId::Pendulum, false, false);
         same_as_host(&c, s, &pendulum_starts(5), 5, 4);
+        // With SVG(∞)'s step clip and mean penalty, with and without a terminal value;
+        // each changes the gradient here (so each is exercised).
+        for terminal_value in [false, true] {
+            let plain = spec(EnvId::Pendulum, false, terminal_value);
+            let s = PathSpec {
+                step_grad_norm: 0.02,
+                mean_limit: 0.05,
+                mean_penalty: 0.5,
+                ..plain
+            };
+            same_as_host(&c, s, &pendulum_starts(5), 5, 4);
+            let start = pendulum_starts(5);
+            let g = |s: PathSpec| host_of_spec(&c, s, -1.3, &start, 5, 4).0;
+            let base = g(plain);
+            let clip_only = PathSpec {
+                mean_penalty: 0.0,
+                ..s
+            };
+            let pen_only = PathSpec {
+                step_grad_norm: 0.0,
+                ..s
+            };
+            let moved = |x: &[f32]| x.iter().zip(&base).any(|(p, q)| (p - q).abs() > 1e-4);
+            assert!(moved(&g(clip_only)) && moved(&g(pen_only)));
+        }
     }
 
     #[test]

@@ -17,6 +17,12 @@
 //! terminates (that step's reward still counts), and at a step whose prediction is not
 //! finite (that step's reward does not count). H = 0 is SAC's actor loss.
 //!
+//! Two options for SVG(∞)'s long paths, both off (0) in MAAC and in the published SVG(∞)
+//! ([`PathSettings`]): a penalty λ·(1/B)·Σ_b Σ_t c_t·Σ_j max(0, |μ_j(s_t)| − m)² on the
+//! pre-squash mean beyond m (its value is [`PathReport::penalty`], its gradient joins the
+//! loss's), and a clip of each step's own contribution to ∂loss/∂θ (the actor VJP at s_t) to
+//! norm `step_grad_norm`, after which the result is no longer the gradient of an objective.
+//!
 //! The backward runs the recursion of the slides' SVG/MAAC derivation in reverse mode:
 //! g_{s_t} = ∂r_t/∂s_t + (∂r_t/∂s_{t+1} + g_{s_{t+1}})·(I + ∂μ̂/∂s + ξ·∂σ̂/∂s)
 //!           + (∂r_t/∂a_t + …·∂f̂/∂a)·∂a_t/∂s_t, and every step's ∂a_t/∂θ adds to ∂loss/∂θ.
@@ -603,6 +609,9 @@ pub struct PathReport<T> {
     pub reward_mean: T,
     /// Share of rows still alive at the horizon.
     pub alive: T,
+    /// The mean-penalty term (1/B)·Σ λ·max(0, |μ| − m)², not part of `loss`; the gradient
+    /// is of `loss + penalty`.
+    pub penalty: T,
 }
 
 /// Scratch of [`path_loss`]: the caches of every step's actor pass and of the critics.
@@ -623,6 +632,45 @@ pub struct PathSettings<T> {
     /// Close the path with γ^H·(min Q − α log π) at s_H; false ends it at r_{H−1} (the
     /// finite-horizon value of SVG(∞)).
     pub terminal_value: bool,
+    /// Largest norm of one step's contribution to ∂loss/∂θ (the actor's VJP at s_t, summed
+    /// over rows), scaled down where longer; 0: off. SVG(∞) on the pendulum: the steps near
+    /// the upright, where 200-step paths are most sensitive, otherwise set the direction.
+    pub step_grad_norm: T,
+    /// m and λ of the penalty λ·Σ_t max(0, |μ(s_t)| − m)² on the pre-squash mean (λ = 0:
+    /// off): the tanh's derivative vanishes where |μ| is large, and with it the gradient
+    /// that could bring a saturated policy back.
+    pub mean_limit: T,
+    pub mean_penalty: T,
+}
+
+impl<T: Real> PathSettings<T> {
+    /// Without the penalty or the step clip (MAAC, SVG(∞) as published).
+    pub fn plain(gamma: T, alpha: T, task: u32, terminal_value: bool) -> Self {
+        Self {
+            gamma,
+            alpha,
+            task,
+            terminal_value,
+            step_grad_norm: T::zero(),
+            mean_limit: T::zero(),
+            mean_penalty: T::zero(),
+        }
+    }
+
+    /// The penalty's term of one head row's means and its derivative on each (into `d`).
+    fn penalty(&self, mu: &[T], mut d: Option<&mut [T]>) -> T {
+        let mut sum = T::zero();
+        for (j, m) in mu.iter().enumerate() {
+            let excess = m.abs() - self.mean_limit;
+            if excess > T::zero() {
+                sum += self.mean_penalty * excess * excess;
+                if let Some(d) = d.as_deref_mut() {
+                    d[j] += self.mean_penalty * T::c(2.0) * excess * m.signum();
+                }
+            }
+        }
+        sum
+    }
 }
 
 /// The path loss and, with `grad`, ∂loss/∂θ_π (flat actor layout, overwritten).
@@ -658,6 +706,7 @@ pub fn path_loss<T: Real>(
     let mut disc = T::one();
     let mut reward = vec![T::zero(); rows];
     let mut learned = false;
+    let mut penalty = T::zero();
     for t in 0..=h {
         let s = &states[t];
         let mut head = vec![T::zero(); rows * 2 * a];
@@ -693,6 +742,11 @@ pub fn path_loss<T: Real>(
             logp0 = logp.iter().copied().sum::<T>() / T::c(rows as f64);
         }
         let live = &alive[t];
+        if set.mean_penalty > T::zero() && (t < h || set.terminal_value) {
+            for b in (0..rows).filter(|b| live[*b]) {
+                penalty += set.penalty(&head[b * 2 * a..b * 2 * a + a], None);
+            }
+        }
         if t == h {
             // The terminal soft value γ^H·(min Q − α log π); SVG(∞)'s finite horizon has
             // none, and no critic pass.
@@ -787,6 +841,7 @@ pub fn path_loss<T: Real>(
             T::zero()
         },
         alive: T::c(alive[h].iter().filter(|v| **v).count() as f64) * inv_b,
+        penalty: penalty * inv_b,
     }
 }
 
@@ -871,7 +926,8 @@ fn backward<T: Real>(
         // a_t and log π_t back to the head, then through the actor to θ and to s_t.
         let eps = &noise.eps[t * rows * a..(t + 1) * rows * a];
         for b in 0..rows {
-            let g_logp = if alive[t][b] && (t < h || set.terminal_value) {
+            let counts = alive[t][b] && (t < h || set.terminal_value);
+            let g_logp = if counts {
                 -set.alpha * w * disc[t]
             } else {
                 T::zero()
@@ -887,6 +943,14 @@ fn backward<T: Real>(
                     &mut d_head[b * 2 * a..(b + 1) * 2 * a],
                 )),
             );
+            if counts && set.mean_penalty > T::zero() {
+                // ∂/∂μ of (1/B)·λ·max(0, |μ| − m)²; w = −1/B.
+                let mut d = vec![T::zero(); a];
+                set.penalty(&heads[t][b * 2 * a..b * 2 * a + a], Some(&mut d));
+                for (o, v) in d_head[b * 2 * a..b * 2 * a + a].iter_mut().zip(&d) {
+                    *o -= w * *v;
+                }
+            }
         }
         engine::backward(
             &nets.actor,
@@ -899,8 +963,19 @@ fn backward<T: Real>(
             Some(&mut ds),
             &mut ws.actor[t],
         );
+        let mut k = T::one();
+        if set.step_grad_norm > T::zero() {
+            let norm = g_theta
+                .iter()
+                .map(|v| Real::to_f64(*v).powi(2))
+                .sum::<f64>()
+                .sqrt();
+            if norm > Real::to_f64(set.step_grad_norm) {
+                k = T::c(Real::to_f64(set.step_grad_norm) / norm);
+            }
+        }
         for (g, d) in grad.iter_mut().zip(g_theta.iter()) {
-            *g += *d;
+            *g += k * *d;
         }
         for (g, d) in g_s.iter_mut().zip(&ds) {
             *g += *d;
@@ -1085,12 +1160,7 @@ mod tests {
         let s = setup(3, false);
         let (rows, h) = (5, 3);
         let noise = PathNoise::draw(4, 0, h, rows, 1, 3, 3).cast::<f64>();
-        let set = PathSettings {
-            gamma: 0.95,
-            alpha: 0.3,
-            task: EnvId::Pendulum.code(),
-            terminal_value: true,
-        };
+        let set = PathSettings::plain(0.95, 0.3, EnvId::Pendulum.code(), true);
         let start = pendulum_starts(rows);
         let mut g = vec![0.0; s.actor.len()];
         let rep = loss(&s, &s.actor, set, &start, &noise, Some(&mut g));
@@ -1101,6 +1171,78 @@ mod tests {
             loss(&s, p, set, &start, &noise, None).loss
         });
         assert!(err < 1e-5, "path gradient: worst relative error {err}");
+    }
+
+    /// The mean penalty is part of the objective: ∂(loss + penalty)/∂θ against central
+    /// differences, with a limit that most rows' means exceed, with and without the critics
+    /// at the horizon (whose step's mean counts only with them).
+    #[test]
+    fn mean_penalty_gradient_should_match_central_differences() {
+        let s = setup(3, false);
+        let (rows, h) = (5, 3);
+        let noise = PathNoise::draw(4, 0, h, rows, 1, 3, 3).cast::<f64>();
+        let start = pendulum_starts(rows);
+        for terminal_value in [true, false] {
+            let plain = PathSettings::plain(0.95, 0.3, EnvId::Pendulum.code(), terminal_value);
+            let set = PathSettings {
+                mean_limit: 0.05,
+                mean_penalty: 0.7,
+                ..plain
+            };
+            let mut g = vec![0.0; s.actor.len()];
+            let rep = loss(&s, &s.actor, set, &start, &noise, Some(&mut g));
+            let mut g0 = vec![0.0; s.actor.len()];
+            let rep0 = loss(&s, &s.actor, plain, &start, &noise, Some(&mut g0));
+            assert!(rep.penalty > 1e-3 && rep0.penalty == 0.0);
+            assert_eq!(
+                rep.loss, rep0.loss,
+                "the penalty is reported apart from the loss"
+            );
+            assert!(g.iter().zip(&g0).any(|(a, b)| (a - b).abs() > 1e-4));
+            let err = worst_error(&s.actor, &g, 1e-6, |p| {
+                let r = loss(&s, p, set, &start, &noise, None);
+                r.loss + r.penalty
+            });
+            assert!(err < 1e-5, "with the penalty: worst relative error {err}");
+        }
+    }
+
+    /// Each step's contribution to ∂loss/∂θ clipped to a norm: a limit no step reaches
+    /// changes nothing; at H = 0 the gradient is the one step's, scaled to the limit; with a
+    /// limit below every step's norm each of the H + 1 steps is scaled to it, so the result
+    /// is homogeneous in the limit and its norm is at most (H + 1)·limit.
+    #[test]
+    fn step_clip_should_bound_each_steps_contribution() {
+        let s = setup(3, false);
+        let rows = 5;
+        let start = pendulum_starts(rows);
+        let grad = |h: usize, clip: f64| {
+            let noise = PathNoise::draw(4, 0, h, rows, 1, 3, 3).cast::<f64>();
+            let set = PathSettings {
+                step_grad_norm: clip,
+                ..PathSettings::plain(0.95, 0.3, EnvId::Pendulum.code(), true)
+            };
+            let mut g = vec![0.0; s.actor.len()];
+            loss(&s, &s.actor, set, &start, &noise, Some(&mut g));
+            g
+        };
+        let norm = |g: &[f64]| g.iter().map(|v| v * v).sum::<f64>().sqrt();
+        let h = 3;
+        let free = grad(h, 0.0);
+        assert_eq!(grad(h, 1e12), free);
+        let g0 = norm(&grad(0, 0.0));
+        assert!(g0 > 1e-3);
+        assert!((norm(&grad(0, 0.5 * g0)) - 0.5 * g0).abs() < 1e-12 * g0);
+        let tiny = 1e-6 * norm(&free);
+        let (a, b) = (grad(h, tiny), grad(h, 2.0 * tiny));
+        assert!(a
+            .iter()
+            .zip(&b)
+            .all(|(x, y)| (2.0 * x - y).abs() <= 1e-9 * y.abs().max(tiny)));
+        assert!(norm(&a) <= (h + 1) as f64 * tiny * (1.0 + 1e-12));
+        // Not the direction of the unclipped sum: the steps now count alike.
+        let cos = a.iter().zip(&free).map(|(x, y)| x * y).sum::<f64>() / (norm(&a) * norm(&free));
+        assert!(cos < 1.0 - 1e-6, "cosine {cos}");
     }
 
     /// Learned rewards and termination inside the horizon: the cart-pole starts near the
@@ -1122,12 +1264,7 @@ mod tests {
         }
         let (rows, h) = (8, 4);
         let noise = PathNoise::draw(6, 1, h, rows, 1, 5, 3).cast::<f64>();
-        let set = PathSettings {
-            gamma: 0.9,
-            alpha: 0.2,
-            task: EnvId::CartPole.code(),
-            terminal_value: true,
-        };
+        let set = PathSettings::plain(0.9, 0.2, EnvId::CartPole.code(), true);
         let r = rand_vec(rows * 4, 13, 0.02);
         let start: Vec<f64> = (0..rows * 4)
             .map(|i| match (i / 4 % 2, i % 4) {
@@ -1159,12 +1296,7 @@ mod tests {
         let s = setup(S::OBS, false);
         let rows = start.len() / S::OBS;
         let noise = PathNoise::draw(9, 2, h, rows, 1, S::OBS, 1).cast::<f64>();
-        let set = PathSettings {
-            gamma: 0.97,
-            alpha: 0.1,
-            task: task.code(),
-            terminal_value: true,
-        };
+        let set = PathSettings::plain(0.97, 0.1, task.code(), true);
         let run = |p: &[f64], grad: Option<&mut [f64]>| {
             path_loss(
                 &s.nets,
@@ -1273,12 +1405,7 @@ mod tests {
         let noise = PathNoise::draw(2, 3, 0, rows, 1, 3, 3).cast::<f64>();
         let start = pendulum_starts(rows);
         let alpha = 0.4;
-        let set = PathSettings {
-            gamma: 0.99,
-            alpha,
-            task: EnvId::Pendulum.code(),
-            terminal_value: true,
-        };
+        let set = PathSettings::plain(0.99, alpha, EnvId::Pendulum.code(), true);
         let mut g = vec![0.0; s.actor.len()];
         let rep = loss(&s, &s.actor, set, &start, &noise, Some(&mut g));
         let mut g_sac = vec![0.0; s.actor.len()];

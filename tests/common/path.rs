@@ -17,6 +17,7 @@ use mbrl_gpu::policy::path::PathNoise;
 use mbrl_gpu::policy::sac::{init_params, Nets, SacConfig, Squash};
 
 /// One case: networks, model, start states and the path's settings.
+#[derive(Clone)]
 pub struct Case {
     pub name: &'static str,
     nets: Nets,
@@ -101,6 +102,7 @@ fn make(
             learn_reward,
             terminal_value,
             target_entropy: -(a as f32),
+            ..PathSpec::default()
         },
         horizon,
     }
@@ -134,7 +136,25 @@ pub fn cases() -> Vec<Case> {
         .collect();
     let cheetah = randn(5, ROWS * 5, 0.5);
     let (p, cp) = (EnvId::Pendulum.code(), EnvId::CartPole.code());
+    // SVG(∞)'s options: each step's contribution clipped (some steps' only: their norms are
+    // 1.38–1.54 here, about 0 at the last step without a terminal value) and the penalty on
+    // means beyond 0.05 (most rows').
+    let mut svg_options = make(
+        "pendulum SVG H4, step clip and mean penalty",
+        3,
+        1,
+        p,
+        false,
+        true,
+        false,
+        4,
+        pendulum(),
+    );
+    svg_options.spec.step_grad_norm = 1.45;
+    svg_options.spec.mean_limit = 0.05;
+    svg_options.spec.mean_penalty = 0.5;
     vec![
+        svg_options,
         make("pendulum H3", 3, 1, p, false, true, true, 3, pendulum()),
         make(
             "pendulum H0 (SAC)",
@@ -331,6 +351,44 @@ pub fn cases_are_meaningful() {
         let alive = r[path_report::ALIVE];
         if c.name.starts_with("cartpole") || c.name.starts_with("mountain") {
             assert!(alive > 0.0 && alive < 1.0, "{}: alive {alive}", c.name);
+        }
+        // Each option that is set changes the gradient (is exercised), and the step clip
+        // binds at some steps and not at others: were every step clipped, the gradient
+        // would be homogeneous in the limit.
+        let scale = g.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let apart = |spec: PathSpec, k: f32| {
+            let other = run(&cpu, &Case { spec, ..c.clone() }).0;
+            let d = other.iter().zip(&g).map(|(x, y)| (k * x - y).abs());
+            d.fold(0.0f32, f32::max)
+        };
+        if c.spec.mean_penalty > 0.0 {
+            let off = PathSpec {
+                mean_penalty: 0.0,
+                ..c.spec
+            };
+            assert!(
+                apart(off, 1.0) > 1e-2 * scale,
+                "{}: the penalty is idle",
+                c.name
+            );
+        }
+        if c.spec.step_grad_norm > 0.0 {
+            let with = |step_grad_norm| PathSpec {
+                step_grad_norm,
+                ..c.spec
+            };
+            let limit = c.spec.step_grad_norm;
+            assert!(
+                apart(with(0.0), 1.0) > 1e-2 * scale,
+                "{}: no step clipped",
+                c.name
+            );
+            // (Rounding alone leaves ~1e-6·scale between the two.)
+            assert!(
+                apart(with(1e-3 * limit), 1e3) > 1e-4 * scale,
+                "{}: every step clipped",
+                c.name
+            );
         }
     }
 }

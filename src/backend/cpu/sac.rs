@@ -380,18 +380,25 @@ pub fn path_actor_back(
             }
         }
         let live = tape[p.t_alive as usize + t * b + r] != 0.0;
-        let g_logp = if live && (t < h || p.terminal_value != 0) {
-            -alpha * p.w * p.disc
-        } else {
-            0.0
-        };
+        let counts = live && (t < h || p.terminal_value != 0);
+        let g_logp = if counts { -alpha * p.w * p.disc } else { 0.0 };
+        let head = &tape[p.t_heads as usize + (t * b + r) * 2 * a..][..2 * a];
         squash_row(
-            &tape[p.t_heads as usize + (t * b + r) * 2 * a..][..2 * a],
+            head,
             &noise[p.n_eps as usize + (t * b + r) * a..][..a],
             &sq,
             &mut scratch,
             Some((&g_a, g_logp, &mut d_head[r * 2 * a..(r + 1) * 2 * a])),
         );
+        if counts && p.mean_penalty > 0.0 {
+            for (j, mu) in head[..a].iter().enumerate() {
+                let excess = mu.abs() - p.mean_limit;
+                if excess > 0.0 {
+                    // −w·λ·2·excess·sign μ, as `path_loss` adds it.
+                    d_head[r * 2 * a + j] -= p.w * (p.mean_penalty * 2.0 * excess * mu.signum());
+                }
+            }
+        }
         state[r * o..(r + 1) * o]
             .copy_from_slice(&tape[p.t_states as usize + (t * b + r) * o..][..o]);
     }
@@ -406,8 +413,19 @@ pub fn path_accumulate(
     back: &mut [f32],
 ) {
     let first = p.t == p.horizon;
+    let mut k = 1.0f32;
+    if p.step_grad_norm > 0.0 {
+        let norm = g_step[..p.len as usize]
+            .iter()
+            .map(|v| v * v)
+            .sum::<f32>()
+            .sqrt();
+        if norm > p.step_grad_norm {
+            k = p.step_grad_norm / norm;
+        }
+    }
     for (g, d) in grad[..p.len as usize].iter_mut().zip(g_step) {
-        *g = if first { 0.0 } else { *g } + *d;
+        *g = if first { 0.0 } else { *g } + k * *d;
     }
     let n = (p.rows * p.obs_dim) as usize;
     for (g, d) in back[..n].iter_mut().zip(&ds[..n]) {

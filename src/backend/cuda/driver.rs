@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 /// A parameter block by value: the driver copies as many bytes as the kernel's parameter
-/// declares from the pointer it is given, so one 128-byte carrier serves every block.
+/// declares from the pointer it is given, so one MAX_POD_BYTES carrier serves every block.
 #[repr(C, align(16))]
 #[derive(Clone, Copy)]
 struct PodArg([u8; MAX_POD_BYTES]);

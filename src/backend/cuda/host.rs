@@ -19,7 +19,7 @@ pub enum Arg<'a, M> {
 }
 
 /// Largest parameter block a kernel takes by value.
-pub const MAX_POD_BYTES: usize = 128;
+pub const MAX_POD_BYTES: usize = 144;
 
 /// One kernel launch: 1-D blocks of `block` threads on a 3-D grid.
 pub struct Launch<'a, M> {

@@ -184,6 +184,9 @@ impl<H: KernelHost> CudaBackend<H> {
         let n = (p.len as usize).max(p.rows as usize * p.obs_dim as usize);
         let grid = if n == 0 {
             0
+        } else if p.step_grad_norm > 0.0 {
+            // One block: the step's norm is a sum over all of g_step (sac.cu).
+            1
         } else {
             stride_blocks(n).min(2048) as usize
         };

@@ -157,5 +157,7 @@ mod tests {
         assert_eq!(size_of::<crate::backend::SacParams>(), 48);
         // rollout.wgsl's BranchParams: 16 scalars.
         assert_eq!(size_of::<crate::backend::BranchParams>(), 64);
+        // common.wgsl's PathParams: 36 scalars.
+        assert_eq!(size_of::<crate::backend::PathParams>(), 144);
     }
 }

@@ -200,6 +200,15 @@ pub(super) fn path_actor_back(be: &WgpuBackend, p: &PathParams, all: [&WgpuBuf; 
 
 pub(super) fn path_accumulate(be: &WgpuBackend, p: &PathParams, all: [&WgpuBuf; 4]) -> Result<()> {
     check::path_accumulate(p, all.map(|b| b.len))?;
+    if p.step_grad_norm > 0.0 {
+        // One workgroup: the step's norm is a sum over all of g_step (sac.wgsl).
+        return be.dispatch_one(
+            &kernels::PATH_ACCUMULATE,
+            p,
+            &all.map(|b| &b.buf),
+            [1, 1, 1],
+        );
+    }
     let n = (p.len as usize).max(p.rows as usize * p.obs_dim as usize);
     run_path(be, &kernels::PATH_ACCUMULATE, p, &all.map(|b| &b.buf), n)
 }
