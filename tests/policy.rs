@@ -1,6 +1,7 @@
 //! SAC and MBPO: short fixed-seed learning runs that fail when learning is broken, and
 //! resumed runs that must end byte for byte as uninterrupted ones.
 use mbrl_gpu::algo::mbpo::{self, MbpoConfig};
+use mbrl_gpu::algo::offpolicy;
 use mbrl_gpu::algo::sac::{self, SacRunConfig};
 use mbrl_gpu::algo::svg::{self, SvgConfig};
 use mbrl_gpu::backend::cpu::CpuBackend;
@@ -16,6 +17,30 @@ fn open(path: &Path, mode: Mode, text: &str) -> RunDir {
     RunDir::open(path, mode, text).unwrap()
 }
 
+/// The evaluation returns of a learning run's rows, printed; fails unless the best of them
+/// reaches `goal` and, with `first_below`, the first (an untrained policy's) is below it.
+fn returns_reaching(
+    what: &str,
+    rows: &[offpolicy::Row],
+    goal: f64,
+    first_below: Option<f64>,
+) -> Vec<f64> {
+    let returns: Vec<f64> = rows.iter().map(|r| r.eval_return).collect();
+    eprintln!("{what} returns at each evaluation: {returns:?}");
+    let best = returns.iter().copied().fold(f64::MIN, f64::max);
+    assert!(
+        best >= goal,
+        "{what} did not learn (goal {goal}): {returns:?}"
+    );
+    if let Some(first) = first_below {
+        assert!(
+            returns[0] < first,
+            "{what}: the first evaluation should fail: {returns:?}"
+        );
+    }
+    returns
+}
+
 /// SAC with the default networks (2×256, batch 256, lr 3e-4) on Pendulum-v1 for 5,000 steps:
 /// a random policy scores about −1,200 to −1,500; a learning SAC passes −400 by then (the
 /// full run, 10,000 steps, is in the README).
@@ -25,14 +50,7 @@ fn sac_should_learn_to_swing_up_the_pendulum() {
     cfg.steps = 5_000;
     cfg.eval_episodes = 5;
     let (_, rows) = sac::run(&CpuBackend::new(), &cfg, None, |_| {}).unwrap();
-    let returns: Vec<f64> = rows.iter().map(|r| r.eval_return).collect();
-    eprintln!("SAC pendulum returns every 1000 steps: {returns:?}");
-    assert!(
-        returns[0] < -900.0,
-        "the untrained policy should fail: {returns:?}"
-    );
-    let best = returns.iter().copied().fold(f64::MIN, f64::max);
-    assert!(best >= -400.0, "SAC did not learn: {returns:?}");
+    returns_reaching("SAC pendulum", &rows, -400.0, Some(-900.0));
     for r in &rows[1..] {
         assert!(
             r.critic_loss.is_finite() && r.alpha > 0.0 && r.diverged == 0,
@@ -49,10 +67,7 @@ fn mbpo_quick_should_learn_to_balance_the_cartpole() {
     let mut cfg = MbpoConfig::preset(&EnvId::CartPole.into(), "quick").unwrap();
     cfg.steps = 1_000;
     let (_, rows) = mbpo::run(&CpuBackend::new(), &cfg, None, |_| {}).unwrap();
-    let returns: Vec<f64> = rows.iter().map(|r| r.eval_return).collect();
-    eprintln!("MBPO quick cart-pole returns every 200 steps: {returns:?}");
-    let best = returns.iter().copied().fold(f64::MIN, f64::max);
-    assert!(best >= 150.0, "MBPO did not learn: {returns:?}");
+    returns_reaching("MBPO quick cart-pole", &rows, 150.0, None);
     assert!(rows
         .iter()
         .all(|r| r.model_loss.is_finite() && r.diverged == 0));
@@ -251,10 +266,7 @@ fn maac_quick_should_learn_to_balance_the_cartpole() {
     let mut cfg = MbpoConfig::maac_preset(&EnvId::CartPole.into(), "quick").unwrap();
     cfg.steps = 800;
     let (_, rows) = mbpo::run(&CpuBackend::new(), &cfg, None, |_| {}).unwrap();
-    let returns: Vec<f64> = rows.iter().map(|r| r.eval_return).collect();
-    eprintln!("MAAC quick cart-pole returns every 200 steps: {returns:?}");
-    let best = returns.iter().copied().fold(f64::MIN, f64::max);
-    assert!(best >= 150.0, "MAAC did not learn: {returns:?}");
+    returns_reaching("MAAC quick cart-pole", &rows, 150.0, None);
     assert!(rows
         .iter()
         .all(|r| r.actor_loss.is_finite() && r.diverged == 0));
@@ -271,14 +283,8 @@ fn svg_should_get_half_of_the_way_to_swinging_up_the_pendulum() {
     let mut cfg = SvgConfig::preset(&EnvId::Pendulum.into(), "default").unwrap();
     cfg.steps = 8_000;
     let (_, rows) = svg::run(&CpuBackend::new(), &cfg, None, |_| {}).unwrap();
-    let returns: Vec<f64> = rows.iter().map(|r| r.eval_return).collect();
-    eprintln!("SVG(∞) pendulum returns every 1000 steps: {returns:?}");
-    assert!(
-        returns[0] < -900.0,
-        "the policy of 1,000 steps should not swing up yet: {returns:?}"
-    );
-    let best = returns.iter().copied().fold(f64::MIN, f64::max);
-    assert!(best >= -823.0, "SVG(∞) did not learn: {returns:?}");
+    // The policy of 1,000 steps does not swing up yet.
+    returns_reaching("SVG(∞) pendulum", &rows, -823.0, Some(-900.0));
     assert!(rows.iter().all(|r| r.diverged == 0), "{rows:?}");
 }
 
