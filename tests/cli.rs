@@ -1309,6 +1309,15 @@ fn maac_and_svg_settings_errors_should_name_the_setting() {
         &["svg", "--set", "segment_grad_norm=nan", "--print-config"],
         &["segment_grad_norm", "got NaN"],
     );
+    // `none` unsets an optional setting: σ learned again, as published.
+    let o = mbrl(&["svg", "--set", "fixed_log_std=none", "--print-config"]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(!out.contains("fixed_log_std"), "{out}");
+    fails_with(
+        &["svg", "--set", "steps=none", "--print-config"],
+        &["steps", "cannot be unset"],
+    );
     for (kv, key) in [
         ("step_grad_norm=-0.1", "step_grad_norm"),
         ("mean_penalty=inf", "mean_penalty"),

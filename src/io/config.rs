@@ -160,6 +160,10 @@ fn set_leaf<T: DeserializeOwned>(
     let dotted = path.join(".");
     let key = path.last().expect("keys are never empty").clone();
     let parent = parent_mut(root, path, origin)?;
+    // `none` unsets an optional setting (TOML has no null), e.g. `fixed_log_std=none`: the
+    // setting then takes the value its absence means. A string setting keeps `none` as text.
+    let unset = v.as_str() == Some("none")
+        && matches!(parent.get(&key), Some(old) if !matches!(old, Value::String(_) | Value::Table(_)));
     let previous = match parent.get_mut(&key) {
         Some(Value::Table(_)) => {
             return Err(invalid!(
@@ -167,6 +171,7 @@ fn set_leaf<T: DeserializeOwned>(
                 type_name(&v)
             ))
         }
+        Some(_) if unset => parent.remove(&key),
         Some(old) => {
             let new = coerce(old, &v).ok_or_else(|| {
                 invalid!(
@@ -185,6 +190,7 @@ fn set_leaf<T: DeserializeOwned>(
     // new to its table must be one `T` knows (an unset option), and a value must fit (a
     // negative count, an unknown mode).
     if let Err(e) = from_table::<T>(root.clone()) {
+        let was_absent = previous.is_none();
         let parent = parent_mut(root, path, origin)?;
         match previous {
             Some(p) => {
@@ -195,6 +201,16 @@ fn set_leaf<T: DeserializeOwned>(
             }
         }
         let e = e.to_string();
+        if unset {
+            return Err(invalid!(
+                "{origin} {dotted} = none: this setting is required and cannot be unset"
+            ));
+        }
+        // `none` for a known optional setting that is unset already: the table is back as
+        // it was, and nothing changes.
+        if was_absent && v.as_str() == Some("none") && !e.contains("unknown field") {
+            return Ok(());
+        }
         let e = e.strip_prefix("configuration: ").unwrap_or(&e);
         return Err(invalid!("{origin} {dotted} = {v}: {e}"));
     }
@@ -297,6 +313,29 @@ mod tests {
         assert_eq!(c.planner.decay, vec![2e-4]);
         assert_eq!(c.planner.patience, Some(5));
         assert_eq!(c.name, "bare-word");
+    }
+
+    /// `none` unsets an optional setting (and only that); a string setting takes it as text.
+    #[test]
+    fn none_should_unset_an_optional_setting_only() {
+        let c = apply(&["planner.patience=5", "planner.patience=none"]).unwrap();
+        assert_eq!(c.planner.patience, None);
+        assert_eq!(c.planner, base().planner);
+        // Unset already: nothing changes; an unknown key is still refused by name.
+        assert_eq!(apply(&["planner.patience=none"]).unwrap(), base());
+        let e = apply(&["planner.patiense=none"]).unwrap_err().to_string();
+        assert!(e.contains("planner.patiense"), "{e}");
+        let e = apply(&["planner.horizon=none"]).unwrap_err().to_string();
+        assert!(
+            e.contains("planner.horizon") && e.contains("cannot be unset"),
+            "{e}"
+        );
+        // Refused without a trace: the setting keeps its value for the next --set.
+        let mut t = to_table(&base()).unwrap();
+        let (k, v) = parse_set("planner.horizon=none").unwrap();
+        assert!(set::<Outer>(&mut t, &k, v).is_err());
+        assert_eq!(from_table::<Outer>(t).unwrap(), base());
+        assert_eq!(apply(&["name=none"]).unwrap().name, "none");
     }
 
     #[test]
