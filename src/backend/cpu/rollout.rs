@@ -33,6 +33,9 @@ pub struct Tile {
     bad: Vec<bool>,
     member: Vec<u32>,
     order: Vec<u32>,
+    /// Per row of a member's batch, the row of the forward's output it reads (see
+    /// `Model::share_first_step`).
+    slot: Vec<u32>,
     x: Vec<f32>,
     xg: Vec<f32>,
     a: Vec<f32>,
@@ -169,6 +172,7 @@ pub fn rollout(
         packed: bf16.then_some(&ws.packed.members[..]),
         packed_f32: (!bf16 && crate::dense::fused_available())
             .then_some(&ws.packed.f32_members[..]),
+        share_first_step: true,
     };
     ranges
         .par_iter()
@@ -202,6 +206,13 @@ struct Model<'a> {
     in_std: &'a [f32],
     packed: Option<&'a [Vec<Packed>]>,
     packed_f32: Option<&'a [Vec<PackedF32>]>,
+    /// At step 0 every particle of a candidate has the same input (the start state and the
+    /// candidate's first action), so the particles of one candidate that one member
+    /// propagates need one forward between them: with K = 20 particles over 5 elites about
+    /// 5 distinct rows of 20, a twentieth of a 15-step rollout's products. Each row's
+    /// forward does not depend on the other rows of its batch, so the returns are the same
+    /// bits either way (tested); off only to test that.
+    share_first_step: bool,
 }
 
 impl Model<'_> {
@@ -265,6 +276,7 @@ fn run_tile(
     t.bad.resize(n, false);
     t.member.resize(n, 0);
     t.order.resize(n, 0);
+    t.slot.resize(n, 0);
     grow(&mut t.x, n * di);
     grow(&mut t.xg, n * di);
     grow(&mut t.a, crate::dense::fm_len(n, w));
@@ -408,25 +420,36 @@ fn run_tile(
                     continue;
                 }
                 let group = &t.order[begin..begin + cnt];
+                // The batch: the group's rows, or at step 0 one row per candidate (a group's
+                // rows ascend, so a candidate's particles are adjacent in it).
+                let share = model.share_first_step && step == 0;
+                let mut rows_in = 0;
                 for (q, &i) in group.iter().enumerate() {
                     let i = i as usize;
-                    t.xg[q * di..(q + 1) * di].copy_from_slice(&t.x[i * di..(i + 1) * di]);
+                    let same = share && q > 0 && (r0 + i) / k == (r0 + group[q - 1] as usize) / k;
+                    if !same {
+                        t.xg[rows_in * di..(rows_in + 1) * di]
+                            .copy_from_slice(&t.x[i * di..(i + 1) * di]);
+                        rows_in += 1;
+                    }
+                    t.slot[q] = (rows_in - 1) as u32;
                 }
                 let raw = model.forward(
                     m as usize,
-                    &t.xg[..cnt * di],
-                    cnt,
+                    &t.xg[..rows_in * di],
+                    rows_in,
                     &mut t.a,
                     &mut t.b,
                     &mut t.bf16,
                 );
-                head_out(shape, params, lay, raw, cnt, &mut t.mean, &mut t.logvar);
+                head_out(shape, params, lay, raw, rows_in, &mut t.mean, &mut t.logvar);
                 // next = state + μ + σ·ε (PETS eq. 2: sample from the predicted Gaussian).
                 for (q, &i) in group.iter().enumerate() {
                     let i = i as usize;
+                    let s = t.slot[q] as usize;
                     let z = &mut t.noise[i * dout..(i + 1) * dout];
-                    let mu = &t.mean[q * dout..(q + 1) * dout];
-                    let lv = &t.logvar[q * dout..(q + 1) * dout];
+                    let mu = &t.mean[s * dout..(s + 1) * dout];
+                    let lv = &t.logvar[s * dout..(s + 1) * dout];
                     if shape.probabilistic {
                         for ((zz, m), l) in z.iter_mut().zip(mu).zip(lv) {
                             *zz = m + (0.5 * l).exp_fast() * *zz;
@@ -949,6 +972,7 @@ mod tests {
                 in_std: &in_std,
                 packed: None,
                 packed_f32,
+                share_first_step: true,
             };
             let start = [0.6f32, -0.8, 1.5];
             let run = |m: &Model, tile: &mut Tile| {
@@ -963,6 +987,110 @@ mod tests {
                 fused, plain,
                 "learned reward {learn}, width {hidden}, {n} rows"
             );
+        }
+    }
+
+    /// One forward per (candidate, member) at step 0 gives the returns of one per row, bit
+    /// for bit: TS1 and TS∞, with the model's reward and without, on every forward this CPU
+    /// runs (the plain GEMM, the fused f32 kernel, bf16 products), in tiles that start and
+    /// end inside a candidate's particles.
+    #[test]
+    fn sharing_the_first_step_should_not_change_a_return() {
+        let (od, ad, h, k, np) = (3usize, 1usize, 4usize, 6usize, 37usize);
+        for (learn, prop) in [
+            (0u32, Propagation::Ts1),
+            (1, Propagation::Ts1),
+            (1, Propagation::TsInf),
+        ] {
+            let shape = EnsembleShape {
+                ensemble: 5,
+                in_dim: od + ad,
+                out_dim: od + learn as usize,
+                hidden: 19,
+                num_layers: 3,
+                activation: crate::backend::Activation::Silu,
+                probabilistic: true,
+            };
+            let params = super::super::ensemble::init_params(&shape, 3);
+            let (in_mean, in_std) = ([0.2f32, -0.1, 0.5, 0.0], [1.3f32, 0.7, 2.0, 1.0]);
+            let mut elites = [0u32; MAX_ELITES];
+            elites[..3].copy_from_slice(&[4, 1, 2]);
+            let p = RolloutParams {
+                seed_lo: 9,
+                seed_hi: 0,
+                step: 2,
+                population: np as u32,
+                particles: k as u32,
+                horizon: h as u32,
+                obs_dim: od as u32,
+                act_dim: ad as u32,
+                propagation: prop as u32,
+                env: EnvId::Pendulum.code(),
+                learn_reward: learn,
+                num_elites: 3,
+                elites,
+            };
+            let actions: Vec<f32> = (0..np * h * ad)
+                .map(|i| 2.0 * normal(5, stream::DATA, i as u32, 0))
+                .collect();
+            let f32_packs: Vec<_> = (0..shape.ensemble)
+                .map(|e| pack_member_f32(&shape, &params, e))
+                .collect();
+            let bf16_packs: Vec<_> = (0..shape.ensemble)
+                .map(|e| pack_member(&shape, &params, e))
+                .collect();
+            let mut forwards = vec![("plain", None, None), ("bf16", Some(&bf16_packs[..]), None)];
+            if crate::dense::fused_available() {
+                forwards.push(("fused f32", None, Some(&f32_packs[..])));
+            }
+            let start = [0.6f32, -0.8, 1.5];
+            for (name, packed, packed_f32) in forwards {
+                let run = |share: bool| {
+                    let m = Model {
+                        shape: &shape,
+                        lay: shape.layout(),
+                        params: &params,
+                        in_mean: &in_mean,
+                        in_std: &in_std,
+                        packed,
+                        packed_f32,
+                        share_first_step: share,
+                    };
+                    let mut out = vec![f32::NAN; np * k];
+                    // Tiles of 7 rows and 200: boundaries inside candidates (K = 6).
+                    let (head, tail) = out.split_at_mut(7);
+                    run_tile(
+                        &p,
+                        &m,
+                        &start,
+                        &actions,
+                        0,
+                        7,
+                        &mut Tile::default(),
+                        head,
+                        None,
+                    );
+                    let mut tile = Tile::default();
+                    run_tile(
+                        &p,
+                        &m,
+                        &start,
+                        &actions,
+                        7,
+                        np * k - 7,
+                        &mut tile,
+                        tail,
+                        None,
+                    );
+                    assert!(out.iter().all(|r| r.is_finite()), "{name}: returns finite");
+                    out.iter().map(|r| r.to_bits()).collect::<Vec<u32>>()
+                };
+                let (shared, per_row) = (run(true), run(false));
+                assert_eq!(shared, per_row, "{name}, {prop:?}, learned reward {learn}");
+                // The particles of a candidate differ (the noise), so sharing the forward did
+                // not share the samples.
+                assert_ne!(shared[0], shared[1], "{name}: particles should differ");
+            }
         }
     }
 
