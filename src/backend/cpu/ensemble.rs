@@ -1432,6 +1432,101 @@ pub fn backward<T: Real>(
     }
 }
 
+/// [`backward`]'s raw-input gradient alone, through member e's rows `sel[e]` only (ascending
+/// row indices): a deterministic network's (no log-variance head) gradient `d_mean` [E,
+/// rows, out] is taken as zero on every other row, whose `dx` [E, rows, in] is set to 0.
+/// After a [`forward_cached`] on `ws`. The smaller of SAC's twin critics takes each row's
+/// gradient alone, so its input gradient is one critic's chain per row instead of both:
+/// half of the actor step's largest backward product. The selected rows are cut into one
+/// task per thread's share, whatever the members' counts.
+#[allow(clippy::too_many_arguments)]
+pub fn backward_input_rows<T: Real>(
+    shape: &EnsembleShape,
+    params: &[T],
+    in_std: &[T],
+    rows: usize,
+    d_mean: &[T],
+    sel: &[Vec<u32>],
+    dx: &mut [T],
+    ws: &mut Workspace<T>,
+) {
+    assert!(
+        !shape.probabilistic,
+        "a deterministic network's input gradient"
+    );
+    let (e, di, d) = (shape.ensemble, shape.in_dim, shape.out_dim);
+    assert!(sel.len() == e && d_mean.len() >= e * rows * d && dx.len() >= e * rows * di);
+    let lay = shape.layout();
+    let nl = lay.layers.len();
+    let width = max_width(shape);
+    let total: usize = sel.iter().map(Vec::len).sum();
+    let per = total.div_ceil(rayon::current_num_threads().max(1)).max(1);
+    // (member, its selected rows) per task.
+    let tasks: Vec<(usize, &[u32])> = sel
+        .iter()
+        .enumerate()
+        .flat_map(|(m, s)| s.chunks(per).map(move |c| (m, c)))
+        .collect();
+    if ws.scratch.len() < tasks.len() {
+        ws.scratch.resize_with(tasks.len(), Default::default);
+    }
+    let products = Products::bf16_pass(ws.bf16_training);
+    let pre = &ws.pre;
+    let grads: Vec<Vec<T>> = tasks
+        .par_iter()
+        .zip(ws.scratch.par_iter_mut())
+        .map(|(&(m, rs), scr)| {
+            let nr = rs.len();
+            let [da, dz] = scr;
+            grow(da, nr * width);
+            grow(dz, nr * width);
+            for (q, &r) in rs.iter().enumerate() {
+                let src = (m * rows + r as usize) * d;
+                dz[q * d..(q + 1) * d].copy_from_slice(&d_mean[src..src + d]);
+            }
+            let mut out = vec![T::zero(); nr * di];
+            for l in (0..nl).rev() {
+                let lo = lay.layers[l];
+                let (fi, fo) = (lo.fan_in, lo.fan_out);
+                // da = dz · Wᵀ
+                let w = &params[lo.weight + m * fi * fo..lo.weight + (m + 1) * fi * fo];
+                mm(
+                    &mut da[..nr * fi],
+                    View::rm(&dz[..nr * fo], nr, fo),
+                    View::rm_t(w, fi, fo),
+                    products,
+                );
+                if l > 0 {
+                    // dz = da ⊙ act'(z), act'(z) of the selected rows (`pre`).
+                    let g = &pre[l - 1];
+                    for (q, &r) in rs.iter().enumerate() {
+                        let g = &g[(m * rows + r as usize) * fi..][..fi];
+                        let a = &da[q * fi..(q + 1) * fi];
+                        for ((z, a), gg) in dz[q * fi..(q + 1) * fi].iter_mut().zip(a).zip(g) {
+                            *z = *a * *gg;
+                        }
+                    }
+                } else {
+                    // xn = (x − μ)/σ  ⇒  dx = dxn / σ
+                    for (o, i) in out.chunks_exact_mut(di).zip(da.chunks_exact(di)) {
+                        for j in 0..di {
+                            o[j] = i[j] / in_std[j];
+                        }
+                    }
+                }
+            }
+            out
+        })
+        .collect();
+    dx[..e * rows * di].fill(T::zero());
+    for (&(m, rs), g) in tasks.iter().zip(&grads) {
+        for (&r, row) in rs.iter().zip(g.chunks_exact(di)) {
+            let at = (m * rows + r as usize) * di;
+            dx[at..at + di].copy_from_slice(row);
+        }
+    }
+}
+
 /// Initial parameters as mbrl-lib's `truncated_normal_init`: weights from a normal with
 /// std 1/(2·√fan_in) truncated at ±2 std, biases 0, max_logvar 0.5, min_logvar −10
 /// (PETS appendix A.1). Drawn from Philox stream INIT_WEIGHTS.
@@ -1696,6 +1791,99 @@ mod tests {
                         "E {ensemble}, {rows} rows, bf16 {bf16}: 1 vs {threads} threads"
                     );
                 }
+            }
+        }
+    }
+
+    /// The input gradient through selected rows equals the full backward's with the other
+    /// rows' upstream gradient zeroed, at awkward sizes (3 members, 37 rows, widths 13 and
+    /// 5), with members that take no row, one row or all of them, on 1 and 2 threads; the
+    /// rows left out read exactly 0 in a poisoned output.
+    #[test]
+    fn the_input_gradient_of_selected_rows_should_equal_the_masked_full_backward() {
+        let shape = EnsembleShape {
+            ensemble: 3,
+            in_dim: 5,
+            out_dim: 2,
+            hidden: 13,
+            num_layers: 2,
+            activation: Activation::Silu,
+            probabilistic: false,
+        };
+        let rows = 37;
+        let params: Vec<f64> = init_params(&shape, 4).iter().map(|&v| v as f64).collect();
+        let x: Vec<f64> = normals(3 * rows * 5, 8, 3, 1)
+            .iter()
+            .map(|&v| v as f64)
+            .collect();
+        let up: Vec<f64> = normals(3 * rows * 2, 8, 3, 2)
+            .iter()
+            .map(|&v| v as f64)
+            .collect();
+        let (mean, std) = (vec![0.1f64; 5], vec![1.7f64; 5]);
+        for sel in [
+            vec![
+                (0..rows as u32).step_by(3).collect(),
+                vec![],
+                (5..37).collect(),
+            ],
+            vec![vec![36], (0..rows as u32).collect(), vec![1, 2, 30]],
+        ] {
+            let mut masked = vec![0.0f64; up.len()];
+            for (m, s) in sel.iter().enumerate() {
+                for &r in s {
+                    let at = (m * rows + r as usize) * 2;
+                    masked[at..at + 2].copy_from_slice(&up[at..at + 2]);
+                }
+            }
+            for threads in [1, 2] {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                let (want, got) = pool.install(|| {
+                    let mut ws = Workspace::default();
+                    let mut out = vec![0.0f64; 3 * rows * 2];
+                    forward_cached(
+                        &shape,
+                        &params,
+                        &mean,
+                        &std,
+                        &x,
+                        rows,
+                        &mut out,
+                        &mut [],
+                        &mut ws,
+                    );
+                    let mut want = vec![f64::NAN; 3 * rows * 5];
+                    backward(
+                        &shape,
+                        &params,
+                        &std,
+                        rows,
+                        &masked,
+                        &[],
+                        None,
+                        Some(&mut want),
+                        &mut ws,
+                    );
+                    let mut got = vec![f64::NAN; 3 * rows * 5];
+                    backward_input_rows(&shape, &params, &std, rows, &up, &sel, &mut got, &mut ws);
+                    (want, got)
+                });
+                for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                    assert!(
+                        (g - w).abs() <= 1e-12 * w.abs().max(1e-3),
+                        "{threads} threads, element {i}: {g} vs {w}"
+                    );
+                }
+                let nonzero = got.iter().filter(|v| **v != 0.0).count();
+                let selected: usize = sel.iter().map(Vec::len).sum();
+                assert_eq!(
+                    nonzero,
+                    selected * 5,
+                    "exactly the selected rows carry a gradient"
+                );
             }
         }
     }
