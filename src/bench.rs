@@ -578,7 +578,8 @@ pub fn policy_benches<B: Backend>(
             0.0,
             format!(
                 "one SAC gradient step (critics, actor, α, Polyak) at obs {obs}, act {act}: \
-                 {:.0} steps/s; {:.2} GFLOP per step (forward + backward of every network){}",
+                 {:.0} steps/s; {:.2} GFLOP per step (forward and backward of every network; \
+                 the actor's gradient through the smaller critic's input only){}",
                 1e3 / med,
                 flop / 1e9,
                 if precision == Precision::Bf16 {
