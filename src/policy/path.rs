@@ -922,6 +922,7 @@ fn backward<T: Real>(
     let mut d_head = vec![T::zero(); rows * 2 * a];
     let mut ds = vec![T::zero(); rows * o];
     let mut scratch = vec![T::zero(); a];
+    let mut d_pen = vec![T::zero(); a];
     let mut actor_step = |t: usize, g_s: &mut [T], g_a: &[T], g_theta: &mut [T], grad: &mut [T]| {
         // a_t and log π_t back to the head, then through the actor to θ and to s_t.
         let eps = &noise.eps[t * rows * a..(t + 1) * rows * a];
@@ -945,9 +946,9 @@ fn backward<T: Real>(
             );
             if counts && set.mean_penalty > T::zero() {
                 // ∂/∂μ of (1/B)·λ·max(0, |μ| − m)²; w = −1/B.
-                let mut d = vec![T::zero(); a];
-                set.penalty(&heads[t][b * 2 * a..b * 2 * a + a], Some(&mut d));
-                for (o, v) in d_head[b * 2 * a..b * 2 * a + a].iter_mut().zip(&d) {
+                d_pen.fill(T::zero());
+                set.penalty(&heads[t][b * 2 * a..b * 2 * a + a], Some(&mut d_pen));
+                for (o, v) in d_head[b * 2 * a..b * 2 * a + a].iter_mut().zip(&d_pen) {
                     *o -= w * *v;
                 }
             }
