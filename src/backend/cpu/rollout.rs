@@ -905,6 +905,56 @@ mod tests {
     use super::*;
     use crate::backend::MAX_ELITES;
 
+    /// A 3-layer SiLU ensemble for Pendulum-v1 (obs 3, act 1), with the model's reward
+    /// (`learn` = 1) or without.
+    fn pendulum_shape(ensemble: usize, hidden: usize, learn: u32) -> EnsembleShape {
+        EnsembleShape {
+            ensemble,
+            in_dim: 4,
+            out_dim: 3 + learn as usize,
+            hidden,
+            num_layers: 3,
+            activation: crate::backend::Activation::Silu,
+            probabilistic: true,
+        }
+    }
+
+    /// A rollout call on Pendulum-v1 through three elites of `shape`, and its random actions
+    /// (`np` candidates × `h` steps).
+    #[allow(clippy::too_many_arguments)]
+    fn pendulum_call(
+        shape: &EnsembleShape,
+        elites: [u32; 3],
+        seed_lo: u32,
+        step: u32,
+        np: usize,
+        k: usize,
+        h: usize,
+        prop: Propagation,
+    ) -> (RolloutParams, Vec<f32>) {
+        let mut all = [0u32; MAX_ELITES];
+        all[..3].copy_from_slice(&elites);
+        let p = RolloutParams {
+            seed_lo,
+            seed_hi: 0,
+            step,
+            population: np as u32,
+            particles: k as u32,
+            horizon: h as u32,
+            obs_dim: 3,
+            act_dim: 1,
+            propagation: prop as u32,
+            env: EnvId::Pendulum.code(),
+            learn_reward: (shape.out_dim - 3) as u32,
+            num_elites: 3,
+            elites: all,
+        };
+        let actions = (0..np * h)
+            .map(|i| 2.0 * normal(5, stream::DATA, i as u32, 0))
+            .collect();
+        (p, actions)
+    }
+
     /// The fused f32 expectation (the input normalised once for every member, the means
     /// summed feature-major) gives the bits of the per-member forward it stands in for, with
     /// the model's reward and without, at widths and row counts that are not whole panels,
@@ -922,16 +972,8 @@ mod tests {
             (0, 1, 1),
             (1, 13, 33),
         ] {
-            let (od, ad, h) = (3usize, 1usize, 7usize);
-            let shape = EnsembleShape {
-                ensemble: 4,
-                in_dim: od + ad,
-                out_dim: od + learn as usize,
-                hidden,
-                num_layers: 3,
-                activation: crate::backend::Activation::Silu,
-                probabilistic: true,
-            };
+            let h = 7usize;
+            let shape = pendulum_shape(4, hidden, learn);
             let lay = shape.layout();
             let mut params = super::super::ensemble::init_params(&shape, 7);
             for lo in &lay.layers {
@@ -941,26 +983,8 @@ mod tests {
                 }
             }
             let (in_mean, in_std) = ([0.2f32, -0.1, 0.5, 0.0], [1.3f32, 0.7, 2.0, 1.0]);
-            let mut elites = [0u32; MAX_ELITES];
-            elites[..3].copy_from_slice(&[3, 0, 2]);
-            let p = RolloutParams {
-                seed_lo: 1,
-                seed_hi: 0,
-                step: 0,
-                population: n as u32,
-                particles: 1,
-                horizon: h as u32,
-                obs_dim: od as u32,
-                act_dim: ad as u32,
-                propagation: Propagation::Expectation as u32,
-                env: EnvId::Pendulum.code(),
-                learn_reward: learn,
-                num_elites: 3,
-                elites,
-            };
-            let actions: Vec<f32> = (0..n * h * ad)
-                .map(|i| 2.0 * normal(5, stream::DATA, i as u32, 0))
-                .collect();
+            let (p, actions) =
+                pendulum_call(&shape, [3, 0, 2], 1, 0, n, 1, h, Propagation::Expectation);
             let packed: Vec<_> = (0..shape.ensemble)
                 .map(|e| pack_member_f32(&shape, &params, e))
                 .collect();
@@ -996,43 +1020,16 @@ mod tests {
     /// end inside a candidate's particles.
     #[test]
     fn sharing_the_first_step_should_not_change_a_return() {
-        let (od, ad, h, k, np) = (3usize, 1usize, 4usize, 6usize, 37usize);
+        let (h, k, np) = (4usize, 6usize, 37usize);
         for (learn, prop) in [
             (0u32, Propagation::Ts1),
             (1, Propagation::Ts1),
             (1, Propagation::TsInf),
         ] {
-            let shape = EnsembleShape {
-                ensemble: 5,
-                in_dim: od + ad,
-                out_dim: od + learn as usize,
-                hidden: 19,
-                num_layers: 3,
-                activation: crate::backend::Activation::Silu,
-                probabilistic: true,
-            };
+            let shape = pendulum_shape(5, 19, learn);
             let params = super::super::ensemble::init_params(&shape, 3);
             let (in_mean, in_std) = ([0.2f32, -0.1, 0.5, 0.0], [1.3f32, 0.7, 2.0, 1.0]);
-            let mut elites = [0u32; MAX_ELITES];
-            elites[..3].copy_from_slice(&[4, 1, 2]);
-            let p = RolloutParams {
-                seed_lo: 9,
-                seed_hi: 0,
-                step: 2,
-                population: np as u32,
-                particles: k as u32,
-                horizon: h as u32,
-                obs_dim: od as u32,
-                act_dim: ad as u32,
-                propagation: prop as u32,
-                env: EnvId::Pendulum.code(),
-                learn_reward: learn,
-                num_elites: 3,
-                elites,
-            };
-            let actions: Vec<f32> = (0..np * h * ad)
-                .map(|i| 2.0 * normal(5, stream::DATA, i as u32, 0))
-                .collect();
+            let (p, actions) = pendulum_call(&shape, [4, 1, 2], 9, 2, np, k, h, prop);
             let f32_packs: Vec<_> = (0..shape.ensemble)
                 .map(|e| pack_member_f32(&shape, &params, e))
                 .collect();
