@@ -660,18 +660,21 @@ pub(crate) fn min_q_input_grad<T: Real>(
             dq[rows + b] = c * T::c(0.5);
         }
     }
-    // Each row's chain through the critics that take a share of its gradient only (the
-    // smaller one, both on a tie): the other's input gradient there is zero.
-    let sel: Vec<Vec<u32>> = (0..2)
-        .map(|m| {
-            (0..rows as u32)
-                .filter(|&b| dq[m * rows + b as usize] != T::zero())
-                .collect()
-        })
-        .collect();
+    // Each row's chain runs through the critics that take a share of its gradient only (the
+    // smaller one, both on a tie): `engine::backward` skips the rows with no upstream gradient.
     let (_, sc) = unit_norm::<T>(nets.obs_dim + nets.act_dim);
     let mut dx = vec![T::zero(); 2 * rows * (nets.obs_dim + nets.act_dim)];
-    engine::backward_input_rows(&nets.critic, critic, &sc, rows, &dq, &sel, &mut dx, ws);
+    engine::backward(
+        &nets.critic,
+        critic,
+        &sc,
+        rows,
+        &dq,
+        &[],
+        None,
+        Some(&mut dx),
+        ws,
+    );
     dx
 }
 

@@ -1400,6 +1400,12 @@ pub fn backward<T: Real>(
 ) {
     let e = shape.ensemble;
     let d = shape.out_dim;
+    let dx = match dx {
+        Some(dx) if !shape.probabilistic && grad.is_none() => {
+            return backward_input_rows(shape, params, in_std, rows, d_mean, dx, ws);
+        }
+        dx => dx,
+    };
     let hd = shape.head_dim();
     let lay = shape.layout();
     grow(&mut ws.d_head, e * rows * hd);
@@ -1432,21 +1438,19 @@ pub fn backward<T: Real>(
     }
 }
 
-/// [`backward`]'s raw-input gradient alone, through member e's rows `sel[e]` only (ascending
-/// row indices): a deterministic network's (no log-variance head) gradient `d_mean` [E,
-/// rows, out] is taken as zero on every other row, whose `dx` [E, rows, in] is set to 0.
-/// After a [`forward_cached`] on `ws`. The smaller of SAC's twin critics takes each row's
-/// gradient alone, so its input gradient is one critic's chain per row instead of both:
-/// half of the actor step's largest backward product. The selected rows are cut into one
-/// task per thread's share, whatever the members' counts.
-#[allow(clippy::too_many_arguments)]
-pub fn backward_input_rows<T: Real>(
+/// [`backward`]'s raw-input gradient alone for a deterministic network (no log-variance
+/// head), through the rows whose upstream gradient `d_mean` [E, rows, out] is not zero; the
+/// other rows' `dx` [E, rows, in] is 0, which the full chain would also give (with finite
+/// parameters). The gradient of min(Q₁, Q₂) reaches one of SAC's twin critics per row, so
+/// the actor step's input gradient runs one critic's chain per row instead of both: half of
+/// its largest backward product. The selected rows are cut into one task per thread's
+/// share, whatever the members' counts.
+fn backward_input_rows<T: Real>(
     shape: &EnsembleShape,
     params: &[T],
     in_std: &[T],
     rows: usize,
     d_mean: &[T],
-    sel: &[Vec<u32>],
     dx: &mut [T],
     ws: &mut Workspace<T>,
 ) {
@@ -1455,7 +1459,19 @@ pub fn backward_input_rows<T: Real>(
         "a deterministic network's input gradient"
     );
     let (e, di, d) = (shape.ensemble, shape.in_dim, shape.out_dim);
-    assert!(sel.len() == e && d_mean.len() >= e * rows * d && dx.len() >= e * rows * di);
+    assert!(d_mean.len() >= e * rows * d && dx.len() >= e * rows * di);
+    // Per member, the rows that carry an upstream gradient.
+    let sel: Vec<Vec<u32>> = d_mean[..e * rows * d]
+        .chunks_exact(rows * d)
+        .map(|member| {
+            (0..rows as u32)
+                .filter(|&r| {
+                    let r = r as usize;
+                    member[r * d..(r + 1) * d].iter().any(|v| *v != T::zero())
+                })
+                .collect()
+        })
+        .collect();
     let lay = shape.layout();
     let nl = lay.layers.len();
     let width = max_width(shape);
@@ -1795,8 +1811,8 @@ mod tests {
         }
     }
 
-    /// The input gradient through selected rows equals the full backward's with the other
-    /// rows' upstream gradient zeroed, at awkward sizes (3 members, 37 rows, widths 13 and
+    /// The input gradient alone (which runs only the rows with an upstream gradient) equals
+    /// the full chain's, with the other rows' upstream gradient zeroed, at awkward sizes (3 members, 37 rows, widths 13 and
     /// 5), with members that take no row, one row or all of them, on 1 and 2 threads; the
     /// rows left out read exactly 0 in a poisoned output.
     #[test]
@@ -1855,20 +1871,26 @@ mod tests {
                         &mut [],
                         &mut ws,
                     );
-                    let mut want = vec![f64::NAN; 3 * rows * 5];
-                    backward(
-                        &shape,
-                        &params,
-                        &std,
-                        rows,
-                        &masked,
-                        &[],
-                        None,
-                        Some(&mut want),
-                        &mut ws,
-                    );
-                    let mut got = vec![f64::NAN; 3 * rows * 5];
-                    backward_input_rows(&shape, &params, &std, rows, &up, &sel, &mut got, &mut ws);
+                    // dx after the cached forward, with or without the parameter gradient.
+                    let mut dx = |grad: Option<&mut [f64]>| {
+                        let mut dx = vec![f64::NAN; 3 * rows * 5];
+                        backward(
+                            &shape,
+                            &params,
+                            &std,
+                            rows,
+                            &masked,
+                            &[],
+                            grad,
+                            Some(&mut dx),
+                            &mut ws,
+                        );
+                        dx
+                    };
+                    // With the parameter gradient asked every row runs the full chain; the
+                    // input gradient alone runs the selected rows only.
+                    let want = dx(Some(&mut vec![f64::NAN; params.len()]));
+                    let got = dx(None);
                     (want, got)
                 });
                 for (i, (g, w)) in got.iter().zip(&want).enumerate() {

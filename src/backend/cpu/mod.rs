@@ -406,46 +406,17 @@ impl Backend for CpuBackend {
         let lv_len = if shape.probabilistic { e * rows * o } else { 0 };
         let mut lv = vec![0.0f32; lv_len];
         ensemble::forward_cached(shape, params, m, s, x, rows, &mut mean, &mut lv, &mut ws);
-        match (grad, dx) {
-            (None, Some(dx)) if !shape.probabilistic => {
-                // The input gradient alone (SAC's actor step through min(Q₁, Q₂), where one
-                // critic per row has a zero upstream gradient): each member's chain runs
-                // over the rows whose upstream gradient is not zero, as the host agent's
-                // `min_q_input_grad` does, so the two give the same bits.
-                let sel: Vec<Vec<u32>> = d_mean[..e * rows * o]
-                    .chunks_exact(rows * o)
-                    .map(|member| {
-                        (0..rows as u32)
-                            .filter(|&r| {
-                                let r = r as usize;
-                                member[r * o..(r + 1) * o].iter().any(|v| *v != 0.0)
-                            })
-                            .collect()
-                    })
-                    .collect();
-                ensemble::backward_input_rows(
-                    shape,
-                    params,
-                    s,
-                    rows,
-                    &d_mean[..e * rows * o],
-                    &sel,
-                    &mut dx[..e * rows * i],
-                    &mut ws,
-                );
-            }
-            (grad, dx) => ensemble::backward(
-                shape,
-                params,
-                s,
-                rows,
-                &d_mean[..e * rows * o],
-                &d_logvar[..lv_len],
-                grad,
-                dx.map(|d| &mut d[..e * rows * i]),
-                &mut ws,
-            ),
-        }
+        ensemble::backward(
+            shape,
+            params,
+            s,
+            rows,
+            &d_mean[..e * rows * o],
+            &d_logvar[..lv_len],
+            grad,
+            dx.map(|d| &mut d[..e * rows * i]),
+            &mut ws,
+        );
         Ok(())
     }
 
